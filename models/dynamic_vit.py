@@ -1,0 +1,148 @@
+"""A frozen timm ViT cut into stages, a PETL method inside it, and one exit head per stage.
+
+Exit placement (which blocks end a stage) lives here; exit policy (thresholds) lives with the
+consumer: calibration in training/, the segment runner in service/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from models.balanced_heads import ExitHead, HeadConfig, balanced_head_configs
+from models.petl import PetlLayer, inject_petl, make_petl_config
+
+
+@dataclass
+class ForwardSparsity:
+    """Forward sparsity: dropout in the exit branches, stronger in shallow stages than deep ones.
+
+    Stage k of K gets ``shallow + (deep - shallow) * k / (K - 1)`` in its PETL layers and its head.
+    The paper motivates it by the shallow stages' tendency to over-fit their own exit, which pulls
+    the shared adapters away from the representation the deep exits need. ``0, 0`` switches it off.
+    """
+
+    shallow: float = 0.2
+    deep: float = 0.0
+
+    def rate(self, stage: int, num_stages: int) -> float:
+        if num_stages == 1:
+            return self.deep
+        return max(0.0, self.shallow + (self.deep - self.shallow) * stage / (num_stages - 1))
+
+
+@dataclass
+class DynamicViTConfig:
+    """Everything needed to rebuild the trainable model around a backbone (stored in config.json).
+
+    Args:
+        exits: 1-based block indices after which an exit sits; the last must be the depth.
+        petl: ``adapter``, ``lora``, ``repadapter`` or ``none`` (heads only).
+        petl_options: keyword arguments of the method's config dataclass.
+        heads: one head config per exit; empty means the balanced default.
+    """
+
+    num_classes: int
+    exits: list[int]
+    petl: str = "adapter"
+    petl_options: dict[str, Any] = field(default_factory=dict)
+    heads: list[HeadConfig] = field(default_factory=list)
+    forward_sparsity: ForwardSparsity = field(default_factory=ForwardSparsity)
+
+    def __post_init__(self) -> None:
+        self.heads = [h if isinstance(h, HeadConfig) else HeadConfig(**h) for h in self.heads]
+        if isinstance(self.forward_sparsity, dict):
+            self.forward_sparsity = ForwardSparsity(**self.forward_sparsity)
+        if not self.heads:
+            self.heads = balanced_head_configs(len(self.exits))
+        if len(self.heads) != len(self.exits):
+            raise ValueError(f"{len(self.heads)} head configs for {len(self.exits)} exits")
+        if list(self.exits) != sorted(set(self.exits)) or self.exits[0] < 1:
+            raise ValueError(f"exits must be strictly increasing block indices >= 1, got {self.exits}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DynamicViT(nn.Module):
+    def __init__(self, backbone: VisionTransformer, config: DynamicViTConfig) -> None:
+        super().__init__()
+        depth = len(backbone.blocks)
+        if config.exits[-1] != depth:
+            raise ValueError(f"the last exit must follow the last block ({depth}), got {config.exits}")
+        self.config = config
+        self.backbone = backbone
+        self.backbone.requires_grad_(False)
+        width, num_heads = backbone.embed_dim, backbone.blocks[0].attn.num_heads
+        if config.petl != "none":
+            inject_petl(backbone.blocks, config.petl, make_petl_config(config.petl, **config.petl_options))
+        self.bounds = [0, *config.exits]
+        last = len(config.exits) - 1
+        self.heads = nn.ModuleList(
+            ExitHead(hc, width, config.num_classes, num_heads, backbone.global_pool, backbone.num_prefix_tokens,
+                     norm=backbone.norm if k == last and hc.kind == "linear" else None)
+            for k, hc in enumerate(config.heads)
+        )
+        self.set_forward_sparsity(config.forward_sparsity)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.heads)
+
+    def stage_blocks(self, k: int) -> nn.Sequential:
+        return self.backbone.blocks[self.bounds[k]:self.bounds[k + 1]]
+
+    def set_forward_sparsity(self, sparsity: ForwardSparsity) -> None:
+        for k in range(self.num_exits):
+            p = sparsity.rate(k, self.num_exits)
+            self.heads[k].set_dropout(p)
+            for m in self.stage_blocks(k).modules():
+                if isinstance(m, PetlLayer):
+                    m.set_dropout(p)
+
+    def train(self, mode: bool = True) -> DynamicViT:
+        super().train(mode)
+        # The frozen backbone's own dropout / drop-path stays off: only the PETL and head branches
+        # are regularised (PETL wrappers re-enable their own branch below).
+        self.backbone.eval()
+        for m in self.backbone.modules():
+            if isinstance(m, PetlLayer):
+                m.train(mode)
+                m.base_layer.eval()
+        return self
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        return b.norm_pre(b.patch_drop(b._pos_embed(b.patch_embed(images))))
+
+    def forward_stage(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage k: images (k = 0) or the previous stage's hidden state -> (hidden, exit-k logits)."""
+        if k == 0:
+            x = self.embed(x)
+        x = self.stage_blocks(k)(x)
+        return x, self.heads[k](x)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every exit, shallow to deep."""
+        logits, x = [], images
+        for k in range(self.num_exits):
+            x, out = self.forward_stage(k, x)
+            logits.append(out)
+        return logits
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changed: PETL and head parameters (the checkpoint's content)."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {n: t.detach().contiguous() for n, t in self.state_dict().items() if n in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+        self.load_state_dict(state, strict=False)
+

@@ -1,0 +1,44 @@
+"""PETL methods: one module each, one interface (see ``base.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from models.petl.adapter import AdapterConfig, inject_adapter
+from models.petl.base import PetlConfig, PetlLayer, merge_all, petl_layers, unmerge_all
+from models.petl.lora import LoraConfig, inject_lora
+from models.petl.repadapter import RepAdapterConfig, inject_repadapter
+
+
+@dataclass(frozen=True)
+class PetlMethod:
+    config_cls: type[PetlConfig]
+    #: replaces submodules of the backbone's ``blocks`` in place
+    inject: Callable[[nn.Sequential, Any], None]
+
+
+PETL_METHODS: dict[str, PetlMethod] = {
+    "adapter": PetlMethod(AdapterConfig, inject_adapter),
+    "lora": PetlMethod(LoraConfig, inject_lora),
+    "repadapter": PetlMethod(RepAdapterConfig, inject_repadapter),
+}
+
+
+def make_petl_config(method: str, **options: Any) -> PetlConfig:
+    if method not in PETL_METHODS:
+        raise ValueError(f"unknown PETL method {method!r}; choose from {sorted(PETL_METHODS)} or 'none'")
+    return PETL_METHODS[method].config_cls(**options)
+
+
+def inject_petl(blocks: nn.Sequential, method: str, config: PetlConfig) -> None:
+    PETL_METHODS[method].inject(blocks, config)
+
+
+__all__ = [
+    "PETL_METHODS", "PetlConfig", "PetlLayer", "PetlMethod", "inject_petl", "make_petl_config",
+    "merge_all", "petl_layers", "unmerge_all",
+]

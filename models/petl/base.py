@@ -1,0 +1,85 @@
+"""What every PETL method shares: a config, injection by module replacement, merge/unmerge.
+
+Methods follow PEFT's shape: a config dataclass validated in ``__post_init__``, wrapper layers that
+hold the frozen ``base_layer`` and are swapped in for named submodules (never by patching
+``forward``), and ``merge()``/``unmerge()`` where the algebra allows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class PetlConfig:
+    """Options shared by the methods.
+
+    Args:
+        scale: multiplier ``s`` on the method's update.
+        dropout: dropout inside the method's branch; ``DynamicViT`` may raise it per stage
+            (forward sparsity), so this is the deepest stage's rate.
+    """
+
+    scale: float = 1.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class PetlLayer(nn.Module):
+    """A wrapper around a frozen module that adds a trainable, identity-initialised update."""
+
+    #: True when ``merge()`` folds the update into the frozen weights.
+    mergeable: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.merged = False
+
+    def set_dropout(self, p: float) -> None:
+        """Set the dropout rate of the trainable branch (used for forward sparsity)."""
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Dropout) and not name.startswith("base_layer"):
+                m.p = p
+
+    def extra_macs(self, tokens: int) -> int:
+        """Multiply-adds this layer adds to the frozen layer it wraps, for one image of ``tokens``
+        tokens, as it runs now (0 once merged)."""
+        raise NotImplementedError
+
+    def merge(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be merged into the backbone")
+
+    def unmerge(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be merged into the backbone")
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` with ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def petl_layers(model: nn.Module) -> list[PetlLayer]:
+    return [m for m in model.modules() if isinstance(m, PetlLayer)]
+
+
+@torch.no_grad()
+def merge_all(model: nn.Module) -> None:
+    """Fold every mergeable PETL layer into its frozen base layer (idempotent)."""
+    for layer in petl_layers(model):
+        if layer.mergeable and not layer.merged:
+            layer.merge()
+
+
+@torch.no_grad()
+def unmerge_all(model: nn.Module) -> None:
+    for layer in petl_layers(model):
+        if layer.mergeable and layer.merged:
+            layer.unmerge()

@@ -1,0 +1,123 @@
+"""The JSON error format `{"error": {"code", "message"}}` and the handlers that map every failure to it.
+
+Every error a client can cause is an `ApiError` (or a decoder error from `service.preprocess`, or a
+request validation error from FastAPI); anything else is a bug and answers a JSON 500 "internal".
+"""
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.preprocess import ImageDecodeError, ImageTooLargeError
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, a stable machine-readable code and a message for people."""
+
+    def __init__(
+        self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def bad_parameter(message: str) -> ApiError:
+    return ApiError(422, "invalid_parameter", message)
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "unauthorized", "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+
+
+def payload_too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+
+
+def unsupported_media_type(content_type: str) -> ApiError:
+    return ApiError(
+        415,
+        "unsupported_media_type",
+        f"unsupported content type {content_type!r}: send multipart/form-data with a 'file' field "
+        "or an image/* body",
+    )
+
+
+def not_ready() -> ApiError:
+    return ApiError(503, "not_ready", "the model is not loaded and warmed yet", {"Retry-After": "1"})
+
+
+def overloaded(retry_after_s: int) -> ApiError:
+    return ApiError(
+        503, "overloaded", "the request queue is full, try again later", {"Retry-After": str(retry_after_s)}
+    )
+
+
+def deadline_exceeded(timeout_s: float) -> ApiError:
+    return ApiError(504, "timeout", f"the request did not finish within {timeout_s:g} s")
+
+
+def error_response(
+    status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status_code, headers=headers
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+
+
+async def _undecodable(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(400, "invalid_image", str(exc))
+
+
+async def _too_many_pixels(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(413, "image_too_large", str(exc))
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, "invalid_parameter", _describe_validation(exc))
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's own errors (404, 405, ...): same shape, code from the standard reason phrase.
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal", "internal server error")
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    """One line per problem, e.g. "threshold: Input should be less than or equal to 1"."""
+    parts = []
+    for error in exc.errors():
+        # loc is ("query", "threshold"); a model-level check has only ("query",).
+        where = ".".join(str(item) for item in error.get("loc", ())[1:])
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(ImageDecodeError, _undecodable)
+    app.add_exception_handler(ImageTooLargeError, _too_many_pixels)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _internal)

@@ -1,0 +1,104 @@
+"""Prometheus metrics of SPEC section 7, in a registry owned by one app (not the global one).
+
+The FLOPs counters count every classified image exactly once, in FLOPs (one multiply-add = one
+FLOP): used = cumulative FLOPs up to its exit, saved = full depth minus used; so
+`rate(saved) / (rate(used) + rate(saved))` is the fraction of compute saved.
+"""
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from service.segment_runner import RunOutput
+
+GIGA = 1e9
+EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "dynadapter_requests_total",
+            "Classify requests by HTTP status code.",
+            ["model", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "dynadapter_request_duration_seconds",
+            "Classify request latency, from the first byte in to the response.",
+            ["model"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.exits = Counter(
+            "dynadapter_exits_total", "Images answered by each exit.", ["model", "exit"], registry=r
+        )
+        self.flops_used = Counter(
+            "dynadapter_flops_used_total",
+            "FLOPs executed (multiply-adds), per image up to its exit.",
+            ["model"],
+            registry=r,
+        )
+        self.flops_saved = Counter(
+            "dynadapter_flops_saved_total",
+            "Full-depth FLOPs minus executed FLOPs, per image.",
+            ["model"],
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "dynadapter_stage_duration_seconds",
+            "Time to run one segment (stage) on one batch.",
+            ["model", "stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "dynadapter_batch_size",
+            "Images per inference batch.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "dynadapter_inflight_requests", "Classify requests being handled now.", ["model"], registry=r
+        )
+
+    def declare_model(self, model: str, num_exits: int) -> None:
+        """Create every series of a model at 0, so that rate() works from the first scrape."""
+        self.flops_used.labels(model)
+        self.flops_saved.labels(model)
+        self.batch_size.labels(model)
+        self.request_duration.labels(model)
+        self.inflight.labels(model)
+        for k in range(num_exits):
+            self.exits.labels(model, str(k))
+            self.stage_duration.labels(model, str(k))
+
+    def record_batch(
+        self, model: str, output: RunOutput, cumulative_gflops: Sequence[float], gflops_full: float
+    ) -> None:
+        self.batch_size.labels(model).observe(len(output.results))
+        for stage, seconds in enumerate(output.stage_seconds):
+            self.stage_duration.labels(model, str(stage)).observe(seconds)
+        for result in output.results:
+            self.record_image(model, result.exit_index, cumulative_gflops[result.exit_index], gflops_full)
+
+    def record_image(self, model: str, exit_index: int, used_gflops: float, full_gflops: float) -> None:
+        """Count one classified image: its exit, and the FLOPs it used and saved."""
+        self.exits.labels(model, str(exit_index)).inc()
+        self.flops_used.labels(model).inc(used_gflops * GIGA)
+        self.flops_saved.labels(model).inc(max(full_gflops - used_gflops, 0.0) * GIGA)
+
+    def record_request(self, model: str, code: int, seconds: float) -> None:
+        self.requests.labels(model, str(code)).inc()
+        self.request_duration.labels(model).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,81 @@
+"""ASGI middleware around the routes: request-body limit and per-request metrics.
+
+Pure ASGI (not BaseHTTPMiddleware) so that bodies are streamed through untouched.
+"""
+
+from collections.abc import Callable
+from time import perf_counter
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_response, payload_too_large
+from service.metrics import ServiceMetrics
+
+
+class BodySizeLimitMiddleware:
+    """413 for a body over `max_bytes`: at once from Content-Length, else while it streams in.
+
+    The streaming check covers chunked uploads and lying Content-Length headers; its error is
+    raised inside the route's body read, so the usual error handlers render it.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            error = payload_too_large(self.max_bytes)
+            response = error_response(error.status_code, error.code, error.message)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise payload_too_large(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class RequestMetricsMiddleware:
+    """Counts, times and gauges the requests to `path` (the classify endpoint), by status code."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: ServiceMetrics, model_label: Callable[[], str], path: str
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.model_label = model_label
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        model = self.model_label()
+        status = 500  # stays 500 if the app raises before answering
+        start = perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        inflight = self.metrics.inflight.labels(model)
+        inflight.inc()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            inflight.dec()
+            self.metrics.record_request(model, status, perf_counter() - start)

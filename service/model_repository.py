@@ -1,0 +1,211 @@
+"""Model repository reader: `MODEL_REPO/<name>/<version>/{manifest.json, segment_k.onnx}`.
+
+The format is documented in docs/model-repository.md (schema version 1). Anything wrong with a
+model version -- a missing field, a segment whose sha256 differs from the manifest -- raises
+`ModelLoadError` with one line that says what and where, and the service refuses to start.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+MODE_NAMES = ("fast", "balanced", "accurate")
+
+
+class ModelLoadError(RuntimeError):
+    """The model version cannot be served; the message is one line fit for a log."""
+
+
+class _Schema(BaseModel):
+    # Unknown keys are allowed so that a newer exporter's extra fields do not break serving.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Preprocessing(_Schema):
+    size: tuple[int, int] = Field(description="(height, width)")
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: Literal["bicubic", "bilinear", "nearest"]
+    color: Literal["RGB"]
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, size: tuple[int, int]) -> tuple[int, int]:
+        if min(size) < 1:
+            raise ValueError("must be positive")
+        return size
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, std: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(value == 0 for value in std):
+            raise ValueError("must not contain 0")
+        return std
+
+
+class Segment(_Schema):
+    index: int = Field(ge=0)
+    file: str = Field(pattern=r"^[\w.-]+\.onnx$")  # a plain file name: nothing outside the folder
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    after_block: int = Field(ge=1)
+    gflops: float = Field(ge=0)
+    cumulative_gflops: float = Field(ge=0)
+
+
+class ThresholdChoice(_Schema):
+    """A calibrated operating point: a scalar threshold, optionally a per-exit vector that wins."""
+
+    threshold: float = Field(ge=0, le=1)
+    thresholds: tuple[float, ...] | None = None
+    accuracy: float
+    flops_fraction: float
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_range(cls, values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if values is not None and any(not 0 <= value <= 1 for value in values):
+            raise ValueError("every threshold must be in [0, 1]")
+        return values
+
+
+class BudgetChoice(ThresholdChoice):
+    budget: float = Field(gt=0, le=1)
+
+
+class Calibration(_Schema):
+    split: str
+    num_samples: int = Field(ge=0)
+    table: list[dict[str, object]]
+    budgets: list[BudgetChoice]
+
+
+class Manifest(_Schema):
+    schema_version: int
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    created_utc: str
+    labels: list[str] = Field(min_length=1)
+    preprocessing: Preprocessing
+    hidden_shape: tuple[int, ...]
+    segments: list[Segment] = Field(min_length=1)
+    gflops_full: float = Field(gt=0)
+    calibration: Calibration
+    modes: dict[str, ThresholdChoice]
+    parity: dict[str, object]
+
+    @field_validator("schema_version")
+    @classmethod
+    def _supported(cls, version: int) -> int:
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema_version {version} (this service reads {SCHEMA_VERSION})")
+        return version
+
+    @field_validator("modes")
+    @classmethod
+    def _all_modes(cls, modes: dict[str, ThresholdChoice]) -> dict[str, ThresholdChoice]:
+        missing = [name for name in MODE_NAMES if name not in modes]
+        if missing:
+            raise ValueError(f"missing mode(s) {', '.join(missing)}")
+        return modes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        if [segment.index for segment in self.segments] != list(range(len(self.segments))):
+            raise ValueError("segments must be listed in order with index 0..K-1")
+        vectors = [choice.thresholds for choice in [*self.modes.values(), *self.calibration.budgets]]
+        if any(vector is not None and len(vector) != self.num_exits - 1 for vector in vectors):
+            raise ValueError(f"a per-exit threshold vector must have {self.num_exits - 1} values (K-1)")
+        return self
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.segments)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A validated model version on disk."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def segment_paths(self) -> list[Path]:
+        return [self.path / segment.file for segment in self.manifest.segments]
+
+
+def load_model(repo: Path, name: str | None = None, version: str | None = None) -> ModelVersion:
+    """Find, parse and verify a model version (default: the only model, its highest numeric version)."""
+    folder = _model_folder(Path(repo), name, version)
+    manifest = read_manifest(folder / "manifest.json")
+    for segment in manifest.segments:
+        _check_sha256(folder / segment.file, segment.sha256)
+    return ModelVersion(folder, manifest)
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ModelLoadError(f"{path}: no manifest.json") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path}: unreadable manifest: {err}") from err
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as err:
+        raise ModelLoadError(f"{path}: invalid manifest: {_first_problem(err)}") from err
+
+
+def _first_problem(err: ValidationError) -> str:
+    first, *rest = err.errors()
+    where = ".".join(str(item) for item in first["loc"]) or "manifest"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(rest)} more problem(s))" if rest else ""
+    return f"{where}: {message}{more}"
+
+
+def _model_folder(repo: Path, name: str | None, version: str | None) -> Path:
+    if not repo.is_dir():
+        raise ModelLoadError(f"model repository {repo} does not exist or is not a directory")
+    if name is None:
+        names = sorted(child.name for child in repo.iterdir() if child.is_dir())
+        if not names:
+            raise ModelLoadError(f"model repository {repo} holds no model")
+        name = names[0]
+    model_dir = repo / name
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model {name!r} not found in {repo}")
+    if version is None:
+        numeric = [child.name for child in model_dir.iterdir() if child.is_dir() and child.name.isdigit()]
+        if not numeric:
+            raise ModelLoadError(f"model {name!r} in {repo} has no numeric version folder")
+        version = max(numeric, key=int)
+    folder = model_dir / version
+    if not folder.is_dir():
+        raise ModelLoadError(f"version {version!r} of model {name!r} not found in {repo}")
+    return folder
+
+
+def _check_sha256(path: Path, expected: str) -> None:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise ModelLoadError(f"{path}: cannot read segment: {err.strerror or err}") from err
+    actual = digest.hexdigest()
+    if actual != expected.lower():
+        raise ModelLoadError(
+            f"{path}: sha256 mismatch (manifest {expected.lower()[:12]}..., file {actual[:12]}...); "
+            "the model repository is corrupt or was changed after export"
+        )

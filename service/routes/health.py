@@ -1,0 +1,23 @@
+"""Liveness and readiness probes (open, never behind API keys)."""
+
+from fastapi import APIRouter
+
+from service.deps import StateDep
+from service.errors import not_ready
+from service.schemas import Status
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> Status:
+    """200 while the process lives."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", responses={503: {"description": "Model not loaded or not warmed yet"}})
+async def readyz(state: StateDep) -> Status:
+    """200 only once the model is loaded and warmed, else 503."""
+    if not state.ready:
+        raise not_ready()
+    return Status(status="ready")

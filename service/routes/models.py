@@ -1,0 +1,44 @@
+"""GET /v1/models: what is loaded, its exits, costs and calibrated modes."""
+
+from fastapi import APIRouter, Depends
+
+from service.deps import EngineDep, require_api_key
+from service.engine import Engine
+from service.schemas import ExitInfo, ModeInfo, ModelInfo, ModelList
+
+router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
+
+
+@router.get("/v1/models")
+async def list_models(engine: EngineDep) -> ModelList:
+    return ModelList(models=[describe(engine)])
+
+
+def describe(engine: Engine) -> ModelInfo:
+    manifest = engine.manifest
+    return ModelInfo(
+        name=manifest.name,
+        version=manifest.version,
+        num_classes=manifest.num_classes,
+        labels=manifest.labels,
+        exits=[
+            ExitInfo(
+                index=segment.index,
+                after_block=segment.after_block,
+                gflops=segment.gflops,
+                cumulative_gflops=segment.cumulative_gflops,
+            )
+            for segment in manifest.segments
+        ],
+        gflops_full=manifest.gflops_full,
+        modes={
+            name: ModeInfo(
+                threshold=mode.threshold,
+                thresholds=list(mode.thresholds) if mode.thresholds is not None else None,
+                accuracy=mode.accuracy,
+                flops_fraction=mode.flops_fraction,
+            )
+            for name, mode in manifest.modes.items()
+        },
+        providers=engine.runner.providers,
+    )

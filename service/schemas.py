@@ -1,0 +1,67 @@
+"""Response bodies of the HTTP API (SPEC section 6)."""
+
+from pydantic import BaseModel
+
+
+class ClassScore(BaseModel):
+    label: str
+    class_id: int
+    confidence: float
+
+
+class ExitTaken(BaseModel):
+    index: int  # 0-based exit that answered
+    count: int  # number of exits of the model
+    after_block: int  # the exit sits after this many transformer blocks
+
+
+class GFlops(BaseModel):
+    used: float
+    full: float
+    saved: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    version: str
+    label: str
+    class_id: int
+    confidence: float
+    top_k: list[ClassScore]
+    exit: ExitTaken
+    gflops: GFlops
+    threshold: float | list[float]  # the scalar used, or the calibrated per-exit vector
+    latency_ms: float
+
+
+class ExitInfo(BaseModel):
+    index: int
+    after_block: int
+    gflops: float  # this segment alone, exit head included
+    cumulative_gflops: float  # what an image leaving here has cost
+
+
+class ModeInfo(BaseModel):
+    threshold: float
+    thresholds: list[float] | None = None  # per-exit vector; wins over `threshold` when present
+    accuracy: float
+    flops_fraction: float
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    num_classes: int
+    labels: list[str]
+    exits: list[ExitInfo]
+    gflops_full: float
+    modes: dict[str, ModeInfo]
+    providers: list[str]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Status(BaseModel):
+    status: str

@@ -1,0 +1,254 @@
+"""Chains the per-stage ONNX segments of a model with onnxruntime and lets images leave early.
+
+After each segment the images whose confidence (max softmax of that exit's logits) reaches their
+own threshold leave with that exit's logits; only the others (`hidden[~exited]`) go on to the next
+segment, and the last exit answers for whoever is left.
+
+On CUDA the hidden states stay on the GPU between segments (IOBinding + OrtValue) and only the
+small logits tensors come back to the host; dropping the rows of images that left is a Gather run
+on the GPU too. On CPU everything is plain numpy.
+"""
+
+import base64
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from service.model_repository import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+ProviderPreference = Literal["auto", "cuda", "cpu"]
+
+_ORT_WARNING, _ORT_ERROR, _ORT_FATAL = 2, 3, 4
+
+# Gather(hidden[rows, tokens, dim], indices[kept_rows], axis=0) -> kept, opset 13. Serialized once
+# with onnx.helper because the serving image has no `onnx` package; the test suite rebuilds it and
+# checks these bytes. It drops the rows of images that left, on the device that holds `hidden`.
+_GATHER_ROWS_ONNX = base64.b64decode(
+    "CAgSC2R5bi1hZGFwdGVyOrQBCiwKBmhpZGRlbgoHaW5kaWNlcxIEa2VwdCIGR2F0aGVyKgsKBGF4aXMYAKABAhILZ2F0aGVy"
+    "X3Jvd3NaKQoGaGlkZGVuEh8KHQgBEhkKBhIEcm93cwoIEgZ0b2tlbnMKBRIDZGltWh4KB2luZGljZXMSEwoRCAcSDQoLEglr"
+    "ZXB0X3Jvd3NiLAoEa2VwdBIkCiIIARIeCgsSCWtlcHRfcm93cwoIEgZ0b2tlbnMKBRIDZGltQgQKABAN"
+)
+
+
+@dataclass(frozen=True)
+class ExitResult:
+    """Where one image left and what that exit said."""
+
+    exit_index: int
+    logits: np.ndarray  # [num_classes], raw
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    results: list[ExitResult]  # one per image, in input order
+    stage_seconds: list[float]  # wall time of each segment that ran on this batch, stage 0 first
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64 so that thresholds near 1 compare exactly."""
+    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def confidence(logits: np.ndarray) -> np.ndarray:
+    """Max softmax probability per row: how sure an exit is."""
+    return softmax(logits).max(axis=-1)
+
+
+def cuda_usable() -> bool:
+    """True when onnxruntime's CUDA provider really runs here, not merely when it is installed.
+
+    onnxruntime-gpu lists CUDAExecutionProvider on machines without a GPU or CUDA libraries, then
+    logs errors and quietly falls back to CPU; so open a tiny session, run it, and check.
+    """
+    if CUDA not in ort.get_available_providers():
+        return False
+    ort.set_default_logger_severity(_ORT_FATAL)  # the failed attempt logs errors we expect
+    try:
+        session = ort.InferenceSession(_GATHER_ROWS_ONNX, providers=[CUDA])
+        if CUDA not in session.get_providers():
+            return False
+        feed = {"hidden": np.ones((2, 1, 1), np.float32), "indices": np.array([1], np.int64)}
+        return session.run(None, feed)[0].shape == (1, 1, 1)
+    except Exception:  # onnxruntime's pybind errors share no base class worth naming
+        return False
+    finally:
+        ort.set_default_logger_severity(_ORT_WARNING)
+
+
+def select_providers(preference: ProviderPreference) -> list[str]:
+    """Execution providers for a preference; CPU stays last so unsupported ops still run."""
+    if preference == "cpu":
+        return [CPU]
+    if cuda_usable():
+        return [CUDA, CPU]
+    if preference == "cuda":
+        raise ModelLoadError("CUDA was requested (providers=cuda) but no usable CUDA GPU was found")
+    return [CPU]
+
+
+@dataclass(frozen=True)
+class _Segment:
+    session: ort.InferenceSession
+    input_name: str  # "image" for segment 0, "hidden" after
+    has_hidden: bool  # False for the last segment
+
+
+class _HostIO:
+    """CPU: numpy in, numpy out."""
+
+    def run(self, segment: _Segment, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        names = ["logits", "hidden"] if segment.has_hidden else ["logits"]
+        logits, *hidden = segment.session.run(names, {segment.input_name: x})
+        return (hidden[0] if hidden else None), logits
+
+    def keep(self, hidden: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return hidden[rows]
+
+
+class _DeviceIO:
+    """CUDA: hidden states are OrtValues that never leave the GPU; logits are copied to the host."""
+
+    def __init__(self, options: ort.SessionOptions, device_id: int = 0) -> None:
+        self._device_id = device_id
+        self._gather = ort.InferenceSession(
+            _GATHER_ROWS_ONNX, options, providers=[(CUDA, {"device_id": device_id})]
+        )
+
+    def run(self, segment: _Segment, x: np.ndarray | ort.OrtValue) -> tuple[ort.OrtValue | None, np.ndarray]:
+        binding = segment.session.io_binding()
+        if isinstance(x, np.ndarray):
+            binding.bind_cpu_input(segment.input_name, x)  # the image batch: one upload
+        else:
+            binding.bind_ortvalue_input(segment.input_name, x)
+        binding.bind_output("logits", "cpu")
+        if segment.has_hidden:
+            binding.bind_output("hidden", "cuda", self._device_id)
+        segment.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        logits, *hidden = binding.get_outputs()
+        return (hidden[0] if hidden else None), logits.numpy()
+
+    def keep(self, hidden: ort.OrtValue, rows: np.ndarray) -> ort.OrtValue:
+        binding = self._gather.io_binding()
+        binding.bind_ortvalue_input("hidden", hidden)
+        binding.bind_cpu_input("indices", rows.astype(np.int64))
+        binding.bind_output("kept", "cuda", self._device_id)
+        self._gather.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
+
+
+class SegmentRunner:
+    """One onnxruntime session per segment, run as an early-exit cascade."""
+
+    def __init__(
+        self,
+        segment_paths: Sequence[Path],
+        providers: Sequence[str],
+        intra_op_threads: int = 0,
+        num_classes: int | None = None,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1  # a segment is one chain of blocks; no parallel branches
+        options.log_severity_level = _ORT_ERROR
+        self._segments = [
+            _open_segment(path, options, providers, first=k == 0, last=k == len(segment_paths) - 1)
+            for k, path in enumerate(segment_paths)
+        ]
+        if num_classes is not None:
+            _check_classes(self._segments, segment_paths, num_classes)
+        self.providers: list[str] = self._segments[0].session.get_providers()
+        self._io = _DeviceIO(options) if self.providers[0] == CUDA else _HostIO()
+
+    @property
+    def num_exits(self) -> int:
+        return len(self._segments)
+
+    def run(self, images: np.ndarray, thresholds: np.ndarray) -> RunOutput:
+        """Classify a batch; each image leaves at its first exit whose confidence reaches its threshold.
+
+        images: float32 [B, 3, H, W]. thresholds: [B, K-1], or [B] for one threshold at every
+        exit. A threshold >= 1 never lets an image leave early (float32 softmax can round to 1).
+        """
+        per_exit = self._per_exit(np.asarray(thresholds, dtype=np.float64), len(images))
+        results: list[ExitResult | None] = [None] * len(images)
+        alive = np.arange(len(images))  # input positions of the images still running
+        x: np.ndarray | ort.OrtValue = np.ascontiguousarray(images, dtype=np.float32)
+        stage_seconds = []
+        for k, segment in enumerate(self._segments):
+            start = perf_counter()
+            hidden, logits = self._io.run(segment, x)
+            stage_seconds.append(perf_counter() - start)
+            leaving = self._leaving(k, logits, per_exit[alive])
+            for row in np.flatnonzero(leaving):
+                results[alive[row]] = ExitResult(k, logits[row].copy())
+            staying = np.flatnonzero(~leaving)
+            if staying.size == 0:
+                break
+            alive = alive[staying]
+            x = hidden if staying.size == leaving.size else self._io.keep(hidden, staying)
+        return RunOutput([result for result in results if result is not None], stage_seconds)
+
+    def warm_up(self, image_size: tuple[int, int], batch_sizes: Iterable[int]) -> None:
+        """Run every segment, and the row compaction, once per batch size before serving.
+
+        The first run of a shape pays for memory arenas and (on CUDA) kernel selection; a request
+        should not.
+        """
+        for batch in sorted(set(batch_sizes)):
+            thresholds = np.ones((batch, self.num_exits - 1))
+            thresholds[0] = 0.0 if batch > 1 else 1.0  # one image leaves at once, the rest go on
+            self.run(np.zeros((batch, 3, *image_size), np.float32), thresholds)
+
+    def _per_exit(self, thresholds: np.ndarray, batch: int) -> np.ndarray:
+        if thresholds.ndim == 1:
+            thresholds = np.repeat(thresholds[:, None], self.num_exits - 1, axis=1)
+        if thresholds.shape != (batch, self.num_exits - 1):
+            raise ValueError(f"thresholds must be [{batch}, {self.num_exits - 1}], got {thresholds.shape}")
+        return thresholds
+
+    def _leaving(self, k: int, logits: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        if k == self.num_exits - 1:
+            return np.ones(len(logits), dtype=bool)
+        threshold = thresholds[:, k]
+        return (confidence(logits) >= threshold) & (threshold < 1.0)
+
+
+def _open_segment(
+    path: Path, options: ort.SessionOptions, providers: Sequence[str], first: bool, last: bool
+) -> _Segment:
+    try:
+        session = ort.InferenceSession(str(path), options, providers=list(providers))
+    except Exception as err:  # onnxruntime raises its own pybind types for bad files
+        raise ModelLoadError(f"{path}: onnxruntime cannot load segment: {err}") from err
+    inputs = [arg.name for arg in session.get_inputs()]
+    outputs = {arg.name for arg in session.get_outputs()}
+    expected_input = "image" if first else "hidden"
+    expected_outputs = {"logits"} if last else {"logits", "hidden"}
+    if inputs != [expected_input] or not expected_outputs <= outputs:
+        raise ModelLoadError(
+            f"{path}: segment has inputs {inputs} and outputs {sorted(outputs)}, "
+            f"expected input {expected_input!r} and outputs {sorted(expected_outputs)}"
+        )
+    return _Segment(session, expected_input, has_hidden=not last)
+
+
+def _check_classes(segments: list[_Segment], paths: Sequence[Path], num_classes: int) -> None:
+    for segment, path in zip(segments, paths, strict=True):
+        logits = next(arg for arg in segment.session.get_outputs() if arg.name == "logits")
+        width = logits.shape[-1]
+        if isinstance(width, int) and width != num_classes:
+            raise ModelLoadError(
+                f"{path}: logits have {width} classes, the manifest has {num_classes} labels"
+            )

@@ -1,0 +1,187 @@
+"""A tiny early-exit model written with onnx.helper (no torch), and its numpy reference.
+
+Segment 0: image [B,3,8,8] -> flatten -> MatMul -> reshape [B,4,16] -> tanh = hidden.
+Segment k>0: hidden -> MatMul [16,16] -> tanh. Every exit: logits = mean over tokens @ W + b.
+Head weights grow with depth, so later exits are more confident and images spread over exits.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+IMAGE_SIZE = 8
+TOKENS, DIM = 4, 16
+NUM_EXITS = 3
+NUM_CLASSES = 5
+LABELS = ["cat", "dog", "fox", "owl", "yak"]
+AFTER_BLOCKS = [2, 4, 6]
+HEAD_SCALES = [1.0, 2.0, 4.0]
+
+
+@dataclass(frozen=True)
+class TinyWeights:
+    stem: np.ndarray  # [3*8*8, TOKENS*DIM]
+    blocks: list[np.ndarray]  # K-1 of [DIM, DIM]
+    heads: list[tuple[np.ndarray, np.ndarray]]  # K of ([DIM, C], [C])
+
+    @classmethod
+    def random(cls, seed: int = 0) -> "TinyWeights":
+        rng = np.random.default_rng(seed)
+        stem = rng.normal(0, 0.15, (3 * IMAGE_SIZE * IMAGE_SIZE, TOKENS * DIM)).astype(np.float32)
+        blocks = [rng.normal(0, 0.5, (DIM, DIM)).astype(np.float32) for _ in range(NUM_EXITS - 1)]
+        heads = [
+            (
+                rng.normal(0, scale, (DIM, NUM_CLASSES)).astype(np.float32),
+                rng.normal(0, 0.1, NUM_CLASSES).astype(np.float32),
+            )
+            for scale in HEAD_SCALES
+        ]
+        return cls(stem, blocks, heads)
+
+    def forward_all(self, images: np.ndarray) -> list[np.ndarray]:
+        """Logits of every exit for every image (no early exit), float32 like onnxruntime."""
+        hidden = np.tanh((images.reshape(len(images), -1) @ self.stem).reshape(-1, TOKENS, DIM))
+        logits = [self._head(0, hidden)]
+        for k, block in enumerate(self.blocks, start=1):
+            hidden = np.tanh(hidden @ block)
+            logits.append(self._head(k, hidden))
+        return logits
+
+    def _head(self, k: int, hidden: np.ndarray) -> np.ndarray:
+        weight, bias = self.heads[k]
+        return hidden.mean(axis=1) @ weight + bias
+
+
+def reference_exits(weights: TinyWeights, images: np.ndarray, thresholds: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(exit, logits) per image: the first exit with max softmax >= threshold (< 1), else the last."""
+    all_logits = weights.forward_all(images)
+    answers = []
+    for i in range(len(images)):
+        for k, logits in enumerate(all_logits):
+            z = logits[i].astype(np.float64)
+            conf = 1.0 / np.exp(z - z.max()).sum()
+            last = k == NUM_EXITS - 1
+            if last or (thresholds[i, k] < 1 and conf >= thresholds[i, k]):
+                answers.append((k, logits[i]))
+                break
+    return answers
+
+
+def _head_nodes(k: int, hidden: str, weights: TinyWeights) -> tuple[list, list]:
+    weight, bias = weights.heads[k]
+    nodes = [
+        helper.make_node("ReduceMean", [hidden], [f"pooled{k}"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", [f"pooled{k}", f"head_w{k}"], [f"head_mm{k}"]),
+        helper.make_node("Add", [f"head_mm{k}", f"head_b{k}"], ["logits"]),
+    ]
+    inits = [numpy_helper.from_array(weight, f"head_w{k}"), numpy_helper.from_array(bias, f"head_b{k}")]
+    return nodes, inits
+
+
+def build_segment(k: int, weights: TinyWeights) -> onnx.ModelProto:
+    last = k == NUM_EXITS - 1
+    float_t = TensorProto.FLOAT
+    if k == 0:
+        graph_input = helper.make_tensor_value_info("image", float_t, ["batch", 3, IMAGE_SIZE, IMAGE_SIZE])
+        nodes = [
+            helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "stem"], ["tokens_flat"]),
+            helper.make_node("Reshape", ["tokens_flat", "token_shape"], ["pre"]),
+        ]
+        inits = [
+            numpy_helper.from_array(weights.stem, "stem"),
+            numpy_helper.from_array(np.array([-1, TOKENS, DIM], np.int64), "token_shape"),
+        ]
+    else:
+        graph_input = helper.make_tensor_value_info("hidden", float_t, ["batch", TOKENS, DIM])
+        nodes = [helper.make_node("MatMul", ["hidden", "block"], ["pre"])]
+        inits = [numpy_helper.from_array(weights.blocks[k - 1], "block")]
+    out_hidden = "logits_in" if last else "hidden_out"
+    nodes.append(helper.make_node("Tanh", ["pre"], [out_hidden]))
+    head_nodes, head_inits = _head_nodes(k, out_hidden, weights)
+    outputs = [helper.make_tensor_value_info("logits", float_t, ["batch", NUM_CLASSES])]
+    if not last:
+        # Expose the hidden state under the contract name "hidden".
+        nodes.append(helper.make_node("Identity", [out_hidden], ["hidden"]))
+        outputs.insert(0, helper.make_tensor_value_info("hidden", float_t, ["batch", TOKENS, DIM]))
+    graph = helper.make_graph(nodes + head_nodes, f"segment_{k}", [graph_input], outputs, inits + head_inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def segment_gflops(k: int) -> float:
+    body = 3 * IMAGE_SIZE * IMAGE_SIZE * TOKENS * DIM if k == 0 else TOKENS * DIM * DIM
+    return (body + DIM * NUM_CLASSES) / 1e9
+
+
+def manifest_for(segment_hashes: list[str], name: str, version: str) -> dict:
+    gflops = [segment_gflops(k) for k in range(NUM_EXITS)]
+    cumulative = np.cumsum(gflops).tolist()
+    return {
+        "schema_version": 1,
+        "name": name,
+        "version": version,
+        "created_utc": "2026-11-25T21:00:00Z",
+        "labels": LABELS,
+        "preprocessing": {
+            "size": [IMAGE_SIZE, IMAGE_SIZE],
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "interpolation": "bilinear",
+            "color": "RGB",
+        },
+        "hidden_shape": [TOKENS, DIM],
+        "segments": [
+            {
+                "index": k,
+                "file": f"segment_{k}.onnx",
+                "sha256": segment_hashes[k],
+                "after_block": AFTER_BLOCKS[k],
+                "gflops": gflops[k],
+                "cumulative_gflops": cumulative[k],
+            }
+            for k in range(NUM_EXITS)
+        ],
+        "gflops_full": cumulative[-1],
+        "calibration": {
+            "split": "val",
+            "num_samples": 64,
+            "table": [
+                {"threshold": t, "accuracy": 0.5 + t / 4, "flops_fraction": t, "gflops": t * cumulative[-1],
+                 "exit_fractions": [1 - t, t / 2, t / 2]}
+                for t in (0.3, 0.6, 0.9)
+            ],
+            "budgets": [
+                {"budget": 0.5, "threshold": 0.3, "accuracy": 0.6, "flops_fraction": 0.45},
+                {"budget": 0.8, "threshold": 0.6, "thresholds": [0.55, 0.7], "accuracy": 0.7,
+                 "flops_fraction": 0.75},
+                {"budget": 1.0, "threshold": 1.0, "accuracy": 0.8, "flops_fraction": 1.0},
+            ],
+        },
+        "modes": {
+            "fast": {"threshold": 0.3, "accuracy": 0.6, "flops_fraction": 0.45},
+            "balanced": {"threshold": 0.6, "accuracy": 0.7, "flops_fraction": 0.7},
+            "accurate": {"threshold": 0.9, "thresholds": [0.95, 0.9], "accuracy": 0.8, "flops_fraction": 0.9},
+        },
+        "parity": {"max_abs_diff": 0.0, "batch_sizes": [1, 5]},
+        "training": {"backbone": "tiny-test", "petl": "adapter", "img_size": IMAGE_SIZE, "exits": AFTER_BLOCKS},
+    }
+
+
+def write_model_version(repo: Path, weights: TinyWeights, name: str = "tiny", version: str = "1") -> Path:
+    """Write MODEL_REPO/<name>/<version>/ with real segments, sha256s and a calibrated manifest."""
+    folder = repo / name / version
+    folder.mkdir(parents=True)
+    hashes = []
+    for k in range(NUM_EXITS):
+        data = build_segment(k, weights).SerializeToString()
+        (folder / f"segment_{k}.onnx").write_bytes(data)
+        hashes.append(hashlib.sha256(data).hexdigest())
+    (folder / "manifest.json").write_text(json.dumps(manifest_for(hashes, name, version), indent=2))
+    return folder

@@ -1,0 +1,46 @@
+"""Tiny random timm ViTs and models for fast tests (no weights, no network)."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from models.dynamic_vit import DynamicViT, DynamicViTConfig
+
+
+def tiny_vit(img_size: int = 32, depth: int = 4, width: int = 32, seed: int = 0) -> VisionTransformer:
+    torch.manual_seed(seed)
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=0, exportable=True,
+        img_size=img_size, patch_size=8, depth=depth, embed_dim=width, num_heads=2,
+    )
+
+
+def tiny_model(petl: str = "adapter", exits: tuple[int, ...] = (1, 2, 3, 4), num_classes: int = 5,
+               seed: int = 0, **config) -> DynamicViT:
+    model = DynamicViT(tiny_vit(depth=exits[-1], seed=seed),
+                       DynamicViTConfig(num_classes=num_classes, exits=list(exits), petl=petl, **config))
+    return model
+
+
+def randomize_trainable(model: DynamicViT, seed: int = 1, std: float = 0.2) -> None:
+    """Give zero-initialised PETL weights real values, so identity-at-init can't hide a bug."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+TINY_BACKBONE = {"depth": 4, "embed_dim": 32, "num_heads": 2, "patch_size": 4, "global_pool": "avg"}
+
+
+def train_tiny_run(out, petl: str = "adapter", epochs: int = 1, **overrides):
+    """A real run directory from `dynadapter train`'s code path, on builtin:digits, in seconds."""
+    from training.trainer import TrainOptions, train
+
+    opts = TrainOptions(data="builtin:digits", out=out, backbone="vit_tiny_patch16_224",
+                        backbone_kwargs=TINY_BACKBONE, petl=petl, exits=[1, 2, 3, 4], img_size=16,
+                        epochs=epochs, lr=1e-2, progress=False, **overrides)
+    return train(opts)

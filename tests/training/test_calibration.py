@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from training.calibration import budget_curve, calibrate, choose_modes, exit_indices, simulate, sweep
+
+CUM = [1.0, 2.0, 3.0, 4.0]
+
+
+def one_hot_logits(classes: np.ndarray, confidence_logit: np.ndarray, num_classes: int = 3) -> np.ndarray:
+    out = np.zeros((*classes.shape, num_classes))
+    np.put_along_axis(out, classes[..., None], confidence_logit[..., None], axis=-1)
+    return out
+
+
+def test_exit_rule_first_confident_exit_last_always_answers() -> None:
+    conf = np.array([[0.9, 0.2, 0.2], [0.95, 0.8, 0.1], [0.99, 0.2, 0.3], [0.5, 0.5, 0.5]])
+    assert exit_indices(conf, 0.8).tolist() == [0, 1, 3]
+    assert exit_indices(conf, 0.0).tolist() == [0, 0, 0]
+    assert exit_indices(conf, 1.0).tolist() == [3, 3, 3]
+    # a saturated confidence of exactly 1.0 still does not leave early at threshold 1
+    assert exit_indices(np.ones((4, 2)), 1.0).tolist() == [3, 3]
+
+
+def test_simulate_counts_accuracy_flops_and_fractions() -> None:
+    conf = np.array([[0.9, 0.2], [0.9, 0.9], [0.1, 0.1], [0.5, 0.5]])
+    correct = np.array([[True, False], [True, False], [True, True], [True, True]])
+    row = simulate(conf, correct, CUM, 0.8)
+    assert row["exit_fractions"] == [0.5, 0.5, 0.0, 0.0]
+    assert row["accuracy"] == 0.5  # image 1 leaves at exit 1, where it is wrong
+    assert row["gflops"] == pytest.approx(1.5)
+    assert row["flops_fraction"] == pytest.approx(1.5 / 4.0)
+
+
+def test_modes_follow_their_definitions() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    targets = rng.integers(0, 3, n)
+    # deeper exits are more often right and more confident
+    logits = np.stack([one_hot_logits(np.where(rng.random(n) < acc, targets, (targets + 1) % 3),
+                                      rng.uniform(0, 4 + 2 * k, n)) for k, acc in enumerate([0.7, 0.8, 0.9, 0.95])])
+    result = calibrate(logits, targets, CUM)
+    table, modes = result["calibration"]["table"], result["modes"]
+    full = next(r for r in table if r["threshold"] == 1.0)
+    assert modes["fast"]["flops_fraction"] <= 0.30 and modes["balanced"]["flops_fraction"] <= 0.50
+    cap = min(0.5, modes["accurate"]["flops_fraction"])
+    assert modes["balanced"]["accuracy"] == max(r["accuracy"] for r in table if r["flops_fraction"] <= cap)
+    assert modes["fast"]["flops_fraction"] <= modes["balanced"]["flops_fraction"] <= modes["accurate"]["flops_fraction"]
+    assert modes["accurate"]["accuracy"] >= full["accuracy"] - 0.005
+    assert modes["accurate"]["flops_fraction"] == min(
+        r["flops_fraction"] for r in table if r["accuracy"] >= full["accuracy"] - 0.005)
+    assert result["calibration"]["num_samples"] == n
+
+
+def test_budget_curve_is_monotone_and_respects_budgets() -> None:
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 3, 200)
+    logits = rng.normal(size=(4, 200, 3)) * np.array([1, 2, 3, 4])[:, None, None]
+    curve = budget_curve(sweep(logits, targets, CUM))
+    assert curve, "a 4-exit model with equal stages fits budgets from 0.25 up"
+    assert all(e["flops_fraction"] <= e["budget"] + 1e-12 for e in curve)
+    accs = [e["accuracy"] for e in curve]
+    assert accs == sorted(accs)  # a larger budget never picks a worse threshold
+    assert curve[0]["budget"] == 0.25
+
+
+def test_mode_falls_back_to_the_cheapest_row_when_no_row_fits() -> None:
+    table = [{"threshold": t, "accuracy": 0.9, "flops_fraction": f} for t, f in [(0.0, 0.6), (1.0, 1.0)]]
+    modes = choose_modes(table)
+    assert modes["fast"]["threshold"] == 0.0 and modes["balanced"]["threshold"] == 0.0

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.tiny import train_tiny_run
+from training.evaluate import evaluate_run
+from training.run_dir import load_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return train_tiny_run(tmp_path_factory.mktemp("run") / "r", epochs=2)
+
+
+def test_run_directory_has_what_spec_section_4_lists(run) -> None:
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"]["img_size"] == 16 and config["model"]["exits"] == [1, 2, 3, 4]
+    assert config["labels"] == [str(i) for i in range(10)]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and all(len(m["val_acc"]) == 4 for m in metrics)
+    keys = load_file(str(run / "checkpoint.safetensors")).keys()
+    assert keys and all(".adapter." in k or k.startswith("heads.") for k in keys)
+    cal = json.loads((run / "calibration.json").read_text())
+    assert set(cal["modes"]) == {"fast", "balanced", "accurate"} and cal["calibration"]["num_samples"] == 200
+
+
+def test_training_learns_and_the_run_reloads_identically(run, tmp_path) -> None:
+    reloaded = load_run(run)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["val_acc"][-1] > 0.2  # 10 classes: chance is 0.1
+    again = load_run(run)
+    x = torch.randn(3, 3, 16, 16)
+    for a, b in zip(reloaded.model(x), again.model(x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_eval_reports_per_exit_accuracy_and_the_sweep(run) -> None:
+    report = evaluate_run(run)
+    assert report["num_samples"] == 797 and len(report["exit_accuracy"]) == 4
+    rows = {r["threshold"]: r for r in report["sweep"]}
+    assert rows[0.0]["exit_fractions"] == [1.0, 0.0, 0.0, 0.0]
+    assert rows[1.0]["exit_fractions"] == [0.0, 0.0, 0.0, 1.0]
+    assert rows[1.0]["accuracy"] == pytest.approx(report["exit_accuracy"][-1])
+    assert (run / "eval_test.json").is_file()
+
+
+def test_training_is_reproducible_with_the_same_seed(run, tmp_path) -> None:
+    other = train_tiny_run(tmp_path / "again", epochs=2)
+    a, b = load_file(str(run / "checkpoint.safetensors")), load_file(str(other / "checkpoint.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

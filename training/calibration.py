@@ -1,0 +1,100 @@
+"""Calibration: from per-exit logits on the validation split to thresholds, modes and budgets.
+
+Dynamic inference (SPEC §3): an image leaves at the first exit whose confidence (max softmax
+probability) reaches the threshold; the last exit always answers; threshold >= 1 runs to the end.
+Sweeping the threshold traces accuracy against mean FLOPs; the named modes (SPEC §5) and the
+FLOPs budgets of the service's ``budget`` knob are read off that table. Pure numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: Fine near 1: a well-trained exit's confidences crowd there.
+THRESHOLD_GRID = np.unique(np.round(np.concatenate(
+    [np.linspace(0.0, 1.0, 201), 1.0 - np.logspace(-5, -2, 13)]), 6))
+BUDGETS = np.round(np.arange(0.05, 1.0001, 0.05), 2)
+ACCURATE_TOLERANCE = 0.005  # "accurate": within 0.5 points of the last exit
+MODE_BUDGETS = {"fast": 0.30, "balanced": 0.50}
+
+
+def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(max softmax probability, argmax) over the last axis."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    return p.max(axis=-1), p.argmax(axis=-1)
+
+
+def exit_indices(confidence: np.ndarray, threshold: float) -> np.ndarray:
+    """Exit taken by each image: confidence [K, N] -> [N] ints."""
+    k = confidence.shape[0]
+    if threshold >= 1.0:
+        return np.full(confidence.shape[1], k - 1)
+    leaves = confidence[:-1] >= threshold
+    return np.where(leaves.any(axis=0), leaves.argmax(axis=0), k - 1)
+
+
+def simulate(confidence: np.ndarray, correct: np.ndarray, cumulative_gflops: Sequence[float],
+             threshold: float) -> dict[str, Any]:
+    """One row of the table: accuracy, mean GFLOPs and exit fractions at ``threshold``."""
+    k, n = confidence.shape
+    exits = exit_indices(confidence, threshold)
+    cum = np.asarray(cumulative_gflops, dtype=np.float64)
+    gflops = float(cum[exits].mean())
+    return {"threshold": float(threshold), "accuracy": float(correct[exits, np.arange(n)].mean()),
+            "gflops": gflops, "flops_fraction": gflops / float(cum[-1]),
+            "exit_fractions": (np.bincount(exits, minlength=k) / n).tolist()}
+
+
+def sweep(logits: np.ndarray, targets: np.ndarray, cumulative_gflops: Sequence[float],
+          thresholds: Sequence[float] = THRESHOLD_GRID) -> list[dict[str, Any]]:
+    confidence, predicted = softmax_confidence(np.asarray(logits, dtype=np.float64))
+    correct = predicted == np.asarray(targets)[None, :]
+    return [simulate(confidence, correct, cumulative_gflops, t) for t in thresholds]
+
+
+def best_under(table: list[dict[str, Any]], budget: float) -> dict[str, Any]:
+    """Most accurate row with flops_fraction <= budget (cheapest on ties); the cheapest row if none fits."""
+    fits = [r for r in table if r["flops_fraction"] <= budget + 1e-12]
+    if not fits:
+        return min(table, key=lambda r: r["flops_fraction"])
+    return max(fits, key=lambda r: (r["accuracy"], -r["flops_fraction"]))
+
+
+def choose_modes(table: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``accurate``: the cheapest row within 0.5 points of the last exit's accuracy; ``balanced`` /
+    ``fast``: the most accurate row within 50% / 30% of full FLOPs. Each budget is also capped by
+    the next mode's FLOPs, so fast <= balanced <= accurate in cost (on a small validation split an
+    early threshold can already reach the ``accurate`` criterion)."""
+    full = next(r for r in table if r["threshold"] >= 1.0)
+    close = [r for r in table if r["accuracy"] >= full["accuracy"] - ACCURATE_TOLERANCE]
+    accurate = min(close, key=lambda r: (r["flops_fraction"], -r["accuracy"]))
+    balanced = best_under(table, min(MODE_BUDGETS["balanced"], accurate["flops_fraction"]))
+    fast = best_under(table, min(MODE_BUDGETS["fast"], balanced["flops_fraction"]))
+    return {"fast": _mode(fast), "balanced": _mode(balanced), "accurate": _mode(accurate)}
+
+
+def _mode(row: dict[str, Any]) -> dict[str, float]:
+    return {"threshold": row["threshold"], "accuracy": row["accuracy"], "flops_fraction": row["flops_fraction"]}
+
+
+def budget_curve(table: list[dict[str, Any]]) -> list[dict[str, float]]:
+    out = []
+    for b in BUDGETS:
+        row = best_under(table, float(b))
+        if row["flops_fraction"] <= b + 1e-12:
+            out.append({"budget": float(b), **_mode(row)})
+    return out
+
+
+def calibrate(logits: Any, targets: Any, cumulative_gflops: Sequence[float]) -> dict[str, Any]:
+    """The manifest's ``calibration`` and ``modes`` from validation logits [K, N, C]."""
+    logits, targets = np.asarray(logits), np.asarray(targets)
+    table = sweep(logits, targets, cumulative_gflops)
+    return {"calibration": {"split": "val", "num_samples": int(targets.shape[0]), "table": table,
+                            "budgets": budget_curve(table)},
+            "modes": choose_modes(table)}

@@ -1,0 +1,159 @@
+"""Export: cut the trained model into per-stage ONNX segments plus a manifest (SPEC §5).
+
+Mergeable PETL layers (RepAdapter, LoRA) are folded into the frozen weights first, so they cost
+nothing at inference. Each segment is checked with ``onnx.checker`` (full check), and the chained
+segments are run with onnxruntime against the *unmerged* PyTorch model: that one parity number
+covers the merge and the export, is stored in the manifest, and a model over tolerance is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import shutil
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from models.dynamic_vit import DynamicViT
+from models.flops import deployed_cumulative_gflops
+from models.petl import merge_all
+from training.run_dir import CALIBRATION, load_run
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+OPSET = 17
+PARITY_BATCH_SIZES = (1, 5)
+PARITY_TOLERANCE = 1e-4
+
+
+class Segment(nn.Module):
+    """Stage k and exit head k as one graph: image or hidden -> (hidden, logits), logits on the last."""
+
+    def __init__(self, model: DynamicViT, k: int) -> None:
+        super().__init__()
+        self.model, self.k = model, k
+        self.last = k == model.num_exits - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        hidden, logits = self.model.forward_stage(self.k, x)
+        return logits if self.last else (hidden, logits)
+
+
+def segment_io(k: int, last: bool) -> tuple[list[str], list[str]]:
+    # ONNX names are single-assignment, so a middle segment's input can't also be called "hidden".
+    return ["image" if k == 0 else "hidden_in"], ["logits"] if last else ["hidden", "logits"]
+
+
+def export_segment(model: DynamicViT, k: int, example: torch.Tensor, path: Path) -> torch.Tensor:
+    """Write segment k to ``path``; returns its hidden output for the next segment's example."""
+    seg = Segment(model, k).eval()
+    inputs, outputs = segment_io(k, seg.last)
+    with warnings.catch_warnings():
+        # timm's patch embedding asserts the image size with a Python comparison; the tracer warns
+        # that it becomes a constant, which is intended: the input size is fixed per model.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(seg, (example,), str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, opset_version=OPSET,
+                          dynamo=False)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    with torch.no_grad():
+        return model.forward_stage(k, example)[0]
+
+
+def chained_onnx_logits(paths: list[Path], images: np.ndarray) -> list[np.ndarray]:
+    """Run every segment on every image (no early exit): the logits of each exit."""
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
+    x, out = images, []
+    for sess in sessions:
+        names = [o.name for o in sess.get_outputs()]
+        result = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x}), strict=True))
+        out.append(result["logits"])
+        x = result.get("hidden")
+    return out
+
+
+def parity_error(reference: DynamicViT, paths: list[Path], img_size: int, seed: int = 0) -> float:
+    """Max |ONNX - PyTorch| over every exit's logits, for random images at each parity batch size."""
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for b in PARITY_BATCH_SIZES:
+        images = torch.randn(b, 3, img_size, img_size, generator=g)
+        with torch.no_grad():
+            expected = [t.numpy() for t in reference.eval()(images)]
+        got = chained_onnx_logits(paths, images.numpy())
+        worst = max(worst, *(float(np.abs(e - o).max()) for e, o in zip(expected, got, strict=True)))
+    return worst
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_run(run_dir: Path, model_repo: Path, name: str = "model", version: str = "1") -> Path:
+    """Export a run directory to ``model_repo/name/version``; returns that folder."""
+    run = load_run(Path(run_dir))
+    cal_path = Path(run_dir) / CALIBRATION
+    if not cal_path.is_file():
+        raise FileNotFoundError(f"{cal_path} is missing: train with a non-empty val split to calibrate")
+    dest = Path(model_repo) / name / str(version)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    paths = write_segments(run.model, run.preprocessing.size, tmp)
+    parity = parity_error(run.model, paths, run.preprocessing.size)
+    if parity > PARITY_TOLERANCE:
+        raise RuntimeError(f"exported segments differ from PyTorch by {parity:.2e} (> {PARITY_TOLERANCE:g})")
+    manifest = build_manifest(run, paths, json.loads(cal_path.read_text()), parity, name, str(version))
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)  # a half-written version never appears under its real name
+    log.info("exported %s (%d segments, parity %.2e)", dest, len(paths), parity)
+    return dest
+
+
+def write_segments(model: DynamicViT, img_size: int, folder: Path) -> list[Path]:
+    merged = copy.deepcopy(model).eval()
+    merge_all(merged)
+    x = torch.randn(2, 3, img_size, img_size)
+    paths = []
+    for k in range(merged.num_exits):
+        paths.append(folder / f"segment_{k}.onnx")
+        x = export_segment(merged, k, x, paths[-1])
+    return paths
+
+
+def build_manifest(run: Any, paths: list[Path], calibration: dict[str, Any], parity: float, name: str,
+                   version: str) -> dict[str, Any]:
+    cum = deployed_cumulative_gflops(run.model)
+    per = [c - p for c, p in zip(cum, [0.0, *cum[:-1]], strict=True)]
+    with torch.no_grad():
+        hidden = run.model.embed(torch.zeros(1, 3, run.preprocessing.size, run.preprocessing.size))
+    exits = run.model.config.exits
+    return {
+        "schema_version": SCHEMA_VERSION, "name": name, "version": version,
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "labels": run.labels, "preprocessing": run.preprocessing.to_manifest(),
+        "hidden_shape": list(hidden.shape[1:]),
+        "segments": [{"index": k, "file": p.name, "sha256": sha256(p), "after_block": exits[k],
+                      "gflops": per[k], "cumulative_gflops": cum[k]} for k, p in enumerate(paths)],
+        "gflops_full": cum[-1],
+        "calibration": calibration["calibration"], "modes": calibration["modes"],
+        "parity": {"max_abs_diff": parity, "batch_sizes": list(PARITY_BATCH_SIZES)},
+        "training": {"backbone": run.config["backbone"]["name"], "petl": run.model.config.petl,
+                     "img_size": run.preprocessing.size, "exits": exits, "data": run.config["data"]},
+    }

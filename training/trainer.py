@@ -1,0 +1,151 @@
+"""The training loop: frozen backbone, PETL + exit heads trained jointly (SPEC §3).
+
+AdamW with a linear warm-up then cosine decay, the adaptive per-exit loss weighting, forward
+sparsity (set on the model) and backward sparsity (gradient masking between backward and step).
+After the last epoch the validation split is calibrated and the run directory is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from models.balanced_heads import balanced_head_configs, linear_head_configs
+from models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
+from models.flops import deployed_cumulative_gflops
+from training import run_dir as rd
+from training.adaptive_prioritization import AdaptivePrioritization
+from training.backward_sparsity import BackwardSparsity
+from training.calibration import calibrate
+from training.data import Preprocessing, Split, load_raw, to_tensors
+from training.evaluate import exit_accuracies, exit_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    """Args: see ``dynadapter train --help``; ``exits`` None = every quarter of the depth."""
+
+    data: str
+    out: Path
+    backbone: str = "builtin:dinov2-s14"
+    backbone_weights: str | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    petl: str = "adapter"
+    petl_options: dict[str, Any] = field(default_factory=dict)
+    exits: list[int] | None = None
+    heads: str = "balanced"
+    static: bool = False
+    img_size: int = 112
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    prioritization: AdaptivePrioritization = field(default_factory=AdaptivePrioritization)
+    forward_sparsity: ForwardSparsity = field(default_factory=ForwardSparsity)
+    backward_sparsity: BackwardSparsity = field(default_factory=BackwardSparsity)
+    progress: bool = True
+
+
+def default_exits(depth: int, stages: int = 4) -> list[int]:
+    """Exits after every ``depth / stages`` blocks (3, 6, 9, 12 for a 12-block ViT)."""
+    return sorted({max(1, round(depth * (k + 1) / stages)) for k in range(stages)})
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.BackboneSpec]:
+    spec = rd.BackboneSpec(opts.backbone, opts.img_size, opts.backbone_weights, False,
+                           opts.backbone_kwargs or None, opts.seed)
+    backbone = spec.build()
+    depth = len(backbone.blocks)
+    exits = [depth] if opts.static else (opts.exits or default_exits(depth))
+    heads = balanced_head_configs(len(exits)) if opts.heads == "balanced" else linear_head_configs(len(exits))
+    config = DynamicViTConfig(num_classes, exits, opts.petl, opts.petl_options, heads, opts.forward_sparsity)
+    return DynamicViT(backbone, config), spec
+
+
+def preprocessing_for(model: DynamicViT, img_size: int) -> Preprocessing:
+    cfg = model.backbone.pretrained_cfg or {}
+    return Preprocessing(img_size, tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                         tuple(cfg.get("std", (0.229, 0.224, 0.225))), "bicubic")
+
+
+def train(opts: TrainOptions) -> Path:
+    """Train, calibrate on the validation split, and write the run directory; returns its path."""
+    torch.manual_seed(opts.seed)
+    raw = load_raw(opts.data, opts.seed)
+    model, spec = build(opts, len(raw.labels))
+    pre = preprocessing_for(model, opts.img_size)
+    train_split, val_split = (to_tensors(raw.splits[s], pre) for s in ("train", "val"))
+    if len(train_split.targets) == 0:
+        raise ValueError(f"{opts.data}: the train split is empty")
+    out = Path(opts.out)
+    config = {"data": opts.data, "labels": raw.labels, "preprocessing": pre.to_manifest(),
+              "backbone": asdict(spec), "model": model.config.to_dict(), "train": _jsonable(opts)}
+    rd.write_config(out, config)
+    (out / rd.METRICS).unlink(missing_ok=True)
+    fit(model, train_split, val_split, opts, out)
+    rd.save_checkpoint(out, model)
+    if len(val_split.targets):
+        table = calibrate(exit_logits(model, val_split.images), val_split.targets, deployed_cumulative_gflops(model))
+        (out / rd.CALIBRATION).write_text(json.dumps(table, indent=2))
+    return out
+
+
+def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOptions, out: Path) -> None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    n = len(train_split.targets)
+    steps_per_epoch = math.ceil(n / opts.batch_size)
+    total = steps_per_epoch * opts.epochs
+    warmup = min(total, round(opts.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup))
+    gen = torch.Generator().manual_seed(opts.seed)
+    bar = tqdm(total=total, desc="train", unit="step", disable=not opts.progress)
+    step = 0
+    for epoch in range(opts.epochs):
+        model.train()
+        start, losses, exit_losses = time.perf_counter(), [], []
+        for idx in torch.randperm(n, generator=gen).split(opts.batch_size):
+            loss, per_exit = opts.prioritization(model(train_split.images[idx]), train_split.targets[idx], step / total)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opts.backward_sparsity.apply(params, gen)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+            exit_losses.append(per_exit)
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        record = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses),
+                  "exit_loss": [sum(col) / len(col) for col in zip(*exit_losses, strict=True)],
+                  "exit_weights": opts.prioritization.weights(step / total, model.num_exits).tolist(),
+                  "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2)}
+        if len(val_split.targets):
+            record["val_acc"] = exit_accuracies(exit_logits(model, val_split.images), val_split.targets)
+        rd.append_metrics(out, record)
+        log.info("epoch %d: %s", epoch + 1, record)
+    bar.close()
+
+
+def _jsonable(opts: TrainOptions) -> dict[str, Any]:
+    d = asdict(opts)
+    d["out"] = str(opts.out)
+    return d
