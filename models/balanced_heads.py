@@ -51,6 +51,24 @@ def linear_head_configs(num_exits: int) -> list[HeadConfig]:
     return [HeadConfig("linear") for _ in range(num_exits)]
 
 
+def parse_head_spec(spec: str, num_exits: int) -> list[HeadConfig]:
+    """``balanced``, ``linear``, or one ``kind[:n]`` per exit, e.g. ``transformer:1,mlp:2,mlp:1,linear``
+    (n = width multiple of an ``mlp`` head, depth of a ``transformer`` head)."""
+    if spec == "balanced":
+        return balanced_head_configs(num_exits)
+    if spec == "linear":
+        return linear_head_configs(num_exits)
+    heads = []
+    for item in spec.split(","):
+        kind, _, n = item.strip().partition(":")
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {kind!r} in {spec!r}")
+        heads.append(HeadConfig(kind, width=float(n or 1)) if kind == "mlp" else HeadConfig(kind, depth=int(n or 1)))
+    if len(heads) != num_exits:
+        raise ValueError(f"{len(heads)} heads given for {num_exits} exits: {spec!r}")
+    return heads
+
+
 class ExitHead(nn.Module):
     """Pools the tokens of a stage (class token, or mean of patch tokens) and classifies them."""
 

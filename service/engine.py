@@ -20,9 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(
-        self, model: ModelVersion, runner: SegmentRunner, settings: Settings, metrics: ServiceMetrics
-    ) -> None:
+    def __init__(self, model: ModelVersion, runner: SegmentRunner, settings: Settings, metrics: ServiceMetrics) -> None:
         self.model = model
         self.runner = runner
         self._metrics = metrics

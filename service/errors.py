@@ -20,9 +20,7 @@ logger = logging.getLogger(__name__)
 class ApiError(Exception):
     """An error with its HTTP status, a stable machine-readable code and a message for people."""
 
-    def __init__(
-        self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
@@ -46,8 +44,7 @@ def unsupported_media_type(content_type: str) -> ApiError:
     return ApiError(
         415,
         "unsupported_media_type",
-        f"unsupported content type {content_type!r}: send multipart/form-data with a 'file' field "
-        "or an image/* body",
+        f"unsupported content type {content_type!r}: send multipart/form-data with a 'file' field or an image/* body",
     )
 
 
@@ -65,12 +62,8 @@ def deadline_exceeded(timeout_s: float) -> ApiError:
     return ApiError(504, "timeout", f"the request did not finish within {timeout_s:g} s")
 
 
-def error_response(
-    status_code: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status_code, headers=headers
-    )
+def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code, headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -94,13 +87,20 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's own errors (404, 405, ...): same shape, code from the standard reason phrase.
     assert isinstance(exc, StarletteHTTPException)
-    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
-    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+    return error_response(exc.status_code, _status_code_name(exc.status_code), str(exc.detail), exc.headers)
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal", "internal server error")
+
+
+def _status_code_name(status_code: int) -> str:
+    try:
+        phrase = HTTPStatus(status_code).phrase
+    except ValueError:
+        return "error"
+    return phrase.lower().replace(" ", "_").replace("-", "_")
 
 
 def _describe_validation(exc: RequestValidationError) -> str:

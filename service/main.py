@@ -18,8 +18,9 @@ from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
 from service.model_repository import ModelLoadError, load_model
-from service.preprocess import limit_pil_pixels
+from service.preprocess import pil_pixel_limit
 from service.routes import classify, health, metrics, models
+from service.segment_runner import select_providers
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,9 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: it also sees the 413s answered by the body limit.
-    app.add_middleware(
-        RequestMetricsMiddleware, metrics=state.metrics, model_label=state.model_label, path="/classify"
-    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics, model_label=state.model_label, path="/classify")
     for module in (classify, models, health, metrics):
         app.include_router(module.router)
     return app
@@ -49,13 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
-    limit_pil_pixels(state.settings.max_pixels)
     engine = Engine.load(state.settings, state.metrics)  # ModelLoadError: the app refuses to start
     state.engine = engine
     engine.start()
     warming = asyncio.create_task(_warm_up(state, engine))
     try:
-        yield
+        with pil_pixel_limit(state.settings.max_pixels):
+            yield
     finally:
         state.ready = False
         warming.cancel()
@@ -80,12 +79,12 @@ def serve(settings: Settings) -> None:
     sessions live in this process, so scale out with more containers, not more workers. On
     shutdown, requests in flight get `shutdown_timeout_s` to finish.
     """
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        # Check the repository before uvicorn starts, so a bad model is one clear line, not a traceback.
+        # Check the repository and the providers before uvicorn starts, so that a model that cannot
+        # be served is one clear line rather than a lifespan traceback.
         load_model(settings.model_repo, settings.model_name, settings.model_version)
+        select_providers(settings.providers)
     except ModelLoadError as err:
         raise SystemExit(f"dynadapter serve: cannot load the model: {err}") from None
     uvicorn.run(
@@ -94,5 +93,5 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         workers=1,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )

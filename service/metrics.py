@@ -8,12 +8,10 @@ FLOP): used = cumulative FLOPs up to its exit, saved = full depth minus used; so
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.segment_runner import RunOutput
 
 GIGA = 1e9
-EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -37,9 +35,7 @@ class ServiceMetrics:
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
-        self.exits = Counter(
-            "dynadapter_exits_total", "Images answered by each exit.", ["model", "exit"], registry=r
-        )
+        self.exits = Counter("dynadapter_exits_total", "Images answered by each exit.", ["model", "exit"], registry=r)
         self.flops_used = Counter(
             "dynadapter_flops_used_total",
             "FLOPs executed (multiply-adds), per image up to its exit.",

@@ -50,9 +50,7 @@ class BodySizeLimitMiddleware:
 class RequestMetricsMiddleware:
     """Counts, times and gauges the requests to `path` (the classify endpoint), by status code."""
 
-    def __init__(
-        self, app: ASGIApp, metrics: ServiceMetrics, model_label: Callable[[], str], path: str
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, model_label: Callable[[], str], path: str) -> None:
         self.app = app
         self.metrics = metrics
         self.model_label = model_label

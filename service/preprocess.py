@@ -6,7 +6,8 @@ on exactly the tensors the service will feed it.
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -21,7 +22,7 @@ _RESAMPLE = {
 }
 
 # Raster formats a client may send; anything else (EPS would run Ghostscript, for one) is refused.
-ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO (phone photos)
 
 
 class ImageDecodeError(ValueError):
@@ -32,13 +33,20 @@ class ImageTooLargeError(ValueError):
     """The image has more pixels than allowed (a decompression bomb, or just too big)."""
 
 
-def limit_pil_pixels(max_pixels: int) -> None:
-    """Make PIL itself refuse images over `max_pixels`, a second line behind `decode_image`'s check.
+@contextmanager
+def pil_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """While inside, PIL itself refuses images over `max_pixels`: a second line behind `decode_image`.
 
-    Process-wide (PIL's guard is a module global), so the service calls it once at startup.
+    PIL's guard is a process-wide global, so the service sets it once for its lifetime.
     """
+    previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
+    # Between 1x and 2x its limit PIL only warns; as an error, decode_image refuses those quietly too.
     warnings.simplefilter("error", Image.DecompressionBombWarning)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -61,7 +69,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except ImageTooLargeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageTooLargeError(f"image exceeds the pixel limit of {max_pixels}") from err
+        raise ImageTooLargeError(f"image exceeds the limit of {max_pixels} pixels") from err
     except Exception as err:  # PIL's decoders raise many types (OSError, SyntaxError, struct.error, ...)
         raise ImageDecodeError(f"cannot decode image: {err}") from err
     return upright

@@ -100,7 +100,7 @@ def select_providers(preference: ProviderPreference) -> list[str]:
 @dataclass(frozen=True)
 class _Segment:
     session: ort.InferenceSession
-    input_name: str  # "image" for segment 0, "hidden" after
+    input_name: str  # "image" for segment 0, the hidden state after
     has_hidden: bool  # False for the last segment
 
 
@@ -116,14 +116,18 @@ class _HostIO:
         return hidden[rows]
 
 
-class _DeviceIO:
-    """CUDA: hidden states are OrtValues that never leave the GPU; logits are copied to the host."""
+class _BoundIO:
+    """IOBinding: hidden states stay OrtValues on `device` between segments; only logits come back.
 
-    def __init__(self, options: ort.SessionOptions, device_id: int = 0) -> None:
+    On CUDA this keeps them on the GPU for the whole cascade. On CPU it is the same code path with
+    no copies to save, which lets the tests exercise it on a machine without a GPU.
+    """
+
+    def __init__(self, options: ort.SessionOptions, device: Literal["cuda", "cpu"], device_id: int = 0) -> None:
+        self._device = device
         self._device_id = device_id
-        self._gather = ort.InferenceSession(
-            _GATHER_ROWS_ONNX, options, providers=[(CUDA, {"device_id": device_id})]
-        )
+        provider = (CUDA, {"device_id": device_id}) if device == "cuda" else CPU
+        self._gather = ort.InferenceSession(_GATHER_ROWS_ONNX, options, providers=[provider])
 
     def run(self, segment: _Segment, x: np.ndarray | ort.OrtValue) -> tuple[ort.OrtValue | None, np.ndarray]:
         binding = segment.session.io_binding()
@@ -133,7 +137,7 @@ class _DeviceIO:
             binding.bind_ortvalue_input(segment.input_name, x)
         binding.bind_output("logits", "cpu")
         if segment.has_hidden:
-            binding.bind_output("hidden", "cuda", self._device_id)
+            binding.bind_output("hidden", self._device, self._device_id)
         segment.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
         logits, *hidden = binding.get_outputs()
@@ -143,7 +147,7 @@ class _DeviceIO:
         binding = self._gather.io_binding()
         binding.bind_ortvalue_input("hidden", hidden)
         binding.bind_cpu_input("indices", rows.astype(np.int64))
-        binding.bind_output("kept", "cuda", self._device_id)
+        binding.bind_output("kept", self._device, self._device_id)
         self._gather.run_with_iobinding(binding)
         return binding.get_outputs()[0]
 
@@ -157,19 +161,23 @@ class SegmentRunner:
         providers: Sequence[str],
         intra_op_threads: int = 0,
         num_classes: int | None = None,
+        io_binding: bool | None = None,
     ) -> None:
+        """`io_binding`: keep hidden states in OrtValues between segments; default: on CUDA only."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1  # a segment is one chain of blocks; no parallel branches
         options.log_severity_level = _ORT_ERROR
         self._segments = [
-            _open_segment(path, options, providers, first=k == 0, last=k == len(segment_paths) - 1)
+            _open_segment(path, options, providers, last=k == len(segment_paths) - 1)
             for k, path in enumerate(segment_paths)
         ]
         if num_classes is not None:
             _check_classes(self._segments, segment_paths, num_classes)
         self.providers: list[str] = self._segments[0].session.get_providers()
-        self._io = _DeviceIO(options) if self.providers[0] == CUDA else _HostIO()
+        on_gpu = self.providers[0] == CUDA
+        bound = on_gpu if io_binding is None else io_binding
+        self._io = _BoundIO(options, "cuda" if on_gpu else "cpu") if bound else _HostIO()
 
     @property
     def num_exits(self) -> int:
@@ -225,23 +233,22 @@ class SegmentRunner:
         return (confidence(logits) >= threshold) & (threshold < 1.0)
 
 
-def _open_segment(
-    path: Path, options: ort.SessionOptions, providers: Sequence[str], first: bool, last: bool
-) -> _Segment:
+def _open_segment(path: Path, options: ort.SessionOptions, providers: Sequence[str], last: bool) -> _Segment:
     try:
         session = ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as err:  # onnxruntime raises its own pybind types for bad files
         raise ModelLoadError(f"{path}: onnxruntime cannot load segment: {err}") from err
     inputs = [arg.name for arg in session.get_inputs()]
     outputs = {arg.name for arg in session.get_outputs()}
-    expected_input = "image" if first else "hidden"
     expected_outputs = {"logits"} if last else {"logits", "hidden"}
-    if inputs != [expected_input] or not expected_outputs <= outputs:
+    # The one input is taken by position, not name: ONNX forbids a graph input and output of the
+    # same name, so a middle segment's "hidden" input gets another name ("hidden.1" from torch).
+    if len(inputs) != 1 or not expected_outputs <= outputs:
         raise ModelLoadError(
             f"{path}: segment has inputs {inputs} and outputs {sorted(outputs)}, "
-            f"expected input {expected_input!r} and outputs {sorted(expected_outputs)}"
+            f"expected one input and outputs {sorted(expected_outputs)}"
         )
-    return _Segment(session, expected_input, has_hidden=not last)
+    return _Segment(session, inputs[0], has_hidden=not last)
 
 
 def _check_classes(segments: list[_Segment], paths: Sequence[Path], num_classes: int) -> None:
@@ -249,6 +256,4 @@ def _check_classes(segments: list[_Segment], paths: Sequence[Path], num_classes:
         logits = next(arg for arg in segment.session.get_outputs() if arg.name == "logits")
         width = logits.shape[-1]
         if isinstance(width, int) and width != num_classes:
-            raise ModelLoadError(
-                f"{path}: logits have {width} classes, the manifest has {num_classes} labels"
-            )
+            raise ModelLoadError(f"{path}: logits have {width} classes, the manifest has {num_classes} labels")

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(default=5.0, ge=0)  # how long the batcher waits to fill a batch
     max_queue: int = Field(default=256, ge=1)  # queued images beyond this get 503 + Retry-After
     request_timeout_s: float = Field(default=30.0, gt=0)  # 504 past this deadline
-    shutdown_timeout_s: float = Field(default=30.0, ge=0)  # grace period for in-flight requests
+    shutdown_timeout_s: int = Field(default=30, ge=0)  # grace period for in-flight requests
     api_keys: Annotated[list[str], NoDecode] = []  # comma separated; empty: no authentication
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -48,7 +48,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--petl-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="PETL config option (repeatable), e.g. dim=8 or scale=0.5")
     p.add_argument("--exits", type=_int_list, help="blocks after which exits sit (default: every quarter)")
-    p.add_argument("--heads", choices=["balanced", "linear"], default="balanced")
+    p.add_argument("--heads", default="balanced",
+                   help="balanced | linear | one kind[:n] per exit, e.g. transformer:1,mlp:2,mlp:1,linear")
     p.add_argument("--static", action="store_true", help="baseline: the final exit only")
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--epochs", type=int, default=10)
@@ -86,12 +87,14 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--data", help="data set (default: the one trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--baseline", action="append", default=[], type=Path, metavar="RUN_DIR",
+                   help="another run (e.g. trained with --static) to plot as a point (repeatable)")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from training.evaluate import REPORT_THRESHOLDS, evaluate_run
 
-    r = evaluate_run(args.run_dir, args.data, args.split)
+    r = evaluate_run(args.run_dir, args.data, args.split, args.baseline)
     print(f"{r['split']} split, {r['num_samples']} images")
     print("exit  after_block  cum_GFLOPs  accuracy")
     for k, (blk, g, a) in enumerate(zip(r["exits"], r["cumulative_gflops"], r["exit_accuracy"], strict=True)):
@@ -105,6 +108,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for name, row in r["modes"].items():
         print(f"mode {name:<8} threshold {row['threshold']:.4f}: accuracy {row['accuracy']:.4f}, "
               f"{100 * row['flops_fraction']:.1f}% of full FLOPs")
+    for name, point in r["baselines"].items():
+        print(f"baseline {name}: accuracy {point['accuracy']:.4f} at {point['gflops']:.4f} GFLOPs")
+    print(f"\nwritten: {args.run_dir / ('eval_' + args.split + '.json')} and the plot eval_{args.split}.png")
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ from models.dynamic_vit import DynamicViT
 from models.flops import deployed_cumulative_gflops
 from training.calibration import sweep
 from training.data import load_raw, to_tensors
-from training.run_dir import CALIBRATION, load_run
+from training.plots import plot_accuracy_vs_gflops
+from training.run_dir import CALIBRATION, Run, load_run
 
 REPORT_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -31,27 +33,48 @@ def exit_accuracies(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
     return (logits.argmax(-1) == targets[None]).float().mean(1).tolist()
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test") -> dict[str, Any]:
-    """Per-exit accuracy and the threshold sweep on ``split``; writes eval.json (and a plot)."""
+def split_logits(run: Run, data: str | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    data = data or run.config["data"]
+    raw = load_raw(data, run.config["train"]["seed"]).splits[split]
+    if len(raw.targets) == 0:
+        raise ValueError(f"the {split} split of {data} is empty")
+    tensors = to_tensors(raw, run.preprocessing)
+    return exit_logits(run.model, tensors.images), tensors.targets
+
+
+def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
+                 baselines: Sequence[Path] = ()) -> dict[str, Any]:
+    """Per-exit accuracy, the threshold sweep, the calibrated modes and baselines on ``split``.
+
+    Writes ``eval_<split>.json`` and the plot ``eval_<split>.png`` into the run directory.
+    Each baseline run (e.g. the static model, ``--static``) is a point: its last exit, full cost.
+    """
+    run_dir = Path(run_dir)
     run = load_run(run_dir)
-    raw = load_raw(data or run.config["data"], run.config["train"]["seed"])
-    if len(raw.splits[split].targets) == 0:
-        raise ValueError(f"the {split} split of {data or run.config['data']} is empty")
-    tensors = to_tensors(raw.splits[split], run.preprocessing)
-    logits = exit_logits(run.model, tensors.images)
+    logits, targets = split_logits(run, data, split)
     cum = deployed_cumulative_gflops(run.model)
-    table = sweep(logits.numpy(), tensors.targets.numpy(), cum)
-    report = {"split": split, "num_samples": len(tensors.targets), "exits": run.model.config.exits,
-              "cumulative_gflops": cum, "exit_accuracy": exit_accuracies(logits, tensors.targets),
-              "sweep": table, "modes": _modes_on_split(Path(run_dir), table)}
-    (Path(run_dir) / f"eval_{split}.json").write_text(json.dumps(report, indent=2))
+    calibrated = json.loads((run_dir / CALIBRATION).read_text())["modes"] if (run_dir / CALIBRATION).is_file() else {}
+    modes = dict(zip(calibrated, sweep(logits.numpy(), targets.numpy(), cum,
+                                        [m["threshold"] for m in calibrated.values()]), strict=True))
+    report = {"split": split, "num_samples": len(targets), "exits": run.model.config.exits,
+              "cumulative_gflops": cum, "exit_accuracy": exit_accuracies(logits, targets),
+              "sweep": sweep(logits.numpy(), targets.numpy(), cum), "modes": modes,
+              "baselines": {str(b): baseline_point(Path(b), data or run.config["data"], split) for b in baselines}}
+    (run_dir / f"eval_{split}.json").write_text(json.dumps(report, indent=2))
+    plot_accuracy_vs_gflops(report["sweep"], list(zip(cum, report["exit_accuracy"], strict=True)), modes,
+                            {_baseline_label(Path(b)): tuple(p.values()) for b, p in report["baselines"].items()},
+                            run_dir / f"eval_{split}.png", f"{run.config['data']} ({split}, {len(targets)} images)")
     return report
 
 
-def _modes_on_split(run_dir: Path, table: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The validation-calibrated modes, measured on this split (the nearest swept threshold)."""
-    path = run_dir / CALIBRATION
-    if not path.is_file():
-        return {}
-    modes = json.loads(path.read_text())["modes"]
-    return {name: min(table, key=lambda r: abs(r["threshold"] - m["threshold"])) for name, m in modes.items()}
+def baseline_point(run_dir: Path, data: str, split: str) -> dict[str, float]:
+    """A baseline run's full-depth (last exit) GFLOPs and accuracy."""
+    run = load_run(run_dir)
+    logits, targets = split_logits(run, data, split)
+    return {"gflops": deployed_cumulative_gflops(run.model)[-1], "accuracy": exit_accuracies(logits, targets)[-1]}
+
+
+def _baseline_label(run_dir: Path) -> str:
+    cfg = json.loads((run_dir / "config.json").read_text())
+    kind = "static" if len(cfg["model"]["exits"]) == 1 else "dynamic"
+    return f"{cfg['model']['petl']} {kind} ({run_dir.name})"

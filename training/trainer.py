@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from models.balanced_heads import balanced_head_configs, linear_head_configs
+from models.balanced_heads import parse_head_spec
 from models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
 from models.flops import deployed_cumulative_gflops
+from training import distributed
 from training import run_dir as rd
 from training.adaptive_prioritization import AdaptivePrioritization
 from training.backward_sparsity import BackwardSparsity
@@ -75,7 +76,7 @@ def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.Backbone
     backbone = spec.build()
     depth = len(backbone.blocks)
     exits = [depth] if opts.static else (opts.exits or default_exits(depth))
-    heads = balanced_head_configs(len(exits)) if opts.heads == "balanced" else linear_head_configs(len(exits))
+    heads = parse_head_spec(opts.heads, len(exits))
     config = DynamicViTConfig(num_classes, exits, opts.petl, opts.petl_options, heads, opts.forward_sparsity)
     return DynamicViT(backbone, config), spec
 
@@ -88,6 +89,7 @@ def preprocessing_for(model: DynamicViT, img_size: int) -> Preprocessing:
 
 def train(opts: TrainOptions) -> Path:
     """Train, calibrate on the validation split, and write the run directory; returns its path."""
+    world = distributed.init_world()
     torch.manual_seed(opts.seed)
     raw = load_raw(opts.data, opts.seed)
     model, spec = build(opts, len(raw.labels))
@@ -96,52 +98,64 @@ def train(opts: TrainOptions) -> Path:
     if len(train_split.targets) == 0:
         raise ValueError(f"{opts.data}: the train split is empty")
     out = Path(opts.out)
-    config = {"data": opts.data, "labels": raw.labels, "preprocessing": pre.to_manifest(),
-              "backbone": asdict(spec), "model": model.config.to_dict(), "train": _jsonable(opts)}
-    rd.write_config(out, config)
-    (out / rd.METRICS).unlink(missing_ok=True)
-    fit(model, train_split, val_split, opts, out)
-    rd.save_checkpoint(out, model)
-    if len(val_split.targets):
-        table = calibrate(exit_logits(model, val_split.images), val_split.targets, deployed_cumulative_gflops(model))
-        (out / rd.CALIBRATION).write_text(json.dumps(table, indent=2))
+    if world.is_main:
+        config = {"data": opts.data, "labels": raw.labels, "preprocessing": pre.to_manifest(),
+                  "backbone": asdict(spec), "model": model.config.to_dict(), "train": _jsonable(opts),
+                  "world_size": world.size}
+        rd.write_config(out, config)
+        (out / rd.METRICS).unlink(missing_ok=True)
+    fit(model, train_split, val_split, opts, out, world)
+    if world.is_main:
+        rd.save_checkpoint(out, model)
+        if len(val_split.targets):
+            cal = calibrate(exit_logits(model, val_split.images), val_split.targets, deployed_cumulative_gflops(model))
+            (out / rd.CALIBRATION).write_text(json.dumps(cal, indent=2))
+    distributed.shutdown(world)
     return out
 
 
-def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOptions, out: Path) -> None:
+def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOptions, out: Path,
+        world: distributed.World | None = None) -> None:
+    world = world or distributed.World()
     params = [p for p in model.parameters() if p.requires_grad]
+    net = distributed.wrap(model, world)
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     n = len(train_split.targets)
     steps_per_epoch = math.ceil(n / opts.batch_size)
     total = steps_per_epoch * opts.epochs
     warmup = min(total, round(opts.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup))
+    # The same generator on every rank: identical shuffles and backward-sparsity masks.
     gen = torch.Generator().manual_seed(opts.seed)
-    bar = tqdm(total=total, desc="train", unit="step", disable=not opts.progress)
+    bar = tqdm(total=total, desc="train", unit="step", disable=not (opts.progress and world.is_main))
     step = 0
     for epoch in range(opts.epochs):
         model.train()
         start, losses, exit_losses = time.perf_counter(), [], []
         for idx in torch.randperm(n, generator=gen).split(opts.batch_size):
-            loss, per_exit = opts.prioritization(model(train_split.images[idx]), train_split.targets[idx], step / total)
+            local = world.shard(idx)
+            loss, per_exit = opts.prioritization(net(train_split.images[local]), train_split.targets[local],
+                                                 step / total)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opts.backward_sparsity.apply(params, gen)
             opt.step()
             sched.step()
             step += 1
-            losses.append(loss.item())
+            loss_value, *per_exit = world.mean([loss.item(), *per_exit])
+            losses.append(loss_value)
             exit_losses.append(per_exit)
             bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        record = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses),
-                  "exit_loss": [sum(col) / len(col) for col in zip(*exit_losses, strict=True)],
-                  "exit_weights": opts.prioritization.weights(step / total, model.num_exits).tolist(),
-                  "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2)}
-        if len(val_split.targets):
-            record["val_acc"] = exit_accuracies(exit_logits(model, val_split.images), val_split.targets)
-        rd.append_metrics(out, record)
-        log.info("epoch %d: %s", epoch + 1, record)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
+        if world.is_main:
+            record = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses),
+                      "exit_loss": [sum(col) / len(col) for col in zip(*exit_losses, strict=True)],
+                      "exit_weights": opts.prioritization.weights(step / total, model.num_exits).tolist(),
+                      "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2)}
+            if len(val_split.targets):
+                record["val_acc"] = exit_accuracies(exit_logits(model, val_split.images), val_split.targets)
+            rd.append_metrics(out, record)
+            log.info("epoch %d: %s", epoch + 1, record)
     bar.close()
 
 

@@ -113,16 +113,11 @@ async def _read_image(request: Request) -> bytes:
         return await upload.read()
 
 
-def _response(
-    engine: Engine, result: ExitResult, policy: ExitPolicy, top_k: int, latency_s: float
-) -> ClassifyResponse:
+def _response(engine: Engine, result: ExitResult, policy: ExitPolicy, top_k: int, latency_s: float) -> ClassifyResponse:
     manifest = engine.manifest
     probabilities = softmax(result.logits)
     ranked = np.argsort(-probabilities, kind="stable")[:top_k]
-    scores = [
-        ClassScore(label=manifest.labels[i], class_id=int(i), confidence=float(probabilities[i]))
-        for i in ranked
-    ]
+    scores = [ClassScore(label=manifest.labels[i], class_id=int(i), confidence=float(probabilities[i])) for i in ranked]
     segment = manifest.segments[result.exit_index]
     used, full = segment.cumulative_gflops, manifest.gflops_full
     return ClassifyResponse(

@@ -1,13 +1,13 @@
 """Prometheus exposition of this app's registry."""
 
 from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import StateDep
-from service.metrics import EXPOSITION_CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", response_class=Response)
 async def metrics(state: StateDep) -> Response:
-    return Response(state.metrics.exposition(), media_type=EXPOSITION_CONTENT_TYPE)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -73,3 +73,16 @@ def test_bad_exits_are_rejected(exits: list[int]) -> None:
 def test_config_round_trips_through_a_dict() -> None:
     cfg = DynamicViTConfig(num_classes=3, exits=[2, 4])
     assert DynamicViTConfig(**cfg.to_dict()) == cfg
+
+
+def test_head_spec_parses_per_exit_kinds_and_rejects_mismatches() -> None:
+    from models.balanced_heads import HeadConfig, parse_head_spec
+
+    assert parse_head_spec("transformer:2,mlp:3,linear", 3) == [
+        HeadConfig("transformer", depth=2), HeadConfig("mlp", width=3.0), HeadConfig("linear")]
+    assert [h.kind for h in parse_head_spec("balanced", 4)] == ["mlp", "mlp", "mlp", "linear"]
+    assert [h.width for h in parse_head_spec("balanced", 4)][:3] == [3.0, 2.0, 1.0]
+    with pytest.raises(ValueError):
+        parse_head_spec("mlp,linear", 3)
+    with pytest.raises(ValueError):
+        parse_head_spec("conv,linear", 2)

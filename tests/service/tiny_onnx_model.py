@@ -6,6 +6,7 @@ Head weights grow with depth, so later exits are more confident and images sprea
 """
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 IMAGE_SIZE = 8
 TOKENS, DIM = 4, 16
@@ -98,16 +100,17 @@ def build_segment(k: int, weights: TinyWeights) -> onnx.ModelProto:
             numpy_helper.from_array(np.array([-1, TOKENS, DIM], np.int64), "token_shape"),
         ]
     else:
-        graph_input = helper.make_tensor_value_info("hidden", float_t, ["batch", TOKENS, DIM])
-        nodes = [helper.make_node("MatMul", ["hidden", "block"], ["pre"])]
+        # A middle segment cannot name its input "hidden" too (ONNX names are single-assignment);
+        # torch's exporter calls it "hidden.1". The last segment can.
+        input_name = "hidden" if last else "hidden.1"
+        graph_input = helper.make_tensor_value_info(input_name, float_t, ["batch", TOKENS, DIM])
+        nodes = [helper.make_node("MatMul", [input_name, "block"], ["pre"])]
         inits = [numpy_helper.from_array(weights.blocks[k - 1], "block")]
-    out_hidden = "logits_in" if last else "hidden_out"
+    out_hidden = "last_hidden" if last else "hidden"
     nodes.append(helper.make_node("Tanh", ["pre"], [out_hidden]))
     head_nodes, head_inits = _head_nodes(k, out_hidden, weights)
     outputs = [helper.make_tensor_value_info("logits", float_t, ["batch", NUM_CLASSES])]
     if not last:
-        # Expose the hidden state under the contract name "hidden".
-        nodes.append(helper.make_node("Identity", [out_hidden], ["hidden"]))
         outputs.insert(0, helper.make_tensor_value_info("hidden", float_t, ["batch", TOKENS, DIM]))
     graph = helper.make_graph(nodes + head_nodes, f"segment_{k}", [graph_input], outputs, inits + head_inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -153,14 +156,18 @@ def manifest_for(segment_hashes: list[str], name: str, version: str) -> dict:
             "split": "val",
             "num_samples": 64,
             "table": [
-                {"threshold": t, "accuracy": 0.5 + t / 4, "flops_fraction": t, "gflops": t * cumulative[-1],
-                 "exit_fractions": [1 - t, t / 2, t / 2]}
+                {
+                    "threshold": t,
+                    "accuracy": 0.5 + t / 4,
+                    "flops_fraction": t,
+                    "gflops": t * cumulative[-1],
+                    "exit_fractions": [1 - t, t / 2, t / 2],
+                }
                 for t in (0.3, 0.6, 0.9)
             ],
             "budgets": [
                 {"budget": 0.5, "threshold": 0.3, "accuracy": 0.6, "flops_fraction": 0.45},
-                {"budget": 0.8, "threshold": 0.6, "thresholds": [0.55, 0.7], "accuracy": 0.7,
-                 "flops_fraction": 0.75},
+                {"budget": 0.8, "threshold": 0.6, "thresholds": [0.55, 0.7], "accuracy": 0.7, "flops_fraction": 0.75},
                 {"budget": 1.0, "threshold": 1.0, "accuracy": 0.8, "flops_fraction": 1.0},
             ],
         },
@@ -185,3 +192,11 @@ def write_model_version(repo: Path, weights: TinyWeights, name: str = "tiny", ve
         hashes.append(hashlib.sha256(data).hexdigest())
     (folder / "manifest.json").write_text(json.dumps(manifest_for(hashes, name, version), indent=2))
     return folder
+
+
+def png_bytes(seed: int, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE), mode: str = "RGB") -> bytes:
+    """A random PNG image (width, height) = size."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,61 @@
+"""Fixtures for the service tests: a real tiny model repository (built without torch) and apps on it."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+from tests.service.helpers import wait_ready
+from tests.service.tiny_onnx_model import TinyWeights, write_model_version
+
+
+@pytest.fixture(scope="session")
+def weights() -> TinyWeights:
+    return TinyWeights.random(seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory, weights: TinyWeights) -> Path:
+    repo = tmp_path_factory.mktemp("model_repo")
+    write_model_version(repo, weights)
+    return repo
+
+
+@pytest.fixture
+def make_settings(model_repo: Path) -> Callable[..., Settings]:
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "model_repo": model_repo,
+            "providers": "cpu",
+            "intra_op_threads": 1,
+            "max_wait_ms": 2.0,
+        }
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def start_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
+    """Start an app (lifespan included) with settings overrides and wait until it is ready."""
+    clients: list[TestClient] = []
+
+    def start(**overrides: object) -> TestClient:
+        client = TestClient(create_app(make_settings(**overrides)))
+        client.__enter__()
+        clients.append(client)
+        wait_ready(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(start_client: Callable[..., TestClient]) -> TestClient:
+    return start_client()

@@ -1,0 +1,36 @@
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from tests.service.helpers import wait_ready
+
+
+def test_healthz_always_200_and_readyz_503_until_loaded(make_settings: Callable) -> None:
+    app = create_app(make_settings())
+    unstarted = TestClient(app)  # lifespan not run: nothing loaded
+    assert unstarted.get("/healthz").json() == {"status": "ok"}
+    response = unstarted.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "not_ready"
+    with TestClient(app) as started:
+        wait_ready(started)
+        assert started.get("/readyz").json() == {"status": "ready"}
+    assert unstarted.get("/readyz").status_code == 503  # after shutdown
+
+
+def test_models_lists_exits_costs_modes_and_providers(client: TestClient) -> None:
+    (model,) = client.get("/v1/models").json()["models"]
+    assert (model["name"], model["version"], model["num_classes"]) == ("tiny", "1", 5)
+    assert model["labels"] == ["cat", "dog", "fox", "owl", "yak"]
+    assert [exit_["after_block"] for exit_ in model["exits"]] == [2, 4, 6]
+    cumulative = [exit_["cumulative_gflops"] for exit_ in model["exits"]]
+    assert cumulative == sorted(cumulative) and cumulative[-1] == model["gflops_full"]
+    assert model["modes"]["balanced"] == {"threshold": 0.6, "thresholds": None, "accuracy": 0.7, "flops_fraction": 0.7}
+    assert model["modes"]["accurate"]["thresholds"] == [0.95, 0.9]
+    assert model["providers"] == ["CPUExecutionProvider"]
+
+
+def test_openapi_documents_both_body_forms(client: TestClient) -> None:
+    body = client.get("/openapi.json").json()["paths"]["/classify"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "image/*"}

@@ -1,0 +1,100 @@
+import shutil
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service.tiny_onnx_model import NUM_EXITS, png_bytes
+
+IMAGE = {"content-type": "image/png"}
+CONTRACT = {
+    "dynadapter_requests": ("counter", {"model", "code"}),
+    "dynadapter_request_duration_seconds": ("histogram", {"model"}),
+    "dynadapter_exits": ("counter", {"model", "exit"}),
+    "dynadapter_flops_used": ("counter", {"model"}),
+    "dynadapter_flops_saved": ("counter", {"model"}),
+    "dynadapter_stage_duration_seconds": ("histogram", {"model", "stage"}),
+    "dynadapter_batch_size": ("histogram", {"model"}),
+    "dynadapter_inflight_requests": ("gauge", {"model"}),
+}
+
+
+def samples(client: TestClient) -> dict[tuple[str, frozenset], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(snapshot: dict, name: str, **labels: str) -> float:
+    return snapshot.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_exposition_has_the_contract_names_types_and_labels(client: TestClient) -> None:
+    client.post("/classify", content=png_bytes(0), headers=IMAGE)
+    families = {family.name: family for family in text_string_to_metric_families(client.get("/metrics").text)}
+    for name, (kind, labels) in CONTRACT.items():
+        assert families[name].type == kind, name
+        assert families[name].documentation
+        for sample in families[name].samples:
+            assert set(sample.labels) - {"le"} == labels, sample
+
+
+def test_counters_move_by_exactly_the_number_of_images(client: TestClient) -> None:
+    manifest = client.app.state.service.engine.manifest  # type: ignore[attr-defined]
+    before = samples(client)
+    exits = []
+    for seed in range(12):
+        body = client.post("/classify", content=png_bytes(seed), headers=IMAGE).json()
+        exits.append(body["exit"]["index"])
+    client.post("/classify?threshold=7", content=png_bytes(0), headers=IMAGE)  # a 422: counted, no image
+    after = samples(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("dynadapter_requests_total", model="tiny", code="200") == 12
+    assert delta("dynadapter_requests_total", model="tiny", code="422") == 1
+    assert delta("dynadapter_request_duration_seconds_count", model="tiny") == 13
+    for k in range(NUM_EXITS):
+        assert delta("dynadapter_exits_total", model="tiny", exit=str(k)) == exits.count(k)
+    used = sum(manifest.segments[k].cumulative_gflops for k in exits) * 1e9
+    full = manifest.gflops_full * 1e9 * len(exits)
+    assert delta("dynadapter_flops_used_total", model="tiny") == pytest.approx(used)
+    assert delta("dynadapter_flops_saved_total", model="tiny") == pytest.approx(full - used)
+    assert delta("dynadapter_batch_size_sum", model="tiny") == 12
+    assert delta("dynadapter_stage_duration_seconds_count", model="tiny", stage="0") == 12  # one batch each
+    assert value(after, "dynadapter_inflight_requests", model="tiny") == 0
+
+
+def test_concurrent_requests_are_batched(start_client: Callable[..., TestClient]) -> None:
+    client = start_client(max_batch_size=8, max_wait_ms=50)
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda s: client.post("/classify", content=png_bytes(s), headers=IMAGE), range(8)))
+    assert {response.status_code for response in statuses} == {200}
+    after = samples(client)
+    batches = value(after, "dynadapter_batch_size_count", model="tiny")
+    assert value(after, "dynadapter_batch_size_sum", model="tiny") == 8
+    assert batches < 8  # at least two requests shared a batch
+
+
+def test_each_app_has_its_own_registry(start_client: Callable[..., TestClient]) -> None:
+    first, second = start_client(), start_client()
+    first.post("/classify", content=png_bytes(0), headers=IMAGE)
+    assert value(samples(first), "dynadapter_requests_total", model="tiny", code="200") == 1
+    assert value(samples(second), "dynadapter_requests_total", model="tiny", code="200") == 0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_accepts_the_exposition(client: TestClient) -> None:
+    client.post("/classify", content=png_bytes(0), headers=IMAGE)
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=client.get("/metrics").text, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

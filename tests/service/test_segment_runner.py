@@ -1,0 +1,141 @@
+import base64
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from service import segment_runner
+from service.model_repository import ModelLoadError
+from service.segment_runner import CPU, SegmentRunner, confidence, select_providers
+from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, reference_exits, write_model_version
+
+
+@pytest.fixture(scope="module")
+def runner(model_repo: Path) -> SegmentRunner:
+    folder = model_repo / "tiny" / "1"
+    paths = [folder / f"segment_{k}.onnx" for k in range(NUM_EXITS)]
+    return SegmentRunner(paths, [CPU], intra_op_threads=1, num_classes=5)
+
+
+def images(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, 3, 8, 8)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def bound_runner(model_repo: Path) -> SegmentRunner:
+    """The IOBinding path (hidden states as OrtValues, compaction by the Gather model) on CPU."""
+    folder = model_repo / "tiny" / "1"
+    paths = [folder / f"segment_{k}.onnx" for k in range(NUM_EXITS)]
+    return SegmentRunner(paths, [CPU], intra_op_threads=1, io_binding=True)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9])
+@pytest.mark.parametrize("path", ["host", "bound"])
+def test_matches_numpy_reference(
+    runner: SegmentRunner, bound_runner: SegmentRunner, weights: TinyWeights, threshold: float, path: str
+) -> None:
+    runner = bound_runner if path == "bound" else runner
+    batch = images(64)
+    thresholds = np.full((64, NUM_EXITS - 1), threshold)
+    output = runner.run(batch, thresholds)
+    expected = reference_exits(weights, batch, thresholds)
+    assert [r.exit_index for r in output.results] == [k for k, _ in expected]
+    for result, (_, logits) in zip(output.results, expected, strict=True):
+        np.testing.assert_allclose(result.logits, logits, atol=1e-5)
+
+
+def test_images_spread_over_exits(runner: SegmentRunner) -> None:
+    exits = [r.exit_index for r in runner.run(images(64), np.full(64, 0.6)).results]
+    assert set(exits) == set(range(NUM_EXITS))
+
+
+def test_threshold_zero_leaves_at_first_exit_and_one_runs_to_the_end(runner: SegmentRunner) -> None:
+    batch = images(16)
+    assert {r.exit_index for r in runner.run(batch, np.zeros(16)).results} == {0}
+    full = runner.run(batch, np.ones(16))
+    assert {r.exit_index for r in full.results} == {NUM_EXITS - 1}
+    assert len(full.stage_seconds) == NUM_EXITS
+
+
+def test_threshold_one_never_leaves_even_when_an_exit_is_certain(tmp_path: Path) -> None:
+    # Huge head weights: float32 softmax rounds the confidence to exactly 1.0 at every exit.
+    weights = TinyWeights.random(seed=0)
+    for w, _ in weights.heads:
+        w *= 1e4
+    folder = write_model_version(tmp_path, weights)
+    runner = SegmentRunner([folder / f"segment_{k}.onnx" for k in range(NUM_EXITS)], [CPU])
+    output = runner.run(images(4), np.ones(4))
+    assert max(confidence(r.logits) for r in output.results) == 1.0
+    assert {r.exit_index for r in output.results} == {NUM_EXITS - 1}
+
+
+@pytest.mark.parametrize("path", ["host", "bound"])
+def test_batch_equals_single_images_with_mixed_thresholds(
+    runner: SegmentRunner, bound_runner: SegmentRunner, path: str
+) -> None:
+    runner = bound_runner if path == "bound" else runner
+    batch = images(24, seed=7)
+    rng = np.random.default_rng(3)
+    thresholds = rng.choice([0.0, 0.3, 0.6, 0.9, 1.0], size=(24, NUM_EXITS - 1))
+    together = runner.run(batch, thresholds).results
+    assert len({r.exit_index for r in together}) > 1
+    for i in range(24):
+        alone = runner.run(batch[i : i + 1], thresholds[i : i + 1]).results[0]
+        assert alone.exit_index == together[i].exit_index
+        assert np.argmax(alone.logits) == np.argmax(together[i].logits)
+        np.testing.assert_allclose(alone.logits, together[i].logits, atol=1e-5)
+
+
+def test_stages_run_only_while_images_remain(runner: SegmentRunner) -> None:
+    assert len(runner.run(images(8), np.zeros(8)).stage_seconds) == 1
+
+
+def test_rejects_thresholds_of_the_wrong_shape(runner: SegmentRunner) -> None:
+    with pytest.raises(ValueError, match="thresholds must be"):
+        runner.run(images(2), np.zeros((2, 5)))
+
+
+def test_warm_up_runs_every_path(runner: SegmentRunner) -> None:
+    runner.warm_up((8, 8), [1, 4])  # must not raise, including the compaction path
+
+
+def test_segment_with_wrong_outputs_is_refused(model_repo: Path) -> None:
+    last = model_repo / "tiny" / "1" / f"segment_{NUM_EXITS - 1}.onnx"
+    with pytest.raises(ModelLoadError, match="expected one input and outputs \\['hidden', 'logits'\\]"):
+        SegmentRunner([last, last], [CPU])
+
+
+def test_class_count_must_match_labels(model_repo: Path) -> None:
+    paths = [model_repo / "tiny" / "1" / f"segment_{k}.onnx" for k in range(NUM_EXITS)]
+    with pytest.raises(ModelLoadError, match="logits have 5 classes, the manifest has 7 labels"):
+        SegmentRunner(paths, [CPU], num_classes=7)
+
+
+def test_cpu_is_chosen_without_a_usable_gpu(capfd: pytest.CaptureFixture[str]) -> None:
+    # onnxruntime-gpu lists CUDA here although no GPU exists; the probe must see through it, quietly.
+    assert select_providers("cpu") == [CPU]
+    if not segment_runner.cuda_usable():
+        assert select_providers("auto") == [CPU]
+        with pytest.raises(ModelLoadError, match="no usable CUDA GPU"):
+            select_providers("cuda")
+        assert "CUDAExecutionProvider" not in capfd.readouterr().err
+
+
+def test_embedded_gather_model_is_what_onnx_helper_builds() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["hidden", "indices"], ["kept"], axis=0)],
+        "gather_rows",
+        [
+            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["rows", "tokens", "dim"]),
+            helper.make_tensor_value_info("indices", TensorProto.INT64, ["kept_rows"]),
+        ],
+        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, ["kept_rows", "tokens", "dim"])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8, producer_name="dyn-adapter"
+    )
+    onnx.checker.check_model(model, full_check=True)
+    assert segment_runner._GATHER_ROWS_ONNX == model.SerializeToString()
+    assert base64.b64encode(model.SerializeToString())  # readable back, as the module stores it
