@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
-MODEL_REPO ?= demo/model_repo
+MODEL_REPO ?= var/model_repo
+MODEL ?=
 
 .PHONY: install serve test lint clean
 
@@ -19,8 +20,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The default repository is built from the committed demo runs on first use, then reused.
 serve: $(STAMP)
-	$(BIN)/dynadapter serve --model-repo $(MODEL_REPO) --host $(HOST) --port $(PORT)
+	$(if $(filter var/model_repo,$(MODEL_REPO)),$(BIN)/dynadapter demo build --out $(MODEL_REPO))
+	$(BIN)/dynadapter serve --model-repo $(MODEL_REPO) --host $(HOST) --port $(PORT) $(if $(MODEL),--model-name $(MODEL))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

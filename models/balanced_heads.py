@@ -41,9 +41,13 @@ class HeadConfig:
 
 
 def balanced_head_configs(num_exits: int) -> list[HeadConfig]:
-    """Default per-exit heads: MLP widths K-1, K-2, ..., 1 times the embedding width, then linear."""
-    early = [HeadConfig("mlp", width=float(num_exits - 1 - k)) for k in range(num_exits - 1)]
-    return early + [HeadConfig("linear")]
+    """Default per-exit heads, heaviest first: a one-block transformer head on the first exit (its
+    tokens have mixed least, and a pooled linear read-out of them is weak), MLPs of width K-2, ..., 1
+    times the embedding width on the other early exits, the usual norm + linear on the last."""
+    if num_exits == 1:
+        return [HeadConfig("linear")]
+    middle = [HeadConfig("mlp", width=float(num_exits - 1 - k)) for k in range(1, num_exits - 1)]
+    return [HeadConfig("transformer", depth=1), *middle, HeadConfig("linear")]
 
 
 def linear_head_configs(num_exits: int) -> list[HeadConfig]:

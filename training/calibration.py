@@ -66,12 +66,14 @@ def best_under(table: list[dict[str, Any]], budget: float) -> dict[str, Any]:
 
 
 def choose_modes(table: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``accurate``: the cheapest row within 0.5 points of the last exit's accuracy; ``balanced`` /
-    ``fast``: the most accurate row within 50% / 30% of full FLOPs. Each budget is also capped by
-    the next mode's FLOPs, so fast <= balanced <= accurate in cost (on a small validation split an
-    early threshold can already reach the ``accurate`` criterion)."""
+    """``accurate``: the cheapest row within 0.5 points of the last exit's accuracy, or of the best
+    row's where a threshold beats the last exit (common on small tasks: otherwise ``accurate`` could
+    fall back to the first exit); ``balanced`` / ``fast``: the most accurate row within 50% / 30% of
+    full FLOPs. Each budget is also capped by the next mode's FLOPs, so fast <= balanced <= accurate
+    in cost."""
     full = next(r for r in table if r["threshold"] >= 1.0)
-    close = [r for r in table if r["accuracy"] >= full["accuracy"] - ACCURATE_TOLERANCE]
+    reference = max(full["accuracy"], max(r["accuracy"] for r in table))
+    close = [r for r in table if r["accuracy"] >= reference - ACCURATE_TOLERANCE]
     accurate = min(close, key=lambda r: (r["flops_fraction"], -r["accuracy"]))
     balanced = best_under(table, min(MODE_BUDGETS["balanced"], accurate["flops_fraction"]))
     fast = best_under(table, min(MODE_BUDGETS["fast"], balanced["flops_fraction"]))

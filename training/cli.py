@@ -158,8 +158,21 @@ def cmd_backbone(args: argparse.Namespace) -> None:
     print(fetch_builtin_backbone(args.name, args.cache_dir))
 
 
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the demo models")
+    dsub = p.add_subparsers(dest="demo_cmd", required=True)
+    b = dsub.add_parser("build", help="export the committed demo runs into a model repository (cached)")
+    b.add_argument("--out", type=Path, default=Path("var/model_repo"))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from training.demo import build_demo_repo
+
+    print(f"demo model repository ready: {build_demo_repo(args.out)}")
+
+
 COMMANDS = {"train": (add_train, cmd_train), "eval": (add_eval, cmd_eval), "export": (add_export, cmd_export),
-            "serve": (add_serve, cmd_serve), "backbone": (add_backbone, cmd_backbone)}
+            "serve": (add_serve, cmd_serve), "backbone": (add_backbone, cmd_backbone), "demo": (add_demo, cmd_demo)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -80,8 +80,10 @@ def test_head_spec_parses_per_exit_kinds_and_rejects_mismatches() -> None:
 
     assert parse_head_spec("transformer:2,mlp:3,linear", 3) == [
         HeadConfig("transformer", depth=2), HeadConfig("mlp", width=3.0), HeadConfig("linear")]
-    assert [h.kind for h in parse_head_spec("balanced", 4)] == ["mlp", "mlp", "mlp", "linear"]
-    assert [h.width for h in parse_head_spec("balanced", 4)][:3] == [3.0, 2.0, 1.0]
+    assert parse_head_spec("balanced", 4) == [
+        HeadConfig("transformer", depth=1), HeadConfig("mlp", width=2.0), HeadConfig("mlp", width=1.0),
+        HeadConfig("linear")]
+    assert parse_head_spec("balanced", 1) == [HeadConfig("linear")]
     with pytest.raises(ValueError):
         parse_head_spec("mlp,linear", 3)
     with pytest.raises(ValueError):

@@ -40,14 +40,14 @@ def test_modes_follow_their_definitions() -> None:
                                       rng.uniform(0, 4 + 2 * k, n)) for k, acc in enumerate([0.7, 0.8, 0.9, 0.95])])
     result = calibrate(logits, targets, CUM)
     table, modes = result["calibration"]["table"], result["modes"]
-    full = next(r for r in table if r["threshold"] == 1.0)
+    best = max(r["accuracy"] for r in table)
     assert modes["fast"]["flops_fraction"] <= 0.30 and modes["balanced"]["flops_fraction"] <= 0.50
     cap = min(0.5, modes["accurate"]["flops_fraction"])
     assert modes["balanced"]["accuracy"] == max(r["accuracy"] for r in table if r["flops_fraction"] <= cap)
     assert modes["fast"]["flops_fraction"] <= modes["balanced"]["flops_fraction"] <= modes["accurate"]["flops_fraction"]
-    assert modes["accurate"]["accuracy"] >= full["accuracy"] - 0.005
+    assert modes["accurate"]["accuracy"] >= best - 0.005
     assert modes["accurate"]["flops_fraction"] == min(
-        r["flops_fraction"] for r in table if r["accuracy"] >= full["accuracy"] - 0.005)
+        r["flops_fraction"] for r in table if r["accuracy"] >= best - 0.005)
     assert result["calibration"]["num_samples"] == n
 
 
@@ -67,3 +67,10 @@ def test_mode_falls_back_to_the_cheapest_row_when_no_row_fits() -> None:
     table = [{"threshold": t, "accuracy": 0.9, "flops_fraction": f} for t, f in [(0.0, 0.6), (1.0, 1.0)]]
     modes = choose_modes(table)
     assert modes["fast"]["threshold"] == 0.0 and modes["balanced"]["threshold"] == 0.0
+
+
+def test_accurate_does_not_collapse_to_the_first_exit_when_early_exits_beat_the_last() -> None:
+    table = [{"threshold": 0.0, "accuracy": 0.910, "flops_fraction": 0.31},
+             {"threshold": 0.9, "accuracy": 0.938, "flops_fraction": 0.39},
+             {"threshold": 1.0, "accuracy": 0.912, "flops_fraction": 1.0}]
+    assert choose_modes(table)["accurate"]["threshold"] == 0.9

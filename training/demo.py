@@ -1,0 +1,50 @@
+"""The demo models that `make serve` serves, rebuilt from what training produced.
+
+Only training's output is committed (``demo/<name>/``: config.json, checkpoint.safetensors with
+PETL and head parameters, calibration.json, metrics.jsonl). ``dynadapter demo build`` turns it into
+a model repository: fetch and convert the builtin backbone (cached), export the segments, check
+parity. A finished export records the sha256 of the checkpoint it came from, so later runs reuse it.
+The tiny fixture model (a committed model repository, no backbone to fetch) is copied beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from training.export import export_run, sha256
+from training.run_dir import CHECKPOINT
+
+log = logging.getLogger(__name__)
+
+DEMO_ROOT = Path(__file__).resolve().parents[1] / "demo"
+#: model name in the repository -> committed run directory
+DEMO_RUNS = {"digits": DEMO_ROOT / "dinov2-mnist"}
+#: committed ready-made model repository (the fast fixture of the tests)
+FIXTURE_REPO = DEMO_ROOT / "model_repo"
+SOURCE_FILE = "source.json"
+
+
+def build_demo_repo(out: Path, version: str = "1") -> Path:
+    """Export every demo run into ``out`` (skipping up-to-date ones) and add the fixture models."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, run in DEMO_RUNS.items():
+        dest = out / name / version
+        source = {"run": str(run), "checkpoint_sha256": sha256(run / CHECKPOINT)}
+        if _is_current(dest, source):
+            log.info("%s is up to date", dest)
+            continue
+        log.info("exporting the demo %s from %s (fetches the backbone on first use)", name, run)
+        export_run(run, out, name=name, version=version)
+        (dest / SOURCE_FILE).write_text(json.dumps(source, indent=2))
+    for fixture in FIXTURE_REPO.iterdir():
+        if fixture.is_dir() and not (out / fixture.name).exists():
+            shutil.copytree(fixture, out / fixture.name)
+    return out
+
+
+def _is_current(dest: Path, source: dict) -> bool:
+    path = dest / SOURCE_FILE
+    return (dest / "manifest.json").is_file() and path.is_file() and json.loads(path.read_text()) == source
