@@ -1,9 +1,11 @@
 """Dynamic micro-batching: concurrent requests share one run of the segment cascade.
 
 Requests wait in a bounded asyncio queue; one worker takes up to `max_batch_size` of them, or
-whatever arrived within `max_wait_s` of the first, runs the cascade in a worker thread (so the
-event loop keeps accepting requests) and resolves each request's future. Every image keeps its own
-thresholds, so requests with different knobs share a batch.
+whatever arrived within `max_wait_s` of the first, and runs the cascade in a worker thread (so the
+event loop keeps accepting requests). Every image keeps its own thresholds, so requests with
+different knobs share a batch. After each segment the images that left there are answered at once
+(exit compaction): their futures resolve on the event loop while the thread runs the next segment
+on the images still in flight.
 """
 
 import asyncio
@@ -16,11 +18,11 @@ from time import perf_counter
 
 import numpy as np
 
-from service.segment_runner import ExitResult, RunOutput, SegmentRunner
+from service.segment_runner import ExitResult, SegmentRunner, StageOutput
 
 logger = logging.getLogger(__name__)
 
-BatchCallback = Callable[[RunOutput], None]
+StageCallback = Callable[[StageOutput], None]
 
 
 class QueueFullError(Exception):
@@ -49,13 +51,14 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
-        on_batch: BatchCallback | None = None,
+        on_stage: StageCallback | None = None,
     ) -> None:
+        """`on_stage` sees every stage's output on the event loop, just before its leavers are answered."""
         self._runner = runner
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
-        self._on_batch = on_batch
+        self._on_stage = on_stage
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._running: list[_Job] = []
@@ -69,12 +72,11 @@ class MicroBatcher:
     async def stop(self) -> None:
         """Stop the worker; requests still waiting fail with `BatcherClosedError`."""
         worker, self._worker = self._worker, None
+        running = self._running  # read before the cancellation, whose cleanup empties it
         if worker is not None:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
-        for job in self._running + self._drain():
-            if not job.future.done():
-                job.future.set_exception(BatcherClosedError("the service is shutting down"))
+        self._fail(running + self._drain(), BatcherClosedError("the service is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -116,28 +118,44 @@ class MicroBatcher:
         return jobs
 
     async def _run(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
         images = np.stack([job.image for job in jobs])
         thresholds = np.stack([job.thresholds for job in jobs])
         self._running = jobs
         start = perf_counter()
         try:
-            output = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._runner.run, images, thresholds
-            )
-        except Exception as err:  # a failed batch fails its requests, never the worker
+            await loop.run_in_executor(self._executor, self._cascade, loop, jobs, images, thresholds)
+        except Exception as err:  # a failed batch fails its unanswered requests, never the worker
             logger.exception("inference failed for a batch of %d image(s)", len(jobs))
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(err)
+            self._fail(jobs, err)
             return
         finally:
             self._running = []
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (perf_counter() - start)
-        if self._on_batch is not None:
-            self._on_batch(output)
-        for job, result in zip(jobs, output.results, strict=True):
+        # Stage callbacks were queued on the loop before this coroutine resumed, so all have run.
+        self._fail(jobs, RuntimeError("the cascade gave no result for this image"))
+
+    def _cascade(
+        self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], images: np.ndarray, thresholds: np.ndarray
+    ) -> None:
+        """In the inference thread: hand each stage's leavers to the loop and go straight on."""
+        for stage in self._runner.cascade(images, thresholds):
+            loop.call_soon_threadsafe(self._finish_stage, jobs, stage)
+
+    def _finish_stage(self, jobs: list[_Job], stage: StageOutput) -> None:
+        # Count before answering, in one loop callback: whoever holds an answer finds it in the metrics.
+        if self._on_stage is not None:
+            self._on_stage(stage)
+        for position, result in stage.exits.items():
+            future = jobs[position].future
+            if not future.done():  # the caller may have given up (deadline) or the batcher stopped
+                future.set_result(result)
+
+    @staticmethod
+    def _fail(jobs: list[_Job], err: Exception) -> None:
+        for job in jobs:
             if not job.future.done():
-                job.future.set_result(result)
+                job.future.set_exception(err)
 
     def _drain(self) -> list[_Job]:
         jobs = []

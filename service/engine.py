@@ -13,7 +13,7 @@ from service.exit_policy import ExitPolicy, resolve_policy
 from service.metrics import ServiceMetrics
 from service.model_repository import Manifest, ModelVersion, load_model
 from service.preprocess import decode_image, preprocess
-from service.segment_runner import ExitResult, RunOutput, SegmentRunner, select_providers
+from service.segment_runner import ExitResult, SegmentRunner, StageOutput, select_providers
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class Engine:
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
-            on_batch=self._record_batch,
+            on_stage=self._record_stage,
         )
         metrics.declare_model(self.name, self.manifest.num_exits)
 
@@ -87,6 +87,6 @@ class Engine:
         """Run one prepared image through the cascade, batched with whatever else is waiting."""
         return await self._batcher.submit(image, policy.as_array())
 
-    def _record_batch(self, output: RunOutput) -> None:
+    def _record_stage(self, stage: StageOutput) -> None:
         cumulative = [segment.cumulative_gflops for segment in self.manifest.segments]
-        self._metrics.record_batch(self.name, output, cumulative, self.manifest.gflops_full)
+        self._metrics.record_stage(self.name, stage, cumulative, self.manifest.gflops_full)

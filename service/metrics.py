@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from service.segment_runner import RunOutput
+from service.segment_runner import StageOutput
 
 GIGA = 1e9
 
@@ -77,13 +77,14 @@ class ServiceMetrics:
             self.exits.labels(model, str(k))
             self.stage_duration.labels(model, str(k))
 
-    def record_batch(
-        self, model: str, output: RunOutput, cumulative_gflops: Sequence[float], gflops_full: float
+    def record_stage(
+        self, model: str, stage: StageOutput, cumulative_gflops: Sequence[float], gflops_full: float
     ) -> None:
-        self.batch_size.labels(model).observe(len(output.results))
-        for stage, seconds in enumerate(output.stage_seconds):
-            self.stage_duration.labels(model, str(stage)).observe(seconds)
-        for result in output.results:
+        """One segment's run on a batch: its time, the batch size (at stage 0) and the images that left."""
+        if stage.stage == 0:
+            self.batch_size.labels(model).observe(stage.rows)
+        self.stage_duration.labels(model, str(stage.stage)).observe(stage.seconds)
+        for result in stage.exits.values():
             self.record_image(model, result.exit_index, cumulative_gflops[result.exit_index], gflops_full)
 
     def record_image(self, model: str, exit_index: int, used_gflops: float, full_gflops: float) -> None:

@@ -61,19 +61,30 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         model = self.model_label()
+        inflight = self.metrics.inflight.labels(model)
         status = 500  # stays 500 if the app raises before answering
+        recorded = False
         start = perf_counter()
 
-        async def send_with_status(message: Message) -> None:
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                inflight.dec()
+                self.metrics.record_request(model, status, perf_counter() - start)
+
+        async def send_and_record(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Before the last byte leaves (the app may still clean up after it, e.g. close an
+                # upload in a thread): a client that holds its answer finds it counted.
+                record()
             await send(message)
 
-        inflight = self.metrics.inflight.labels(model)
         inflight.inc()
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, send_and_record)
         finally:
-            inflight.dec()
-            self.metrics.record_request(model, status, perf_counter() - start)
+            record()

@@ -10,8 +10,11 @@ on the GPU too. On CPU everything is plain numpy.
 """
 
 import base64
+import contextlib
+import functools
+import io
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
@@ -49,6 +52,16 @@ class ExitResult:
 
 
 @dataclass(frozen=True)
+class StageOutput:
+    """What one segment did for a batch: how many images it ran on, how long, and who left there."""
+
+    stage: int
+    rows: int  # images still in flight when this segment ran
+    seconds: float  # wall time of the segment
+    exits: dict[int, ExitResult]  # input position in the batch -> result, for the images that left here
+
+
+@dataclass(frozen=True)
 class RunOutput:
     results: list[ExitResult]  # one per image, in input order
     stage_seconds: list[float]  # wall time of each segment that ran on this batch, stage 0 first
@@ -73,6 +86,7 @@ def cuda_usable() -> bool:
     """
     if CUDA not in ort.get_available_providers():
         return False
+    preload_cuda_libraries()
     ort.set_default_logger_severity(_ORT_FATAL)  # the failed attempt logs errors we expect
     try:
         session = ort.InferenceSession(_GATHER_ROWS_ONNX, providers=[CUDA])
@@ -84,6 +98,27 @@ def cuda_usable() -> bool:
         return False
     finally:
         ort.set_default_logger_severity(_ORT_WARNING)
+
+
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip installed (the nvidia-* wheels) before a CUDA session opens.
+
+    onnxruntime-gpu does not search the nvidia wheels itself (torch, when imported first, would have
+    loaded them; the serving image has no torch). `preload_dlls` exists from onnxruntime 1.21 on and
+    reports with print(), so its words go to the log instead of stdout.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    report = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(report):
+            preload()
+    except Exception as err:  # a broken install: the CUDA probe after this finds CUDA unusable and says so
+        logger.warning("onnxruntime.preload_dlls failed: %s", err)
+    if report.getvalue().strip():
+        logger.info("onnxruntime.preload_dlls: %s", " ".join(report.getvalue().split()))
 
 
 def select_providers(preference: ProviderPreference) -> list[str]:
@@ -183,30 +218,38 @@ class SegmentRunner:
     def num_exits(self) -> int:
         return len(self._segments)
 
-    def run(self, images: np.ndarray, thresholds: np.ndarray) -> RunOutput:
-        """Classify a batch; each image leaves at its first exit whose confidence reaches its threshold.
+    def cascade(self, images: np.ndarray, thresholds: np.ndarray) -> Iterator[StageOutput]:
+        """Run a batch stage by stage; each image leaves at its first exit whose confidence reaches its threshold.
 
-        images: float32 [B, 3, H, W]. thresholds: [B, K-1], or [B] for one threshold at every
-        exit. A threshold >= 1 never lets an image leave early (float32 softmax can round to 1).
+        Yields once per segment that ran, with the images that left at its exit, so that a caller can
+        answer them while the others go on. images: float32 [B, 3, H, W]. thresholds: [B, K-1], or [B]
+        for one threshold at every exit. A threshold >= 1 never lets an image leave early (float32
+        softmax can round to 1).
         """
         per_exit = self._per_exit(np.asarray(thresholds, dtype=np.float64), len(images))
-        results: list[ExitResult | None] = [None] * len(images)
         alive = np.arange(len(images))  # input positions of the images still running
         x: np.ndarray | ort.OrtValue = np.ascontiguousarray(images, dtype=np.float32)
-        stage_seconds = []
         for k, segment in enumerate(self._segments):
             start = perf_counter()
             hidden, logits = self._io.run(segment, x)
-            stage_seconds.append(perf_counter() - start)
+            seconds = perf_counter() - start
             leaving = self._leaving(k, logits, per_exit[alive])
-            for row in np.flatnonzero(leaving):
-                results[alive[row]] = ExitResult(k, logits[row].copy())
+            exits = {int(alive[row]): ExitResult(k, logits[row].copy()) for row in np.flatnonzero(leaving)}
+            yield StageOutput(k, len(alive), seconds, exits)
             staying = np.flatnonzero(~leaving)
             if staying.size == 0:
-                break
+                return
             alive = alive[staying]
             x = hidden if staying.size == leaving.size else self._io.keep(hidden, staying)
-        return RunOutput([result for result in results if result is not None], stage_seconds)
+
+    def run(self, images: np.ndarray, thresholds: np.ndarray) -> RunOutput:
+        """The whole cascade at once: every image's result, in input order."""
+        results: dict[int, ExitResult] = {}
+        stage_seconds = []
+        for stage in self.cascade(images, thresholds):
+            results.update(stage.exits)
+            stage_seconds.append(stage.seconds)
+        return RunOutput([results[position] for position in range(len(images))], stage_seconds)
 
     def warm_up(self, image_size: tuple[int, int], batch_sizes: Iterable[int]) -> None:
         """Run every segment, and the row compaction, once per batch size before serving.

@@ -1,44 +1,136 @@
-"""Service configuration: one `BaseSettings`, read from `DYNADAPTER_*` environment variables."""
+"""Service configuration: one `BaseSettings`, read from `DYNADAPTER_*` environment variables or CLI flags.
 
+Every field carries its description; `add_settings_arguments` turns each into a `--kebab-case` flag
+so that `dynadapter serve` offers every setting without listing them again. docs/configuration.md
+is the table of them all (a test keeps it in step with this file).
+"""
+
+import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+ENV_PREFIX = "DYNADAPTER_"
+
+
+def _comma_separated(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
     """Every knob of `dynadapter serve`; each field `x` is also read from `DYNADAPTER_X`."""
 
-    model_config = SettingsConfigDict(env_prefix="DYNADAPTER_", protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, protected_namespaces=())
 
-    model_repo: Path = Path("model_repo")
-    model_name: str | None = None  # None: the only (or alphabetically first) model in the repository
-    model_version: str | None = None  # None: the highest numeric version
-    host: str = "0.0.0.0"
-    port: int = Field(default=8000, ge=0, le=65535)
-    intra_op_threads: int = Field(default=0, ge=0)  # 0: onnxruntime's default (one per core)
-    providers: Literal["auto", "cuda", "cpu"] = "auto"  # auto: CUDA when a GPU really works, else CPU
-    max_body_bytes: int = Field(default=10 * MiB, gt=0)
-    max_pixels: int = Field(default=40_000_000, gt=0)  # larger images are refused (decompression bombs)
-    max_batch_size: int = Field(default=16, ge=1)
-    max_wait_ms: float = Field(default=5.0, ge=0)  # how long the batcher waits to fill a batch
-    max_queue: int = Field(default=256, ge=1)  # queued images beyond this get 503 + Retry-After
-    request_timeout_s: float = Field(default=30.0, gt=0)  # 504 past this deadline
-    shutdown_timeout_s: int = Field(default=30, ge=0)  # grace period for in-flight requests
-    api_keys: Annotated[list[str], NoDecode] = []  # comma separated; empty: no authentication
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    model_repo: Path = Field(
+        Path("model_repo"), description="Model repository folder, laid out as <name>/<version>/manifest.json."
+    )
+    model_name: str | None = Field(
+        None, description="Model to serve; unset: the only (or alphabetically first) model in the repository."
+    )
+    model_version: str | None = Field(None, description="Version folder to serve; unset: the highest numeric one.")
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    providers: Literal["auto", "cuda", "cpu"] = Field(
+        "auto",
+        description="Execution provider: auto = CUDA when a GPU really works here, else CPU; "
+        "cuda = refuse to start without a usable GPU; cpu = never use a GPU.",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime threads per segment run; 0: onnxruntime's default (one per core)."
+    )
+    max_batch_size: int = Field(16, ge=1, description="Most images run together through the cascade.")
+    max_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How long the first request of a batch waits for others to join it, in ms.",
+    )
+    max_queue: int = Field(
+        256, ge=1, description="Images that may wait for a batch; beyond this a request gets 503 with Retry-After."
+    )
+    max_body_bytes: int = Field(10 * MiB, gt=0, description="Largest request body accepted; larger gets 413.")
+    max_pixels: int = Field(
+        40_000_000,
+        gt=0,
+        description="Largest image accepted, in pixels (width x height), checked before decoding "
+        "(decompression bombs); larger gets 413.",
+    )
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Deadline of a classify request, in seconds; past it the answer is 504.",
+    )
+    shutdown_timeout_s: int = Field(
+        30, ge=0, description="On SIGTERM/SIGINT, how long requests in flight may take to finish, in seconds."
+    )
+    api_keys: Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)] = Field(
+        [],
+        description="Comma-separated API keys for Authorization: Bearer <key> on /classify and /v1/models; "
+        "empty: no authentication.",
+    )
+    log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lower)] = Field(
+        "info", description="Log level of the service and uvicorn."
+    )
 
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
-        return value
 
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _lower_level(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def default_text(field: FieldInfo) -> str:
+    return "unset" if field.default in (None, []) else str(field.default)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one `--kebab-case` flag per setting; a flag left out leaves the env var or default in force."""
+    for name, field in Settings.model_fields.items():
+        parser.add_argument(
+            flag_name(name),
+            dest=name,
+            type=_flag_parser(field),
+            default=argparse.SUPPRESS,  # absent from the namespace, so settings_from_args skips it
+            metavar=_metavar(name, field),
+            help=f"{field.description} [env {env_name(name)}, default {default_text(field)}]".replace("%", "%%"),
+        )
+
+
+def settings_from_args(namespace: argparse.Namespace) -> Settings:
+    """Settings from the flags given on the command line, then the environment, then the defaults."""
+    given = {name: getattr(namespace, name) for name in Settings.model_fields if hasattr(namespace, name)}
+    return Settings(**given)
+
+
+def _flag_parser(field: FieldInfo) -> Callable[[str], Any]:
+    """Validate a flag's text as the field would, so that argparse names the flag in its error."""
+    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[field.annotation, field])
+
+    def parse(text: str) -> Any:
+        try:
+            return adapter.validate_python(text)
+        except ValidationError as err:
+            raise argparse.ArgumentTypeError(err.errors()[0]["msg"]) from None
+
+    return parse
+
+
+def _metavar(name: str, field: FieldInfo) -> str:
+    if get_origin(field.annotation) is Literal:
+        return "{" + ",".join(get_args(field.annotation)) + "}"
+    return name.upper()

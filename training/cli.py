@@ -113,6 +113,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"\nwritten: {args.run_dir / ('eval_' + args.split + '.json')} and the plot eval_{args.split}.png")
 
 
+def add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="calibrate a trained run again on its validation split")
+    p.add_argument("run_dir", type=Path)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from training.evaluate import recalibrate_run
+
+    for name, mode in recalibrate_run(args.run_dir)["modes"].items():
+        print(f"{name:<8} threshold {mode['threshold']:.4f}: val accuracy {mode['accuracy']:.4f}, "
+              f"{100 * mode['flops_fraction']:.1f}% of full FLOPs")
+
+
 def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="per-stage ONNX segments + manifest into a model repository")
     p.add_argument("run_dir", type=Path)
@@ -128,20 +141,21 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a model repository over HTTP")
-    p.add_argument("--model-repo", type=Path)
-    p.add_argument("--model-name")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p = sub.add_parser("serve", help="serve a model repository over HTTP (flags = DYNADAPTER_* settings)")
+    try:
+        from service.settings import add_settings_arguments
+    except ImportError:  # a training-only install: the command is there, the flags need .[serve]
+        return
+    add_settings_arguments(p)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from service.main import serve
-    from service.settings import Settings
-
-    overrides = {k: v for k, v in {"model_repo": args.model_repo, "model_name": args.model_name,
-                                   "host": args.host, "port": args.port}.items() if v is not None}
-    serve(Settings(**overrides))
+    try:
+        from service.main import serve
+        from service.settings import settings_from_args
+    except ImportError as err:
+        raise RuntimeError(f"serving needs the serve extra (pip install 'dyn-adapter[serve]'): {err}") from err
+    serve(settings_from_args(args))
 
 
 def add_backbone(sub: argparse._SubParsersAction) -> None:
@@ -171,7 +185,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo model repository ready: {build_demo_repo(args.out)}")
 
 
-COMMANDS = {"train": (add_train, cmd_train), "eval": (add_eval, cmd_eval), "export": (add_export, cmd_export),
+COMMANDS = {"train": (add_train, cmd_train), "eval": (add_eval, cmd_eval), "calibrate": (add_calibrate, cmd_calibrate),
+            "export": (add_export, cmd_export),
             "serve": (add_serve, cmd_serve), "backbone": (add_backbone, cmd_backbone), "demo": (add_demo, cmd_demo)}
 
 

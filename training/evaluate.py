@@ -11,7 +11,7 @@ import torch
 
 from models.dynamic_vit import DynamicViT
 from models.flops import deployed_cumulative_gflops
-from training.calibration import sweep
+from training.calibration import calibrate, sweep
 from training.data import load_raw, to_tensors
 from training.plots import plot_accuracy_vs_gflops
 from training.run_dir import CALIBRATION, Run, load_run
@@ -78,3 +78,12 @@ def _baseline_label(run_dir: Path) -> str:
     cfg = json.loads((run_dir / "config.json").read_text())
     kind = "static" if len(cfg["model"]["exits"]) == 1 else "dynamic"
     return f"{cfg['model']['petl']} {kind} ({run_dir.name})"
+
+
+def recalibrate_run(run_dir: Path) -> dict[str, Any]:
+    """Calibrate a trained run again on its validation split (e.g. after the mode rules changed)."""
+    run = load_run(run_dir)
+    logits, targets = split_logits(run, None, "val")
+    result = calibrate(logits, targets, deployed_cumulative_gflops(run.model))
+    (Path(run_dir) / CALIBRATION).write_text(json.dumps(result, indent=2))
+    return result

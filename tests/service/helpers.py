@@ -1,6 +1,22 @@
-import time
+"""Helpers shared by the service tests and the load test: readiness polling and a real server process."""
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = {"content-type": "image/png"}
 
 
 def wait_ready(client: TestClient, timeout_s: float = 20.0) -> None:
@@ -9,3 +25,101 @@ def wait_ready(client: TestClient, timeout_s: float = 20.0) -> None:
     while client.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, "the service did not become ready"
         time.sleep(0.01)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(client: httpx.Client) -> Samples:
+    """Every sample of /metrics, keyed by (name, labels); `client` is a TestClient or a real httpx client."""
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(snapshot: Samples, name: str, **labels: str) -> float:
+    return snapshot.get((name, frozenset(labels.items())), 0.0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def service_env(model_repo: Path, port: int, **settings: str) -> dict[str, str]:
+    """This environment without any DYNADAPTER_* of the caller's, plus loopback, CPU and `settings`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DYNADAPTER_")}
+    env |= {
+        "DYNADAPTER_MODEL_REPO": str(model_repo),
+        "DYNADAPTER_HOST": "127.0.0.1",
+        "DYNADAPTER_PORT": str(port),
+        "DYNADAPTER_PROVIDERS": "cpu",
+        "DYNADAPTER_LOG_LEVEL": "info",
+    }
+    return env | {f"DYNADAPTER_{name.upper()}": value for name, value in settings.items()}
+
+
+class ServiceProcess:
+    """`python -m service` on a free loopback port; its output goes to a file, so it never blocks on a pipe."""
+
+    def __init__(self, model_repo: Path, **settings: str) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=ROOT,
+            env=service_env(model_repo, port, **settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = ""  # what it wrote, once stopped
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.process.poll() is None, f"the service exited: {self.read_output()}"
+            assert time.monotonic() < deadline, "the service never became ready"
+            try:
+                if httpx.get(f"{self.url}/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (if still running), wait for the exit and keep the output; the exit status. Idempotent."""
+        if self._log.closed:
+            return self.process.returncode
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+        finally:
+            self.output = self.read_output()
+            self._log.close()
+
+    def read_output(self) -> str:
+        self._log.seek(0)
+        return self._log.read()
+
+
+@contextmanager
+def serving(model_repo: Path, **settings: str) -> Iterator[ServiceProcess]:
+    """A ready service process for the block; stopped with SIGTERM after it (its output kept)."""
+    server = ServiceProcess(model_repo, **settings)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

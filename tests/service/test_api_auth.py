@@ -3,9 +3,8 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.service.helpers import IMAGE
 from tests.service.tiny_onnx_model import png_bytes
-
-IMAGE = {"content-type": "image/png"}
 
 
 @pytest.fixture

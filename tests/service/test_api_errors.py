@@ -10,13 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from service.segment_runner import RunOutput
-from tests.service.helpers import wait_ready
+from service.segment_runner import StageOutput
+from tests.service.helpers import IMAGE, wait_ready
 from tests.service.test_image_preprocess import png_header_claiming
 from tests.service.tiny_onnx_model import png_bytes
 
 PNG = png_bytes(0, (16, 16))
-IMAGE = {"content-type": "image/png"}
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict:
@@ -124,23 +123,23 @@ def test_not_ready_before_the_model_is_loaded(make_settings: Callable) -> None:
 
 
 class Gate:
-    """Stands in for the runner's `run`: inference waits until the test opens the gate."""
+    """Stands in for the runner's `cascade`: inference waits until the test opens the gate."""
 
-    def __init__(self, run: Callable[[np.ndarray, np.ndarray], RunOutput]) -> None:
-        self._run = run
+    def __init__(self, cascade: Callable[[np.ndarray, np.ndarray], Iterator[StageOutput]]) -> None:
+        self._cascade = cascade
         self.entered = threading.Event()
         self.open = threading.Event()
 
-    def __call__(self, images: np.ndarray, thresholds: np.ndarray) -> RunOutput:
+    def __call__(self, images: np.ndarray, thresholds: np.ndarray) -> Iterator[StageOutput]:
         self.entered.set()
         self.open.wait(10)
-        return self._run(images, thresholds)
+        yield from self._cascade(images, thresholds)
 
 
 def gate_runner(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Gate:
     runner = client.app.state.service.engine.runner  # type: ignore[attr-defined]
-    gate = Gate(runner.run)
-    monkeypatch.setattr(runner, "run", gate)
+    gate = Gate(runner.cascade)
+    monkeypatch.setattr(runner, "cascade", gate)
     return gate
 
 
@@ -179,7 +178,7 @@ def test_an_unexpected_failure_is_a_json_500_and_the_service_goes_on(
     with TestClient(create_app(make_settings()), raise_server_exceptions=False) as client:
         wait_ready(client)
         runner = client.app.state.service.engine.runner  # type: ignore[attr-defined]
-        monkeypatch.setattr(runner, "run", lambda images, thresholds: 1 / 0)
+        monkeypatch.setattr(runner, "cascade", lambda images, thresholds: 1 / 0)
         response = client.post("/classify", content=PNG, headers=IMAGE)
         body = assert_error(response, 500, "internal")
         assert "ZeroDivisionError" not in body["error"]["message"]

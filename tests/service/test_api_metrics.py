@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.service.helpers import IMAGE, samples, value
 from tests.service.tiny_onnx_model import NUM_EXITS, png_bytes
 
-IMAGE = {"content-type": "image/png"}
 CONTRACT = {
     "dynadapter_requests": ("counter", {"model", "code"}),
     "dynadapter_request_duration_seconds": ("histogram", {"model"}),
@@ -20,20 +20,6 @@ CONTRACT = {
     "dynadapter_batch_size": ("histogram", {"model"}),
     "dynadapter_inflight_requests": ("gauge", {"model"}),
 }
-
-
-def samples(client: TestClient) -> dict[tuple[str, frozenset], float]:
-    response = client.get("/metrics")
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(snapshot: dict, name: str, **labels: str) -> float:
-    return snapshot.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_exposition_has_the_contract_names_types_and_labels(client: TestClient) -> None:
@@ -91,10 +77,51 @@ def test_each_app_has_its_own_registry(start_client: Callable[..., TestClient]) 
     assert value(samples(second), "dynadapter_requests_total", model="tiny", code="200") == 0
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_counters_are_exact_under_concurrency(start_client: Callable[..., TestClient]) -> None:
+    client = start_client(max_batch_size=8, max_wait_ms=20)
+    manifest = client.app.state.service.engine.manifest  # type: ignore[attr-defined]
+    queries = ["", "?threshold=0", "?threshold=1", "?mode=fast", "?budget=0.8"]
+    n = 40
+    before = samples(client)
+
+    def post(i: int) -> dict:
+        url, data = f"/classify{queries[i % len(queries)]}", png_bytes(i)
+        if i % 2:  # half as multipart, whose upload is closed after the response went out
+            response = client.post(url, files={"file": ("x.png", data, "image/png")})
+        else:
+            response = client.post(url, content=data, headers=IMAGE)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        exits = [body["exit"]["index"] for body in pool.map(post, range(n))]
+    after = samples(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("dynadapter_requests_total", model="tiny", code="200") == n
+    assert delta("dynadapter_request_duration_seconds_count", model="tiny") == n
+    assert [delta("dynadapter_exits_total", model="tiny", exit=str(k)) for k in range(NUM_EXITS)] == [
+        exits.count(k) for k in range(NUM_EXITS)
+    ]
+    used = sum(manifest.segments[k].cumulative_gflops for k in exits) * 1e9
+    assert delta("dynadapter_flops_used_total", model="tiny") == pytest.approx(used, rel=1e-9)
+    total = delta("dynadapter_flops_used_total", model="tiny") + delta("dynadapter_flops_saved_total", model="tiny")
+    assert total == pytest.approx(n * manifest.gflops_full * 1e9, rel=1e-9)  # each image counted exactly once
+    assert delta("dynadapter_batch_size_sum", model="tiny") == n
+    assert delta("dynadapter_batch_size_count", model="tiny") < n  # they did share batches
+    assert value(after, "dynadapter_inflight_requests", model="tiny") == 0
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not on PATH (Debian: apt-get install prometheus)"
+)
 def test_promtool_accepts_the_exposition(client: TestClient) -> None:
-    client.post("/classify", content=png_bytes(0), headers=IMAGE)
-    result = subprocess.run(
-        ["promtool", "check", "metrics"], input=client.get("/metrics").text, capture_output=True, text=True
-    )
+    for query in ("", "?threshold=0", "?threshold=1", "?threshold=7"):  # every exit, and an error code
+        client.post(f"/classify{query}", content=png_bytes(0), headers=IMAGE)
+    exposition = client.get("/metrics").text
+    assert 'code="422"' in exposition
+    result = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert not (result.stdout + result.stderr).strip()  # not even a lint warning

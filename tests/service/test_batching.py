@@ -1,13 +1,16 @@
 import asyncio
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.batching import BatcherClosedError, MicroBatcher, QueueFullError
-from service.segment_runner import CPU, RunOutput, SegmentRunner
+from service.segment_runner import CPU, SegmentRunner, StageOutput
 from tests.service.tiny_onnx_model import NUM_EXITS
+
+IMAGE, RUN_TO_THE_END = np.zeros((3, 8, 8), np.float32), np.ones(NUM_EXITS - 1)
 
 
 @pytest.fixture(scope="module")
@@ -16,13 +19,17 @@ def runner(model_repo: Path) -> SegmentRunner:
     return SegmentRunner([folder / f"segment_{k}.onnx" for k in range(NUM_EXITS)], [CPU], intra_op_threads=1)
 
 
-def test_concurrent_requests_share_batches_and_keep_their_own_thresholds(runner: SegmentRunner) -> None:
+def batch_sizes(stages: list[StageOutput]) -> list[int]:
+    return [stage.rows for stage in stages if stage.stage == 0]
+
+
+def test_concurrent_requests_share_batches_and_get_what_they_would_get_alone(runner: SegmentRunner) -> None:
     images = np.random.default_rng(5).normal(0, 1, (32, 3, 8, 8)).astype(np.float32)
     thresholds = np.random.default_rng(6).choice([0.0, 0.5, 0.8, 1.0], size=(32, NUM_EXITS - 1))
-    batches: list[RunOutput] = []
+    stages: list[StageOutput] = []
 
     async def scenario() -> list:
-        batcher = MicroBatcher(runner, max_batch_size=8, max_wait_s=0.05, max_queue=64, on_batch=batches.append)
+        batcher = MicroBatcher(runner, max_batch_size=8, max_wait_s=0.05, max_queue=64, on_stage=stages.append)
         batcher.start()
         try:
             return await asyncio.gather(*(batcher.submit(images[i], thresholds[i]) for i in range(32)))
@@ -30,11 +37,47 @@ def test_concurrent_requests_share_batches_and_keep_their_own_thresholds(runner:
             await batcher.stop()
 
     results = asyncio.run(scenario())
-    assert sorted(len(batch.results) for batch in batches) == [8, 8, 8, 8]
-    expected = runner.run(images, thresholds).results
-    for got, want in zip(results, expected, strict=True):
-        assert got.exit_index == want.exit_index
-        np.testing.assert_allclose(got.logits, want.logits, atol=1e-5)
+    assert batch_sizes(stages) == [8, 8, 8, 8]  # four batches, each with mixed thresholds
+    assert len({result.exit_index for result in results}) == NUM_EXITS
+    for i, got in enumerate(results):
+        alone = runner.run(images[i : i + 1], thresholds[i : i + 1]).results[0]
+        assert got.exit_index == alone.exit_index
+        assert np.argmax(got.logits) == np.argmax(alone.logits)
+        np.testing.assert_allclose(got.logits, alone.logits, atol=1e-5)
+
+
+class HeldAfterFirstStage:
+    """Runs stage 0, then holds the rest of the cascade until released."""
+
+    def __init__(self, runner: SegmentRunner) -> None:
+        self.runner = runner
+        self.release = threading.Event()
+
+    def cascade(self, images: np.ndarray, thresholds: np.ndarray) -> Iterator[StageOutput]:
+        stages = self.runner.cascade(images, thresholds)
+        yield next(stages)
+        self.release.wait(10)
+        yield from stages
+
+
+def test_an_early_leaver_is_answered_while_its_batch_runs_on(runner: SegmentRunner) -> None:
+    held = HeldAfterFirstStage(runner)
+    stages: list[StageOutput] = []
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(held, max_batch_size=2, max_wait_s=1.0, max_queue=4, on_stage=stages.append)  # type: ignore[arg-type]
+        batcher.start()
+        first_exit = asyncio.create_task(batcher.submit(IMAGE, np.zeros(NUM_EXITS - 1)))
+        to_the_end = asyncio.create_task(batcher.submit(IMAGE, RUN_TO_THE_END))
+        early = await asyncio.wait_for(first_exit, 5)  # answered with the later stages still held
+        assert early.exit_index == 0 and not to_the_end.done()
+        assert [(stage.stage, stage.rows) for stage in stages] == [(0, 2)]  # counted before answered
+        held.release.set()
+        assert (await to_the_end).exit_index == NUM_EXITS - 1
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert [(stage.stage, stage.rows) for stage in stages] == [(k, 2 if k == 0 else 1) for k in range(NUM_EXITS)]
 
 
 class BlockedRunner:
@@ -45,38 +88,50 @@ class BlockedRunner:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def run(self, images: np.ndarray, thresholds: np.ndarray) -> RunOutput:
+    def cascade(self, images: np.ndarray, thresholds: np.ndarray) -> Iterator[StageOutput]:
         self.entered.set()
         self.release.wait(10)
-        return self.runner.run(images, thresholds)
+        yield from self.runner.cascade(images, thresholds)
 
 
-def test_full_queue_refuses_at_once_and_stop_fails_waiting_requests(runner: SegmentRunner) -> None:
+def test_full_queue_refuses_at_once(runner: SegmentRunner) -> None:
     blocked = BlockedRunner(runner)
-    image, threshold = np.zeros((3, 8, 8), np.float32), np.ones(NUM_EXITS - 1)
 
     async def scenario() -> None:
         batcher = MicroBatcher(blocked, max_batch_size=1, max_wait_s=0, max_queue=1)  # type: ignore[arg-type]
         batcher.start()
-        running = asyncio.create_task(batcher.submit(image, threshold))
+        running = asyncio.create_task(batcher.submit(IMAGE, RUN_TO_THE_END))
         await asyncio.to_thread(blocked.entered.wait, 10)
-        waiting = asyncio.create_task(batcher.submit(image, threshold))
+        waiting = asyncio.create_task(batcher.submit(IMAGE, RUN_TO_THE_END))
         await asyncio.sleep(0)
         with pytest.raises(QueueFullError) as err:
-            await batcher.submit(image, threshold)
+            await batcher.submit(IMAGE, RUN_TO_THE_END)
         assert err.value.retry_after_s >= 1
         blocked.release.set()
         assert (await running).exit_index == NUM_EXITS - 1
         assert (await waiting).exit_index == NUM_EXITS - 1
-        blocked.release.clear()
-        stuck = asyncio.create_task(batcher.submit(image, threshold))
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_stop_fails_running_and_waiting_requests(runner: SegmentRunner) -> None:
+    blocked = BlockedRunner(runner)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(blocked, max_batch_size=1, max_wait_s=0, max_queue=4)  # type: ignore[arg-type]
+        batcher.start()
+        running = asyncio.create_task(batcher.submit(IMAGE, RUN_TO_THE_END))
+        await asyncio.to_thread(blocked.entered.wait, 10)
+        waiting = asyncio.create_task(batcher.submit(IMAGE, RUN_TO_THE_END))
         await asyncio.sleep(0)
         await batcher.stop()
         blocked.release.set()
+        for task in (running, waiting):
+            with pytest.raises(BatcherClosedError):
+                await task
         with pytest.raises(BatcherClosedError):
-            await stuck
-        with pytest.raises(BatcherClosedError):
-            await batcher.submit(image, threshold)
+            await batcher.submit(IMAGE, RUN_TO_THE_END)
 
     asyncio.run(scenario())
 
@@ -85,20 +140,25 @@ def test_a_failing_batch_fails_its_requests_not_the_worker(runner: SegmentRunner
     class Flaky:
         calls = 0
 
-        def run(self, images: np.ndarray, thresholds: np.ndarray) -> RunOutput:
+        def cascade(self, images: np.ndarray, thresholds: np.ndarray) -> Iterator[StageOutput]:
             self.calls += 1
+            stages = runner.cascade(images, thresholds)
+            yield next(stages)
             if self.calls == 1:
                 raise RuntimeError("boom")
-            return runner.run(images, thresholds)
-
-    image, threshold = np.zeros((3, 8, 8), np.float32), np.ones(NUM_EXITS - 1)
+            yield from stages
 
     async def scenario() -> None:
-        batcher = MicroBatcher(Flaky(), max_batch_size=4, max_wait_s=0, max_queue=4)  # type: ignore[arg-type]
+        batcher = MicroBatcher(Flaky(), max_batch_size=2, max_wait_s=0.05, max_queue=4)  # type: ignore[arg-type]
         batcher.start()
-        with pytest.raises(RuntimeError, match="boom"):
-            await batcher.submit(image, threshold)
-        assert (await batcher.submit(image, threshold)).exit_index == NUM_EXITS - 1
+        early, late = await asyncio.gather(
+            batcher.submit(IMAGE, np.zeros(NUM_EXITS - 1)),
+            batcher.submit(IMAGE, RUN_TO_THE_END),
+            return_exceptions=True,
+        )
+        assert not isinstance(early, BaseException) and early.exit_index == 0  # answered before the failure
+        assert isinstance(late, RuntimeError) and str(late) == "boom"
+        assert (await batcher.submit(IMAGE, RUN_TO_THE_END)).exit_index == NUM_EXITS - 1
         await batcher.stop()
 
     asyncio.run(scenario())
@@ -106,20 +166,19 @@ def test_a_failing_batch_fails_its_requests_not_the_worker(runner: SegmentRunner
 
 def test_a_caller_that_gives_up_is_skipped(runner: SegmentRunner) -> None:
     blocked = BlockedRunner(runner)
-    image, threshold = np.zeros((3, 8, 8), np.float32), np.ones(NUM_EXITS - 1)
-    batches: list[RunOutput] = []
+    stages: list[StageOutput] = []
 
     async def scenario() -> None:
-        batcher = MicroBatcher(blocked, 4, 0, 4, on_batch=batches.append)  # type: ignore[arg-type]
+        batcher = MicroBatcher(blocked, 4, 0, 4, on_stage=stages.append)  # type: ignore[arg-type]
         batcher.start()
-        first = asyncio.create_task(batcher.submit(image, threshold))
+        first = asyncio.create_task(batcher.submit(IMAGE, RUN_TO_THE_END))
         await asyncio.to_thread(blocked.entered.wait, 10)
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(batcher.submit(image, threshold), 0.01)  # queued, then abandoned
+            await asyncio.wait_for(batcher.submit(IMAGE, RUN_TO_THE_END), 0.01)  # queued, then abandoned
         blocked.release.set()
         await first
-        assert (await batcher.submit(image, threshold)).exit_index == NUM_EXITS - 1
+        assert (await batcher.submit(IMAGE, RUN_TO_THE_END)).exit_index == NUM_EXITS - 1
         await batcher.stop()
 
     asyncio.run(scenario())
-    assert [len(batch.results) for batch in batches] == [1, 1]
+    assert batch_sizes(stages) == [1, 1]

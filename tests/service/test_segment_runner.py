@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 from service import segment_runner
 from service.model_repository import ModelLoadError
-from service.segment_runner import CPU, SegmentRunner, confidence, select_providers
+from service.segment_runner import CPU, CUDA, SegmentRunner, confidence, select_providers
 from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, reference_exits, write_model_version
 
 
@@ -92,6 +92,19 @@ def test_stages_run_only_while_images_remain(runner: SegmentRunner) -> None:
     assert len(runner.run(images(8), np.zeros(8)).stage_seconds) == 1
 
 
+def test_cascade_hands_out_each_stage_leavers_as_they_leave(runner: SegmentRunner) -> None:
+    stages = list(runner.cascade(images(64), np.full(64, 0.6)))
+    assert [stage.stage for stage in stages] == list(range(NUM_EXITS))
+    in_flight = 64
+    for stage in stages:
+        assert stage.rows == in_flight  # each segment ran only on the images still in flight
+        assert {result.exit_index for result in stage.exits.values()} <= {stage.stage}
+        in_flight -= len(stage.exits)
+    assert in_flight == 0
+    positions = [position for stage in stages for position in stage.exits]
+    assert sorted(positions) == list(range(64))  # every image answered exactly once
+
+
 def test_rejects_thresholds_of_the_wrong_shape(runner: SegmentRunner) -> None:
     with pytest.raises(ValueError, match="thresholds must be"):
         runner.run(images(2), np.zeros((2, 5)))
@@ -121,6 +134,42 @@ def test_cpu_is_chosen_without_a_usable_gpu(capfd: pytest.CaptureFixture[str]) -
         with pytest.raises(ModelLoadError, match="no usable CUDA GPU"):
             select_providers("cuda")
         assert "CUDAExecutionProvider" not in capfd.readouterr().err
+
+
+def test_cuda_library_preload_speaks_to_the_log_not_stdout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(
+        segment_runner.ort, "preload_dlls", lambda: print("Failed to load libcudart.so.13"), raising=False
+    )
+    segment_runner.preload_cuda_libraries.cache_clear()
+    try:
+        with caplog.at_level("INFO", logger="service.segment_runner"):
+            segment_runner.preload_cuda_libraries()
+    finally:
+        segment_runner.preload_cuda_libraries.cache_clear()
+    assert capsys.readouterr().out == ""
+    assert "preload_dlls: Failed to load libcudart.so.13" in caplog.text
+
+
+@pytest.mark.gpu
+def test_cuda_gives_the_exits_and_logits_of_cpu(model_repo: Path, runner: SegmentRunner, weights: TinyWeights) -> None:
+    if not segment_runner.cuda_usable():
+        pytest.skip("no usable CUDA execution provider (no GPU, driver or CUDA libraries here)")
+    folder = model_repo / "tiny" / "1"
+    cuda = SegmentRunner([folder / f"segment_{k}.onnx" for k in range(NUM_EXITS)], select_providers("auto"))
+    assert cuda.providers[0] == CUDA  # and so hidden states stay on the GPU (IOBinding) between segments
+    batch, threshold = images(256, seed=11), 0.6
+    # CUDA may use TF32 matmuls: compare exits only for images not within a hair of the threshold.
+    confidences = np.stack([confidence(logits) for logits in weights.forward_all(batch)[:-1]], axis=1)
+    clear = (np.abs(confidences - threshold) > 0.01).all(axis=1)
+    assert clear.sum() > 128
+    thresholds = np.full(int(clear.sum()), threshold)
+    on_gpu, on_cpu = cuda.run(batch[clear], thresholds), runner.run(batch[clear], thresholds)
+    assert len({result.exit_index for result in on_cpu.results}) == NUM_EXITS
+    for gpu, cpu in zip(on_gpu.results, on_cpu.results, strict=True):
+        assert gpu.exit_index == cpu.exit_index
+        np.testing.assert_allclose(gpu.logits, cpu.logits, atol=2e-3)
 
 
 def test_embedded_gather_model_is_what_onnx_helper_builds() -> None:

@@ -1,40 +1,30 @@
 """`serve` and `python -m service`: a real uvicorn process, its refusal of a bad model, its shutdown."""
 
-import os
+import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from service import main
 from service.main import serve
 from service.settings import Settings
+from tests.service.helpers import IMAGE, ROOT, free_port, service_env, serving
 from tests.service.tiny_onnx_model import png_bytes
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def service_env(model_repo: Path, port: int) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DYNADAPTER_")}
-    env |= {
-        "DYNADAPTER_MODEL_REPO": str(model_repo),
-        "DYNADAPTER_HOST": "127.0.0.1",
-        "DYNADAPTER_PORT": str(port),
-        "DYNADAPTER_PROVIDERS": "cpu",
-        "DYNADAPTER_LOG_LEVEL": "info",
-    }
-    return env
+def assert_clean_exit(returncode: int, output: str) -> None:
+    # uvicorn finishes the lifespan shutdown, then re-raises SIGTERM so the exit status tells why.
+    assert returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output and "Traceback" not in output
 
 
 def test_serve_refuses_a_bad_model_with_one_line(tmp_path: Path) -> None:
@@ -44,11 +34,29 @@ def test_serve_refuses_a_bad_model_with_one_line(tmp_path: Path) -> None:
     assert message.startswith("dynadapter serve: cannot load the model:") and "\n" not in message
 
 
-def test_python_m_service_refuses_a_corrupt_segment(tmp_path: Path, model_repo: Path) -> None:
+def corrupt_segment(folder: Path) -> None:
+    segment = folder / "segment_0.onnx"
+    segment.write_bytes(segment.read_bytes()[:-1])
+
+
+def newer_schema(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"schema_version": 2}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (corrupt_segment, "segment_0.onnx: sha256 mismatch"),
+        (newer_schema, "invalid manifest: schema_version: unsupported schema_version 2"),
+    ],
+)
+def test_python_m_service_refuses_a_damaged_model_with_one_line(
+    tmp_path: Path, model_repo: Path, damage: Callable[[Path], None], expected: str
+) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(model_repo, repo)
-    segment = repo / "tiny" / "1" / "segment_0.onnx"
-    segment.write_bytes(segment.read_bytes()[:-1])
+    damage(repo / "tiny" / "1")
     result = subprocess.run(
         [sys.executable, "-m", "service"],
         cwd=ROOT,
@@ -59,38 +67,41 @@ def test_python_m_service_refuses_a_corrupt_segment(tmp_path: Path, model_repo: 
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "segment_0.onnx: sha256 mismatch" in result.stderr.strip().splitlines()[-1]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("dynadapter serve: cannot load the model:") and expected in line
 
 
 def test_python_m_service_serves_and_shuts_down_cleanly(model_repo: Path) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env=service_env(model_repo, port),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "the service never became ready"
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        response = httpx.post(f"{base}/classify", content=png_bytes(0), headers={"content-type": "image/png"})
+    with serving(model_repo) as server:
+        response = httpx.post(f"{server.url}/classify", content=png_bytes(0), headers=IMAGE)
         assert response.status_code == 200
         assert response.json()["model"] == "tiny"
-        assert 'dynadapter_requests_total{code="200",model="tiny"} 1.0' in httpx.get(f"{base}/metrics").text
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    # uvicorn finishes the lifespan shutdown, then re-raises SIGTERM so the exit status tells why.
-    assert process.returncode in (0, -signal.SIGTERM), stderr
-    assert "Application shutdown complete" in stderr and "Traceback" not in stderr
+        assert 'dynadapter_requests_total{code="200",model="tiny"} 1.0' in httpx.get(f"{server.url}/metrics").text
+    assert_clean_exit(server.process.returncode, server.output)
+
+
+def test_sigterm_lets_the_request_in_flight_finish(model_repo: Path) -> None:
+    # A lone request waits max_wait_ms for company: a window in which to send SIGTERM.
+    with serving(model_repo, max_wait_ms="2000", max_batch_size="8") as server, ThreadPoolExecutor(1) as pool:
+        start = time.monotonic()
+        pending = pool.submit(httpx.post, f"{server.url}/classify", content=png_bytes(0), headers=IMAGE, timeout=30)
+        while 'dynadapter_inflight_requests{model="tiny"} 1.0' not in httpx.get(f"{server.url}/metrics").text:
+            assert time.monotonic() - start < 1.5, "the request never got in flight"
+            time.sleep(0.01)
+        server.process.send_signal(signal.SIGTERM)
+        response = pending.result()
+        returncode = server.stop()
+    assert response.status_code == 200, response.text
+    assert time.monotonic() - start >= 2.0  # it really was answered after the batch wait, not cut short
+    assert_clean_exit(returncode, server.output)
+
+
+def test_one_worker_per_process(monkeypatch: pytest.MonkeyPatch, model_repo: Path) -> None:
+    # The metrics registry, the batch queue and the sessions live in one process: serve() never forks
+    # workers, and hands uvicorn an app object, which uvicorn cannot spread over several workers anyway.
+    calls: list[tuple[object, dict]] = []
+    monkeypatch.setattr(main.uvicorn, "run", lambda app, **options: calls.append((app, options)))
+    serve(Settings(model_repo=model_repo, providers="cpu", shutdown_timeout_s=7))
+    ((app, options),) = calls
+    assert isinstance(app, FastAPI)
+    assert options["workers"] == 1 and options["timeout_graceful_shutdown"] == 7
