@@ -10,7 +10,7 @@ from tests.tiny import train_tiny_run
 from training.export import chained_onnx_logits, export_run
 from training.run_dir import load_run
 
-METHODS = ["adapter", "none"]
+METHODS = ["adapter", "lora", "repadapter", "none"]
 
 
 @pytest.fixture(scope="module", params=METHODS)
@@ -67,3 +67,10 @@ def test_export_refuses_a_run_without_calibration(exported, tmp_path) -> None:
         (tmp_path / "r" / name).write_bytes((run / name).read_bytes())
     with pytest.raises(FileNotFoundError, match="calibration"):
         export_run(tmp_path / "r", tmp_path / "repo")
+
+
+def test_a_merged_repadapter_costs_exactly_the_backbone_plus_heads(tmp_path) -> None:
+    rep = export_run(train_tiny_run(tmp_path / "rep", petl="repadapter"), tmp_path / "repo", name="rep")
+    none = export_run(train_tiny_run(tmp_path / "none", petl="none"), tmp_path / "repo", name="none")
+    gflops = [[s["gflops"] for s in json.loads((f / "manifest.json").read_text())["segments"]] for f in (rep, none)]
+    assert gflops[0] == gflops[1]
