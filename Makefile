@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL_REPO ?= var/model_repo
 MODEL ?=
 
-.PHONY: install serve test lint clean
+.PHONY: install promtool serve test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,13 @@ serve: $(STAMP)
 	$(if $(filter var/model_repo,$(MODEL_REPO)),$(BIN)/dynadapter demo build --out $(MODEL_REPO))
 	$(BIN)/dynadapter serve --model-repo $(MODEL_REPO) --host $(HOST) --port $(PORT) $(if $(MODEL),--model-name $(MODEL))
 
-test: $(STAMP)
+# The metrics tests check the exposition with the real promtool (Debian's prometheus package).
+promtool:
+	@command -v promtool >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+	  echo "promtool could not be installed: the promtool tests will be skipped"
+
+test: $(STAMP) promtool
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -32,7 +32,7 @@ def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def exit_indices(confidence: np.ndarray, threshold: float) -> np.ndarray:
     """Exit taken by each image: confidence [K, N] -> [N] ints."""
     k = confidence.shape[0]
-    if threshold >= 1.0:
+    if threshold >= 1.0 or k == 1:  # a single exit (static model) always answers
         return np.full(confidence.shape[1], k - 1)
     leaves = confidence[:-1] >= threshold
     return np.where(leaves.any(axis=0), leaves.argmax(axis=0), k - 1)

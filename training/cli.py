@@ -42,6 +42,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="run directory to write")
     p.add_argument("--backbone", default="builtin:dinov2-s14", help="timm ViT name or builtin:<name>")
     p.add_argument("--backbone-weights", help="local safetensors file with timm key names")
+    p.add_argument("--pretrained", action="store_true",
+                   help="timm's own pretrained weights for a timm model name (needs a reachable model hub)")
     p.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model argument (repeatable), e.g. depth=4")
     p.add_argument("--petl", choices=["adapter", "lora", "repadapter", "none"], default="adapter")
@@ -72,7 +74,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     out = train(TrainOptions(
         data=args.data, out=args.out, backbone=args.backbone, backbone_weights=args.backbone_weights,
-        backbone_kwargs=_key_values(args.backbone_arg), petl=args.petl, petl_options=_key_values(args.petl_arg),
+        pretrained=args.pretrained, backbone_kwargs=_key_values(args.backbone_arg), petl=args.petl,
+        petl_options=_key_values(args.petl_arg),
         exits=args.exits, heads=args.heads, static=args.static, img_size=args.img_size, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         prioritization=AdaptivePrioritization(gamma=args.loss_gamma, distill_weight=args.distill),

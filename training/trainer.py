@@ -40,6 +40,7 @@ class TrainOptions:
     out: Path
     backbone: str = "builtin:dinov2-s14"
     backbone_weights: str | None = None
+    pretrained: bool = False
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     petl: str = "adapter"
     petl_options: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +72,7 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
 
 
 def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.BackboneSpec]:
-    spec = rd.BackboneSpec(opts.backbone, opts.img_size, opts.backbone_weights, False,
+    spec = rd.BackboneSpec(opts.backbone, opts.img_size, opts.backbone_weights, opts.pretrained,
                            opts.backbone_kwargs or None, opts.seed)
     backbone = spec.build()
     depth = len(backbone.blocks)

@@ -7,9 +7,11 @@ hold the frozen ``base_layer`` and are swapped in for named submodules (never by
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 
 
@@ -64,6 +66,32 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
+
+
+#: where each adaptable linear layer sits inside a timm ``Block``
+LINEAR_TARGETS: dict[str, str] = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+
+def check_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
+    """A config's ``targets`` as a tuple of distinct names from ``LINEAR_TARGETS``."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    if not targets or len(set(targets)) < len(targets) or not set(targets) <= LINEAR_TARGETS.keys():
+        raise ValueError(f"targets must be distinct names from {list(LINEAR_TARGETS)}, got {list(targets)}")
+    return targets
+
+
+def wrap_linears(blocks: nn.Sequential, targets: Sequence[str],
+                 wrap: Callable[[nn.Linear], PetlLayer]) -> None:
+    """Replace each block's target linear layers by ``wrap(layer)``; the timm Blocks stay in place."""
+    for i, block in enumerate(blocks):
+        if not isinstance(block, Block):
+            raise TypeError(f"expected timm Blocks, block {i} is {type(block).__name__}")
+        for target in targets:
+            path = LINEAR_TARGETS[target]
+            layer = block.get_submodule(path)
+            if not isinstance(layer, nn.Linear):
+                raise TypeError(f"block {i}: {path} is {type(layer).__name__}, not nn.Linear")
+            replace_module(block, path, wrap(layer))
 
 
 def petl_layers(model: nn.Module) -> list[PetlLayer]:

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.petl.base import PetlConfig, PetlLayer
-from models.petl.lora import check_targets, wrap_linears
+from models.petl.base import PetlConfig, PetlLayer, check_targets, wrap_linears
 
 
 @dataclass

@@ -1,0 +1,56 @@
+"""`dynadapter` command line: parsing and the backbone options a user passes."""
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+from safetensors.torch import save_file
+
+from tests.tiny import TINY_BACKBONE
+from training import cli
+from training.run_dir import load_run
+
+TINY_ARGS = ["--backbone", "vit_tiny_patch16_224", *[a for k, v in TINY_BACKBONE.items()
+                                                      for a in ("--backbone-arg", f"{k}={v}")],
+             "--img-size", "16", "--exits", "2,4", "--epochs", "1"]
+
+
+def test_train_with_local_backbone_weights_uses_them(tmp_path: Path) -> None:
+    donor = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16,
+                              **TINY_BACKBONE)
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(weights))
+    cli.main(["train", "--data", "builtin:digits", "--out", str(tmp_path / "run"), "--backbone-weights",
+              str(weights), "--seed", "7", *TINY_ARGS])
+    model = load_run(tmp_path / "run").model
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["backbone"]["weights"] == str(weights)
+    loaded = model.backbone.patch_embed.proj.weight
+    assert loaded.equal(donor.patch_embed.proj.weight)
+
+
+def test_pretrained_flag_asks_timm_for_its_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    real = timm.create_model
+
+    def spy(name, pretrained=False, **kwargs):
+        seen["pretrained"] = pretrained
+        return real(name, pretrained=False, **kwargs)  # no network in tests
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    cli.main(["train", "--data", "builtin:digits", "--out", str(tmp_path / "run"), "--pretrained", *TINY_ARGS])
+    assert seen["pretrained"] is True
+
+
+@pytest.mark.parametrize("argv", [["train", "--data", "builtin:digits", "--out", "x", "--exits", "a,b"],
+                                  ["train", "--data", "builtin:digits", "--out", "x", "--petl", "prompt"]])
+def test_bad_arguments_exit_with_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as err:
+        cli.main(argv)
+    assert err.value.code == 2
+
+
+def test_errors_are_one_line_not_tracebacks(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as err:
+        cli.main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "repo")])
+    assert "is not a run directory" in str(err.value.code)

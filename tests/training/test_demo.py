@@ -1,0 +1,44 @@
+"""`dynadapter demo build`: the committed demo run becomes a served model repository, once."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from training import demo
+from training.run_dir import CHECKPOINT
+
+pytestmark = pytest.mark.skipif(not all((r / CHECKPOINT).is_file() for r in demo.DEMO_RUNS.values()),
+                                reason="the demo runs are not in this checkout")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    return demo.build_demo_repo(tmp_path_factory.mktemp("demo") / "repo")
+
+
+def test_demo_repository_holds_the_real_demo_and_the_fixture(built: Path) -> None:
+    manifest = json.loads((built / "digits" / "1" / "manifest.json").read_text())
+    assert manifest["training"]["backbone"] == "builtin:dinov2-s14"
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4
+    assert [s["after_block"] for s in manifest["segments"]] == [3, 6, 9, 12]
+    assert (built / "digits-tiny" / "1" / "manifest.json").is_file()
+
+
+def test_a_second_build_reuses_the_export(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the demo was exported again")
+
+    monkeypatch.setattr(demo, "export_run", refuse)
+    demo.build_demo_repo(built)
+
+
+def test_committed_calibration_meets_the_demo_promise() -> None:
+    """At `balanced`, at least a third of the validation images leave early, within 1 point of the last exit."""
+    for run in demo.DEMO_RUNS.values():
+        cal = json.loads((run / "calibration.json").read_text())
+        table = cal["calibration"]["table"]
+        full = next(r for r in table if r["threshold"] >= 1.0)
+        balanced = next(r for r in table if r["threshold"] == cal["modes"]["balanced"]["threshold"])
+        assert 1.0 - balanced["exit_fractions"][-1] >= 1 / 3
+        assert balanced["accuracy"] >= full["accuracy"] - 0.01
