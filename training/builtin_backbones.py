@@ -185,7 +185,7 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "dynadapter") / "backbones"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -224,7 +224,7 @@ def _cache_is_valid(entry: BuiltinBackbone, weights: Path, card: Path) -> bool:
     try:
         meta = json.loads(card.read_text())
         hashes = (meta["source"]["sha256"], meta["weights"]["sha256"])
-        valid = hashes == (entry.source_sha256, _sha256(weights))
+        valid = hashes == (entry.source_sha256, sha256_file(weights))
     except (ValueError, KeyError, TypeError):
         valid = False
     if not valid:
@@ -246,7 +246,7 @@ def _provenance(entry: BuiltinBackbone, weights: Path) -> dict[str, object]:
         "upstream": entry.upstream,
         "weights": {
             "file": weights.name,
-            "sha256": _sha256(weights),
+            "sha256": sha256_file(weights),
             "img_size": entry.native_img_size,
             "key_names": "timm",
         },

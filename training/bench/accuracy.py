@@ -1,0 +1,86 @@
+"""``dynadapter bench accuracy``: Dyn-Adapter against its static PETL baselines on the downstream suite.
+
+Every task x every PETL method x {static, Dyn-Adapter} (and, with ``--ablation``, Dyn-Adapter with one
+part switched off at a time) is one cached training run; the results go to docs/results.json,
+docs/results.md and one figure per task in docs/results/. See ``training.bench.cells`` for the cache
+and ``training.bench.summary`` for what the page states.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from training.bench.summary import RESULT_KEYS, render_markdown
+
+__all__ = ["RESULT_KEYS", "add_parser", "render_markdown", "run"]
+
+DEFAULT_TASKS = ("digits", "mnist", "elpv", "elpv-type")
+METHODS = ("adapter", "lora", "repadapter", "none")
+#: Measured on the 2-core CPU machine at 112 px: see docs/results.md's configuration line and the
+#: issue note; about 2-3 min per epoch and cell there when the machine is otherwise idle.
+DEFAULT_EPOCHS = 2
+
+
+def _names(choices: Sequence[str] | None = None) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if choices is not None and n not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {list(choices or [])}, "
+                                             f"got {text!r}")
+        return names
+    return parse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("accuracy", help="accuracy / FLOPs of every PETL method, static and dynamic, on the suite",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", type=_names(), default=list(DEFAULT_TASKS),
+                   help=f"builtin data sets (default: {','.join(DEFAULT_TASKS)})")
+    p.add_argument("--methods", type=_names(METHODS), default=list(METHODS),
+                   help=f"PETL methods (default: {','.join(METHODS)}; none = heads on the frozen backbone)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    p.add_argument("--img-size", type=int, help="input resolution (default: dynadapter train's)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also train the ablation cells (Dyn-Adapter with adapter, one part off at a time)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite the results page from the finished cells")
+    p.add_argument("--root", type=Path, default=Path("var/bench"), help="cell cache (default: var/bench)")
+    p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")
+    p.add_argument("--backbone", help="timm ViT name or builtin:<name> (default: dynadapter train's)")
+    p.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra timm.create_model argument (repeatable), e.g. depth=4")
+
+
+def run(args: argparse.Namespace) -> None:
+    from training.bench import cells, summary
+    from training.bench.figures import plot_task
+    from training.bench.results import update_results
+    from training.cli import _key_values
+    from training.data import BUILTIN_DATASETS
+
+    unknown = sorted(set(args.tasks) - set(BUILTIN_DATASETS))
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; the builtin data sets are {sorted(BUILTIN_DATASETS)}")
+    config = cells.SuiteConfig(args.root, args.epochs, args.img_size, args.backbone, _key_values(args.backbone_arg))
+    main, ablation = cells.main_cells(args.tasks, args.methods), cells.ablation_cells(args.tasks)
+    trainable = set() if args.report_only else set(main) | (set(ablation) if args.ablation else set())
+
+    def publish(results: cells.Results) -> dict[str, Any]:
+        lookup = {(c.task, c.petl, c.variant): r for c, r in results.items()}
+        for task in args.tasks:
+            dynamic = {p: lookup[task, p, "dyn"] for p in args.methods if lookup[task, p, "dyn"]}
+            static = {p: lookup[task, p, "static"] for p in args.methods if lookup[task, p, "static"]}
+            if dynamic or static:
+                plot_task(task, dynamic, static, args.docs / "results" / f"{task}.png")
+        return update_results(args.docs, summary.sections(
+            lookup, args.tasks, args.methods, {v: label for v, (label, _) in cells.ABLATIONS.items()},
+            cells.ABLATION_PETL, config.record(main[0])))
+
+    results = publish(cells.run_suite(main + ablation, config, trainable, publish))
+    print(summary.result_table(results))
+    print(f"\nwritten: {args.docs / 'results.md'}, {args.docs / 'results.json'}, {args.docs / 'results'}/*.png")
+

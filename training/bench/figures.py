@@ -1,0 +1,35 @@
+"""One figure per task: accuracy against GFLOPs, every PETL method's threshold sweep as a curve and
+its static baseline as a star of the same colour (``training.plots`` draws one run; this draws the
+suite's methods side by side, in the same style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from training.plots import plt  # pyplot on the files-only backend that training.plots selects
+
+
+def plot_task(task: str, dynamic: dict[str, dict[str, Any]], static: dict[str, dict[str, Any]], path: Path) -> None:
+    """``dynamic`` / ``static``: PETL method -> the cell result (``training.bench.cells.summarize_run``)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    colours = dict(zip(sorted(set(dynamic) | set(static)), plt.rcParams["axes.prop_cycle"].by_key()["color"],
+                       strict=False))
+    for petl, result in dynamic.items():
+        points = sorted(result["sweep"])
+        ax.plot([g for g, _ in points], [100 * a for _, a in points], "-", color=colours[petl],
+                label=f"{petl} Dyn-Adapter (sweep)")
+        balanced = result["modes"]["balanced"]
+        ax.plot(balanced["gflops"], 100 * balanced["acc"], "o", color=colours[petl], ms=5)
+    for petl, result in static.items():
+        ax.plot(result["gflops"], 100 * result["acc"], "*", ms=12, color=colours[petl], markeredgecolor="black",
+                markeredgewidth=0.5, label=f"{petl} static")
+    ax.set_xlabel("mean GFLOPs per image (1 multiply-add = 1 FLOP)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"builtin:{task} (dots: balanced mode)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

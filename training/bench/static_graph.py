@@ -1,0 +1,62 @@
+"""The baseline the serving bench compares against: the same trained model as one static graph.
+
+Full depth, last exit only: the frozen backbone, its PETL layers and the last exit head, with no
+early exit and no early heads. It is written as a *static run directory* (what ``dynadapter train
+--static`` writes: one exit after the last block) holding the dynamic run's own weights, so that
+everything else is the project's usual path: ``load_run`` rebuilds it in PyTorch, ``export_run``
+turns it into a valid one-segment model repository (parity-checked, calibrated, with a manifest)
+that ``dynadapter serve`` serves unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from models.flops import deployed_cumulative_gflops
+from training.calibration import calibrate
+from training.evaluate import split_logits
+from training.export import export_run
+from training.run_dir import CALIBRATION, CHECKPOINT, CONFIG, load_run
+
+
+def static_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config.json with the exits cut down to the last one (and its head)."""
+    model = config["model"]
+    return {**config, "model": {**model, "exits": model["exits"][-1:], "heads": model["heads"][-1:]}}
+
+
+def static_checkpoint(checkpoint: dict[str, Any], num_exits: int) -> dict[str, Any]:
+    """Keep the PETL parameters and the last head's, renamed from ``heads.<K-1>.`` to ``heads.0.``."""
+    last = f"heads.{num_exits - 1}."
+    kept = {name: tensor for name, tensor in checkpoint.items() if not name.startswith("heads.")}
+    kept |= {"heads.0." + name.removeprefix(last): t for name, t in checkpoint.items() if name.startswith(last)}
+    return kept
+
+
+def write_static_run(run_dir: Path, out: Path) -> Path:
+    """Write ``out`` as a static (one-exit) run directory with ``run_dir``'s weights, calibrated on its val split."""
+    config = json.loads((run_dir / CONFIG).read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / CONFIG).write_text(json.dumps(static_config(config), indent=2))
+    checkpoint = load_file(str(run_dir / CHECKPOINT))
+    save_file(static_checkpoint(checkpoint, len(config["model"]["exits"])), str(out / CHECKPOINT))
+    # One exit: the calibration table has a single operating point (full depth), which every mode names.
+    run = load_run(out)
+    logits, targets = split_logits(run, None, "val")
+    calibration = calibrate(logits.numpy(), targets.numpy(), deployed_cumulative_gflops(run.model))
+    (out / CALIBRATION).write_text(json.dumps(calibration, indent=2))
+    return out
+
+
+def export_static_graph(run_dir: Path, work_dir: Path, name: str) -> tuple[Path, Path]:
+    """The static run directory and its one-segment model repository, both under ``work_dir``."""
+    static_run = write_static_run(Path(run_dir), work_dir / "static_run")
+    repo = work_dir / "static_repo"
+    export_run(static_run, repo, name=name, version="1")
+    return static_run, repo

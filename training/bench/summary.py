@@ -1,0 +1,182 @@
+"""From the cells' results to the accuracy sections of docs/results.json, and from those to markdown.
+
+Pure Python on purpose: the page is re-rendered from the JSON alone (``results.update_results``),
+also by benchmarks that run where torch is not installed.
+
+The paper's claim is the target: at ``balanced``, at least half the FLOPs saved with a mean
+accuracy within 0.5 points of the static baseline of the same PETL method. "Saved" is relative to
+that static baseline, so the early heads' own cost counts against Dyn-Adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from statistics import fmean
+from typing import Any
+
+MODES = ("fast", "balanced", "accurate")
+TARGET_SAVED = 0.50
+TARGET_ACC_DROP = 0.005
+#: top-level keys of results.json that this module writes and renders
+RESULT_KEYS = ("config", "tasks", "methods", "rows", "target", "ablation", "missing")
+
+
+def cell_row(task: str, petl: str, static: dict | None, dyn: dict | None) -> dict[str, Any]:
+    """One (task, method) row; None marks a cell that has not finished."""
+    return {"task": task, "petl": petl,
+            "static_acc": static["acc"] if static else None,
+            "static_gflops": static["gflops"] if static else None,
+            "dyn": {m: {k: dyn["modes"][m][k] for k in ("acc", "gflops", "saved")} for m in MODES} if dyn else None,
+            "dyn_full_acc": dyn["acc"] if dyn else None,
+            "seconds": {"static": static["seconds"] if static else None, "dyn": dyn["seconds"] if dyn else None}}
+
+
+def mean_row(petl: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The suite mean of a method over the tasks where both its cells finished."""
+    done = [r for r in rows if r["static_acc"] is not None and r["dyn"] is not None]
+    row: dict[str, Any] = {"task": "mean", "petl": petl, "tasks": len(done), "static_acc": None,
+                           "static_gflops": None, "dyn": None, "dyn_full_acc": None}
+    if done:
+        row.update(static_acc=fmean(r["static_acc"] for r in done),
+                   static_gflops=fmean(r["static_gflops"] for r in done),
+                   dyn_full_acc=fmean(r["dyn_full_acc"] for r in done),
+                   dyn={m: {k: fmean(r["dyn"][m][k] for r in done) for k in ("acc", "gflops", "saved")}
+                        for m in MODES})
+    return row
+
+
+def target(row: dict[str, Any], num_tasks: int) -> dict[str, Any]:
+    """Whether a method's suite mean meets the paper's claim at ``balanced``, and by how much it misses."""
+    out: dict[str, Any] = {"petl": row["petl"], "tasks": row["tasks"], "complete": row["tasks"] == num_tasks}
+    if row["dyn"] is None:
+        return {**out, "met": None}
+    balanced = row["dyn"]["balanced"]
+    saved_short = max(0.0, TARGET_SAVED - balanced["saved"])
+    acc_short = max(0.0, row["static_acc"] - TARGET_ACC_DROP - balanced["acc"])
+    return {**out, "met": saved_short == 0 and acc_short == 0, "saved": balanced["saved"],
+            "acc_delta": balanced["acc"] - row["static_acc"], "saved_short": saved_short, "acc_short": acc_short}
+
+
+def ablation_row(variant: str, label: str, per_task: dict[str, dict | None]) -> dict[str, Any]:
+    done = {t: r for t, r in per_task.items() if r is not None}
+    modes = {m: {"acc": fmean(r["modes"][m]["acc"] for r in done.values()),
+                 "saved": fmean(r["modes"][m]["saved"] for r in done.values())} if done else None
+             for m in ("balanced", "accurate")}
+    return {"variant": variant, "label": label, "tasks": len(done), "missing": sorted(set(per_task) - set(done)),
+            **modes, "per_task": {t: {m: {k: r["modes"][m][k] for k in ("acc", "saved")}
+                                      for m in ("balanced", "accurate")} for t, r in done.items()}}
+
+
+def sections(lookup: dict[tuple[str, str, str], dict | None], tasks: Sequence[str], methods: Sequence[str],
+             ablations: dict[str, str], ablation_petl: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The accuracy sections of results.json from ``(task, petl, variant) -> result or None``."""
+    rows, means = [], []
+    for petl in methods:
+        per_task = [cell_row(t, petl, lookup.get((t, petl, "static")), lookup.get((t, petl, "dyn"))) for t in tasks]
+        rows += per_task
+        means.append(mean_row(petl, per_task))
+    ablation = [ablation_row(v, label, {t: lookup.get((t, ablation_petl, v)) for t in tasks})
+                for v, label in {"dyn": "Dyn-Adapter, every part on", **ablations}.items()]
+    missing = [f"{t}/{p}-{v}" for (t, p, v), r in lookup.items() if r is None]
+    return {"config": config, "tasks": list(tasks), "methods": list(methods), "rows": rows + means,
+            "target": [target(m, len(tasks)) for m in means], "ablation": ablation, "missing": missing}
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _mode_cells(dyn: dict | None) -> list[str]:
+    if dyn is None:
+        return ["missing"] * 3
+    return [f"{_pct(dyn[m]['acc'])} / {dyn[m]['gflops']:.3f} / {_pct(dyn[m]['saved'], 0)}%" for m in MODES]
+
+
+def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
+    rows = [header, ["---"] * len(header), *lines]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def _verdict(t: dict[str, Any]) -> str:
+    if t["met"] is None:
+        return "no finished task yet"
+    partial = "" if t["complete"] else f" (provisional: {t['tasks']} tasks finished)"
+    if t["met"]:
+        return "**met**" + partial
+    misses = []
+    if t["saved_short"] > 0:
+        misses.append(f"saves {_pct(t['saved_short'])} points of FLOPs too few")
+    if t["acc_short"] > 0:
+        misses.append(f"accuracy {_pct(t['acc_short'], 2)} points below the 0.5-point margin")
+    return "missed: " + "; ".join(misses) + partial
+
+
+def render_target(results: dict[str, Any]) -> str:
+    means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
+    lines = [[t["petl"], _pct(means[t["petl"]]["static_acc"]),
+              _pct(means[t["petl"]]["dyn"]["balanced"]["acc"]) if t["met"] is not None else "—",
+              f"{100 * t['acc_delta']:+.2f}" if t["met"] is not None else "—",
+              f"{_pct(t['saved'])}%" if t["met"] is not None else "—", _verdict(t)] for t in results["target"]]
+    return ("## Target: the paper's claim at `balanced`\n\n"
+            f"At least {TARGET_SAVED:.0%} of the static baseline's FLOPs saved, with the suite-mean accuracy "
+            f"within {100 * TARGET_ACC_DROP:.1f} points of the static baseline of the same PETL method "
+            "(`none`: the linear probe on the frozen backbone).\n\n"
+            + _table(["PETL", "static acc (%)", "balanced acc (%)", "Δ acc (points)", "FLOPs saved", "target"], lines))
+
+
+def render_tasks(results: dict[str, Any]) -> str:
+    parts = ["## Per task\n\nEach mode cell: test accuracy (%) / mean GFLOPs per image / FLOPs saved against "
+             "the static baseline. `static`: the same PETL method with the final head only."]
+    for task in [*results["tasks"], "mean"]:
+        rows = [r for r in results["rows"] if r["task"] == task]
+        title = f"### {task}" if task != "mean" else "### Suite mean (over the tasks where both cells finished)"
+        lines = [[r["petl"] + (f" ({r['tasks']} tasks)" if task == "mean" else ""),
+                  _pct(r["static_acc"]) if r["static_acc"] is not None else "missing",
+                  f"{r['static_gflops']:.3f}" if r["static_gflops"] is not None else "—", *_mode_cells(r["dyn"])]
+                 for r in rows]
+        figure = f"\n\n![{task}: accuracy against GFLOPs](results/{task}.png)" if task != "mean" else ""
+        parts.append(f"{title}\n\n" + _table(["PETL", "static acc (%)", "static GFLOPs", *MODES], lines) + figure)
+    return "\n\n".join(parts)
+
+
+def render_ablation(results: dict[str, Any]) -> str:
+    def cells(row: dict[str, Any]) -> list[str]:
+        return [f"{_pct(row[m]['acc'])} / {_pct(row[m]['saved'], 0)}%" if row[m] else "missing"
+                for m in ("balanced", "accurate")]
+
+    lines = [[r["label"], *cells(r), f"{r['tasks']} / {r['tasks'] + len(r['missing'])}"] for r in results["ablation"]]
+    return ("## Ablation (Dyn-Adapter with adapter, suite mean)\n\n"
+            "One part of the method switched at a time (`dynadapter bench accuracy --ablation`); each cell: "
+            "test accuracy (%) / FLOPs saved. Self-distillation is off by default, so its row switches it on.\n\n"
+            + _table(["variant", "balanced", "accurate", "tasks finished"], lines))
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The accuracy part of docs/results.md (empty when results.json has none)."""
+    if "rows" not in results:
+        return ""
+    c = results["config"]
+    intro = (f"Backbone `{c['backbone']}` at {c['img_size']} px, frozen; {c['epochs']} epochs per cell "
+             f"(lr {c['lr']}, batch {c['batch_size']}, seed {c['seed']}). Tasks: {', '.join(results['tasks'])} "
+             "(`builtin:<task>`, at most 800 train / 200 val images, a separate test split). All numbers are on "
+             "the test split; the modes use the thresholds calibrated on the validation split (each run's "
+             "calibration.json). GFLOPs: one multiply-add = one FLOP.")
+    parts = [intro, render_target(results), render_tasks(results)]
+    if any(r["tasks"] for r in results["ablation"]):
+        parts.append(render_ablation(results))
+    if results["missing"]:
+        parts.append("## Cells not finished\n\n" + ", ".join(f"`{m}`" for m in results["missing"]))
+    return "\n\n".join(parts)
+
+
+def result_table(results: dict[str, Any]) -> str:
+    """The plain-text table ``dynadapter bench accuracy`` prints: suite means and the target."""
+    means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
+    lines = [f"{'PETL':<11} {'tasks':>5} {'static':>7} {'fast':>14} {'balanced':>14} {'accurate':>14}  target"]
+    for t in results["target"]:
+        row = means[t["petl"]]
+        modes = [f"{_pct(row['dyn'][m]['acc'])}%/{_pct(row['dyn'][m]['saved'], 0)}%" if row["dyn"] else "—"
+                 for m in MODES]
+        lines.append(f"{t['petl']:<11} {row['tasks']:>5} {_pct(row['static_acc']):>7} "
+                     + " ".join(f"{m:>14}" for m in modes) + "  " + _verdict(t).replace("**", ""))
+    return "\n".join(lines)
