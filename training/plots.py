@@ -22,9 +22,12 @@ def plot_accuracy_vs_gflops(sweep: Sequence[dict[str, Any]], exit_points: Sequen
             label="Dyn-Adapter (threshold sweep)")
     ax.plot(*zip(*[(g, 100 * a) for g, a in exit_points], strict=True), "s", color="tab:gray", ms=5,
             label="single exit")
-    for name, r in modes.items():
-        ax.plot(r["gflops"], 100 * r["accuracy"], "o", color="tab:orange")
-        ax.annotate(name, (r["gflops"], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, -12))
+    points: dict[tuple[float, float], list[str]] = {}
+    for name, r in modes.items():  # modes calibrated to the same threshold share one label
+        points.setdefault((r["gflops"], 100 * r["accuracy"]), []).append(name)
+    for (g, a), names in points.items():
+        ax.plot(g, a, "o", color="tab:orange")
+        ax.annotate("/".join(names), (g, a), textcoords="offset points", xytext=(5, -12))
     for name, (g, a) in baselines.items():
         ax.plot(g, 100 * a, "*", ms=11, label=name)
     ax.set_xlabel("mean GFLOPs per image (1 multiply-add = 1 FLOP)")
