@@ -1,0 +1,113 @@
+"""The Grafana dashboard's PromQL: only the metric names and labels of SPEC §7, which the service
+really exports, and (where promtool is installed) expressions that Prometheus parses."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.metrics import ServiceMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "dynadapter.json").read_text())
+
+# SPEC §7: name -> (type, labels).
+SPEC_METRICS = {
+    "dynadapter_requests_total": ("counter", {"model", "code"}),
+    "dynadapter_request_duration_seconds": ("histogram", {"model"}),
+    "dynadapter_exits_total": ("counter", {"model", "exit"}),
+    "dynadapter_flops_used_total": ("counter", {"model"}),
+    "dynadapter_flops_saved_total": ("counter", {"model"}),
+    "dynadapter_stage_duration_seconds": ("histogram", {"model", "stage"}),
+    "dynadapter_batch_size": ("histogram", {"model"}),
+    "dynadapter_inflight_requests": ("gauge", {"model"}),
+}
+
+
+def spec_series() -> dict[str, set[str]]:
+    """Every series name a scrape can show -> its label names."""
+    series = {}
+    for name, (kind, labels) in SPEC_METRICS.items():
+        if kind == "histogram":
+            series.update({f"{name}_bucket": labels | {"le"}, f"{name}_sum": labels, f"{name}_count": labels})
+        else:
+            series[name] = labels
+    return series
+
+
+SERIES = spec_series()
+# Grafana's variables, replaced by values Prometheus accepts.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s", "$model": ".*"}
+
+
+def expressions() -> list[str]:
+    exprs = [t["expr"] for p in DASHBOARD["panels"] for t in p["targets"]]
+    exprs += [v["query"]["query"] for v in DASHBOARD["templating"]["list"] if v["type"] == "query"]
+    return exprs
+
+
+def concrete(expr: str) -> str:
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    assert "$" not in expr, f"unknown Grafana variable in {expr}"
+    return expr
+
+
+def test_the_service_exports_exactly_the_spec_series() -> None:
+    metrics = ServiceMetrics()
+    metrics.declare_model("m", num_exits=2)
+    metrics.record_request("m", 200, 0.01)
+    exported = {
+        sample.name: set(sample.labels)
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+    assert exported == SERIES
+
+
+def test_every_expression_uses_spec_metric_names_and_their_labels_only() -> None:
+    for expr in expressions():
+        names = re.findall(r"\b(dynadapter_\w+)", expr)
+        assert names, f"no dyn-adapter metric in {expr}"
+        for name in names:
+            assert name in SERIES, f"{name} is not a SPEC §7 series (in {expr})"
+        allowed = set().union(*(SERIES[n] for n in names))
+        for name, selector in re.findall(r"\b(dynadapter_\w+)\{([^}]*)\}", expr):
+            for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector):
+                assert label in SERIES[name], f"{name} has no label {label!r} (in {expr})"
+        for grouping in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+            for label in filter(None, (x.strip() for x in grouping.split(","))):
+                assert label in allowed, f"grouping by {label!r}, which {names} lack (in {expr})"
+
+
+def test_the_dashboard_has_the_panels_an_operator_needs() -> None:
+    exprs = " ".join(expressions())
+    panels = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in DASHBOARD["panels"]}
+    assert "rate(dynadapter_requests_total" in panels["Requests/s by status code"]
+    latency = panels["Request latency p50 / p95"]
+    assert "histogram_quantile(0.5," in latency and "histogram_quantile(0.95," in latency
+    assert "dynadapter_request_duration_seconds_bucket" in latency
+    assert "sum by (exit)" in panels["Exit distribution"] and "dynadapter_exits_total" in panels["Exit distribution"]
+    assert "dynadapter_inflight_requests" in panels["In-flight requests"]
+    saved, used = (f'rate(dynadapter_flops_{k}_total{{model=~"$model"}}[$__rate_interval])' for k in ("saved", "used"))
+    assert panels["FLOPs saved"] == f"sum({saved}) / (sum({used}) + sum({saved}))"
+    assert "dynadapter_stage_duration_seconds_bucket" in exprs and "dynadapter_batch_size" in exprs
+    assert len({p["id"] for p in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
+def test_every_expression_parses_with_promtool(tmp_path: Path) -> None:
+    rules = [
+        {"record": f"dashboard:expr_{i}", "expr": concrete(e)}
+        for i, e in enumerate(t["expr"] for p in DASHBOARD["panels"] for t in p["targets"])
+    ]
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in done.stdout

@@ -1,0 +1,140 @@
+"""docker/k8s: every manifest, and the GPU overlay applied to them, validates offline against the
+Kubernetes OpenAPI schemas bundled with kubernetes-validate (strict: unknown fields fail), and
+says what the service needs (probes, non-root, one worker, resources)."""
+
+import copy
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "docker" / "k8s"
+# The oldest and the newest Kubernetes that the bundled schemas cover.
+VERSIONS = sorted({kubernetes_validate.utils.all_versions()[0], kubernetes_validate.utils.latest_version()})
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def kustomize(directory: Path) -> dict[str, dict]:
+    """The resources of a kustomization by kind, with its strategic-merge patches applied.
+
+    Enough of kustomize for these files: resources are files or a parent kustomization; a patch
+    merges maps recursively, merges lists of named items by name and replaces other lists.
+    """
+    kustomization = load(directory / "kustomization.yaml")
+    resources: dict[str, dict] = {}
+    for entry in kustomization["resources"]:
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            resources.update(kustomize(path))
+        else:
+            resource = load(path)
+            resources[resource["kind"]] = resource
+    for patch in kustomization.get("patches", []):
+        body = load(directory / patch["path"])
+        target = resources[body["kind"]]
+        assert target["metadata"]["name"] == body["metadata"]["name"]
+        resources[body["kind"]] = strategic_merge(target, body)
+    return resources
+
+
+def strategic_merge(base: object, patch: object) -> object:
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = copy.deepcopy(base)
+        for key, value in patch.items():
+            merged[key] = strategic_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(x, dict) and "name" in x for x in patch):
+        merged = copy.deepcopy(base)
+        for item in patch:
+            index = next((i for i, old in enumerate(merged) if old.get("name") == item["name"]), None)
+            if index is None:
+                merged.append(copy.deepcopy(item))
+            else:
+                merged[index] = strategic_merge(merged[index], item)
+        return merged
+    return copy.deepcopy(patch)
+
+
+BASE = kustomize(K8S)
+GPU = kustomize(K8S / "gpu")
+
+
+def container(resources: dict[str, dict]) -> dict:
+    (c,) = resources["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env(resources: dict[str, dict]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(resources)["env"]}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+@pytest.mark.parametrize("kind", ["Deployment", "Service", "HorizontalPodAutoscaler"])
+def test_manifests_validate_against_the_kubernetes_schema(variant: str, kind: str, version: str) -> None:
+    resource = (BASE if variant == "cpu" else GPU)[kind]
+    kubernetes_validate.validate(resource, version, strict=True)
+
+
+def test_the_kustomization_lists_every_manifest() -> None:
+    listed = set(load(K8S / "kustomization.yaml")["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert BASE["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
+
+
+def test_the_deployment_probes_liveness_and_readiness_on_the_service_routes() -> None:
+    c = container(BASE)
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    (port,) = c["ports"]
+    assert port["containerPort"] == 8000 and port["name"] == c["readinessProbe"]["httpGet"]["port"]
+
+
+def test_the_pod_runs_as_the_image_user_without_privileges() -> None:
+    pod = BASE["Deployment"]["spec"]["template"]["spec"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    image_uid = int(re.search(r"^ARG APP_UID=(\d+)", dockerfile, re.MULTILINE).group(1))
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == image_uid
+    sc = container(BASE)["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert "/tmp" in {m["mountPath"] for m in container(BASE)["volumeMounts"]}
+
+
+def test_one_worker_per_pod_with_threads_matching_the_cpu_limit() -> None:
+    c = container(BASE)
+    assert "command" not in c and "args" not in c, "the image's `python -m service` runs one worker"
+    assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
+    assert env(BASE)["DYNADAPTER_INTRA_OP_THREADS"] == c["resources"]["limits"]["cpu"]
+    assert env(BASE)["DYNADAPTER_PROVIDERS"] == "cpu"
+    grace = BASE["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert grace > int(env(BASE)["DYNADAPTER_SHUTDOWN_TIMEOUT_S"]) + pre_stop
+
+
+def test_the_service_and_the_autoscaler_point_at_the_deployment() -> None:
+    deployment = BASE["Deployment"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert BASE["Service"]["spec"]["selector"].items() <= pod_labels.items()
+    assert BASE["Service"]["spec"]["ports"][0]["targetPort"] == container(BASE)["ports"][0]["name"]
+    target = BASE["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+
+
+def test_the_gpu_variant_asks_for_one_gpu_and_refuses_to_fall_back_to_cpu() -> None:
+    limits = container(GPU)["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
+    assert limits["cpu"] == container(BASE)["resources"]["limits"]["cpu"]  # merged, not replaced
+    assert env(GPU)["DYNADAPTER_PROVIDERS"] == "cuda"
+    assert env(GPU)["DYNADAPTER_INTRA_OP_THREADS"] == env(BASE)["DYNADAPTER_INTRA_OP_THREADS"]
+    tolerations = GPU["Deployment"]["spec"]["template"]["spec"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+    assert "nvidia.com/gpu" not in container(BASE)["resources"]["limits"]
