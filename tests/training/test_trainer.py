@@ -29,7 +29,8 @@ def test_run_directory_has_what_spec_section_4_lists(run) -> None:
 def test_training_learns_and_the_run_reloads_identically(run, tmp_path) -> None:
     reloaded = load_run(run)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["val_acc"][-1] > 0.2  # 10 classes: chance is 0.1
+    assert max(metrics[-1]["val_acc"]) > 0.3  # 10 classes: chance is 0.1
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
     again = load_run(run)
     x = torch.randn(3, 3, 16, 16)
     for a, b in zip(reloaded.model(x), again.model(x), strict=True):

@@ -13,7 +13,7 @@ import argparse
 import importlib
 
 #: subcommand -> module implementing it
-SUBCOMMANDS = {"accuracy": "training.bench.accuracy"}
+SUBCOMMANDS = {"accuracy": "training.bench.accuracy", "serve": "training.bench.serve"}
 
 
 def add_bench(subparsers: argparse._SubParsersAction) -> None:

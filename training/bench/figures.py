@@ -28,7 +28,7 @@ def plot_task(task: str, dynamic: dict[str, dict[str, Any]], static: dict[str, d
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"builtin:{task} (dots: balanced mode)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

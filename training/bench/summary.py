@@ -47,7 +47,8 @@ def mean_row(petl: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def target(row: dict[str, Any], num_tasks: int) -> dict[str, Any]:
     """Whether a method's suite mean meets the paper's claim at ``balanced``, and by how much it misses."""
-    out: dict[str, Any] = {"petl": row["petl"], "tasks": row["tasks"], "complete": row["tasks"] == num_tasks}
+    out: dict[str, Any] = {"petl": row["petl"], "tasks": row["tasks"], "of": num_tasks,
+                           "complete": row["tasks"] == num_tasks}
     if row["dyn"] is None:
         return {**out, "met": None}
     balanced = row["dyn"]["balanced"]
@@ -89,7 +90,7 @@ def _pct(x: float | None, digits: int = 1) -> str:
 def _mode_cells(dyn: dict | None) -> list[str]:
     if dyn is None:
         return ["missing"] * 3
-    return [f"{_pct(dyn[m]['acc'])} / {dyn[m]['gflops']:.3f} / {_pct(dyn[m]['saved'], 0)}%" for m in MODES]
+    return [f"{_pct(dyn[m]['acc'])} / {dyn[m]['gflops']:.3g} / {_pct(dyn[m]['saved'], 0)}%" for m in MODES]
 
 
 def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
@@ -100,7 +101,7 @@ def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
 def _verdict(t: dict[str, Any]) -> str:
     if t["met"] is None:
         return "no finished task yet"
-    partial = "" if t["complete"] else f" (provisional: {t['tasks']} tasks finished)"
+    partial = "" if t["complete"] else f" (provisional: {t['tasks']} of {t['of']} tasks)"
     if t["met"]:
         return "**met**" + partial
     misses = []
@@ -132,7 +133,7 @@ def render_tasks(results: dict[str, Any]) -> str:
         title = f"### {task}" if task != "mean" else "### Suite mean (over the tasks where both cells finished)"
         lines = [[r["petl"] + (f" ({r['tasks']} tasks)" if task == "mean" else ""),
                   _pct(r["static_acc"]) if r["static_acc"] is not None else "missing",
-                  f"{r['static_gflops']:.3f}" if r["static_gflops"] is not None else "—", *_mode_cells(r["dyn"])]
+                  f"{r['static_gflops']:.3g}" if r["static_gflops"] is not None else "—", *_mode_cells(r["dyn"])]
                  for r in rows]
         figure = f"\n\n![{task}: accuracy against GFLOPs](results/{task}.png)" if task != "mean" else ""
         parts.append(f"{title}\n\n" + _table(["PETL", "static acc (%)", "static GFLOPs", *MODES], lines) + figure)
@@ -157,10 +158,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         return ""
     c = results["config"]
     intro = (f"Backbone `{c['backbone']}` at {c['img_size']} px, frozen; {c['epochs']} epochs per cell "
-             f"(lr {c['lr']}, batch {c['batch_size']}, seed {c['seed']}). Tasks: {', '.join(results['tasks'])} "
-             "(`builtin:<task>`, at most 800 train / 200 val images, a separate test split). All numbers are on "
-             "the test split; the modes use the thresholds calibrated on the validation split (each run's "
-             "calibration.json). GFLOPs: one multiply-add = one FLOP.")
+             f"(AdamW lr {c['lr']}, {c['warmup_epochs']} epochs of warm-up, batch {c['batch_size']}, "
+             f"seed {c['seed']}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
+             "200 val images, a separate test split). All numbers are on the test split; the modes use the "
+             "thresholds calibrated on the validation split (each run's calibration.json). GFLOPs: one "
+             "multiply-add = one FLOP.")
     parts = [intro, render_target(results), render_tasks(results)]
     if any(r["tasks"] for r in results["ablation"]):
         parts.append(render_ablation(results))
