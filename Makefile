@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_REPO ?= var/model_repo
-MODEL ?=
+# The DINOv2 demo by default; the repository also holds the tiny fixture (MODEL=digits-tiny).
+MODEL ?= $(if $(filter var/model_repo,$(MODEL_REPO)),mnist,)
 
 .PHONY: install promtool serve test lint clean docker-smoke
 

@@ -202,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the ONNX exporter's passes log every rewrite at INFO
+        for noisy in ("onnxscript", "onnx_ir"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         COMMANDS[args.command][1](args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:

@@ -9,6 +9,7 @@ The tiny fixture model (a committed model repository, no backbone to fetch) is c
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
@@ -22,15 +23,26 @@ log = logging.getLogger(__name__)
 
 DEMO_ROOT = Path(__file__).resolve().parents[1] / "demo"
 #: model name in the repository -> committed run directory
-DEMO_RUNS = {"digits": DEMO_ROOT / "dinov2-mnist"}
+DEMO_RUNS = {"mnist": DEMO_ROOT / "dinov2-mnist"}
 #: committed ready-made model repository (the fast fixture of the tests)
 FIXTURE_REPO = DEMO_ROOT / "model_repo"
 SOURCE_FILE = "source.json"
 
 
 def build_demo_repo(out: Path, version: str = "1") -> Path:
-    """Export every demo run into ``out`` (skipping up-to-date ones) and add the fixture models."""
+    """Export every demo run into ``out`` (skipping up-to-date ones) and add the fixture models.
+
+    Holds an exclusive lock on ``out/.build.lock`` meanwhile: two builds of one repository (two
+    ``make serve`` at once) would otherwise export into the same folders.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    with (out / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build(out, version)
+    return out
+
+
+def _build(out: Path, version: str) -> None:
     for name, run in DEMO_RUNS.items():
         dest = out / name / version
         source = {"run": str(run), "checkpoint_sha256": sha256_file(run / CHECKPOINT)}
@@ -43,7 +55,6 @@ def build_demo_repo(out: Path, version: str = "1") -> Path:
     for fixture in FIXTURE_REPO.iterdir():
         if fixture.is_dir() and not (out / fixture.name).exists():
             shutil.copytree(fixture, out / fixture.name)
-    return out
 
 
 def _is_current(dest: Path, source: dict) -> bool:

@@ -18,7 +18,7 @@ def built(tmp_path_factory) -> Path:
 
 
 def test_demo_repository_holds_the_real_demo_and_the_fixture(built: Path) -> None:
-    manifest = json.loads((built / "digits" / "1" / "manifest.json").read_text())
+    manifest = json.loads((built / "mnist" / "1" / "manifest.json").read_text())
     assert manifest["training"]["backbone"] == "builtin:dinov2-s14"
     assert manifest["parity"]["max_abs_diff"] <= 1e-4
     assert [s["after_block"] for s in manifest["segments"]] == [3, 6, 9, 12]

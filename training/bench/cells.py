@@ -4,7 +4,8 @@ A cell is a run directory ``ROOT/<task>/<petl>-<variant>/`` (what ``dynadapter t
 ``eval_test.json`` / ``.png`` from ``dynadapter eval``) and ``bench.json``, written last: the
 cell's training options and its test-split results. A cell whose ``bench.json`` holds the same
 options is finished and is reused, so an interrupted suite continues where it stopped; a cell run
-with other options (another ``--epochs``, say) is trained again.
+with other options (another ``--epochs``, say) is trained again. Changes to the code are not
+detected: after one that matters, train again into a fresh ``--root``.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def summarize_run(report: dict[str, Any], reference_gflops: float, seconds: floa
 
 
 def run_suite(cells: list[Cell], config: SuiteConfig, trainable: set[Cell],
-              on_update: Callable[[Results], None] = lambda results: None) -> Results:
+              on_update: Callable[[Results], object] = lambda results: None) -> Results:
     """Every cell's result (None where not finished); trains the unfinished cells in ``trainable``,
     calling ``on_update`` after each, so that an interrupted suite leaves its results page current."""
     results: Results = {c: load_finished(c, config) for c in cells}

@@ -4,17 +4,19 @@ suite's methods side by side, in the same style)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from training.plots import plt  # pyplot on the files-only backend that training.plots selects
 
 
-def plot_task(task: str, dynamic: dict[str, dict[str, Any]], static: dict[str, dict[str, Any]], path: Path) -> None:
-    """``dynamic`` / ``static``: PETL method -> the cell result (``training.bench.cells.summarize_run``)."""
+def plot_task(task: str, methods: Sequence[str], dynamic: dict[str, dict[str, Any]],
+              static: dict[str, dict[str, Any]], path: Path) -> None:
+    """``dynamic`` / ``static``: PETL method -> the cell result (``training.bench.cells.summarize_run``);
+    ``methods`` fixes each method's colour, whichever cells have finished."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    colours = dict(zip(sorted(set(dynamic) | set(static)), plt.rcParams["axes.prop_cycle"].by_key()["color"],
-                       strict=False))
+    colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for petl, result in dynamic.items():
         points = sorted(result["sweep"])
         ax.plot([g for g, _ in points], [100 * a for _, a in points], "-", color=colours[petl],

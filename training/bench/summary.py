@@ -18,7 +18,7 @@ MODES = ("fast", "balanced", "accurate")
 TARGET_SAVED = 0.50
 TARGET_ACC_DROP = 0.005
 #: top-level keys of results.json that this module writes and renders
-RESULT_KEYS = ("config", "tasks", "methods", "rows", "target", "ablation", "missing")
+RESULT_KEYS = ("config", "tasks", "methods", "rows", "target", "ablation", "missing", "timing")
 
 
 def cell_row(task: str, petl: str, static: dict | None, dyn: dict | None) -> dict[str, Any]:
@@ -80,7 +80,17 @@ def sections(lookup: dict[tuple[str, str, str], dict | None], tasks: Sequence[st
                 for v, label in {"dyn": "Dyn-Adapter, every part on", **ablations}.items()]
     missing = [f"{t}/{p}-{v}" for (t, p, v), r in lookup.items() if r is None]
     return {"config": config, "tasks": list(tasks), "methods": list(methods), "rows": rows + means,
-            "target": [target(m, len(tasks)) for m in means], "ablation": ablation, "missing": missing}
+            "target": [target(m, len(tasks)) for m in means], "ablation": ablation, "missing": missing,
+            "timing": timing(lookup)}
+
+
+def timing(lookup: dict[tuple[str, str, str], dict | None]) -> dict[str, Any]:
+    """Wall-clock seconds per finished cell (training, calibration and test evaluation), by variant."""
+    seconds: dict[str, list[float]] = {}
+    for (_, _, variant), r in lookup.items():
+        if r is not None:
+            seconds.setdefault("static" if variant == "static" else "dynamic", []).append(r["seconds"])
+    return {kind: {"cells": len(s), "mean_s": fmean(s), "total_s": sum(s)} for kind, s in seconds.items()}
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -135,7 +145,8 @@ def render_tasks(results: dict[str, Any]) -> str:
                   _pct(r["static_acc"]) if r["static_acc"] is not None else "missing",
                   f"{r['static_gflops']:.3g}" if r["static_gflops"] is not None else "—", *_mode_cells(r["dyn"])]
                  for r in rows]
-        figure = f"\n\n![{task}: accuracy against GFLOPs](results/{task}.png)" if task != "mean" else ""
+        drawn = task != "mean" and any(r["static_acc"] is not None or r["dyn"] is not None for r in rows)
+        figure = f"\n\n![{task}: accuracy against GFLOPs](results/{task}.png)" if drawn else ""
         parts.append(f"{title}\n\n" + _table(["PETL", "static acc (%)", "static GFLOPs", *MODES], lines) + figure)
     return "\n\n".join(parts)
 
@@ -157,7 +168,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     if "rows" not in results:
         return ""
     c = results["config"]
-    intro = (f"Backbone `{c['backbone']}` at {c['img_size']} px, frozen; {c['epochs']} epochs per cell "
+    epochs = f"{c['epochs']} epoch" + ("s" if c["epochs"] != 1 else "")
+    intro = (f"Backbone `{c['backbone']}` at {c['img_size']} px, frozen; {epochs} per cell "
              f"(AdamW lr {c['lr']}, {c['warmup_epochs']} epochs of warm-up, batch {c['batch_size']}, "
              f"seed {c['seed']}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
              "200 val images, a separate test split). All numbers are on the test split; the modes use the "
@@ -166,6 +178,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     parts = [intro, render_target(results), render_tasks(results)]
     if any(r["tasks"] for r in results["ablation"]):
         parts.append(render_ablation(results))
+    if results["timing"]:
+        parts.append("## Time per cell\n\nWall-clock seconds of training, calibration and test evaluation, "
+                     "as measured on the machine that ran the cell:\n\n" + _table(
+                         ["cells", "finished", "mean (s)", "total (s)"],
+                         [[kind, str(t["cells"]), f"{t['mean_s']:.0f}", f"{t['total_s']:.0f}"]
+                          for kind, t in results["timing"].items()]))
     if results["missing"]:
         parts.append("## Cells not finished\n\n" + ", ".join(f"`{m}`" for m in results["missing"]))
     return "\n\n".join(parts)

@@ -1,0 +1,91 @@
+"""The builtin data sets: real images that packages ship, split deterministically, every class in every split."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+import pytest
+
+from training.data import (
+    BUILTIN_DATASETS,
+    ELPV_GRADES,
+    ELPV_SIZES,
+    SPLITS,
+    RawDataset,
+    load_raw,
+    stratified_indices,
+)
+
+#: name -> (labels, split sizes, image shape)
+EXPECTED = {
+    "digits": ([str(c) for c in range(10)], {"train": 800, "val": 200, "test": 797}, (8, 8)),
+    "mnist": ([str(c) for c in range(10)], {"train": 800, "val": 200, "test": 1000}, (28, 28)),
+    "elpv": (ELPV_GRADES, ELPV_SIZES, (300, 300)),
+    "elpv-type": (["mono", "poly"], ELPV_SIZES, (300, 300)),
+}
+#: images per class in the whole of ELPV (the package's labels.csv)
+ELPV_COUNTS = {"elpv": [1508, 295, 106, 715], "elpv-type": [1074, 1550]}
+
+
+@functools.cache
+def load(name: str, seed: int = 0) -> RawDataset:
+    return load_raw(f"builtin:{name}", seed)
+
+
+def test_every_builtin_data_set_is_covered_here() -> None:
+    assert set(BUILTIN_DATASETS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shapes_sizes_and_labels(name: str) -> None:
+    labels, sizes, shape = EXPECTED[name]
+    raw = load(name)
+    assert raw.labels == labels
+    assert sizes["train"] <= 800 and sizes["val"] <= 200
+    for split in SPLITS:
+        part = raw.splits[split]
+        assert len(part.pixels) == len(part.targets) == sizes[split]
+        assert part.targets.dtype == np.int64
+        assert set(part.targets.tolist()) == set(range(len(labels))), f"{split} lacks a class"
+        assert {(p.shape, p.dtype) for p in part.pixels} == {(shape, np.dtype(np.uint8))}
+
+
+@pytest.mark.parametrize("name", ["elpv", "elpv-type"])
+def test_elpv_splits_are_stratified_and_disjoint(name: str) -> None:
+    raw = load(name)
+    share = np.array(ELPV_COUNTS[name]) / sum(ELPV_COUNTS[name])
+    for split in SPLITS:
+        counts = np.bincount(raw.splits[split].targets, minlength=len(share))
+        assert np.all(np.abs(counts - share * ELPV_SIZES[split]) <= 2), (split, counts)
+    digests = [hashlib.sha256(p.tobytes()).hexdigest() for s in SPLITS for p in raw.splits[s].pixels]
+    assert len(set(digests)) == len(digests)
+
+
+def test_loading_is_deterministic_and_the_seed_redraws_the_split() -> None:
+    again, first = BUILTIN_DATASETS["elpv-type"](0), load("elpv-type")
+    for split in SPLITS:
+        np.testing.assert_array_equal(again.splits[split].targets, first.splits[split].targets)
+        assert all(np.array_equal(a, b) for a, b in zip(again.splits[split].pixels, first.splits[split].pixels,
+                                                         strict=True))
+    assert not np.array_equal(load("digits", 1).splits["test"].targets, load("digits").splits["test"].targets)
+
+
+def test_stratified_indices_are_proportional_disjoint_and_deterministic() -> None:
+    targets = np.repeat(np.arange(4), [600, 300, 60, 40])
+    sizes = {"train": 400, "val": 100, "test": 300}
+    split = stratified_indices(targets, sizes, seed=0)
+    for name, idx in split.items():
+        assert len(idx) == sizes[name]
+        counts = np.bincount(targets[idx], minlength=4)
+        assert np.all(np.abs(counts - sizes[name] * np.array([0.6, 0.3, 0.06, 0.04])) <= 2), (name, counts)
+    assert len(np.unique(np.concatenate(list(split.values())))) == sum(sizes.values())
+    again, other = stratified_indices(targets, sizes, seed=0), stratified_indices(targets, sizes, seed=1)
+    assert all(np.array_equal(split[s], again[s]) for s in SPLITS)
+    assert not np.array_equal(split["train"], other["train"])
+
+
+def test_stratified_indices_refuse_splits_larger_than_the_data() -> None:
+    with pytest.raises(ValueError, match="need 1100 images, the data set has 1000"):
+        stratified_indices(np.zeros(1000, dtype=np.int64), {"train": 800, "val": 200, "test": 100}, seed=0)

@@ -1,0 +1,625 @@
+"""``dynadapter bench serve``: latency and throughput of this service against what a user would deploy without it.
+
+Variants, each a real server process on a free loopback port, all fed the same PNG bytes (the test
+split of the run's data set) as multipart uploads:
+
+- ``fast``, ``balanced``, ``accurate``: this service chaining the per-stage segments, at each mode;
+- ``threshold-1``: the same server with ``threshold=1`` (no early exit: the cost of chaining alone);
+- ``static``: the same service serving the model as one static ONNX graph (full depth, last exit);
+- ``litserve-onnx``, ``litserve-torch``: that graph behind LitServe with its own dynamic batching, on
+  onnxruntime and in PyTorch eager mode (``training.bench.litserve_apps``).
+
+Every server batches at most ``--max-batch-size`` images, waits at most ``--max-wait-ms`` for a batch
+to fill and gives its runtime ``--threads`` intra-op threads. One thread each by default: with each
+runtime's own default (a spinning thread per core), PyTorch behind LitServe's two processes stalled
+for 0.2-0.7 s per request on a shared 2-core machine, which would make that baseline a straw man.
+
+Each (variant, concurrency) is measured ``--rounds`` times with the variants in a rotated order, so
+that drifts in a shared machine's load fall on all of them alike; only the server under measurement
+runs, the others are frozen with SIGSTOP (idle LitServe workers poll and would take CPU from it).
+Ratios come from numbers measured side by side in one run. Before the timed rounds every variant
+classifies each image once, which warms it up and gives its accuracy and GFLOPs on identical images.
+The servers, the load generator and the targets are the same on a GPU machine (``--providers cuda``).
+
+Third-party imports sit inside functions: the ``dynadapter`` parser imports this module, also in the
+serving image, which has neither httpx nor torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger(__name__)
+
+RESULT_KEYS = ("serve",)
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_MODEL_REPO = ROOT / "var" / "model_repo"
+REQUEST_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 180.0
+BOUNDARY = "dynadapter-bench-boundary"
+HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    server: str  # key of the server process that answers it
+    query: str
+    description: str
+
+
+VARIANTS = {
+    "fast": Variant("cascade", "?mode=fast", "this service, per-stage segments, mode fast"),
+    "balanced": Variant("cascade", "?mode=balanced", "this service, per-stage segments, mode balanced"),
+    "accurate": Variant("cascade", "?mode=accurate", "this service, per-stage segments, mode accurate"),
+    "threshold-1": Variant("cascade", "?threshold=1", "this service, per-stage segments, threshold 1 (no early exit)"),
+    "static": Variant("static", "", "this service, one static ONNX graph (full depth, last exit)"),
+    "litserve-onnx": Variant("litserve-onnx", "", "LitServe + onnxruntime, the static graph"),
+    "litserve-torch": Variant("litserve-torch", "", "LitServe + PyTorch eager, the static model"),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """``numerator``'s ``metric`` over ``denominator``'s, against ``bound``, at every or the top concurrency."""
+
+    numerator: str
+    denominator: str
+    metric: str  # "p50_ms" or "throughput_rps"
+    at_most: bool  # the ratio must be <= bound (else >= bound)
+    bound: float
+    top_only: bool
+
+    @property
+    def text(self) -> str:
+        name = "p50" if self.metric == "p50_ms" else "throughput"
+        return f"{name} {self.numerator} / {self.denominator} {'<=' if self.at_most else '>='} {self.bound:g}"
+
+
+TARGETS = (
+    # Chaining segments at threshold 1 costs at most 5% over the single graph.
+    Target("threshold-1", "static", "p50_ms", True, 1.05, False),
+    Target("threshold-1", "static", "throughput_rps", False, 0.95, False),
+    # Early exit pays: at balanced, at most 0.6x the latency of running every image to the end.
+    Target("balanced", "threshold-1", "p50_ms", True, 0.6, False),
+    # Under load, balanced serves at least 1.8x what the full-depth deployments serve.
+    Target("balanced", "static", "throughput_rps", False, 1.8, True),
+    Target("balanced", "litserve-onnx", "throughput_rps", False, 1.8, True),
+    Target("balanced", "litserve-torch", "throughput_rps", False, 1.8, True),
+)
+
+
+def _comma_list(parse: Callable[[str], Any], choices: Sequence[Any] | None = None) -> Callable[[str], list[Any]]:
+    def parse_list(text: str) -> list[Any]:
+        try:
+            items = [parse(item.strip()) for item in text.split(",") if item.strip()]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"cannot parse {text!r}: {err}") from err
+        unknown = [item for item in items if choices is not None and item not in choices]
+        if unknown or not items:
+            expected = f"a comma-separated subset of {list(choices)}" if choices else "a comma-separated list"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return items
+
+    return parse_list
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="latency and throughput of the service against a static graph and LitServe",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--run-dir", type=Path,
+                   help="the trained run (default: the demo's, demo/dinov2-mnist); the baselines are built from it")
+    p.add_argument("--model-repo", type=Path,
+                   help="a model repository holding the export of --run-dir (default: for the demo run, the one "
+                        "`dynadapter demo build` writes to var/model_repo; else --run-dir is exported afresh)")
+    p.add_argument("--model-name", help="model in --model-repo (default: the only or first one)")
+    p.add_argument("--concurrency", type=_comma_list(int), default=[1, 8, 32],
+                   help="clients sending back to back (default: 1,8,32)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement, at most (default: 5)")
+    p.add_argument("--requests", type=int, default=2000, help="requests per measurement, at most (default: 2000)")
+    p.add_argument("--images", type=int, default=200,
+                   help="test images sent, cycled; each variant classifies each once for its accuracy (default: 200)")
+    p.add_argument("--rounds", type=int, default=3, help="measurements of each variant and concurrency (default: 3)")
+    p.add_argument("--variants", type=_comma_list(str, list(VARIANTS)), default=list(VARIANTS),
+                   help=f"default: {','.join(VARIANTS)}")
+    p.add_argument("--max-batch-size", type=int, default=16, help="every server's batch limit (default: 16)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="every server's wait for a batch to fill, in ms (default: 5)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads of every server's runtime; 0: each runtime's default, one per core "
+                        "(default: 1, see the module's docstring)")
+    p.add_argument("--providers", choices=["cpu", "auto", "cuda"], default="cpu",
+                   help="where the models run, for every server (default: cpu)")
+    p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from training.bench.results import update_results
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="dynadapter-bench-serve-") as work:
+        inputs = prepare_inputs(args, Path(work))
+        images = bench_images(inputs.run_dir, args.images)
+        with ExitStack() as stack:
+            servers = start_servers(stack, inputs, args)
+            answers, measured = asyncio.run(measure_all(servers, images, args))
+        section = report(answers, measured, inputs, images, args, load_before)
+    update_results(args.docs, {"serve": section})
+    print(result_table(section))
+
+
+# -- inputs ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchInputs:
+    run_dir: Path
+    model_repo: Path
+    model_name: str
+    static_run: Path  # the static graph as a run directory (PyTorch) ...
+    static_repo: Path  # ... and as a one-segment model repository (onnxruntime)
+
+
+def prepare_inputs(args: argparse.Namespace, work: Path) -> BenchInputs:
+    """Resolve the run and the model repository; build the static graph from the run."""
+    from service.model_repository import load_model
+    from training.bench.static_graph import export_static_graph
+    from training.demo import DEMO_RUNS, build_demo_repo
+    from training.export import export_run
+
+    run_dir = args.run_dir or DEMO_RUNS["digits"]
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run directory at {run_dir}: pass --run-dir (a `dynadapter train` output)")
+    demo_name = next((name for name, run in DEMO_RUNS.items() if run.resolve() == run_dir.resolve()), None)
+    if args.model_repo is not None:
+        repo, name = args.model_repo, args.model_name
+    elif demo_name is not None:
+        repo, name = build_demo_repo(DEMO_MODEL_REPO), demo_name
+    else:
+        log.info("exporting %s into a model repository for the bench", run_dir)
+        repo, name = work / "repo", None
+        export_run(run_dir, repo)
+    name = load_model(repo, name).manifest.name
+    log.info("building the static single-graph baseline from %s", run_dir)
+    static_run, static_repo = export_static_graph(run_dir, work / "static", name)
+    return BenchInputs(run_dir, repo, name, static_run, static_repo)
+
+
+@dataclass(frozen=True)
+class BenchImages:
+    bodies: list[bytes]  # multipart/form-data bodies, field "file", one PNG each
+    targets: list[int]
+    data: str
+
+
+def bench_images(run_dir: Path, count: int) -> BenchImages:
+    """The first ``count`` images of the test split of the run's data set, as PNG uploads, with their classes."""
+    from PIL import Image
+
+    from training.data import load_raw
+
+    config = json.loads((run_dir / "config.json").read_text())
+    split = load_raw(config["data"], config["train"]["seed"]).splits["test"]
+    if not split.pixels:
+        raise ValueError(f"the test split of {config['data']} is empty: no images to send")
+    bodies = []
+    for pixels in split.pixels[:count]:
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+        bodies.append(multipart_body(png.getvalue()))
+    return BenchImages(bodies, [int(t) for t in split.targets[:count]], config["data"])
+
+
+def multipart_body(png: bytes) -> bytes:
+    # Encoded once, up front: the load generator shares the CPU with the servers and should spend
+    # as little of it as possible per request.
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"image.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n")
+    return head.encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+# -- servers -----------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """A server on a free loopback port, in its own process group (LitServe forks workers); output to a file."""
+
+    def __init__(self, name: str, argv: list[str], ready_path: str, classify_path: str) -> None:
+        port = free_port()
+        self.name = name
+        self.url = f"http://127.0.0.1:{port}"
+        self.classify_url = self.url + classify_path
+        self._ready_url = self.url + ready_path
+        self._log = tempfile.TemporaryFile("w+")
+        # A caller's DYNADAPTER_* variables must not configure one server and not the others.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DYNADAPTER_")}
+        self.process = subprocess.Popen([*argv, "--port", str(port)], cwd=ROOT, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the {self.name} server exited: {self.output()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {self.name} server was not ready after {timeout_s:.0f} s")
+            try:
+                if httpx.get(self._ready_url, timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+
+    def pause(self) -> None:
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM to the whole group (LitServe's workers outlive a lone parent), SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            self.resume()
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("the %s server ignored SIGTERM for %.0f s; killing it", self.name, timeout_s)
+        with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+            os.killpg(self.process.pid, signal.SIGKILL)  # workers left behind by the parent
+        self.process.wait()
+        self._log.close()
+
+    def output(self) -> str:
+        self._log.seek(0)
+        return self._log.read()
+
+
+def server_commands(inputs: BenchInputs, args: argparse.Namespace) -> dict[str, tuple[list[str], str, str]]:
+    """Server name -> (argv without --port, readiness path, classify path)."""
+    batching = ["--max-batch-size", str(args.max_batch_size)]
+    service = [sys.executable, "-m", "training.cli", "serve", "--host", "127.0.0.1", "--providers", args.providers,
+               "--log-level", "warning", "--intra-op-threads", str(args.threads), *batching,
+               "--max-wait-ms", str(args.max_wait_ms)]
+    litserve = [sys.executable, "-m", "training.bench.litserve_apps", "--host", "127.0.0.1",
+                "--accelerator", litserve_accelerator(args.providers), "--threads", str(args.threads), *batching,
+                "--batch-timeout-s", str(args.max_wait_ms / 1000)]
+    return {
+        "cascade": ([*service, "--model-repo", str(inputs.model_repo), "--model-name", inputs.model_name],
+                    "/readyz", "/classify"),
+        "static": ([*service, "--model-repo", str(inputs.static_repo)], "/readyz", "/classify"),
+        "litserve-onnx": ([*litserve, "onnx", str(inputs.static_repo)], "/health", "/predict"),
+        "litserve-torch": ([*litserve, "torch", str(inputs.static_run)], "/health", "/predict"),
+    }
+
+
+def litserve_accelerator(providers: str) -> str:
+    """LitServe on the device the service picks for the same preference, so that both run on the same hardware."""
+    from service.segment_runner import CUDA, select_providers
+
+    return "cuda" if select_providers(providers)[0] == CUDA else "cpu"
+
+
+def start_servers(stack: ExitStack, inputs: BenchInputs, args: argparse.Namespace) -> dict[str, ServerProcess]:
+    """Start the servers the chosen variants need, all at once (start-up is mostly imports), and wait for them."""
+    needed = {VARIANTS[name].server for name in args.variants}
+    servers = {}
+    for name, (argv, ready, classify) in server_commands(inputs, args).items():
+        if name in needed:
+            servers[name] = ServerProcess(name, argv, ready, classify)
+            stack.callback(servers[name].stop)
+    for server in servers.values():
+        server.wait_ready()
+        log.info("the %s server is ready at %s", server.name, server.url)
+    return servers
+
+
+# -- load --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request as the client saw it."""
+
+    seconds: float
+    ok: bool
+    correct: bool = False
+    gflops: float | None = None  # what this service reports it used; LitServe does not say
+
+
+@dataclass
+class Measured:
+    """Every sample of one (variant, concurrency) over all rounds, and the seconds they took."""
+
+    samples: list[Sample] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class _Budget:
+    """Hands out request numbers until ``requests`` are out or ``deadline`` (perf_counter) passed."""
+
+    def __init__(self, requests: int, deadline: float) -> None:
+        self._requests, self._deadline, self._sent = requests, deadline, 0
+
+    def take(self) -> int | None:
+        if self._sent >= self._requests or time.perf_counter() >= self._deadline:
+            return None
+        self._sent += 1
+        return self._sent - 1
+
+
+async def _request(client: httpx.AsyncClient, url: str, images: BenchImages, index: int) -> Sample:
+    import httpx
+
+    image = index % len(images.bodies)
+    start = time.perf_counter()
+    try:
+        response = await client.post(url, content=images.bodies[image], headers=HEADERS)
+        seconds = time.perf_counter() - start
+    except httpx.HTTPError as err:
+        log.warning("request to %s failed: %r", url, err)
+        return Sample(time.perf_counter() - start, ok=False)
+    if response.status_code != 200:
+        log.warning("%s answered %d: %s", url, response.status_code, response.text[:200])
+        return Sample(seconds, ok=False)
+    body = response.json()
+    gflops = body["gflops"]["used"] if "gflops" in body else None
+    return Sample(seconds, ok=True, correct=body["class_id"] == images.targets[image], gflops=gflops)
+
+
+async def _send(client: httpx.AsyncClient, url: str, images: BenchImages, budget: _Budget) -> list[Sample]:
+    """One client: requests back to back while the budget lasts."""
+    samples = []
+    while (index := budget.take()) is not None:
+        samples.append(await _request(client, url, images, index))
+    return samples
+
+
+async def _load(client: httpx.AsyncClient, url: str, images: BenchImages, concurrency: int,
+                budget: _Budget) -> list[Sample]:
+    """``concurrency`` clients sharing one budget; every sample, in no particular order."""
+    per_client = await asyncio.gather(*(_send(client, url, images, budget) for _ in range(concurrency)))
+    return [sample for samples in per_client for sample in samples]
+
+
+def _http_client(concurrency: int) -> httpx.AsyncClient:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S)
+
+
+async def measure(url: str, images: BenchImages, concurrency: int, requests: int,
+                  duration_s: float) -> tuple[list[Sample], float]:
+    """``concurrency`` clients back to back until ``requests`` are sent or ``duration_s`` passed.
+
+    One untimed request per client first: it opens the connections and wakes the server's threads.
+    """
+    async with _http_client(concurrency) as client:
+        await _load(client, url, images, concurrency, _Budget(concurrency, math.inf))
+        start = time.perf_counter()
+        samples = await _load(client, url, images, concurrency, _Budget(requests, start + duration_s))
+        return samples, time.perf_counter() - start
+
+
+async def answer_every_image(url: str, images: BenchImages, concurrency: int) -> list[Sample]:
+    """Every image once: accuracy and GFLOPs on the same images for every variant (and the server's warm-up)."""
+    async with _http_client(concurrency) as client:
+        return await _load(client, url, images, concurrency, _Budget(len(images.bodies), math.inf))
+
+
+async def measure_all(servers: dict[str, ServerProcess], images: BenchImages, args: argparse.Namespace
+                      ) -> tuple[dict[str, list[Sample]], dict[tuple[str, int], Measured]]:
+    """Each variant's answers to every image, then the timed rounds, one server awake at a time."""
+    for server in servers.values():
+        server.pause()
+    answers = {}
+    for name in args.variants:
+        with _awake(servers[VARIANTS[name].server]) as server:
+            answers[name] = await answer_every_image(server.classify_url + VARIANTS[name].query, images,
+                                                     max(args.concurrency))
+    measured = {(v, c): Measured() for c in args.concurrency for v in args.variants}
+    for round_index in range(args.rounds):
+        for position, concurrency in enumerate(args.concurrency):
+            shift = (round_index * len(args.concurrency) + position) % len(args.variants)
+            for name in [*args.variants[shift:], *args.variants[:shift]]:
+                with _awake(servers[VARIANTS[name].server]) as server:
+                    samples, seconds = await measure(server.classify_url + VARIANTS[name].query, images,
+                                                     concurrency, args.requests, args.duration)
+                measured[name, concurrency].samples += samples
+                measured[name, concurrency].seconds += seconds
+                log.info("round %d/%d, %s at concurrency %d: %d requests in %.1f s", round_index + 1,
+                         args.rounds, name, concurrency, len(samples), seconds)
+    return answers, measured
+
+
+@contextlib.contextmanager
+def _awake(server: ServerProcess) -> Iterator[ServerProcess]:
+    server.resume()
+    try:
+        yield server
+    finally:
+        server.pause()
+
+
+# -- report ------------------------------------------------------------------------------------------------------
+
+
+def summarize(name: str, concurrency: int, measured: Measured) -> dict[str, Any]:
+    ok = [s for s in measured.samples if s.ok]
+    latencies = np.array([s.seconds for s in ok]) * 1000
+    return {
+        "variant": name, "concurrency": concurrency, "requests": len(measured.samples),
+        "errors": len(measured.samples) - len(ok),
+        "p50_ms": float(np.percentile(latencies, 50)) if ok else None,
+        "p95_ms": float(np.percentile(latencies, 95)) if ok else None,
+        "throughput_rps": len(ok) / measured.seconds if measured.seconds else None,
+    }
+
+
+def summarize_answers(samples: list[Sample]) -> dict[str, Any]:
+    ok = [s for s in samples if s.ok]
+    gflops = [s.gflops for s in ok if s.gflops is not None]
+    return {"images": len(samples), "errors": len(samples) - len(ok),
+            "accuracy": sum(s.correct for s in ok) / len(ok) if ok else None,
+            "gflops_per_image": float(np.mean(gflops)) if gflops else None}
+
+
+def check_targets(rows: list[dict[str, Any]], concurrencies: Sequence[int]) -> list[dict[str, Any]]:
+    """Each target at each concurrency it applies to (the top one: "under load"), where both variants ran."""
+    by = {(row["variant"], row["concurrency"]): row for row in rows}
+    checks = []
+    for target in TARGETS:
+        for concurrency in [max(concurrencies)] if target.top_only else concurrencies:
+            ratio = _ratio(by.get((target.numerator, concurrency)), by.get((target.denominator, concurrency)),
+                           target.metric)
+            if ratio is None:
+                continue
+            met = ratio <= target.bound if target.at_most else ratio >= target.bound
+            checks.append({"target": target.text, "concurrency": concurrency, "ratio": ratio, "met": met})
+    return checks
+
+
+def report(answers: dict[str, list[Sample]], measured: dict[tuple[str, int], Measured], inputs: BenchInputs,
+           images: BenchImages, args: argparse.Namespace, load_before: float) -> dict[str, Any]:
+    from service.model_repository import load_model
+
+    rows = [summarize(name, c, measured[name, c]) for c in args.concurrency for name in args.variants]
+    cascade = load_model(inputs.model_repo, inputs.model_name).manifest
+    static = load_model(inputs.static_repo).manifest
+    return {
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(args.providers, load_before),
+        "model": {"run_dir": str(inputs.run_dir), "model_repo": str(inputs.model_repo), "name": cascade.name,
+                  "exits": cascade.num_exits, "gflops_full": cascade.gflops_full, "static_gflops": static.gflops_full,
+                  "modes": {mode: choice.model_dump(exclude_none=True) for mode, choice in cascade.modes.items()}},
+        "images": {"data": images.data, "split": "test", "count": len(images.bodies), "format": "PNG, multipart"},
+        "settings": {"concurrency": args.concurrency, "duration_s": args.duration, "requests": args.requests,
+                     "rounds": args.rounds, "threads": args.threads, "max_batch_size": args.max_batch_size,
+                     "max_wait_ms": args.max_wait_ms},
+        "variants": {name: VARIANTS[name].description for name in args.variants},
+        "answers": {name: summarize_answers(samples) for name, samples in answers.items()},
+        "results": rows,
+        "targets": check_targets(rows, args.concurrency),
+    }
+
+
+def machine(providers: str, load_before: float) -> dict[str, Any]:
+    """What the numbers were measured on; the load average says how shared the machine was."""
+
+    def package(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "providers": providers,
+            "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
+            "packages": {name: package(name) for name in ("onnxruntime-gpu", "onnxruntime", "torch", "litserve")
+                         if package(name)}}
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(row: dict[str, Any] | None, base: dict[str, Any] | None, key: str) -> float | None:
+    if not row or not base or not row[key] or not base[key]:
+        return None
+    return row[key] / base[key]
+
+
+def _table_rows(section: dict[str, Any]) -> list[list[str]]:
+    by = {(row["variant"], row["concurrency"]): row for row in section["results"]}
+    out = []
+    for row in section["results"]:
+        name, clients = row["variant"], row["concurrency"]
+        answers = section["answers"][name]
+        out.append([name, str(clients), _fmt(row["p50_ms"], 2), _fmt(row["p95_ms"], 2), _fmt(row["throughput_rps"]),
+                    _fmt(_ratio(row, by.get(("threshold-1", clients)), "p50_ms"), 2),
+                    _fmt(_ratio(row, by.get(("static", clients)), "throughput_rps"), 2),
+                    _fmt(answers["gflops_per_image"], 4), _fmt(answers["accuracy"], 3),
+                    f"{row['requests'] - row['errors']}/{row['requests']}"])
+    return out
+
+
+HEADER = ["variant", "clients", "p50 ms", "p95 ms", "req/s", "p50 / thr-1", "req/s / static", "GFLOPs/img",
+          "accuracy", "answered"]
+
+
+def _target_lines(section: dict[str, Any]) -> list[str]:
+    return [f"{'met   ' if c['met'] else 'MISSED'} {c['target']} at {c['concurrency']} clients: {c['ratio']:.2f}"
+            for c in section["targets"]]
+
+
+def result_table(section: dict[str, Any]) -> str:
+    rows = [HEADER, *_table_rows(section)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths,
+                                                                                               strict=True)))
+             for row in rows]
+    return "\n".join([*lines, "", *_target_lines(section)])
+
+
+def _setup_text(section: dict[str, Any]) -> str:
+    m, s, model, images = section["machine"], section["settings"], section["model"], section["images"]
+    load = m["load_average_1m"]
+    return (
+        f"`dynadapter bench serve`, {section['created_utc']}: model `{model['name']}` ({model['exits']} exits; "
+        f"{model['gflops_full']:.3f} GFLOPs at full depth with its early heads, {model['static_gflops']:.3f} as one "
+        f"static graph); {images['count']} test images of `{images['data']}` sent as PNG uploads. "
+        f"{m['cpu_count']} CPU cores ({m['processor']}), providers `{m['providers']}`, 1-minute load average "
+        f"{load['start']:.1f} at the start and {load['end']:.1f} at the end. Every server: at most "
+        f"{s['max_batch_size']} images a batch, at most {s['max_wait_ms']:g} ms of waiting for one, {s['threads']} "
+        f"intra-op thread(s). {s['rounds']} interleaved rounds of at most {s['duration_s']:g} s or {s['requests']} "
+        "requests per variant and concurrency. `p50 / thr-1`: p50 over this service's at threshold 1; "
+        "`req/s / static`: throughput over this service's on the static graph; accuracy and GFLOPs/img: "
+        "every image classified once by each variant."
+    )
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    section = results.get("serve")
+    if not section:
+        return ""
+    table = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    table += ["| " + " | ".join(row) + " |" for row in _table_rows(section)]
+    variants = "; ".join(f"`{name}`: {text}" for name, text in section["variants"].items())
+    targets = [f"- {line}" for line in _target_lines(section)]
+    return "\n".join(["## Serving", "", _setup_text(section), "", *table, "", f"Variants: {variants}.", "",
+                      "Targets:", "", *targets])
