@@ -3,9 +3,9 @@
 # WITH_CUDA_LIBS=1 it carries the CUDA and cuDNN libraries from PyPI, so `--gpus all` needs nothing
 # on the host but the NVIDIA driver (>= 580: onnxruntime-gpu 1.31 is built against CUDA 13).
 #
-#   docker build -t dynadapter .                                   # CPU + GPU, tiny demo model
+#   docker build -t dynadapter .                                   # CPU + GPU, the DINOv2 demo model
 #   docker build --build-arg WITH_CUDA_LIBS=0 -t dynadapter:cpu .   # CPU only, ~2.2 GB smaller
-#   docker build --build-arg DEMO=dinov2 -t dynadapter:dinov2 .     # real demo, exported with torch
+#   docker build --build-arg DEMO=tiny -t dynadapter:tiny .         # the tiny fixture: no torch in the build
 #
 # Works with Docker (BuildKit) and with podman/buildah (`podman build --format docker`, which keeps
 # the HEALTHCHECK). See docker/README.md.
@@ -63,13 +63,13 @@ COPY service /src/service
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src
 
 # The model repository baked into the image (/models), by build argument DEMO:
-#   tiny    the committed demo/model_repo (default; needs nothing but the build context)
-#   dinov2  the DINOv2 ViT-S demo, exported here by `dynadapter demo build`: this stage installs
-#           torch and timm, and only its /models reaches the runtime image.
+#   dinov2  the DINOv2 ViT-S demo (default), exported here by `dynadapter demo build`: this stage
+#           installs torch and timm, and only its /models reaches the runtime image.
+#   tiny    the committed demo/model_repo (the small fixture; needs nothing but the build context)
 # Selected with a shell `case` rather than `FROM models-${DEMO}`: buildah (podman 4) skips stages it
 # cannot see referenced, and then fails on the variable stage name.
 FROM base AS model-builder
-ARG DEMO=tiny
+ARG DEMO=dinov2
 ARG PIP_CERT
 # PyPI's Linux torch wheels bring ~3 GB of CUDA libraries that an export on CPU does not use; set
 # e.g. https://download.pytorch.org/whl/cpu to take the CPU build from there.
@@ -92,7 +92,8 @@ COPY service /src/service
 # cache mount keeps pip's wheels and the converted backbone between builds.
 RUN --mount=type=cache,target=/root/.cache \
     if [ "$DEMO" = dinov2 ]; then \
-      cd /src && /opt/train/bin/python -m training.cli demo build --out /models; \
+      cd /src && /opt/train/bin/python -m training.cli demo build --out /models --no-fixtures \
+      && rm -f /models/.build.lock; \
     fi \
  && test -n "$(find /models -name manifest.json)"
 

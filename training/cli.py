@@ -180,12 +180,13 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="demo_cmd", required=True)
     b = dsub.add_parser("build", help="export the committed demo runs into a model repository (cached)")
     b.add_argument("--out", type=Path, default=Path("var/model_repo"))
+    b.add_argument("--no-fixtures", action="store_true", help="leave the tiny test fixture model out")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from training.demo import build_demo_repo
 
-    print(f"demo model repository ready: {build_demo_repo(args.out)}")
+    print(f"demo model repository ready: {build_demo_repo(args.out, fixtures=not args.no_fixtures)}")
 
 
 COMMANDS = {"train": (add_train, cmd_train), "eval": (add_eval, cmd_eval), "calibrate": (add_calibrate, cmd_calibrate),

@@ -29,8 +29,9 @@ FIXTURE_REPO = DEMO_ROOT / "model_repo"
 SOURCE_FILE = "source.json"
 
 
-def build_demo_repo(out: Path, version: str = "1") -> Path:
-    """Export every demo run into ``out`` (skipping up-to-date ones) and add the fixture models.
+def build_demo_repo(out: Path, version: str = "1", fixtures: bool = True) -> Path:
+    """Export every demo run into ``out`` (skipping up-to-date ones) and, with ``fixtures``, add the
+    fixture models.
 
     Holds an exclusive lock on ``out/.build.lock`` meanwhile: two builds of one repository (two
     ``make serve`` at once) would otherwise export into the same folders.
@@ -38,11 +39,11 @@ def build_demo_repo(out: Path, version: str = "1") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with (out / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _build(out, version)
+        _build(out, version, fixtures)
     return out
 
 
-def _build(out: Path, version: str) -> None:
+def _build(out: Path, version: str, fixtures: bool) -> None:
     for name, run in DEMO_RUNS.items():
         dest = out / name / version
         source = {"run": str(run), "checkpoint_sha256": sha256_file(run / CHECKPOINT)}
@@ -52,7 +53,7 @@ def _build(out: Path, version: str) -> None:
         log.info("exporting the demo %s from %s (fetches the backbone on first use)", name, run)
         export_run(run, out, name=name, version=version)
         (dest / SOURCE_FILE).write_text(json.dumps(source, indent=2))
-    for fixture in FIXTURE_REPO.iterdir():
+    for fixture in FIXTURE_REPO.iterdir() if fixtures else ():
         if fixture.is_dir() and not (out / fixture.name).exists():
             shutil.copytree(fixture, out / fixture.name)
 

@@ -85,7 +85,7 @@ def test_the_runtime_serves_the_baked_model_repository_unless_told_otherwise() -
     assert "DYNADAPTER_MODEL_REPO=/models" in env
     assert "--from=model-builder /models /models" in RUNTIME.args("COPY")
     assert RUNTIME.args("CMD") == ['["python", "-m", "service"]']
-    assert stage_arg(STAGES["model-builder"], "DEMO") == "tiny"
+    assert stage_arg(STAGES["model-builder"], "DEMO") == "dinov2"  # the real demo (issue: backbone)
 
 
 def test_torch_and_timm_only_reach_the_model_builder_stage() -> None:
