@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.bench import add_bench, run_bench
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -191,7 +193,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {"train": (add_train, cmd_train), "eval": (add_eval, cmd_eval), "calibrate": (add_calibrate, cmd_calibrate),
             "export": (add_export, cmd_export),
-            "serve": (add_serve, cmd_serve), "backbone": (add_backbone, cmd_backbone), "demo": (add_demo, cmd_demo)}
+            "serve": (add_serve, cmd_serve), "backbone": (add_backbone, cmd_backbone), "demo": (add_demo, cmd_demo),
+            "bench": (add_bench, run_bench)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

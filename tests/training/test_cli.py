@@ -54,3 +54,23 @@ def test_errors_are_one_line_not_tracebacks(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as err:
         cli.main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "repo")])
     assert "is not a run directory" in str(err.value.code)
+
+
+def test_the_cli_starts_without_torch_so_the_serving_image_can_run_it() -> None:
+    import subprocess
+    import sys
+
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, *args, **kwargs):
+        if name.split('.')[0] in ('torch', 'timm'):
+            raise ImportError('torch and timm are not in the serving image: ' + name)
+sys.meta_path.insert(0, Block())
+import training.cli
+training.cli.main(['serve', '--help'])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert "--max-batch-size" in out.stdout
