@@ -78,7 +78,7 @@ def ablation_cells(tasks: Iterable[str]) -> list[Cell]:
 class SuiteConfig:
     """Args:
     root: where the cells' run directories live.
-    lr, warmup_epochs: the one recipe of every cell, static or dynamic, so that they compare.
+    lr, warmup_epochs, batch_size: the one recipe of every cell, static or dynamic, so that they compare.
     img_size, backbone: None keeps ``dynadapter train``'s defaults.
     backbone_kwargs: extra ``timm.create_model`` arguments (tests use tiny random ViTs).
     """
@@ -87,6 +87,7 @@ class SuiteConfig:
     epochs: int
     lr: float
     warmup_epochs: float
+    batch_size: int
     img_size: int | None = None
     backbone: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -97,8 +98,9 @@ class SuiteConfig:
     def options(self, cell: Cell) -> TrainOptions:
         defaults = {k: v for k, v in {"img_size": self.img_size, "backbone": self.backbone}.items() if v is not None}
         return TrainOptions(data=f"builtin:{cell.task}", out=self.cell_dir(cell), petl=cell.petl, epochs=self.epochs,
-                            lr=self.lr, warmup_epochs=self.warmup_epochs, backbone_kwargs=dict(self.backbone_kwargs),
-                            progress=False, **defaults, **cell.overrides())
+                            lr=self.lr, warmup_epochs=self.warmup_epochs, batch_size=self.batch_size,
+                            backbone_kwargs=dict(self.backbone_kwargs), progress=False, **defaults,
+                            **cell.overrides())
 
     def record(self, cell: Cell) -> dict[str, Any]:
         """The suite-wide settings, for the results page (read from one cell's training options)."""

@@ -174,7 +174,8 @@ def render_markdown(results: dict[str, Any]) -> str:
              f"seed {c['seed']}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
              "200 val images, a separate test split). All numbers are on the test split; the modes use the "
              "thresholds calibrated on the validation split (each run's calibration.json). GFLOPs: one "
-             "multiply-add = one FLOP.")
+             "multiply-add = one FLOP. The paper trains 100 epochs: with fewer, these numbers compare the "
+             "methods under one short budget, in which the early exits have learnt least.")
     parts = [intro, render_target(results), render_tasks(results)]
     if any(r["tasks"] for r in results["ablation"]):
         parts.append(render_ablation(results))

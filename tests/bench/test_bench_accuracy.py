@@ -1,0 +1,88 @@
+"""``dynadapter bench accuracy`` on a tiny random ViT: the results page, its JSON schema, the cell cache.
+
+A benchmark, not a test of speed or accuracy: nothing here asserts a timing or a learned accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny import TINY_BACKBONE
+from training.bench import add_bench, run_bench
+from training.bench.cells import BENCH_FILE
+
+MODES = ("fast", "balanced", "accurate")
+TINY = ["--backbone", "vit_tiny_patch16_224", *[f"--backbone-arg={k}={v}" for k, v in TINY_BACKBONE.items()],
+        "--img-size", "16", "--epochs", "1", "--tasks", "digits", "--methods", "adapter"]
+
+
+def bench(*argv: str) -> None:
+    """What ``dynadapter bench ...`` runs (training/cli.py registers add_bench / run_bench)."""
+    parser = argparse.ArgumentParser(prog="dynadapter")
+    add_bench(parser.add_subparsers(dest="command", required=True))
+    run_bench(parser.parse_args(["bench", *argv]))
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    tmp = tmp_path_factory.mktemp("bench")
+    docs, root = tmp / "docs", tmp / "cells"
+    docs.mkdir()
+    # A section that something else wrote earlier (as `bench serve` writes "serve"): it must survive.
+    (docs / "results.json").write_text(json.dumps({"notes": {"machine": "2 cores"}}))
+    argv = [*TINY, "--root", str(root), "--docs", str(docs)]
+    # A tiny model gains nothing from a second thread, and on a busy 2-core machine the threads'
+    # spin-waiting made each of its small matmuls several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bench("accuracy", *argv)
+    finally:
+        torch.set_num_threads(threads)
+    return docs, root, " ".join(argv)
+
+
+def test_results_json_schema(suite: tuple[Path, Path, str]) -> None:
+    docs, _, _ = suite
+    results = json.loads((docs / "results.json").read_text())
+    assert results["tasks"] == ["digits"]
+    assert results["notes"] == {"machine": "2 cores"}
+    rows = {(r["task"], r["petl"]): r for r in results["rows"]}
+    assert set(rows) == {("digits", "adapter"), ("mean", "adapter")}
+    for row in rows.values():
+        assert 0.0 <= row["static_acc"] <= 1.0
+        assert set(row["dyn"]) == set(MODES)
+        for mode in row["dyn"].values():
+            assert 0.0 <= mode["acc"] <= 1.0 and mode["gflops"] > 0 and mode["saved"] < 1.0
+        # The modes are ordered by cost, as calibration chose them.
+        assert row["dyn"]["fast"]["gflops"] <= row["dyn"]["balanced"]["gflops"] <= row["dyn"]["accurate"]["gflops"]
+    assert rows["mean", "adapter"]["tasks"] == 1
+    [target] = results["target"]
+    assert target["petl"] == "adapter" and target["complete"] and isinstance(target["met"], bool)
+    # Ablation cells were not asked for: their rows are there, marked unfinished.
+    assert [a["variant"] for a in results["ablation"]][0] == "dyn"
+    assert all(a["tasks"] == 0 and a["missing"] == ["digits"] for a in results["ablation"][1:])
+    assert "digits/adapter-linear-heads" in results["missing"]
+
+
+def test_markdown_and_figure(suite: tuple[Path, Path, str]) -> None:
+    docs, _, _ = suite
+    page = (docs / "results.md").read_text()
+    assert "## Target" in page and "### digits" in page and "![digits" in page
+    assert "## Notes" in page and '"machine": "2 cores"' in page
+    assert (docs / "results" / "digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_second_run_trains_nothing(suite: tuple[Path, Path, str]) -> None:
+    docs, root, argv = suite
+    finished = {p: p.stat().st_mtime_ns for p in root.rglob(BENCH_FILE)}
+    assert {p.parent.name for p in finished} == {"adapter-static", "adapter-dyn"}
+    before = json.loads((docs / "results.json").read_text())
+    bench("accuracy", *argv.split())
+    assert {p: p.stat().st_mtime_ns for p in root.rglob(BENCH_FILE)} == finished
+    assert json.loads((docs / "results.json").read_text()) == before
