@@ -137,7 +137,7 @@ class DynamicViT(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changed: PETL and head parameters (the checkpoint's content)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {n: t.detach().contiguous() for n, t in self.state_dict().items() if n in names}
+        return {n: t.detach().cpu().contiguous() for n, t in self.state_dict().items() if n in names}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         expected = set(self.trainable_state_dict())

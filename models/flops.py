@@ -81,6 +81,12 @@ def cumulative_macs(model: DynamicViT) -> list[int]:
     return out
 
 
+def exit_head_gflops(model: DynamicViT) -> list[float]:
+    """GFLOPs of each exit head alone (heads hold no mergeable PETL layer)."""
+    tokens = num_tokens(model)
+    return [head_macs(head, tokens) / 1e9 for head in model.heads]
+
+
 def deployed_cumulative_gflops(model: DynamicViT) -> list[float]:
     """Cumulative GFLOPs per exit of the model as exported: mergeable PETL layers folded in."""
     merged = copy.deepcopy(model)

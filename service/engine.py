@@ -88,5 +88,4 @@ class Engine:
         return await self._batcher.submit(image, policy.as_array())
 
     def _record_stage(self, stage: StageOutput) -> None:
-        cumulative = [segment.cumulative_gflops for segment in self.manifest.segments]
-        self._metrics.record_stage(self.name, stage, cumulative, self.manifest.gflops_full)
+        self._metrics.record_stage(self.name, stage, self.manifest)

@@ -1,14 +1,14 @@
 """Prometheus metrics of SPEC section 7, in a registry owned by one app (not the global one).
 
 The FLOPs counters count every classified image exactly once, in FLOPs (one multiply-add = one
-FLOP): used = cumulative FLOPs up to its exit, saved = full depth minus used; so
+FLOP): used = cumulative FLOPs up to its exit less the exit heads skipped on its way, saved =
+full depth (every head included) minus used; so
 `rate(saved) / (rate(used) + rate(saved))` is the fraction of compute saved.
 """
 
-from collections.abc import Sequence
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from service.model_repository import Manifest
 from service.segment_runner import StageOutput
 
 GIGA = 1e9
@@ -77,15 +77,14 @@ class ServiceMetrics:
             self.exits.labels(model, str(k))
             self.stage_duration.labels(model, str(k))
 
-    def record_stage(
-        self, model: str, stage: StageOutput, cumulative_gflops: Sequence[float], gflops_full: float
-    ) -> None:
+    def record_stage(self, model: str, stage: StageOutput, manifest: Manifest) -> None:
         """One segment's run on a batch: its time, the batch size (at stage 0) and the images that left."""
         if stage.stage == 0:
             self.batch_size.labels(model).observe(stage.rows)
         self.stage_duration.labels(model, str(stage.stage)).observe(stage.seconds)
         for result in stage.exits.values():
-            self.record_image(model, result.exit_index, cumulative_gflops[result.exit_index], gflops_full)
+            used = manifest.used_gflops(result.exit_index, result.skipped_heads)
+            self.record_image(model, result.exit_index, used, manifest.gflops_full)
 
     def record_image(self, model: str, exit_index: int, used_gflops: float, full_gflops: float) -> None:
         """Count one classified image: its exit, and the FLOPs it used and saved."""

@@ -7,6 +7,7 @@ model version -- a missing field, a segment whose sha256 differs from the manife
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SCHEMA_VERSION = 1
 MODE_NAMES = ("fast", "balanced", "accurate")
+#: Boolean scalar input of a segment whose exit head is gated: fed false, the segment skips its
+#: head and returns empty logits (training/head_gate.py).
+HEAD_GATE_INPUT = "need_logits"
 
 
 class ModelLoadError(RuntimeError):
@@ -55,6 +59,8 @@ class Segment(_Schema):
     after_block: int = Field(ge=1)
     gflops: float = Field(ge=0)
     cumulative_gflops: float = Field(ge=0)
+    # The exit head's share of `gflops`: what an image saves where the segment skips its gated head.
+    head_gflops: float = Field(default=0.0, ge=0)
 
 
 class ThresholdChoice(_Schema):
@@ -117,6 +123,8 @@ class Manifest(_Schema):
     def _consistent(self) -> "Manifest":
         if [segment.index for segment in self.segments] != list(range(len(self.segments))):
             raise ValueError("segments must be listed in order with index 0..K-1")
+        if any(segment.head_gflops > segment.gflops for segment in self.segments):
+            raise ValueError("a segment's head_gflops cannot exceed its gflops")
         vectors = [choice.thresholds for choice in [*self.modes.values(), *self.calibration.budgets]]
         if any(vector is not None and len(vector) != self.num_exits - 1 for vector in vectors):
             raise ValueError(f"a per-exit threshold vector must have {self.num_exits - 1} values (K-1)")
@@ -129,6 +137,12 @@ class Manifest(_Schema):
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    def used_gflops(self, exit_index: int, skipped_heads: Sequence[int] = ()) -> float:
+        """What an image leaving at `exit_index` cost: every segment up to there, less the exit heads
+        the segment runner skipped on its way (no image in its batch could leave at those)."""
+        skipped = sum(self.segments[k].head_gflops for k in skipped_heads)
+        return self.segments[exit_index].cumulative_gflops - skipped
 
 
 @dataclass(frozen=True)

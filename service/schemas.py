@@ -38,7 +38,8 @@ class ExitInfo(BaseModel):
     index: int
     after_block: int
     gflops: float  # this segment alone, exit head included
-    cumulative_gflops: float  # what an image leaving here has cost
+    cumulative_gflops: float  # what an image leaving here has cost, every earlier head run
+    head_gflops: float  # the exit head's share of `gflops`; skipped where no image can leave here
 
 
 class ModeInfo(BaseModel):

@@ -2,7 +2,9 @@
 
 After each segment the images whose confidence (max softmax of that exit's logits) reaches their
 own threshold leave with that exit's logits; only the others (`hidden[~exited]`) go on to the next
-segment, and the last exit answers for whoever is left.
+segment, and the last exit answers for whoever is left. A segment exported with a gated exit head
+(input `need_logits`, training/head_gate.py) skips its head when no image in flight can leave there
+(every threshold >= 1): a request at threshold 1 pays for no early head.
 
 On CUDA the hidden states stay on the GPU between segments (IOBinding + OrtValue) and only the
 small logits tensors come back to the host; dropping the rows of images that left is a Gather run
@@ -23,7 +25,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from service.model_repository import ModelLoadError
+from service.model_repository import HEAD_GATE_INPUT, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class ExitResult:
 
     exit_index: int
     logits: np.ndarray  # [num_classes], raw
+    skipped_heads: tuple[int, ...] = ()  # earlier exits whose (gated) head did not run for this image
 
 
 @dataclass(frozen=True)
@@ -137,14 +140,18 @@ class _Segment:
     session: ort.InferenceSession
     input_name: str  # "image" for segment 0, the hidden state after
     has_hidden: bool  # False for the last segment
+    gated: bool  # the exit head runs only when fed need_logits=True
+
+    def feed_flag(self, need_logits: bool) -> dict[str, np.ndarray]:
+        return {HEAD_GATE_INPUT: np.array(need_logits)} if self.gated else {}
 
 
 class _HostIO:
     """CPU: numpy in, numpy out."""
 
-    def run(self, segment: _Segment, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    def run(self, segment: _Segment, x: np.ndarray, need_logits: bool) -> tuple[np.ndarray | None, np.ndarray]:
         names = ["logits", "hidden"] if segment.has_hidden else ["logits"]
-        logits, *hidden = segment.session.run(names, {segment.input_name: x})
+        logits, *hidden = segment.session.run(names, {segment.input_name: x, **segment.feed_flag(need_logits)})
         return (hidden[0] if hidden else None), logits
 
     def keep(self, hidden: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -164,12 +171,16 @@ class _BoundIO:
         provider = (CUDA, {"device_id": device_id}) if device == "cuda" else CPU
         self._gather = ort.InferenceSession(_GATHER_ROWS_ONNX, options, providers=[provider])
 
-    def run(self, segment: _Segment, x: np.ndarray | ort.OrtValue) -> tuple[ort.OrtValue | None, np.ndarray]:
+    def run(
+        self, segment: _Segment, x: np.ndarray | ort.OrtValue, need_logits: bool
+    ) -> tuple[ort.OrtValue | None, np.ndarray]:
         binding = segment.session.io_binding()
         if isinstance(x, np.ndarray):
             binding.bind_cpu_input(segment.input_name, x)  # the image batch: one upload
         else:
             binding.bind_ortvalue_input(segment.input_name, x)
+        for name, flag in segment.feed_flag(need_logits).items():
+            binding.bind_cpu_input(name, flag)
         binding.bind_output("logits", "cpu")
         if segment.has_hidden:
             binding.bind_output("hidden", self._device, self._device_id)
@@ -228,13 +239,20 @@ class SegmentRunner:
         """
         per_exit = self._per_exit(np.asarray(thresholds, dtype=np.float64), len(images))
         alive = np.arange(len(images))  # input positions of the images still running
+        skipped: tuple[int, ...] = ()  # exits whose gated head did not run (the same for every image alive)
         x: np.ndarray | ort.OrtValue = np.ascontiguousarray(images, dtype=np.float32)
         for k, segment in enumerate(self._segments):
+            last = k == self.num_exits - 1
+            need_logits = last or bool((per_exit[alive, k] < 1.0).any())
             start = perf_counter()
-            hidden, logits = self._io.run(segment, x)
+            hidden, logits = self._io.run(segment, x, need_logits)
             seconds = perf_counter() - start
-            leaving = self._leaving(k, logits, per_exit[alive])
-            exits = {int(alive[row]): ExitResult(k, logits[row].copy()) for row in np.flatnonzero(leaving)}
+            if need_logits:
+                leaving = self._leaving(k, logits, per_exit[alive])
+            else:
+                leaving = np.zeros(len(alive), dtype=bool)
+                skipped += (k,) if segment.gated else ()
+            exits = {int(alive[row]): ExitResult(k, logits[row].copy(), skipped) for row in np.flatnonzero(leaving)}
             yield StageOutput(k, len(alive), seconds, exits)
             staying = np.flatnonzero(~leaving)
             if staying.size == 0:
@@ -255,12 +273,15 @@ class SegmentRunner:
         """Run every segment, and the row compaction, once per batch size before serving.
 
         The first run of a shape pays for memory arenas and (on CUDA) kernel selection; a request
-        should not.
+        should not. Two runs: every head on (one image leaves at once, the rest go on), and every
+        early head skipped (threshold 1).
         """
         for batch in sorted(set(batch_sizes)):
-            thresholds = np.ones((batch, self.num_exits - 1))
-            thresholds[0] = 0.0 if batch > 1 else 1.0  # one image leaves at once, the rest go on
-            self.run(np.zeros((batch, 3, *image_size), np.float32), thresholds)
+            images = np.zeros((batch, 3, *image_size), np.float32)
+            thresholds = np.full((batch, self.num_exits - 1), np.nextafter(1.0, 0.0))
+            thresholds[0] = 0.0 if batch > 1 else thresholds[0]
+            self.run(images, thresholds)
+            self.run(images, np.ones((batch, self.num_exits - 1)))
 
     def _per_exit(self, thresholds: np.ndarray, batch: int) -> np.ndarray:
         if thresholds.ndim == 1:
@@ -281,17 +302,19 @@ def _open_segment(path: Path, options: ort.SessionOptions, providers: Sequence[s
         session = ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as err:  # onnxruntime raises its own pybind types for bad files
         raise ModelLoadError(f"{path}: onnxruntime cannot load segment: {err}") from err
-    inputs = [arg.name for arg in session.get_inputs()]
+    inputs = [arg.name for arg in session.get_inputs() if arg.name != HEAD_GATE_INPUT]
+    gated = len(inputs) < len(session.get_inputs())
     outputs = {arg.name for arg in session.get_outputs()}
     expected_outputs = {"logits"} if last else {"logits", "hidden"}
-    # The one input is taken by position, not name: ONNX forbids a graph input and output of the
-    # same name, so a middle segment's "hidden" input gets another name ("hidden.1" from torch).
+    # The one data input (besides a head gate's flag) is taken by position, not name: ONNX forbids a
+    # graph input and output of the same name, so a middle segment's "hidden" input gets another
+    # name ("hidden_in" from the exporter, "hidden.1" from torch's default).
     if len(inputs) != 1 or not expected_outputs <= outputs:
         raise ModelLoadError(
             f"{path}: segment has inputs {inputs} and outputs {sorted(outputs)}, "
-            f"expected one input and outputs {sorted(expected_outputs)}"
+            f"expected one input (besides {HEAD_GATE_INPUT}) and outputs {sorted(expected_outputs)}"
         )
-    return _Segment(session, inputs[0], has_hidden=not last)
+    return _Segment(session, inputs[0], has_hidden=not last, gated=gated)
 
 
 def _check_classes(segments: list[_Segment], paths: Sequence[Path], num_classes: int) -> None:

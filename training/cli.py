@@ -66,6 +66,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distill", type=float, default=0.0, help="self-distillation weight (0 = off)")
     p.add_argument("--forward-sparsity", type=float, default=0.2, help="dropout of the shallowest stage")
     p.add_argument("--backward-sparsity", type=float, default=0.1, help="fraction of gradient entries zeroed")
+    p.add_argument("--device", default="auto",
+                   help="auto (the GPU when CUDA is usable, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed-precision training (autocast); calibration, checkpoint and export stay float32")
+    p.add_argument("--amp-dtype", choices=["bfloat16", "float16"], default="bfloat16",
+                   help="autocast dtype with --amp (float16 adds loss scaling; default: bfloat16)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -83,6 +89,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         prioritization=AdaptivePrioritization(gamma=args.loss_gamma, distill_weight=args.distill),
         forward_sparsity=ForwardSparsity(shallow=args.forward_sparsity),
         backward_sparsity=BackwardSparsity(rate=args.backward_sparsity),
+        device=args.device, amp=args.amp, amp_dtype=args.amp_dtype,
     ))
     print(f"run written to {out}")
 

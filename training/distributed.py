@@ -37,19 +37,38 @@ class World:
         return (t / self.size).tolist()
 
 
-def init_world() -> World:
-    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU); a single process otherwise."""
+def init_world(device: torch.device) -> World:
+    """Join the process group torchrun set up (NCCL when training on GPUs, gloo on CPUs); a single
+    process otherwise."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return World(dist.get_rank(), dist.get_world_size())
 
 
-def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
+def resolve_device(name: str) -> torch.device:
+    """``auto``: this process's GPU (``LOCAL_RANK`` under torchrun) when CUDA is usable, else the CPU."""
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
     if world.size == 1:
         return model
+    if device.type == "cuda":
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device])
     return torch.nn.parallel.DistributedDataParallel(model)
 
 

@@ -1,9 +1,11 @@
 """Export: cut the trained model into per-stage ONNX segments plus a manifest (SPEC §5).
 
 Mergeable PETL layers (RepAdapter, LoRA) are folded into the frozen weights first, so they cost
-nothing at inference. Each segment is checked with ``onnx.checker`` (full check), and the chained
-segments are run with onnxruntime against the *unmerged* PyTorch model: that one parity number
-covers the merge and the export, is stored in the manifest, and a model over tolerance is refused.
+nothing at inference. Every segment but the last gets a gated exit head (training/head_gate.py),
+so that the server can skip a head no image can use. Each segment is checked with
+``onnx.checker`` (full check), and the chained segments are run with onnxruntime against the
+*unmerged* PyTorch model: that one parity number covers the merge and the export, is stored in
+the manifest, and a model over tolerance is refused.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import torch
 from torch import nn
 
 from models.dynamic_vit import DynamicViT
-from models.flops import deployed_cumulative_gflops
+from models.flops import deployed_cumulative_gflops, exit_head_gflops
 from models.petl import merge_all
+from service.model_repository import HEAD_GATE_INPUT
 from training.builtin_backbones import sha256_file
+from training.head_gate import gate_exit_head
 from training.run_dir import CALIBRATION, load_run
 
 log = logging.getLogger(__name__)
@@ -63,18 +67,23 @@ def export_segment(model: DynamicViT, k: int, example: torch.Tensor, path: Path)
     torch.onnx.export(seg, (example,), str(path), input_names=inputs, output_names=outputs,
                       dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True, verbose=False,
                       external_data=False)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    graph = onnx.load(str(path))
+    if not seg.last:
+        graph = gate_exit_head(graph)
+        onnx.save(graph, str(path))
+    onnx.checker.check_model(graph, full_check=True)
     with torch.no_grad():
         return model.forward_stage(k, example)[0]
 
 
 def chained_onnx_logits(paths: list[Path], images: np.ndarray) -> list[np.ndarray]:
-    """Run every segment on every image (no early exit): the logits of each exit."""
+    """Run every segment on every image (no early exit): the logits of each exit, every head on."""
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
     x, out = images, []
     for sess in sessions:
         names = [o.name for o in sess.get_outputs()]
-        result = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x}), strict=True))
+        feed = {i.name: np.array(True) if i.name == HEAD_GATE_INPUT else x for i in sess.get_inputs()}
+        result = dict(zip(names, sess.run(None, feed), strict=True))
         out.append(result["logits"])
         x = result.get("hidden")
     return out
@@ -130,6 +139,7 @@ def build_manifest(run: Any, paths: list[Path], calibration: dict[str, Any], par
                    version: str) -> dict[str, Any]:
     cum = deployed_cumulative_gflops(run.model)
     per = [c - p for c, p in zip(cum, [0.0, *cum[:-1]], strict=True)]
+    heads = exit_head_gflops(run.model)
     with torch.no_grad():
         hidden = run.model.embed(torch.zeros(1, 3, run.preprocessing.size, run.preprocessing.size))
     exits = run.model.config.exits
@@ -139,7 +149,8 @@ def build_manifest(run: Any, paths: list[Path], calibration: dict[str, Any], par
         "labels": run.labels, "preprocessing": run.preprocessing.to_manifest(),
         "hidden_shape": list(hidden.shape[1:]),
         "segments": [{"index": k, "file": p.name, "sha256": sha256_file(p), "after_block": exits[k],
-                      "gflops": per[k], "cumulative_gflops": cum[k]} for k, p in enumerate(paths)],
+                      "gflops": per[k], "cumulative_gflops": cum[k], "head_gflops": heads[k]}
+                     for k, p in enumerate(paths)],
         "gflops_full": cum[-1],
         "calibration": calibration["calibration"], "modes": calibration["modes"],
         "parity": {"max_abs_diff": parity, "batch_sizes": list(PARITY_BATCH_SIZES)},

@@ -31,6 +31,9 @@ from training.evaluate import exit_accuracies, exit_logits
 
 log = logging.getLogger(__name__)
 
+#: ``--amp-dtype`` choices, as in timm's train.py. bfloat16 needs no loss scaling; float16 does.
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 @dataclass
 class TrainOptions:
@@ -57,7 +60,18 @@ class TrainOptions:
     prioritization: AdaptivePrioritization = field(default_factory=AdaptivePrioritization)
     forward_sparsity: ForwardSparsity = field(default_factory=ForwardSparsity)
     backward_sparsity: BackwardSparsity = field(default_factory=BackwardSparsity)
+    device: str = "auto"
+    amp: bool = False
+    amp_dtype: str = "bfloat16"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.amp_dtype!r}")
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        """Mixed precision for the forward pass when ``amp`` is on (a no-op context otherwise)."""
+        return torch.autocast(device.type, dtype=AMP_DTYPES[self.amp_dtype], enabled=self.amp)
 
 
 def default_exits(depth: int, stages: int = 4) -> list[int]:
@@ -90,7 +104,8 @@ def preprocessing_for(model: DynamicViT, img_size: int) -> Preprocessing:
 
 def train(opts: TrainOptions) -> Path:
     """Train, calibrate on the validation split, and write the run directory; returns its path."""
-    world = distributed.init_world()
+    device = distributed.resolve_device(opts.device)
+    world = distributed.init_world(device)
     torch.manual_seed(opts.seed)
     raw = load_raw(opts.data, opts.seed)
     model, spec = build(opts, len(raw.labels))
@@ -105,6 +120,7 @@ def train(opts: TrainOptions) -> Path:
                   "world_size": world.size}
         rd.write_config(out, config)
         (out / rd.METRICS).unlink(missing_ok=True)
+    model.to(device)
     fit(model, train_split, val_split, opts, out, world)
     if world.is_main:
         rd.save_checkpoint(out, model)
@@ -117,17 +133,23 @@ def train(opts: TrainOptions) -> Path:
 
 def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOptions, out: Path,
         world: distributed.World | None = None) -> None:
+    """Train ``model`` where it lies (CPU or a GPU); calibration and checkpoints stay in float32."""
     world = world or distributed.World()
+    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
-    net = distributed.wrap(model, world)
+    net = distributed.wrap(model, world, device)
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    # Loss scaling keeps float16 gradients from underflowing; with bfloat16 or float32 it is a no-op.
+    scaler = torch.amp.GradScaler(device.type, enabled=opts.amp and opts.amp_dtype == "float16")
     n = len(train_split.targets)
     steps_per_epoch = math.ceil(n / opts.batch_size)
     total = steps_per_epoch * opts.epochs
     warmup = min(total, round(opts.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup))
-    # The same generator on every rank: identical shuffles and backward-sparsity masks.
+    # The same generators on every rank: identical shuffles and backward-sparsity masks (the masks are
+    # drawn where the gradients lie).
     gen = torch.Generator().manual_seed(opts.seed)
+    mask_gen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(opts.seed)
     bar = tqdm(total=total, desc="train", unit="step", disable=not (opts.progress and world.is_main))
     step = 0
     for epoch in range(opts.epochs):
@@ -135,12 +157,17 @@ def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOpti
         start, losses, exit_losses = time.perf_counter(), [], []
         for idx in torch.randperm(n, generator=gen).split(opts.batch_size):
             local = world.shard(idx)
-            loss, per_exit = opts.prioritization(net(train_split.images[local]), train_split.targets[local],
-                                                 step / total)
+            images, targets = (t[local].to(device, non_blocking=True) for t in (train_split.images,
+                                                                                 train_split.targets))
+            with opts.autocast(device):
+                logits = net(images)
+            loss, per_exit = opts.prioritization([z.float() for z in logits], targets, step / total)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opts.backward_sparsity.apply(params, gen)
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            opts.backward_sparsity.apply(params, mask_gen)
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             step += 1
             loss_value, *per_exit = world.mean([loss.item(), *per_exit])
@@ -154,7 +181,8 @@ def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOpti
                       "exit_weights": opts.prioritization.weights(step / total, model.num_exits).tolist(),
                       "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2)}
             if len(val_split.targets):
-                record["val_acc"] = exit_accuracies(exit_logits(model, val_split.images), val_split.targets)
+                with opts.autocast(device):
+                    record["val_acc"] = exit_accuracies(exit_logits(model, val_split.images), val_split.targets)
             rd.append_metrics(out, record)
             log.info("epoch %d: %s", epoch + 1, record)
     bar.close()

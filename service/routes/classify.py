@@ -119,7 +119,7 @@ def _response(engine: Engine, result: ExitResult, policy: ExitPolicy, top_k: int
     ranked = np.argsort(-probabilities, kind="stable")[:top_k]
     scores = [ClassScore(label=manifest.labels[i], class_id=int(i), confidence=float(probabilities[i])) for i in ranked]
     segment = manifest.segments[result.exit_index]
-    used, full = segment.cumulative_gflops, manifest.gflops_full
+    used, full = manifest.used_gflops(result.exit_index, result.skipped_heads), manifest.gflops_full
     return ClassifyResponse(
         model=manifest.name,
         version=manifest.version,

@@ -27,6 +27,7 @@ def describe(engine: Engine) -> ModelInfo:
                 after_block=segment.after_block,
                 gflops=segment.gflops,
                 cumulative_gflops=segment.cumulative_gflops,
+                head_gflops=segment.head_gflops,
             )
             for segment in manifest.segments
         ],

@@ -43,6 +43,14 @@ def test_answer_matches_the_reference_model(client: TestClient, weights: TinyWei
     assert len(seen_exits) > 1
 
 
+def test_threshold_one_pays_for_no_early_head(client: TestClient, manifest: Manifest) -> None:
+    body = post_raw(client, png_bytes(2), "?threshold=1").json()
+    early_heads = sum(segment.head_gflops for segment in manifest.segments[:-1])
+    assert early_heads > 0 and body["exit"]["index"] == NUM_EXITS - 1
+    assert body["gflops"]["used"] == pytest.approx(manifest.gflops_full - early_heads)
+    assert body["gflops"]["saved"] == pytest.approx(early_heads)
+
+
 def test_response_has_every_field_of_the_contract(client: TestClient, manifest: Manifest) -> None:
     response = post_raw(client, png_bytes(1), "?top_k=3")
     assert response.status_code == 200

@@ -1,9 +1,11 @@
 from collections.abc import Callable
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
 from tests.service.helpers import wait_ready
+from tests.service.tiny_onnx_model import HEAD_GFLOPS, NUM_EXITS
 
 
 def test_healthz_always_200_and_readyz_503_until_loaded(make_settings: Callable) -> None:
@@ -24,6 +26,7 @@ def test_models_lists_exits_costs_modes_and_providers(client: TestClient) -> Non
     assert (model["name"], model["version"], model["num_classes"]) == ("tiny", "1", 5)
     assert model["labels"] == ["cat", "dog", "fox", "owl", "yak"]
     assert [exit_["after_block"] for exit_ in model["exits"]] == [2, 4, 6]
+    assert [exit_["head_gflops"] for exit_ in model["exits"]] == pytest.approx([HEAD_GFLOPS] * NUM_EXITS)
     cumulative = [exit_["cumulative_gflops"] for exit_ in model["exits"]]
     assert cumulative == sorted(cumulative) and cumulative[-1] == model["gflops_full"]
     assert model["modes"]["balanced"] == {"threshold": 0.6, "thresholds": None, "accuracy": 0.7, "flops_fraction": 0.7}

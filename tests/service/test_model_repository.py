@@ -60,6 +60,8 @@ def test_sha256_mismatch_refuses_with_one_clear_line(repo: Path) -> None:
         (lambda m: m["modes"]["fast"].update(thresholds=[0.5]), "must have 2 values"),
         (lambda m: m["preprocessing"].update(interpolation="lanczos"), "preprocessing.interpolation"),
         (lambda m: m["segments"][1].update(file="../evil.onnx"), "segments.1.file"),
+        (lambda m: m["segments"][1].update(head_gflops=1.0), "head_gflops cannot exceed its gflops"),
+        (lambda m: m["segments"][0].update(head_gflops=-1), "segments.0.head_gflops"),
     ],
 )
 def test_invalid_manifest_is_refused(repo: Path, change: Callable[[dict], None], expected: str) -> None:

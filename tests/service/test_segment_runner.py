@@ -88,6 +88,37 @@ def test_batch_equals_single_images_with_mixed_thresholds(
         np.testing.assert_allclose(alone.logits, together[i].logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["host", "bound"])
+def test_gated_heads_are_skipped_only_where_no_image_can_leave(
+    runner: SegmentRunner, bound_runner: SegmentRunner, weights: TinyWeights, path: str
+) -> None:
+    runner = bound_runner if path == "bound" else runner
+    batch = images(8, seed=5)
+    last = weights.forward_all(batch)[-1]
+    full_depth = runner.run(batch, np.ones(8)).results  # nobody can leave early: no early head runs
+    assert {r.exit_index for r in full_depth} == {NUM_EXITS - 1}
+    assert {r.skipped_heads for r in full_depth} == {tuple(range(NUM_EXITS - 1))}
+    for result, expected in zip(full_depth, last, strict=True):
+        np.testing.assert_allclose(result.logits, expected, atol=1e-5)
+    # Exit 1 only: exit 0's head is skipped, exit 1's runs for the whole batch.
+    only_exit_1 = np.tile([1.0, 0.0], (8, 1))
+    assert {(r.exit_index, r.skipped_heads) for r in runner.run(batch, only_exit_1).results} == {(1, (0,))}
+    # One image that may leave anywhere makes every head run for the batch.
+    mixed = np.ones((8, NUM_EXITS - 1))
+    mixed[3] = 0.6
+    assert {r.skipped_heads for r in runner.run(batch, mixed).results} == {()}
+
+
+def test_an_ungated_model_runs_every_head_and_reports_none_skipped(tmp_path: Path, weights: TinyWeights) -> None:
+    folder = write_model_version(tmp_path, weights, gated=False)
+    legacy = SegmentRunner([folder / f"segment_{k}.onnx" for k in range(NUM_EXITS)], [CPU])
+    batch = images(6, seed=9)
+    results = legacy.run(batch, np.ones(6)).results
+    assert {(r.exit_index, r.skipped_heads) for r in results} == {(NUM_EXITS - 1, ())}
+    for result, expected in zip(results, weights.forward_all(batch)[-1], strict=True):
+        np.testing.assert_allclose(result.logits, expected, atol=1e-5)
+
+
 def test_stages_run_only_while_images_remain(runner: SegmentRunner) -> None:
     assert len(runner.run(images(8), np.zeros(8)).stage_seconds) == 1
 
@@ -116,7 +147,8 @@ def test_warm_up_runs_every_path(runner: SegmentRunner) -> None:
 
 def test_segment_with_wrong_outputs_is_refused(model_repo: Path) -> None:
     last = model_repo / "tiny" / "1" / f"segment_{NUM_EXITS - 1}.onnx"
-    with pytest.raises(ModelLoadError, match="expected one input and outputs \\['hidden', 'logits'\\]"):
+    expected = "expected one input \\(besides need_logits\\) and outputs \\['hidden', 'logits'\\]"
+    with pytest.raises(ModelLoadError, match=expected):
         SegmentRunner([last, last], [CPU])
 
 

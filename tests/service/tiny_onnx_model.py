@@ -3,6 +3,7 @@
 Segment 0: image [B,3,8,8] -> flatten -> MatMul -> reshape [B,4,16] -> tanh = hidden.
 Segment k>0: hidden -> MatMul [16,16] -> tanh. Every exit: logits = mean over tokens @ W + b.
 Head weights grow with depth, so later exits are more confident and images spread over exits.
+Like the exporter's, the early segments' heads are gated (input `need_logits`, default true).
 """
 
 import hashlib
@@ -15,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+
+from training.head_gate import gate_exit_head
 
 IMAGE_SIZE = 8
 TOKENS, DIM = 4, 16
@@ -85,7 +88,7 @@ def _head_nodes(k: int, hidden: str, weights: TinyWeights) -> tuple[list, list]:
     return nodes, inits
 
 
-def build_segment(k: int, weights: TinyWeights) -> onnx.ModelProto:
+def build_segment(k: int, weights: TinyWeights, gated: bool = True) -> onnx.ModelProto:
     last = k == NUM_EXITS - 1
     float_t = TensorProto.FLOAT
     if k == 0:
@@ -114,16 +117,21 @@ def build_segment(k: int, weights: TinyWeights) -> onnx.ModelProto:
         outputs.insert(0, helper.make_tensor_value_info("hidden", float_t, ["batch", TOKENS, DIM]))
     graph = helper.make_graph(nodes + head_nodes, f"segment_{k}", [graph_input], outputs, inits + head_inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    if gated and not last:
+        model = gate_exit_head(model)
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
+HEAD_GFLOPS = DIM * NUM_CLASSES / 1e9
+
+
 def segment_gflops(k: int) -> float:
     body = 3 * IMAGE_SIZE * IMAGE_SIZE * TOKENS * DIM if k == 0 else TOKENS * DIM * DIM
-    return (body + DIM * NUM_CLASSES) / 1e9
+    return body / 1e9 + HEAD_GFLOPS
 
 
-def manifest_for(segment_hashes: list[str], name: str, version: str) -> dict:
+def manifest_for(segment_hashes: list[str], name: str, version: str, gated: bool = True) -> dict:
     gflops = [segment_gflops(k) for k in range(NUM_EXITS)]
     cumulative = np.cumsum(gflops).tolist()
     return {
@@ -148,6 +156,7 @@ def manifest_for(segment_hashes: list[str], name: str, version: str) -> dict:
                 "after_block": AFTER_BLOCKS[k],
                 "gflops": gflops[k],
                 "cumulative_gflops": cumulative[k],
+                **({"head_gflops": HEAD_GFLOPS} if gated else {}),
             }
             for k in range(NUM_EXITS)
         ],
@@ -181,16 +190,19 @@ def manifest_for(segment_hashes: list[str], name: str, version: str) -> dict:
     }
 
 
-def write_model_version(repo: Path, weights: TinyWeights, name: str = "tiny", version: str = "1") -> Path:
-    """Write MODEL_REPO/<name>/<version>/ with real segments, sha256s and a calibrated manifest."""
+def write_model_version(
+    repo: Path, weights: TinyWeights, name: str = "tiny", version: str = "1", gated: bool = True
+) -> Path:
+    """Write MODEL_REPO/<name>/<version>/ with real segments, sha256s and a calibrated manifest;
+    `gated=False` writes the segments of an exporter before exit-head gates (no head_gflops)."""
     folder = repo / name / version
     folder.mkdir(parents=True)
     hashes = []
     for k in range(NUM_EXITS):
-        data = build_segment(k, weights).SerializeToString()
+        data = build_segment(k, weights, gated).SerializeToString()
         (folder / f"segment_{k}.onnx").write_bytes(data)
         hashes.append(hashlib.sha256(data).hexdigest())
-    (folder / "manifest.json").write_text(json.dumps(manifest_for(hashes, name, version), indent=2))
+    (folder / "manifest.json").write_text(json.dumps(manifest_for(hashes, name, version, gated), indent=2))
     return folder
 
 

@@ -3,9 +3,11 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
+from models.flops import exit_head_gflops
 from tests.tiny import train_tiny_run
 from training.export import chained_onnx_logits, export_run
 from training.run_dir import load_run
@@ -37,7 +39,8 @@ def test_segments_have_the_documented_inputs_outputs_and_dynamic_batch(exported)
     _, folder = exported
     for k in range(4):
         graph = onnx.load(str(folder / f"segment_{k}.onnx")).graph
-        assert [i.name for i in graph.input] == ["image" if k == 0 else "hidden_in"]
+        gate = ["need_logits"] if k < 3 else []  # early heads are gated; the last always runs
+        assert [i.name for i in graph.input] == ["image" if k == 0 else "hidden_in", *gate]
         assert [o.name for o in graph.output] == (["logits"] if k == 3 else ["hidden", "logits"])
         assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
@@ -58,6 +61,27 @@ def test_manifest_is_complete_and_consistent(exported) -> None:
     assert set(m["modes"]) == {"fast", "balanced", "accurate"}
     assert all(0 <= e["threshold"] <= 1 for e in m["modes"].values())
     assert m["calibration"]["table"] and m["calibration"]["budgets"]
+
+
+def test_a_skipped_head_leaves_the_hidden_state_bitwise_unchanged(exported) -> None:
+    run, folder = exported
+    x = np.random.default_rng(0).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    for k in range(3):
+        session = ort.InferenceSession(str(folder / f"segment_{k}.onnx"), providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        hidden, logits = session.run(["hidden", "logits"], {**feed, "need_logits": np.array(True)})
+        skipped_hidden, skipped_logits = session.run(["hidden", "logits"], {**feed, "need_logits": np.array(False)})
+        assert logits.shape == (3, 10) and skipped_logits.shape == (0, 10)
+        np.testing.assert_array_equal(skipped_hidden, hidden)
+        x = hidden
+
+
+def test_manifest_prices_each_exit_head(exported) -> None:
+    run, folder = exported
+    segs = json.loads((folder / "manifest.json").read_text())["segments"]
+    heads = exit_head_gflops(load_run(run).model)
+    assert [s["head_gflops"] for s in segs] == pytest.approx(heads)
+    assert all(0 < s["head_gflops"] < s["gflops"] for s in segs)
 
 
 def test_export_refuses_a_run_without_calibration(exported, tmp_path) -> None:

@@ -5,8 +5,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.tiny import train_tiny_run
+from training.distributed import resolve_device
 from training.evaluate import evaluate_run
 from training.run_dir import load_run
+from training.trainer import TrainOptions
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +53,42 @@ def test_training_is_reproducible_with_the_same_seed(run, tmp_path) -> None:
     other = train_tiny_run(tmp_path / "again", epochs=2)
     a, b = load_file(str(run / "checkpoint.safetensors")), load_file(str(other / "checkpoint.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_training_learns_and_keeps_float32_outputs(run, tmp_path, dtype) -> None:
+    amp = train_tiny_run(tmp_path / dtype, epochs=2, amp=True, amp_dtype=dtype)
+    a, b = load_file(str(run / "checkpoint.safetensors")), load_file(str(amp / "checkpoint.safetensors"))
+    assert all(t.dtype == torch.float32 for t in b.values())
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # autocast really changed the arithmetic
+    metrics = [json.loads(line) for line in (amp / "metrics.jsonl").read_text().splitlines()]
+    assert max(metrics[-1]["val_acc"]) > 0.3 and metrics[-1]["loss"] < metrics[0]["loss"]
+    assert json.loads((amp / "config.json").read_text())["train"]["amp_dtype"] == dtype
+
+
+def test_devices_resolve_or_are_refused_clearly(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")  # under torchrun, each process takes its own GPU
+    assert resolve_device("auto") == torch.device("cuda:3")
+
+
+def test_unknown_amp_dtype_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="amp_dtype"):
+        TrainOptions(data="builtin:digits", out=tmp_path, amp_dtype="float8")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_the_gpu_gives_a_run_that_loads_on_the_cpu(run, tmp_path) -> None:
+    gpu = train_tiny_run(tmp_path / "gpu", epochs=2, device="cuda", amp=True)
+    metrics = [json.loads(line) for line in (gpu / "metrics.jsonl").read_text().splitlines()]
+    assert max(metrics[-1]["val_acc"]) > 0.3
+    reloaded = load_run(gpu)
+    assert next(reloaded.model.parameters()).device.type == "cpu"
+    assert evaluate_run(gpu)["exit_accuracy"][-1] > 0.3

@@ -78,7 +78,7 @@ def ablation_cells(tasks: Iterable[str]) -> list[Cell]:
 class SuiteConfig:
     """Args:
     root: where the cells' run directories live.
-    lr, warmup_epochs, batch_size: the one recipe of every cell, static or dynamic, so that they compare.
+    lr, warmup_epochs, batch_size, amp: the one recipe of every cell, static or dynamic, so that they compare.
     img_size, backbone: None keeps ``dynadapter train``'s defaults.
     backbone_kwargs: extra ``timm.create_model`` arguments (tests use tiny random ViTs).
     """
@@ -88,6 +88,7 @@ class SuiteConfig:
     lr: float
     warmup_epochs: float
     batch_size: int
+    amp: bool = False
     img_size: int | None = None
     backbone: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +100,7 @@ class SuiteConfig:
         defaults = {k: v for k, v in {"img_size": self.img_size, "backbone": self.backbone}.items() if v is not None}
         return TrainOptions(data=f"builtin:{cell.task}", out=self.cell_dir(cell), petl=cell.petl, epochs=self.epochs,
                             lr=self.lr, warmup_epochs=self.warmup_epochs, batch_size=self.batch_size,
-                            backbone_kwargs=dict(self.backbone_kwargs), progress=False, **defaults,
+                            amp=self.amp, backbone_kwargs=dict(self.backbone_kwargs), progress=False, **defaults,
                             **cell.overrides())
 
     def record(self, cell: Cell) -> dict[str, Any]:
@@ -107,7 +108,7 @@ class SuiteConfig:
         opts = self.options(cell)
         return {"backbone": opts.backbone, "backbone_kwargs": opts.backbone_kwargs, "img_size": opts.img_size,
                 "epochs": opts.epochs, "lr": opts.lr, "warmup_epochs": opts.warmup_epochs,
-                "batch_size": opts.batch_size, "seed": opts.seed}
+                "batch_size": opts.batch_size, "amp": opts.amp_dtype if opts.amp else None, "seed": opts.seed}
 
 
 def options_record(opts: TrainOptions) -> dict[str, Any]:
