@@ -87,6 +87,11 @@ def exit_head_gflops(model: DynamicViT) -> list[float]:
     return [head_macs(head, tokens) / 1e9 for head in model.heads]
 
 
+def early_heads_gflops(model: DynamicViT) -> float:
+    """GFLOPs of every exit head but the last: what a request that cannot leave early skips."""
+    return sum(exit_head_gflops(model)[:-1])
+
+
 def deployed_cumulative_gflops(model: DynamicViT) -> list[float]:
     """Cumulative GFLOPs per exit of the model as exported: mergeable PETL layers folded in."""
     merged = copy.deepcopy(model)

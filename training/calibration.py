@@ -1,7 +1,9 @@
 """Calibration: from per-exit logits on the validation split to thresholds, modes and budgets.
 
 Dynamic inference (SPEC §3): an image leaves at the first exit whose confidence (max softmax
-probability) reaches the threshold; the last exit always answers; threshold >= 1 runs to the end.
+probability) reaches the threshold; the last exit always answers; threshold >= 1 runs to the end,
+and then without the early exit heads (the served segments skip a head no image can use), so that
+row costs the early heads' FLOPs less than the last exit's cumulative cost.
 Sweeping the threshold traces accuracy against mean FLOPs; the named modes (SPEC §5) and the
 FLOPs budgets of the service's ``budget`` knob are read off that table. Pure numpy.
 
@@ -47,25 +49,27 @@ def exit_indices(confidence: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def simulate(confidence: np.ndarray, predicted: np.ndarray, targets: np.ndarray,
-             cumulative_gflops: Sequence[float], threshold: float) -> dict[str, Any]:
+             cumulative_gflops: Sequence[float], threshold: float, early_heads_gflops: float = 0.0) -> dict[str, Any]:
     """One row of the table at ``threshold``: accuracy, its pessimistic score, mean GFLOPs and exit
-    fractions. ``confidence`` and ``predicted`` are [K, N], ``targets`` [N]."""
+    fractions. ``confidence`` and ``predicted`` are [K, N], ``targets`` [N]; ``early_heads_gflops``:
+    the exit heads before the last, which threshold 1 skips."""
     k, n = confidence.shape
     exits = exit_indices(confidence, threshold)
     answers = predicted[exits, np.arange(n)]
     accuracy = float((answers == targets).mean())
     differ = int((answers != predicted[-1]).sum())
     cum = np.asarray(cumulative_gflops, dtype=np.float64)
-    gflops = float(cum[exits].mean())
+    gflops = float(cum[exits].mean()) - (early_heads_gflops if threshold >= 1.0 else 0.0)
     return {"threshold": float(threshold), "accuracy": accuracy, "score": accuracy - MARGIN_Z * differ ** 0.5 / n,
             "disagreement": differ / n, "gflops": gflops, "flops_fraction": gflops / float(cum[-1]),
             "exit_fractions": (np.bincount(exits, minlength=k) / n).tolist()}
 
 
 def sweep(logits: np.ndarray, targets: np.ndarray, cumulative_gflops: Sequence[float],
-          thresholds: Sequence[float] = THRESHOLD_GRID) -> list[dict[str, Any]]:
+          thresholds: Sequence[float] = THRESHOLD_GRID, early_heads_gflops: float = 0.0) -> list[dict[str, Any]]:
     confidence, predicted = softmax_confidence(np.asarray(logits, dtype=np.float64))
-    return [simulate(confidence, predicted, np.asarray(targets), cumulative_gflops, t) for t in thresholds]
+    return [simulate(confidence, predicted, np.asarray(targets), cumulative_gflops, t, early_heads_gflops)
+            for t in thresholds]
 
 
 def best_under(table: list[dict[str, Any]], budget: float) -> dict[str, Any]:
@@ -109,10 +113,11 @@ def budget_curve(table: list[dict[str, Any]]) -> list[dict[str, float]]:
     return out
 
 
-def calibrate(logits: Any, targets: Any, cumulative_gflops: Sequence[float]) -> dict[str, Any]:
+def calibrate(logits: Any, targets: Any, cumulative_gflops: Sequence[float],
+              early_heads_gflops: float = 0.0) -> dict[str, Any]:
     """The manifest's ``calibration`` and ``modes`` from validation logits [K, N, C]."""
     logits, targets = np.asarray(logits), np.asarray(targets)
-    table = sweep(logits, targets, cumulative_gflops)
+    table = sweep(logits, targets, cumulative_gflops, early_heads_gflops=early_heads_gflops)
     return {"calibration": {"split": "val", "num_samples": int(targets.shape[0]), "table": table,
                             "budgets": budget_curve(table)},
             "modes": choose_modes(table)}

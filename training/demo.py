@@ -3,8 +3,9 @@
 Only training's output is committed (``demo/<name>/``: config.json, checkpoint.safetensors with
 PETL and head parameters, calibration.json, metrics.jsonl). ``dynadapter demo build`` turns it into
 a model repository: fetch and convert the builtin backbone (cached), export the segments, check
-parity. A finished export records the sha256 of the checkpoint it came from, so later runs reuse it.
-The tiny fixture model (a committed model repository, no backbone to fetch) is copied beside it.
+parity. A finished export records the sha256 of the checkpoint it came from and the exporter's
+revision, so later runs reuse it until either changes. The tiny fixture model (a committed model
+repository, no backbone to fetch) is copied beside it, and copied again when the committed one changed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from training.builtin_backbones import sha256_file
-from training.export import export_run
+from training.export import EXPORTER_REVISION, export_run
 from training.run_dir import CHECKPOINT
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def build_demo_repo(out: Path, version: str = "1", fixtures: bool = True) -> Pat
 def _build(out: Path, version: str, fixtures: bool) -> None:
     for name, run in DEMO_RUNS.items():
         dest = out / name / version
-        source = {"run": str(run), "checkpoint_sha256": sha256_file(run / CHECKPOINT)}
+        source = {"run": str(run), "checkpoint_sha256": sha256_file(run / CHECKPOINT), "exporter": EXPORTER_REVISION}
         if _is_current(dest, source):
             log.info("%s is up to date", dest)
             continue
@@ -54,8 +55,17 @@ def _build(out: Path, version: str, fixtures: bool) -> None:
         export_run(run, out, name=name, version=version)
         (dest / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     for fixture in FIXTURE_REPO.iterdir() if fixtures else ():
-        if fixture.is_dir() and not (out / fixture.name).exists():
+        if fixture.is_dir() and not _same_tree(fixture, out / fixture.name):
+            shutil.rmtree(out / fixture.name, ignore_errors=True)
             shutil.copytree(fixture, out / fixture.name)
+
+
+def _same_tree(committed: Path, copy: Path) -> bool:
+    """The copy has every manifest of the committed fixture, byte for byte (a manifest holds the
+    sha256 of each of its segments, which the server checks at load)."""
+    manifests = list(committed.glob("*/manifest.json"))
+    return all((copy / m.relative_to(committed)).is_file()
+               and (copy / m.relative_to(committed)).read_bytes() == m.read_bytes() for m in manifests)
 
 
 def _is_current(dest: Path, source: dict) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from models.dynamic_vit import DynamicViT
-from models.flops import deployed_cumulative_gflops
+from models.flops import deployed_cumulative_gflops, early_heads_gflops
 from training.calibration import calibrate, sweep
 from training.data import load_raw, to_tensors
 from training.plots import plot_accuracy_vs_gflops
@@ -54,13 +54,13 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     logits, targets = split_logits(run, data, split)
-    cum = deployed_cumulative_gflops(run.model)
+    cum, heads = deployed_cumulative_gflops(run.model), early_heads_gflops(run.model)
     calibrated = json.loads((run_dir / CALIBRATION).read_text())["modes"] if (run_dir / CALIBRATION).is_file() else {}
     modes = dict(zip(calibrated, sweep(logits.numpy(), targets.numpy(), cum,
-                                        [m["threshold"] for m in calibrated.values()]), strict=True))
+                                        [m["threshold"] for m in calibrated.values()], heads), strict=True))
     report = {"split": split, "num_samples": len(targets), "exits": run.model.config.exits,
               "cumulative_gflops": cum, "exit_accuracy": exit_accuracies(logits, targets),
-              "sweep": sweep(logits.numpy(), targets.numpy(), cum), "modes": modes,
+              "sweep": sweep(logits.numpy(), targets.numpy(), cum, early_heads_gflops=heads), "modes": modes,
               "baselines": {str(b): baseline_point(Path(b), data or run.config["data"], split) for b in baselines}}
     (run_dir / f"eval_{split}.json").write_text(json.dumps(report, indent=2))
     plot_accuracy_vs_gflops(report["sweep"], list(zip(cum, report["exit_accuracy"], strict=True)), modes,
@@ -86,6 +86,6 @@ def recalibrate_run(run_dir: Path) -> dict[str, Any]:
     """Calibrate a trained run again on its validation split (e.g. after the mode rules changed)."""
     run = load_run(run_dir)
     logits, targets = split_logits(run, None, "val")
-    result = calibrate(logits, targets, deployed_cumulative_gflops(run.model))
+    result = calibrate(logits, targets, deployed_cumulative_gflops(run.model), early_heads_gflops(run.model))
     (Path(run_dir) / CALIBRATION).write_text(json.dumps(result, indent=2))
     return result

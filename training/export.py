@@ -35,6 +35,9 @@ from training.run_dir import CALIBRATION, load_run
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+#: Bumped when the exported graphs change for the same checkpoint (2: gated exit heads), so that
+#: cached exports (``dynadapter demo build``) are redone.
+EXPORTER_REVISION = 2
 OPSET = 18
 PARITY_BATCH_SIZES = (1, 5)
 PARITY_TOLERANCE = 1e-4

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from models.balanced_heads import parse_head_spec
 from models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
-from models.flops import deployed_cumulative_gflops
+from models.flops import deployed_cumulative_gflops, early_heads_gflops
 from training import distributed
 from training import run_dir as rd
 from training.adaptive_prioritization import AdaptivePrioritization
@@ -125,7 +125,8 @@ def train(opts: TrainOptions) -> Path:
     if world.is_main:
         rd.save_checkpoint(out, model)
         if len(val_split.targets):
-            cal = calibrate(exit_logits(model, val_split.images), val_split.targets, deployed_cumulative_gflops(model))
+            cal = calibrate(exit_logits(model, val_split.images), val_split.targets,
+                            deployed_cumulative_gflops(model), early_heads_gflops(model))
             (out / rd.CALIBRATION).write_text(json.dumps(cal, indent=2))
     distributed.shutdown(world)
     return out

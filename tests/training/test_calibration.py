@@ -35,6 +35,16 @@ def test_simulate_counts_accuracy_score_flops_and_fractions() -> None:
     assert full["score"] == full["accuracy"] == 1.0 and full["disagreement"] == 0.0
 
 
+def test_threshold_one_costs_the_last_exit_less_the_skipped_early_heads() -> None:
+    conf = np.array([[0.9, 0.2], [0.9, 0.9], [0.1, 0.1], [0.5, 0.5]])
+    predicted = np.ones((4, 2), dtype=int)
+    near_one = simulate(conf, predicted, np.array([1, 1]), CUM, 0.999999, early_heads_gflops=0.3)
+    full = simulate(conf, predicted, np.array([1, 1]), CUM, 1.0, early_heads_gflops=0.3)
+    assert near_one["exit_fractions"] == full["exit_fractions"] == [0.0, 0.0, 0.0, 1.0]
+    assert near_one["gflops"] == pytest.approx(4.0)  # the heads run: an image could have left
+    assert full["gflops"] == pytest.approx(3.7) and full["flops_fraction"] == pytest.approx(3.7 / 4.0)
+
+
 def test_modes_follow_their_definitions() -> None:
     rng = np.random.default_rng(0)
     n = 400

@@ -33,6 +33,23 @@ def test_a_second_build_reuses_the_export(built: Path, monkeypatch: pytest.Monke
     demo.build_demo_repo(built)
 
 
+def test_an_export_by_an_older_exporter_is_redone(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = built / "mnist" / "1" / demo.SOURCE_FILE
+    source.write_text(json.dumps({**json.loads(source.read_text()), "exporter": demo.EXPORTER_REVISION - 1}))
+    exported = []
+    monkeypatch.setattr(demo, "export_run", lambda run, out, name, version: exported.append(name))
+    demo.build_demo_repo(built)
+    assert exported == ["mnist"]
+    assert json.loads(source.read_text())["exporter"] == demo.EXPORTER_REVISION
+
+
+def test_a_stale_copy_of_the_fixture_is_replaced(built: Path) -> None:
+    copy = built / "digits-tiny" / "1" / "manifest.json"
+    copy.write_text("{}")
+    demo.build_demo_repo(built)
+    assert copy.read_bytes() == (demo.FIXTURE_REPO / "digits-tiny" / "1" / "manifest.json").read_bytes()
+
+
 def test_committed_calibration_meets_the_demo_promise() -> None:
     """At `balanced`, at least a third of the validation images leave early, within 1 point of the last exit."""
     for run in demo.DEMO_RUNS.values():
