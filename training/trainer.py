@@ -117,7 +117,7 @@ def train(opts: TrainOptions) -> Path:
     if world.is_main:
         config = {"data": opts.data, "labels": raw.labels, "preprocessing": pre.to_manifest(),
                   "backbone": asdict(spec), "model": model.config.to_dict(), "train": _jsonable(opts),
-                  "world_size": world.size}
+                  "world_size": world.size, "device": str(device)}
         rd.write_config(out, config)
         (out / rd.METRICS).unlink(missing_ok=True)
     model.to(device)

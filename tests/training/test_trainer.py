@@ -19,7 +19,7 @@ def run(tmp_path_factory):
 def test_run_directory_has_what_spec_section_4_lists(run) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["backbone"]["img_size"] == 16 and config["model"]["exits"] == [1, 2, 3, 4]
-    assert config["labels"] == [str(i) for i in range(10)]
+    assert config["labels"] == [str(i) for i in range(10)] and config["device"] == "cpu"
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2] and all(len(m["val_acc"]) == 4 for m in metrics)
     keys = load_file(str(run / "checkpoint.safetensors")).keys()
