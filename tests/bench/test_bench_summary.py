@@ -18,9 +18,10 @@ def static(acc: float) -> dict:
     return {"acc": acc, "gflops": 1.0, "seconds": 10.0}
 
 
-def dyn(balanced_acc: float, balanced_gflops: float) -> dict:
+def dyn(balanced_acc: float, balanced_gflops: float, best_at_half: float = 0.5) -> dict:
     modes = {"fast": (balanced_acc - 0.1, 0.3), "balanced": (balanced_acc, balanced_gflops), "accurate": (0.9, 0.8)}
-    return {"acc": 0.9, "seconds": 20.0, "sweep": [[0.3, 0.5], [1.1, 0.9]],
+    return {"acc": 0.9, "seconds": 20.0, "reference_gflops": 1.0, "exit_accuracy": [0.6, 0.9],
+            "sweep": [[0.3, 0.5], [0.5, best_at_half], [0.51, 0.99], [1.1, 0.9]],
             "modes": {m: {"acc": a, "gflops": g, "saved": 1.0 - g} for m, (a, g) in modes.items()}}
 
 
@@ -29,7 +30,7 @@ def results() -> dict:
     lookup = {
         ("a", "adapter", "static"): static(0.90), ("a", "adapter", "dyn"): dyn(0.899, 0.40),
         ("b", "adapter", "static"): static(0.70), ("b", "adapter", "dyn"): dyn(0.699, 0.50),
-        ("a", "lora", "static"): static(0.90), ("a", "lora", "dyn"): dyn(0.85, 0.60),
+        ("a", "lora", "static"): static(0.90), ("a", "lora", "dyn"): dyn(0.85, 0.60, best_at_half=0.86),
         ("b", "lora", "static"): static(0.80), ("b", "lora", "dyn"): None,
         ("a", "adapter", "linear-heads"): dyn(0.80, 0.45), ("b", "adapter", "linear-heads"): None,
     }
@@ -47,6 +48,18 @@ def test_suite_means_and_the_target(results: dict) -> None:
     # lora: only task "a" has both cells; 40% saved and 5 points lost there.
     assert lora["tasks"] == 1 and not lora["complete"] and lora["met"] is False
     assert lora["saved_short"] == pytest.approx(0.10) and lora["acc_short"] == pytest.approx(0.045)
+    # The best threshold saving 50% (0.5 GFLOPs of 1.0, not the 0.51 one) is 4 points short too.
+    assert lora["best_at_target"] == pytest.approx(0.86)
+    assert lora["why"].startswith("the exits are not accurate enough: even the best threshold")
+    assert "reaches only 86.0% (-4.00 points against static); accuracy per exit alone: 60.0 / 90.0%" in lora["why"]
+
+
+def test_a_miss_the_model_could_meet_blames_the_calibration() -> None:
+    lookup = {("a", "adapter", "static"): static(0.90), ("a", "adapter", "dyn"): dyn(0.80, 0.45, best_at_half=0.91)}
+    (target,) = sections(lookup, ["a"], ["adapter"], {}, "adapter", CONFIG)["target"]
+    assert target["met"] is False and target["best_at_target"] == pytest.approx(0.91)
+    assert target["why"].startswith("the model can: the best threshold on the test split saving 50% reaches 91.0%")
+    assert "gives 80.0%, 11.00 points below that best" in target["why"]
 
 
 def test_missing_cells_and_ablation_are_marked(results: dict) -> None:
@@ -60,7 +73,8 @@ def test_missing_cells_and_ablation_are_marked(results: dict) -> None:
 
 def test_markdown_states_the_verdict(results: dict) -> None:
     page = render_markdown(results)
-    assert "| adapter | 80.0 | 79.9 | -0.10 | 55.0% | **met** |" in page
+    assert "| adapter | 80.0 | 79.9 | -0.10 | 55.0% | 50.0 | **met** |" in page
+    assert "Why lora misses: the exits are not accurate enough" in page and "Why adapter" not in page
     assert ("missed: saves 10.0 points of FLOPs too few; accuracy 4.50 points below the 0.5-point margin "
             "(provisional: 1 of 2 tasks)") in page
     assert "| lora | 80.0 | 1 | missing | missing | missing |" in page and "`b/lora-dyn`" in page
