@@ -618,8 +618,9 @@ def _setup_text(section: dict[str, Any]) -> str:
     load = m["load_average_1m"]
     return (
         f"`dynadapter bench serve`, {section['created_utc']}: model `{model['name']}` ({model['exits']} exits; "
-        f"{model['gflops_full']:.3f} GFLOPs at full depth with every early head, {model['static_gflops']:.3f} as one "
-        f"static graph and at threshold 1, where the segments skip their early heads); {images['count']} test images of `{images['data']}` sent as PNG uploads. "
+        f"{model['gflops_full']:.3f} GFLOPs at full depth with every early head, {model['static_gflops']:.3f} as "
+        "one static graph and at threshold 1, where the segments skip their early heads); "
+        f"{images['count']} test images of `{images['data']}` sent as PNG uploads. "
         f"{m['cpu_count']} CPU cores ({m['processor']}), providers `{m['providers']}`, 1-minute load average "
         f"{load['start']:.1f} at the start and {load['end']:.1f} at the end. Every server: at most "
         f"{s['max_batch_size']} images a batch, at most {s['max_wait_ms']:g} ms of waiting for one, {s['threads']} "
