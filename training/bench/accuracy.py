@@ -23,8 +23,8 @@ METHODS = ("adapter", "none", "lora", "repadapter")
 #: Eight epochs per cell with bfloat16 autocast (``--amp``), so that the suite (52 cells with
 #: --ablation) fits about 2 h on the 2-core CPU machine at 112 px. There, on a CPU with AVX512-BF16,
 #: a training step of Dyn-Adapter at batch 32 took 0.46 s with autocast against 1.27 s in float32
-#: (2.7x), and an epoch of 800 images about 12 s; calibration and the test split (float32) take
-#: 20-30 s a cell. The paper trains 100 epochs; the demo model, 10.
+#: (2.7x). The whole suite took 104 min there (a cell: 105 s static, 126 s Dyn-Adapter on average,
+#: calibration and the float32 test evaluation included). The paper trains 100 epochs; the demo, 10.
 DEFAULT_EPOCHS = 8
 #: ``dynadapter train``'s own recipe (batch 32, AdamW lr 1e-3, one epoch of warm-up): the suite
 #: measures what a user gets from the defaults.
