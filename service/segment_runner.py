@@ -242,16 +242,16 @@ class SegmentRunner:
         skipped: tuple[int, ...] = ()  # exits whose gated head did not run (the same for every image alive)
         x: np.ndarray | ort.OrtValue = np.ascontiguousarray(images, dtype=np.float32)
         for k, segment in enumerate(self._segments):
-            last = k == self.num_exits - 1
-            need_logits = last or bool((per_exit[alive, k] < 1.0).any())
+            may_leave = self._may_leave(k, per_exit[alive])
+            need_logits = bool(may_leave.any())
             start = perf_counter()
             hidden, logits = self._io.run(segment, x, need_logits)
             seconds = perf_counter() - start
-            if need_logits:
-                leaving = self._leaving(k, logits, per_exit[alive])
-            else:
-                leaving = np.zeros(len(alive), dtype=bool)
+            leaving = may_leave
+            if not need_logits:
                 skipped += (k,) if segment.gated else ()
+            elif k < self.num_exits - 1:
+                leaving = may_leave & (confidence(logits) >= per_exit[alive, k])
             exits = {int(alive[row]): ExitResult(k, logits[row].copy(), skipped) for row in np.flatnonzero(leaving)}
             yield StageOutput(k, len(alive), seconds, exits)
             staying = np.flatnonzero(~leaving)
@@ -279,7 +279,8 @@ class SegmentRunner:
         for batch in sorted(set(batch_sizes)):
             images = np.zeros((batch, 3, *image_size), np.float32)
             thresholds = np.full((batch, self.num_exits - 1), np.nextafter(1.0, 0.0))
-            thresholds[0] = 0.0 if batch > 1 else thresholds[0]
+            if batch > 1:
+                thresholds[0] = 0.0
             self.run(images, thresholds)
             self.run(images, np.ones((batch, self.num_exits - 1)))
 
@@ -290,11 +291,11 @@ class SegmentRunner:
             raise ValueError(f"thresholds must be [{batch}, {self.num_exits - 1}], got {thresholds.shape}")
         return thresholds
 
-    def _leaving(self, k: int, logits: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    def _may_leave(self, k: int, thresholds: np.ndarray) -> np.ndarray:
+        """Which images may leave at exit k: all at the last; elsewhere those whose threshold is < 1."""
         if k == self.num_exits - 1:
-            return np.ones(len(logits), dtype=bool)
-        threshold = thresholds[:, k]
-        return (confidence(logits) >= threshold) & (threshold < 1.0)
+            return np.ones(len(thresholds), dtype=bool)
+        return thresholds[:, k] < 1.0
 
 
 def _open_segment(path: Path, options: ort.SessionOptions, providers: Sequence[str], last: bool) -> _Segment:

@@ -64,7 +64,8 @@ def gate_exit_head(model: onnx.ModelProto, hidden: str = "hidden", logits: str =
     gate = helper.make_node("If", [FLAG], [logits], name="exit_head_gate",
                             then_branch=then_branch, else_branch=else_branch)
 
-    kept = [node for i, node in enumerate(graph.node) if i not in set(head)]
+    head_set = set(head)
+    kept = [node for i, node in enumerate(graph.node) if i not in head_set]
     del graph.node[:]
     graph.node.extend([*kept, gate])
     graph.input.append(helper.make_tensor_value_info(FLAG, TensorProto.BOOL, []))
