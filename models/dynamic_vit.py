@@ -13,8 +13,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from models.balanced_heads import ExitHead, HeadConfig, balanced_head_configs
-from models.petl import PetlLayer, inject_petl, make_petl_config
+from dynadapter.models.balanced_heads import ExitHead, HeadConfig, balanced_head_configs
+from dynadapter.models.petl import PetlLayer, inject_petl, make_petl_config
 
 
 @dataclass

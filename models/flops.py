@@ -13,9 +13,9 @@ import copy
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from models.balanced_heads import ExitHead
-from models.dynamic_vit import DynamicViT
-from models.petl import PetlLayer, merge_all
+from dynadapter.models.balanced_heads import ExitHead
+from dynadapter.models.dynamic_vit import DynamicViT
+from dynadapter.models.petl import PetlLayer, merge_all
 
 
 def linear_macs(layer: nn.Linear, rows: int) -> int:

@@ -1,7 +1,7 @@
 """`python -m service`: serve the model repository named by the DYNADAPTER_* environment."""
 
-from service.main import serve
-from service.settings import Settings
+from dynadapter.service.main import serve
+from dynadapter.service.settings import Settings
 
 if __name__ == "__main__":
     serve(Settings())

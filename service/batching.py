@@ -18,7 +18,7 @@ from time import perf_counter
 
 import numpy as np
 
-from service.segment_runner import ExitResult, SegmentRunner, StageOutput
+from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.engine import Engine
-from service.errors import not_ready, unauthorized
-from service.metrics import ServiceMetrics
-from service.settings import Settings
+from dynadapter.service.engine import Engine
+from dynadapter.service.errors import not_ready, unauthorized
+from dynadapter.service.metrics import ServiceMetrics
+from dynadapter.service.settings import Settings
 
 
 @dataclass

@@ -1,20 +1,20 @@
 """The model being served: a verified model version, its segment sessions and its micro-batcher.
 
 The hooks LitServe would name setup (`load`, `warm_up`), decode (`prepare`) and predict
-(`classify`) live here; HTTP concerns stay in `service.routes`.
+(`classify`) live here; HTTP concerns stay in `dynadapter.service.routes`.
 """
 
 import logging
 
 import numpy as np
 
-from service.batching import MicroBatcher
-from service.exit_policy import ExitPolicy, resolve_policy
-from service.metrics import ServiceMetrics
-from service.model_repository import Manifest, ModelVersion, load_model
-from service.preprocess import decode_image, preprocess
-from service.segment_runner import ExitResult, SegmentRunner, StageOutput, select_providers
-from service.settings import Settings
+from dynadapter.contract.images import decode_image, preprocess
+from dynadapter.contract.model_repository import Manifest, ModelVersion, load_model
+from dynadapter.service.batching import MicroBatcher
+from dynadapter.service.exit_policy import ExitPolicy, resolve_policy
+from dynadapter.service.metrics import ServiceMetrics
+from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput, select_providers
+from dynadapter.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 

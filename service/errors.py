@@ -1,6 +1,6 @@
 """The JSON error format `{"error": {"code", "message"}}` and the handlers that map every failure to it.
 
-Every error a client can cause is an `ApiError` (or a decoder error from `service.preprocess`, or a
+Every error a client can cause is an `ApiError` (or a decoder error from `dynadapter.contract.images`, or a
 request validation error from FastAPI); anything else is a bug and answers a JSON 500 "internal".
 """
 
@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.preprocess import ImageDecodeError, ImageTooLargeError
+from dynadapter.contract.images import ImageDecodeError, ImageTooLargeError
 
 logger = logging.getLogger(__name__)
 

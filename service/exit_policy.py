@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.model_repository import Manifest, ThresholdChoice
+from dynadapter.contract.model_repository import Manifest, ThresholdChoice
 
 DEFAULT_MODE = "balanced"
 

@@ -12,16 +12,16 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from service.deps import ServiceState
-from service.engine import Engine
-from service.errors import install_error_handlers
-from service.metrics import ServiceMetrics
-from service.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
-from service.model_repository import ModelLoadError, load_model
-from service.preprocess import pil_pixel_limit
-from service.routes import classify, health, metrics, models
-from service.segment_runner import select_providers
-from service.settings import Settings
+from dynadapter.contract.images import pil_pixel_limit
+from dynadapter.contract.model_repository import ModelLoadError, load_model
+from dynadapter.service.deps import ServiceState
+from dynadapter.service.engine import Engine
+from dynadapter.service.errors import install_error_handlers
+from dynadapter.service.metrics import ServiceMetrics
+from dynadapter.service.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from dynadapter.service.routes import classify, health, metrics, models
+from dynadapter.service.segment_runner import select_providers
+from dynadapter.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 

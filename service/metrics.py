@@ -8,8 +8,8 @@ full depth (every head included) minus used; so
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from service.model_repository import Manifest
-from service.segment_runner import StageOutput
+from dynadapter.contract.model_repository import Manifest
+from dynadapter.service.segment_runner import StageOutput
 
 GIGA = 1e9
 

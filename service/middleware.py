@@ -9,8 +9,8 @@ from time import perf_counter
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response, payload_too_large
-from service.metrics import ServiceMetrics
+from dynadapter.service.errors import error_response, payload_too_large
+from dynadapter.service.metrics import ServiceMetrics
 
 
 class BodySizeLimitMiddleware:

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from service.model_repository import HEAD_GATE_INPUT, ModelLoadError
+from dynadapter.contract.model_repository import HEAD_GATE_INPUT, ModelLoadError
 
 logger = logging.getLogger(__name__)
 

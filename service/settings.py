@@ -1,27 +1,24 @@
 """Service configuration: one `BaseSettings`, read from `DYNADAPTER_*` environment variables or CLI flags.
 
-Every field carries its description; `add_settings_arguments` turns each into a `--kebab-case` flag
-so that `dynadapter serve` offers every setting without listing them again. docs/configuration.md
-is the table of them all (a test keeps it in step with this file).
+Every field carries its description; `add_settings_arguments` turns each into a `--kebab-case`
+flag (dynadapter/options.py), so that `dynadapter serve` offers every setting without listing them
+again. docs/configuration.md is the table of them all (a test keeps it in step with this file).
 """
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
-from pydantic.fields import FieldInfo
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from dynadapter import options
+from dynadapter.options import comma_separated, default_text, flag_name
+
+__all__ = ["Settings", "add_settings_arguments", "default_text", "env_name", "flag_name", "settings_from_args"]
 
 MiB = 1024 * 1024
 ENV_PREFIX = "DYNADAPTER_"
-
-
-def _comma_separated(value: object) -> object:
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
 
 
 def _lower(value: object) -> object:
@@ -76,7 +73,7 @@ class Settings(BaseSettings):
     shutdown_timeout_s: int = Field(
         30, ge=0, description="On SIGTERM/SIGINT, how long requests in flight may take to finish, in seconds."
     )
-    api_keys: Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)] = Field(
+    api_keys: Annotated[list[str], NoDecode, BeforeValidator(comma_separated)] = Field(
         [],
         description="Comma-separated API keys for Authorization: Bearer <key> on /classify and /v1/models; "
         "empty: no authentication.",
@@ -90,47 +87,12 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def flag_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-def default_text(field: FieldInfo) -> str:
-    return "unset" if field.default in (None, []) else str(field.default)
-
-
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one `--kebab-case` flag per setting; a flag left out leaves the env var or default in force."""
-    for name, field in Settings.model_fields.items():
-        parser.add_argument(
-            flag_name(name),
-            dest=name,
-            type=_flag_parser(field),
-            default=argparse.SUPPRESS,  # absent from the namespace, so settings_from_args skips it
-            metavar=_metavar(name, field),
-            help=f"{field.description} [env {env_name(name)}, default {default_text(field)}]".replace("%", "%%"),
-        )
+    options.add_arguments(parser, Settings,
+                          lambda name, field: f"[env {env_name(name)}, default {default_text(field)}]")
 
 
 def settings_from_args(namespace: argparse.Namespace) -> Settings:
     """Settings from the flags given on the command line, then the environment, then the defaults."""
-    given = {name: getattr(namespace, name) for name in Settings.model_fields if hasattr(namespace, name)}
-    return Settings(**given)
-
-
-def _flag_parser(field: FieldInfo) -> Callable[[str], Any]:
-    """Validate a flag's text as the field would, so that argparse names the flag in its error."""
-    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[field.annotation, field])
-
-    def parse(text: str) -> Any:
-        try:
-            return adapter.validate_python(text)
-        except ValidationError as err:
-            raise argparse.ArgumentTypeError(err.errors()[0]["msg"]) from None
-
-    return parse
-
-
-def _metavar(name: str, field: FieldInfo) -> str:
-    if get_origin(field.annotation) is Literal:
-        return "{" + ",".join(get_args(field.annotation)) + "}"
-    return name.upper()
+    return options.from_args(Settings, namespace)

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from dynadapter.export.exporter import export_run
+from dynadapter.training.data import load_raw
 from tests.tiny import train_tiny_run
-from training.data import load_raw
-from training.export import export_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def server(tmp_path_factory) -> Iterator[str]:
     export_run(run, root / "repo", name="demo", version="1")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DYNADAPTER_")}
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--model-repo", str(root / "repo"),
+    proc = subprocess.Popen([sys.executable, "-m", "dynadapter", "serve", "--model-repo", str(root / "repo"),
                              "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"

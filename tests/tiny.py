@@ -6,7 +6,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from models.dynamic_vit import DynamicViT, DynamicViTConfig
+from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig
 
 
 def tiny_vit(img_size: int = 32, depth: int = 4, width: int = 32, seed: int = 0) -> VisionTransformer:
@@ -38,7 +38,7 @@ TINY_BACKBONE = {"depth": 4, "embed_dim": 32, "num_heads": 2, "patch_size": 4, "
 
 def train_tiny_run(out, petl: str = "adapter", epochs: int = 1, **overrides):
     """A real run directory from `dynadapter train`'s code path, on builtin:digits, in seconds."""
-    from training.trainer import TrainOptions, train
+    from dynadapter.training.trainer import TrainOptions, train
 
     opts = TrainOptions(data="builtin:digits", out=out, backbone="vit_tiny_patch16_224",
                         backbone_kwargs=TINY_BACKBONE, petl=petl, exits=[1, 2, 3, 4], img_size=16,

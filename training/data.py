@@ -18,27 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.preprocess import preprocess
+from dynadapter.contract import Preprocessing
+from dynadapter.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Preprocessing:
-    """What the manifest records and the service repeats (SPEC §5)."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        return preprocess(image, (self.size, self.size), self.mean, self.std, self.interpolation)
-
-    def to_manifest(self) -> dict:
-        return {"size": [self.size, self.size], "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "color": "RGB"}
 
 
 @dataclass
@@ -93,7 +77,7 @@ def stratified_indices(targets: np.ndarray, sizes: dict[str, int], seed: int) ->
     """Disjoint, class-stratified index sets of the given sizes, one per split (VTAB-1k: 800 / 200)."""
     bounds = np.cumsum([0, *(sizes[name] for name in SPLITS)])
     if bounds[-1] > len(targets):
-        raise ValueError(f"splits of {sizes} need {bounds[-1]} images, the data set has {len(targets)}")
+        raise DataError(f"splits of {sizes} need {bounds[-1]} images, the data set has {len(targets)}")
     order = stratified_order(targets, seed)
     return {name: order[a:b] for name, a, b in zip(SPLITS, bounds[:-1], bounds[1:], strict=True)}
 
@@ -102,7 +86,7 @@ def _package_dir(package: str, dataset: str) -> Path:
     """Where an installed package that ships a data set's files lives (no download, no network)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"builtin:{dataset} needs the '{package}' package "
+        raise DataError(f"builtin:{dataset} needs the '{package}' package "
                            f"(pip install {package.replace('_', '-')}, or the project's 'train' extra)")
     return Path(spec.submodule_search_locations[0])
 
@@ -173,7 +157,7 @@ BUILTIN_DATASETS: dict[str, Callable[[int], RawDataset]] = {
 def _image_folder(root: Path) -> RawDataset:
     """``root/<split>/<class>/*.png|jpg``; classes are the union of the split folders' names."""
     if not (root / "train").is_dir():
-        raise FileNotFoundError(f"{root} has no train/ folder (expected DATA/train/<class>/*.png)")
+        raise DataError(f"{root} has no train/ folder (expected DATA/train/<class>/*.png)")
     labels = sorted({p.name for s in SPLITS if (root / s).is_dir() for p in (root / s).iterdir() if p.is_dir()})
     splits = {}
     for name in SPLITS:
@@ -188,12 +172,12 @@ def load_raw(data: str, seed: int = 0) -> RawDataset:
     if data.startswith("builtin:"):
         name = data.removeprefix("builtin:")
         if name not in BUILTIN_DATASETS:
-            raise ValueError(f"unknown builtin data set {name!r}; choose from {sorted(BUILTIN_DATASETS)}")
+            raise DataError(f"unknown builtin data set {name!r}; choose from {sorted(BUILTIN_DATASETS)}")
         return BUILTIN_DATASETS[name](seed)
     return _image_folder(Path(data))
 
 
 def to_tensors(raw: RawSplit, transform: Preprocessing) -> Split:
     images = np.stack([transform(Image.fromarray(p)) for p in raw.pixels]) if raw.pixels else \
-        np.zeros((0, 3, transform.size, transform.size), np.float32)
+        np.zeros((0, 3, *transform.size), np.float32)
     return Split(torch.from_numpy(images), torch.from_numpy(np.asarray(raw.targets, dtype=np.int64)))

@@ -1,6 +1,6 @@
 """Data-parallel training with the engine users already have: ``torchrun`` + DistributedDataParallel.
 
-``torchrun --nproc-per-node N -m training.cli train ...`` runs N processes; each takes every N-th
+``torchrun --nproc-per-node N -m dynadapter.cli train ...`` runs N processes; each takes every N-th
 image of the same global batch (same seed, same shuffling on every rank), DDP averages the
 gradients, so N processes follow the single-process run on the same global batch. Rank 0 alone
 writes the run directory.
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from dynadapter.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,9 @@ def resolve_device(name: str) -> torch.device:
         name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
     return device
 
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models.dynamic_vit import DynamicViT
-from models.flops import deployed_cumulative_gflops, early_heads_gflops
-from training.calibration import calibrate, sweep
-from training.data import load_raw, to_tensors
-from training.plots import plot_accuracy_vs_gflops
-from training.run_dir import CALIBRATION, Run, load_run
+from dynadapter.errors import DataError
+from dynadapter.models.dynamic_vit import DynamicViT
+from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
+from dynadapter.training import run_dir as rd
+from dynadapter.training.calibration import calibrate, sweep
+from dynadapter.training.data import load_raw, to_tensors
+from dynadapter.training.plots import plot_accuracy_vs_gflops
+from dynadapter.training.run_dir import Run, load_run
 
 REPORT_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -39,7 +40,7 @@ def split_logits(run: Run, data: str | None, split: str) -> tuple[torch.Tensor, 
     data = data or run.config["data"]
     raw = load_raw(data, run.config["train"]["seed"]).splits[split]
     if len(raw.targets) == 0:
-        raise ValueError(f"the {split} split of {data} is empty")
+        raise DataError(f"the {split} split of {data} is empty")
     tensors = to_tensors(raw, run.preprocessing)
     return exit_logits(run.model, tensors.images), tensors.targets
 
@@ -55,14 +56,14 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
     run = load_run(run_dir)
     logits, targets = split_logits(run, data, split)
     cum, heads = deployed_cumulative_gflops(run.model), early_heads_gflops(run.model)
-    calibrated = json.loads((run_dir / CALIBRATION).read_text())["modes"] if (run_dir / CALIBRATION).is_file() else {}
+    calibrated = rd.read_calibration(run_dir)["modes"] if rd.has_calibration(run_dir) else {}
     modes = dict(zip(calibrated, sweep(logits.numpy(), targets.numpy(), cum,
                                         [m["threshold"] for m in calibrated.values()], heads), strict=True))
     report = {"split": split, "num_samples": len(targets), "exits": run.model.config.exits,
               "cumulative_gflops": cum, "exit_accuracy": exit_accuracies(logits, targets),
               "sweep": sweep(logits.numpy(), targets.numpy(), cum, early_heads_gflops=heads), "modes": modes,
               "baselines": {str(b): baseline_point(Path(b), data or run.config["data"], split) for b in baselines}}
-    (run_dir / f"eval_{split}.json").write_text(json.dumps(report, indent=2))
+    rd.write_report(run_dir, f"eval_{split}", report)
     plot_accuracy_vs_gflops(report["sweep"], list(zip(cum, report["exit_accuracy"], strict=True)), modes,
                             {_baseline_label(Path(b)): tuple(p.values()) for b, p in report["baselines"].items()},
                             run_dir / f"eval_{split}.png", f"{run.config['data']} ({split}, {len(targets)} images)")
@@ -77,7 +78,7 @@ def baseline_point(run_dir: Path, data: str, split: str) -> dict[str, float]:
 
 
 def _baseline_label(run_dir: Path) -> str:
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = rd.read_config(run_dir)
     kind = "static" if len(cfg["model"]["exits"]) == 1 else "dynamic"
     return f"{cfg['model']['petl']} {kind} ({run_dir.name})"
 
@@ -87,5 +88,5 @@ def recalibrate_run(run_dir: Path) -> dict[str, Any]:
     run = load_run(run_dir)
     logits, targets = split_logits(run, None, "val")
     result = calibrate(logits, targets, deployed_cumulative_gflops(run.model), early_heads_gflops(run.model))
-    (Path(run_dir) / CALIBRATION).write_text(json.dumps(result, indent=2))
+    rd.write_calibration(run_dir, result)
     return result

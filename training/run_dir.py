@@ -1,6 +1,7 @@
-"""The run directory (SPEC §4): config.json, checkpoint.safetensors, metrics.jsonl, calibration.json.
+"""The run directory: config.json, checkpoint.safetensors, metrics.jsonl, calibration.json.
 
-``config.json`` holds everything needed to rebuild the model around its frozen backbone; the
+This module is the only one that reads or writes those files (README "Command line" describes
+them). ``config.json`` holds everything needed to rebuild the model around its frozen backbone; the
 checkpoint holds only what training changed (PETL and head parameters). No pickle: JSON and
 safetensors only.
 """
@@ -17,9 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from models.dynamic_vit import DynamicViT, DynamicViTConfig
-from training.builtin_backbones import create_backbone, load_timm_weights
-from training.data import Preprocessing
+from dynadapter.contract import Preprocessing
+from dynadapter.errors import RunDirError
+from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig
+from dynadapter.training.backbones import create_backbone, load_timm_weights
 
 CONFIG, CHECKPOINT, METRICS, CALIBRATION = "config.json", "checkpoint.safetensors", "metrics.jsonl", "calibration.json"
 RUN_FORMAT = 1
@@ -72,8 +74,35 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> None:
     (run_dir / CONFIG).write_text(json.dumps({"format": RUN_FORMAT, **config}, indent=2))
 
 
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """config.json of a run directory; RunDirError if it is missing or of another format."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (needs {CONFIG} and {CHECKPOINT})")
+    config = json.loads(path.read_text())
+    if config.get("format") != RUN_FORMAT:
+        raise RunDirError(f"{path}: unsupported run format {config.get('format')!r}")
+    return config
+
+
 def save_checkpoint(run_dir: Path, model: DynamicViT) -> None:
-    save_file(model.trainable_state_dict(), str(run_dir / CHECKPOINT))
+    write_checkpoint(run_dir, model.trainable_state_dict())
+
+
+def write_checkpoint(run_dir: Path, state: dict[str, torch.Tensor]) -> None:
+    save_file(state, str(Path(run_dir) / CHECKPOINT))
+
+
+def read_checkpoint(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint_path(run_dir)))
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT
+
+
+def reset_metrics(run_dir: Path) -> None:
+    (Path(run_dir) / METRICS).unlink(missing_ok=True)
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -81,16 +110,35 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def has_calibration(run_dir: Path) -> bool:
+    return (Path(run_dir) / CALIBRATION).is_file()
+
+
+def read_calibration(run_dir: Path) -> dict[str, Any]:
+    """calibration.json: the manifest's ``calibration`` table and ``modes``."""
+    path = Path(run_dir) / CALIBRATION
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing: train with a non-empty val split to calibrate")
+    return json.loads(path.read_text())
+
+
+def write_calibration(run_dir: Path, calibration: dict[str, Any]) -> None:
+    (Path(run_dir) / CALIBRATION).write_text(json.dumps(calibration, indent=2))
+
+
+def write_report(run_dir: Path, name: str, report: dict[str, Any]) -> Path:
+    """A JSON report beside the run's files (``eval_<split>.json``); returns its path."""
+    path = Path(run_dir) / f"{name}.json"
+    path.write_text(json.dumps(report, indent=2))
+    return path
+
+
 def load_run(run_dir: Path) -> Run:
     """Rebuild the trained model (eval mode) from a run directory."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file() or not (run_dir / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (needs {CONFIG} and {CHECKPOINT})")
-    config = json.loads((run_dir / CONFIG).read_text())
-    if config.get("format") != RUN_FORMAT:
-        raise ValueError(f"{run_dir / CONFIG}: unsupported run format {config.get('format')!r}")
+    if not checkpoint_path(run_dir).is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (needs {CONFIG} and {CHECKPOINT})")
+    config = read_config(run_dir)
     model = build_model(BackboneSpec(**config["backbone"]), DynamicViTConfig(**config["model"]))
-    model.load_trainable_state_dict(load_file(str(run_dir / CHECKPOINT)))
-    pre = config["preprocessing"]
-    return Run(model.eval(), config, config["labels"],
-               Preprocessing(pre["size"][0], tuple(pre["mean"]), tuple(pre["std"]), pre["interpolation"]))
+    model.load_trainable_state_dict(read_checkpoint(run_dir))
+    return Run(model.eval(), config, config["labels"], Preprocessing.model_validate(config["preprocessing"]))

@@ -7,27 +7,28 @@ After the last epoch the validation split is calibrated and the run directory is
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from models.balanced_heads import parse_head_spec
-from models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
-from models.flops import deployed_cumulative_gflops, early_heads_gflops
-from training import distributed
-from training import run_dir as rd
-from training.adaptive_prioritization import AdaptivePrioritization
-from training.backward_sparsity import BackwardSparsity
-from training.calibration import calibrate
-from training.data import Preprocessing, Split, load_raw, to_tensors
-from training.evaluate import exit_accuracies, exit_logits
+from dynadapter.contract import Preprocessing
+from dynadapter.errors import DataError
+from dynadapter.models.balanced_heads import parse_head_spec
+from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
+from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
+from dynadapter.training import distributed
+from dynadapter.training import run_dir as rd
+from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
+from dynadapter.training.backward_sparsity import BackwardSparsity
+from dynadapter.training.calibration import calibrate
+from dynadapter.training.data import Split, load_raw, to_tensors
+from dynadapter.training.evaluate import exit_accuracies, exit_logits
+from dynadapter.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -35,43 +36,9 @@ log = logging.getLogger(__name__)
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
-class TrainOptions:
-    """Args: see ``dynadapter train --help``; ``exits`` None = every quarter of the depth."""
-
-    data: str
-    out: Path
-    backbone: str = "builtin:dinov2-s14"
-    backbone_weights: str | None = None
-    pretrained: bool = False
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    petl: str = "adapter"
-    petl_options: dict[str, Any] = field(default_factory=dict)
-    exits: list[int] | None = None
-    heads: str = "balanced"
-    static: bool = False
-    img_size: int = 112
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    seed: int = 0
-    prioritization: AdaptivePrioritization = field(default_factory=AdaptivePrioritization)
-    forward_sparsity: ForwardSparsity = field(default_factory=ForwardSparsity)
-    backward_sparsity: BackwardSparsity = field(default_factory=BackwardSparsity)
-    device: str = "auto"
-    amp: bool = False
-    amp_dtype: str = "bfloat16"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.amp_dtype!r}")
-
-    def autocast(self, device: torch.device) -> torch.autocast:
-        """Mixed precision for the forward pass when ``amp`` is on (a no-op context otherwise)."""
-        return torch.autocast(device.type, dtype=AMP_DTYPES[self.amp_dtype], enabled=self.amp)
+def autocast(opts: TrainOptions, device: torch.device) -> torch.autocast:
+    """Mixed precision for the forward pass when ``amp`` is on (a no-op context otherwise)."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES[opts.amp_dtype], enabled=opts.amp)
 
 
 def default_exits(depth: int, stages: int = 4) -> list[int]:
@@ -92,14 +59,14 @@ def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.Backbone
     depth = len(backbone.blocks)
     exits = [depth] if opts.static else (opts.exits or default_exits(depth))
     heads = parse_head_spec(opts.heads, len(exits))
-    config = DynamicViTConfig(num_classes, exits, opts.petl, opts.petl_options, heads, opts.forward_sparsity)
+    config = DynamicViTConfig(num_classes, exits, opts.petl, opts.petl_options, heads,
+                              ForwardSparsity(shallow=opts.forward_sparsity))
     return DynamicViT(backbone, config), spec
 
 
 def preprocessing_for(model: DynamicViT, img_size: int) -> Preprocessing:
     cfg = model.backbone.pretrained_cfg or {}
-    return Preprocessing(img_size, tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                         tuple(cfg.get("std", (0.229, 0.224, 0.225))), "bicubic")
+    return Preprocessing.square(img_size, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
 
 
 def train(opts: TrainOptions) -> Path:
@@ -112,14 +79,14 @@ def train(opts: TrainOptions) -> Path:
     pre = preprocessing_for(model, opts.img_size)
     train_split, val_split = (to_tensors(raw.splits[s], pre) for s in ("train", "val"))
     if len(train_split.targets) == 0:
-        raise ValueError(f"{opts.data}: the train split is empty")
+        raise DataError(f"{opts.data}: the train split is empty")
     out = Path(opts.out)
     if world.is_main:
-        config = {"data": opts.data, "labels": raw.labels, "preprocessing": pre.to_manifest(),
-                  "backbone": asdict(spec), "model": model.config.to_dict(), "train": _jsonable(opts),
+        config = {"data": opts.data, "labels": raw.labels, "preprocessing": pre.model_dump(mode="json"),
+                  "backbone": asdict(spec), "model": model.config.to_dict(), "train": opts.record(),
                   "world_size": world.size, "device": str(device)}
         rd.write_config(out, config)
-        (out / rd.METRICS).unlink(missing_ok=True)
+        rd.reset_metrics(out)
     model.to(device)
     fit(model, train_split, val_split, opts, out, world)
     if world.is_main:
@@ -127,7 +94,7 @@ def train(opts: TrainOptions) -> Path:
         if len(val_split.targets):
             cal = calibrate(exit_logits(model, val_split.images), val_split.targets,
                             deployed_cumulative_gflops(model), early_heads_gflops(model))
-            (out / rd.CALIBRATION).write_text(json.dumps(cal, indent=2))
+            rd.write_calibration(out, cal)
     distributed.shutdown(world)
     return out
 
@@ -138,6 +105,8 @@ def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOpti
     world = world or distributed.World()
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
+    prioritization = AdaptivePrioritization(gamma=opts.loss_gamma, distill_weight=opts.distill)
+    backward_sparsity = BackwardSparsity(rate=opts.backward_sparsity)
     net = distributed.wrap(model, world, device)
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     # Loss scaling keeps float16 gradients from underflowing; with bfloat16 or float32 it is a no-op.
@@ -160,13 +129,13 @@ def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOpti
             local = world.shard(idx)
             images, targets = (t[local].to(device, non_blocking=True) for t in (train_split.images,
                                                                                  train_split.targets))
-            with opts.autocast(device):
+            with autocast(opts, device):
                 logits = net(images)
-            loss, per_exit = opts.prioritization([z.float() for z in logits], targets, step / total)
+            loss, per_exit = prioritization([z.float() for z in logits], targets, step / total)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
-            opts.backward_sparsity.apply(params, mask_gen)
+            backward_sparsity.apply(params, mask_gen)
             scaler.step(opt)
             scaler.update()
             sched.step()
@@ -179,17 +148,11 @@ def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOpti
         if world.is_main:
             record = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses),
                       "exit_loss": [sum(col) / len(col) for col in zip(*exit_losses, strict=True)],
-                      "exit_weights": opts.prioritization.weights(step / total, model.num_exits).tolist(),
+                      "exit_weights": prioritization.weights(step / total, model.num_exits).tolist(),
                       "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2)}
             if len(val_split.targets):
-                with opts.autocast(device):
+                with autocast(opts, device):
                     record["val_acc"] = exit_accuracies(exit_logits(model, val_split.images), val_split.targets)
             rd.append_metrics(out, record)
             log.info("epoch %d: %s", epoch + 1, record)
     bar.close()
-
-
-def _jsonable(opts: TrainOptions) -> dict[str, Any]:
-    d = asdict(opts)
-    d["out"] = str(opts.out)
-    return d

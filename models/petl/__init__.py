@@ -8,10 +8,10 @@ from typing import Any
 
 from torch import nn
 
-from models.petl.adapter import AdapterConfig, inject_adapter
-from models.petl.base import PetlConfig, PetlLayer, merge_all, petl_layers, unmerge_all
-from models.petl.lora import LoraConfig, inject_lora
-from models.petl.repadapter import RepAdapterConfig, inject_repadapter
+from dynadapter.models.petl.adapter import AdapterConfig, inject_adapter
+from dynadapter.models.petl.base import PetlConfig, PetlLayer, merge_all, petl_layers, unmerge_all
+from dynadapter.models.petl.lora import LoraConfig, inject_lora
+from dynadapter.models.petl.repadapter import RepAdapterConfig, inject_repadapter
 
 
 @dataclass(frozen=True)

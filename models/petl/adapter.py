@@ -15,7 +15,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from models.petl.base import PetlConfig, PetlLayer
+from dynadapter.models.petl.base import PetlConfig, PetlLayer
 
 
 @dataclass

@@ -10,19 +10,19 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from service.batching import BatcherClosedError, QueueFullError
-from service.deps import EngineDep, StateDep, require_api_key
-from service.engine import Engine
-from service.errors import (
+from dynadapter.service.batching import BatcherClosedError, QueueFullError
+from dynadapter.service.deps import EngineDep, StateDep, require_api_key
+from dynadapter.service.engine import Engine
+from dynadapter.service.errors import (
     bad_parameter,
     deadline_exceeded,
     not_ready,
     overloaded,
     unsupported_media_type,
 )
-from service.exit_policy import ExitPolicy, PolicyError
-from service.schemas import ClassifyResponse, ClassScore, ExitTaken, GFlops
-from service.segment_runner import ExitResult, softmax
+from dynadapter.service.exit_policy import ExitPolicy, PolicyError
+from dynadapter.service.schemas import ClassifyResponse, ClassScore, ExitTaken, GFlops
+from dynadapter.service.segment_runner import ExitResult, softmax
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 

@@ -2,9 +2,9 @@
 
 from fastapi import APIRouter
 
-from service.deps import StateDep
-from service.errors import not_ready
-from service.schemas import Status
+from dynadapter.service.deps import StateDep
+from dynadapter.service.errors import not_ready
+from dynadapter.service.schemas import Status
 
 router = APIRouter(tags=["health"])
 

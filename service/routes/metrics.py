@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import StateDep
+from dynadapter.service.deps import StateDep
 
 router = APIRouter(tags=["metrics"])
 

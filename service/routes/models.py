@@ -2,9 +2,9 @@
 
 from fastapi import APIRouter, Depends
 
-from service.deps import EngineDep, require_api_key
-from service.engine import Engine
-from service.schemas import ExitInfo, ModeInfo, ModelInfo, ModelList
+from dynadapter.service.deps import EngineDep, require_api_key
+from dynadapter.service.engine import Engine
+from dynadapter.service.schemas import ExitInfo, ModeInfo, ModelInfo, ModelList
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dynadapter.bench.cells import BENCH_FILE
+from dynadapter.bench.commands import add_bench, run_bench
 from tests.tiny import TINY_BACKBONE
-from training.bench import add_bench, run_bench
-from training.bench.cells import BENCH_FILE
 
 MODES = ("fast", "balanced", "accurate")
 TINY = ["--backbone", "vit_tiny_patch16_224", *[f"--backbone-arg={k}={v}" for k, v in TINY_BACKBONE.items()],
@@ -22,7 +22,7 @@ TINY = ["--backbone", "vit_tiny_patch16_224", *[f"--backbone-arg={k}={v}" for k,
 
 
 def bench(*argv: str) -> None:
-    """What ``dynadapter bench ...`` runs (training/cli.py registers add_bench / run_bench)."""
+    """What ``dynadapter bench ...`` runs (bench/commands.py registers add_bench / run_bench)."""
     parser = argparse.ArgumentParser(prog="dynadapter")
     add_bench(parser.add_subparsers(dest="command", required=True))
     run_bench(parser.parse_args(["bench", *argv]))

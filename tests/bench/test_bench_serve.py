@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from dynadapter.bench.commands import add_bench, run_bench
+from dynadapter.bench.serve import VARIANTS
 from tests.tiny import train_tiny_run
-from training.bench import add_bench, run_bench
-from training.bench.serve import VARIANTS
 
 CONCURRENCY = (1, 2)
 REQUESTS = 12
@@ -22,7 +22,7 @@ FULL_DEPTH = ("threshold-1", "static", "litserve-onnx", "litserve-torch")
 
 
 def bench(*argv: str) -> None:
-    """What ``dynadapter bench ...`` runs (training/cli.py registers add_bench / run_bench)."""
+    """What ``dynadapter bench ...`` runs (bench/commands.py registers add_bench / run_bench)."""
     parser = argparse.ArgumentParser(prog="dynadapter")
     add_bench(parser.add_subparsers(dest="command", required=True))
     run_bench(parser.parse_args(["bench", *argv]))

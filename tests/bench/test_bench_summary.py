@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.bench.results import update_results
-from training.bench.summary import render_markdown, result_table, sections
+from dynadapter.bench.results import update_results
+from dynadapter.bench.summary import render_markdown, result_table, sections
 
 CONFIG = {"backbone": "builtin:dinov2-s14", "img_size": 112, "epochs": 1, "lr": 0.005, "warmup_epochs": 0.25,
           "batch_size": 32, "seed": 0}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.metrics import ServiceMetrics
+from dynadapter.service.metrics import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "dynadapter.json").read_text())

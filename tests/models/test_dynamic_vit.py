@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
-from models.petl.adapter import AdapterBlock
+from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
+from dynadapter.models.petl.adapter import AdapterBlock
 from tests.tiny import randomize_trainable, tiny_model, tiny_vit
 
 
@@ -76,7 +76,7 @@ def test_config_round_trips_through_a_dict() -> None:
 
 
 def test_head_spec_parses_per_exit_kinds_and_rejects_mismatches() -> None:
-    from models.balanced_heads import HeadConfig, parse_head_spec
+    from dynadapter.models.balanced_heads import HeadConfig, parse_head_spec
 
     assert parse_head_spec("transformer:2,mlp:3,linear", 3) == [
         HeadConfig("transformer", depth=2), HeadConfig("mlp", width=3.0), HeadConfig("linear")]

@@ -3,9 +3,9 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.balanced_heads import HeadConfig
-from models.dynamic_vit import DynamicViT, DynamicViTConfig
-from models.flops import cumulative_macs, segment_macs
+from dynadapter.models.balanced_heads import HeadConfig
+from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig
+from dynadapter.models.flops import cumulative_macs, segment_macs
 from tests.tiny import tiny_model
 
 

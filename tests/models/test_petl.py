@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
-from models.flops import segment_macs
-from models.petl import PetlLayer, make_petl_config, merge_all, petl_layers, unmerge_all
-from models.petl.lora import LoraConfig
+from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
+from dynadapter.models.flops import segment_macs
+from dynadapter.models.petl import PetlLayer, make_petl_config, merge_all, petl_layers, unmerge_all
+from dynadapter.models.petl.lora import LoraConfig
 from tests.tiny import randomize_trainable, tiny_model
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for the service tests: a real tiny model repository (built without torch) and apps on it."""
+"""Fixtures for the service tests: apps on the tiny model repository of tests/conftest.py."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -6,22 +6,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.settings import Settings
+from dynadapter.service.main import create_app
+from dynadapter.service.settings import Settings
 from tests.service.helpers import wait_ready
-from tests.service.tiny_onnx_model import TinyWeights, write_model_version
-
-
-@pytest.fixture(scope="session")
-def weights() -> TinyWeights:
-    return TinyWeights.random(seed=0)
-
-
-@pytest.fixture(scope="session")
-def model_repo(tmp_path_factory: pytest.TempPathFactory, weights: TinyWeights) -> Path:
-    repo = tmp_path_factory.mktemp("model_repo")
-    write_model_version(repo, weights)
-    return repo
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.segment_runner import StageOutput
+from dynadapter.service.main import create_app
+from dynadapter.service.segment_runner import StageOutput
+from tests.contract.test_image_preprocess import png_header_claiming
 from tests.service.helpers import IMAGE, wait_ready
-from tests.service.test_image_preprocess import png_header_claiming
 from tests.service.tiny_onnx_model import png_bytes
 
 PNG = png_bytes(0, (16, 16))

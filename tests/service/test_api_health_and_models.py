@@ -3,7 +3,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
+from dynadapter.service.main import create_app
 from tests.service.helpers import wait_ready
 from tests.service.tiny_onnx_model import HEAD_GFLOPS, NUM_EXITS
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batching import BatcherClosedError, MicroBatcher, QueueFullError
-from service.segment_runner import CPU, SegmentRunner, StageOutput
+from dynadapter.service.batching import BatcherClosedError, MicroBatcher, QueueFullError
+from dynadapter.service.segment_runner import CPU, SegmentRunner, StageOutput
 from tests.service.tiny_onnx_model import NUM_EXITS
 
 IMAGE, RUN_TO_THE_END = np.zeros((3, 8, 8), np.float32), np.ones(NUM_EXITS - 1)

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from service.exit_policy import ExitPolicy, PolicyError, resolve_policy
-from service.model_repository import Manifest, load_model
+from dynadapter.contract.model_repository import Manifest, load_model
+from dynadapter.service.exit_policy import ExitPolicy, PolicyError, resolve_policy
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,18 @@ PROBE = textwrap.dedent(
 
     sys.meta_path.insert(0, NoTorch())
 
-    import service
-    import service.main
-    for module in pkgutil.walk_packages(service.__path__, "service."):
-        __import__(module.name)
+    import dynadapter.contract
+    import dynadapter.service
+    import dynadapter.service.main
+    for package in (dynadapter.contract, dynadapter.service):
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            __import__(module.name)
 
     from fastapi.testclient import TestClient
-    from service.settings import Settings
+    from dynadapter.service.settings import Settings
     from tests.service.tiny_onnx_model import png_bytes
 
-    app = service.main.create_app(Settings(model_repo=sys.argv[1], providers="auto"))
+    app = dynadapter.service.main.create_app(Settings(model_repo=sys.argv[1], providers="auto"))
     with TestClient(app) as client:
         while client.get("/readyz").status_code != 200:
             time.sleep(0.01)

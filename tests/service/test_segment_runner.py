@@ -6,9 +6,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from service import segment_runner
-from service.model_repository import ModelLoadError
-from service.segment_runner import CPU, CUDA, SegmentRunner, confidence, select_providers
+from dynadapter.contract.model_repository import ModelLoadError
+from dynadapter.service import segment_runner
+from dynadapter.service.segment_runner import CPU, CUDA, SegmentRunner, confidence, select_providers
 from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, reference_exits, write_model_version
 
 
@@ -176,7 +176,7 @@ def test_cuda_library_preload_speaks_to_the_log_not_stdout(
     )
     segment_runner.preload_cuda_libraries.cache_clear()
     try:
-        with caplog.at_level("INFO", logger="service.segment_runner"):
+        with caplog.at_level("INFO", logger="dynadapter.service.segment_runner"):
             segment_runner.preload_cuda_libraries()
     finally:
         segment_runner.preload_cuda_libraries.cache_clear()

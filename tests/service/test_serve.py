@@ -14,9 +14,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service import main
-from service.main import serve
-from service.settings import Settings
+from dynadapter.service import main
+from dynadapter.service.main import serve
+from dynadapter.service.settings import Settings
 from tests.service.helpers import IMAGE, ROOT, free_port, service_env, serving
 from tests.service.tiny_onnx_model import png_bytes
 

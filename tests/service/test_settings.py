@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import (
+from dynadapter.service.settings import (
     Settings,
     add_settings_arguments,
     default_text,

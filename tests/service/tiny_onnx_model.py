@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from training.head_gate import gate_exit_head
+from dynadapter.export.head_gate import gate_exit_head
 
 IMAGE_SIZE = 8
 TOKENS, DIM = 4, 16

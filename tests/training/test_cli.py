@@ -7,9 +7,9 @@ import pytest
 import timm
 from safetensors.torch import save_file
 
+from dynadapter import cli
+from dynadapter.training.run_dir import load_run
 from tests.tiny import TINY_BACKBONE
-from training import cli
-from training.run_dir import load_run
 
 TINY_ARGS = ["--backbone", "vit_tiny_patch16_224", *[a for k, v in TINY_BACKBONE.items()
                                                       for a in ("--backbone-arg", f"{k}={v}")],
@@ -67,8 +67,8 @@ class Block:
         if name.split('.')[0] in ('torch', 'timm'):
             raise ImportError('torch and timm are not in the serving image: ' + name)
 sys.meta_path.insert(0, Block())
-import training.cli
-training.cli.main(['serve', '--help'])
+import dynadapter.cli
+dynadapter.cli.main(['serve', '--help'])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[2])

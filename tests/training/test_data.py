@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from training.data import (
+from dynadapter.training.data import (
     BUILTIN_DATASETS,
     ELPV_GRADES,
     ELPV_SIZES,

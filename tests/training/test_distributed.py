@@ -17,7 +17,7 @@ TINY = ["--backbone", "vit_tiny_patch16_224", "--backbone-arg", "depth=2", "--ba
 
 def run_train(out: Path, nproc: int) -> list[dict]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                "-m", "training.cli"] if nproc > 1 else [sys.executable, "-m", "training.cli"]
+                "-m", "dynadapter"] if nproc > 1 else [sys.executable, "-m", "dynadapter.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*launcher, "train", "--data", "builtin:digits", "--out", str(out), *TINY], check=True,
                    env=env, cwd=Path(__file__).parents[2], capture_output=True, timeout=300)

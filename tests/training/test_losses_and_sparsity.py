@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from training.adaptive_prioritization import AdaptivePrioritization
-from training.backward_sparsity import BackwardSparsity
+from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
+from dynadapter.training.backward_sparsity import BackwardSparsity
 
 
 def test_prioritization_leads_with_the_deep_exit_then_equalises() -> None:

@@ -4,11 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dynadapter.training.distributed import resolve_device
+from dynadapter.training.evaluate import evaluate_run
+from dynadapter.training.run_dir import load_run
+from dynadapter.training.trainer import TrainOptions
 from tests.tiny import train_tiny_run
-from training.distributed import resolve_device
-from training.evaluate import evaluate_run
-from training.run_dir import load_run
-from training.trainer import TrainOptions
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from training import demo
-from training.run_dir import CHECKPOINT
+from dynadapter.export import demo
+from dynadapter.training.run_dir import CHECKPOINT
 
 pytestmark = pytest.mark.skipif(not all((r / CHECKPOINT).is_file() for r in demo.DEMO_RUNS.values()),
                                 reason="the demo runs are not in this checkout")

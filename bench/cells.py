@@ -14,18 +14,17 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from models.dynamic_vit import ForwardSparsity
-from models.flops import deployed_cumulative_gflops
-from training.adaptive_prioritization import AdaptivePrioritization
-from training.backward_sparsity import BackwardSparsity
-from training.evaluate import evaluate_run
-from training.trainer import TrainOptions, build, train
+from dynadapter.models.flops import deployed_cumulative_gflops
+from dynadapter.training.evaluate import evaluate_run
+from dynadapter.training.options import TrainOptions
+from dynadapter.training.run_dir import read_config
+from dynadapter.training.trainer import build, train
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +35,10 @@ VARIANTS = ("static", "dyn")
 ABLATION_PETL = "adapter"
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "linear-heads": ("balanced heads off (linear heads)", {"heads": "linear"}),
-    "equal-weights": ("adaptive loss weighting off (gamma = 0)",
-                      {"prioritization": AdaptivePrioritization(gamma=0.0)}),
-    "no-forward-sparsity": ("forward sparsity off", {"forward_sparsity": ForwardSparsity(0.0, 0.0)}),
-    "no-backward-sparsity": ("backward sparsity off", {"backward_sparsity": BackwardSparsity(0.0)}),
-    "distill": ("self-distillation on (weight 0.5)",
-                {"prioritization": AdaptivePrioritization(distill_weight=0.5)}),
+    "equal-weights": ("adaptive loss weighting off (gamma = 0)", {"loss_gamma": 0.0}),
+    "no-forward-sparsity": ("forward sparsity off", {"forward_sparsity": 0.0}),
+    "no-backward-sparsity": ("backward sparsity off", {"backward_sparsity": 0.0}),
+    "distill": ("self-distillation on (weight 0.5)", {"distill": 0.5}),
 }
 
 @dataclass(frozen=True)
@@ -113,8 +110,7 @@ class SuiteConfig:
 
 def options_record(opts: TrainOptions) -> dict[str, Any]:
     """What makes a cell's result: the training options, as JSON (without the output path)."""
-    record = {k: v for k, v in asdict(opts).items() if k not in ("out", "progress")}
-    return json.loads(json.dumps(record, default=str))
+    return {k: v for k, v in opts.record().items() if k not in ("out", "progress")}
 
 
 def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:
@@ -145,8 +141,8 @@ def run_cell(cell: Cell, config: SuiteConfig) -> dict[str, Any]:
 def static_gflops(opts: TrainOptions, run_dir: Path) -> float:
     """GFLOPs of the static baseline of the same PETL method (what Dyn-Adapter's savings are relative
     to; its own full depth costs more, by its early heads)."""
-    num_classes = len(json.loads((run_dir / "config.json").read_text())["labels"])
-    model, _ = build(replace(opts, static=True), num_classes)
+    num_classes = len(read_config(run_dir)["labels"])
+    model, _ = build(opts.model_copy(update={"static": True}), num_classes)
     return deployed_cumulative_gflops(model)[-1]
 
 

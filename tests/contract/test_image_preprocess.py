@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocess import ImageDecodeError, ImageTooLargeError, decode_image, preprocess
+from dynadapter.contract.images import ImageDecodeError, ImageTooLargeError, decode_image, preprocess
 from tests.service.tiny_onnx_model import png_bytes
 
 MAX_PIXELS = 1_000_000

@@ -10,18 +10,15 @@ that ``dynadapter serve`` serves unchanged.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
-
-from models.flops import deployed_cumulative_gflops
-from training.calibration import calibrate
-from training.evaluate import split_logits
-from training.export import export_run
-from training.run_dir import CALIBRATION, CHECKPOINT, CONFIG, load_run
+from dynadapter.export.exporter import export_run
+from dynadapter.models.flops import deployed_cumulative_gflops
+from dynadapter.training import run_dir as rd
+from dynadapter.training.calibration import calibrate
+from dynadapter.training.evaluate import split_logits
 
 
 def static_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -40,17 +37,14 @@ def static_checkpoint(checkpoint: dict[str, Any], num_exits: int) -> dict[str, A
 
 def write_static_run(run_dir: Path, out: Path) -> Path:
     """Write ``out`` as a static (one-exit) run directory with ``run_dir``'s weights, calibrated on its val split."""
-    config = json.loads((run_dir / CONFIG).read_text())
+    config = rd.read_config(run_dir)
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    (out / CONFIG).write_text(json.dumps(static_config(config), indent=2))
-    checkpoint = load_file(str(run_dir / CHECKPOINT))
-    save_file(static_checkpoint(checkpoint, len(config["model"]["exits"])), str(out / CHECKPOINT))
+    rd.write_config(out, static_config(config))
+    rd.write_checkpoint(out, static_checkpoint(rd.read_checkpoint(run_dir), len(config["model"]["exits"])))
     # One exit: the calibration table has a single operating point (full depth), which every mode names.
-    run = load_run(out)
+    run = rd.load_run(out)
     logits, targets = split_logits(run, None, "val")
-    calibration = calibrate(logits.numpy(), targets.numpy(), deployed_cumulative_gflops(run.model))
-    (out / CALIBRATION).write_text(json.dumps(calibration, indent=2))
+    rd.write_calibration(out, calibrate(logits.numpy(), targets.numpy(), deployed_cumulative_gflops(run.model)))
     return out
 
 

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from training.head_gate import gate_exit_head
+from dynadapter.export.head_gate import gate_exit_head
 
 W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
 

@@ -7,10 +7,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.flops import exit_head_gflops
+from dynadapter.export.exporter import chained_onnx_logits, export_run
+from dynadapter.models.flops import exit_head_gflops
+from dynadapter.training.run_dir import load_run
 from tests.tiny import train_tiny_run
-from training.export import chained_onnx_logits, export_run
-from training.run_dir import load_run
 
 METHODS = ["adapter", "lora", "repadapter", "none"]
 

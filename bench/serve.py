@@ -7,7 +7,7 @@ split of the run's data set) as multipart uploads:
 - ``threshold-1``: the same server with ``threshold=1`` (no early exit: the cost of chaining alone);
 - ``static``: the same service serving the model as one static ONNX graph (full depth, last exit);
 - ``litserve-onnx``, ``litserve-torch``: that graph behind LitServe with its own dynamic batching, on
-  onnxruntime and in PyTorch eager mode (``training.bench.litserve_apps``).
+  onnxruntime and in PyTorch eager mode (``dynadapter.bench.litserve_apps``).
 
 Every server batches at most ``--max-batch-size`` images, waits at most ``--max-wait-ms`` for a batch
 to fill and gives its runtime ``--threads`` intra-op threads. One thread each by default: with each
@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -50,6 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from dynadapter.errors import DataError, RunDirError
 
 if TYPE_CHECKING:
     import httpx
@@ -158,7 +159,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from training.bench.results import update_results
+    from dynadapter.bench.results import update_results
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     load_before = os.getloadavg()[0]
@@ -187,14 +188,14 @@ class BenchInputs:
 
 def prepare_inputs(args: argparse.Namespace, work: Path) -> BenchInputs:
     """Resolve the run and the model repository; build the static graph from the run."""
-    from service.model_repository import load_model
-    from training.bench.static_graph import export_static_graph
-    from training.demo import DEMO_RUNS, build_demo_repo
-    from training.export import export_run
+    from dynadapter.bench.static_graph import export_static_graph
+    from dynadapter.contract.model_repository import load_model
+    from dynadapter.export.demo import DEMO_RUNS, build_demo_repo
+    from dynadapter.export.exporter import export_run
 
     run_dir = args.run_dir or next(iter(DEMO_RUNS.values()))  # the demo's run (demo/dinov2-mnist)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run directory at {run_dir}: pass --run-dir (a `dynadapter train` output)")
+        raise RunDirError(f"no run directory at {run_dir}: pass --run-dir (a `dynadapter train` output)")
     demo_name = next((name for name, run in DEMO_RUNS.items() if run.resolve() == run_dir.resolve()), None)
     if args.model_repo is not None:
         repo, name = args.model_repo, args.model_name
@@ -221,12 +222,13 @@ def bench_images(run_dir: Path, count: int) -> BenchImages:
     """The first ``count`` images of the test split of the run's data set, as PNG uploads, with their classes."""
     from PIL import Image
 
-    from training.data import load_raw
+    from dynadapter.training.data import load_raw
+    from dynadapter.training.run_dir import read_config
 
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_config(run_dir)
     split = load_raw(config["data"], config["train"]["seed"]).splits["test"]
     if not split.pixels:
-        raise ValueError(f"the test split of {config['data']} is empty: no images to send")
+        raise DataError(f"the test split of {config['data']} is empty: no images to send")
     bodies = []
     for pixels in split.pixels[:count]:
         png = io.BytesIO()
@@ -311,10 +313,10 @@ class ServerProcess:
 def server_commands(inputs: BenchInputs, args: argparse.Namespace) -> dict[str, tuple[list[str], str, str]]:
     """Server name -> (argv without --port, readiness path, classify path)."""
     batching = ["--max-batch-size", str(args.max_batch_size)]
-    service = [sys.executable, "-m", "training.cli", "serve", "--host", "127.0.0.1", "--providers", args.providers,
+    service = [sys.executable, "-m", "dynadapter", "serve", "--host", "127.0.0.1", "--providers", args.providers,
                "--log-level", "warning", "--intra-op-threads", str(args.threads), *batching,
                "--max-wait-ms", str(args.max_wait_ms)]
-    litserve = [sys.executable, "-m", "training.bench.litserve_apps", "--host", "127.0.0.1",
+    litserve = [sys.executable, "-m", "dynadapter.bench.litserve_apps", "--host", "127.0.0.1",
                 "--accelerator", litserve_accelerator(args.providers), "--threads", str(args.threads), *batching,
                 "--batch-timeout-s", str(args.max_wait_ms / 1000)]
     return {
@@ -328,7 +330,7 @@ def server_commands(inputs: BenchInputs, args: argparse.Namespace) -> dict[str, 
 
 def litserve_accelerator(providers: str) -> str:
     """LitServe on the device the service picks for the same preference, so that both run on the same hardware."""
-    from service.segment_runner import CUDA, select_providers
+    from dynadapter.service.segment_runner import CUDA, select_providers
 
     return "cuda" if select_providers(providers)[0] == CUDA else "cpu"
 
@@ -523,7 +525,7 @@ def check_targets(rows: list[dict[str, Any]], concurrencies: Sequence[int]) -> l
 
 def report(answers: dict[str, list[Sample]], measured: dict[tuple[str, int], Measured], inputs: BenchInputs,
            images: BenchImages, args: argparse.Namespace, load_before: float) -> dict[str, Any]:
-    from service.model_repository import load_model
+    from dynadapter.contract.model_repository import load_model
 
     rows = [summarize(name, c, measured[name, c]) for c in args.concurrency for name in args.variants]
     cascade = load_model(inputs.model_repo, inputs.model_name).manifest

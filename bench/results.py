@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.bench import SUBCOMMANDS
+from dynadapter.bench.commands import SUBCOMMANDS
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 #: headings of sections that no benchmark module renders yet

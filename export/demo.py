@@ -16,9 +16,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from training.builtin_backbones import sha256_file
-from training.export import EXPORTER_REVISION, export_run
-from training.run_dir import CHECKPOINT
+from dynadapter.contract import sha256_file
+from dynadapter.export.exporter import EXPORTER_REVISION, export_run
+from dynadapter.training.run_dir import checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def build_demo_repo(out: Path, version: str = "1", fixtures: bool = True) -> Pat
 def _build(out: Path, version: str, fixtures: bool) -> None:
     for name, run in DEMO_RUNS.items():
         dest = out / name / version
-        source = {"run": str(run), "checkpoint_sha256": sha256_file(run / CHECKPOINT), "exporter": EXPORTER_REVISION}
+        source = {"run": str(run), "checkpoint_sha256": sha256_file(checkpoint_path(run)),
+                  "exporter": EXPORTER_REVISION}
         if _is_current(dest, source):
             log.info("%s is up to date", dest)
             continue

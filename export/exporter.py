@@ -1,7 +1,7 @@
-"""Export: cut the trained model into per-stage ONNX segments plus a manifest (SPEC §5).
+"""Export: cut the trained model into per-stage ONNX segments plus a manifest (docs/model-repository.md).
 
 Mergeable PETL layers (RepAdapter, LoRA) are folded into the frozen weights first, so they cost
-nothing at inference. Every segment but the last gets a gated exit head (training/head_gate.py),
+nothing at inference. Every segment but the last gets a gated exit head (export/head_gate.py),
 so that the server can skip a head no image can use. Each segment is checked with
 ``onnx.checker`` (full check), and the chained segments are run with onnxruntime against the
 *unmerged* PyTorch model: that one parity number covers the merge and the export, is stored in
@@ -11,7 +11,6 @@ the manifest, and a model over tolerance is refused.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
 from datetime import datetime, timezone
@@ -24,17 +23,27 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models.dynamic_vit import DynamicViT
-from models.flops import deployed_cumulative_gflops, exit_head_gflops
-from models.petl import merge_all
-from service.model_repository import HEAD_GATE_INPUT
-from training.builtin_backbones import sha256_file
-from training.head_gate import gate_exit_head
-from training.run_dir import CALIBRATION, load_run
+from dynadapter.contract import (
+    HEAD_GATE_INPUT,
+    HIDDEN_OUTPUT,
+    LOGITS_OUTPUT,
+    SCHEMA_VERSION,
+    Manifest,
+    Segment,
+    new_manifest,
+    segment_io,
+    sha256_file,
+    write_manifest,
+)
+from dynadapter.errors import ExportError
+from dynadapter.export.head_gate import gate_exit_head
+from dynadapter.models.dynamic_vit import DynamicViT
+from dynadapter.models.flops import deployed_cumulative_gflops, exit_head_gflops
+from dynadapter.models.petl import merge_all
+from dynadapter.training.run_dir import Run, load_run, read_calibration
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 #: Bumped when the exported graphs change for the same checkpoint (2: gated exit heads), so that
 #: cached exports (``dynadapter demo build``) are redone.
 EXPORTER_REVISION = 2
@@ -43,7 +52,7 @@ PARITY_BATCH_SIZES = (1, 5)
 PARITY_TOLERANCE = 1e-4
 
 
-class Segment(nn.Module):
+class SegmentModule(nn.Module):
     """Stage k and exit head k as one graph: image or hidden -> (hidden, logits), logits on the last."""
 
     def __init__(self, model: DynamicViT, k: int) -> None:
@@ -56,14 +65,9 @@ class Segment(nn.Module):
         return logits if self.last else (hidden, logits)
 
 
-def segment_io(k: int, last: bool) -> tuple[list[str], list[str]]:
-    # ONNX names are single-assignment, so a middle segment's input can't also be called "hidden".
-    return ["image" if k == 0 else "hidden_in"], ["logits"] if last else ["hidden", "logits"]
-
-
 def export_segment(model: DynamicViT, k: int, example: torch.Tensor, path: Path) -> torch.Tensor:
     """Write segment k to ``path``; returns its hidden output for the next segment's example."""
-    seg = Segment(model, k).eval()
+    seg = SegmentModule(model, k).eval()
     inputs, outputs = segment_io(k, seg.last)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The torch.export-based exporter (the maintained one); the batch axis stays dynamic.
@@ -87,17 +91,17 @@ def chained_onnx_logits(paths: list[Path], images: np.ndarray) -> list[np.ndarra
         names = [o.name for o in sess.get_outputs()]
         feed = {i.name: np.array(True) if i.name == HEAD_GATE_INPUT else x for i in sess.get_inputs()}
         result = dict(zip(names, sess.run(None, feed), strict=True))
-        out.append(result["logits"])
-        x = result.get("hidden")
+        out.append(result[LOGITS_OUTPUT])
+        x = result.get(HIDDEN_OUTPUT)
     return out
 
 
-def parity_error(reference: DynamicViT, paths: list[Path], img_size: int, seed: int = 0) -> float:
+def parity_error(reference: DynamicViT, paths: list[Path], size: tuple[int, int], seed: int = 0) -> float:
     """Max |ONNX - PyTorch| over every exit's logits, for random images at each parity batch size."""
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     for b in PARITY_BATCH_SIZES:
-        images = torch.randn(b, 3, img_size, img_size, generator=g)
+        images = torch.randn(b, 3, *size, generator=g)
         with torch.no_grad():
             expected = [t.numpy() for t in reference.eval()(images)]
         got = chained_onnx_logits(paths, images.numpy())
@@ -108,9 +112,7 @@ def parity_error(reference: DynamicViT, paths: list[Path], img_size: int, seed: 
 def export_run(run_dir: Path, model_repo: Path, name: str = "model", version: str = "1") -> Path:
     """Export a run directory to ``model_repo/name/version``; returns that folder."""
     run = load_run(Path(run_dir))
-    cal_path = Path(run_dir) / CALIBRATION
-    if not cal_path.is_file():
-        raise FileNotFoundError(f"{cal_path} is missing: train with a non-empty val split to calibrate")
+    calibration = read_calibration(Path(run_dir))
     dest = Path(model_repo) / name / str(version)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -118,19 +120,18 @@ def export_run(run_dir: Path, model_repo: Path, name: str = "model", version: st
     paths = write_segments(run.model, run.preprocessing.size, tmp)
     parity = parity_error(run.model, paths, run.preprocessing.size)
     if parity > PARITY_TOLERANCE:
-        raise RuntimeError(f"exported segments differ from PyTorch by {parity:.2e} (> {PARITY_TOLERANCE:g})")
-    manifest = build_manifest(run, paths, json.loads(cal_path.read_text()), parity, name, str(version))
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        raise ExportError(f"exported segments differ from PyTorch by {parity:.2e} (> {PARITY_TOLERANCE:g})")
+    write_manifest(build_manifest(run, paths, calibration, parity, name, str(version)), tmp)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)  # a half-written version never appears under its real name
     log.info("exported %s (%d segments, parity %.2e)", dest, len(paths), parity)
     return dest
 
 
-def write_segments(model: DynamicViT, img_size: int, folder: Path) -> list[Path]:
+def write_segments(model: DynamicViT, size: tuple[int, int], folder: Path) -> list[Path]:
     merged = copy.deepcopy(model).eval()
     merge_all(merged)
-    x = torch.randn(2, 3, img_size, img_size)
+    x = torch.randn(2, 3, *size)
     paths = []
     for k in range(merged.num_exits):
         paths.append(folder / f"segment_{k}.onnx")
@@ -138,25 +139,22 @@ def write_segments(model: DynamicViT, img_size: int, folder: Path) -> list[Path]
     return paths
 
 
-def build_manifest(run: Any, paths: list[Path], calibration: dict[str, Any], parity: float, name: str,
-                   version: str) -> dict[str, Any]:
+def build_manifest(run: Run, paths: list[Path], calibration: dict[str, Any], parity: float, name: str,
+                   version: str) -> Manifest:
     cum = deployed_cumulative_gflops(run.model)
     per = [c - p for c, p in zip(cum, [0.0, *cum[:-1]], strict=True)]
     heads = exit_head_gflops(run.model)
     with torch.no_grad():
-        hidden = run.model.embed(torch.zeros(1, 3, run.preprocessing.size, run.preprocessing.size))
+        hidden = run.model.embed(torch.zeros(1, 3, *run.preprocessing.size))
     exits = run.model.config.exits
-    return {
-        "schema_version": SCHEMA_VERSION, "name": name, "version": version,
-        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "labels": run.labels, "preprocessing": run.preprocessing.to_manifest(),
-        "hidden_shape": list(hidden.shape[1:]),
-        "segments": [{"index": k, "file": p.name, "sha256": sha256_file(p), "after_block": exits[k],
-                      "gflops": per[k], "cumulative_gflops": cum[k], "head_gflops": heads[k]}
-                     for k, p in enumerate(paths)],
-        "gflops_full": cum[-1],
-        "calibration": calibration["calibration"], "modes": calibration["modes"],
-        "parity": {"max_abs_diff": parity, "batch_sizes": list(PARITY_BATCH_SIZES)},
-        "training": {"backbone": run.config["backbone"]["name"], "petl": run.model.config.petl,
-                     "img_size": run.preprocessing.size, "exits": exits, "data": run.config["data"]},
-    }
+    return new_manifest(
+        schema_version=SCHEMA_VERSION, name=name, version=version,
+        created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        labels=run.labels, preprocessing=run.preprocessing, hidden_shape=tuple(hidden.shape[1:]),
+        segments=[Segment(index=k, file=p.name, sha256=sha256_file(p), after_block=exits[k], gflops=per[k],
+                          cumulative_gflops=cum[k], head_gflops=heads[k]) for k, p in enumerate(paths)],
+        gflops_full=cum[-1], calibration=calibration["calibration"], modes=calibration["modes"],
+        parity={"max_abs_diff": parity, "batch_sizes": list(PARITY_BATCH_SIZES)},
+        training={"backbone": run.config["backbone"]["name"], "petl": run.model.config.petl,
+                  "img_size": run.preprocessing.size[0], "exits": exits, "data": run.config["data"]},
+    )

@@ -1,12 +1,12 @@
 """What a user would deploy without this project: the full-depth model behind LitServe.
 
 Two LitAPIs, both with LitServe's own dynamic batching and the static graph of
-``training.bench.static_graph`` (full depth, last exit only): ``onnx`` runs its one-segment model
+``dynadapter.bench.static_graph`` (full depth, last exit only): ``onnx`` runs its one-segment model
 repository with onnxruntime, ``torch`` rebuilds its run directory with ``load_run`` and runs it in
 PyTorch eager mode. Both decode and preprocess with the service's own functions, so every server
 of the bench sees the same pixels and does the same per-image work around the model.
 
-    python -m training.bench.litserve_apps {onnx,torch} PATH --port P [--threads N] [--max-batch-size B]
+    python -m dynadapter.bench.litserve_apps {onnx,torch} PATH --port P [--threads N] [--max-batch-size B]
         [--batch-timeout-s T]
 
 answers ``POST /predict`` (multipart field ``file``) with ``{"label", "class_id", "confidence"}``.
@@ -22,10 +22,8 @@ from typing import Any
 import litserve as ls
 import numpy as np
 
-from service.model_repository import load_model
-from service.preprocess import Interpolation, decode_image, preprocess
-from service.segment_runner import softmax
-from service.settings import Settings
+from dynadapter.contract import Preprocessing, decode_image, load_model, softmax
+from dynadapter.service.settings import Settings
 
 MAX_PIXELS = Settings.model_fields["max_pixels"].default  # the service's own decompression-bomb limit
 
@@ -34,10 +32,7 @@ class _ImageClassifier(ls.LitAPI):
     """Multipart image in, top-1 out; subclasses load the model and map a float32 batch to logits."""
 
     labels: list[str]
-    size: tuple[int, int]
-    mean: Sequence[float]
-    std: Sequence[float]
-    interpolation: Interpolation
+    preprocessing: Preprocessing
 
     def __init__(self, path: Path, threads: int, max_batch_size: int, batch_timeout_s: float) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout_s)
@@ -47,8 +42,7 @@ class _ImageClassifier(ls.LitAPI):
     # Unannotated on purpose: LitServe reads this parameter's annotation as the endpoint's request type,
     # and without one it parses the multipart form itself.
     def decode_request(self, request) -> np.ndarray:
-        image = decode_image(request["file"].file.read(), MAX_PIXELS)
-        return preprocess(image, self.size, self.mean, self.std, self.interpolation)
+        return self.preprocessing(decode_image(request["file"].file.read(), MAX_PIXELS))
 
     def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
         return np.stack(inputs)
@@ -69,9 +63,7 @@ class OnnxClassifier(_ImageClassifier):
         import onnxruntime as ort
 
         model = load_model(self.path)
-        spec = model.manifest.preprocessing
-        self.labels, self.size, self.mean, self.std = model.manifest.labels, spec.size, spec.mean, spec.std
-        self.interpolation = spec.interpolation
+        self.labels, self.preprocessing = model.manifest.labels, model.manifest.preprocessing
         provider = "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -87,14 +79,12 @@ class TorchClassifier(_ImageClassifier):
     def setup(self, device: str) -> None:
         import torch
 
-        from training.run_dir import load_run
+        from dynadapter.training.run_dir import load_run
 
         if self.threads:
             torch.set_num_threads(self.threads)
         run = load_run(self.path)
-        pre = run.preprocessing
-        self.labels, self.size, self.mean, self.std = run.labels, (pre.size, pre.size), pre.mean, pre.std
-        self.interpolation = pre.interpolation
+        self.labels, self.preprocessing = run.labels, run.preprocessing
         self.device = device
         self.model = run.model.to(device)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from service.model_repository import ModelLoadError, load_model
+from dynadapter.contract.model_repository import ModelLoadError, load_model
 from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, write_model_version
 
 

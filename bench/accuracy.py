@@ -2,8 +2,8 @@
 
 Every task x every PETL method x {static, Dyn-Adapter} (and, with ``--ablation``, Dyn-Adapter with one
 part switched off at a time) is one cached training run; the results go to docs/results.json,
-docs/results.md and one figure per task in docs/results/. See ``training.bench.cells`` for the cache
-and ``training.bench.summary`` for what the page states.
+docs/results.md and one figure per task in docs/results/. See ``dynadapter.bench.cells`` for the cache
+and ``dynadapter.bench.summary`` for what the page states.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from training.bench.summary import RESULT_KEYS, render_markdown
+from dynadapter.bench.summary import RESULT_KEYS, render_markdown
+from dynadapter.errors import ConfigError
+from dynadapter.options import key_value
+from dynadapter.training.options import TrainOptions
 
 __all__ = ["RESULT_KEYS", "add_parser", "render_markdown", "run"]
 
@@ -26,11 +29,10 @@ METHODS = ("adapter", "none", "lora", "repadapter")
 #: (2.7x). The whole suite took 104 min there (a cell: 105 s static, 126 s Dyn-Adapter on average,
 #: calibration and the float32 test evaluation included). The paper trains 100 epochs; the demo, 10.
 DEFAULT_EPOCHS = 8
-#: ``dynadapter train``'s own recipe (batch 32, AdamW lr 1e-3, one epoch of warm-up): the suite
-#: measures what a user gets from the defaults.
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_LR = 1e-3
-WARMUP_EPOCHS = 1.0
+#: ``dynadapter train``'s own recipe (batch size, AdamW learning rate, warm-up), read from its
+#: options: the suite measures what a user gets from the defaults.
+DEFAULT_BATCH_SIZE, DEFAULT_LR, WARMUP_EPOCHS = (
+    TrainOptions.model_fields[name].default for name in ("batch_size", "lr", "warmup_epochs"))
 
 
 def _names(choices: Sequence[str] | None = None) -> Callable[[str], list[str]]:
@@ -64,22 +66,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", type=Path, default=Path("var/bench"), help="cell cache (default: var/bench)")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")
     p.add_argument("--backbone", help="timm ViT name or builtin:<name> (default: dynadapter train's)")
-    p.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                    help="extra timm.create_model argument (repeatable), e.g. depth=4")
 
 
 def run(args: argparse.Namespace) -> None:
-    from training.bench import cells, summary
-    from training.bench.figures import plot_task
-    from training.bench.results import update_results
-    from training.cli import _key_values
-    from training.data import BUILTIN_DATASETS
+    from dynadapter.bench import cells, summary
+    from dynadapter.bench.figures import plot_task
+    from dynadapter.bench.results import update_results
+    from dynadapter.training.data import BUILTIN_DATASETS
 
     unknown = sorted(set(args.tasks) - set(BUILTIN_DATASETS))
     if unknown:
-        raise ValueError(f"unknown tasks {unknown}; the builtin data sets are {sorted(BUILTIN_DATASETS)}")
+        raise ConfigError(f"unknown tasks {unknown}; the builtin data sets are {sorted(BUILTIN_DATASETS)}")
     config = cells.SuiteConfig(args.root, args.epochs, args.lr, WARMUP_EPOCHS, args.batch_size, args.amp,
-                               args.img_size, args.backbone, _key_values(args.backbone_arg))
+                               args.img_size, args.backbone, dict(args.backbone_arg))
     main, ablation = cells.main_cells(args.tasks, args.methods), cells.ablation_cells(args.tasks)
     trainable = set() if args.report_only else set(main) | (set(ablation) if args.ablation else set())
 

@@ -1,5 +1,5 @@
 """One figure per task: accuracy against GFLOPs, every PETL method's threshold sweep as a curve and
-its static baseline as a star of the same colour (``training.plots`` draws one run; this draws the
+its static baseline as a star of the same colour (``dynadapter.training.plots`` draws one run; this draws the
 suite's methods side by side, in the same style)."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.plots import plt  # pyplot on the files-only backend that training.plots selects
+from dynadapter.training.plots import plt  # pyplot on the files-only backend that dynadapter.training.plots selects
 
 
 def plot_task(task: str, methods: Sequence[str], dynamic: dict[str, dict[str, Any]],
               static: dict[str, dict[str, Any]], path: Path) -> None:
-    """``dynamic`` / ``static``: PETL method -> the cell result (``training.bench.cells.summarize_run``);
+    """``dynamic`` / ``static``: PETL method -> the cell result (``dynadapter.bench.cells.summarize_run``);
     ``methods`` fixes each method's colour, whichever cells have finished."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))

@@ -4,7 +4,7 @@ Each subcommand is a module of this package with ``add_parser(subparsers)`` and 
 adding one (e.g. ``serve``) is one line in ``SUBCOMMANDS``. The modules are imported when the
 parser is built, so they keep heavy imports (torch, onnxruntime) inside ``run``: ``dynadapter``
 must start in the serving image, which has no torch. Results pages are written through
-``training.bench.results.update_results``, which keeps the sections of the other subcommands.
+``dynadapter.bench.results.update_results``, which keeps the sections of the other subcommands.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import importlib
 
 #: subcommand -> module implementing it
-SUBCOMMANDS = {"accuracy": "training.bench.accuracy", "serve": "training.bench.serve"}
+SUBCOMMANDS = {"accuracy": "dynadapter.bench.accuracy", "serve": "dynadapter.bench.serve"}
 
 
 def add_bench(subparsers: argparse._SubParsersAction) -> None:
@@ -25,3 +25,6 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
 
 def run_bench(args: argparse.Namespace) -> None:
     importlib.import_module(SUBCOMMANDS[args.bench_command]).run(args)
+
+
+COMMANDS = {"bench": (add_bench, run_bench)}

@@ -1,28 +1,42 @@
-"""Model repository reader: `MODEL_REPO/<name>/<version>/{manifest.json, segment_k.onnx}`.
+"""The model repository: `MODEL_REPO/<name>/<version>/{manifest.json, segment_k.onnx}`.
 
-The format is documented in docs/model-repository.md (schema version 1). Anything wrong with a
-model version -- a missing field, a segment whose sha256 differs from the manifest -- raises
+One definition for both sides: the exporter writes the manifest through `Manifest` (`new_manifest`
+refuses a field this schema does not know), the service reads it through the same class. The
+format is documented in docs/model-repository.md (schema version 1). Anything wrong with a model
+version -- a missing field, a segment whose sha256 differs from the manifest -- raises
 `ModelLoadError` with one line that says what and where, and the service refuses to start.
 """
 
-import hashlib
+from __future__ import annotations
+
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dynadapter.contract.images import Interpolation, preprocess
+from dynadapter.contract.numerics import sha256_file
+from dynadapter.errors import ModelLoadError
 
 SCHEMA_VERSION = 1
 MODE_NAMES = ("fast", "balanced", "accurate")
 #: Boolean scalar input of a segment whose exit head is gated: fed false, the segment skips its
-#: head and returns empty logits (training/head_gate.py).
+#: head and returns empty logits (export/head_gate.py).
 HEAD_GATE_INPUT = "need_logits"
+#: Input of segment 0 (the preprocessed image batch) and of every later segment (the hidden state);
+#: ONNX names are single-assignment, so a middle segment's input cannot also be called "hidden".
+IMAGE_INPUT, HIDDEN_INPUT = "image", "hidden_in"
+HIDDEN_OUTPUT, LOGITS_OUTPUT = "hidden", "logits"
 
-
-class ModelLoadError(RuntimeError):
-    """The model version cannot be served; the message is one line fit for a log."""
+def segment_io(k: int, last: bool) -> tuple[list[str], list[str]]:
+    """(input names, output names) of segment k, before the head gate adds its flag input."""
+    outputs = [LOGITS_OUTPUT] if last else [HIDDEN_OUTPUT, LOGITS_OUTPUT]
+    return [IMAGE_INPUT if k == 0 else HIDDEN_INPUT], outputs
 
 
 class _Schema(BaseModel):
@@ -31,11 +45,26 @@ class _Schema(BaseModel):
 
 
 class Preprocessing(_Schema):
+    """What a segment-0 input is: an RGB image resized to `size`, scaled to [0, 1], normalised.
+
+    Training, calibration and serving all call it (`preprocessing(image)`), so they see identical
+    tensors.
+    """
+
     size: tuple[int, int] = Field(description="(height, width)")
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    interpolation: Literal["bicubic", "bilinear", "nearest"]
-    color: Literal["RGB"]
+    interpolation: Interpolation = "bicubic"
+    color: Literal["RGB"] = "RGB"
+
+    @classmethod
+    def square(cls, size: int, mean: Sequence[float], std: Sequence[float],
+               interpolation: Interpolation = "bicubic") -> Preprocessing:
+        return cls(size=(size, size), mean=tuple(mean), std=tuple(std), interpolation=interpolation)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """float32 [3, H, W] for one decoded image."""
+        return preprocess(image, self.size, self.mean, self.std, self.interpolation)
 
     @field_validator("size")
     @classmethod
@@ -103,6 +132,8 @@ class Manifest(_Schema):
     calibration: Calibration
     modes: dict[str, ThresholdChoice]
     parity: dict[str, object]
+    # What the model was trained from (backbone, PETL method, resolution, exits, data): provenance.
+    training: dict[str, object] | None = None
 
     @field_validator("schema_version")
     @classmethod
@@ -120,7 +151,7 @@ class Manifest(_Schema):
         return modes
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Manifest":
+    def _consistent(self) -> Manifest:
         if [segment.index for segment in self.segments] != list(range(len(self.segments))):
             raise ValueError("segments must be listed in order with index 0..K-1")
         if any(segment.head_gflops > segment.gflops for segment in self.segments):
@@ -143,6 +174,35 @@ class Manifest(_Schema):
         the segment runner skipped on its way (no image in its batch could leave at those)."""
         skipped = sum(self.segments[k].head_gflops for k in skipped_heads)
         return self.segments[exit_index].cumulative_gflops - skipped
+
+
+def new_manifest(**fields: Any) -> Manifest:
+    """A manifest to write: validated as the reader validates it, and refused if it carries a field
+    this schema does not know (the reader tolerates those from newer exporters; a writer must not
+    produce them)."""
+    manifest = Manifest(**fields)
+    unknown = _unknown_fields(manifest, "manifest")
+    if unknown:
+        raise ValueError(f"fields the manifest schema does not define: {', '.join(unknown)}")
+    return manifest
+
+
+def _unknown_fields(model: BaseModel, where: str) -> list[str]:
+    found = [f"{where}.{key}" for key in model.model_extra or {}]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) \
+            else [(None, value)]
+        for key, child in children:
+            if isinstance(child, BaseModel):
+                found += _unknown_fields(child, f"{where}.{name}" + ("" if key is None else f".{key}"))
+    return found
+
+
+def write_manifest(manifest: Manifest, folder: Path) -> Path:
+    path = Path(folder) / "manifest.json"
+    path.write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
+    return path
 
 
 @dataclass(frozen=True)
@@ -210,14 +270,10 @@ def _model_folder(repo: Path, name: str | None, version: str | None) -> Path:
 
 
 def _check_sha256(path: Path, expected: str) -> None:
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as file:
-            for chunk in iter(lambda: file.read(1 << 20), b""):
-                digest.update(chunk)
+        actual = sha256_file(path)
     except OSError as err:
         raise ModelLoadError(f"{path}: cannot read segment: {err.strerror or err}") from err
-    actual = digest.hexdigest()
     if actual != expected.lower():
         raise ModelLoadError(
             f"{path}: sha256 mismatch (manifest {expected.lower()[:12]}..., file {actual[:12]}...); "

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.model_repository import HEAD_GATE_INPUT as FLAG
+from dynadapter.contract.model_repository import HEAD_GATE_INPUT as FLAG
 
 _HEAD_OUT = "exit_head_logits"
 _SKIPPED_OUT = "exit_head_skipped"

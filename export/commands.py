@@ -1,0 +1,37 @@
+"""The exporter's subcommands: `export` and `demo build` (torch is imported when they run)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="per-stage ONNX segments + manifest into a model repository")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="model repository root")
+    p.add_argument("--name", default="model")
+    p.add_argument("--version", default="1")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from dynadapter.export.exporter import export_run
+
+    print(f"exported to {export_run(args.run_dir, args.out, args.name, args.version)}")
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the demo models")
+    dsub = p.add_subparsers(dest="demo_cmd", required=True)
+    b = dsub.add_parser("build", help="export the committed demo runs into a model repository (cached)")
+    b.add_argument("--out", type=Path, default=Path("var/model_repo"))
+    b.add_argument("--no-fixtures", action="store_true", help="leave the tiny test fixture model out")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from dynadapter.export.demo import build_demo_repo
+
+    print(f"demo model repository ready: {build_demo_repo(args.out, fixtures=not args.no_fixtures)}")
+
+
+COMMANDS = {"export": (add_export, run_export), "demo": (add_demo, run_demo)}

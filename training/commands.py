@@ -1,0 +1,89 @@
+"""Training's subcommands: `train`, `eval`, `calibrate`, `backbone fetch`.
+
+Parsers are built without torch (the serving image runs `dynadapter` too); each command imports
+what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dynadapter import options
+from dynadapter.training.options import TrainOptions
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train PETL + exit heads on a frozen ViT; writes a run directory")
+    options.add_arguments(p, TrainOptions)
+    for action in p._actions:  # `--data` and `--out` have no default: argparse says so, not pydantic
+        if action.dest in ("data", "out"):
+            action.required = True
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from dynadapter.training.trainer import train
+
+    print(f"run written to {train(options.from_args(TrainOptions, args))}")
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="per-exit accuracy and accuracy/FLOPs on a split")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data", help="data set (default: the one trained on)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--baseline", action="append", default=[], type=Path, metavar="RUN_DIR",
+                   help="another run (e.g. trained with --static) to plot as a point (repeatable)")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from dynadapter.training.evaluate import REPORT_THRESHOLDS, evaluate_run
+
+    r = evaluate_run(args.run_dir, args.data, args.split, args.baseline)
+    print(f"{r['split']} split, {r['num_samples']} images")
+    print("exit  after_block  cum_GFLOPs  accuracy")
+    for k, (blk, g, a) in enumerate(zip(r["exits"], r["cumulative_gflops"], r["exit_accuracy"], strict=True)):
+        print(f"{k:>4}  {blk:>11}  {g:>10.4f}  {a:>8.4f}")
+    print("\nthreshold  accuracy  GFLOPs  FLOPs%  exit fractions")
+    rows = {round(row["threshold"], 6): row for row in r["sweep"]}
+    for t in REPORT_THRESHOLDS:
+        row = rows[t]
+        fr = " ".join(f"{f:.2f}" for f in row["exit_fractions"])
+        print(f"{t:>9.2f}  {row['accuracy']:>8.4f}  {row['gflops']:>6.3f}  {100 * row['flops_fraction']:>5.1f}  {fr}")
+    for name, row in r["modes"].items():
+        print(f"mode {name:<8} threshold {row['threshold']:.4f}: accuracy {row['accuracy']:.4f}, "
+              f"{100 * row['flops_fraction']:.1f}% of full FLOPs")
+    for name, point in r["baselines"].items():
+        print(f"baseline {name}: accuracy {point['accuracy']:.4f} at {point['gflops']:.4f} GFLOPs")
+    print(f"\nwritten: {args.run_dir / ('eval_' + args.split + '.json')} and the plot eval_{args.split}.png")
+
+
+def add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="calibrate a trained run again on its validation split")
+    p.add_argument("run_dir", type=Path)
+
+
+def run_calibrate(args: argparse.Namespace) -> None:
+    from dynadapter.training.evaluate import recalibrate_run
+
+    for name, mode in recalibrate_run(args.run_dir)["modes"].items():
+        print(f"{name:<8} threshold {mode['threshold']:.4f}: val accuracy {mode['accuracy']:.4f}, "
+              f"{100 * mode['flops_fraction']:.1f}% of full FLOPs")
+
+
+def add_backbone(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("backbone", help="builtin backbones")
+    bsub = p.add_subparsers(dest="backbone_cmd", required=True)
+    f = bsub.add_parser("fetch", help="obtain, convert and cache a builtin backbone")
+    f.add_argument("name", help="e.g. dinov2-s14")
+    f.add_argument("--cache-dir", type=Path)
+
+
+def run_backbone(args: argparse.Namespace) -> None:
+    from dynadapter.training.backbones import fetch_builtin_backbone
+
+    print(fetch_builtin_backbone(args.name, args.cache_dir))
+
+
+COMMANDS = {"train": (add_train, run_train), "eval": (add_eval, run_eval),
+            "calibrate": (add_calibrate, run_calibrate), "backbone": (add_backbone, run_backbone)}

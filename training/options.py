@@ -1,0 +1,69 @@
+"""`TrainOptions`: every option of a training run, defined once.
+
+`dynadapter train`'s flags are generated from these fields (dynadapter/options.py: the field
+description is the help, the validation is the flag's), the benchmarks read their recipe from the
+defaults here, and the run directory records the values used. Torch-free, so that the command line
+builds its parser without importing torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from dynadapter.options import comma_separated
+
+
+def _extra(**extra: Any) -> dict[str, Any]:
+    return {"json_schema_extra": extra}
+
+
+class TrainOptions(BaseModel):
+    """A training run; see `dynadapter train --help`. `exits` None = every quarter of the depth."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    data: str = Field(description="image folder (DATA/train/<class>/...) or builtin:<name>")
+    out: Path = Field(description="run directory to write")
+    backbone: str = Field("builtin:dinov2-s14", description="timm ViT name or builtin:<name>")
+    backbone_weights: str | None = Field(None, description="local safetensors file with timm key names")
+    pretrained: bool = Field(
+        False, description="timm's own pretrained weights for a timm model name (needs a reachable model hub)")
+    backbone_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra timm.create_model argument (repeatable), e.g. depth=4",
+        **_extra(flag="--backbone-arg", key_values=True))
+    petl: Literal["adapter", "lora", "repadapter", "none"] = Field(
+        "adapter", description="PETL method (none = heads on the frozen backbone)")
+    petl_options: dict[str, Any] = Field(
+        default_factory=dict, description="PETL config option (repeatable), e.g. dim=8 or scale=0.5",
+        **_extra(flag="--petl-arg", key_values=True))
+    exits: Annotated[list[Annotated[int, Field(ge=1)]] | None, BeforeValidator(comma_separated)] = Field(
+        None, description="comma-separated blocks after which exits sit (default: every quarter of the depth)")
+    heads: str = Field(
+        "balanced", description="balanced | linear | one kind[:n] per exit, e.g. transformer:1,mlp:2,mlp:1,linear")
+    static: bool = Field(False, description="baseline: the final exit only")
+    img_size: int = Field(112, ge=1, description="input resolution in pixels (position embedding resampled)")
+    epochs: int = Field(10, ge=1, description="training epochs")
+    batch_size: int = Field(32, ge=1, description="global batch size")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up before the cosine decay, in epochs")
+    seed: int = Field(0, description="seed of the split, the initialisation, the shuffles and the masks")
+    loss_gamma: float = Field(
+        2.0, ge=0, description="adaptive prioritization strength (0 = fixed equal exit weights)")
+    distill: float = Field(0.0, ge=0, description="self-distillation weight (0 = off)")
+    forward_sparsity: float = Field(0.2, ge=0, lt=1, description="dropout of the shallowest stage (0 = off)")
+    backward_sparsity: float = Field(
+        0.1, ge=0, lt=1, description="fraction of gradient entries zeroed at each step (0 = off)")
+    device: str = Field("auto", description="auto (the GPU when CUDA is usable, else the CPU), cpu, cuda or cuda:N")
+    amp: bool = Field(
+        False, description="mixed-precision training (autocast); calibration, checkpoint and export stay float32")
+    amp_dtype: Literal["bfloat16", "float16"] = Field(
+        "bfloat16", description="autocast dtype with --amp (float16 adds loss scaling)")
+    progress: bool = Field(True, description="progress bar", **_extra(cli=False))
+
+    def record(self) -> dict[str, Any]:
+        """The options as JSON-ready values (for config.json and the benchmark cache)."""
+        return self.model_dump(mode="json")
