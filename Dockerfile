@@ -57,9 +57,12 @@ RUN --mount=type=cache,target=/root/.cache \
     python3 -m venv /opt/build \
  && /opt/build/bin/pip install --requirement /build/build.txt
 COPY pyproject.toml README.m[d] /src/
+COPY dynadapter /src/dynadapter
 COPY models /src/models
 COPY training /src/training
+COPY export /src/export
 COPY service /src/service
+COPY bench /src/bench
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src
 
 # The model repository baked into the image (/models), by build argument DEMO:
@@ -85,14 +88,13 @@ RUN --mount=type=cache,target=/root/.cache \
     esac
 COPY demo /src/demo
 RUN if [ "$DEMO" = tiny ]; then cp -r /src/demo/model_repo /models; fi
-COPY models /src/models
-COPY training /src/training
-COPY service /src/service
-# Run from the source tree, not installed: `demo build` finds the committed runs in ../demo. The
-# cache mount keeps pip's wheels and the converted backbone between builds.
+# The project's own wheel (the app stage's) exports the committed runs in /src/demo. The cache mount
+# keeps pip's wheels and the converted backbone between builds.
 RUN --mount=type=cache,target=/root/.cache \
+    --mount=type=bind,from=app,source=/wheels,target=/tmp/wheels \
     if [ "$DEMO" = dinov2 ]; then \
-      cd /src && /opt/train/bin/python -m training.cli demo build --out /models --no-fixtures \
+      /opt/train/bin/pip install --no-deps --no-index /tmp/wheels/*.whl \
+      && /opt/train/bin/dynadapter demo build --demo-dir /src/demo --out /models --no-fixtures \
       && rm -f /models/.build.lock; \
     fi \
  && test -n "$(find /models -name manifest.json)"
@@ -128,5 +130,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
 LABEL org.opencontainers.image.title="dyn-adapter" \
       org.opencontainers.image.description="Early-exit ViT classification served with onnxruntime" \
       org.opencontainers.image.licenses="Apache-2.0"
-# `python -m service` reads every DYNADAPTER_* variable; one uvicorn worker per container.
-CMD ["python", "-m", "service"]
+# `python -m dynadapter.service` reads every DYNADAPTER_* variable; one uvicorn worker per container.
+CMD ["python", "-m", "dynadapter.service"]

@@ -32,7 +32,8 @@ DEFAULT_EPOCHS = 8
 #: ``dynadapter train``'s own recipe (batch size, AdamW learning rate, warm-up), read from its
 #: options: the suite measures what a user gets from the defaults.
 DEFAULT_BATCH_SIZE, DEFAULT_LR, WARMUP_EPOCHS = (
-    TrainOptions.model_fields[name].default for name in ("batch_size", "lr", "warmup_epochs"))
+    TrainOptions.model_fields[name].default for name in ("batch_size", "lr", "warmup_epochs")
+)
 
 
 def _names(choices: Sequence[str] | None = None) -> Callable[[str], list[str]]:
@@ -40,34 +41,61 @@ def _names(choices: Sequence[str] | None = None) -> Callable[[str], list[str]]:
         names = [n.strip() for n in text.split(",") if n.strip()]
         unknown = [n for n in names if choices is not None and n not in choices]
         if unknown or not names:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {list(choices or [])}, "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {list(choices or [])}, got {text!r}"
+            )
         return names
+
     return parse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("accuracy", help="accuracy / FLOPs of every PETL method, static and dynamic, on the suite",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", type=_names(), default=list(DEFAULT_TASKS),
-                   help=f"builtin data sets (default: {','.join(DEFAULT_TASKS)})")
-    p.add_argument("--methods", type=_names(METHODS), default=list(METHODS),
-                   help=f"PETL methods (default: {','.join(METHODS)}; none = heads on the frozen backbone)")
+    p = sub.add_parser(
+        "accuracy",
+        help="accuracy / FLOPs of every PETL method, static and dynamic, on the suite",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument(
+        "--tasks",
+        type=_names(),
+        default=list(DEFAULT_TASKS),
+        help=f"builtin data sets (default: {','.join(DEFAULT_TASKS)})",
+    )
+    p.add_argument(
+        "--methods",
+        type=_names(METHODS),
+        default=list(METHODS),
+        help=f"PETL methods (default: {','.join(METHODS)}; none = heads on the frozen backbone)",
+    )
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"per cell (default: {DEFAULT_EPOCHS})")
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"AdamW learning rate (default: {DEFAULT_LR})")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"(default: {DEFAULT_BATCH_SIZE})")
     p.add_argument("--img-size", type=int, help="input resolution (default: dynadapter train's)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="bfloat16 autocast in training (default: on; calibration and evaluation stay float32)")
-    p.add_argument("--ablation", action="store_true",
-                   help="also train the ablation cells (Dyn-Adapter with adapter, one part off at a time)")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing: rewrite the results page from the finished cells")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bfloat16 autocast in training (default: on; calibration and evaluation stay float32)",
+    )
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also train the ablation cells (Dyn-Adapter with adapter, one part off at a time)",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="train nothing: rewrite the results page from the finished cells"
+    )
     p.add_argument("--root", type=Path, default=Path("var/bench"), help="cell cache (default: var/bench)")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")
     p.add_argument("--backbone", help="timm ViT name or builtin:<name> (default: dynadapter train's)")
-    p.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE", type=key_value,
-                   help="extra timm.create_model argument (repeatable), e.g. depth=4")
+    p.add_argument(
+        "--backbone-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=key_value,
+        help="extra timm.create_model argument (repeatable), e.g. depth=4",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -79,8 +107,17 @@ def run(args: argparse.Namespace) -> None:
     unknown = sorted(set(args.tasks) - set(BUILTIN_DATASETS))
     if unknown:
         raise ConfigError(f"unknown tasks {unknown}; the builtin data sets are {sorted(BUILTIN_DATASETS)}")
-    config = cells.SuiteConfig(args.root, args.epochs, args.lr, WARMUP_EPOCHS, args.batch_size, args.amp,
-                               args.img_size, args.backbone, dict(args.backbone_arg))
+    config = cells.SuiteConfig(
+        args.root,
+        args.epochs,
+        args.lr,
+        WARMUP_EPOCHS,
+        args.batch_size,
+        args.amp,
+        args.img_size,
+        args.backbone,
+        dict(args.backbone_arg),
+    )
     main, ablation = cells.main_cells(args.tasks, args.methods), cells.ablation_cells(args.tasks)
     trainable = set() if args.report_only else set(main) | (set(ablation) if args.ablation else set())
 
@@ -91,11 +128,18 @@ def run(args: argparse.Namespace) -> None:
             static = {p: lookup[task, p, "static"] for p in args.methods if lookup[task, p, "static"]}
             if dynamic or static:
                 plot_task(task, args.methods, dynamic, static, args.docs / "results" / f"{task}.png")
-        return update_results(args.docs, summary.sections(
-            lookup, args.tasks, args.methods, {v: label for v, (label, _) in cells.ABLATIONS.items()},
-            cells.ABLATION_PETL, config.record(main[0])))
+        return update_results(
+            args.docs,
+            summary.sections(
+                lookup,
+                args.tasks,
+                args.methods,
+                {v: label for v, (label, _) in cells.ABLATIONS.items()},
+                cells.ABLATION_PETL,
+                config.record(main[0]),
+            ),
+        )
 
     results = publish(cells.run_suite(main + ablation, config, trainable, publish))
     print(summary.result_table(results))
     print(f"\nwritten: {args.docs / 'results.md'}, {args.docs / 'results.json'}, {args.docs / 'results'}/*.png")
-

@@ -41,6 +41,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "distill": ("self-distillation on (weight 0.5)", {"distill": 0.5}),
 }
 
+
 @dataclass(frozen=True)
 class Cell:
     task: str
@@ -95,17 +96,35 @@ class SuiteConfig:
 
     def options(self, cell: Cell) -> TrainOptions:
         defaults = {k: v for k, v in {"img_size": self.img_size, "backbone": self.backbone}.items() if v is not None}
-        return TrainOptions(data=f"builtin:{cell.task}", out=self.cell_dir(cell), petl=cell.petl, epochs=self.epochs,
-                            lr=self.lr, warmup_epochs=self.warmup_epochs, batch_size=self.batch_size,
-                            amp=self.amp, backbone_kwargs=dict(self.backbone_kwargs), progress=False, **defaults,
-                            **cell.overrides())
+        return TrainOptions(
+            data=f"builtin:{cell.task}",
+            out=self.cell_dir(cell),
+            petl=cell.petl,
+            epochs=self.epochs,
+            lr=self.lr,
+            warmup_epochs=self.warmup_epochs,
+            batch_size=self.batch_size,
+            amp=self.amp,
+            backbone_kwargs=dict(self.backbone_kwargs),
+            progress=False,
+            **defaults,
+            **cell.overrides(),
+        )
 
     def record(self, cell: Cell) -> dict[str, Any]:
         """The suite-wide settings, for the results page (read from one cell's training options)."""
         opts = self.options(cell)
-        return {"backbone": opts.backbone, "backbone_kwargs": opts.backbone_kwargs, "img_size": opts.img_size,
-                "epochs": opts.epochs, "lr": opts.lr, "warmup_epochs": opts.warmup_epochs,
-                "batch_size": opts.batch_size, "amp": opts.amp_dtype if opts.amp else None, "seed": opts.seed}
+        return {
+            "backbone": opts.backbone,
+            "backbone_kwargs": opts.backbone_kwargs,
+            "img_size": opts.img_size,
+            "epochs": opts.epochs,
+            "lr": opts.lr,
+            "warmup_epochs": opts.warmup_epochs,
+            "batch_size": opts.batch_size,
+            "amp": opts.amp_dtype if opts.amp else None,
+            "seed": opts.seed,
+        }
 
 
 def options_record(opts: TrainOptions) -> dict[str, Any]:
@@ -150,25 +169,44 @@ def summarize_run(report: dict[str, Any], reference_gflops: float, seconds: floa
     """The test-split numbers of a cell: last-exit accuracy and cost, and for a dynamic model the
     calibrated modes (thresholds from the validation split) and the threshold sweep."""
     cum = report["cumulative_gflops"]
-    result: dict[str, Any] = {"acc": report["exit_accuracy"][-1], "gflops": cum[-1],
-                              "reference_gflops": reference_gflops, "exit_accuracy": report["exit_accuracy"],
-                              "cumulative_gflops": cum, "seconds": round(seconds, 1)}
+    result: dict[str, Any] = {
+        "acc": report["exit_accuracy"][-1],
+        "gflops": cum[-1],
+        "reference_gflops": reference_gflops,
+        "exit_accuracy": report["exit_accuracy"],
+        "cumulative_gflops": cum,
+        "seconds": round(seconds, 1),
+    }
     if len(cum) > 1:
-        result["modes"] = {name: {"threshold": m["threshold"], "acc": m["accuracy"], "gflops": m["gflops"],
-                                  "saved": 1.0 - m["gflops"] / reference_gflops}
-                           for name, m in report["modes"].items()}
+        result["modes"] = {
+            name: {
+                "threshold": m["threshold"],
+                "acc": m["accuracy"],
+                "gflops": m["gflops"],
+                "saved": 1.0 - m["gflops"] / reference_gflops,
+            }
+            for name, m in report["modes"].items()
+        }
         result["sweep"] = [[r["gflops"], r["accuracy"]] for r in report["sweep"]]
     return result
 
 
-def run_suite(cells: list[Cell], config: SuiteConfig, trainable: set[Cell],
-              on_update: Callable[[Results], object] = lambda results: None) -> Results:
+def run_suite(
+    cells: list[Cell],
+    config: SuiteConfig,
+    trainable: set[Cell],
+    on_update: Callable[[Results], object] = lambda results: None,
+) -> Results:
     """Every cell's result (None where not finished); trains the unfinished cells in ``trainable``,
     calling ``on_update`` after each, so that an interrupted suite leaves its results page current."""
     results: Results = {c: load_finished(c, config) for c in cells}
     todo = [c for c in cells if results[c] is None and c in trainable]
-    log.info("%d of %d cells finished earlier, %d to train", sum(r is not None for r in results.values()),
-             len(cells), len(todo))
+    log.info(
+        "%d of %d cells finished earlier, %d to train",
+        sum(r is not None for r in results.values()),
+        len(cells),
+        len(todo),
+    )
     with tqdm(total=len(todo), desc="bench cells", unit="cell") as bar:
         for cell in todo:
             bar.set_postfix_str(cell.name)

@@ -130,31 +130,61 @@ def _comma_list(parse: Callable[[str], Any], choices: Sequence[Any] | None = Non
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="latency and throughput of the service against a static graph and LitServe",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", type=Path,
-                   help="the trained run (default: the demo's, demo/dinov2-mnist); the baselines are built from it")
-    p.add_argument("--model-repo", type=Path,
-                   help="a model repository holding the export of --run-dir (default: for the demo run, the one "
-                        "`dynadapter demo build` writes to var/model_repo; else --run-dir is exported afresh)")
+    p = sub.add_parser(
+        "serve",
+        help="latency and throughput of the service against a static graph and LitServe",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="the trained run (default: the demo's, demo/dinov2-mnist); the baselines are built from it",
+    )
+    p.add_argument(
+        "--model-repo",
+        type=Path,
+        help="a model repository holding the export of --run-dir (default: for the demo run, the one "
+        "`dynadapter demo build` writes to var/model_repo; else --run-dir is exported afresh)",
+    )
     p.add_argument("--model-name", help="model in --model-repo (default: the only or first one)")
-    p.add_argument("--concurrency", type=_comma_list(int), default=[1, 8, 32],
-                   help="clients sending back to back (default: 1,8,32)")
+    p.add_argument(
+        "--concurrency",
+        type=_comma_list(int),
+        default=[1, 8, 32],
+        help="clients sending back to back (default: 1,8,32)",
+    )
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement, at most (default: 5)")
     p.add_argument("--requests", type=int, default=2000, help="requests per measurement, at most (default: 2000)")
-    p.add_argument("--images", type=int, default=200,
-                   help="test images sent, cycled; each variant classifies each once for its accuracy (default: 200)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=200,
+        help="test images sent, cycled; each variant classifies each once for its accuracy (default: 200)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="measurements of each variant and concurrency (default: 3)")
-    p.add_argument("--variants", type=_comma_list(str, list(VARIANTS)), default=list(VARIANTS),
-                   help=f"default: {','.join(VARIANTS)}")
+    p.add_argument(
+        "--variants",
+        type=_comma_list(str, list(VARIANTS)),
+        default=list(VARIANTS),
+        help=f"default: {','.join(VARIANTS)}",
+    )
     p.add_argument("--max-batch-size", type=int, default=16, help="every server's batch limit (default: 16)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="every server's wait for a batch to fill, in ms (default: 5)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="intra-op threads of every server's runtime; 0: each runtime's default, one per core "
-                        "(default: 1, see the module's docstring)")
-    p.add_argument("--providers", choices=["cpu", "auto", "cuda"], default="cpu",
-                   help="where the models run, for every server (default: cpu)")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="every server's wait for a batch to fill, in ms (default: 5)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads of every server's runtime; 0: each runtime's default, one per core "
+        "(default: 1, see the module's docstring)",
+    )
+    p.add_argument(
+        "--providers",
+        choices=["cpu", "auto", "cuda"],
+        default="cpu",
+        help="where the models run, for every server (default: cpu)",
+    )
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")
 
 
@@ -240,8 +270,10 @@ def bench_images(run_dir: Path, count: int) -> BenchImages:
 def multipart_body(png: bytes) -> bytes:
     # Encoded once, up front: the load generator shares the CPU with the servers and should spend
     # as little of it as possible per request.
-    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"image.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n")
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="image.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    )
     return head.encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
@@ -266,8 +298,14 @@ class ServerProcess:
         self._log = tempfile.TemporaryFile("w+")
         # A caller's DYNADAPTER_* variables must not configure one server and not the others.
         env = {key: value for key, value in os.environ.items() if not key.startswith("DYNADAPTER_")}
-        self.process = subprocess.Popen([*argv, "--port", str(port)], cwd=ROOT, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [*argv, "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         import httpx
@@ -313,15 +351,43 @@ class ServerProcess:
 def server_commands(inputs: BenchInputs, args: argparse.Namespace) -> dict[str, tuple[list[str], str, str]]:
     """Server name -> (argv without --port, readiness path, classify path)."""
     batching = ["--max-batch-size", str(args.max_batch_size)]
-    service = [sys.executable, "-m", "dynadapter", "serve", "--host", "127.0.0.1", "--providers", args.providers,
-               "--log-level", "warning", "--intra-op-threads", str(args.threads), *batching,
-               "--max-wait-ms", str(args.max_wait_ms)]
-    litserve = [sys.executable, "-m", "dynadapter.bench.litserve_apps", "--host", "127.0.0.1",
-                "--accelerator", litserve_accelerator(args.providers), "--threads", str(args.threads), *batching,
-                "--batch-timeout-s", str(args.max_wait_ms / 1000)]
+    service = [
+        sys.executable,
+        "-m",
+        "dynadapter",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--providers",
+        args.providers,
+        "--log-level",
+        "warning",
+        "--intra-op-threads",
+        str(args.threads),
+        *batching,
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ]
+    litserve = [
+        sys.executable,
+        "-m",
+        "dynadapter.bench.litserve_apps",
+        "--host",
+        "127.0.0.1",
+        "--accelerator",
+        litserve_accelerator(args.providers),
+        "--threads",
+        str(args.threads),
+        *batching,
+        "--batch-timeout-s",
+        str(args.max_wait_ms / 1000),
+    ]
     return {
-        "cascade": ([*service, "--model-repo", str(inputs.model_repo), "--model-name", inputs.model_name],
-                    "/readyz", "/classify"),
+        "cascade": (
+            [*service, "--model-repo", str(inputs.model_repo), "--model-name", inputs.model_name],
+            "/readyz",
+            "/classify",
+        ),
         "static": ([*service, "--model-repo", str(inputs.static_repo)], "/readyz", "/classify"),
         "litserve-onnx": ([*litserve, "onnx", str(inputs.static_repo)], "/health", "/predict"),
         "litserve-torch": ([*litserve, "torch", str(inputs.static_run)], "/health", "/predict"),
@@ -335,8 +401,9 @@ def litserve_accelerator(providers: str) -> str:
     return "cuda" if select_providers(providers)[0] == CUDA else "cpu"
 
 
-def start_servers(stack: contextlib.ExitStack, inputs: BenchInputs,
-                  args: argparse.Namespace) -> dict[str, ServerProcess]:
+def start_servers(
+    stack: contextlib.ExitStack, inputs: BenchInputs, args: argparse.Namespace
+) -> dict[str, ServerProcess]:
     """Start the servers the chosen variants need, all at once (start-up is mostly imports), and wait for them."""
     needed = {VARIANTS[name].server for name in args.variants}
     servers = {}
@@ -415,8 +482,9 @@ async def _send(client: httpx.AsyncClient, url: str, images: BenchImages, budget
     return samples
 
 
-async def _load(client: httpx.AsyncClient, url: str, images: BenchImages, concurrency: int,
-                budget: _Budget) -> list[Sample]:
+async def _load(
+    client: httpx.AsyncClient, url: str, images: BenchImages, concurrency: int, budget: _Budget
+) -> list[Sample]:
     """``concurrency`` clients sharing one budget; every sample, in no particular order."""
     per_client = await asyncio.gather(*(_send(client, url, images, budget) for _ in range(concurrency)))
     return [sample for samples in per_client for sample in samples]
@@ -429,8 +497,9 @@ def _http_client(concurrency: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S)
 
 
-async def measure(url: str, images: BenchImages, concurrency: int, requests: int,
-                  duration_s: float) -> tuple[list[Sample], float]:
+async def measure(
+    url: str, images: BenchImages, concurrency: int, requests: int, duration_s: float
+) -> tuple[list[Sample], float]:
     """``concurrency`` clients back to back until ``requests`` are sent or ``duration_s`` passed.
 
     One untimed request per client first: it opens the connections and wakes the server's threads.
@@ -448,27 +517,37 @@ async def answer_every_image(url: str, images: BenchImages, concurrency: int) ->
         return await _load(client, url, images, concurrency, _Budget(len(images.bodies), math.inf))
 
 
-async def measure_all(servers: dict[str, ServerProcess], images: BenchImages, args: argparse.Namespace
-                      ) -> tuple[dict[str, list[Sample]], dict[tuple[str, int], Measured]]:
+async def measure_all(
+    servers: dict[str, ServerProcess], images: BenchImages, args: argparse.Namespace
+) -> tuple[dict[str, list[Sample]], dict[tuple[str, int], Measured]]:
     """Each variant's answers to every image, then the timed rounds, one server awake at a time."""
     for server in servers.values():
         server.pause()
     answers = {}
     for name in args.variants:
         with _awake(servers[VARIANTS[name].server]) as server:
-            answers[name] = await answer_every_image(server.classify_url + VARIANTS[name].query, images,
-                                                     max(args.concurrency))
+            answers[name] = await answer_every_image(
+                server.classify_url + VARIANTS[name].query, images, max(args.concurrency)
+            )
     measured = {(v, c): Measured() for c in args.concurrency for v in args.variants}
     for round_index in range(args.rounds):
         for position, concurrency in enumerate(args.concurrency):
             shift = (round_index * len(args.concurrency) + position) % len(args.variants)
             for name in [*args.variants[shift:], *args.variants[:shift]]:
                 with _awake(servers[VARIANTS[name].server]) as server:
-                    samples, seconds = await measure(server.classify_url + VARIANTS[name].query, images,
-                                                     concurrency, args.requests, args.duration)
+                    samples, seconds = await measure(
+                        server.classify_url + VARIANTS[name].query, images, concurrency, args.requests, args.duration
+                    )
                 measured[name, concurrency].add(samples, seconds)
-                log.info("round %d/%d, %s at concurrency %d: %d requests in %.1f s", round_index + 1,
-                         args.rounds, name, concurrency, len(samples), seconds)
+                log.info(
+                    "round %d/%d, %s at concurrency %d: %d requests in %.1f s",
+                    round_index + 1,
+                    args.rounds,
+                    name,
+                    concurrency,
+                    len(samples),
+                    seconds,
+                )
     return answers, measured
 
 
@@ -489,7 +568,9 @@ def summarize(name: str, concurrency: int, measured: Measured) -> dict[str, Any]
     latencies = np.array([s.seconds for s in ok]) * 1000
     seconds = sum(seconds for _, seconds in measured.rounds)
     return {
-        "variant": name, "concurrency": concurrency, "requests": len(measured.samples),
+        "variant": name,
+        "concurrency": concurrency,
+        "requests": len(measured.samples),
         "errors": len(measured.samples) - len(ok),
         "p50_ms": float(np.percentile(latencies, 50)) if ok else None,
         "p95_ms": float(np.percentile(latencies, 95)) if ok else None,
@@ -502,9 +583,12 @@ def summarize(name: str, concurrency: int, measured: Measured) -> dict[str, Any]
 def summarize_answers(samples: list[Sample]) -> dict[str, Any]:
     ok = [s for s in samples if s.ok]
     gflops = [s.gflops for s in ok if s.gflops is not None]
-    return {"images": len(samples), "errors": len(samples) - len(ok),
-            "accuracy": sum(s.correct for s in ok) / len(ok) if ok else None,
-            "gflops_per_image": float(np.mean(gflops)) if gflops else None}
+    return {
+        "images": len(samples),
+        "errors": len(samples) - len(ok),
+        "accuracy": sum(s.correct for s in ok) / len(ok) if ok else None,
+        "gflops_per_image": float(np.mean(gflops)) if gflops else None,
+    }
 
 
 def check_targets(rows: list[dict[str, Any]], concurrencies: Sequence[int]) -> list[dict[str, Any]]:
@@ -513,18 +597,26 @@ def check_targets(rows: list[dict[str, Any]], concurrencies: Sequence[int]) -> l
     checks = []
     for target in TARGETS:
         for concurrency in [max(concurrencies)] if target.top_only else concurrencies:
-            ratio = _ratio(by.get((target.numerator, concurrency)), by.get((target.denominator, concurrency)),
-                           target.metric)
+            ratio = _ratio(
+                by.get((target.numerator, concurrency)), by.get((target.denominator, concurrency)), target.metric
+            )
             if ratio is None:
                 continue
             met = ratio <= target.bound if target.at_most else ratio >= target.bound
-            checks.append({"target": target.text, "concurrency": concurrency, "ratio": ratio, "bound": target.bound,
-                           "met": met})
+            checks.append(
+                {"target": target.text, "concurrency": concurrency, "ratio": ratio, "bound": target.bound, "met": met}
+            )
     return checks
 
 
-def report(answers: dict[str, list[Sample]], measured: dict[tuple[str, int], Measured], inputs: BenchInputs,
-           images: BenchImages, args: argparse.Namespace, load_before: float) -> dict[str, Any]:
+def report(
+    answers: dict[str, list[Sample]],
+    measured: dict[tuple[str, int], Measured],
+    inputs: BenchInputs,
+    images: BenchImages,
+    args: argparse.Namespace,
+    load_before: float,
+) -> dict[str, Any]:
     from dynadapter.contract.model_repository import load_model
 
     rows = [summarize(name, c, measured[name, c]) for c in args.concurrency for name in args.variants]
@@ -533,13 +625,25 @@ def report(answers: dict[str, list[Sample]], measured: dict[tuple[str, int], Mea
     return {
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(args.providers, load_before),
-        "model": {"run_dir": str(inputs.run_dir), "model_repo": str(inputs.model_repo), "name": cascade.name,
-                  "exits": cascade.num_exits, "gflops_full": cascade.gflops_full, "static_gflops": static.gflops_full,
-                  "modes": {mode: choice.model_dump(exclude_none=True) for mode, choice in cascade.modes.items()}},
+        "model": {
+            "run_dir": str(inputs.run_dir),
+            "model_repo": str(inputs.model_repo),
+            "name": cascade.name,
+            "exits": cascade.num_exits,
+            "gflops_full": cascade.gflops_full,
+            "static_gflops": static.gflops_full,
+            "modes": {mode: choice.model_dump(exclude_none=True) for mode, choice in cascade.modes.items()},
+        },
         "images": {"data": images.data, "split": "test", "count": len(images.bodies), "format": "PNG, multipart"},
-        "settings": {"concurrency": args.concurrency, "duration_s": args.duration, "requests": args.requests,
-                     "rounds": args.rounds, "threads": args.threads, "max_batch_size": args.max_batch_size,
-                     "max_wait_ms": args.max_wait_ms},
+        "settings": {
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "requests": args.requests,
+            "rounds": args.rounds,
+            "threads": args.threads,
+            "max_batch_size": args.max_batch_size,
+            "max_wait_ms": args.max_wait_ms,
+        },
         "variants": {name: VARIANTS[name].description for name in args.variants},
         "answers": {name: summarize_answers(samples) for name, samples in answers.items()},
         "results": rows,
@@ -556,11 +660,16 @@ def machine(providers: str, load_before: float) -> dict[str, Any]:
         except PackageNotFoundError:
             return None
 
-    return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "providers": providers,
-            "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
-            "packages": {name: package(name) for name in ("onnxruntime-gpu", "onnxruntime", "torch", "litserve")
-                         if package(name)}}
+    return {
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "providers": providers,
+        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
+        "packages": {
+            name: package(name) for name in ("onnxruntime-gpu", "onnxruntime", "torch", "litserve") if package(name)
+        },
+    }
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -583,17 +692,37 @@ def _table_rows(section: dict[str, Any]) -> list[list[str]]:
     for row in section["results"]:
         name, clients = row["variant"], row["concurrency"]
         answers = section["answers"][name]
-        out.append([name, str(clients), _fmt(row["p50_ms"], 2), _fmt(row["p95_ms"], 2), _fmt(row["throughput_rps"]),
-                    _spread(row["throughput_rps_rounds"]),
-                    _fmt(_ratio(row, by.get(("threshold-1", clients)), "p50_ms"), 2),
-                    _fmt(_ratio(row, by.get(("static", clients)), "throughput_rps"), 2),
-                    _fmt(answers["gflops_per_image"], 4), _fmt(answers["accuracy"], 3),
-                    f"{row['requests'] - row['errors']}/{row['requests']}"])
+        out.append(
+            [
+                name,
+                str(clients),
+                _fmt(row["p50_ms"], 2),
+                _fmt(row["p95_ms"], 2),
+                _fmt(row["throughput_rps"]),
+                _spread(row["throughput_rps_rounds"]),
+                _fmt(_ratio(row, by.get(("threshold-1", clients)), "p50_ms"), 2),
+                _fmt(_ratio(row, by.get(("static", clients)), "throughput_rps"), 2),
+                _fmt(answers["gflops_per_image"], 4),
+                _fmt(answers["accuracy"], 3),
+                f"{row['requests'] - row['errors']}/{row['requests']}",
+            ]
+        )
     return out
 
 
-HEADER = ["variant", "clients", "p50 ms", "p95 ms", "req/s", "req/s by round", "p50 / thr-1", "req/s / static",
-          "GFLOPs/img", "accuracy", "answered"]
+HEADER = [
+    "variant",
+    "clients",
+    "p50 ms",
+    "p95 ms",
+    "req/s",
+    "req/s by round",
+    "p50 / thr-1",
+    "req/s / static",
+    "GFLOPs/img",
+    "accuracy",
+    "answered",
+]
 
 
 def _target_lines(section: dict[str, Any]) -> list[str]:
@@ -601,17 +730,20 @@ def _target_lines(section: dict[str, Any]) -> list[str]:
     for check in section["targets"]:
         ratio, bound = check["ratio"], check["bound"]
         side = "over" if ratio > bound else "under"
-        lines.append(f"{'met   ' if check['met'] else 'MISSED'} {check['target']} at {check['concurrency']} clients: "
-                     f"{ratio:.3f}, {abs(ratio / bound - 1):.1%} {side} the bound")
+        lines.append(
+            f"{'met   ' if check['met'] else 'MISSED'} {check['target']} at {check['concurrency']} clients: "
+            f"{ratio:.3f}, {abs(ratio / bound - 1):.1%} {side} the bound"
+        )
     return lines
 
 
 def result_table(section: dict[str, Any]) -> str:
     rows = [HEADER, *_table_rows(section)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths,
-                                                                                               strict=True)))
-             for row in rows]
+    lines = [
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+        for row in rows
+    ]
     return "\n".join([*lines, "", *_target_lines(section)])
 
 
@@ -641,5 +773,6 @@ def render_markdown(results: dict[str, Any]) -> str:
     table += ["| " + " | ".join(row) + " |" for row in _table_rows(section)]
     variants = "; ".join(f"`{name}`: {text}" for name, text in section["variants"].items())
     targets = [f"- {line}" for line in _target_lines(section)]
-    return "\n".join(["## Serving", "", _setup_text(section), "", *table, "", f"Variants: {variants}.", "",
-                      "Targets:", "", *targets])
+    return "\n".join(
+        ["## Serving", "", _setup_text(section), "", *table, "", f"Variants: {variants}.", "", "Targets:", "", *targets]
+    )

@@ -23,14 +23,17 @@ RESULT_KEYS = ("config", "tasks", "methods", "rows", "target", "ablation", "miss
 
 def cell_row(task: str, petl: str, static: dict | None, dyn: dict | None) -> dict[str, Any]:
     """One (task, method) row; None marks a cell that has not finished."""
-    return {"task": task, "petl": petl,
-            "static_acc": static["acc"] if static else None,
-            "static_gflops": static["gflops"] if static else None,
-            "dyn": {m: {k: dyn["modes"][m][k] for k in ("acc", "gflops", "saved")} for m in MODES} if dyn else None,
-            "dyn_full_acc": dyn["acc"] if dyn else None,
-            "dyn_exit_acc": dyn["exit_accuracy"] if dyn else None,
-            "dyn_best_at_target": best_at_target(dyn) if dyn else None,
-            "seconds": {"static": static["seconds"] if static else None, "dyn": dyn["seconds"] if dyn else None}}
+    return {
+        "task": task,
+        "petl": petl,
+        "static_acc": static["acc"] if static else None,
+        "static_gflops": static["gflops"] if static else None,
+        "dyn": {m: {k: dyn["modes"][m][k] for k in ("acc", "gflops", "saved")} for m in MODES} if dyn else None,
+        "dyn_full_acc": dyn["acc"] if dyn else None,
+        "dyn_exit_acc": dyn["exit_accuracy"] if dyn else None,
+        "dyn_best_at_target": best_at_target(dyn) if dyn else None,
+        "seconds": {"static": static["seconds"] if static else None, "dyn": dyn["seconds"] if dyn else None},
+    }
 
 
 def best_at_target(dyn: dict[str, Any]) -> float | None:
@@ -44,34 +47,54 @@ def best_at_target(dyn: dict[str, Any]) -> float | None:
 def mean_row(petl: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The suite mean of a method over the tasks where both its cells finished."""
     done = [r for r in rows if r["static_acc"] is not None and r["dyn"] is not None]
-    row: dict[str, Any] = {"task": "mean", "petl": petl, "tasks": len(done), "static_acc": None,
-                           "static_gflops": None, "dyn": None, "dyn_full_acc": None, "dyn_exit_acc": None,
-                           "dyn_best_at_target": None}
+    row: dict[str, Any] = {
+        "task": "mean",
+        "petl": petl,
+        "tasks": len(done),
+        "static_acc": None,
+        "static_gflops": None,
+        "dyn": None,
+        "dyn_full_acc": None,
+        "dyn_exit_acc": None,
+        "dyn_best_at_target": None,
+    }
     if done:
         best = [r["dyn_best_at_target"] for r in done]
-        row.update(static_acc=fmean(r["static_acc"] for r in done),
-                   static_gflops=fmean(r["static_gflops"] for r in done),
-                   dyn_full_acc=fmean(r["dyn_full_acc"] for r in done),
-                   dyn_exit_acc=[fmean(accs) for accs in zip(*(r["dyn_exit_acc"] for r in done), strict=True)],
-                   dyn_best_at_target=fmean(best) if None not in best else None,
-                   dyn={m: {k: fmean(r["dyn"][m][k] for r in done) for k in ("acc", "gflops", "saved")}
-                        for m in MODES})
+        row.update(
+            static_acc=fmean(r["static_acc"] for r in done),
+            static_gflops=fmean(r["static_gflops"] for r in done),
+            dyn_full_acc=fmean(r["dyn_full_acc"] for r in done),
+            dyn_exit_acc=[fmean(accs) for accs in zip(*(r["dyn_exit_acc"] for r in done), strict=True)],
+            dyn_best_at_target=fmean(best) if None not in best else None,
+            dyn={m: {k: fmean(r["dyn"][m][k] for r in done) for k in ("acc", "gflops", "saved")} for m in MODES},
+        )
     return row
 
 
 def target(row: dict[str, Any], num_tasks: int) -> dict[str, Any]:
     """Whether a method's suite mean meets the paper's claim at ``balanced``, and by how much it misses."""
-    out: dict[str, Any] = {"petl": row["petl"], "tasks": row["tasks"], "of": num_tasks,
-                           "complete": row["tasks"] == num_tasks}
+    out: dict[str, Any] = {
+        "petl": row["petl"],
+        "tasks": row["tasks"],
+        "of": num_tasks,
+        "complete": row["tasks"] == num_tasks,
+    }
     if row["dyn"] is None:
         return {**out, "met": None}
     balanced = row["dyn"]["balanced"]
     saved_short = max(0.0, TARGET_SAVED - balanced["saved"])
     acc_short = max(0.0, row["static_acc"] - TARGET_ACC_DROP - balanced["acc"])
     met = saved_short == 0 and acc_short == 0
-    return {**out, "met": met, "saved": balanced["saved"], "acc_delta": balanced["acc"] - row["static_acc"],
-            "saved_short": saved_short, "acc_short": acc_short, "best_at_target": row["dyn_best_at_target"],
-            "why": "" if met else why_missed(row)}
+    return {
+        **out,
+        "met": met,
+        "saved": balanced["saved"],
+        "acc_delta": balanced["acc"] - row["static_acc"],
+        "saved_short": saved_short,
+        "acc_short": acc_short,
+        "best_at_target": row["dyn_best_at_target"],
+        "why": "" if met else why_missed(row),
+    }
 
 
 def why_missed(row: dict[str, Any]) -> str:
@@ -82,40 +105,73 @@ def why_missed(row: dict[str, Any]) -> str:
     if best is None:
         return f"no threshold saves {TARGET_SAVED:.0%} of the static FLOPs on the test split."
     if best >= static - TARGET_ACC_DROP:
-        return (f"the model can: the best threshold on the test split saving {TARGET_SAVED:.0%} reaches "
-                f"{_pct(best)}% ({100 * (best - static):+.2f} points against static); the threshold calibrated "
-                f"on the validation split (200 images a task) gives {_pct(balanced)}%, "
-                f"{100 * (best - balanced):.2f} points below that best.")
-    return (f"the exits are not accurate enough: even the best threshold on the test split saving "
-            f"{TARGET_SAVED:.0%} reaches only {_pct(best)}% ({100 * (best - static):+.2f} points against "
-            f"static); accuracy per exit alone: {exits}%, last exit {100 * (row['dyn_full_acc'] - static):+.2f} "
-            "points against static.")
+        return (
+            f"the model can: the best threshold on the test split saving {TARGET_SAVED:.0%} reaches "
+            f"{_pct(best)}% ({100 * (best - static):+.2f} points against static); the threshold calibrated "
+            f"on the validation split (200 images a task) gives {_pct(balanced)}%, "
+            f"{100 * (best - balanced):.2f} points below that best."
+        )
+    return (
+        f"the exits are not accurate enough: even the best threshold on the test split saving "
+        f"{TARGET_SAVED:.0%} reaches only {_pct(best)}% ({100 * (best - static):+.2f} points against "
+        f"static); accuracy per exit alone: {exits}%, last exit {100 * (row['dyn_full_acc'] - static):+.2f} "
+        "points against static."
+    )
 
 
 def ablation_row(variant: str, label: str, per_task: dict[str, dict | None]) -> dict[str, Any]:
     done = {t: r for t, r in per_task.items() if r is not None}
-    modes = {m: {"acc": fmean(r["modes"][m]["acc"] for r in done.values()),
-                 "saved": fmean(r["modes"][m]["saved"] for r in done.values())} if done else None
-             for m in ("balanced", "accurate")}
-    return {"variant": variant, "label": label, "tasks": len(done), "missing": sorted(set(per_task) - set(done)),
-            **modes, "per_task": {t: {m: {k: r["modes"][m][k] for k in ("acc", "saved")}
-                                      for m in ("balanced", "accurate")} for t, r in done.items()}}
+    modes = {
+        m: {
+            "acc": fmean(r["modes"][m]["acc"] for r in done.values()),
+            "saved": fmean(r["modes"][m]["saved"] for r in done.values()),
+        }
+        if done
+        else None
+        for m in ("balanced", "accurate")
+    }
+    return {
+        "variant": variant,
+        "label": label,
+        "tasks": len(done),
+        "missing": sorted(set(per_task) - set(done)),
+        **modes,
+        "per_task": {
+            t: {m: {k: r["modes"][m][k] for k in ("acc", "saved")} for m in ("balanced", "accurate")}
+            for t, r in done.items()
+        },
+    }
 
 
-def sections(lookup: dict[tuple[str, str, str], dict | None], tasks: Sequence[str], methods: Sequence[str],
-             ablations: dict[str, str], ablation_petl: str, config: dict[str, Any]) -> dict[str, Any]:
+def sections(
+    lookup: dict[tuple[str, str, str], dict | None],
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    ablations: dict[str, str],
+    ablation_petl: str,
+    config: dict[str, Any],
+) -> dict[str, Any]:
     """The accuracy sections of results.json from ``(task, petl, variant) -> result or None``."""
     rows, means = [], []
     for petl in methods:
         per_task = [cell_row(t, petl, lookup.get((t, petl, "static")), lookup.get((t, petl, "dyn"))) for t in tasks]
         rows += per_task
         means.append(mean_row(petl, per_task))
-    ablation = [ablation_row(v, label, {t: lookup.get((t, ablation_petl, v)) for t in tasks})
-                for v, label in {"dyn": "Dyn-Adapter, every part on", **ablations}.items()]
+    ablation = [
+        ablation_row(v, label, {t: lookup.get((t, ablation_petl, v)) for t in tasks})
+        for v, label in {"dyn": "Dyn-Adapter, every part on", **ablations}.items()
+    ]
     missing = [f"{t}/{p}-{v}" for (t, p, v), r in lookup.items() if r is None]
-    return {"config": config, "tasks": list(tasks), "methods": list(methods), "rows": rows + means,
-            "target": [target(m, len(tasks)) for m in means], "ablation": ablation, "missing": missing,
-            "timing": timing(lookup)}
+    return {
+        "config": config,
+        "tasks": list(tasks),
+        "methods": list(methods),
+        "rows": rows + means,
+        "target": [target(m, len(tasks)) for m in means],
+        "ablation": ablation,
+        "missing": missing,
+        "timing": timing(lookup),
+    }
 
 
 def timing(lookup: dict[tuple[str, str, str], dict | None]) -> dict[str, Any]:
@@ -158,31 +214,56 @@ def _verdict(t: dict[str, Any]) -> str:
 
 def render_target(results: dict[str, Any]) -> str:
     means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
-    lines = [[t["petl"], _pct(means[t["petl"]]["static_acc"]),
-              _pct(means[t["petl"]]["dyn"]["balanced"]["acc"]) if t["met"] is not None else "—",
-              f"{100 * t['acc_delta']:+.2f}" if t["met"] is not None else "—",
-              f"{_pct(t['saved'])}%" if t["met"] is not None else "—",
-              _pct(t["best_at_target"]) if t.get("best_at_target") is not None else "—", _verdict(t)]
-             for t in results["target"]]
-    return ("## Target: the paper's claim at `balanced`\n\n"
-            f"At least {TARGET_SAVED:.0%} of the static baseline's FLOPs saved, with the suite-mean accuracy "
-            f"within {100 * TARGET_ACC_DROP:.1f} points of the static baseline of the same PETL method "
-            "(`none`: the linear probe on the frozen backbone).\n\n"
-            + _table(["PETL", "static acc (%)", "balanced acc (%)", "Δ acc (points)", "FLOPs saved",
-                      f"best on test at {TARGET_SAVED:.0%} saved (%)", "target"], lines)
-            + "".join(f"\n\nWhy {t['petl']} misses: {t['why']}" for t in results["target"] if t.get("why")))
+    lines = [
+        [
+            t["petl"],
+            _pct(means[t["petl"]]["static_acc"]),
+            _pct(means[t["petl"]]["dyn"]["balanced"]["acc"]) if t["met"] is not None else "—",
+            f"{100 * t['acc_delta']:+.2f}" if t["met"] is not None else "—",
+            f"{_pct(t['saved'])}%" if t["met"] is not None else "—",
+            _pct(t["best_at_target"]) if t.get("best_at_target") is not None else "—",
+            _verdict(t),
+        ]
+        for t in results["target"]
+    ]
+    return (
+        "## Target: the paper's claim at `balanced`\n\n"
+        f"At least {TARGET_SAVED:.0%} of the static baseline's FLOPs saved, with the suite-mean accuracy "
+        f"within {100 * TARGET_ACC_DROP:.1f} points of the static baseline of the same PETL method "
+        "(`none`: the linear probe on the frozen backbone).\n\n"
+        + _table(
+            [
+                "PETL",
+                "static acc (%)",
+                "balanced acc (%)",
+                "Δ acc (points)",
+                "FLOPs saved",
+                f"best on test at {TARGET_SAVED:.0%} saved (%)",
+                "target",
+            ],
+            lines,
+        )
+        + "".join(f"\n\nWhy {t['petl']} misses: {t['why']}" for t in results["target"] if t.get("why"))
+    )
 
 
 def render_tasks(results: dict[str, Any]) -> str:
-    parts = ["## Per task\n\nEach mode cell: test accuracy (%) / mean GFLOPs per image / FLOPs saved against "
-             "the static baseline. `static`: the same PETL method with the final head only."]
+    parts = [
+        "## Per task\n\nEach mode cell: test accuracy (%) / mean GFLOPs per image / FLOPs saved against "
+        "the static baseline. `static`: the same PETL method with the final head only."
+    ]
     for task in [*results["tasks"], "mean"]:
         rows = [r for r in results["rows"] if r["task"] == task]
         title = f"### {task}" if task != "mean" else "### Suite mean (over the tasks where both cells finished)"
-        lines = [[r["petl"] + (f" ({r['tasks']} tasks)" if task == "mean" else ""),
-                  _pct(r["static_acc"]) if r["static_acc"] is not None else "missing",
-                  f"{r['static_gflops']:.3g}" if r["static_gflops"] is not None else "—", *_mode_cells(r["dyn"])]
-                 for r in rows]
+        lines = [
+            [
+                r["petl"] + (f" ({r['tasks']} tasks)" if task == "mean" else ""),
+                _pct(r["static_acc"]) if r["static_acc"] is not None else "missing",
+                f"{r['static_gflops']:.3g}" if r["static_gflops"] is not None else "—",
+                *_mode_cells(r["dyn"]),
+            ]
+            for r in rows
+        ]
         drawn = task != "mean" and any(r["static_acc"] is not None or r["dyn"] is not None for r in rows)
         figure = f"\n\n![{task}: accuracy against GFLOPs](results/{task}.png)" if drawn else ""
         parts.append(f"{title}\n\n" + _table(["PETL", "static acc (%)", "static GFLOPs", *MODES], lines) + figure)
@@ -191,14 +272,18 @@ def render_tasks(results: dict[str, Any]) -> str:
 
 def render_ablation(results: dict[str, Any]) -> str:
     def cells(row: dict[str, Any]) -> list[str]:
-        return [f"{_pct(row[m]['acc'])} / {_pct(row[m]['saved'], 0)}%" if row[m] else "missing"
-                for m in ("balanced", "accurate")]
+        return [
+            f"{_pct(row[m]['acc'])} / {_pct(row[m]['saved'], 0)}%" if row[m] else "missing"
+            for m in ("balanced", "accurate")
+        ]
 
     lines = [[r["label"], *cells(r), f"{r['tasks']} / {r['tasks'] + len(r['missing'])}"] for r in results["ablation"]]
-    return ("## Ablation (Dyn-Adapter with adapter, suite mean)\n\n"
-            "One part of the method switched at a time (`dynadapter bench accuracy --ablation`); each cell: "
-            "test accuracy (%) / FLOPs saved. Self-distillation is off by default, so its row switches it on.\n\n"
-            + _table(["variant", "balanced", "accurate", "tasks finished"], lines))
+    return (
+        "## Ablation (Dyn-Adapter with adapter, suite mean)\n\n"
+        "One part of the method switched at a time (`dynadapter bench accuracy --ablation`); each cell: "
+        "test accuracy (%) / FLOPs saved. Self-distillation is off by default, so its row switches it on.\n\n"
+        + _table(["variant", "balanced", "accurate", "tasks finished"], lines)
+    )
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -208,22 +293,30 @@ def render_markdown(results: dict[str, Any]) -> str:
     c = results["config"]
     epochs = f"{c['epochs']} epoch" + ("s" if c["epochs"] != 1 else "")
     amp = f"{c['amp']} autocast in training, " if c.get("amp") else ""
-    intro = (f"Backbone `{c['backbone']}` at {c['img_size']} px, frozen; {epochs} per cell "
-             f"(AdamW lr {c['lr']}, {c['warmup_epochs']} epochs of warm-up, batch {c['batch_size']}, "
-             f"{amp}seed {c['seed']}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
-             "200 val images, a separate test split). All numbers are on the test split; the modes use the "
-             "thresholds calibrated on the validation split (each run's calibration.json). GFLOPs: one "
-             "multiply-add = one FLOP. The paper trains 100 epochs: with fewer, these numbers compare the "
-             "methods under one short budget, in which the early exits have learnt least.")
+    intro = (
+        f"Backbone `{c['backbone']}` at {c['img_size']} px, frozen; {epochs} per cell "
+        f"(AdamW lr {c['lr']}, {c['warmup_epochs']} epochs of warm-up, batch {c['batch_size']}, "
+        f"{amp}seed {c['seed']}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
+        "200 val images, a separate test split). All numbers are on the test split; the modes use the "
+        "thresholds calibrated on the validation split (each run's calibration.json). GFLOPs: one "
+        "multiply-add = one FLOP. The paper trains 100 epochs: with fewer, these numbers compare the "
+        "methods under one short budget, in which the early exits have learnt least."
+    )
     parts = [intro, render_target(results), render_tasks(results)]
     if any(r["tasks"] for r in results["ablation"]):
         parts.append(render_ablation(results))
     if results["timing"]:
-        parts.append("## Time per cell\n\nWall-clock seconds of training, calibration and test evaluation, "
-                     "as measured on the machine that ran the cell:\n\n" + _table(
-                         ["cells", "finished", "mean (s)", "total (s)"],
-                         [[kind, str(t["cells"]), f"{t['mean_s']:.0f}", f"{t['total_s']:.0f}"]
-                          for kind, t in results["timing"].items()]))
+        parts.append(
+            "## Time per cell\n\nWall-clock seconds of training, calibration and test evaluation, "
+            "as measured on the machine that ran the cell:\n\n"
+            + _table(
+                ["cells", "finished", "mean (s)", "total (s)"],
+                [
+                    [kind, str(t["cells"]), f"{t['mean_s']:.0f}", f"{t['total_s']:.0f}"]
+                    for kind, t in results["timing"].items()
+                ],
+            )
+        )
     if results["missing"]:
         parts.append("## Cells not finished\n\n" + ", ".join(f"`{m}`" for m in results["missing"]))
     return "\n\n".join(parts)
@@ -235,8 +328,13 @@ def result_table(results: dict[str, Any]) -> str:
     lines = [f"{'PETL':<11} {'tasks':>5} {'static':>7} {'fast':>14} {'balanced':>14} {'accurate':>14}  target"]
     for t in results["target"]:
         row = means[t["petl"]]
-        modes = [f"{_pct(row['dyn'][m]['acc'])}%/{_pct(row['dyn'][m]['saved'], 0)}%" if row["dyn"] else "—"
-                 for m in MODES]
-        lines.append(f"{t['petl']:<11} {row['tasks']:>5} {_pct(row['static_acc']):>7} "
-                     + " ".join(f"{m:>14}" for m in modes) + "  " + _verdict(t).replace("**", ""))
+        modes = [
+            f"{_pct(row['dyn'][m]['acc'])}%/{_pct(row['dyn'][m]['saved'], 0)}%" if row["dyn"] else "—" for m in MODES
+        ]
+        lines.append(
+            f"{t['petl']:<11} {row['tasks']:>5} {_pct(row['static_acc']):>7} "
+            + " ".join(f"{m:>14}" for m in modes)
+            + "  "
+            + _verdict(t).replace("**", "")
+        )
     return "\n".join(lines)

@@ -16,8 +16,12 @@ from collections.abc import Callable, Sequence
 from dynadapter.errors import DynAdapterError
 
 #: The rooms whose ``commands`` module contributes subcommands, in the order ``--help`` lists them.
-ROOMS = ("dynadapter.training.commands", "dynadapter.export.commands", "dynadapter.service.commands",
-         "dynadapter.bench.commands")
+ROOMS = (
+    "dynadapter.training.commands",
+    "dynadapter.export.commands",
+    "dynadapter.service.commands",
+    "dynadapter.bench.commands",
+)
 
 Run = Callable[[argparse.Namespace], None]
 
@@ -37,8 +41,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Run]]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser, runs = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:  # the ONNX exporter's passes log every rewrite at INFO
         for noisy in ("onnxscript", "onnx_ir"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, cast, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
@@ -48,13 +48,15 @@ def cli_fields(model: type[BaseModel]) -> Iterable[tuple[str, FieldInfo]]:
     return ((name, field) for name, field in model.model_fields.items() if _extra(field, "cli") is not False)
 
 
-def add_arguments(parser: argparse.ArgumentParser, model: type[BaseModel],
-                  help_suffix: Callable[[str, FieldInfo], str] | None = None) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, model: type[BaseModel], help_suffix: Callable[[str, FieldInfo], str] | None = None
+) -> None:
     """One flag per field of `model`; `help_suffix(name, field)` replaces the `[default ...]` note."""
     for name, field in cli_fields(model):
         note = help_suffix(name, field) if help_suffix else f"[default {default_text(field)}]"
         kwargs: dict[str, Any] = {
-            "dest": name, "default": argparse.SUPPRESS,
+            "dest": name,
+            "default": argparse.SUPPRESS,
             "help": f"{field.description or ''} {note}".strip().replace("%", "%%"),
         }
         if field.annotation is bool:
@@ -92,7 +94,8 @@ def key_value(text: str) -> tuple[str, Any]:
 
 def _flag_parser(field: FieldInfo) -> Callable[[str], Any]:
     """Validate a flag's text as the field would, so that argparse names the flag in its error."""
-    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[field.annotation, field])
+    # A type built at run time: mypy cannot check it, pydantic validates it.
+    adapter: TypeAdapter[Any] = TypeAdapter(cast(Any, Annotated[field.annotation, field]))
 
     def parse(text: str) -> Any:
         try:

@@ -26,12 +26,14 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     b = dsub.add_parser("build", help="export the committed demo runs into a model repository (cached)")
     b.add_argument("--out", type=Path, default=Path("var/model_repo"))
     b.add_argument("--no-fixtures", action="store_true", help="leave the tiny test fixture model out")
+    b.add_argument("--demo-dir", type=Path, help="the committed runs (default: the checkout's demo/)")
 
 
 def run_demo(args: argparse.Namespace) -> None:
     from dynadapter.export.demo import build_demo_repo
 
-    print(f"demo model repository ready: {build_demo_repo(args.out, fixtures=not args.no_fixtures)}")
+    repo = build_demo_repo(args.out, fixtures=not args.no_fixtures, demo_dir=args.demo_dir)
+    print(f"demo model repository ready: {repo}")
 
 
 COMMANDS = {"export": (add_export, run_export), "demo": (add_demo, run_demo)}

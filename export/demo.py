@@ -30,9 +30,10 @@ FIXTURE_REPO = DEMO_ROOT / "model_repo"
 SOURCE_FILE = "source.json"
 
 
-def build_demo_repo(out: Path, version: str = "1", fixtures: bool = True) -> Path:
+def build_demo_repo(out: Path, version: str = "1", fixtures: bool = True, demo_dir: Path | None = None) -> Path:
     """Export every demo run into ``out`` (skipping up-to-date ones) and, with ``fixtures``, add the
-    fixture models.
+    fixture models. ``demo_dir``: where the committed runs are (default: the checkout's ``demo/``;
+    an installed wheel has none, so the image build passes it).
 
     Holds an exclusive lock on ``out/.build.lock`` meanwhile: two builds of one repository (two
     ``make serve`` at once) would otherwise export into the same folders.
@@ -40,22 +41,26 @@ def build_demo_repo(out: Path, version: str = "1", fixtures: bool = True) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     with (out / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _build(out, version, fixtures)
+        _build(out, version, fixtures, Path(demo_dir) if demo_dir is not None else DEMO_ROOT)
     return out
 
 
-def _build(out: Path, version: str, fixtures: bool) -> None:
-    for name, run in DEMO_RUNS.items():
+def _build(out: Path, version: str, fixtures: bool, demo_dir: Path) -> None:
+    for name, committed in DEMO_RUNS.items():
+        run = demo_dir / committed.relative_to(DEMO_ROOT)
         dest = out / name / version
-        source = {"run": str(run), "checkpoint_sha256": sha256_file(checkpoint_path(run)),
-                  "exporter": EXPORTER_REVISION}
+        source = {
+            "run": str(run),
+            "checkpoint_sha256": sha256_file(checkpoint_path(run)),
+            "exporter": EXPORTER_REVISION,
+        }
         if _is_current(dest, source):
             log.info("%s is up to date", dest)
             continue
         log.info("exporting the demo %s from %s (fetches the backbone on first use)", name, run)
         export_run(run, out, name=name, version=version)
         (dest / SOURCE_FILE).write_text(json.dumps(source, indent=2))
-    for fixture in FIXTURE_REPO.iterdir() if fixtures else ():
+    for fixture in (demo_dir / FIXTURE_REPO.relative_to(DEMO_ROOT)).iterdir() if fixtures else ():
         if fixture.is_dir() and not _same_tree(fixture, out / fixture.name):
             shutil.rmtree(out / fixture.name, ignore_errors=True)
             shutil.copytree(fixture, out / fixture.name)
@@ -65,8 +70,10 @@ def _same_tree(committed: Path, copy: Path) -> bool:
     """The copy has every manifest of the committed fixture, byte for byte (a manifest holds the
     sha256 of each of its segments, which the server checks at load)."""
     manifests = list(committed.glob("*/manifest.json"))
-    return all((copy / m.relative_to(committed)).is_file()
-               and (copy / m.relative_to(committed)).read_bytes() == m.read_bytes() for m in manifests)
+    return all(
+        (copy / m.relative_to(committed)).is_file() and (copy / m.relative_to(committed)).read_bytes() == m.read_bytes()
+        for m in manifests
+    )
 
 
 def _is_current(dest: Path, source: dict) -> bool:

@@ -71,9 +71,18 @@ def export_segment(model: DynamicViT, k: int, example: torch.Tensor, path: Path)
     inputs, outputs = segment_io(k, seg.last)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The torch.export-based exporter (the maintained one); the batch axis stays dynamic.
-    torch.onnx.export(seg, (example,), str(path), input_names=inputs, output_names=outputs,
-                      dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True, verbose=False,
-                      external_data=False)
+    torch.onnx.export(
+        seg,
+        (example,),
+        str(path),
+        input_names=inputs,
+        output_names=outputs,
+        dynamic_shapes=({0: batch},),
+        opset_version=OPSET,
+        dynamo=True,
+        verbose=False,
+        external_data=False,
+    )
     graph = onnx.load(str(path))
     if not seg.last:
         graph = gate_exit_head(graph)
@@ -139,8 +148,9 @@ def write_segments(model: DynamicViT, size: tuple[int, int], folder: Path) -> li
     return paths
 
 
-def build_manifest(run: Run, paths: list[Path], calibration: dict[str, Any], parity: float, name: str,
-                   version: str) -> Manifest:
+def build_manifest(
+    run: Run, paths: list[Path], calibration: dict[str, Any], parity: float, name: str, version: str
+) -> Manifest:
     cum = deployed_cumulative_gflops(run.model)
     per = [c - p for c, p in zip(cum, [0.0, *cum[:-1]], strict=True)]
     heads = exit_head_gflops(run.model)
@@ -148,13 +158,34 @@ def build_manifest(run: Run, paths: list[Path], calibration: dict[str, Any], par
         hidden = run.model.embed(torch.zeros(1, 3, *run.preprocessing.size))
     exits = run.model.config.exits
     return new_manifest(
-        schema_version=SCHEMA_VERSION, name=name, version=version,
+        schema_version=SCHEMA_VERSION,
+        name=name,
+        version=version,
         created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        labels=run.labels, preprocessing=run.preprocessing, hidden_shape=tuple(hidden.shape[1:]),
-        segments=[Segment(index=k, file=p.name, sha256=sha256_file(p), after_block=exits[k], gflops=per[k],
-                          cumulative_gflops=cum[k], head_gflops=heads[k]) for k, p in enumerate(paths)],
-        gflops_full=cum[-1], calibration=calibration["calibration"], modes=calibration["modes"],
+        labels=run.labels,
+        preprocessing=run.preprocessing,
+        hidden_shape=tuple(hidden.shape[1:]),
+        segments=[
+            Segment(
+                index=k,
+                file=p.name,
+                sha256=sha256_file(p),
+                after_block=exits[k],
+                gflops=per[k],
+                cumulative_gflops=cum[k],
+                head_gflops=heads[k],
+            )
+            for k, p in enumerate(paths)
+        ],
+        gflops_full=cum[-1],
+        calibration=calibration["calibration"],
+        modes=calibration["modes"],
         parity={"max_abs_diff": parity, "batch_sizes": list(PARITY_BATCH_SIZES)},
-        training={"backbone": run.config["backbone"]["name"], "petl": run.model.config.petl,
-                  "img_size": run.preprocessing.size[0], "exits": exits, "data": run.config["data"]},
+        training={
+            "backbone": run.config["backbone"]["name"],
+            "petl": run.model.config.petl,
+            "img_size": run.preprocessing.size[0],
+            "exits": exits,
+            "data": run.config["data"],
+        },
     )

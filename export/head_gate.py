@@ -5,7 +5,7 @@ onnxruntime runs every node of a graph whatever outputs are fetched, so a reques
 which can never leave early, would still pay for every early head (8% of the demo model's FLOPs;
 its first head is a transformer block). The gate moves the head's nodes into the ``then`` branch
 of an ONNX ``If`` on a boolean scalar input ``need_logits``; the ``else`` branch yields an empty
-``[0, num_classes]`` tensor. Fed ``true``, the segment is exactly the one SPEC §5 describes; the
+``[0, num_classes]`` tensor. Fed ``true``, the segment is exactly the one docs/model-repository.md describes; the
 segment runner feeds ``false`` when every image in flight has a threshold >= 1 at that exit.
 
 ``need_logits`` is a required input, not one with a default (an initializer of the same name):
@@ -56,13 +56,18 @@ def gate_exit_head(model: onnx.ModelProto, hidden: str = "hidden", logits: str =
     for node in head_nodes:  # ONNX forbids a branch to define a name of the outer scope
         node.output[:] = [_HEAD_OUT if name == logits else name for name in node.output]
     then_branch = helper.make_graph(
-        head_nodes, "exit_head", [], [helper.make_tensor_value_info(_HEAD_OUT, TensorProto.FLOAT, None)])
+        head_nodes, "exit_head", [], [helper.make_tensor_value_info(_HEAD_OUT, TensorProto.FLOAT, None)]
+    )
     empty = numpy_helper.from_array(np.zeros((0, num_classes), np.float32), _SKIPPED_OUT)
     else_branch = helper.make_graph(
-        [helper.make_node("Constant", [], [_SKIPPED_OUT], value=empty)], "exit_head_skipped", [],
-        [helper.make_tensor_value_info(_SKIPPED_OUT, TensorProto.FLOAT, None)])
-    gate = helper.make_node("If", [FLAG], [logits], name="exit_head_gate",
-                            then_branch=then_branch, else_branch=else_branch)
+        [helper.make_node("Constant", [], [_SKIPPED_OUT], value=empty)],
+        "exit_head_skipped",
+        [],
+        [helper.make_tensor_value_info(_SKIPPED_OUT, TensorProto.FLOAT, None)],
+    )
+    gate = helper.make_node(
+        "If", [FLAG], [logits], name="exit_head_gate", then_branch=then_branch, else_branch=else_branch
+    )
 
     head_set = set(head)
     kept = [node for i, node in enumerate(graph.node) if i not in head_set]

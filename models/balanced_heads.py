@@ -97,14 +97,15 @@ class ExitHead(nn.Module):
         self.drop = nn.Dropout(dropout)
         if config.kind == "mlp":
             hidden = max(1, round(width * config.width))
-            self.fc = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout),
-                                    nn.Linear(hidden, num_classes))
+            self.fc = nn.Sequential(
+                nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+            )
         else:
             self.fc = nn.Linear(width, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.blocks(tokens))
-        x = x[:, 0] if self.pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = x[:, 0] if self.pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
         return self.fc(self.drop(x))
 
     def set_dropout(self, p: float) -> None:

@@ -83,8 +83,15 @@ class DynamicViT(nn.Module):
         self.bounds = [0, *config.exits]
         last = len(config.exits) - 1
         self.heads = nn.ModuleList(
-            ExitHead(hc, width, config.num_classes, num_heads, backbone.global_pool, backbone.num_prefix_tokens,
-                     norm=backbone.norm if k == last and hc.kind == "linear" else None)
+            ExitHead(
+                hc,
+                width,
+                config.num_classes,
+                num_heads,
+                backbone.global_pool,
+                backbone.num_prefix_tokens,
+                norm=backbone.norm if k == last and hc.kind == "linear" else None,
+            )
             for k, hc in enumerate(config.heads)
         )
         self.set_forward_sparsity(config.forward_sparsity)
@@ -94,7 +101,7 @@ class DynamicViT(nn.Module):
         return len(self.heads)
 
     def stage_blocks(self, k: int) -> nn.Sequential:
-        return self.backbone.blocks[self.bounds[k]:self.bounds[k + 1]]
+        return self.backbone.blocks[self.bounds[k] : self.bounds[k + 1]]
 
     def set_forward_sparsity(self, sparsity: ForwardSparsity) -> None:
         for k in range(self.num_exits):
@@ -145,4 +152,3 @@ class DynamicViT(nn.Module):
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
         self.load_state_dict(state, strict=False)
-

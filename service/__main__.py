@@ -1,4 +1,4 @@
-"""`python -m service`: serve the model repository named by the DYNADAPTER_* environment."""
+"""`python -m dynadapter.service`: serve the model repository named by the DYNADAPTER_* environment."""
 
 from dynadapter.service.main import serve
 from dynadapter.service.settings import Settings

@@ -5,6 +5,7 @@ request validation error from FastAPI); anything else is a bug and answers a JSO
 """
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -62,7 +63,7 @@ def deadline_exceeded(timeout_s: float) -> ApiError:
     return ApiError(504, "timeout", f"the request did not finish within {timeout_s:g} s")
 
 
-def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code, headers=headers)
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of SPEC section 7, in a registry owned by one app (not the global one).
+"""Prometheus metrics (listed in the README's "Serving" section), in a registry owned by one app.
 
 The FLOPs counters count every classified image exactly once, in FLOPs (one multiply-add = one
 FLOP): used = cumulative FLOPs up to its exit less the exit heads skipped on its way, saved =

@@ -1,4 +1,4 @@
-"""Response bodies of the HTTP API (SPEC section 6)."""
+"""Response bodies of the HTTP API (README, "Serving"; OpenAPI at /docs)."""
 
 from pydantic import BaseModel
 

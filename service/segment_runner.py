@@ -3,7 +3,7 @@
 After each segment the images whose confidence (max softmax of that exit's logits) reaches their
 own threshold leave with that exit's logits; only the others (`hidden[~exited]`) go on to the next
 segment, and the last exit answers for whoever is left. A segment exported with a gated exit head
-(input `need_logits`, training/head_gate.py) skips its head when no image in flight can leave there
+(input `need_logits`, export/head_gate.py) skips its head when no image in flight can leave there
 (every threshold >= 1): a request at threshold 1 pays for no early head.
 
 On CUDA the hidden states stay on the GPU between segments (IOBinding + OrtValue) and only the
@@ -258,6 +258,7 @@ class SegmentRunner:
             if staying.size == 0:
                 return
             alive = alive[staying]
+            assert hidden is not None  # only the last segment has none, and every image leaves there
             x = hidden if staying.size == leaving.size else self._io.keep(hidden, staying)
 
     def run(self, images: np.ndarray, thresholds: np.ndarray) -> RunOutput:

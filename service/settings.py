@@ -89,8 +89,9 @@ def env_name(field: str) -> str:
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one `--kebab-case` flag per setting; a flag left out leaves the env var or default in force."""
-    options.add_arguments(parser, Settings,
-                          lambda name, field: f"[env {env_name(name)}, default {default_text(field)}]")
+    options.add_arguments(
+        parser, Settings, lambda name, field: f"[env {env_name(name)}, default {default_text(field)}]"
+    )
 
 
 def settings_from_args(namespace: argparse.Namespace) -> Settings:

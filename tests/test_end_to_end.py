@@ -38,9 +38,25 @@ def server(tmp_path_factory) -> Iterator[str]:
     export_run(run, root / "repo", name="demo", version="1")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DYNADAPTER_")}
-    proc = subprocess.Popen([sys.executable, "-m", "dynadapter", "serve", "--model-repo", str(root / "repo"),
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dynadapter",
+            "serve",
+            "--model-repo",
+            str(root / "repo"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -83,8 +99,7 @@ def total(snapshot: dict, name: str, **labels: str) -> float:
 def test_classify_png_and_jpeg_with_all_response_fields(server: str) -> None:
     img = digit_images(1)[0]
     multipart = httpx.post(f"{server}/classify", files={"file": ("d.png", encode(img, "PNG"), "image/png")})
-    raw = httpx.post(f"{server}/classify?top_k=3", content=encode(img, "JPEG"),
-                     headers={"content-type": "image/jpeg"})
+    raw = httpx.post(f"{server}/classify?top_k=3", content=encode(img, "JPEG"), headers={"content-type": "image/jpeg"})
     for r in (multipart, raw):
         assert r.status_code == 200, r.text
         body = r.json()
@@ -115,13 +130,21 @@ def test_threshold_zero_leaves_at_the_first_exit_and_one_runs_to_the_end(server:
 def test_metrics_move_by_exactly_the_images_posted(server: str) -> None:
     images = digit_images(7)
     before = counters(server)
-    responses = [httpx.post(f"{server}/classify", content=encode(i, "PNG"), headers={"content-type": "image/png"})
-                 for i in images]
+    responses = [
+        httpx.post(f"{server}/classify", content=encode(i, "PNG"), headers={"content-type": "image/png"})
+        for i in images
+    ]
     after = counters(server)
     assert all(r.status_code == 200 for r in responses)
-    delta = {n: total(after, n) - total(before, n) for n in
-             ("dynadapter_requests_total", "dynadapter_exits_total", "dynadapter_flops_used_total",
-              "dynadapter_flops_saved_total")}
+    delta = {
+        n: total(after, n) - total(before, n)
+        for n in (
+            "dynadapter_requests_total",
+            "dynadapter_exits_total",
+            "dynadapter_flops_used_total",
+            "dynadapter_flops_saved_total",
+        )
+    }
     assert delta["dynadapter_requests_total"] == 7 and delta["dynadapter_exits_total"] == 7
     used = sum(r.json()["gflops"]["used"] for r in responses) * 1e9
     saved = sum(r.json()["gflops"]["saved"] for r in responses) * 1e9
@@ -129,20 +152,25 @@ def test_metrics_move_by_exactly_the_images_posted(server: str) -> None:
     assert delta["dynadapter_flops_saved_total"] == pytest.approx(saved, rel=1e-6)
     per_exit = np.bincount([r.json()["exit"]["index"] for r in responses], minlength=4)
     for k in range(4):
-        assert total(after, "dynadapter_exits_total", exit=str(k)) - total(
-            before, "dynadapter_exits_total", exit=str(k)) == per_exit[k]
+        assert (
+            total(after, "dynadapter_exits_total", exit=str(k)) - total(before, "dynadapter_exits_total", exit=str(k))
+            == per_exit[k]
+        )
 
 
-@pytest.mark.parametrize(("query", "body", "ctype", "status"), [
-    ("", b"", "image/png", 400),
-    ("", b"this is not an image", "image/png", 400),
-    ("", "truncated", "image/png", 400),
-    ("?threshold=2", "png", "image/png", 422),
-    ("?threshold=nan", "png", "image/png", 422),
-    ("?mode=turbo", "png", "image/png", 422),
-    ("?threshold=0.5&mode=fast", "png", "image/png", 422),
-    ("", "png", "text/plain", 415),
-])
+@pytest.mark.parametrize(
+    ("query", "body", "ctype", "status"),
+    [
+        ("", b"", "image/png", 400),
+        ("", b"this is not an image", "image/png", 400),
+        ("", "truncated", "image/png", 400),
+        ("?threshold=2", "png", "image/png", 422),
+        ("?threshold=nan", "png", "image/png", 422),
+        ("?mode=turbo", "png", "image/png", 422),
+        ("?threshold=0.5&mode=fast", "png", "image/png", 422),
+        ("", "png", "text/plain", 415),
+    ],
+)
 def test_bad_inputs_get_their_4xx_and_never_a_500(server: str, query: str, body, ctype: str, status: int) -> None:
     png = encode(digit_images(1)[0], "PNG")
     content = {"png": png, "truncated": png[: len(png) // 2]}.get(body, body) if isinstance(body, str) else body

@@ -12,15 +12,25 @@ from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig
 def tiny_vit(img_size: int = 32, depth: int = 4, width: int = 32, seed: int = 0) -> VisionTransformer:
     torch.manual_seed(seed)
     return timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, num_classes=0, exportable=True,
-        img_size=img_size, patch_size=8, depth=depth, embed_dim=width, num_heads=2,
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        exportable=True,
+        img_size=img_size,
+        patch_size=8,
+        depth=depth,
+        embed_dim=width,
+        num_heads=2,
     )
 
 
-def tiny_model(petl: str = "adapter", exits: tuple[int, ...] = (1, 2, 3, 4), num_classes: int = 5,
-               seed: int = 0, **config) -> DynamicViT:
-    model = DynamicViT(tiny_vit(depth=exits[-1], seed=seed),
-                       DynamicViTConfig(num_classes=num_classes, exits=list(exits), petl=petl, **config))
+def tiny_model(
+    petl: str = "adapter", exits: tuple[int, ...] = (1, 2, 3, 4), num_classes: int = 5, seed: int = 0, **config
+) -> DynamicViT:
+    model = DynamicViT(
+        tiny_vit(depth=exits[-1], seed=seed),
+        DynamicViTConfig(num_classes=num_classes, exits=list(exits), petl=petl, **config),
+    )
     return model
 
 
@@ -40,7 +50,17 @@ def train_tiny_run(out, petl: str = "adapter", epochs: int = 1, **overrides):
     """A real run directory from `dynadapter train`'s code path, on builtin:digits, in seconds."""
     from dynadapter.training.trainer import TrainOptions, train
 
-    opts = TrainOptions(data="builtin:digits", out=out, backbone="vit_tiny_patch16_224",
-                        backbone_kwargs=TINY_BACKBONE, petl=petl, exits=[1, 2, 3, 4], img_size=16,
-                        epochs=epochs, lr=1e-2, progress=False, **overrides)
+    opts = TrainOptions(
+        data="builtin:digits",
+        out=out,
+        backbone="vit_tiny_patch16_224",
+        backbone_kwargs=TINY_BACKBONE,
+        petl=petl,
+        exits=[1, 2, 3, 4],
+        img_size=16,
+        epochs=epochs,
+        lr=1e-2,
+        progress=False,
+        **overrides,
+    )
     return train(opts)

@@ -36,8 +36,9 @@ class AdaptivePrioritization:
         a = (torch.arange(1, num_exits + 1, dtype=torch.float64) / num_exits) ** (self.gamma * (1.0 - t))
         return (num_exits * a / a.sum()).float()
 
-    def __call__(self, logits: list[torch.Tensor], targets: torch.Tensor, progress: float) -> tuple[
-            torch.Tensor, list[float]]:
+    def __call__(
+        self, logits: list[torch.Tensor], targets: torch.Tensor, progress: float
+    ) -> tuple[torch.Tensor, list[float]]:
         """Total loss and each exit's cross-entropy (for logging)."""
         ce = torch.stack([F.cross_entropy(z, targets) for z in logits])
         loss = (self.weights(progress, len(logits)).to(ce.device) * ce).sum()

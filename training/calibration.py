@@ -1,10 +1,10 @@
 """Calibration: from per-exit logits on the validation split to thresholds, modes and budgets.
 
-Dynamic inference (SPEC §3): an image leaves at the first exit whose confidence (max softmax
+Dynamic inference (README, "Method"): an image leaves at the first exit whose confidence (max softmax
 probability) reaches the threshold; the last exit always answers; threshold >= 1 runs to the end,
 and then without the early exit heads (the served segments skip a head no image can use), so that
 row costs the early heads' FLOPs less than the last exit's cumulative cost.
-Sweeping the threshold traces accuracy against mean FLOPs; the named modes (SPEC §5) and the
+Sweeping the threshold traces accuracy against mean FLOPs; the named modes (docs/model-repository.md) and the
 FLOPs budgets of the service's ``budget`` knob are read off that table. Pure numpy.
 
 A validation split of 200 images (VTAB-1k) measures accuracy in steps of half a point, so the
@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 #: Fine near 1: a well-trained exit's confidences crowd there.
-THRESHOLD_GRID = np.unique(np.round(np.concatenate(
-    [np.linspace(0.0, 1.0, 201), 1.0 - np.logspace(-5, -2, 13)]), 6))
+THRESHOLD_GRID = np.unique(np.round(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.logspace(-5, -2, 13)]), 6))
 BUDGETS = np.round(np.arange(0.05, 1.0001, 0.05), 2)
 ACCURATE_TOLERANCE = 0.005  # "accurate": within 0.5 points of the last exit
 MODE_BUDGETS = {"fast": 0.30, "balanced": 0.50}
@@ -48,8 +47,14 @@ def exit_indices(confidence: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(leaves.any(axis=0), leaves.argmax(axis=0), k - 1)
 
 
-def simulate(confidence: np.ndarray, predicted: np.ndarray, targets: np.ndarray,
-             cumulative_gflops: Sequence[float], threshold: float, early_heads_gflops: float = 0.0) -> dict[str, Any]:
+def simulate(
+    confidence: np.ndarray,
+    predicted: np.ndarray,
+    targets: np.ndarray,
+    cumulative_gflops: Sequence[float],
+    threshold: float,
+    early_heads_gflops: float = 0.0,
+) -> dict[str, Any]:
     """One row of the table at ``threshold``: accuracy, its pessimistic score, mean GFLOPs and exit
     fractions. ``confidence`` and ``predicted`` are [K, N], ``targets`` [N]; ``early_heads_gflops``:
     the exit heads before the last, which threshold 1 skips."""
@@ -60,16 +65,29 @@ def simulate(confidence: np.ndarray, predicted: np.ndarray, targets: np.ndarray,
     differ = int((answers != predicted[-1]).sum())
     cum = np.asarray(cumulative_gflops, dtype=np.float64)
     gflops = float(cum[exits].mean()) - (early_heads_gflops if threshold >= 1.0 else 0.0)
-    return {"threshold": float(threshold), "accuracy": accuracy, "score": accuracy - MARGIN_Z * differ ** 0.5 / n,
-            "disagreement": differ / n, "gflops": gflops, "flops_fraction": gflops / float(cum[-1]),
-            "exit_fractions": (np.bincount(exits, minlength=k) / n).tolist()}
+    return {
+        "threshold": float(threshold),
+        "accuracy": accuracy,
+        "score": accuracy - MARGIN_Z * differ**0.5 / n,
+        "disagreement": differ / n,
+        "gflops": gflops,
+        "flops_fraction": gflops / float(cum[-1]),
+        "exit_fractions": (np.bincount(exits, minlength=k) / n).tolist(),
+    }
 
 
-def sweep(logits: np.ndarray, targets: np.ndarray, cumulative_gflops: Sequence[float],
-          thresholds: Sequence[float] = THRESHOLD_GRID, early_heads_gflops: float = 0.0) -> list[dict[str, Any]]:
+def sweep(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    cumulative_gflops: Sequence[float],
+    thresholds: Sequence[float] = THRESHOLD_GRID,
+    early_heads_gflops: float = 0.0,
+) -> list[dict[str, Any]]:
     confidence, predicted = softmax_confidence(np.asarray(logits, dtype=np.float64))
-    return [simulate(confidence, predicted, np.asarray(targets), cumulative_gflops, t, early_heads_gflops)
-            for t in thresholds]
+    return [
+        simulate(confidence, predicted, np.asarray(targets), cumulative_gflops, t, early_heads_gflops)
+        for t in thresholds
+    ]
 
 
 def best_under(table: list[dict[str, Any]], budget: float) -> dict[str, Any]:
@@ -81,7 +99,7 @@ def best_under(table: list[dict[str, Any]], budget: float) -> dict[str, Any]:
 
 
 def choose_modes(table: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """The named modes (SPEC §5), read off the validation table.
+    """The named modes (docs/model-repository.md), read off the validation table.
 
     ``balanced`` / ``fast``: the best-scoring row within 50% / 30% of full FLOPs (the cheapest on
     ties). ``accurate``: the cheapest row scoring within 0.5 points of the last exit's accuracy, or
@@ -113,11 +131,18 @@ def budget_curve(table: list[dict[str, Any]]) -> list[dict[str, float]]:
     return out
 
 
-def calibrate(logits: Any, targets: Any, cumulative_gflops: Sequence[float],
-              early_heads_gflops: float = 0.0) -> dict[str, Any]:
+def calibrate(
+    logits: Any, targets: Any, cumulative_gflops: Sequence[float], early_heads_gflops: float = 0.0
+) -> dict[str, Any]:
     """The manifest's ``calibration`` and ``modes`` from validation logits [K, N, C]."""
     logits, targets = np.asarray(logits), np.asarray(targets)
     table = sweep(logits, targets, cumulative_gflops, early_heads_gflops=early_heads_gflops)
-    return {"calibration": {"split": "val", "num_samples": int(targets.shape[0]), "table": table,
-                            "budgets": budget_curve(table)},
-            "modes": choose_modes(table)}
+    return {
+        "calibration": {
+            "split": "val",
+            "num_samples": int(targets.shape[0]),
+            "table": table,
+            "budgets": budget_curve(table),
+        },
+        "modes": choose_modes(table),
+    }

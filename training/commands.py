@@ -32,8 +32,14 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--data", help="data set (default: the one trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--baseline", action="append", default=[], type=Path, metavar="RUN_DIR",
-                   help="another run (e.g. trained with --static) to plot as a point (repeatable)")
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="RUN_DIR",
+        help="another run (e.g. trained with --static) to plot as a point (repeatable)",
+    )
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -51,8 +57,10 @@ def run_eval(args: argparse.Namespace) -> None:
         fr = " ".join(f"{f:.2f}" for f in row["exit_fractions"])
         print(f"{t:>9.2f}  {row['accuracy']:>8.4f}  {row['gflops']:>6.3f}  {100 * row['flops_fraction']:>5.1f}  {fr}")
     for name, row in r["modes"].items():
-        print(f"mode {name:<8} threshold {row['threshold']:.4f}: accuracy {row['accuracy']:.4f}, "
-              f"{100 * row['flops_fraction']:.1f}% of full FLOPs")
+        print(
+            f"mode {name:<8} threshold {row['threshold']:.4f}: accuracy {row['accuracy']:.4f}, "
+            f"{100 * row['flops_fraction']:.1f}% of full FLOPs"
+        )
     for name, point in r["baselines"].items():
         print(f"baseline {name}: accuracy {point['accuracy']:.4f} at {point['gflops']:.4f} GFLOPs")
     print(f"\nwritten: {args.run_dir / ('eval_' + args.split + '.json')} and the plot eval_{args.split}.png")
@@ -67,8 +75,10 @@ def run_calibrate(args: argparse.Namespace) -> None:
     from dynadapter.training.evaluate import recalibrate_run
 
     for name, mode in recalibrate_run(args.run_dir)["modes"].items():
-        print(f"{name:<8} threshold {mode['threshold']:.4f}: val accuracy {mode['accuracy']:.4f}, "
-              f"{100 * mode['flops_fraction']:.1f}% of full FLOPs")
+        print(
+            f"{name:<8} threshold {mode['threshold']:.4f}: val accuracy {mode['accuracy']:.4f}, "
+            f"{100 * mode['flops_fraction']:.1f}% of full FLOPs"
+        )
 
 
 def add_backbone(sub: argparse._SubParsersAction) -> None:
@@ -85,5 +95,9 @@ def run_backbone(args: argparse.Namespace) -> None:
     print(fetch_builtin_backbone(args.name, args.cache_dir))
 
 
-COMMANDS = {"train": (add_train, run_train), "eval": (add_eval, run_eval),
-            "calibrate": (add_calibrate, run_calibrate), "backbone": (add_backbone, run_backbone)}
+COMMANDS = {
+    "train": (add_train, run_train),
+    "eval": (add_eval, run_eval),
+    "calibrate": (add_calibrate, run_calibrate),
+    "backbone": (add_backbone, run_backbone),
+}

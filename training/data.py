@@ -86,8 +86,10 @@ def _package_dir(package: str, dataset: str) -> Path:
     """Where an installed package that ships a data set's files lives (no download, no network)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"builtin:{dataset} needs the '{package}' package "
-                           f"(pip install {package.replace('_', '-')}, or the project's 'train' extra)")
+        raise DataError(
+            f"builtin:{dataset} needs the '{package}' package "
+            f"(pip install {package.replace('_', '-')}, or the project's 'train' extra)"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -97,8 +99,9 @@ def _digits(seed: int) -> RawDataset:
 
     d = load_digits()
     pixels = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
-    return RawDataset([str(c) for c in range(10)],
-                      _shuffled_splits(pixels, d.target, {"train": 800, "val": 200, "test": None}, seed))
+    return RawDataset(
+        [str(c) for c in range(10)], _shuffled_splits(pixels, d.target, {"train": 800, "val": 200, "test": None}, seed)
+    )
 
 
 def _mnist(seed: int) -> RawDataset:
@@ -107,8 +110,9 @@ def _mnist(seed: int) -> RawDataset:
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",")
     pixels, targets = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
-    return RawDataset([str(c) for c in range(10)],
-                      _shuffled_splits(pixels, targets, {"train": 800, "val": 200, "test": 1000}, seed))
+    return RawDataset(
+        [str(c) for c in range(10)], _shuffled_splits(pixels, targets, {"train": 800, "val": 200, "test": 1000}, seed)
+    )
 
 
 #: ELPV's four defect-probability grades (0, 1/3, 2/3, 1), as its authors' experts voted.
@@ -151,7 +155,11 @@ def _elpv_type(seed: int) -> RawDataset:
 
 
 BUILTIN_DATASETS: dict[str, Callable[[int], RawDataset]] = {
-    "digits": _digits, "mnist": _mnist, "elpv": _elpv, "elpv-type": _elpv_type}
+    "digits": _digits,
+    "mnist": _mnist,
+    "elpv": _elpv,
+    "elpv-type": _elpv_type,
+}
 
 
 def _image_folder(root: Path) -> RawDataset:
@@ -161,8 +169,16 @@ def _image_folder(root: Path) -> RawDataset:
     labels = sorted({p.name for s in SPLITS if (root / s).is_dir() for p in (root / s).iterdir() if p.is_dir()})
     splits = {}
     for name in SPLITS:
-        files = [(f, i) for i, c in enumerate(labels) for f in sorted((root / name / c).glob("*"))
-                 if f.suffix.lower() in IMAGE_SUFFIXES] if (root / name).is_dir() else []
+        files = (
+            [
+                (f, i)
+                for i, c in enumerate(labels)
+                for f in sorted((root / name / c).glob("*"))
+                if f.suffix.lower() in IMAGE_SUFFIXES
+            ]
+            if (root / name).is_dir()
+            else []
+        )
         pixels = [np.asarray(Image.open(f).convert("RGB")) for f, _ in files]
         splits[name] = RawSplit(pixels, np.array([i for _, i in files], dtype=np.int64))
     return RawDataset(labels, splits)
@@ -178,6 +194,9 @@ def load_raw(data: str, seed: int = 0) -> RawDataset:
 
 
 def to_tensors(raw: RawSplit, transform: Preprocessing) -> Split:
-    images = np.stack([transform(Image.fromarray(p)) for p in raw.pixels]) if raw.pixels else \
-        np.zeros((0, 3, *transform.size), np.float32)
+    images = (
+        np.stack([transform(Image.fromarray(p)) for p in raw.pixels])
+        if raw.pixels
+        else np.zeros((0, 3, *transform.size), np.float32)
+    )
     return Split(torch.from_numpy(images), torch.from_numpy(np.asarray(raw.targets, dtype=np.int64)))

@@ -28,7 +28,7 @@ class World:
 
     def shard(self, indices: torch.Tensor) -> torch.Tensor:
         """This rank's share of a global batch."""
-        return indices[self.rank::self.size]
+        return indices[self.rank :: self.size]
 
     def mean(self, values: list[float]) -> list[float]:
         """Average per-rank numbers (losses) across ranks, for logging."""

@@ -45,8 +45,9 @@ def split_logits(run: Run, data: str | None, split: str) -> tuple[torch.Tensor, 
     return exit_logits(run.model, tensors.images), tensors.targets
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
-                 baselines: Sequence[Path] = ()) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path, data: str | None = None, split: str = "test", baselines: Sequence[Path] = ()
+) -> dict[str, Any]:
     """Per-exit accuracy, the threshold sweep, the calibrated modes and baselines on ``split``.
 
     Writes ``eval_<split>.json`` and the plot ``eval_<split>.png`` into the run directory.
@@ -57,16 +58,32 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
     logits, targets = split_logits(run, data, split)
     cum, heads = deployed_cumulative_gflops(run.model), early_heads_gflops(run.model)
     calibrated = rd.read_calibration(run_dir)["modes"] if rd.has_calibration(run_dir) else {}
-    modes = dict(zip(calibrated, sweep(logits.numpy(), targets.numpy(), cum,
-                                        [m["threshold"] for m in calibrated.values()], heads), strict=True))
-    report = {"split": split, "num_samples": len(targets), "exits": run.model.config.exits,
-              "cumulative_gflops": cum, "exit_accuracy": exit_accuracies(logits, targets),
-              "sweep": sweep(logits.numpy(), targets.numpy(), cum, early_heads_gflops=heads), "modes": modes,
-              "baselines": {str(b): baseline_point(Path(b), data or run.config["data"], split) for b in baselines}}
+    modes = dict(
+        zip(
+            calibrated,
+            sweep(logits.numpy(), targets.numpy(), cum, [m["threshold"] for m in calibrated.values()], heads),
+            strict=True,
+        )
+    )
+    report = {
+        "split": split,
+        "num_samples": len(targets),
+        "exits": run.model.config.exits,
+        "cumulative_gflops": cum,
+        "exit_accuracy": exit_accuracies(logits, targets),
+        "sweep": sweep(logits.numpy(), targets.numpy(), cum, early_heads_gflops=heads),
+        "modes": modes,
+        "baselines": {str(b): baseline_point(Path(b), data or run.config["data"], split) for b in baselines},
+    }
     rd.write_report(run_dir, f"eval_{split}", report)
-    plot_accuracy_vs_gflops(report["sweep"], list(zip(cum, report["exit_accuracy"], strict=True)), modes,
-                            {_baseline_label(Path(b)): tuple(p.values()) for b, p in report["baselines"].items()},
-                            run_dir / f"eval_{split}.png", f"{run.config['data']} ({split}, {len(targets)} images)")
+    plot_accuracy_vs_gflops(
+        report["sweep"],
+        list(zip(cum, report["exit_accuracy"], strict=True)),
+        modes,
+        {_baseline_label(Path(b)): tuple(p.values()) for b, p in report["baselines"].items()},
+        run_dir / f"eval_{split}.png",
+        f"{run.config['data']} ({split}, {len(targets)} images)",
+    )
     return report
 
 

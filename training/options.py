@@ -30,19 +30,27 @@ class TrainOptions(BaseModel):
     backbone: str = Field("builtin:dinov2-s14", description="timm ViT name or builtin:<name>")
     backbone_weights: str | None = Field(None, description="local safetensors file with timm key names")
     pretrained: bool = Field(
-        False, description="timm's own pretrained weights for a timm model name (needs a reachable model hub)")
+        False, description="timm's own pretrained weights for a timm model name (needs a reachable model hub)"
+    )
     backbone_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="extra timm.create_model argument (repeatable), e.g. depth=4",
-        **_extra(flag="--backbone-arg", key_values=True))
+        default_factory=dict,
+        description="extra timm.create_model argument (repeatable), e.g. depth=4",
+        **_extra(flag="--backbone-arg", key_values=True),
+    )
     petl: Literal["adapter", "lora", "repadapter", "none"] = Field(
-        "adapter", description="PETL method (none = heads on the frozen backbone)")
+        "adapter", description="PETL method (none = heads on the frozen backbone)"
+    )
     petl_options: dict[str, Any] = Field(
-        default_factory=dict, description="PETL config option (repeatable), e.g. dim=8 or scale=0.5",
-        **_extra(flag="--petl-arg", key_values=True))
+        default_factory=dict,
+        description="PETL config option (repeatable), e.g. dim=8 or scale=0.5",
+        **_extra(flag="--petl-arg", key_values=True),
+    )
     exits: Annotated[list[Annotated[int, Field(ge=1)]] | None, BeforeValidator(comma_separated)] = Field(
-        None, description="comma-separated blocks after which exits sit (default: every quarter of the depth)")
+        None, description="comma-separated blocks after which exits sit (default: every quarter of the depth)"
+    )
     heads: str = Field(
-        "balanced", description="balanced | linear | one kind[:n] per exit, e.g. transformer:1,mlp:2,mlp:1,linear")
+        "balanced", description="balanced | linear | one kind[:n] per exit, e.g. transformer:1,mlp:2,mlp:1,linear"
+    )
     static: bool = Field(False, description="baseline: the final exit only")
     img_size: int = Field(112, ge=1, description="input resolution in pixels (position embedding resampled)")
     epochs: int = Field(10, ge=1, description="training epochs")
@@ -51,17 +59,19 @@ class TrainOptions(BaseModel):
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up before the cosine decay, in epochs")
     seed: int = Field(0, description="seed of the split, the initialisation, the shuffles and the masks")
-    loss_gamma: float = Field(
-        2.0, ge=0, description="adaptive prioritization strength (0 = fixed equal exit weights)")
+    loss_gamma: float = Field(2.0, ge=0, description="adaptive prioritization strength (0 = fixed equal exit weights)")
     distill: float = Field(0.0, ge=0, description="self-distillation weight (0 = off)")
     forward_sparsity: float = Field(0.2, ge=0, lt=1, description="dropout of the shallowest stage (0 = off)")
     backward_sparsity: float = Field(
-        0.1, ge=0, lt=1, description="fraction of gradient entries zeroed at each step (0 = off)")
+        0.1, ge=0, lt=1, description="fraction of gradient entries zeroed at each step (0 = off)"
+    )
     device: str = Field("auto", description="auto (the GPU when CUDA is usable, else the CPU), cpu, cuda or cuda:N")
     amp: bool = Field(
-        False, description="mixed-precision training (autocast); calibration, checkpoint and export stay float32")
+        False, description="mixed-precision training (autocast); calibration, checkpoint and export stay float32"
+    )
     amp_dtype: Literal["bfloat16", "float16"] = Field(
-        "bfloat16", description="autocast dtype with --amp (float16 adds loss scaling)")
+        "bfloat16", description="autocast dtype with --amp (float16 adds loss scaling)"
+    )
     progress: bool = Field(True, description="progress bar", **_extra(cli=False))
 
     def record(self) -> dict[str, Any]:

@@ -12,16 +12,27 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_accuracy_vs_gflops(sweep: Sequence[dict[str, Any]], exit_points: Sequence[tuple[float, float]],
-                            modes: dict[str, dict[str, Any]], baselines: dict[str, tuple[float, float]],
-                            path: Path, title: str) -> None:
+def plot_accuracy_vs_gflops(
+    sweep: Sequence[dict[str, Any]],
+    exit_points: Sequence[tuple[float, float]],
+    modes: dict[str, dict[str, Any]],
+    baselines: dict[str, tuple[float, float]],
+    path: Path,
+    title: str,
+) -> None:
     """The threshold sweep as a curve, each exit alone and each baseline as points, modes labelled."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     rows = sorted(sweep, key=lambda r: r["gflops"])
-    ax.plot([r["gflops"] for r in rows], [100 * r["accuracy"] for r in rows], "-", color="tab:blue",
-            label="Dyn-Adapter (threshold sweep)")
-    ax.plot(*zip(*[(g, 100 * a) for g, a in exit_points], strict=True), "s", color="tab:gray", ms=5,
-            label="single exit")
+    ax.plot(
+        [r["gflops"] for r in rows],
+        [100 * r["accuracy"] for r in rows],
+        "-",
+        color="tab:blue",
+        label="Dyn-Adapter (threshold sweep)",
+    )
+    ax.plot(
+        *zip(*[(g, 100 * a) for g, a in exit_points], strict=True), "s", color="tab:gray", ms=5, label="single exit"
+    )
     points: dict[tuple[float, float], list[str]] = {}
     for name, r in modes.items():  # modes calibrated to the same threshold share one label
         points.setdefault((r["gflops"], 100 * r["accuracy"]), []).append(name)

@@ -50,8 +50,9 @@ class BackboneSpec:
         weights = Path(self.weights) if self.weights else None
         if not self.kwargs:
             return create_backbone(self.name, self.img_size, weights, self.pretrained)
-        model = timm.create_model(self.name, pretrained=self.pretrained, num_classes=0, exportable=True,
-                                  img_size=self.img_size, **self.kwargs)
+        model = timm.create_model(
+            self.name, pretrained=self.pretrained, num_classes=0, exportable=True, img_size=self.img_size, **self.kwargs
+        )
         if weights is not None:
             load_timm_weights(model, weights)
         return model

@@ -1,4 +1,4 @@
-"""The training loop: frozen backbone, PETL + exit heads trained jointly (SPEC §3).
+"""The training loop: frozen backbone, PETL + exit heads trained jointly (README, "Method").
 
 AdamW with a linear warm-up then cosine decay, the adaptive per-exit loss weighting, forward
 sparsity (set on the model) and backward sparsity (gradient masking between backward and step).
@@ -53,14 +53,16 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
 
 
 def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.BackboneSpec]:
-    spec = rd.BackboneSpec(opts.backbone, opts.img_size, opts.backbone_weights, opts.pretrained,
-                           opts.backbone_kwargs or None, opts.seed)
+    spec = rd.BackboneSpec(
+        opts.backbone, opts.img_size, opts.backbone_weights, opts.pretrained, opts.backbone_kwargs or None, opts.seed
+    )
     backbone = spec.build()
     depth = len(backbone.blocks)
     exits = [depth] if opts.static else (opts.exits or default_exits(depth))
     heads = parse_head_spec(opts.heads, len(exits))
-    config = DynamicViTConfig(num_classes, exits, opts.petl, opts.petl_options, heads,
-                              ForwardSparsity(shallow=opts.forward_sparsity))
+    config = DynamicViTConfig(
+        num_classes, exits, opts.petl, opts.petl_options, heads, ForwardSparsity(shallow=opts.forward_sparsity)
+    )
     return DynamicViT(backbone, config), spec
 
 
@@ -82,9 +84,16 @@ def train(opts: TrainOptions) -> Path:
         raise DataError(f"{opts.data}: the train split is empty")
     out = Path(opts.out)
     if world.is_main:
-        config = {"data": opts.data, "labels": raw.labels, "preprocessing": pre.model_dump(mode="json"),
-                  "backbone": asdict(spec), "model": model.config.to_dict(), "train": opts.record(),
-                  "world_size": world.size, "device": str(device)}
+        config = {
+            "data": opts.data,
+            "labels": raw.labels,
+            "preprocessing": pre.model_dump(mode="json"),
+            "backbone": asdict(spec),
+            "model": model.config.to_dict(),
+            "train": opts.record(),
+            "world_size": world.size,
+            "device": str(device),
+        }
         rd.write_config(out, config)
         rd.reset_metrics(out)
     model.to(device)
@@ -92,15 +101,25 @@ def train(opts: TrainOptions) -> Path:
     if world.is_main:
         rd.save_checkpoint(out, model)
         if len(val_split.targets):
-            cal = calibrate(exit_logits(model, val_split.images), val_split.targets,
-                            deployed_cumulative_gflops(model), early_heads_gflops(model))
+            cal = calibrate(
+                exit_logits(model, val_split.images),
+                val_split.targets,
+                deployed_cumulative_gflops(model),
+                early_heads_gflops(model),
+            )
             rd.write_calibration(out, cal)
     distributed.shutdown(world)
     return out
 
 
-def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOptions, out: Path,
-        world: distributed.World | None = None) -> None:
+def fit(
+    model: DynamicViT,
+    train_split: Split,
+    val_split: Split,
+    opts: TrainOptions,
+    out: Path,
+    world: distributed.World | None = None,
+) -> None:
     """Train ``model`` where it lies (CPU or a GPU); calibration and checkpoints stay in float32."""
     world = world or distributed.World()
     device = next(model.parameters()).device
@@ -127,8 +146,9 @@ def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOpti
         start, losses, exit_losses = time.perf_counter(), [], []
         for idx in torch.randperm(n, generator=gen).split(opts.batch_size):
             local = world.shard(idx)
-            images, targets = (t[local].to(device, non_blocking=True) for t in (train_split.images,
-                                                                                 train_split.targets))
+            images, targets = (
+                t[local].to(device, non_blocking=True) for t in (train_split.images, train_split.targets)
+            )
             with autocast(opts, device):
                 logits = net(images)
             loss, per_exit = prioritization([z.float() for z in logits], targets, step / total)
@@ -146,10 +166,15 @@ def fit(model: DynamicViT, train_split: Split, val_split: Split, opts: TrainOpti
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
         if world.is_main:
-            record = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses),
-                      "exit_loss": [sum(col) / len(col) for col in zip(*exit_losses, strict=True)],
-                      "exit_weights": prioritization.weights(step / total, model.num_exits).tolist(),
-                      "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2)}
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": sum(losses) / len(losses),
+                "exit_loss": [sum(col) / len(col) for col in zip(*exit_losses, strict=True)],
+                "exit_weights": prioritization.weights(step / total, model.num_exits).tolist(),
+                "lr": sched.get_last_lr()[0],
+                "seconds": round(time.perf_counter() - start, 2),
+            }
             if len(val_split.targets):
                 with autocast(opts, device):
                     record["val_acc"] = exit_accuracies(exit_logits(model, val_split.images), val_split.targets)

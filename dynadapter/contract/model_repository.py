@@ -33,6 +33,7 @@ HEAD_GATE_INPUT = "need_logits"
 IMAGE_INPUT, HIDDEN_INPUT = "image", "hidden_in"
 HIDDEN_OUTPUT, LOGITS_OUTPUT = "hidden", "logits"
 
+
 def segment_io(k: int, last: bool) -> tuple[list[str], list[str]]:
     """(input names, output names) of segment k, before the head gate adds its flag input."""
     outputs = [LOGITS_OUTPUT] if last else [HIDDEN_OUTPUT, LOGITS_OUTPUT]
@@ -58,8 +59,9 @@ class Preprocessing(_Schema):
     color: Literal["RGB"] = "RGB"
 
     @classmethod
-    def square(cls, size: int, mean: Sequence[float], std: Sequence[float],
-               interpolation: Interpolation = "bicubic") -> Preprocessing:
+    def square(
+        cls, size: int, mean: Sequence[float], std: Sequence[float], interpolation: Interpolation = "bicubic"
+    ) -> Preprocessing:
         return cls(size=(size, size), mean=tuple(mean), std=tuple(std), interpolation=interpolation)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
@@ -191,8 +193,13 @@ def _unknown_fields(model: BaseModel, where: str) -> list[str]:
     found = [f"{where}.{key}" for key in model.model_extra or {}]
     for name in type(model).model_fields:
         value = getattr(model, name)
-        children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) \
+        children = (
+            value.items()
+            if isinstance(value, dict)
+            else enumerate(value)
+            if isinstance(value, list)
             else [(None, value)]
+        )
         for key, child in children:
             if isinstance(child, BaseModel):
                 found += _unknown_fields(child, f"{where}.{name}" + ("" if key is None else f".{key}"))

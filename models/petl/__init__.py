@@ -39,6 +39,13 @@ def inject_petl(blocks: nn.Sequential, method: str, config: PetlConfig) -> None:
 
 
 __all__ = [
-    "PETL_METHODS", "PetlConfig", "PetlLayer", "PetlMethod", "inject_petl", "make_petl_config",
-    "merge_all", "petl_layers", "unmerge_all",
+    "PETL_METHODS",
+    "PetlConfig",
+    "PetlLayer",
+    "PetlMethod",
+    "inject_petl",
+    "make_petl_config",
+    "merge_all",
+    "petl_layers",
+    "unmerge_all",
 ]

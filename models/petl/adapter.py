@@ -70,4 +70,3 @@ def inject_adapter(blocks: nn.Sequential, config: AdapterConfig) -> None:
         if not isinstance(block, Block):
             raise TypeError(f"adapter supports timm Block, block {i} is {type(block).__name__}")
         blocks[i] = AdapterBlock(block, config)
-

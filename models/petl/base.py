@@ -80,8 +80,7 @@ def check_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
     return targets
 
 
-def wrap_linears(blocks: nn.Sequential, targets: Sequence[str],
-                 wrap: Callable[[nn.Linear], PetlLayer]) -> None:
+def wrap_linears(blocks: nn.Sequential, targets: Sequence[str], wrap: Callable[[nn.Linear], PetlLayer]) -> None:
     """Replace each block's target linear layers by ``wrap(layer)``; the timm Blocks stay in place."""
     for i, block in enumerate(blocks):
         if not isinstance(block, Block):

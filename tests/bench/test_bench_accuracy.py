@@ -17,8 +17,19 @@ from dynadapter.bench.commands import add_bench, run_bench
 from tests.tiny import TINY_BACKBONE
 
 MODES = ("fast", "balanced", "accurate")
-TINY = ["--backbone", "vit_tiny_patch16_224", *[f"--backbone-arg={k}={v}" for k, v in TINY_BACKBONE.items()],
-        "--img-size", "16", "--epochs", "1", "--tasks", "digits", "--methods", "adapter"]
+TINY = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    *[f"--backbone-arg={k}={v}" for k, v in TINY_BACKBONE.items()],
+    "--img-size",
+    "16",
+    "--epochs",
+    "1",
+    "--tasks",
+    "digits",
+    "--methods",
+    "adapter",
+]
 
 
 def bench(*argv: str) -> None:

@@ -34,8 +34,23 @@ def serve_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, A
     run = train_tiny_run(root / "run")
     docs = root / "docs"
     # --duration is generous so that --requests bounds every measurement: each must answer exactly that many.
-    bench("serve", "--run-dir", str(run), "--concurrency", ",".join(map(str, CONCURRENCY)), "--requests",
-          str(REQUESTS), "--duration", "60", "--rounds", "1", "--images", str(IMAGES), "--docs", str(docs))
+    bench(
+        "serve",
+        "--run-dir",
+        str(run),
+        "--concurrency",
+        ",".join(map(str, CONCURRENCY)),
+        "--requests",
+        str(REQUESTS),
+        "--duration",
+        "60",
+        "--rounds",
+        "1",
+        "--images",
+        str(IMAGES),
+        "--docs",
+        str(docs),
+    )
     return json.loads((docs / "results.json").read_text())["serve"], docs
 
 

@@ -10,8 +10,15 @@ import pytest
 from dynadapter.bench.results import update_results
 from dynadapter.bench.summary import render_markdown, result_table, sections
 
-CONFIG = {"backbone": "builtin:dinov2-s14", "img_size": 112, "epochs": 1, "lr": 0.005, "warmup_epochs": 0.25,
-          "batch_size": 32, "seed": 0}
+CONFIG = {
+    "backbone": "builtin:dinov2-s14",
+    "img_size": 112,
+    "epochs": 1,
+    "lr": 0.005,
+    "warmup_epochs": 0.25,
+    "batch_size": 32,
+    "seed": 0,
+}
 
 
 def static(acc: float) -> dict:
@@ -20,22 +27,31 @@ def static(acc: float) -> dict:
 
 def dyn(balanced_acc: float, balanced_gflops: float, best_at_half: float = 0.5) -> dict:
     modes = {"fast": (balanced_acc - 0.1, 0.3), "balanced": (balanced_acc, balanced_gflops), "accurate": (0.9, 0.8)}
-    return {"acc": 0.9, "seconds": 20.0, "reference_gflops": 1.0, "exit_accuracy": [0.6, 0.9],
-            "sweep": [[0.3, 0.5], [0.5, best_at_half], [0.51, 0.99], [1.1, 0.9]],
-            "modes": {m: {"acc": a, "gflops": g, "saved": 1.0 - g} for m, (a, g) in modes.items()}}
+    return {
+        "acc": 0.9,
+        "seconds": 20.0,
+        "reference_gflops": 1.0,
+        "exit_accuracy": [0.6, 0.9],
+        "sweep": [[0.3, 0.5], [0.5, best_at_half], [0.51, 0.99], [1.1, 0.9]],
+        "modes": {m: {"acc": a, "gflops": g, "saved": 1.0 - g} for m, (a, g) in modes.items()},
+    }
 
 
 @pytest.fixture
 def results() -> dict:
     lookup = {
-        ("a", "adapter", "static"): static(0.90), ("a", "adapter", "dyn"): dyn(0.899, 0.40),
-        ("b", "adapter", "static"): static(0.70), ("b", "adapter", "dyn"): dyn(0.699, 0.50),
-        ("a", "lora", "static"): static(0.90), ("a", "lora", "dyn"): dyn(0.85, 0.60, best_at_half=0.86),
-        ("b", "lora", "static"): static(0.80), ("b", "lora", "dyn"): None,
-        ("a", "adapter", "linear-heads"): dyn(0.80, 0.45), ("b", "adapter", "linear-heads"): None,
+        ("a", "adapter", "static"): static(0.90),
+        ("a", "adapter", "dyn"): dyn(0.899, 0.40),
+        ("b", "adapter", "static"): static(0.70),
+        ("b", "adapter", "dyn"): dyn(0.699, 0.50),
+        ("a", "lora", "static"): static(0.90),
+        ("a", "lora", "dyn"): dyn(0.85, 0.60, best_at_half=0.86),
+        ("b", "lora", "static"): static(0.80),
+        ("b", "lora", "dyn"): None,
+        ("a", "adapter", "linear-heads"): dyn(0.80, 0.45),
+        ("b", "adapter", "linear-heads"): None,
     }
-    return sections(lookup, ["a", "b"], ["adapter", "lora"], {"linear-heads": "balanced heads off"}, "adapter",
-                    CONFIG)
+    return sections(lookup, ["a", "b"], ["adapter", "lora"], {"linear-heads": "balanced heads off"}, "adapter", CONFIG)
 
 
 def test_suite_means_and_the_target(results: dict) -> None:
@@ -75,8 +91,10 @@ def test_markdown_states_the_verdict(results: dict) -> None:
     page = render_markdown(results)
     assert "| adapter | 80.0 | 79.9 | -0.10 | 55.0% | 50.0 | **met** |" in page
     assert "Why lora misses: the exits are not accurate enough" in page and "Why adapter" not in page
-    assert ("missed: saves 10.0 points of FLOPs too few; accuracy 4.50 points below the 0.5-point margin "
-            "(provisional: 1 of 2 tasks)") in page
+    assert (
+        "missed: saves 10.0 points of FLOPs too few; accuracy 4.50 points below the 0.5-point margin "
+        "(provisional: 1 of 2 tasks)"
+    ) in page
     assert "| lora | 80.0 | 1 | missing | missing | missing |" in page and "`b/lora-dyn`" in page
     assert "| balanced heads off | 80.0 / 55% | 90.0 / 20% | 1 / 2 |" in page
     assert "| dynamic | 4 | 20 | 80 |" in page and "| static | 4 | 10 | 40 |" in page

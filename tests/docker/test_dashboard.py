@@ -1,5 +1,5 @@
-"""The Grafana dashboard's PromQL: only the metric names and labels of SPEC §7, which the service
-really exports, and (where promtool is installed) expressions that Prometheus parses."""
+"""The Grafana dashboard's PromQL: only the metric names and labels of the README's metrics list
+("Serving"), which the service really exports, and (where promtool is installed) expressions that Prometheus parses."""
 
 import json
 import re
@@ -15,8 +15,8 @@ from dynadapter.service.metrics import ServiceMetrics
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "dynadapter.json").read_text())
 
-# SPEC §7: name -> (type, labels).
-SPEC_METRICS = {
+# README, "Serving": name -> (type, labels).
+DOCUMENTED_METRICS = {
     "dynadapter_requests_total": ("counter", {"model", "code"}),
     "dynadapter_request_duration_seconds": ("histogram", {"model"}),
     "dynadapter_exits_total": ("counter", {"model", "exit"}),
@@ -31,7 +31,7 @@ SPEC_METRICS = {
 def spec_series() -> dict[str, set[str]]:
     """Every series name a scrape can show -> its label names."""
     series = {}
-    for name, (kind, labels) in SPEC_METRICS.items():
+    for name, (kind, labels) in DOCUMENTED_METRICS.items():
         if kind == "histogram":
             series.update({f"{name}_bucket": labels | {"le"}, f"{name}_sum": labels, f"{name}_count": labels})
         else:
@@ -75,7 +75,7 @@ def test_every_expression_uses_spec_metric_names_and_their_labels_only() -> None
         names = re.findall(r"\b(dynadapter_\w+)", expr)
         assert names, f"no dyn-adapter metric in {expr}"
         for name in names:
-            assert name in SERIES, f"{name} is not a SPEC §7 series (in {expr})"
+            assert name in SERIES, f"{name} is not a documented series (in {expr})"
         allowed = set().union(*(SERIES[n] for n in names))
         for name, selector in re.findall(r"\b(dynadapter_\w+)\{([^}]*)\}", expr):
             for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector):

@@ -84,7 +84,7 @@ def test_the_runtime_serves_the_baked_model_repository_unless_told_otherwise() -
     env = " ".join(RUNTIME.args("ENV"))
     assert "DYNADAPTER_MODEL_REPO=/models" in env
     assert "--from=model-builder /models /models" in RUNTIME.args("COPY")
-    assert RUNTIME.args("CMD") == ['["python", "-m", "service"]']
+    assert RUNTIME.args("CMD") == ['["python", "-m", "dynadapter.service"]']
     assert stage_arg(STAGES["model-builder"], "DEMO") == "dinov2"  # the real demo (issue: backbone)
 
 
@@ -104,7 +104,7 @@ def test_dependencies_are_installed_before_the_source_is_copied() -> None:
     builder_copies = " ".join(STAGES["builder"].args("COPY"))
     assert "service" not in builder_copies and "pyproject" not in builder_copies
     app = [(kw, rest) for kw, rest in STAGES["app"].instructions if kw in {"COPY", "RUN"}]
-    first_source = next(i for i, (kw, rest) in enumerate(app) if kw == "COPY" and rest.startswith("service"))
+    first_source = next(i for i, (kw, rest) in enumerate(app) if kw == "COPY" and rest.startswith("dynadapter"))
     assert any(kw == "RUN" and "build.txt" in rest for kw, rest in app[:first_source])
     # In the runtime, the model layer (large for the DINOv2 demo) comes before the code layer.
     runtime_steps = [rest for kw, rest in RUNTIME.instructions if kw in {"COPY", "RUN"}]
@@ -173,7 +173,17 @@ def test_every_copied_path_is_in_the_build_context() -> None:
             words = [w for w in shlex.split(copy) if not w.startswith("--")]
             if not copy.startswith("--from"):
                 sources.update(words[:-1])
-    assert {"pyproject.toml", "service", "models", "training", "demo", "docker/requirements.py"} <= sources
+    assert {
+        "pyproject.toml",
+        "dynadapter",
+        "service",
+        "models",
+        "training",
+        "export",
+        "bench",
+        "demo",
+        "docker/requirements.py",
+    } <= sources
     for source in sorted(sources):
         if any(c in source for c in "*?["):  # an optional file, e.g. README.m[d]
             matches = [str(p.relative_to(ROOT)) for p in ROOT.glob(source)]

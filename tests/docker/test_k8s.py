@@ -111,7 +111,7 @@ def test_the_pod_runs_as_the_image_user_without_privileges() -> None:
 
 def test_one_worker_per_pod_with_threads_matching_the_cpu_limit() -> None:
     c = container(BASE)
-    assert "command" not in c and "args" not in c, "the image's `python -m service` runs one worker"
+    assert "command" not in c and "args" not in c, "the image's `python -m dynadapter.service` runs one worker"
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
     assert env(BASE)["DYNADAPTER_INTRA_OP_THREADS"] == c["resources"]["limits"]["cpu"]
     assert env(BASE)["DYNADAPTER_PROVIDERS"] == "cpu"

@@ -8,8 +8,10 @@ import pytest
 from dynadapter.export import demo
 from dynadapter.training.run_dir import CHECKPOINT
 
-pytestmark = pytest.mark.skipif(not all((r / CHECKPOINT).is_file() for r in demo.DEMO_RUNS.values()),
-                                reason="the demo runs are not in this checkout")
+pytestmark = pytest.mark.skipif(
+    not all((r / CHECKPOINT).is_file() for r in demo.DEMO_RUNS.values()),
+    reason="the demo runs are not in this checkout",
+)
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,15 @@ def segment(head: bool = True) -> onnx.ModelProto:
         nodes = [helper.make_node("Split", ["x"], ["hidden", "logits"], axis=1, num_outputs=2)]
     classes = 3 if head else 2
     graph = helper.make_graph(
-        nodes, "segment", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", 4 if head else 2]),
-         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        [numpy_helper.from_array(W, "w")] if head else [])
+        nodes,
+        "segment",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", 4 if head else 2]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes]),
+        ],
+        [numpy_helper.from_array(W, "w")] if head else [],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 

@@ -16,8 +16,12 @@ def test_adapter_is_identity_at_init() -> None:
     plain, adapted = tiny_vit(seed=3).eval(), tiny_model(seed=3).eval()
     x = torch.randn(2, 3, 32, 32)
     assert all(isinstance(b, AdapterBlock) for b in adapted.backbone.blocks)
-    torch.testing.assert_close(adapted.stage_blocks(0)(adapted.embed(x)), plain.blocks[:1](
-        plain.norm_pre(plain._pos_embed(plain.patch_embed(x)))), rtol=0, atol=0)
+    torch.testing.assert_close(
+        adapted.stage_blocks(0)(adapted.embed(x)),
+        plain.blocks[:1](plain.norm_pre(plain._pos_embed(plain.patch_embed(x)))),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_backbone_is_frozen_and_bitwise_unchanged_by_a_step() -> None:
@@ -79,10 +83,16 @@ def test_head_spec_parses_per_exit_kinds_and_rejects_mismatches() -> None:
     from dynadapter.models.balanced_heads import HeadConfig, parse_head_spec
 
     assert parse_head_spec("transformer:2,mlp:3,linear", 3) == [
-        HeadConfig("transformer", depth=2), HeadConfig("mlp", width=3.0), HeadConfig("linear")]
+        HeadConfig("transformer", depth=2),
+        HeadConfig("mlp", width=3.0),
+        HeadConfig("linear"),
+    ]
     assert parse_head_spec("balanced", 4) == [
-        HeadConfig("transformer", depth=1), HeadConfig("mlp", width=2.0), HeadConfig("mlp", width=1.0),
-        HeadConfig("linear")]
+        HeadConfig("transformer", depth=1),
+        HeadConfig("mlp", width=2.0),
+        HeadConfig("mlp", width=1.0),
+        HeadConfig("linear"),
+    ]
     assert parse_head_spec("balanced", 1) == [HeadConfig("linear")]
     with pytest.raises(ValueError):
         parse_head_spec("mlp,linear", 3)

@@ -39,8 +39,9 @@ def test_analytic_count_matches_torch_flop_counter_per_segment(petl: str, head: 
 
 def test_vit_base_at_224_is_the_papers_17_6_gflops() -> None:
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
-    model = DynamicViT(vit, DynamicViTConfig(num_classes=100, exits=[3, 6, 9, 12], petl="none",
-                                             heads=[HeadConfig("linear")] * 4))
+    model = DynamicViT(
+        vit, DynamicViTConfig(num_classes=100, exits=[3, 6, 9, 12], petl="none", heads=[HeadConfig("linear")] * 4)
+    )
     cum = cumulative_macs(model)
     assert cum[-1] / 1e9 == pytest.approx(17.56, abs=0.01)
     # exits every 3 of 12 blocks: each stage costs a quarter of the blocks

@@ -29,18 +29,20 @@ class Case:
 CASES = [
     pytest.param(Case("adapter", mergeable=False), id="adapter"),
     pytest.param(Case("lora"), id="lora"),
-    pytest.param(Case("lora", {"rank": 2, "scale": 0.5, "targets": ["qkv", "fc1"]}, per_block=2),
-                 id="lora-qkv-fc1"),
+    pytest.param(Case("lora", {"rank": 2, "scale": 0.5, "targets": ["qkv", "fc1"]}, per_block=2), id="lora-qkv-fc1"),
     pytest.param(Case("repadapter", per_block=2), id="repadapter"),
     pytest.param(Case("repadapter", {"groups": 1}, per_block=2), id="repadapter-groups1"),
-    pytest.param(Case("repadapter", {"groups": 4, "scale": 0.5, "targets": ["qkv", "proj", "fc1", "fc2"]},
-                      per_block=4), id="repadapter-groups4-all"),
+    pytest.param(
+        Case("repadapter", {"groups": 4, "scale": 0.5, "targets": ["qkv", "proj", "fc1", "fc2"]}, per_block=4),
+        id="repadapter-groups4-all",
+    ),
 ]
 MERGEABLE = [p for p in CASES if p.values[0].mergeable]
 UNMERGEABLE = [p for p in CASES if not p.values[0].mergeable]
 PLAIN = Case("none")
 FLOP_CASES = [pytest.param(*p.values, False, id=f"{p.id}-unmerged") for p in CASES] + [
-    pytest.param(*p.values, True, id=f"{p.id}-merged") for p in MERGEABLE]
+    pytest.param(*p.values, True, id=f"{p.id}-merged") for p in MERGEABLE
+]
 
 
 def unfuse_attention(model: nn.Module) -> None:
@@ -126,8 +128,13 @@ def test_a_step_trains_the_petl_and_leaves_the_backbone_bitwise_unchanged(case: 
 @pytest.mark.parametrize("case", CASES)
 def test_checkpoint_holds_only_petl_and_head_parameters(case: Case) -> None:
     model = case.build()
-    petl = {f"{name}.{p}" for name, layer in model.named_modules() if isinstance(layer, PetlLayer)
-            for p, _ in layer.named_parameters() if not p.startswith("base_layer.")}
+    petl = {
+        f"{name}.{p}"
+        for name, layer in model.named_modules()
+        if isinstance(layer, PetlLayer)
+        for p, _ in layer.named_parameters()
+        if not p.startswith("base_layer.")
+    }
     keys = set(model.trainable_state_dict())
     assert petl and petl <= keys
     assert all(k in petl or k.startswith("heads.") for k in keys)
@@ -144,23 +151,27 @@ def test_forward_sparsity_reaches_the_petl_dropout(case: Case) -> None:
     model = case.build(forward_sparsity=ForwardSparsity(shallow=0.3, deep=0.0)).train()
     for k, rate in enumerate([0.3, 0.2, 0.1, 0.0]):
         for layer in petl_layers(model.stage_blocks(k)):
-            drops = [m for n, m in layer.named_modules()
-                     if isinstance(m, nn.Dropout) and not n.startswith("base_layer")]
+            drops = [
+                m for n, m in layer.named_modules() if isinstance(m, nn.Dropout) and not n.startswith("base_layer")
+            ]
             assert drops and all(d.training for d in drops)
             assert [d.p for d in drops] == pytest.approx([rate] * len(drops))
 
 
-@pytest.mark.parametrize(("method", "options"), [
-    ("adapter", {"dim": 0}),
-    ("lora", {"rank": 0}),
-    ("lora", {"dropout": 1.0}),
-    ("lora", {"targets": []}),
-    ("lora", {"targets": ["qkv", "head"]}),
-    ("lora", {"targets": ["qkv", "qkv"]}),
-    ("repadapter", {"dim": 0}),
-    ("repadapter", {"dim": 8, "groups": 3}),
-    ("repadapter", {"targets": ["norm1"]}),
-])
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("adapter", {"dim": 0}),
+        ("lora", {"rank": 0}),
+        ("lora", {"dropout": 1.0}),
+        ("lora", {"targets": []}),
+        ("lora", {"targets": ["qkv", "head"]}),
+        ("lora", {"targets": ["qkv", "qkv"]}),
+        ("repadapter", {"dim": 0}),
+        ("repadapter", {"dim": 8, "groups": 3}),
+        ("repadapter", {"targets": ["norm1"]}),
+    ],
+)
 def test_bad_configs_are_rejected(method: str, options: dict) -> None:
     with pytest.raises(ValueError):
         make_petl_config(method, **options)
@@ -178,8 +189,18 @@ def test_targets_accept_a_name_or_a_list() -> None:
 
 def test_repadapter_merges_into_a_layer_without_bias() -> None:
     torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, exportable=True,
-                            img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, qkv_bias=False)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        exportable=True,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        qkv_bias=False,
+    )
     model = DynamicViT(vit, DynamicViTConfig(num_classes=3, exits=[1, 2], petl="repadapter")).eval()
     randomize_trainable(model)
     x = torch.randn(2, 3, 32, 32)

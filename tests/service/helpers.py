@@ -65,16 +65,20 @@ def service_env(model_repo: Path, port: int, **settings: str) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """`python -m service` on a free loopback port; its output goes to a file, so it never blocks on a pipe."""
+    """`python -m dynadapter.service` on a free loopback port; its output goes to a file, so it never blocks on a pipe.
 
-    def __init__(self, model_repo: Path, **settings: str) -> None:
+    `site`: a folder the project was installed into (`pip install --target`), run instead of the checkout.
+    """
+
+    def __init__(self, model_repo: Path, site: Path | None = None, **settings: str) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._log = tempfile.TemporaryFile("w+")
+        env = service_env(model_repo, port, **settings) | ({"PYTHONPATH": str(site)} if site else {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            cwd=ROOT,
-            env=service_env(model_repo, port, **settings),
+            [sys.executable, "-m", "dynadapter.service"],
+            cwd=site or ROOT,
+            env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -115,9 +119,9 @@ class ServiceProcess:
 
 
 @contextmanager
-def serving(model_repo: Path, **settings: str) -> Iterator[ServiceProcess]:
+def serving(model_repo: Path, site: Path | None = None, **settings: str) -> Iterator[ServiceProcess]:
     """A ready service process for the block; stopped with SIGTERM after it (its output kept)."""
-    server = ServiceProcess(model_repo, **settings)
+    server = ServiceProcess(model_repo, site, **settings)
     try:
         server.wait_ready()
         yield server

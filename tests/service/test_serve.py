@@ -1,4 +1,4 @@
-"""`serve` and `python -m service`: a real uvicorn process, its refusal of a bad model, its shutdown."""
+"""`serve` and `python -m dynadapter.service`: a real uvicorn process, its refusal of a bad model, its shutdown."""
 
 import json
 import shutil
@@ -58,7 +58,7 @@ def test_python_m_service_refuses_a_damaged_model_with_one_line(
     shutil.copytree(model_repo, repo)
     damage(repo / "tiny" / "1")
     result = subprocess.run(
-        [sys.executable, "-m", "service"],
+        [sys.executable, "-m", "dynadapter.service"],
         cwd=ROOT,
         env=service_env(repo, free_port()),
         capture_output=True,

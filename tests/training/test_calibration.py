@@ -50,8 +50,12 @@ def test_modes_follow_their_definitions() -> None:
     n = 400
     targets = rng.integers(0, 3, n)
     # deeper exits are more often right and more confident
-    logits = np.stack([one_hot_logits(np.where(rng.random(n) < acc, targets, (targets + 1) % 3),
-                                      rng.uniform(0, 4 + 2 * k, n)) for k, acc in enumerate([0.7, 0.8, 0.9, 0.95])])
+    logits = np.stack(
+        [
+            one_hot_logits(np.where(rng.random(n) < acc, targets, (targets + 1) % 3), rng.uniform(0, 4 + 2 * k, n))
+            for k, acc in enumerate([0.7, 0.8, 0.9, 0.95])
+        ]
+    )
     result = calibrate(logits, targets, CUM)
     table, modes = result["calibration"]["table"], result["modes"]
     best = max(r["score"] for r in table)
@@ -59,8 +63,9 @@ def test_modes_follow_their_definitions() -> None:
     balanced = next(r for r in table if r["threshold"] == modes["balanced"]["threshold"])
     assert balanced["score"] == max(r["score"] for r in table if r["flops_fraction"] <= 0.5)
     assert modes["fast"]["flops_fraction"] <= modes["balanced"]["flops_fraction"] <= modes["accurate"]["flops_fraction"]
-    assert modes["accurate"]["flops_fraction"] == max(modes["balanced"]["flops_fraction"], min(
-        r["flops_fraction"] for r in table if r["score"] >= best - 0.005))
+    assert modes["accurate"]["flops_fraction"] == max(
+        modes["balanced"]["flops_fraction"], min(r["flops_fraction"] for r in table if r["score"] >= best - 0.005)
+    )
     assert result["calibration"]["num_samples"] == n
 
 
@@ -85,16 +90,20 @@ def test_mode_falls_back_to_the_cheapest_row_when_no_row_fits() -> None:
 
 
 def test_accurate_does_not_collapse_to_the_first_exit_when_early_exits_beat_the_last() -> None:
-    table = [{"threshold": 0.0, "accuracy": 0.910, "score": 0.90, "flops_fraction": 0.31},
-             {"threshold": 0.9, "accuracy": 0.938, "score": 0.93, "flops_fraction": 0.39},
-             {"threshold": 1.0, "accuracy": 0.912, "score": 0.912, "flops_fraction": 1.0}]
+    table = [
+        {"threshold": 0.0, "accuracy": 0.910, "score": 0.90, "flops_fraction": 0.31},
+        {"threshold": 0.9, "accuracy": 0.938, "score": 0.93, "flops_fraction": 0.39},
+        {"threshold": 1.0, "accuracy": 0.912, "score": 0.912, "flops_fraction": 1.0},
+    ]
     assert choose_modes(table)["accurate"]["threshold"] == 0.9
 
 
 def test_accurate_is_never_cheaper_or_less_accurate_than_balanced() -> None:
-    table = [{"threshold": 0.7, "accuracy": 0.950, "score": 0.950, "flops_fraction": 0.38},
-             {"threshold": 0.85, "accuracy": 0.955, "score": 0.955, "flops_fraction": 0.45},
-             {"threshold": 1.0, "accuracy": 0.945, "score": 0.945, "flops_fraction": 1.0}]
+    table = [
+        {"threshold": 0.7, "accuracy": 0.950, "score": 0.950, "flops_fraction": 0.38},
+        {"threshold": 0.85, "accuracy": 0.955, "score": 0.955, "flops_fraction": 0.45},
+        {"threshold": 1.0, "accuracy": 0.945, "score": 0.945, "flops_fraction": 1.0},
+    ]
     modes = choose_modes(table)
     assert modes["balanced"]["threshold"] == 0.85 and modes["accurate"]["threshold"] == 0.85
 
@@ -102,7 +111,9 @@ def test_accurate_is_never_cheaper_or_less_accurate_than_balanced() -> None:
 def test_a_lucky_early_threshold_loses_to_a_well_supported_one() -> None:
     # Raw accuracy ties; the cheaper row differs from the last exit on 16 of 200 images, the other
     # on 1: the score prefers the one whose accuracy rests on more evidence.
-    table = [{"threshold": 0.6, "accuracy": 0.95, "score": 0.95 - 4 / 200, "flops_fraction": 0.35},
-             {"threshold": 0.9, "accuracy": 0.95, "score": 0.95 - 1 / 200, "flops_fraction": 0.47},
-             {"threshold": 1.0, "accuracy": 0.945, "score": 0.945, "flops_fraction": 1.0}]
+    table = [
+        {"threshold": 0.6, "accuracy": 0.95, "score": 0.95 - 4 / 200, "flops_fraction": 0.35},
+        {"threshold": 0.9, "accuracy": 0.95, "score": 0.95 - 1 / 200, "flops_fraction": 0.47},
+        {"threshold": 1.0, "accuracy": 0.945, "score": 0.945, "flops_fraction": 1.0},
+    ]
     assert choose_modes(table)["balanced"]["threshold"] == 0.9

@@ -11,18 +11,37 @@ from dynadapter import cli
 from dynadapter.training.run_dir import load_run
 from tests.tiny import TINY_BACKBONE
 
-TINY_ARGS = ["--backbone", "vit_tiny_patch16_224", *[a for k, v in TINY_BACKBONE.items()
-                                                      for a in ("--backbone-arg", f"{k}={v}")],
-             "--img-size", "16", "--exits", "2,4", "--epochs", "1"]
+TINY_ARGS = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    *[a for k, v in TINY_BACKBONE.items() for a in ("--backbone-arg", f"{k}={v}")],
+    "--img-size",
+    "16",
+    "--exits",
+    "2,4",
+    "--epochs",
+    "1",
+]
 
 
 def test_train_with_local_backbone_weights_uses_them(tmp_path: Path) -> None:
-    donor = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16,
-                              **TINY_BACKBONE)
+    donor = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, **TINY_BACKBONE)
     weights = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(weights))
-    cli.main(["train", "--data", "builtin:digits", "--out", str(tmp_path / "run"), "--backbone-weights",
-              str(weights), "--seed", "7", *TINY_ARGS])
+    cli.main(
+        [
+            "train",
+            "--data",
+            "builtin:digits",
+            "--out",
+            str(tmp_path / "run"),
+            "--backbone-weights",
+            str(weights),
+            "--seed",
+            "7",
+            *TINY_ARGS,
+        ]
+    )
     model = load_run(tmp_path / "run").model
     assert json.loads((tmp_path / "run" / "config.json").read_text())["backbone"]["weights"] == str(weights)
     loaded = model.backbone.patch_embed.proj.weight
@@ -42,8 +61,13 @@ def test_pretrained_flag_asks_timm_for_its_weights(tmp_path: Path, monkeypatch: 
     assert seen["pretrained"] is True
 
 
-@pytest.mark.parametrize("argv", [["train", "--data", "builtin:digits", "--out", "x", "--exits", "a,b"],
-                                  ["train", "--data", "builtin:digits", "--out", "x", "--petl", "prompt"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "builtin:digits", "--out", "x", "--exits", "a,b"],
+        ["train", "--data", "builtin:digits", "--out", "x", "--petl", "prompt"],
+    ],
+)
 def test_bad_arguments_exit_with_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as err:
         cli.main(argv)
@@ -70,7 +94,12 @@ sys.meta_path.insert(0, Block())
 import dynadapter.cli
 dynadapter.cli.main(['serve', '--help'])
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr
     assert "--max-batch-size" in out.stdout

@@ -67,8 +67,9 @@ def test_loading_is_deterministic_and_the_seed_redraws_the_split() -> None:
     again, first = BUILTIN_DATASETS["elpv-type"](0), load("elpv-type")
     for split in SPLITS:
         np.testing.assert_array_equal(again.splits[split].targets, first.splits[split].targets)
-        assert all(np.array_equal(a, b) for a, b in zip(again.splits[split].pixels, first.splits[split].pixels,
-                                                         strict=True))
+        assert all(
+            np.array_equal(a, b) for a, b in zip(again.splits[split].pixels, first.splits[split].pixels, strict=True)
+        )
     assert not np.array_equal(load("digits", 1).splits["test"].targets, load("digits").splits["test"].targets)
 
 

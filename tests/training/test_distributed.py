@@ -8,19 +8,50 @@ from pathlib import Path
 
 import pytest
 
-TINY = ["--backbone", "vit_tiny_patch16_224", "--backbone-arg", "depth=2", "--backbone-arg", "embed_dim=32",
-        "--backbone-arg", "num_heads=2", "--backbone-arg", "patch_size=4", "--img-size", "16", "--exits", "1,2",
-        "--epochs", "2", "--batch-size", "40", "--lr", "1e-2",
-        # dropout masks differ per process by design; the rest is deterministic
-        "--forward-sparsity", "0", "--backward-sparsity", "0.2"]
+TINY = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--backbone-arg",
+    "depth=2",
+    "--backbone-arg",
+    "embed_dim=32",
+    "--backbone-arg",
+    "num_heads=2",
+    "--backbone-arg",
+    "patch_size=4",
+    "--img-size",
+    "16",
+    "--exits",
+    "1,2",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "40",
+    "--lr",
+    "1e-2",
+    # dropout masks differ per process by design; the rest is deterministic
+    "--forward-sparsity",
+    "0",
+    "--backward-sparsity",
+    "0.2",
+]
 
 
 def run_train(out: Path, nproc: int) -> list[dict]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                "-m", "dynadapter"] if nproc > 1 else [sys.executable, "-m", "dynadapter.cli"]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "dynadapter"]
+        if nproc > 1
+        else [sys.executable, "-m", "dynadapter"]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([*launcher, "train", "--data", "builtin:digits", "--out", str(out), *TINY], check=True,
-                   env=env, cwd=Path(__file__).parents[2], capture_output=True, timeout=300)
+    subprocess.run(
+        [*launcher, "train", "--data", "builtin:digits", "--out", str(out), *TINY],
+        check=True,
+        env=env,
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        timeout=300,
+    )
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

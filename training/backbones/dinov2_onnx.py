@@ -17,9 +17,7 @@ def _onnx_tensors(graph: onnx.GraphProto) -> dict[str, torch.Tensor]:
     return {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
 
 
-def _matmul_weights(
-    graph: onnx.GraphProto, tensors: dict[str, torch.Tensor]
-) -> dict[tuple[int, str], torch.Tensor]:
+def _matmul_weights(graph: onnx.GraphProto, tensors: dict[str, torch.Tensor]) -> dict[tuple[int, str], torch.Tensor]:
     """(layer, role) -> weight in torch's (out, in) layout; ONNX MatMul stores (in, out)."""
     found = {}
     for node in graph.node:

@@ -51,9 +51,7 @@ class BuiltinBackbone:
 
     def build(self, img_size: int) -> VisionTransformer:
         """The timm model, random weights, headless, at `img_size`."""
-        return timm.create_model(
-            self.timm_model, pretrained=False, num_classes=0, exportable=True, img_size=img_size
-        )
+        return timm.create_model(self.timm_model, pretrained=False, num_classes=0, exportable=True, img_size=img_size)
 
 
 BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {

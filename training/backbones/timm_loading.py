@@ -90,9 +90,7 @@ def create_backbone(
         return model
     if weights is not None and pretrained:
         raise ConfigError("choose either weights=FILE or pretrained=True, not both")
-    model = timm.create_model(
-        name_or_builtin, pretrained=pretrained, num_classes=0, exportable=True, img_size=img_size
-    )
+    model = timm.create_model(name_or_builtin, pretrained=pretrained, num_classes=0, exportable=True, img_size=img_size)
     if not isinstance(model, VisionTransformer):
         raise ConfigError(f"{name_or_builtin} is a {type(model).__name__}, not a timm VisionTransformer")
     if weights is not None:
