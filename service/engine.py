@@ -8,7 +8,6 @@ import logging
 
 import numpy as np
 
-from dynadapter.contract.images import decode_image, preprocess
 from dynadapter.contract.model_repository import Manifest, ModelVersion, load_model
 from dynadapter.service.batching import MicroBatcher
 from dynadapter.service.exit_policy import ExitPolicy, resolve_policy
@@ -79,9 +78,7 @@ class Engine:
 
     def prepare(self, data: bytes) -> np.ndarray:
         """Bytes of an uploaded image -> the float32 [3, H, W] tensor segment 0 expects."""
-        spec = self.manifest.preprocessing
-        image = decode_image(data, self._max_pixels)
-        return preprocess(image, spec.size, spec.mean, spec.std, spec.interpolation)
+        return self.manifest.preprocessing.load(data, self._max_pixels)
 
     async def classify(self, image: np.ndarray, policy: ExitPolicy) -> ExitResult:
         """Run one prepared image through the cascade, batched with whatever else is waiting."""

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dynadapter.contract.images import Interpolation, preprocess
+from dynadapter.contract.images import Interpolation, decode_image, preprocess
 from dynadapter.contract.numerics import sha256_file
 from dynadapter.errors import ModelLoadError
 
@@ -67,6 +67,15 @@ class Preprocessing(_Schema):
     def __call__(self, image: Image.Image) -> np.ndarray:
         """float32 [3, H, W] for one decoded image."""
         return preprocess(image, self.size, self.mean, self.std, self.interpolation)
+
+    def load(self, data: bytes, max_pixels: int) -> np.ndarray:
+        """Encoded image bytes -> the float32 [3, H, W] input of segment 0: the one path from a file
+        to a model input, for training, evaluation, calibration and serving alike.
+
+        Raises `ImageDecodeError` (empty, corrupt, unsupported) and `ImageTooLargeError` (over
+        `max_pixels`), as `decode_image` does.
+        """
+        return self(decode_image(data, max_pixels))
 
     @field_validator("size")
     @classmethod
