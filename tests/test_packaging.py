@@ -12,7 +12,7 @@ import pytest
 
 from tests.service.helpers import IMAGE, ROOT, serving
 from tests.service.tiny_onnx_model import png_bytes
-from tests.tiny import TINY_BACKBONE
+from tests.tiny import TINY_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -62,26 +62,7 @@ def test_every_package_in_the_checkout_is_in_the_wheel(site: Path) -> None:
 
 
 def test_the_installed_wheel_trains_exports_and_serves(site: Path, tmp_path: Path) -> None:
-    tiny = [a for key, value in TINY_BACKBONE.items() for a in ("--backbone-arg", f"{key}={value}")]
-    trained = dynadapter(
-        site,
-        "train",
-        "--data",
-        "builtin:digits",
-        "--out",
-        str(tmp_path / "run"),
-        "--backbone",
-        "vit_tiny_patch16_224",
-        *tiny,
-        "--img-size",
-        "16",
-        "--exits",
-        "2,4",
-        "--epochs",
-        "1",
-        "--lr",
-        "0.01",
-    )
+    trained = dynadapter(site, "train", "--data", "builtin:digits", "--out", str(tmp_path / "run"), *TINY_ARGS)
     assert trained.returncode == 0, trained.stderr
     exported = dynadapter(site, "export", str(tmp_path / "run"), "--out", str(tmp_path / "repo"), "--name", "tiny")
     assert exported.returncode == 0, exported.stderr

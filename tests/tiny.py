@@ -44,6 +44,18 @@ def randomize_trainable(model: DynamicViT, seed: int = 1, std: float = 0.2) -> N
 
 
 TINY_BACKBONE = {"depth": 4, "embed_dim": 32, "num_heads": 2, "patch_size": 4, "global_pool": "avg"}
+#: `dynadapter train` flags for a tiny random ViT with two exits, one epoch (seconds on a CPU).
+TINY_ARGS = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    *[a for k, v in TINY_BACKBONE.items() for a in ("--backbone-arg", f"{k}={v}")],
+    "--img-size",
+    "16",
+    "--exits",
+    "2,4",
+    "--epochs",
+    "1",
+]
 
 
 def train_tiny_run(out, petl: str = "adapter", epochs: int = 1, **overrides):

@@ -9,19 +9,7 @@ from safetensors.torch import save_file
 
 from dynadapter import cli
 from dynadapter.training.run_dir import load_run
-from tests.tiny import TINY_BACKBONE
-
-TINY_ARGS = [
-    "--backbone",
-    "vit_tiny_patch16_224",
-    *[a for k, v in TINY_BACKBONE.items() for a in ("--backbone-arg", f"{k}={v}")],
-    "--img-size",
-    "16",
-    "--exits",
-    "2,4",
-    "--epochs",
-    "1",
-]
+from tests.tiny import TINY_ARGS, TINY_BACKBONE
 
 
 def test_train_with_local_backbone_weights_uses_them(tmp_path: Path) -> None:
