@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
+from dynadapter.contract import confidence
 from dynadapter.contract.model_repository import HEAD_GATE_INPUT, ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -68,17 +69,6 @@ class StageOutput:
 class RunOutput:
     results: list[ExitResult]  # one per image, in input order
     stage_seconds: list[float]  # wall time of each segment that ran on this batch, stage 0 first
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, in float64 so that thresholds near 1 compare exactly."""
-    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def confidence(logits: np.ndarray) -> np.ndarray:
-    """Max softmax probability per row: how sure an exit is."""
-    return softmax(logits).max(axis=-1)
 
 
 def cuda_usable() -> bool:

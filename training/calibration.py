@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from dynadapter.contract import softmax
+
 #: Fine near 1: a well-trained exit's confidences crowd there.
 THRESHOLD_GRID = np.unique(np.round(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.logspace(-5, -2, 13)]), 6))
 BUDGETS = np.round(np.arange(0.05, 1.0001, 0.05), 2)
@@ -31,10 +33,8 @@ MARGIN_Z = 1.0  # standard errors subtracted in the pessimistic score
 
 
 def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(max softmax probability, argmax) over the last axis."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
+    """(max softmax probability, argmax) over the last axis, with the service's own softmax."""
+    p = softmax(logits)
     return p.max(axis=-1), p.argmax(axis=-1)
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from dynadapter.contract import softmax
 from dynadapter.service.batching import BatcherClosedError, QueueFullError
 from dynadapter.service.deps import EngineDep, StateDep, require_api_key
 from dynadapter.service.engine import Engine
@@ -22,7 +23,7 @@ from dynadapter.service.errors import (
 )
 from dynadapter.service.exit_policy import ExitPolicy, PolicyError
 from dynadapter.service.schemas import ClassifyResponse, ClassScore, ExitTaken, GFlops
-from dynadapter.service.segment_runner import ExitResult, softmax
+from dynadapter.service.segment_runner import ExitResult
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 

@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from dynadapter.contract import softmax
 from dynadapter.contract.images import decode_image, preprocess
 from dynadapter.contract.model_repository import Manifest, load_model
-from dynadapter.service.segment_runner import softmax
 from tests.service.tiny_onnx_model import LABELS, NUM_EXITS, TinyWeights, png_bytes, reference_exits
 
 

@@ -6,9 +6,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from dynadapter.contract import confidence
 from dynadapter.contract.model_repository import ModelLoadError
 from dynadapter.service import segment_runner
-from dynadapter.service.segment_runner import CPU, CUDA, SegmentRunner, confidence, select_providers
+from dynadapter.service.segment_runner import CPU, CUDA, SegmentRunner, select_providers
 from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, reference_exits, write_model_version
 
 

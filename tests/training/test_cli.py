@@ -8,6 +8,7 @@ import timm
 from safetensors.torch import save_file
 
 from dynadapter import cli
+from dynadapter.errors import RunDirError
 from dynadapter.training.run_dir import load_run
 from tests.tiny import TINY_ARGS, TINY_BACKBONE
 
@@ -91,3 +92,38 @@ dynadapter.cli.main(['serve', '--help'])
     )
     assert out.returncode == 0, out.stderr
     assert "--max-batch-size" in out.stdout
+
+
+def test_user_errors_show_their_traceback_with_verbose(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="is not a run directory"):
+        cli.main(["-v", "export", str(tmp_path / "missing"), "--out", str(tmp_path / "repo")])
+
+
+def test_a_bug_is_not_dressed_as_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only DynAdapterError becomes one line; anything else keeps its traceback."""
+    from dynadapter.export import exporter
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(exporter, "export_run", broken)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "repo")])
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--epochs", "0", "greater than or equal to 1"),
+        ("--lr", "-1", "greater than 0"),
+        ("--backward-sparsity", "1.5", "less than 1"),
+    ],
+)
+def test_train_flags_are_validated_as_the_options_are(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as err:
+        cli.main(["train", "--data", "builtin:digits", "--out", "x", flag, value])
+    assert err.value.code == 2
+    stderr = capsys.readouterr().err
+    assert flag in stderr and message in stderr
