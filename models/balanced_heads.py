@@ -14,6 +14,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from dynadapter.errors import ConfigError
+
 HEAD_KINDS = ("linear", "mlp", "transformer")
 
 
@@ -32,9 +34,9 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
-            raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"head kind must be one of {HEAD_KINDS}, got {self.kind!r}")
         if self.width <= 0 or self.depth < 1:
-            raise ValueError("head width must be > 0 and depth >= 1")
+            raise ConfigError("head width must be > 0 and depth >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,10 +68,10 @@ def parse_head_spec(spec: str, num_exits: int) -> list[HeadConfig]:
     for item in spec.split(","):
         kind, _, n = item.strip().partition(":")
         if kind not in HEAD_KINDS:
-            raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {kind!r} in {spec!r}")
+            raise ConfigError(f"head kind must be one of {HEAD_KINDS}, got {kind!r} in {spec!r}")
         heads.append(HeadConfig(kind, width=float(n or 1)) if kind == "mlp" else HeadConfig(kind, depth=int(n or 1)))
     if len(heads) != num_exits:
-        raise ValueError(f"{len(heads)} heads given for {num_exits} exits: {spec!r}")
+        raise ConfigError(f"{len(heads)} heads given for {num_exits} exits: {spec!r}")
     return heads
 
 

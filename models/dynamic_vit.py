@@ -13,6 +13,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from dynadapter.errors import ConfigError
 from dynadapter.models.balanced_heads import ExitHead, HeadConfig, balanced_head_configs
 from dynadapter.models.petl import PetlLayer, inject_petl, make_petl_config
 
@@ -60,9 +61,9 @@ class DynamicViTConfig:
         if not self.heads:
             self.heads = balanced_head_configs(len(self.exits))
         if len(self.heads) != len(self.exits):
-            raise ValueError(f"{len(self.heads)} head configs for {len(self.exits)} exits")
+            raise ConfigError(f"{len(self.heads)} head configs for {len(self.exits)} exits")
         if list(self.exits) != sorted(set(self.exits)) or self.exits[0] < 1:
-            raise ValueError(f"exits must be strictly increasing block indices >= 1, got {self.exits}")
+            raise ConfigError(f"exits must be strictly increasing block indices >= 1, got {self.exits}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +74,7 @@ class DynamicViT(nn.Module):
         super().__init__()
         depth = len(backbone.blocks)
         if config.exits[-1] != depth:
-            raise ValueError(f"the last exit must follow the last block ({depth}), got {config.exits}")
+            raise ConfigError(f"the last exit must follow the last block ({depth}), got {config.exits}")
         self.config = config
         self.backbone = backbone
         self.backbone.requires_grad_(False)
@@ -150,5 +151,5 @@ class DynamicViT(nn.Module):
         expected = set(self.trainable_state_dict())
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+            raise ConfigError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
         self.load_state_dict(state, strict=False)

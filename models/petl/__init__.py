@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from dynadapter.errors import ConfigError
 from dynadapter.models.petl.adapter import AdapterConfig, inject_adapter
 from dynadapter.models.petl.base import PetlConfig, PetlLayer, merge_all, petl_layers, unmerge_all
 from dynadapter.models.petl.lora import LoraConfig, inject_lora
@@ -30,8 +31,12 @@ PETL_METHODS: dict[str, PetlMethod] = {
 
 def make_petl_config(method: str, **options: Any) -> PetlConfig:
     if method not in PETL_METHODS:
-        raise ValueError(f"unknown PETL method {method!r}; choose from {sorted(PETL_METHODS)} or 'none'")
-    return PETL_METHODS[method].config_cls(**options)
+        raise ConfigError(f"unknown PETL method {method!r}; choose from {sorted(PETL_METHODS)} or 'none'")
+    try:
+        return PETL_METHODS[method].config_cls(**options)
+    except TypeError as err:  # an option the method does not have
+        fields = sorted(PETL_METHODS[method].config_cls.__dataclass_fields__)
+        raise ConfigError(f"--petl-arg for {method}: {err}; its options are {fields}") from err
 
 
 def inject_petl(blocks: nn.Sequential, method: str, config: PetlConfig) -> None:

@@ -15,6 +15,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from dynadapter.errors import ConfigError
 from dynadapter.models.petl.base import PetlConfig, PetlLayer
 
 
@@ -30,7 +31,7 @@ class AdapterConfig(PetlConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dim < 1:
-            raise ValueError(f"adapter dim must be >= 1, got {self.dim}")
+            raise ConfigError(f"adapter dim must be >= 1, got {self.dim}")
 
 
 class Bottleneck(nn.Module):

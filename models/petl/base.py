@@ -14,6 +14,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from dynadapter.errors import ConfigError
+
 
 @dataclass
 class PetlConfig:
@@ -30,7 +32,7 @@ class PetlConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 class PetlLayer(nn.Module):
@@ -76,7 +78,7 @@ def check_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
     """A config's ``targets`` as a tuple of distinct names from ``LINEAR_TARGETS``."""
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     if not targets or len(set(targets)) < len(targets) or not set(targets) <= LINEAR_TARGETS.keys():
-        raise ValueError(f"targets must be distinct names from {list(LINEAR_TARGETS)}, got {list(targets)}")
+        raise ConfigError(f"targets must be distinct names from {list(LINEAR_TARGETS)}, got {list(targets)}")
     return targets
 
 

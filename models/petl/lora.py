@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dynadapter.errors import ConfigError
 from dynadapter.models.petl.base import PetlConfig, PetlLayer, check_targets, wrap_linears
 
 
@@ -33,7 +34,7 @@ class LoraConfig(PetlConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"LoRA rank must be >= 1, got {self.rank}")
         self.targets = check_targets(self.targets)
 
 

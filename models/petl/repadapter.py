@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dynadapter.errors import ConfigError
 from dynadapter.models.petl.base import PetlConfig, PetlLayer, check_targets, wrap_linears
 
 
@@ -43,7 +44,7 @@ class RepAdapterConfig(PetlConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dim < 1 or self.groups < 1 or self.dim % self.groups:
-            raise ValueError(f"RepAdapter needs groups >= 1 dividing dim >= 1, got {self.groups}, {self.dim}")
+            raise ConfigError(f"RepAdapter needs groups >= 1 dividing dim >= 1, got {self.groups}, {self.dim}")
         self.targets = check_targets(self.targets)
 
 
@@ -56,7 +57,7 @@ class RepAdapterLinear(PetlLayer):
         super().__init__()
         width = base_layer.in_features
         if width % config.groups:
-            raise ValueError(f"RepAdapter groups={config.groups} must divide the layer width {width}")
+            raise ConfigError(f"RepAdapter groups={config.groups} must divide the layer width {width}")
         self.base_layer = base_layer
         self.in_features, self.out_features = width, base_layer.out_features
         self.scale = config.scale

@@ -127,3 +127,13 @@ def test_train_flags_are_validated_as_the_options_are(
     assert err.value.code == 2
     stderr = capsys.readouterr().err
     assert flag in stderr and message in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--petl-arg", "colour=red"], "its options are"), (["--heads", "pyramid"], "head kind must be one of")],
+)
+def test_model_options_a_user_gets_wrong_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as err:
+        cli.main(["train", "--data", "builtin:digits", "--out", str(tmp_path / "run"), *TINY_ARGS, *args])
+    assert message in str(err.value.code) and "\n" not in str(err.value.code)
