@@ -63,7 +63,7 @@ async def ready(state: StateDep) -> JSONResponse:
     return JSONResponse({"ready": True})
 
 
-def _model_metadata(registry: RegistryDep, name: str, version: str | None) -> oip.ModelMetadata:
+def _model_metadata(registry: RegistryDep, name: str, version: str | None = None) -> oip.ModelMetadata:
     engine = registry.get(name, version)
     versions = [e.version for e in registry.engines(name)] if version is None else [engine.version]
     return oip.ModelMetadata(
@@ -75,13 +75,13 @@ def _model_metadata(registry: RegistryDep, name: str, version: str | None) -> oi
     )
 
 
-def _model_ready(registry: RegistryDep, name: str, version: str | None) -> dict[str, Any]:
+def _model_ready(registry: RegistryDep, name: str, version: str | None = None) -> dict[str, Any]:
     # Served versions are warm by construction (the registry swaps them in only once warm).
     engine = registry.get(name, version)
     return {"name": name, "version": engine.version, "ready": True}
 
 
-def _model_config(registry: RegistryDep, name: str, version: str | None) -> dict[str, Any]:
+def _model_config(registry: RegistryDep, name: str, version: str | None = None) -> dict[str, Any]:
     """Triton's model configuration, as far as tritonclient and perf_analyzer read it."""
     engine = registry.get(name, version)
 
