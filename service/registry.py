@@ -109,16 +109,19 @@ class ModelRegistry:
         return min(self._models)
 
     def index(self) -> list[dict[str, str]]:
-        """Triton's repository index: every model folder with its state (READY, UNAVAILABLE + reason)."""
+        """Triton's repository index: every model folder with the state of its versions.
+
+        Each served version is READY; a model that serves nothing, or whose last load was refused
+        (the versions before it still serve), has an UNAVAILABLE entry with the reason, if any.
+        """
         entries = []
         for name in self.candidates():
             served = self._models.get(name, {})
-            for version in sorted(served, key=int):
-                entries.append({"name": name, "version": version, "state": "READY"})
-            if not served:
-                entry = {"name": name, "state": "UNAVAILABLE"}
-                entry |= {"reason": self._refused[name]} if name in self._refused else {}
-                entries.append(entry)
+            entries += [{"name": name, "version": v, "state": "READY"} for v in sorted(served, key=int)]
+            if name in self._refused:
+                entries.append({"name": name, "state": "UNAVAILABLE", "reason": self._refused[name]})
+            elif not served:
+                entries.append({"name": name, "state": "UNAVAILABLE"})
         return entries
 
     # Loading and unloading.

@@ -56,7 +56,9 @@ def test_counters_move_by_exactly_the_number_of_images(client: TestClient) -> No
     assert delta("dynadapter_flops_used_total", model="tiny", version="1") == pytest.approx(used)
     assert delta("dynadapter_flops_saved_total", model="tiny", version="1") == pytest.approx(full - used)
     assert delta("dynadapter_batch_size_sum", model="tiny", version="1") == 12
-    assert delta("dynadapter_stage_duration_seconds_count", model="tiny", version="1", stage="0") == 12  # one batch each
+    assert (
+        delta("dynadapter_stage_duration_seconds_count", model="tiny", version="1", stage="0") == 12
+    )  # one batch each
     assert value(after, "dynadapter_inflight_requests", model="tiny", version="1") == 0
 
 
@@ -115,7 +117,9 @@ def test_counters_are_exact_under_concurrency(start_client: Callable[..., TestCl
         assert skipped == pytest.approx(round(skipped), abs=1e-6) and 0 <= round(skipped) <= body["exit"]["index"]
     used = sum(body["gflops"]["used"] for body in bodies) * 1e9
     assert delta("dynadapter_flops_used_total", model="tiny", version="1") == pytest.approx(used, rel=1e-9)
-    total = delta("dynadapter_flops_used_total", model="tiny", version="1") + delta("dynadapter_flops_saved_total", model="tiny", version="1")
+    total = delta("dynadapter_flops_used_total", model="tiny", version="1") + delta(
+        "dynadapter_flops_saved_total", model="tiny", version="1"
+    )
     assert total == pytest.approx(n * manifest.gflops_full * 1e9, rel=1e-9)  # each image counted exactly once
     assert delta("dynadapter_batch_size_sum", model="tiny", version="1") == n
     assert delta("dynadapter_batch_size_count", model="tiny", version="1") < n  # they did share batches
