@@ -106,7 +106,7 @@ async def _read_images(request: Request, limit: int) -> list[bytes]:
     try:
         uploads = form.getlist("file")
         if not uploads:
-            raise bad_parameter("file: the multipart body needs the image in a field named 'file'")
+            raise bad_parameter("file: the multipart body has no complete part named 'file' (the image goes there)")
         if not all(isinstance(upload, UploadFile) for upload in uploads):
             raise bad_parameter("file: each 'file' part must be a file upload (with a filename), not a text field")
         return [await upload.read() for upload in uploads if isinstance(upload, UploadFile)]
