@@ -48,12 +48,14 @@ async def run(
 
 
 async def _run(engine: Engine, read: Callable[[], Awaitable[Images]], policy: ExitPolicy) -> list[ExitResult]:
-    images = await read()
-    if not isinstance(images, np.ndarray):
+    given = await read()
+    if isinstance(given, np.ndarray):
+        images = list(given)
+    else:
         # Decoding is CPU work: keep it off the event loop so that batching goes on meanwhile.
-        images = [await run_in_threadpool(engine.prepare, data) for data in images]
+        images = [await run_in_threadpool(engine.prepare, data) for data in given]
     try:
-        return await engine.classify_all(list(images), policy)
+        return await engine.classify_all(images, policy)
     except QueueFullError as err:
         raise overloaded(err.retry_after_s) from None
     except BatcherClosedError:

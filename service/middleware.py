@@ -85,8 +85,8 @@ class RequestMetricsMiddleware:
             if not recorded:
                 recorded = True
                 inflight.dec()
-                label = scope.get("state", {}).get(LABEL_KEY, guessed)
-                self.metrics.record_request(*label, status, perf_counter() - start)
+                model, version = scope.get("state", {}).get(LABEL_KEY, guessed)
+                self.metrics.record_request(model, version, status, perf_counter() - start)
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
