@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (classify, models, health, metrics, oip, repository):
         app.include_router(module.router)
+    oip.add_schemas(app)
     return app
 
 

@@ -73,7 +73,7 @@ class ModelRegistry:
         self._metrics = metrics
         self._models: dict[str, dict[str, Engine]] = {}  # name -> version -> engine, every one warm
         self._lock = asyncio.Lock()  # one load or unload at a time
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], Engine] = {}  # replaced versions waiting for their requests
         self._refused: dict[str, str] = {}  # name -> why its last load failed (the repository index shows it)
 
     # Reading: what routes use. None of these await, so a swap is never seen half-done.
@@ -165,8 +165,9 @@ class ModelRegistry:
 
     async def stop(self) -> None:
         """Stop everything now (shutdown): the batchers fail what still waits."""
-        for task in list(self._retiring):
+        for task, engine in list(self._retiring.items()):
             task.cancel()
+            await engine.stop()
         for versions in self._models.values():
             for engine in versions.values():
                 await engine.stop()
@@ -226,8 +227,8 @@ class ModelRegistry:
 
     def _retire(self, engine: Engine) -> None:
         task = asyncio.get_running_loop().create_task(engine.retire(), name=f"retire-{engine.name}-{engine.version}")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = engine
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
         logger.info("model %s version %s retires once its requests in flight finish", engine.name, engine.version)
 
     def candidates(self) -> list[str]:

@@ -11,7 +11,7 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError
 
@@ -142,17 +142,33 @@ async def infer(
     return Response(content, headers=headers)
 
 
+# The body is read by hand (JSON, or JSON + binary tensors), so describe it for OpenAPI; its models go
+# into the schema's components (`add_schemas`), where the references point.
+_REQUEST_SCHEMA = oip.InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+REQUEST_SCHEMAS = {"InferenceRequest": _REQUEST_SCHEMA} | _REQUEST_SCHEMA.pop("$defs")
 _INFER_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {
-                "schema": oip.InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
             oip.BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
         },
     }
 }
+
+
+def add_schemas(app: FastAPI) -> None:
+    """Put the OIP request's models into the app's OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(REQUEST_SCHEMAS)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 for path in _VERSIONED:
     models.add_api_route(
         path + "/infer",

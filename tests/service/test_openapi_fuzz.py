@@ -1,9 +1,12 @@
 """Schema-driven fuzzing: schemathesis generates requests for every route of the service's own OpenAPI
 schema (the OIP routes included) against a real server; none may answer 5xx."""
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -32,3 +35,21 @@ def test_no_generated_request_gets_a_5xx(server: ServiceProcess) -> None:
             assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.text}"
 
         no_5xx()
+
+
+def test_the_schema_covers_the_oip_routes_and_every_reference_resolves(server: ServiceProcess) -> None:
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    for path in (
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}/versions/{version}/infer",
+        "/v2/models/{name}/config",
+        "/v2/repository/index",
+        "/v2/repository/models/{name}/load",
+    ):
+        assert path in schema["paths"], path
+    infer = schema["paths"]["/v2/models/{name}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    references = set(re.findall(r'"#/components/schemas/(\w+)"', json.dumps(schema)))
+    assert "InferenceRequest" in references and references <= set(schema["components"]["schemas"])
