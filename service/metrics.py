@@ -25,13 +25,13 @@ class ServiceMetrics:
         r = self.registry
         self.requests = Counter(
             "dynadapter_requests_total",
-            "Classify requests by HTTP status code.",
+            "Inference requests (/classify and OIP infer) by HTTP status code.",
             ["model", "version", "code"],
             registry=r,
         )
         self.request_duration = Histogram(
             "dynadapter_request_duration_seconds",
-            "Classify request latency, from the first byte in to the response.",
+            "Inference request latency, from the first byte in to the response.",
             _MODEL,
             buckets=_REQUEST_BUCKETS,
             registry=r,
@@ -66,7 +66,7 @@ class ServiceMetrics:
             registry=r,
         )
         self.inflight = Gauge(
-            "dynadapter_inflight_requests", "Classify requests being handled now.", _MODEL, registry=r
+            "dynadapter_inflight_requests", "Inference requests being handled now.", _MODEL, registry=r
         )
         self.model_memory = Gauge(
             "dynadapter_model_memory_bytes",
