@@ -88,7 +88,7 @@ class MicroBatcher:
         try:
             self._queue.put_nowait(_Job(image, thresholds, future))
         except asyncio.QueueFull:
-            raise QueueFullError(self._retry_after_s()) from None
+            raise QueueFullError(self.retry_after_s()) from None
         # If the caller gives up (deadline), cancelling it cancels `future` and the worker skips the job.
         return await future
 
@@ -163,6 +163,10 @@ class MicroBatcher:
             jobs.append(self._queue.get_nowait())
         return jobs
 
-    def _retry_after_s(self) -> int:
+    def free_slots(self) -> int:
+        """Images the queue can take now."""
+        return self._queue.maxsize - self._queue.qsize()
+
+    def retry_after_s(self) -> int:
         batches_ahead = self._queue.qsize() / self._max_batch_size
         return max(1, math.ceil(batches_ahead * self._batch_seconds))

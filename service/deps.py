@@ -7,25 +7,20 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from dynadapter.service.engine import Engine
 from dynadapter.service.errors import not_ready, unauthorized
 from dynadapter.service.metrics import ServiceMetrics
+from dynadapter.service.registry import ModelRegistry
 from dynadapter.service.settings import Settings
 
 
 @dataclass
 class ServiceState:
-    """What one app owns: its settings, its metrics registry and, once loaded, the engine."""
+    """What one app owns: its settings, its metrics registry and its model registry."""
 
     settings: Settings
     metrics: ServiceMetrics
-    engine: Engine | None = None
-    ready: bool = False  # loaded and warmed
-
-    def model_label(self) -> str:
-        if self.engine is not None:
-            return self.engine.name
-        return self.settings.model_name or "unknown"
+    registry: ModelRegistry
+    ready: bool = False  # every model of the start loaded and warmed
 
 
 def get_state(request: Request) -> ServiceState:
@@ -35,13 +30,14 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_engine(state: StateDep) -> Engine:
-    if state.engine is None or not state.ready:
+def get_registry(state: StateDep) -> ModelRegistry:
+    """The registry, once the models of the start are loaded and warm; 503 `not_ready` before."""
+    if not state.ready:
         raise not_ready()
-    return state.engine
+    return state.registry
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key, when the service is started with API keys.")
 

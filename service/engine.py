@@ -1,15 +1,20 @@
-"""The model being served: a verified model version, its segment sessions and its micro-batcher.
+"""One served model version: its verified files, its segment sessions and its micro-batcher.
 
 The hooks LitServe would name setup (`load`, `warm_up`), decode (`prepare`) and predict
 (`classify`) live here; HTTP concerns stay in `dynadapter.service.routes`.
 """
 
+import asyncio
 import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import numpy as np
 
-from dynadapter.contract.model_repository import Manifest, ModelVersion, load_model
-from dynadapter.service.batching import MicroBatcher
+from dynadapter.contract.model_repository import Manifest, ModelVersion
+from dynadapter.service.batching import MicroBatcher, QueueFullError
 from dynadapter.service.exit_policy import ExitPolicy, resolve_policy
 from dynadapter.service.metrics import ServiceMetrics
 from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput, select_providers
@@ -18,11 +23,26 @@ from dynadapter.service.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+def _rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc); 0 where there is no /proc."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
 class Engine:
-    def __init__(self, model: ModelVersion, runner: SegmentRunner, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, model: ModelVersion, runner: SegmentRunner, settings: Settings, metrics: ServiceMetrics, memory_bytes: int
+    ) -> None:
         self.model = model
         self.runner = runner
+        self.memory_bytes = memory_bytes  # how much the resident memory grew while loading it
         self._metrics = metrics
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._max_pixels = settings.max_pixels
         self._warm_batch_sizes = {1, settings.max_batch_size}
         self._batcher = MicroBatcher(
@@ -32,27 +52,29 @@ class Engine:
             max_queue=settings.max_queue,
             on_stage=self._record_stage,
         )
-        metrics.declare_model(self.name, self.manifest.num_exits)
+        metrics.declare_model(self.name, self.version, self.manifest.num_exits, memory_bytes)
 
     @classmethod
-    def load(cls, settings: Settings, metrics: ServiceMetrics) -> "Engine":
-        """Verify the model version and open its sessions; `ModelLoadError` if it cannot be served."""
-        model = load_model(settings.model_repo, settings.model_name, settings.model_version)
+    def load(cls, model: ModelVersion, settings: Settings, metrics: ServiceMetrics) -> "Engine":
+        """Open the sessions of a verified model version; `ModelLoadError` if onnxruntime refuses them."""
+        before = _rss_bytes()
         runner = SegmentRunner(
             model.segment_paths,
             select_providers(settings.providers),
             intra_op_threads=settings.intra_op_threads,
             num_classes=model.manifest.num_classes,
         )
+        memory = max(_rss_bytes() - before, 0)
         logger.info(
-            "loaded model %s version %s from %s: %d exits, providers %s",
+            "loaded model %s version %s from %s: %d exits, providers %s, memory %.1f MiB",
             model.manifest.name,
-            model.manifest.version,
+            model.path.name,
             model.path,
             runner.num_exits,
             runner.providers,
+            memory / 2**20,
         )
-        return cls(model, runner, settings, metrics)
+        return cls(model, runner, settings, metrics, memory)
 
     @property
     def manifest(self) -> Manifest:
@@ -61,6 +83,29 @@ class Engine:
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        """The version folder's name: what routes and metrics call this version."""
+        return self.model.path.name
+
+    @asynccontextmanager
+    async def admitted(self) -> AsyncIterator["Engine"]:
+        """Hold this version for one request: `retire` waits until every holder is done."""
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def retire(self) -> None:
+        """Stop once the requests admitted on this version have finished (new ones go elsewhere)."""
+        await self._idle.wait()
+        await self.stop()
+        self._metrics.forget_model(self.name, self.version)
 
     def warm_up(self) -> None:
         self.runner.warm_up(self.manifest.preprocessing.size, self._warm_batch_sizes)
@@ -84,5 +129,18 @@ class Engine:
         """Run one prepared image through the cascade, batched with whatever else is waiting."""
         return await self._batcher.submit(image, policy.as_array())
 
+    async def classify_all(self, images: Sequence[np.ndarray], policy: ExitPolicy) -> list[ExitResult]:
+        """Several prepared images, each its own job (they may leave at different exits); in input order.
+
+        `QueueFullError` when the queue cannot take them all: then none is queued.
+        """
+        if len(images) > self._batcher.free_slots():
+            raise QueueFullError(self._batcher.retry_after_s())
+        return list(await asyncio.gather(*(self.classify(image, policy) for image in images)))
+
+    def used_gflops(self, result: ExitResult) -> float:
+        """GFLOPs one image cost: up to its exit, less the gated heads it skipped."""
+        return self.manifest.used_gflops(result.exit_index, result.skipped_heads)
+
     def _record_stage(self, stage: StageOutput) -> None:
-        self._metrics.record_stage(self.name, stage, self.manifest)
+        self._metrics.record_stage(self.name, self.version, stage, self.manifest)

@@ -1,5 +1,9 @@
 """The JSON error format `{"error": {"code", "message"}}` and the handlers that map every failure to it.
 
+Under /v2 (the Open Inference Protocol) the same errors take the protocol's shape, `{"error": "message"}`
+(docs/protocol-oip.md). A client that goes away before its request is read is answered (into the void)
+with 499 `client_closed_request`, logged at INFO: it is the client's doing, not a server error.
+
 Every error a client can cause is an `ApiError` (or a decoder error from `dynadapter.contract.images`, or a
 request validation error from FastAPI); anything else is a bug and answers a JSON 500 "internal".
 """
@@ -12,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from dynadapter.contract.images import ImageDecodeError, ImageTooLargeError
 
@@ -41,6 +46,23 @@ def payload_too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
 
 
+def too_many_images(limit: int) -> ApiError:
+    return ApiError(413, "too_many_images", f"more than {limit} images in one request")
+
+
+def bad_request(message: str) -> ApiError:
+    """A malformed body (OIP tensors, multipart parts): 400."""
+    return ApiError(400, "bad_request", message)
+
+
+def model_not_found(name: str, version: str | None) -> ApiError:
+    which = f"version {version!r} of model {name!r}" if version is not None else f"model {name!r}"
+    return ApiError(404, "model_not_found", f"{which} is not served here")
+
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's code for a client that hung up before its answer
+
+
 def unsupported_media_type(content_type: str) -> ApiError:
     return ApiError(
         415,
@@ -63,37 +85,55 @@ def deadline_exceeded(timeout_s: float) -> ApiError:
     return ApiError(504, "timeout", f"the request did not finish within {timeout_s:g} s")
 
 
-def error_response(status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code, headers=headers)
+OIP_PREFIX = "/v2"
+
+
+def error_response(
+    status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None, path: str = ""
+) -> JSONResponse:
+    """The error body: `{"error": {"code", "message"}}`, or the protocol's `{"error": message}` under /v2."""
+    body: dict[str, object] = {"error": {"code": code, "message": message}}
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        body = {"error": message}
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+    return error_response(exc.status_code, exc.code, exc.message, exc.headers, request.url.path)
 
 
 async def _undecodable(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(400, "invalid_image", str(exc))
+    return error_response(400, "invalid_image", str(exc), path=request.url.path)
 
 
 async def _too_many_pixels(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(413, "image_too_large", str(exc))
+    return error_response(413, "image_too_large", str(exc), path=request.url.path)
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(422, "invalid_parameter", _describe_validation(exc))
+    return error_response(422, "invalid_parameter", _describe_validation(exc), path=request.url.path)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's own errors (404, 405, ...): same shape, code from the standard reason phrase.
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, _status_code_name(exc.status_code), str(exc.detail), exc.headers)
+    return error_response(
+        exc.status_code, _status_code_name(exc.status_code), str(exc.detail), exc.headers, request.url.path
+    )
+
+
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    logger.info("client closed the connection during %s %s", request.method, request.url.path)
+    return error_response(
+        CLIENT_CLOSED_REQUEST, "client_closed_request", "the client closed the connection", path=request.url.path
+    )
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal", "internal server error")
+    return error_response(500, "internal", "internal server error", path=request.url.path)
 
 
 def _status_code_name(status_code: int) -> str:
@@ -121,4 +161,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ImageTooLargeError, _too_many_pixels)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal)

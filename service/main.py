@@ -1,35 +1,42 @@
 """The FastAPI app: `create_app` builds it, `serve` runs it with uvicorn.
 
-Nothing is loaded at import time; the model is verified, its sessions opened and the micro-batcher
-started in the lifespan handler, and warm-up runs in the background while /readyz answers 503.
+Nothing is loaded at import time; the lifespan handler loads the models in the background (verify,
+open sessions, start a micro-batcher, warm up, per version) while /readyz answers 503.
 """
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qs
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import Scope
 
 from dynadapter.contract.images import pil_pixel_limit
-from dynadapter.contract.model_repository import ModelLoadError, load_model
+from dynadapter.contract.model_repository import ModelLoadError
 from dynadapter.service.deps import ServiceState
-from dynadapter.service.engine import Engine
-from dynadapter.service.errors import install_error_handlers
+from dynadapter.service.errors import ApiError, install_error_handlers
 from dynadapter.service.metrics import ServiceMetrics
-from dynadapter.service.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
-from dynadapter.service.routes import classify, health, metrics, models
+from dynadapter.service.middleware import BodySizeLimitMiddleware, ModelLabel, RequestMetricsMiddleware
+from dynadapter.service.registry import ModelRegistry, check_repository
+from dynadapter.service.routes import classify, health, metrics, models, oip, repository
 from dynadapter.service.segment_runner import select_providers
 from dynadapter.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
+_OIP_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app (routes, error handlers, middleware, its own metrics registry); load nothing."""
     settings = settings or Settings()
-    state = ServiceState(settings=settings, metrics=ServiceMetrics())
+    service_metrics = ServiceMetrics()
+    state = ServiceState(settings, service_metrics, ModelRegistry(settings, service_metrics))
     app = FastAPI(
         title="dyn-adapter",
         summary="Early-exit ViT classification: each image stops at the first confident exit.",
@@ -39,37 +46,62 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: it also sees the 413s answered by the body limit.
-    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics, model_label=state.model_label, path="/classify")
-    for module in (classify, models, health, metrics):
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        metrics=service_metrics,
+        is_inference=_is_inference,
+        guess=lambda scope: _guess(state, scope),
+    )
+    for module in (classify, models, health, metrics, oip, repository):
         app.include_router(module.router)
+    oip.add_schemas(app)
     return app
+
+
+def _is_inference(path: str) -> bool:
+    return path == "/classify" or _OIP_INFER.match(path) is not None
+
+
+def _guess(state: ServiceState, scope: Scope) -> ModelLabel:
+    """The served (model, version) a request names, for requests refused before a route picked one."""
+    found = _OIP_INFER.match(scope["path"])
+    if found:
+        name, version = found.group(1), found.group(2)
+    else:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        name, version = query.get("model", [None])[0], query.get("version", [None])[0]
+    try:
+        engine = state.registry.get(name, version)
+    except ApiError:  # unknown or not loaded yet: one label for all of them, not one per name tried
+        return ("unknown", "")
+    return (engine.name, engine.version)
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
-    engine = Engine.load(state.settings, state.metrics)  # ModelLoadError: the app refuses to start
-    state.engine = engine
-    engine.start()
-    warming = asyncio.create_task(_warm_up(state, engine))
+    tasks = [asyncio.create_task(_load(state))]
+    if state.settings.repository_poll_s > 0:
+        tasks.append(asyncio.create_task(state.registry.poll(state.settings.repository_poll_s)))
     try:
         with pil_pixel_limit(state.settings.max_pixels):
             yield
     finally:
         state.ready = False
-        warming.cancel()
-        await engine.stop()
-        state.engine = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await state.registry.stop()
 
 
-async def _warm_up(state: ServiceState, engine: Engine) -> None:
+async def _load(state: ServiceState) -> None:
     try:
-        await asyncio.to_thread(engine.warm_up)
-    except Exception:  # a model that cannot run stays unready; /readyz keeps saying so
-        logger.exception("warm-up failed; the service stays not ready")
+        await state.registry.load_all()
+    except Exception:  # a model that cannot be served leaves the service unready; /readyz keeps saying so
+        logger.exception("loading the models failed; the service stays not ready")
         return
     state.ready = True
-    logger.info("model %s warmed up and ready", engine.name)
+    logger.info("models %s loaded, warmed up and ready", ", ".join(state.registry.names()))
 
 
 def serve(settings: Settings) -> None:
@@ -83,7 +115,7 @@ def serve(settings: Settings) -> None:
     try:
         # Check the repository and the providers before uvicorn starts, so that a model that cannot
         # be served is one clear line rather than a lifespan traceback.
-        load_model(settings.model_repo, settings.model_name, settings.model_version)
+        check_repository(settings)
         select_providers(settings.providers)
     except ModelLoadError as err:
         raise SystemExit(f"dynadapter serve: cannot load the model: {err}") from None

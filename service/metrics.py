@@ -12,6 +12,7 @@ from dynadapter.contract.model_repository import Manifest
 from dynadapter.service.segment_runner import StageOutput
 
 GIGA = 1e9
+_MODEL = ["model", "version"]
 
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -24,77 +25,90 @@ class ServiceMetrics:
         r = self.registry
         self.requests = Counter(
             "dynadapter_requests_total",
-            "Classify requests by HTTP status code.",
-            ["model", "code"],
+            "Inference requests (/classify and OIP infer) by HTTP status code.",
+            ["model", "version", "code"],
             registry=r,
         )
         self.request_duration = Histogram(
             "dynadapter_request_duration_seconds",
-            "Classify request latency, from the first byte in to the response.",
-            ["model"],
+            "Inference request latency, from the first byte in to the response.",
+            _MODEL,
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
-        self.exits = Counter("dynadapter_exits_total", "Images answered by each exit.", ["model", "exit"], registry=r)
+        self.exits = Counter(
+            "dynadapter_exits_total", "Images answered by each exit.", ["model", "version", "exit"], registry=r
+        )
         self.flops_used = Counter(
             "dynadapter_flops_used_total",
             "FLOPs executed (multiply-adds), per image up to its exit.",
-            ["model"],
+            _MODEL,
             registry=r,
         )
         self.flops_saved = Counter(
             "dynadapter_flops_saved_total",
             "Full-depth FLOPs minus executed FLOPs, per image.",
-            ["model"],
+            _MODEL,
             registry=r,
         )
         self.stage_duration = Histogram(
             "dynadapter_stage_duration_seconds",
             "Time to run one segment (stage) on one batch.",
-            ["model", "stage"],
+            ["model", "version", "stage"],
             buckets=_STAGE_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "dynadapter_batch_size",
             "Images per inference batch.",
-            ["model"],
+            _MODEL,
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.inflight = Gauge(
-            "dynadapter_inflight_requests", "Classify requests being handled now.", ["model"], registry=r
+            "dynadapter_inflight_requests", "Inference requests being handled now.", _MODEL, registry=r
+        )
+        self.model_memory = Gauge(
+            "dynadapter_model_memory_bytes",
+            "Resident memory the process grew by while loading each served model version (sessions, weights).",
+            _MODEL,
+            registry=r,
         )
 
-    def declare_model(self, model: str, num_exits: int) -> None:
-        """Create every series of a model at 0, so that rate() works from the first scrape."""
-        self.flops_used.labels(model)
-        self.flops_saved.labels(model)
-        self.batch_size.labels(model)
-        self.request_duration.labels(model)
-        self.inflight.labels(model)
+    def declare_model(self, model: str, version: str, num_exits: int, memory_bytes: int) -> None:
+        """Create every series of a model version at 0, so that rate() works from the first scrape."""
+        for family in (self.flops_used, self.flops_saved, self.batch_size, self.request_duration, self.inflight):
+            family.labels(model, version)
         for k in range(num_exits):
-            self.exits.labels(model, str(k))
-            self.stage_duration.labels(model, str(k))
+            self.exits.labels(model, version, str(k))
+            self.stage_duration.labels(model, version, str(k))
+        self.model_memory.labels(model, version).set(memory_bytes)
 
-    def record_stage(self, model: str, stage: StageOutput, manifest: Manifest) -> None:
+    def forget_model(self, model: str, version: str) -> None:
+        """An unloaded version: its memory gauge goes (its counters stay, for rate() over the past)."""
+        try:
+            self.model_memory.remove(model, version)
+        except KeyError:  # never declared (a load that failed half-way)
+            pass
+
+    def record_stage(self, model: str, version: str, stage: StageOutput, manifest: Manifest) -> None:
         """One segment's run on a batch: its time, the batch size (at stage 0) and the images that left."""
         if stage.stage == 0:
-            self.batch_size.labels(model).observe(stage.rows)
-        self.stage_duration.labels(model, str(stage.stage)).observe(stage.seconds)
+            self.batch_size.labels(model, version).observe(stage.rows)
+        self.stage_duration.labels(model, version, str(stage.stage)).observe(stage.seconds)
         for result in stage.exits.values():
             used = manifest.used_gflops(result.exit_index, result.skipped_heads)
-            self.record_image(model, result.exit_index, used, manifest.gflops_full)
+            self.record_image(model, version, result.exit_index, used, manifest.gflops_full)
 
-    def record_image(self, model: str, exit_index: int, used_gflops: float, full_gflops: float) -> None:
+    def record_image(self, model: str, version: str, exit_index: int, used_gflops: float, full_gflops: float) -> None:
         """Count one classified image: its exit, and the FLOPs it used and saved."""
-        self.exits.labels(model, str(exit_index)).inc()
-        self.flops_used.labels(model).inc(used_gflops * GIGA)
-        self.flops_saved.labels(model).inc(max(full_gflops - used_gflops, 0.0) * GIGA)
+        self.exits.labels(model, version, str(exit_index)).inc()
+        self.flops_used.labels(model, version).inc(used_gflops * GIGA)
+        self.flops_saved.labels(model, version).inc(max(full_gflops - used_gflops, 0.0) * GIGA)
 
-    def record_request(self, model: str, code: int, seconds: float) -> None:
-        self.requests.labels(model, str(code)).inc()
-        self.request_duration.labels(model).observe(seconds)
+    def record_request(self, model: str, version: str, code: int, seconds: float) -> None:
+        self.requests.labels(model, version, str(code)).inc()
+        self.request_duration.labels(model, version).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

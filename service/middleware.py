@@ -31,7 +31,7 @@ class BodySizeLimitMiddleware:
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             error = payload_too_large(self.max_bytes)
-            response = error_response(error.status_code, error.code, error.message)
+            response = error_response(error.status_code, error.code, error.message, path=scope["path"])
             await response(scope, receive, send)
             return
         received = 0
@@ -47,21 +47,35 @@ class BodySizeLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-class RequestMetricsMiddleware:
-    """Counts, times and gauges the requests to `path` (the classify endpoint), by status code."""
+ModelLabel = tuple[str, str]  # (model, version) of the metrics
+LABEL_KEY = "dynadapter_model"  # the route puts the (model, version) it ran on in scope["state"] under this
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, model_label: Callable[[], str], path: str) -> None:
+
+class RequestMetricsMiddleware:
+    """Counts, times and gauges the inference requests (`is_inference(path)`), by model, version and status code.
+
+    The route stores the model version it ran on in the request state; a request refused before
+    that (401, 413, 404) is counted under `guess(scope)`, the model its path or query names.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        is_inference: Callable[[str], bool],
+        guess: Callable[[Scope], ModelLabel],
+    ) -> None:
         self.app = app
         self.metrics = metrics
-        self.model_label = model_label
-        self.path = path
+        self.is_inference = is_inference
+        self.guess = guess
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http" or not self.is_inference(scope["path"]):
             await self.app(scope, receive, send)
             return
-        model = self.model_label()
-        inflight = self.metrics.inflight.labels(model)
+        guessed = self.guess(scope)
+        inflight = self.metrics.inflight.labels(*guessed)
         status = 500  # stays 500 if the app raises before answering
         recorded = False
         start = perf_counter()
@@ -71,7 +85,8 @@ class RequestMetricsMiddleware:
             if not recorded:
                 recorded = True
                 inflight.dec()
-                self.metrics.record_request(model, status, perf_counter() - start)
+                model, version = scope.get("state", {}).get(LABEL_KEY, guessed)
+                self.metrics.record_request(model, version, status, perf_counter() - start)
 
         async def send_and_record(message: Message) -> None:
             nonlocal status

@@ -1,6 +1,22 @@
 """Response bodies of the HTTP API (README, "Serving"; OpenAPI at /docs)."""
 
-from pydantic import BaseModel
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class Knob(BaseModel):
+    """The per-request quality knob: at most one of threshold, mode and budget (none: mode=balanced)."""
+
+    threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    mode: Literal["fast", "balanced", "accurate"] | None = None
+    budget: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_knob(self) -> "Knob":
+        if sum(knob is not None for knob in (self.threshold, self.mode, self.budget)) > 1:
+            raise ValueError("give at most one of threshold, mode and budget")
+        return self
 
 
 class ClassScore(BaseModel):
@@ -58,6 +74,7 @@ class ModelInfo(BaseModel):
     gflops_full: float
     modes: dict[str, ModeInfo]
     providers: list[str]
+    memory_bytes: int  # resident memory the process grew by while loading this version
 
 
 class ModelList(BaseModel):

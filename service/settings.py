@@ -33,10 +33,27 @@ class Settings(BaseSettings):
     model_repo: Path = Field(
         Path("model_repo"), description="Model repository folder, laid out as <name>/<version>/manifest.json."
     )
-    model_name: str | None = Field(
-        None, description="Model to serve; unset: the only (or alphabetically first) model in the repository."
+    models: Annotated[list[str], NoDecode, BeforeValidator(comma_separated)] = Field(
+        [], description="Comma-separated models of the repository to load; empty: every model in it."
     )
-    model_version: str | None = Field(None, description="Version folder to serve; unset: the highest numeric one.")
+    model_name: str | None = Field(
+        None,
+        description="Model answering the routes that name none (/classify without ?model=); "
+        "unset: the only (or alphabetically first) loaded model.",
+    )
+    version_policy: Annotated[str, BeforeValidator(_lower)] = Field(
+        "latest:1",
+        pattern=r"^(all|latest:[1-9][0-9]*|specific:[0-9]+(,[0-9]+)*)$",
+        description="Versions served of each model, as Triton's version policy: latest:N (the N highest "
+        "numeric versions), all, or specific:V1,V2.",
+    )
+    repository_poll_s: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Every this many seconds, load the versions the policy selects anew from the repository "
+        "(new versions in, removed ones out); 0: never (use /v2/repository/models/{name}/load).",
+    )
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
     providers: Literal["auto", "cuda", "cpu"] = Field(
@@ -64,6 +81,9 @@ class Settings(BaseSettings):
         description="Largest image accepted, in pixels (width x height), checked before decoding "
         "(decompression bombs); larger gets 413.",
     )
+    max_images_per_request: int = Field(
+        64, ge=1, description="Most images in one request (several file parts, or an OIP [N] input); more gets 413."
+    )
     request_timeout_s: float = Field(
         30.0,
         gt=0,
@@ -75,7 +95,7 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[list[str], NoDecode, BeforeValidator(comma_separated)] = Field(
         [],
-        description="Comma-separated API keys for Authorization: Bearer <key> on /classify and /v1/models; "
+        description="Comma-separated API keys for Authorization: Bearer <key> on every route but health and metrics; "
         "empty: no authentication.",
     )
     log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lower)] = Field(

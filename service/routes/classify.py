@@ -1,28 +1,21 @@
-"""POST /classify: one image in, the answer of the first exit confident enough out."""
+"""POST /classify: images in (one, or several `file` parts), the answer of the first exit confident enough out."""
 
-import asyncio
 from time import perf_counter
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field, model_validator
-from starlette.concurrency import run_in_threadpool
+from pydantic import Field
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from dynadapter.contract import softmax
-from dynadapter.service.batching import BatcherClosedError, QueueFullError
-from dynadapter.service.deps import EngineDep, StateDep, require_api_key
+from dynadapter.service import inference
+from dynadapter.service.deps import RegistryDep, StateDep, require_api_key
 from dynadapter.service.engine import Engine
-from dynadapter.service.errors import (
-    bad_parameter,
-    deadline_exceeded,
-    not_ready,
-    overloaded,
-    unsupported_media_type,
-)
+from dynadapter.service.errors import bad_parameter, too_many_images, unsupported_media_type
 from dynadapter.service.exit_policy import ExitPolicy, PolicyError
-from dynadapter.service.schemas import ClassifyResponse, ClassScore, ExitTaken, GFlops
+from dynadapter.service.schemas import ClassifyResponse, ClassScore, ExitTaken, GFlops, Knob
 from dynadapter.service.segment_runner import ExitResult
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
@@ -34,7 +27,11 @@ _REQUEST_BODY: dict[str, Any] = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {"file": _BINARY}, "required": ["file"]}
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"oneOf": [_BINARY, {"type": "array", "items": _BINARY}]}},
+                    "required": ["file"],
+                }
             },
             "image/*": {"schema": _BINARY},
         },
@@ -42,76 +39,80 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
-class ClassifyParams(BaseModel):
-    """Query parameters; at most one of threshold, mode and budget (none: mode=balanced)."""
+class ClassifyParams(Knob):
+    """Query parameters: the knob, `top_k`, and which model answers: `model` (none: the default model) at
+    `version` (none: its highest served one)."""
 
-    threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
-    mode: Literal["fast", "balanced", "accurate"] | None = None
-    budget: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    model: str | None = Field(default=None, min_length=1)
+    version: str | None = Field(default=None, pattern=r"^[0-9]+$")
     top_k: int = Field(default=1, ge=1)
-
-    @model_validator(mode="after")
-    def _one_knob(self) -> "ClassifyParams":
-        if sum(knob is not None for knob in (self.threshold, self.mode, self.budget)) > 1:
-            raise ValueError("give at most one of threshold, mode and budget")
-        return self
 
 
 @router.post(
     "/classify",
     openapi_extra=_REQUEST_BODY,
     responses={
-        400: {"description": "Empty or undecodable image"},
+        400: {"description": "Empty or undecodable image, or a malformed multipart body"},
         401: {"description": "Missing or wrong API key"},
-        413: {"description": "Body or image too large"},
+        404: {"description": "Model or version not served"},
+        413: {"description": "Body or image too large, or too many images"},
         415: {"description": "Unsupported content type"},
         422: {"description": "Bad query parameter"},
+        499: {"description": "The client closed the connection before the request was read"},
         503: {"description": "Not ready, or overloaded (see Retry-After)"},
         504: {"description": "Deadline passed"},
     },
 )
 async def classify(
-    request: Request, params: Annotated[ClassifyParams, Query()], engine: EngineDep, state: StateDep
-) -> ClassifyResponse:
+    request: Request, params: Annotated[ClassifyParams, Query()], registry: RegistryDep, state: StateDep
+) -> ClassifyResponse | list[ClassifyResponse]:
+    """One image (raw image/* body or one `file` part): one answer. Several `file` parts: a list, in their order."""
     start = perf_counter()
+    engine = registry.get(params.model, params.version)
     if params.top_k > engine.manifest.num_classes:
         raise bad_parameter(f"top_k: must be at most {engine.manifest.num_classes}, the number of classes")
     try:
         policy = engine.policy(params.threshold, params.mode, params.budget)
     except PolicyError as err:
         raise bad_parameter(str(err)) from None
-    timeout_s = state.settings.request_timeout_s
-    try:
-        result = await asyncio.wait_for(_infer(request, engine, policy), timeout_s)
-    except asyncio.TimeoutError:
-        raise deadline_exceeded(timeout_s) from None
-    return _response(engine, result, policy, params.top_k, latency_s=perf_counter() - start)
+    several = False
+
+    async def read() -> list[bytes]:
+        nonlocal several
+        images = await _read_images(request, state.settings.max_images_per_request)
+        several = len(images) > 1
+        return images
+
+    results = await inference.run(request, engine, read, policy, state.settings.request_timeout_s)
+    latency_s = perf_counter() - start
+    answers = [_response(engine, result, policy, params.top_k, latency_s) for result in results]
+    return answers if several else answers[0]
 
 
-async def _infer(request: Request, engine: Engine, policy: ExitPolicy) -> ExitResult:
-    data = await _read_image(request)
-    # Decoding is CPU work: keep it off the event loop so that batching goes on meanwhile.
-    image = await run_in_threadpool(engine.prepare, data)
-    try:
-        return await engine.classify(image, policy)
-    except QueueFullError as err:
-        raise overloaded(err.retry_after_s) from None
-    except BatcherClosedError:
-        raise not_ready() from None
-
-
-async def _read_image(request: Request) -> bytes:
+async def _read_images(request: Request, limit: int) -> list[bytes]:
+    """The encoded images of the body: a raw image/* body, or every multipart part named `file`, in order."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.partition(";")[0].strip().lower()
     if media_type.startswith("image/"):
-        return await request.body()
+        return [await request.body()]
     if media_type != "multipart/form-data":
         raise unsupported_media_type(content_type or "(none)")
-    async with request.form(max_files=1) as form:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise bad_parameter("file: the multipart body needs the image in a field named 'file'")
-        return await upload.read()
+    try:
+        form = await request.form(max_files=limit)
+    except HTTPException as err:
+        # Starlette's parser stops at max_files with a 400; past the limit is this API's 413.
+        if "Too many files" in str(err.detail):
+            raise too_many_images(limit) from None
+        raise
+    try:
+        uploads = form.getlist("file")
+        if not uploads:
+            raise bad_parameter("file: the multipart body has no complete part named 'file' (the image goes there)")
+        if not all(isinstance(upload, UploadFile) for upload in uploads):
+            raise bad_parameter("file: each 'file' part must be a file upload (with a filename), not a text field")
+        return [await upload.read() for upload in uploads if isinstance(upload, UploadFile)]
+    finally:
+        await form.close()
 
 
 def _response(engine: Engine, result: ExitResult, policy: ExitPolicy, top_k: int, latency_s: float) -> ClassifyResponse:
@@ -120,10 +121,10 @@ def _response(engine: Engine, result: ExitResult, policy: ExitPolicy, top_k: int
     ranked = np.argsort(-probabilities, kind="stable")[:top_k]
     scores = [ClassScore(label=manifest.labels[i], class_id=int(i), confidence=float(probabilities[i])) for i in ranked]
     segment = manifest.segments[result.exit_index]
-    used, full = manifest.used_gflops(result.exit_index, result.skipped_heads), manifest.gflops_full
+    used, full = engine.used_gflops(result), manifest.gflops_full
     return ClassifyResponse(
         model=manifest.name,
-        version=manifest.version,
+        version=engine.version,
         label=scores[0].label,
         class_id=scores[0].class_id,
         confidence=scores[0].confidence,

@@ -1,8 +1,8 @@
-"""GET /v1/models: what is loaded, its exits, costs and calibrated modes."""
+"""GET /v1/models: every model version served, its exits, costs, calibrated modes and memory."""
 
 from fastapi import APIRouter, Depends
 
-from dynadapter.service.deps import EngineDep, require_api_key
+from dynadapter.service.deps import RegistryDep, require_api_key
 from dynadapter.service.engine import Engine
 from dynadapter.service.schemas import ExitInfo, ModeInfo, ModelInfo, ModelList
 
@@ -10,15 +10,16 @@ router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
 
 
 @router.get("/v1/models")
-async def list_models(engine: EngineDep) -> ModelList:
-    return ModelList(models=[describe(engine)])
+async def list_models(registry: RegistryDep) -> ModelList:
+    """One entry per served version, models by name, versions highest first."""
+    return ModelList(models=[describe(engine) for name in registry.names() for engine in registry.engines(name)])
 
 
 def describe(engine: Engine) -> ModelInfo:
     manifest = engine.manifest
     return ModelInfo(
         name=manifest.name,
-        version=manifest.version,
+        version=engine.version,
         num_classes=manifest.num_classes,
         labels=manifest.labels,
         exits=[
@@ -42,4 +43,5 @@ def describe(engine: Engine) -> ModelInfo:
             for name, mode in manifest.modes.items()
         },
         providers=engine.runner.providers,
+        memory_bytes=engine.memory_bytes,
     )

@@ -17,14 +17,15 @@ DASHBOARD = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "dynadapter
 
 # README, "Serving": name -> (type, labels).
 DOCUMENTED_METRICS = {
-    "dynadapter_requests_total": ("counter", {"model", "code"}),
-    "dynadapter_request_duration_seconds": ("histogram", {"model"}),
-    "dynadapter_exits_total": ("counter", {"model", "exit"}),
-    "dynadapter_flops_used_total": ("counter", {"model"}),
-    "dynadapter_flops_saved_total": ("counter", {"model"}),
-    "dynadapter_stage_duration_seconds": ("histogram", {"model", "stage"}),
-    "dynadapter_batch_size": ("histogram", {"model"}),
-    "dynadapter_inflight_requests": ("gauge", {"model"}),
+    "dynadapter_requests_total": ("counter", {"model", "version", "code"}),
+    "dynadapter_request_duration_seconds": ("histogram", {"model", "version"}),
+    "dynadapter_exits_total": ("counter", {"model", "version", "exit"}),
+    "dynadapter_flops_used_total": ("counter", {"model", "version"}),
+    "dynadapter_flops_saved_total": ("counter", {"model", "version"}),
+    "dynadapter_stage_duration_seconds": ("histogram", {"model", "version", "stage"}),
+    "dynadapter_batch_size": ("histogram", {"model", "version"}),
+    "dynadapter_inflight_requests": ("gauge", {"model", "version"}),
+    "dynadapter_model_memory_bytes": ("gauge", {"model", "version"}),
 }
 
 
@@ -59,8 +60,8 @@ def concrete(expr: str) -> str:
 
 def test_the_service_exports_exactly_the_spec_series() -> None:
     metrics = ServiceMetrics()
-    metrics.declare_model("m", num_exits=2)
-    metrics.record_request("m", 200, 0.01)
+    metrics.declare_model("m", "1", num_exits=2, memory_bytes=1)
+    metrics.record_request("m", "1", 200, 0.01)
     exported = {
         sample.name: set(sample.labels)
         for family in metrics.registry.collect()

@@ -101,23 +101,25 @@ def assert_only_explained_errors(outcomes: list[Outcome]) -> None:
     assert any(o.status == 200 for o in outcomes), "no request succeeded"
 
 
-def assert_metrics_count_what_clients_saw(outcomes: list[Outcome], after: Samples, model: str) -> None:
+def assert_metrics_count_what_clients_saw(outcomes: list[Outcome], after: Samples, labels: dict[str, str]) -> None:
     statuses = Counter(outcome.status for outcome in outcomes)
     for status, count in statuses.items():
-        assert value(after, "dynadapter_requests_total", model=model, code=str(status)) == count
+        assert value(after, "dynadapter_requests_total", **labels, code=str(status)) == count
     exits = sum(count for (name, _), count in after.items() if name == "dynadapter_exits_total")
     assert exits == statuses[200]
-    assert value(after, "dynadapter_batch_size_sum", model=model) == statuses[200]
+    assert value(after, "dynadapter_batch_size_sum", **labels) == statuses[200]
 
 
-def summary(outcomes: list[Outcome], rss: list[tuple[float, int]], after: Samples, model: str) -> dict[str, float]:
+def summary(
+    outcomes: list[Outcome], rss: list[tuple[float, int]], after: Samples, labels: dict[str, str]
+) -> dict[str, float]:
     """Throughput, client latency, server latency and batch size, and the RSS growth between the halves."""
     latencies = np.array([outcome.seconds for outcome in outcomes if outcome.status == 200]) * 1000
     half = DURATION_S / 2
     growth = max(b for t, b in rss if t >= half) - max(b for t, b in rss if t < half)
 
     def ratio(name: str) -> float:
-        return value(after, f"{name}_sum", model=model) / value(after, f"{name}_count", model=model)
+        return value(after, f"{name}_sum", **labels) / value(after, f"{name}_count", **labels)
 
     return {
         "requests": len(outcomes),
@@ -136,14 +138,15 @@ def test_32_clients_for_20_seconds(load_repo: Path, record_property: Callable[[s
     with serving(load_repo, log_level="warning", intra_op_threads="1") as server:
         outcomes, rss = asyncio.run(drive(server))
         with httpx.Client(base_url=server.url) as client:
-            model = client.get("/v1/models").json()["models"][0]["name"]
+            served = client.get("/v1/models").json()["models"][0]
+            labels = {"model": served["name"], "version": served["version"]}
             after = samples(client)
     assert_only_explained_errors(outcomes)
     # Exact, because the server counts a request before the last byte of its answer leaves.
-    assert_metrics_count_what_clients_saw(outcomes, after, model)
-    report = summary(outcomes, rss, after, model)
+    assert_metrics_count_what_clients_saw(outcomes, after, labels)
+    report = summary(outcomes, rss, after, labels)
     for key, measured in report.items():
         record_property(key, measured)
-    logger.info("load test against %s (%s): %s", load_repo, model, report)
+    logger.info("load test against %s (%s): %s", load_repo, labels, report)
     assert report["rss_growth_mb"] < RSS_GROWTH_LIMIT_MB, report
     assert "Traceback" not in server.output, server.output[-2000:]

@@ -137,7 +137,7 @@ class Gate:
 
 
 def gate_runner(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Gate:
-    runner = client.app.state.service.engine.runner  # type: ignore[attr-defined]
+    runner = client.app.state.service.registry.get().runner  # type: ignore[attr-defined]
     gate = Gate(runner.cascade)
     monkeypatch.setattr(runner, "cascade", gate)
     return gate
@@ -177,7 +177,7 @@ def test_an_unexpected_failure_is_a_json_500_and_the_service_goes_on(
 ) -> None:
     with TestClient(create_app(make_settings()), raise_server_exceptions=False) as client:
         wait_ready(client)
-        runner = client.app.state.service.engine.runner  # type: ignore[attr-defined]
+        runner = client.app.state.service.registry.get().runner  # type: ignore[attr-defined]
         monkeypatch.setattr(runner, "cascade", lambda images, thresholds: 1 / 0)
         response = client.post("/classify", content=PNG, headers=IMAGE)
         body = assert_error(response, 500, "internal")
@@ -186,4 +186,4 @@ def test_an_unexpected_failure_is_a_json_500_and_the_service_goes_on(
         monkeypatch.undo()
         assert client.post("/classify", content=PNG, headers=IMAGE).status_code == 200
         metrics = client.get("/metrics").text
-    assert 'dynadapter_requests_total{code="500",model="tiny"} 1.0' in metrics
+    assert 'dynadapter_requests_total{code="500",model="tiny",version="1"} 1.0' in metrics

@@ -11,14 +11,15 @@ from tests.service.helpers import IMAGE, samples, value
 from tests.service.tiny_onnx_model import NUM_EXITS, png_bytes
 
 CONTRACT = {
-    "dynadapter_requests": ("counter", {"model", "code"}),
-    "dynadapter_request_duration_seconds": ("histogram", {"model"}),
-    "dynadapter_exits": ("counter", {"model", "exit"}),
-    "dynadapter_flops_used": ("counter", {"model"}),
-    "dynadapter_flops_saved": ("counter", {"model"}),
-    "dynadapter_stage_duration_seconds": ("histogram", {"model", "stage"}),
-    "dynadapter_batch_size": ("histogram", {"model"}),
-    "dynadapter_inflight_requests": ("gauge", {"model"}),
+    "dynadapter_requests": ("counter", {"model", "version", "code"}),
+    "dynadapter_request_duration_seconds": ("histogram", {"model", "version"}),
+    "dynadapter_exits": ("counter", {"model", "version", "exit"}),
+    "dynadapter_flops_used": ("counter", {"model", "version"}),
+    "dynadapter_flops_saved": ("counter", {"model", "version"}),
+    "dynadapter_stage_duration_seconds": ("histogram", {"model", "version", "stage"}),
+    "dynadapter_batch_size": ("histogram", {"model", "version"}),
+    "dynadapter_inflight_requests": ("gauge", {"model", "version"}),
+    "dynadapter_model_memory_bytes": ("gauge", {"model", "version"}),
 }
 
 
@@ -33,7 +34,7 @@ def test_exposition_has_the_contract_names_types_and_labels(client: TestClient) 
 
 
 def test_counters_move_by_exactly_the_number_of_images(client: TestClient) -> None:
-    manifest = client.app.state.service.engine.manifest  # type: ignore[attr-defined]
+    manifest = client.app.state.service.registry.get().manifest  # type: ignore[attr-defined]
     before = samples(client)
     exits = []
     for seed in range(12):
@@ -45,18 +46,20 @@ def test_counters_move_by_exactly_the_number_of_images(client: TestClient) -> No
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("dynadapter_requests_total", model="tiny", code="200") == 12
-    assert delta("dynadapter_requests_total", model="tiny", code="422") == 1
-    assert delta("dynadapter_request_duration_seconds_count", model="tiny") == 13
+    assert delta("dynadapter_requests_total", model="tiny", version="1", code="200") == 12
+    assert delta("dynadapter_requests_total", model="tiny", version="1", code="422") == 1
+    assert delta("dynadapter_request_duration_seconds_count", model="tiny", version="1") == 13
     for k in range(NUM_EXITS):
-        assert delta("dynadapter_exits_total", model="tiny", exit=str(k)) == exits.count(k)
+        assert delta("dynadapter_exits_total", model="tiny", version="1", exit=str(k)) == exits.count(k)
     used = sum(manifest.segments[k].cumulative_gflops for k in exits) * 1e9
     full = manifest.gflops_full * 1e9 * len(exits)
-    assert delta("dynadapter_flops_used_total", model="tiny") == pytest.approx(used)
-    assert delta("dynadapter_flops_saved_total", model="tiny") == pytest.approx(full - used)
-    assert delta("dynadapter_batch_size_sum", model="tiny") == 12
-    assert delta("dynadapter_stage_duration_seconds_count", model="tiny", stage="0") == 12  # one batch each
-    assert value(after, "dynadapter_inflight_requests", model="tiny") == 0
+    assert delta("dynadapter_flops_used_total", model="tiny", version="1") == pytest.approx(used)
+    assert delta("dynadapter_flops_saved_total", model="tiny", version="1") == pytest.approx(full - used)
+    assert delta("dynadapter_batch_size_sum", model="tiny", version="1") == 12
+    assert (
+        delta("dynadapter_stage_duration_seconds_count", model="tiny", version="1", stage="0") == 12
+    )  # one batch each
+    assert value(after, "dynadapter_inflight_requests", model="tiny", version="1") == 0
 
 
 def test_concurrent_requests_are_batched(start_client: Callable[..., TestClient]) -> None:
@@ -65,21 +68,21 @@ def test_concurrent_requests_are_batched(start_client: Callable[..., TestClient]
         statuses = list(pool.map(lambda s: client.post("/classify", content=png_bytes(s), headers=IMAGE), range(8)))
     assert {response.status_code for response in statuses} == {200}
     after = samples(client)
-    batches = value(after, "dynadapter_batch_size_count", model="tiny")
-    assert value(after, "dynadapter_batch_size_sum", model="tiny") == 8
+    batches = value(after, "dynadapter_batch_size_count", model="tiny", version="1")
+    assert value(after, "dynadapter_batch_size_sum", model="tiny", version="1") == 8
     assert batches < 8  # at least two requests shared a batch
 
 
 def test_each_app_has_its_own_registry(start_client: Callable[..., TestClient]) -> None:
     first, second = start_client(), start_client()
     first.post("/classify", content=png_bytes(0), headers=IMAGE)
-    assert value(samples(first), "dynadapter_requests_total", model="tiny", code="200") == 1
-    assert value(samples(second), "dynadapter_requests_total", model="tiny", code="200") == 0
+    assert value(samples(first), "dynadapter_requests_total", model="tiny", version="1", code="200") == 1
+    assert value(samples(second), "dynadapter_requests_total", model="tiny", version="1", code="200") == 0
 
 
 def test_counters_are_exact_under_concurrency(start_client: Callable[..., TestClient]) -> None:
     client = start_client(max_batch_size=8, max_wait_ms=20)
-    manifest = client.app.state.service.engine.manifest  # type: ignore[attr-defined]
+    manifest = client.app.state.service.registry.get().manifest  # type: ignore[attr-defined]
     queries = ["", "?threshold=0", "?threshold=1", "?mode=fast", "?budget=0.8"]
     n = 40
     before = samples(client)
@@ -101,9 +104,9 @@ def test_counters_are_exact_under_concurrency(start_client: Callable[..., TestCl
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("dynadapter_requests_total", model="tiny", code="200") == n
-    assert delta("dynadapter_request_duration_seconds_count", model="tiny") == n
-    assert [delta("dynadapter_exits_total", model="tiny", exit=str(k)) for k in range(NUM_EXITS)] == [
+    assert delta("dynadapter_requests_total", model="tiny", version="1", code="200") == n
+    assert delta("dynadapter_request_duration_seconds_count", model="tiny", version="1") == n
+    assert [delta("dynadapter_exits_total", model="tiny", version="1", exit=str(k)) for k in range(NUM_EXITS)] == [
         exits.count(k) for k in range(NUM_EXITS)
     ]
     # Threshold-1 requests skip the early heads unless they share a batch with one that can leave:
@@ -113,12 +116,14 @@ def test_counters_are_exact_under_concurrency(start_client: Callable[..., TestCl
         skipped = (manifest.segments[body["exit"]["index"]].cumulative_gflops - body["gflops"]["used"]) / head
         assert skipped == pytest.approx(round(skipped), abs=1e-6) and 0 <= round(skipped) <= body["exit"]["index"]
     used = sum(body["gflops"]["used"] for body in bodies) * 1e9
-    assert delta("dynadapter_flops_used_total", model="tiny") == pytest.approx(used, rel=1e-9)
-    total = delta("dynadapter_flops_used_total", model="tiny") + delta("dynadapter_flops_saved_total", model="tiny")
+    assert delta("dynadapter_flops_used_total", model="tiny", version="1") == pytest.approx(used, rel=1e-9)
+    total = delta("dynadapter_flops_used_total", model="tiny", version="1") + delta(
+        "dynadapter_flops_saved_total", model="tiny", version="1"
+    )
     assert total == pytest.approx(n * manifest.gflops_full * 1e9, rel=1e-9)  # each image counted exactly once
-    assert delta("dynadapter_batch_size_sum", model="tiny") == n
-    assert delta("dynadapter_batch_size_count", model="tiny") < n  # they did share batches
-    assert value(after, "dynadapter_inflight_requests", model="tiny") == 0
+    assert delta("dynadapter_batch_size_sum", model="tiny", version="1") == n
+    assert delta("dynadapter_batch_size_count", model="tiny", version="1") < n  # they did share batches
+    assert value(after, "dynadapter_inflight_requests", model="tiny", version="1") == 0
 
 
 @pytest.mark.skipif(

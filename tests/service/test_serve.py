@@ -76,7 +76,10 @@ def test_python_m_service_serves_and_shuts_down_cleanly(model_repo: Path) -> Non
         response = httpx.post(f"{server.url}/classify", content=png_bytes(0), headers=IMAGE)
         assert response.status_code == 200
         assert response.json()["model"] == "tiny"
-        assert 'dynadapter_requests_total{code="200",model="tiny"} 1.0' in httpx.get(f"{server.url}/metrics").text
+        assert (
+            'dynadapter_requests_total{code="200",model="tiny",version="1"} 1.0'
+            in httpx.get(f"{server.url}/metrics").text
+        )
     assert_clean_exit(server.process.returncode, server.output)
 
 
@@ -85,7 +88,9 @@ def test_sigterm_lets_the_request_in_flight_finish(model_repo: Path) -> None:
     with serving(model_repo, max_wait_ms="2000", max_batch_size="8") as server, ThreadPoolExecutor(1) as pool:
         start = time.monotonic()
         pending = pool.submit(httpx.post, f"{server.url}/classify", content=png_bytes(0), headers=IMAGE, timeout=30)
-        while 'dynadapter_inflight_requests{model="tiny"} 1.0' not in httpx.get(f"{server.url}/metrics").text:
+        while (
+            'dynadapter_inflight_requests{model="tiny",version="1"} 1.0' not in httpx.get(f"{server.url}/metrics").text
+        ):
             assert time.monotonic() - start < 1.5, "the request never got in flight"
             time.sleep(0.01)
         server.process.send_signal(signal.SIGTERM)

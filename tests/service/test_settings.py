@@ -15,8 +15,10 @@ from tests.service.helpers import ROOT
 
 EVERY_FLAG = {
     "--model-repo": ("repo", Path("repo")),
+    "--models": ("demo, other", ["demo", "other"]),
     "--model-name": ("demo", "demo"),
-    "--model-version": ("3", "3"),
+    "--version-policy": ("Specific:1,3", "specific:1,3"),
+    "--repository-poll-s": ("2.5", 2.5),
     "--host": ("127.0.0.1", "127.0.0.1"),
     "--port": ("9001", 9001),
     "--providers": ("cpu", "cpu"),
@@ -26,6 +28,7 @@ EVERY_FLAG = {
     "--max-queue": ("9", 9),
     "--max-body-bytes": ("1000", 1000),
     "--max-pixels": ("5000", 5000),
+    "--max-images-per-request": ("8", 8),
     "--request-timeout-s": ("1.5", 1.5),
     "--shutdown-timeout-s": ("3", 3),
     "--api-keys": ("alpha, beta", ["alpha", "beta"]),

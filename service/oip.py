@@ -1,0 +1,247 @@
+"""The Open Inference Protocol v2 (KServe / Triton REST) as this service speaks it: messages and tensor codecs.
+
+Inputs (one per request): `image`, BYTES [N], encoded images (base64 strings in JSON, raw bytes with
+the binary tensor data extension); or `pixels`, FP32 [N, 3, H, W], preprocessed as the manifest says.
+Outputs: `probabilities` FP32 [N, C], `exit_index` INT32 [N], `gflops` FP32 [N]; an output asked for
+with `"classification": k` becomes BYTES [N, k] of Triton's "value:index:label" strings instead.
+The binary tensor data extension: the body is `Inference-Header-Content-Length` bytes of JSON, then
+each binary tensor's bytes in the order of the JSON's tensors, BYTES elements as 4-byte little-endian
+length + bytes. docs/protocol-oip.md is the user's page.
+"""
+
+import base64
+import binascii
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+from dynadapter.contract.model_repository import Manifest
+from dynadapter.service.errors import bad_request
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+IMAGE_INPUT, PIXELS_INPUT = "image", "pixels"
+OUTPUTS = ("probabilities", "exit_index", "gflops")
+_NUMPY = {"FP32": np.float32, "INT32": np.int32}
+_LENGTH = struct.Struct("<I")
+
+Parameters = dict[str, str | int | float | bool]
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any] | None = None  # absent when the tensor travels in binary (parameters.binary_data_size)
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: Parameters | None = None  # binary_data: bool, classification: k
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: Parameters | None = None  # threshold | mode | budget, timeout (us), binary_data_output
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+def model_inputs(manifest: Manifest) -> list[TensorMetadata]:
+    height, width = manifest.preprocessing.size
+    return [
+        TensorMetadata(name=IMAGE_INPUT, datatype="BYTES", shape=[-1]),
+        TensorMetadata(name=PIXELS_INPUT, datatype="FP32", shape=[-1, 3, height, width]),
+    ]
+
+
+def model_outputs(manifest: Manifest) -> list[TensorMetadata]:
+    return [
+        TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, manifest.num_classes]),
+        TensorMetadata(name="exit_index", datatype="INT32", shape=[-1]),
+        TensorMetadata(name="gflops", datatype="FP32", shape=[-1]),
+    ]
+
+
+# Reading requests.
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes]:
+    """Split the body into the JSON request and its binary part (empty without the extension); 400 if malformed."""
+    split = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise bad_request(f"{HEADER_LENGTH}: {header_length!r} is not a length within the {len(body)}-byte body")
+        split = int(header_length)
+    try:
+        request = InferenceRequest.model_validate_json(body[:split])
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(item) for item in first["loc"]) or "body"
+        raise bad_request(f"invalid inference request: {where}: {first['msg']}") from None
+    return request, body[split:]
+
+
+def read_input(request: InferenceRequest, binary: bytes, manifest: Manifest) -> list[bytes] | np.ndarray:
+    """The one input of the request: encoded images (BYTES [N]) or pixels (FP32 [N, 3, H, W]); 400 otherwise."""
+    if len(request.inputs) != 1:
+        raise bad_request(f"give exactly one input, {IMAGE_INPUT!r} (BYTES [N]) or {PIXELS_INPUT!r} (FP32 [N,3,H,W])")
+    tensor = request.inputs[0]
+    raw = _binary_part(tensor, binary)
+    if tensor.name == IMAGE_INPUT:
+        return _images(tensor, raw)
+    if tensor.name == PIXELS_INPUT:
+        return _pixels(tensor, raw, manifest)
+    raise bad_request(f"unknown input {tensor.name!r}; this model takes {IMAGE_INPUT!r} or {PIXELS_INPUT!r}")
+
+
+def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is None:
+        if tensor.data is None:
+            raise bad_request(f"input {tensor.name!r} has neither data nor parameters.binary_data_size")
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise bad_request(f"input {tensor.name!r}: binary_data_size {size!r} but {len(binary)} bytes follow the JSON")
+    return binary
+
+
+def _images(tensor: RequestInput, raw: bytes | None) -> list[bytes]:
+    if tensor.datatype != "BYTES" or len(tensor.shape) != 1:
+        raise bad_request(f"input {IMAGE_INPUT!r} must be BYTES of shape [N], not {tensor.datatype} {tensor.shape}")
+    images = _split_bytes(raw) if raw is not None else [_base64(item) for item in _flat(tensor.data or [])]
+    if len(images) != tensor.shape[0] or not images:
+        raise bad_request(f"input {IMAGE_INPUT!r}: shape {tensor.shape} but {len(images)} element(s)")
+    return images
+
+
+def _split_bytes(raw: bytes) -> list[bytes]:
+    """4-byte little-endian length + bytes, repeated (the binary form of a BYTES tensor)."""
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise bad_request("BYTES tensor: a length prefix is cut short")
+        (size,) = _LENGTH.unpack_from(raw, offset)
+        if offset + 4 + size > len(raw):
+            raise bad_request("BYTES tensor: an element is shorter than its length prefix")
+        items.append(raw[offset + 4 : offset + 4 + size])
+        offset += 4 + size
+    return items
+
+
+def _base64(item: object) -> bytes:
+    if not isinstance(item, str):
+        raise bad_request(f"input {IMAGE_INPUT!r}: in JSON each element is a base64 string")
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request(f"input {IMAGE_INPUT!r}: an element is not valid base64") from None
+
+
+def _pixels(tensor: RequestInput, raw: bytes | None, manifest: Manifest) -> np.ndarray:
+    expected = [3, *manifest.preprocessing.size]
+    if tensor.datatype != "FP32" or len(tensor.shape) != 4 or tensor.shape[1:] != expected or tensor.shape[0] < 1:
+        raise bad_request(
+            f"input {PIXELS_INPUT!r} must be FP32 of shape [N, {', '.join(map(str, expected))}] for this model, "
+            f"not {tensor.datatype} {tensor.shape}"
+        )
+    count = int(np.prod(tensor.shape))
+    try:
+        if raw is not None:
+            values = np.frombuffer(raw, dtype="<f4")
+        else:
+            values = np.asarray(_flat(tensor.data or []), dtype=np.float32)
+    except (TypeError, ValueError):
+        raise bad_request(f"input {PIXELS_INPUT!r}: the data are not numbers") from None
+    if values.size != count:
+        raise bad_request(f"input {PIXELS_INPUT!r}: shape {tensor.shape} needs {count} values, got {values.size}")
+    if not np.isfinite(values).all():
+        raise bad_request(f"input {PIXELS_INPUT!r}: NaN or infinite values")
+    return values.astype(np.float32).reshape(tensor.shape)
+
+
+def _flat(data: Sequence[Any]) -> list[Any]:
+    """OIP allows the data of a tensor flat or nested in its shape; row-major either way."""
+    flat: list[Any] = []
+    for item in data:
+        flat.extend(_flat(item) if isinstance(item, list) else [item])
+    return flat
+
+
+# Writing responses.
+
+
+def encode_response(response: InferenceResponse, binary: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """The body and headers: plain JSON, or JSON + binary outputs with `Inference-Header-Content-Length`."""
+    header = response.model_dump_json(exclude_none=True).encode()
+    if not binary:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(binary), {HEADER_LENGTH: str(len(header)), "content-type": BINARY_CONTENT_TYPE}
+
+
+def tensor_output(name: str, values: np.ndarray, binary: bool) -> tuple[ResponseOutput, bytes | None]:
+    """An output tensor: JSON data, or its bytes (little-endian; BYTES length-prefixed) for the binary part."""
+    datatype = "BYTES" if values.dtype == object else _datatype(values.dtype)
+    shape = list(values.shape)
+    if not binary:
+        data = [str(v) for v in values.ravel()] if datatype == "BYTES" else values.ravel().tolist()
+        return ResponseOutput(name=name, shape=shape, datatype=datatype, data=data), None
+    if datatype == "BYTES":
+        raw = b"".join(_LENGTH.pack(len(b)) + b for b in (str(v).encode() for v in values.ravel()))
+    else:
+        raw = values.astype(values.dtype.newbyteorder("<")).tobytes()
+    return ResponseOutput(name=name, shape=shape, datatype=datatype, parameters={"binary_data_size": len(raw)}), raw
+
+
+def _datatype(dtype: np.dtype) -> str:
+    for name, numpy_type in _NUMPY.items():
+        if dtype == numpy_type:
+            return name
+    raise TypeError(f"no OIP datatype for {dtype}")
+
+
+def classification(probabilities: np.ndarray, k: int, labels: Sequence[str]) -> np.ndarray:
+    """Triton's classification extension: [N, C] -> BYTES [N, k] of "value:index:label", best first."""
+    ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    rows = [[f"{probabilities[n, i]:f}:{i}:{labels[i]}" for i in row] for n, row in enumerate(ranked)]
+    return np.array(rows, dtype=object).reshape(len(rows), k)

@@ -1,0 +1,261 @@
+"""The models being served: every model of the repository (or those listed), each in the versions its policy picks.
+
+Loading a model version opens its sessions and warms them in a worker thread before the version
+takes traffic, so a load never delays a request. Requests hold the version they were admitted on
+(`Engine.admitted`); a version replaced or unloaded is retired only once those requests have
+finished. A version that cannot be loaded (missing files, sha256 mismatch, a session onnxruntime
+refuses) is refused as a whole and whatever served before keeps serving.
+"""
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dynadapter.contract.model_repository import ModelLoadError, load_model
+from dynadapter.service.engine import Engine
+from dynadapter.service.errors import model_not_found, not_ready
+from dynadapter.service.metrics import ServiceMetrics
+from dynadapter.service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Triton's version policy: `latest:N`, `all`, or `specific:V1,V2` (numeric version folders)."""
+
+    kind: str  # "latest" | "all" | "specific"
+    count: int = 1  # latest:N
+    versions: tuple[str, ...] = ()  # specific
+
+    @classmethod
+    def parse(cls, text: str) -> "VersionPolicy":
+        kind, _, rest = text.partition(":")
+        if kind == "latest":
+            return cls("latest", count=int(rest))
+        if kind == "specific":
+            return cls("specific", versions=tuple(rest.split(",")))
+        return cls("all")
+
+    def select(self, on_disk: list[str]) -> list[str]:
+        """The versions to serve out of the numeric version folders found, highest first."""
+        ordered = sorted(on_disk, key=int, reverse=True)
+        if self.kind == "latest":
+            return ordered[: self.count]
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered
+
+    def as_triton(self) -> dict[str, object]:
+        """The `version_policy` of Triton's model configuration."""
+        if self.kind == "latest":
+            return {"latest": {"num_versions": self.count}}
+        if self.kind == "specific":
+            return {"specific": {"versions": [int(v) for v in self.versions]}}
+        return {"all": {}}
+
+
+def versions_on_disk(repo: Path, name: str) -> list[str]:
+    folder = repo / name
+    if not folder.is_dir():
+        return []
+    return [child.name for child in folder.iterdir() if child.is_dir() and child.name.isdigit()]
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.policy = VersionPolicy.parse(settings.version_policy)
+        self._metrics = metrics
+        self._models: dict[str, dict[str, Engine]] = {}  # name -> version -> engine, every one warm
+        self._lock = asyncio.Lock()  # one load or unload at a time
+        self._retiring: dict[asyncio.Task[None], Engine] = {}  # replaced versions waiting for their requests
+        self._refused: dict[str, str] = {}  # name -> why its last load failed (the repository index shows it)
+
+    # Reading: what routes use. None of these await, so a swap is never seen half-done.
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def engines(self, name: str) -> list[Engine]:
+        """Every served version of `name`, highest first; `model_not_found` when none."""
+        versions = self._models.get(name)
+        if not versions:
+            raise model_not_found(name, None)
+        return [versions[v] for v in sorted(versions, key=int, reverse=True)]
+
+    def get(self, name: str | None = None, version: str | None = None) -> Engine:
+        """The engine for `name` (None: the default model) at `version` (None: its highest served one)."""
+        if name is None:
+            name = self.default_name()
+        versions = self._models.get(name)
+        if not versions:
+            raise model_not_found(name, None)
+        if version is None:
+            return versions[max(versions, key=int)]
+        if version not in versions:
+            raise model_not_found(name, version)
+        return versions[version]
+
+    def default_name(self) -> str:
+        if self.settings.model_name is not None:
+            return self.settings.model_name
+        if not self._models:
+            raise not_ready()
+        return min(self._models)
+
+    def index(self) -> list[dict[str, str]]:
+        """Triton's repository index: every model folder with the state of its versions.
+
+        Each served version is READY; a model that serves nothing, or whose last load was refused
+        (the versions before it still serve), has an UNAVAILABLE entry with the reason, if any.
+        """
+        entries = []
+        for name in self.candidates():
+            served = self._models.get(name, {})
+            entries += [{"name": name, "version": v, "state": "READY"} for v in sorted(served, key=int)]
+            if name in self._refused:
+                entries.append({"name": name, "state": "UNAVAILABLE", "reason": self._refused[name]})
+            elif not served:
+                entries.append({"name": name, "state": "UNAVAILABLE"})
+        return entries
+
+    # Loading and unloading.
+
+    async def load_all(self) -> None:
+        """At start: every model listed (or in the repository); `ModelLoadError` on the first that fails."""
+        names = self.candidates()
+        if not names:
+            raise ModelLoadError(f"model repository {self.settings.model_repo} holds no model")
+        for name in names:
+            await self.load(name)
+        if self.settings.model_name is not None and self.settings.model_name not in self._models:
+            raise ModelLoadError(f"the default model {self.settings.model_name!r} is not among those loaded")
+
+    async def load(self, name: str) -> None:
+        """(Re)load `name` in the versions its policy picks now; `ModelLoadError` leaves it as it was."""
+        if not _MODEL_NAME.match(name):
+            raise ModelLoadError(f"{name!r} is not a model name (letters, digits, '_', '.', '-')")
+        async with self._lock:
+            try:
+                await self._load(name)
+            except ModelLoadError as err:
+                self._refused[name] = str(err)
+                raise
+            self._refused.pop(name, None)
+
+    async def unload(self, name: str) -> None:
+        """Take `name` out of service; requests already admitted on it finish first."""
+        async with self._lock:
+            if name not in self._models:
+                raise model_not_found(name, None)
+            for engine in self._models.pop(name).values():
+                self._retire(engine)
+
+    async def poll(self, period_s: float) -> None:
+        """Forever: bring every model in step with the repository folder (new versions in, gone ones out)."""
+        while True:
+            await asyncio.sleep(period_s)
+            for name in sorted(set(self.candidates()) | set(self._models)):
+                await self._sync(name)
+
+    async def stop(self) -> None:
+        """Stop everything now (shutdown): the batchers fail what still waits."""
+        for task, engine in list(self._retiring.items()):
+            task.cancel()
+            await engine.stop()
+        for versions in self._models.values():
+            for engine in versions.values():
+                await engine.stop()
+        self._models.clear()
+
+    async def _sync(self, name: str) -> None:
+        wanted = self.policy.select(versions_on_disk(self.settings.model_repo, name))
+        served = sorted(self._models.get(name, {}), key=int, reverse=True)
+        if wanted == served:
+            return
+        previous = self._refused.get(name)
+        try:
+            if wanted:
+                await self.load(name)
+            else:
+                await self.unload(name)
+        except ModelLoadError as err:  # a bad folder must not stop the poll; the index says why
+            if str(err) != previous:  # once per distinct problem, not once per poll
+                logger.warning("repository poll: model %s not loaded: %s", name, err)
+
+    async def _load(self, name: str) -> None:
+        wanted = self.policy.select(versions_on_disk(self.settings.model_repo, name))
+        if not wanted:
+            raise ModelLoadError(
+                f"model {name!r}: no version in {self.settings.model_repo} matches the policy "
+                f"{self.settings.version_policy}"
+            )
+        current = self._models.get(name, {})
+        fresh: dict[str, Engine] = {}
+        try:
+            for version in wanted:
+                fresh[version] = current.get(version) or await self._open(name, version)
+        except BaseException:
+            for version, engine in fresh.items():
+                if version not in current:
+                    await engine.stop()
+            raise
+        self._models[name] = fresh  # the swap: new requests see the new versions from here on
+        for version, engine in current.items():
+            if version not in fresh:
+                self._retire(engine)
+
+    async def _open(self, name: str, version: str) -> Engine:
+        """Verify, open and warm one version, off the event loop; started, ready for traffic."""
+        model = await asyncio.to_thread(load_model, self.settings.model_repo, name, version)
+        try:
+            engine = await asyncio.to_thread(Engine.load, model, self.settings, self._metrics)
+        except Exception as err:  # onnxruntime's own errors: a file that passed sha256 but is no model
+            raise ModelLoadError(f"{model.path}: onnxruntime cannot open it: {err}") from err
+        engine.start()
+        try:
+            await asyncio.to_thread(engine.warm_up)
+        except Exception as err:  # the version cannot run: refused, never served
+            await engine.stop()
+            raise ModelLoadError(f"{model.path}: warm-up failed: {err}") from err
+        return engine
+
+    def _retire(self, engine: Engine) -> None:
+        task = asyncio.get_running_loop().create_task(engine.retire(), name=f"retire-{engine.name}-{engine.version}")
+        self._retiring[task] = engine
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
+        logger.info("model %s version %s retires once its requests in flight finish", engine.name, engine.version)
+
+    def candidates(self) -> list[str]:
+        return model_names(self.settings)
+
+
+def model_names(settings: Settings) -> list[str]:
+    """The models to serve: those listed in the settings, else every model folder of the repository."""
+    if settings.models:
+        return list(settings.models)
+    repo = settings.model_repo
+    if not repo.is_dir():
+        return []
+    return sorted(child.name for child in repo.iterdir() if child.is_dir() and _MODEL_NAME.match(child.name))
+
+
+def check_repository(settings: Settings) -> None:
+    """Verify every model version the settings select (files, sha256); `ModelLoadError` on the first bad one."""
+    policy = VersionPolicy.parse(settings.version_policy)
+    names = model_names(settings)
+    if not names:
+        raise ModelLoadError(f"model repository {settings.model_repo} holds no model")
+    for name in names:
+        versions = policy.select(versions_on_disk(settings.model_repo, name))
+        if not versions:
+            raise ModelLoadError(
+                f"model {name!r}: no version in {settings.model_repo} matches {settings.version_policy}"
+            )
+        for version in versions:
+            load_model(settings.model_repo, name, version)

@@ -1,0 +1,249 @@
+"""The Open Inference Protocol v2 REST routes (KServe, Triton), with Triton's model configuration.
+
+Health routes are open; the model routes sit behind the API key like /classify. Every route that
+names a model takes an optional `/versions/{version}` (none: the highest served version).
+Errors have the protocol's shape `{"error": "message"}` (dynadapter.service.errors).
+docs/protocol-oip.md has curl and tritonclient examples.
+"""
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import Field, ValidationError
+
+from dynadapter.contract import softmax
+from dynadapter.service import inference, oip
+from dynadapter.service.deps import RegistryDep, StateDep, require_api_key
+from dynadapter.service.engine import Engine
+from dynadapter.service.errors import bad_request
+from dynadapter.service.exit_policy import PolicyError
+from dynadapter.service.schemas import Knob
+from dynadapter.service.segment_runner import ExitResult
+
+health = APIRouter(tags=["oip"])
+models = APIRouter(tags=["oip"], dependencies=[Depends(require_api_key)])
+router = APIRouter()
+
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "schedule_policy"]
+PLATFORM = "dynadapter_onnx_cascade"
+_VERSIONED = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+
+
+class InferParameters(Knob, extra="forbid"):
+    """The request's `parameters`: the knob, Triton's `timeout` (microseconds, 0: the service's own) and
+    `binary_data_output` (every output in binary unless an output says otherwise)."""
+
+    timeout: int = Field(default=0, ge=0)
+    binary_data_output: bool = False
+
+
+@health.get("/v2")
+async def server_metadata() -> oip.ServerMetadata:
+    try:
+        own_version = package_version("dyn-adapter")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        own_version = "unknown"
+    return oip.ServerMetadata(name="dyn-adapter", version=own_version, extensions=EXTENSIONS)
+
+
+@health.get("/v2/health/live")
+async def live() -> dict[str, bool]:
+    """200 while the process lives."""
+    return {"live": True}
+
+
+@health.get("/v2/health/ready", responses={503: {"description": "Models not loaded or not warmed yet"}})
+async def ready(state: StateDep) -> JSONResponse:
+    """200 `{"ready": true}` once every model of the start is loaded and warm; else 503 `{"ready": false}`."""
+    if not state.ready:
+        return JSONResponse({"ready": False, "error": "the models are not loaded and warmed yet"}, status_code=503)
+    return JSONResponse({"ready": True})
+
+
+def _model_metadata(registry: RegistryDep, name: str, version: str | None = None) -> oip.ModelMetadata:
+    engine = registry.get(name, version)
+    versions = [e.version for e in registry.engines(name)] if version is None else [engine.version]
+    return oip.ModelMetadata(
+        name=name,
+        versions=versions,
+        platform=PLATFORM,
+        inputs=oip.model_inputs(engine.manifest),
+        outputs=oip.model_outputs(engine.manifest),
+    )
+
+
+def _model_ready(registry: RegistryDep, name: str, version: str | None = None) -> dict[str, Any]:
+    # Served versions are warm by construction (the registry swaps them in only once warm).
+    engine = registry.get(name, version)
+    return {"name": name, "version": engine.version, "ready": True}
+
+
+def _model_config(registry: RegistryDep, name: str, version: str | None = None) -> dict[str, Any]:
+    """Triton's model configuration, as far as tritonclient and perf_analyzer read it."""
+    engine = registry.get(name, version)
+
+    return {
+        "name": name,
+        "platform": PLATFORM,
+        "backend": "dynadapter",
+        "version_policy": registry.policy.as_triton(),
+        "max_batch_size": 0,  # the batch axis is in the shapes: [-1, ...]
+        # Either input does (one per request), so both are optional.
+        "input": _config_tensors(oip.model_inputs(engine.manifest), optional=True),
+        "output": _config_tensors(oip.model_outputs(engine.manifest), optional=False),
+        "dynamic_batching": {"max_queue_delay_microseconds": int(registry.settings.max_wait_ms * 1000)},
+        "parameters": {"num_exits": {"string_value": str(engine.manifest.num_exits)}},
+    }
+
+
+def _config_tensors(metadata: list[oip.TensorMetadata], optional: bool) -> list[dict[str, Any]]:
+    return [
+        {"name": t.name, "data_type": _TRITON_TYPES[t.datatype], "dims": t.shape}
+        | ({"optional": True} if optional else {})
+        for t in metadata
+    ]
+
+
+_TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32"}
+
+for path in _VERSIONED:
+    models.add_api_route(path, _model_metadata, methods=["GET"], response_model=oip.ModelMetadata)
+    models.add_api_route(path + "/ready", _model_ready, methods=["GET"])
+    models.add_api_route(path + "/config", _model_config, methods=["GET"])
+
+
+async def infer(
+    request: Request, registry: RegistryDep, state: StateDep, name: str, version: str | None = None
+) -> Response:
+    """Classify the images of one OIP request; see the module docstring of dynadapter.service.oip."""
+    engine = registry.get(name, version)
+    body = await request.body()
+    message, binary = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH))
+    parameters = _parameters(message)
+    try:
+        policy = engine.policy(parameters.threshold, parameters.mode, parameters.budget)
+    except PolicyError as err:
+        raise bad_request(str(err)) from None
+    images = oip.read_input(message, binary, engine.manifest)
+    inference.check_count(len(images), state.settings.max_images_per_request)
+    wanted = _requested_outputs(message, parameters, engine)
+
+    async def read() -> inference.Images:
+        return images
+
+    timeout_s = state.settings.request_timeout_s
+    if parameters.timeout:
+        timeout_s = min(timeout_s, parameters.timeout / 1e6)
+    results = await inference.run(request, engine, read, policy, timeout_s)
+    content, headers = _encode(message, engine, results, wanted)
+    return Response(content, headers=headers)
+
+
+# The body is read by hand (JSON, or JSON + binary tensors), so describe it for OpenAPI; its models go
+# into the schema's components (`add_schemas`), where the references point.
+_REQUEST_SCHEMA = oip.InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+REQUEST_SCHEMAS = {"InferenceRequest": _REQUEST_SCHEMA} | _REQUEST_SCHEMA.pop("$defs")
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            oip.BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def add_schemas(app: FastAPI) -> None:
+    """Put the OIP request's models into the app's OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(REQUEST_SCHEMAS)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+for path in _VERSIONED:
+    models.add_api_route(
+        path + "/infer",
+        infer,
+        methods=["POST"],
+        openapi_extra=_INFER_DOC,
+        responses={
+            200: {"model": oip.InferenceResponse, "description": "JSON, or JSON + binary outputs"},
+            400: {"description": "Malformed request, tensor or parameter"},
+            401: {"description": "Missing or wrong API key"},
+            404: {"description": "Model or version not served"},
+            413: {"description": "Body or image too large, or too many images"},
+            499: {"description": "The client closed the connection before the request was read"},
+            503: {"description": "Not ready, or overloaded (see Retry-After)"},
+            504: {"description": "Deadline passed"},
+        },
+    )
+
+router.include_router(health)
+router.include_router(models)
+
+
+def _parameters(message: oip.InferenceRequest) -> InferParameters:
+    try:
+        return InferParameters.model_validate(message.parameters or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(item) for item in first["loc"])
+        raise bad_request(
+            f"parameters: {where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}"
+        ) from None
+
+
+def _requested_outputs(
+    message: oip.InferenceRequest, parameters: InferParameters, engine: Engine
+) -> list[tuple[str, bool, int]]:
+    """(name, binary, classification k or 0) of each output to send; every output when none is named."""
+    if message.outputs is None:
+        return [(name, parameters.binary_data_output, 0) for name in oip.OUTPUTS]
+    wanted = []
+    for output in message.outputs:
+        if output.name not in oip.OUTPUTS:
+            raise bad_request(f"unknown output {output.name!r}; this model has {', '.join(oip.OUTPUTS)}")
+        options = output.parameters or {}
+        binary = options.get("binary_data", parameters.binary_data_output)
+        k = options.get("classification", 0)
+        if not isinstance(binary, bool):
+            raise bad_request(f"output {output.name!r}: binary_data must be true or false")
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= engine.manifest.num_classes:
+            raise bad_request(
+                f"output {output.name!r}: classification must be an integer from 0 to {engine.manifest.num_classes}"
+            )
+        if k and output.name != "probabilities":
+            raise bad_request("classification applies to the output 'probabilities' only")
+        wanted.append((output.name, binary, k))
+    return wanted
+
+
+def _encode(
+    message: oip.InferenceRequest, engine: Engine, results: list[ExitResult], wanted: list[tuple[str, bool, int]]
+) -> tuple[bytes, dict[str, str]]:
+    probabilities = softmax(np.stack([r.logits for r in results])).astype(np.float32)
+    tensors = {
+        "probabilities": probabilities,
+        "exit_index": np.array([r.exit_index for r in results], dtype=np.int32),
+        "gflops": np.array([engine.used_gflops(r) for r in results], dtype=np.float32),
+    }
+    outputs, binary = [], []
+    for name, as_binary, k in wanted:
+        values = oip.classification(probabilities, k, engine.manifest.labels) if k else tensors[name]
+        output, raw = oip.tensor_output(name, values, as_binary)
+        outputs.append(output)
+        binary.extend([raw] if raw is not None else [])
+    response = oip.InferenceResponse(
+        model_name=engine.name, model_version=engine.version, id=message.id, outputs=outputs
+    )
+    return oip.encode_response(response, binary)

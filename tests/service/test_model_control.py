@@ -1,0 +1,176 @@
+"""Many models and versions, and model control without downtime: Triton's repository extension, the
+version policy, the repository poll, requests in flight finishing on their version, corrupt versions refused."""
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.helpers import IMAGE, samples, serving, value
+from tests.service.test_api_errors import gate_runner
+from tests.service.tiny_onnx_model import TinyWeights, png_bytes, write_model_version
+
+PNG = png_bytes(0)
+
+
+@pytest.fixture
+def repo(tmp_path: Path, weights: TinyWeights) -> Path:
+    """A repository of its own (the tests add versions): tiny v1 and v2, other v1."""
+    write_model_version(tmp_path, weights, "tiny", "1")
+    write_model_version(tmp_path, weights, "tiny", "2")
+    write_model_version(tmp_path, TinyWeights.random(seed=1), "other", "1")
+    return tmp_path
+
+
+def corrupt(folder: Path) -> None:
+    segment = folder / "segment_1.onnx"
+    segment.write_bytes(segment.read_bytes()[:-10] + b"0123456789")
+
+
+def test_every_model_loads_with_its_policy_and_every_route_names_one(
+    start_client: Callable[..., TestClient], repo: Path
+) -> None:
+    client = start_client(model_repo=repo, version_policy="all")
+    listed = [(m["name"], m["version"]) for m in client.get("/v1/models").json()["models"]]
+    assert listed == [("other", "1"), ("tiny", "2"), ("tiny", "1")]
+    assert all(m["memory_bytes"] >= 0 for m in client.get("/v1/models").json()["models"])
+    assert client.post("/classify", content=PNG, headers=IMAGE).json()["model"] == "other"  # first by name
+    answer = client.post("/classify?model=tiny", content=PNG, headers=IMAGE).json()
+    assert (answer["model"], answer["version"]) == ("tiny", "2")  # the highest served version
+    assert client.post("/classify?model=tiny&version=1", content=PNG, headers=IMAGE).json()["version"] == "1"
+    assert client.post("/classify?model=tiny&version=3", content=PNG, headers=IMAGE).status_code == 404
+    assert client.post("/classify?model=nope", content=PNG, headers=IMAGE).json()["error"]["code"] == "model_not_found"
+    assert client.get("/v2/models/tiny").json()["versions"] == ["2", "1"]
+    assert client.get("/v2/models/tiny/versions/1/ready").json()["ready"] is True
+    metrics = samples(client)
+    assert value(metrics, "dynadapter_requests_total", model="tiny", version="1", code="200") == 1
+    assert value(metrics, "dynadapter_requests_total", model="tiny", version="2", code="200") == 1
+    assert value(metrics, "dynadapter_model_memory_bytes", model="other", version="1") >= 0
+
+
+@pytest.mark.parametrize(
+    ("policy", "models", "expected"),
+    [
+        ("latest:1", "", [("other", "1"), ("tiny", "2")]),
+        ("specific:1", "tiny", [("tiny", "1")]),
+        ("latest:2", "tiny", [("tiny", "2"), ("tiny", "1")]),
+    ],
+)
+def test_version_policy_and_model_list(
+    start_client: Callable[..., TestClient], repo: Path, policy: str, models: str, expected: list
+) -> None:
+    client = start_client(model_repo=repo, version_policy=policy, models=models)
+    assert [(m["name"], m["version"]) for m in client.get("/v1/models").json()["models"]] == expected
+
+
+def test_request_in_flight_finishes_on_its_version_and_new_ones_go_to_the_new_one(
+    start_client: Callable[..., TestClient], repo: Path, weights: TinyWeights, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.rmtree(repo / "tiny" / "2")
+    client = start_client(model_repo=repo, models="tiny")
+    gate = gate_runner(client, monkeypatch)  # version 1's cascade waits for the gate
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.post, "/classify", content=PNG, headers=IMAGE)
+        assert gate.entered.wait(10)
+        write_model_version(repo, weights, "tiny", "2")
+        assert client.post("/v2/repository/models/tiny/load").status_code == 200
+        assert client.post("/classify", content=PNG, headers=IMAGE).json()["version"] == "2"  # not held by the gate
+        gate.open.set()
+        assert held.result().json()["version"] == "1"
+    deadline = time.monotonic() + 10
+    while ("dynadapter_model_memory_bytes", frozenset({("model", "tiny"), ("version", "1")})) in samples(client):
+        assert time.monotonic() < deadline, "version 1 was never retired"
+        time.sleep(0.02)
+
+
+def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(
+    start_client: Callable[..., TestClient], repo: Path, weights: TinyWeights
+) -> None:
+    client = start_client(model_repo=repo, models="tiny")
+    corrupt(write_model_version(repo, weights, "tiny", "3"))
+    response = client.post("/v2/repository/models/tiny/load")
+    assert response.status_code == 400 and "sha256 mismatch" in response.json()["error"]
+    assert client.post("/classify", content=PNG, headers=IMAGE).json()["version"] == "2"
+    ready, refused = client.post("/v2/repository/index").json()
+    assert ready == {"name": "tiny", "version": "2", "state": "READY"}
+    assert refused["state"] == "UNAVAILABLE" and "tiny/3/segment_1.onnx: sha256 mismatch" in refused["reason"]
+
+
+def test_unload_load_and_the_index(start_client: Callable[..., TestClient], repo: Path) -> None:
+    client = start_client(model_repo=repo)
+    assert client.post("/v2/repository/models/other/unload").status_code == 200
+    assert client.post("/v2/models/other/infer", json={"inputs": []}).status_code == 404
+    assert client.get("/v2/models/other/ready").status_code == 404
+    assert {"name": "other", "state": "UNAVAILABLE"} in client.post("/v2/repository/index").json()
+    assert client.post("/v2/repository/models/other/unload").status_code == 404
+    assert client.post("/v2/repository/models/other/load").status_code == 200
+    assert client.get("/v2/models/other/ready").json()["ready"] is True
+    response = client.post("/v2/repository/models/missing/load")
+    assert response.status_code == 400 and "no version" in response.json()["error"]
+
+
+def test_repository_routes_need_the_api_key(start_client: Callable[..., TestClient], repo: Path) -> None:
+    client = start_client(model_repo=repo, api_keys="k1")
+    for path in ("/v2/repository/index", "/v2/repository/models/tiny/load", "/v2/repository/models/tiny/unload"):
+        response = client.post(path)
+        assert response.status_code == 401 and isinstance(response.json()["error"], str), path
+    assert client.get("/v2/health/ready").status_code == 200  # probes stay open
+    assert client.post("/v2/repository/index", headers={"Authorization": "Bearer k1"}).status_code == 200
+
+
+def test_the_repository_poll_brings_in_new_versions_and_drops_gone_ones(
+    start_client: Callable[..., TestClient], repo: Path, weights: TinyWeights
+) -> None:
+    client = start_client(model_repo=repo, models="tiny", repository_poll_s=0.05)
+    write_model_version(repo, weights, "tiny", "5")
+    wait_for(lambda: client.get("/v2/models/tiny").json()["versions"] == ["5"])
+    shutil.rmtree(repo / "tiny" / "5")
+    wait_for(lambda: client.get("/v2/models/tiny").json()["versions"] == ["2"])
+    corrupt(write_model_version(repo, weights, "tiny", "6"))
+    wait_for(lambda: "sha256" in str(client.post("/v2/repository/index").json()))
+    assert client.get("/v2/models/tiny").json()["versions"] == ["2"]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.05)
+
+
+def test_versions_swap_under_concurrent_load_with_zero_errors(repo: Path, weights: TinyWeights) -> None:
+    shutil.rmtree(repo / "tiny" / "2")
+    with serving(repo, models="tiny", max_wait_ms="1") as server:
+        stop = threading.Event()
+        statuses: list[int] = []
+        versions: list[str] = []
+
+        def hammer() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                while not stop.is_set():
+                    response = http.post("/classify", content=PNG, headers=IMAGE)
+                    statuses.append(response.status_code)
+                    versions.append(response.json().get("version", "?"))
+
+        with ThreadPoolExecutor(4) as pool:
+            workers = [pool.submit(hammer) for _ in range(4)]
+            for version in ("2", "3", "4"):
+                write_model_version(repo, weights, "tiny", version)
+                response = httpx.post(f"{server.url}/v2/repository/models/tiny/load", timeout=60)
+                assert response.status_code == 200, response.text
+                time.sleep(0.2)
+            stop.set()
+            for worker in workers:
+                worker.result()
+        metrics = samples(httpx.Client(base_url=server.url))
+    assert statuses and set(statuses) == {200}
+    assert versions[-1] == "4" and {"1", "4"} <= set(versions)
+    counted = sum(value(metrics, "dynadapter_requests_total", model="tiny", version=v, code="200") for v in "1234")
+    assert counted == len(statuses)
+    assert "Traceback" not in server.output
