@@ -5,11 +5,13 @@ The hooks LitServe would name setup (`load`, `warm_up`), decode (`prepare`) and 
 """
 
 import logging
+from contextlib import AbstractAsyncContextManager
 
 import numpy as np
 
 from dynadapter.contract.model_repository import Manifest, ModelVersion, load_model
 from dynadapter.service.batching import MicroBatcher
+from dynadapter.service.decoding import DecodePool
 from dynadapter.service.exit_policy import ExitPolicy, resolve_policy
 from dynadapter.service.metrics import ServiceMetrics
 from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput, select_providers
@@ -24,6 +26,7 @@ class Engine:
         self.runner = runner
         self._metrics = metrics
         self._max_pixels = settings.max_pixels
+        self._decoder = DecodePool(settings.decode_workers, settings.decode_queue)
         self._warm_batch_sizes = {1, settings.max_batch_size}
         self._batcher = MicroBatcher(
             runner,
@@ -70,15 +73,20 @@ class Engine:
 
     async def stop(self) -> None:
         await self._batcher.stop()
+        self._decoder.shutdown()
 
     def policy(
         self, threshold: float | None = None, mode: str | None = None, budget: float | None = None
     ) -> ExitPolicy:
         return resolve_policy(self.manifest, threshold=threshold, mode=mode, budget=budget)
 
-    def prepare(self, data: bytes) -> np.ndarray:
-        """Bytes of an uploaded image -> the float32 [3, H, W] tensor segment 0 expects."""
-        return self.manifest.preprocessing.load(data, self._max_pixels)
+    def admit(self) -> AbstractAsyncContextManager[None]:
+        """A place in the decode pool for reading and preparing one image; `QueueFullError` if none is free."""
+        return self._decoder.admit()
+
+    async def prepare(self, data: bytes) -> np.ndarray:
+        """Bytes of an uploaded image -> the float32 [3, H, W] tensor segment 0 expects, on the decode pool."""
+        return await self._decoder.run(self.manifest.preprocessing.load, data, self._max_pixels)
 
     async def classify(self, image: np.ndarray, policy: ExitPolicy) -> ExitResult:
         """Run one prepared image through the cascade, batched with whatever else is waiting."""

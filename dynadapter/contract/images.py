@@ -54,9 +54,11 @@ BACKGROUND = (255, 255, 255)
 # tests/contract/test_photo_decoding.py asserts (and docs/images.md states) of a full-resolution decode.
 REDUCING_GAP = 3
 
-# Peak bytes of one decode per pixel of the encoded image: the decoded frame in Pillow's widest
-# storage (4 bytes a pixel: RGB(A), CMYK, I, F are 32-bit a pixel), plus the smaller reduced copies.
-DECODE_BYTES_PER_PIXEL = 5
+# Peak bytes of one decode per pixel of the encoded image, measured per format at 12 MP with the
+# model's input size (docs/images.md has the table): WebP is the worst (16.4, Pillow's decoder
+# copies its RGBA output), PNG RGB 4.5, RGBA 8.3, HEIC 8, AVIF 9.7, JPEG 0.5 (3.3 progressive). The decode
+# pool's memory budget is a multiple of it (service/decoding.py).
+DECODE_BYTES_PER_PIXEL = 17
 
 _ORIENTATION = ExifTags.Base.Orientation
 _TRANSPOSE: dict[int, tuple[Image.Transpose, ...]] = {
@@ -140,7 +142,9 @@ def _normalise(image: Image.Image, target_size: Sequence[int] | None) -> Image.I
     image.load()
     orientation = exif_orientation(image)
     icc = image.info.get("icc_profile")
-    samples = _reduce(_eight_bit(image), floor)
+    # Reduce before any full-size conversion: the decoded frame is then the only full-size copy
+    # besides one of the same size inside `reduce` (DECODE_BYTES_PER_PIXEL).
+    samples = _eight_bit(_reduce(_reducible(image), floor))
     rgb = _opaque_rgb(_to_srgb(samples, icc))
     for method in _TRANSPOSE.get(orientation, ()):
         rgb = rgb.transpose(method)
@@ -181,21 +185,26 @@ def raw_exif_orientation(exif: object) -> int | None:
     return None
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
-    """Samples as 8-bit modes Pillow can reduce: 16-bit and float scaled, 1-bit/palette expanded."""
+def _reducible(image: Image.Image) -> Image.Image:
+    """Modes `Image.reduce` cannot average (16-bit, palette, 1-bit) as ones it can, values kept."""
     if image.mode.startswith("I;16"):
-        image = image.convert("I")  # the values are kept (0..65535)
-    if image.mode == "I":
-        scaled = np.asarray(image, dtype=np.float32) / 257.0  # 16-bit range onto 0..255
-        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
-    if image.mode == "F":
-        scaled = np.nan_to_num(np.asarray(image, dtype=np.float32)) * 255.0  # float samples are [0, 1]
-        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+        return image.convert("I")  # the values are kept (0..65535)
     if image.mode in ("P", "PA"):
         return image.convert("RGBA" if image.has_transparency_data else "RGB")
     if image.mode == "1":
         return image.convert("L")
     return image
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """Integer samples scaled from the 16-bit range (x / 257), float ones from [0, 1] (x * 255); clipped."""
+    if image.mode == "I":
+        scaled = np.asarray(image, dtype=np.float32) / 257.0
+    elif image.mode == "F":
+        scaled = np.nan_to_num(np.asarray(image, dtype=np.float32)) * 255.0
+    else:
+        return image
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
 
 
 def _reduce(image: Image.Image, floor: int | None) -> Image.Image:
@@ -253,7 +262,7 @@ def preprocess(
     `img` should come from `decode_image`; any other mode is converted by the same rules.
     """
     height, width = size
-    rgb = img if img.mode == "RGB" else _opaque_rgb(_eight_bit(img))
+    rgb = img if img.mode == "RGB" else _opaque_rgb(_eight_bit(_reducible(img)))
     pixels = np.asarray(rgb.resize((width, height), _RESAMPLE[interpolation]), dtype=np.float32) / 255.0
     normalised = (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(normalised.transpose(2, 0, 1))

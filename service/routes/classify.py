@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, model_validator
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from dynadapter.service.batching import BatcherClosedError, QueueFullError
@@ -88,10 +87,11 @@ async def classify(
 
 
 async def _infer(request: Request, engine: Engine, policy: ExitPolicy) -> ExitResult:
-    data = await _read_image(request)
-    # Decoding is CPU work: keep it off the event loop so that batching goes on meanwhile.
-    image = await run_in_threadpool(engine.prepare, data)
     try:
+        # Admitted before the body is read, so that bodies and decodes in memory stay bounded;
+        # decoding runs on the engine's decode pool, off the event loop.
+        async with engine.admit():
+            image = await engine.prepare(await _read_image(request))
         return await engine.classify(image, policy)
     except QueueFullError as err:
         raise overloaded(err.retry_after_s) from None
