@@ -59,9 +59,10 @@ def run_photos(args: argparse.Namespace) -> None:
         decoders = measure_decoders(photos, inputs, args)
         with contextlib.ExitStack() as stack:
             servers = start_photo_servers(stack, inputs, args)
+            ready = {name: rss_bytes(server.process.pid, "VmRSS") for name, server in servers.items()}
             accuracy = asyncio.run(camera_accuracy(servers["balanced"], inputs.run_dir, args.images))
             results = asyncio.run(measure_servers(servers, photos, args))
-            peaks = {name: peak_rss_bytes(server.process.pid) for name, server in servers.items()}
+            peaks = {name: rss_bytes(server.process.pid, "VmHWM") for name, server in servers.items()}
     section = {
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": serve.machine(args.providers, load_before),
@@ -71,6 +72,8 @@ def run_photos(args: argparse.Namespace) -> None:
         "decoders": decoders,
         "servers": results,
         "peak_rss_bytes": peaks,
+        "ready_rss_bytes": ready,
+        "decode_budget_bytes": decode_budget_bytes(),
         "accuracy": accuracy,
     }
     section["targets"] = photo_targets(section, max(args.concurrency))
@@ -242,8 +245,9 @@ async def measure_servers(
     ]
 
 
-def peak_rss_bytes(pid: int) -> int:
-    """Peak resident memory (VmHWM) summed over the server's process group (LitServe forks workers)."""
+def rss_bytes(pid: int, field: str) -> int:
+    """`field` of /proc/PID/status (VmRSS: now, VmHWM: peak) summed over the server's process group
+    (LitServe forks workers)."""
     total = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -252,9 +256,19 @@ def peak_rss_bytes(pid: int) -> int:
             if os.getpgid(int(entry.name)) != pid:
                 continue
             for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     total += int(line.split()[1]) * 1024
     return total
+
+
+def decode_budget_bytes() -> int:
+    """The documented worst case of decoding above the baseline, at the service's default settings."""
+    from dynadapter.service.decoding import default_workers, peak_bytes
+    from dynadapter.service.settings import Settings
+
+    defaults = Settings()
+    workers = defaults.decode_workers or default_workers()
+    return peak_bytes(workers, defaults.decode_queue, defaults.max_pixels, defaults.max_body_bytes)
 
 
 # -- accuracy ----------------------------------------------------------------------------------------------------
@@ -318,6 +332,15 @@ def photo_targets(section: dict[str, Any], top: int) -> list[dict[str, Any]]:
                     "met": ratio >= bound,
                 }
             )
+    peak = section["peak_rss_bytes"]["balanced"] - section["ready_rss_bytes"]["balanced"]
+    checks.append(
+        {
+            "target": "balanced peak RSS over ready / decode budget",
+            "ratio": peak / section["decode_budget_bytes"],
+            "bound": 1.0,
+            "met": peak <= section["decode_budget_bytes"],
+        }
+    )
     accuracy = section["accuracy"]
     if accuracy.get("small-png") is not None and accuracy.get("camera-jpeg-12mp") is not None:
         gap = abs(accuracy["small-png"] - accuracy["camera-jpeg-12mp"]) * 100
@@ -368,7 +391,10 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{serve._fmt(r['p95_ms'])} | {serve._fmt(r['throughput_rps'], 2)} | "
             f"{r['requests'] - r['errors']}/{r['requests']} |"
         )
-    peaks = ", ".join(f"{name} {value / 2**30:.2f} GiB" for name, value in section["peak_rss_bytes"].items())
+    peaks = ", ".join(
+        f"{name} {value / 2**30:.2f} GiB (ready: {section['ready_rss_bytes'][name] / 2**30:.2f} GiB)"
+        for name, value in section["peak_rss_bytes"].items()
+    )
     acc = section["accuracy"]
     lines += [
         "",

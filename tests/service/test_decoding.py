@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -21,7 +22,8 @@ from dynadapter.contract.model_repository import load_model
 from dynadapter.service.batching import QueueFullError
 from dynadapter.service.decoding import MAX_DEFAULT_WORKERS, DecodePool, default_workers, peak_bytes
 from dynadapter.service.segment_runner import softmax
-from tests.service.helpers import serving
+from dynadapter.service.settings import Settings
+from tests.service.helpers import ROOT, serving
 from tests.service.tiny_onnx_model import TinyWeights, reference_exits
 
 CASES = corpus()
@@ -131,3 +133,29 @@ def test_concurrent_40_megapixel_uploads_stay_within_the_memory_budget(model_rep
     assert statuses.count(200) >= workers + queue and set(statuses) <= {200, 503}, statuses
     print(f"statuses {statuses}; peak {peak - baseline} B above baseline {baseline} B; budget {budget} B")
     assert peak - baseline <= budget, f"peak {peak - baseline} bytes above baseline, budget {budget}"
+
+
+# The demo model's server once loaded and warmed (VmRSS), measured by `dynadapter bench serve
+# --photos` (docs/results.md) and rounded up: what the decode budget comes on top of.
+DEMO_READY_RSS_BYTES = 900 * 2**20
+GiB = 2**30
+
+
+def _shipped_budget(env: dict[str, str]) -> int:
+    settings = Settings(**{name[len("DYNADAPTER_") :].lower(): value for name, value in env.items()})
+    workers = settings.decode_workers or default_workers()
+    return DEMO_READY_RSS_BYTES + peak_bytes(
+        workers, settings.decode_queue, settings.max_pixels, settings.max_body_bytes
+    )
+
+
+def test_shipped_kubernetes_and_compose_limits_hold_the_decode_budget() -> None:
+    deployment = yaml.safe_load((ROOT / "docker" / "k8s" / "deployment.yaml").read_text())
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"] if item["name"] != "DYNADAPTER_MODEL_REPO"}
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and _shipped_budget(env) <= int(limit[:-2]) * GiB
+    assert env["DYNADAPTER_DECODE_WORKERS"] == container["resources"]["limits"]["cpu"]
+    service = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["dynadapter"]
+    assert service["mem_limit"].endswith("g")
+    assert _shipped_budget(service["environment"]) <= int(service["mem_limit"][:-1]) * GiB
