@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import pillow_heif
-from PIL import ExifTags, Image, ImageCms
+from PIL import ExifTags, Image, ImageCms, JpegImagePlugin
 
 Interpolation = Literal["bicubic", "bilinear", "nearest"]
 
@@ -135,10 +135,10 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 def _normalise(image: Image.Image, target_size: Sequence[int] | None) -> Image.Image:
     """Opened (not yet decoded) image -> upright, reduced, 8-bit, sRGB, opaque RGB."""
     floor = None if target_size is None else REDUCING_GAP * max(target_size)  # either orientation
-    if floor is not None and image.format == "JPEG":
+    image.seek(0)  # the first frame of an animation or a multi-page file (before `draft`, which it would undo)
+    if floor is not None and isinstance(image, JpegImagePlugin.JpegImageFile):  # JPEG and MPO
         # DCT-domain scaling: libjpeg decodes at 1/2, 1/4 or 1/8 size, each side staying >= floor.
         image.draft(image.mode, (floor, floor))
-    image.seek(0)  # the first frame of an animation or a multi-page file
     image.load()
     orientation = exif_orientation(image)
     icc = image.info.get("icc_profile")

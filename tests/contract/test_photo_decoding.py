@@ -99,3 +99,12 @@ def test_first_frame_of_a_multi_page_tiff() -> None:
     buffer = io.BytesIO()
     first.save(buffer, "TIFF", save_all=True, append_images=[second])
     np.testing.assert_array_equal(levels(decode_image(buffer.getvalue(), MAX_PIXELS)), levels(first))
+
+
+def test_mpo_phone_photo_reads_its_first_image_at_reduced_scale() -> None:
+    photo = scene(1600, 1200, noise=0)
+    buffer = io.BytesIO()
+    photo.save(buffer, "MPO", save_all=True, append_images=[Image.new("RGB", (1600, 1200), (255, 0, 0))])
+    reduced = decode_image(buffer.getvalue(), MAX_PIXELS, target_size=(112, 112))
+    assert reduced.size == (800, 600)  # 1/2 scale: the largest that keeps 3 x 112 px
+    assert np.abs(levels(reduced) - levels(photo.resize((800, 600), Image.Resampling.BOX))).mean() < 3
