@@ -38,7 +38,7 @@ from dynadapter.bench.serve import BenchImages, Measured, ServerProcess
 
 log = logging.getLogger(__name__)
 
-PHOTO_DIR = serve.ROOT / "var" / "bench-photos"
+PHOTO_DIR = Path("var") / "bench-photos"  # under the working directory, like --docs
 PHOTO_SET_VERSION = "1"  # bump when bench/photos.py changes what camera_set writes
 WORKLOADS = {"jpeg-12mp": ("jpeg-12mp",), "mix": ("jpeg-12mp", "jpeg-2mp", "png-12mp", "heic-12mp")}
 CAMERA_SIZE = (4032, 3024)  # the accuracy check's photos (width, height)
