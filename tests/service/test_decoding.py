@@ -5,7 +5,7 @@ under concurrent 40 MP uploads (docs/images.md)."""
 import asyncio
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import httpx
@@ -53,7 +53,7 @@ def test_requests_beyond_the_decode_queue_get_503_with_retry_after(
 
     def held_load(self: Preprocessing, data: bytes, max_pixels: int, **kwargs: bool) -> np.ndarray:
         started.release()
-        assert release.wait(10), "the test never released the decode"
+        assert release.wait(30), "the test never released the decode"
         return load(self, data, max_pixels, **kwargs)
 
     monkeypatch.setattr(Preprocessing, "load", held_load)
@@ -63,18 +63,21 @@ def test_requests_beyond_the_decode_queue_get_503_with_retry_after(
     def post() -> httpx.Response:
         return client.post("/classify", content=data, headers={"content-type": "image/jpeg"})
 
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(7) as pool:
         first = pool.submit(post)
-        assert started.acquire(timeout=10)  # one decoding
-        second = pool.submit(post)  # one admitted, waiting for the thread
-        for _ in range(100):
-            third = post()
-            if third.status_code == 503:
+        assert started.acquire(timeout=10)  # one decoding, holding the only thread
+        others = [pool.submit(post) for _ in range(6)]  # one of them gets the one queue place, five 503
+        refused = []
+        for future in as_completed(others, timeout=30):
+            refused.append(future.result())
+            if len(refused) == 5:
                 break
-        assert third.status_code == 503 and third.json()["error"]["code"] == "overloaded"
-        assert int(third.headers["retry-after"]) >= 1
         release.set()
-        assert first.result().status_code == second.result().status_code == 200
+        assert first.result().status_code == 200
+    statuses = sorted(future.result().status_code for future in others)
+    assert statuses == [200, 503, 503, 503, 503, 503]
+    for response in refused:
+        assert response.json()["error"]["code"] == "overloaded" and int(response.headers["retry-after"]) >= 1
     assert post().status_code == 200, "places are given back"
 
 
