@@ -3,7 +3,8 @@
 Two LitAPIs, both with LitServe's own dynamic batching and the static graph of
 ``dynadapter.bench.static_graph`` (full depth, last exit only): ``onnx`` runs its one-segment model
 repository with onnxruntime, ``torch`` rebuilds its run directory with ``load_run`` and runs it in
-PyTorch eager mode. Both decode and preprocess with the service's own functions, so every server
+PyTorch eager mode. Both decode and preprocess with the service's own path (``Preprocessing.load``) unless given
+``--plain-decode`` (full-resolution Pillow, what a user writes by hand: ``bench serve --photos``), so every server
 of the bench sees the same pixels and does the same per-image work around the model.
 
     python -m dynadapter.bench.litserve_apps {onnx,torch} PATH --port P [--threads N] [--max-batch-size B]
@@ -15,14 +16,16 @@ answers ``POST /predict`` (multipart field ``file``) with ``{"label", "class_id"
 from __future__ import annotations
 
 import argparse
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import litserve as ls
 import numpy as np
+from PIL import Image
 
-from dynadapter.contract import Preprocessing, decode_image, load_model, softmax
+from dynadapter.contract import Preprocessing, load_model, softmax
 from dynadapter.service.settings import Settings
 
 MAX_PIXELS = Settings.model_fields["max_pixels"].default  # the service's own decompression-bomb limit
@@ -34,15 +37,21 @@ class _ImageClassifier(ls.LitAPI):
     labels: list[str]
     preprocessing: Preprocessing
 
-    def __init__(self, path: Path, threads: int, max_batch_size: int, batch_timeout_s: float) -> None:
+    def __init__(
+        self, path: Path, threads: int, max_batch_size: int, batch_timeout_s: float, plain_decode: bool = False
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout_s)
         self.path = path
+        self.plain_decode = plain_decode
         self.threads = threads  # intra-op threads of the runtime; 0: its own default (one per core)
 
     # Unannotated on purpose: LitServe reads this parameter's annotation as the endpoint's request type,
     # and without one it parses the multipart form itself.
     def decode_request(self, request) -> np.ndarray:
-        return self.preprocessing(decode_image(request["file"].file.read(), MAX_PIXELS))
+        data = request["file"].file.read()
+        if self.plain_decode:  # what a user writes by hand: full-resolution Pillow (bench serve --photos)
+            return self.preprocessing(Image.open(io.BytesIO(data)).convert("RGB"))
+        return self.preprocessing.load(data, MAX_PIXELS)
 
     def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
         return np.stack(inputs)
@@ -108,8 +117,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads; 0: the runtime's default")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout-s", type=float, default=0.005)
+    parser.add_argument("--plain-decode", action="store_true", help="decode with plain full-resolution Pillow")
     args = parser.parse_args(argv)
-    api = BACKENDS[args.backend](args.path, args.threads, args.max_batch_size, args.batch_timeout_s)
+    backend = BACKENDS[args.backend]
+    api = backend(args.path, args.threads, args.max_batch_size, args.batch_timeout_s, args.plain_decode)
     server = ls.LitServer(api, accelerator=args.accelerator, workers_per_device=1, timeout=30)
     server.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False)
 

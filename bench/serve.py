@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULT_KEYS = ("serve",)
+RESULT_KEYS = ("serve", "serve_photos")  # serve_photos: `--photos` (bench/serve_photos.py)
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL_REPO = ROOT / "var" / "model_repo"
 REQUEST_TIMEOUT_S = 60.0
@@ -186,10 +186,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="where the models run, for every server (default: cpu)",
     )
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")
+    p.add_argument(
+        "--photos",
+        action="store_true",
+        help="camera-sized photos instead of the test split: decoders, servers, peak RSS, accuracy "
+        "(bench/serve_photos.py)",
+    )
+    p.add_argument(
+        "--baseline-site",
+        type=Path,
+        help="with --photos: a folder another build of this service was installed into (pip install --target), "
+        "measured beside this one",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     from dynadapter.bench.results import update_results
+
+    if args.photos:
+        from dynadapter.bench.serve_photos import run_photos
+
+        return run_photos(args)
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     load_before = os.getloadavg()[0]
@@ -766,6 +783,12 @@ def _setup_text(section: dict[str, Any]) -> str:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
+    from dynadapter.bench.serve_photos import render_markdown as render_photos
+
+    return "\n\n".join(part for part in (_render_serve(results), render_photos(results)) if part)
+
+
+def _render_serve(results: dict[str, Any]) -> str:
     section = results.get("serve")
     if not section:
         return ""

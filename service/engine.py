@@ -8,13 +8,14 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 
 from dynadapter.contract.model_repository import Manifest, ModelVersion
 from dynadapter.service.batching import MicroBatcher, QueueFullError
+from dynadapter.service.decoding import DecodePool
 from dynadapter.service.exit_policy import ExitPolicy, resolve_policy
 from dynadapter.service.metrics import ServiceMetrics
 from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput, select_providers
@@ -34,7 +35,13 @@ def _rss_bytes() -> int:
 
 class Engine:
     def __init__(
-        self, model: ModelVersion, runner: SegmentRunner, settings: Settings, metrics: ServiceMetrics, memory_bytes: int
+        self,
+        model: ModelVersion,
+        runner: SegmentRunner,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        memory_bytes: int,
+        decoder: DecodePool,
     ) -> None:
         self.model = model
         self.runner = runner
@@ -44,6 +51,7 @@ class Engine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._max_pixels = settings.max_pixels
+        self._decoder = decoder  # the process's bounded decode pool, shared by every model
         self._warm_batch_sizes = {1, settings.max_batch_size}
         self._batcher = MicroBatcher(
             runner,
@@ -55,7 +63,7 @@ class Engine:
         metrics.declare_model(self.name, self.version, self.manifest.num_exits, memory_bytes)
 
     @classmethod
-    def load(cls, model: ModelVersion, settings: Settings, metrics: ServiceMetrics) -> "Engine":
+    def load(cls, model: ModelVersion, settings: Settings, metrics: ServiceMetrics, decoder: DecodePool) -> "Engine":
         """Open the sessions of a verified model version; `ModelLoadError` if onnxruntime refuses them."""
         before = _rss_bytes()
         runner = SegmentRunner(
@@ -74,7 +82,7 @@ class Engine:
             runner.providers,
             memory / 2**20,
         )
-        return cls(model, runner, settings, metrics, memory)
+        return cls(model, runner, settings, metrics, memory, decoder)
 
     @property
     def manifest(self) -> Manifest:
@@ -121,9 +129,13 @@ class Engine:
     ) -> ExitPolicy:
         return resolve_policy(self.manifest, threshold=threshold, mode=mode, budget=budget)
 
-    def prepare(self, data: bytes) -> np.ndarray:
-        """Bytes of an uploaded image -> the float32 [3, H, W] tensor segment 0 expects."""
-        return self.manifest.preprocessing.load(data, self._max_pixels)
+    def admit(self) -> AbstractAsyncContextManager[None]:
+        """A place in the decode pool for reading and preparing one image; `QueueFullError` if none is free."""
+        return self._decoder.admit()
+
+    async def prepare(self, data: bytes) -> np.ndarray:
+        """Bytes of an uploaded image -> the float32 [3, H, W] tensor segment 0 expects, on the decode pool."""
+        return await self._decoder.run(self.manifest.preprocessing.load, data, self._max_pixels)
 
     async def classify(self, image: np.ndarray, policy: ExitPolicy) -> ExitResult:
         """Run one prepared image through the cascade, batched with whatever else is waiting."""

@@ -1,14 +1,13 @@
 """What every inference route does once it has the images: hold a model version, decode, run, map failures.
 
 /classify and the OIP infer route differ only in how images arrive and answers leave; admission
-(`Engine.admitted`), the deadline, decoding off the event loop and the queue's errors are here once.
+(`Engine.admitted`), the deadline, the bounded decode pool and the queue's errors are here once.
 """
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from dynadapter.service.batching import BatcherClosedError, QueueFullError
@@ -48,13 +47,12 @@ async def run(
 
 
 async def _run(engine: Engine, read: Callable[[], Awaitable[Images]], policy: ExitPolicy) -> list[ExitResult]:
-    given = await read()
-    if isinstance(given, np.ndarray):
-        images = list(given)
-    else:
-        # Decoding is CPU work: keep it off the event loop so that batching goes on meanwhile.
-        images = [await run_in_threadpool(engine.prepare, data) for data in given]
     try:
+        # A place in the bounded decode pool is taken before the body is read, so that the bodies and
+        # decodes in memory stay bounded (docs/images.md); decoding runs on the pool, off the event loop.
+        async with engine.admit():
+            given = await read()
+            images = list(given) if isinstance(given, np.ndarray) else [await engine.prepare(data) for data in given]
         return await engine.classify_all(images, policy)
     except QueueFullError as err:
         raise overloaded(err.retry_after_s) from None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dynadapter.contract.model_repository import ModelLoadError, load_model
+from dynadapter.service.decoding import DecodePool
 from dynadapter.service.engine import Engine
 from dynadapter.service.errors import model_not_found, not_ready
 from dynadapter.service.metrics import ServiceMetrics
@@ -71,6 +72,8 @@ class ModelRegistry:
         self.settings = settings
         self.policy = VersionPolicy.parse(settings.version_policy)
         self._metrics = metrics
+        # One decode pool for the process, shared by every model: its memory bound is per process.
+        self.decoder = DecodePool(settings.decode_workers, settings.decode_queue)
         self._models: dict[str, dict[str, Engine]] = {}  # name -> version -> engine, every one warm
         self._lock = asyncio.Lock()  # one load or unload at a time
         self._retiring: dict[asyncio.Task[None], Engine] = {}  # replaced versions waiting for their requests
@@ -172,6 +175,7 @@ class ModelRegistry:
             for engine in versions.values():
                 await engine.stop()
         self._models.clear()
+        self.decoder.shutdown()
 
     async def _sync(self, name: str) -> None:
         wanted = self.policy.select(versions_on_disk(self.settings.model_repo, name))
@@ -214,7 +218,7 @@ class ModelRegistry:
         """Verify, open and warm one version, off the event loop; started, ready for traffic."""
         model = await asyncio.to_thread(load_model, self.settings.model_repo, name, version)
         try:
-            engine = await asyncio.to_thread(Engine.load, model, self.settings, self._metrics)
+            engine = await asyncio.to_thread(Engine.load, model, self.settings, self._metrics, self.decoder)
         except Exception as err:  # onnxruntime's own errors: a file that passed sha256 but is no model
             raise ModelLoadError(f"{model.path}: onnxruntime cannot open it: {err}") from err
         engine.start()

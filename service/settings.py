@@ -84,6 +84,18 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(
         64, ge=1, description="Most images in one request (several file parts, or an OIP [N] input); more gets 413."
     )
+    decode_workers: int = Field(
+        0,
+        ge=0,
+        description="Images decoded at once, on their own threads; 0: the CPUs this process may use, at most 4. "
+        "Decoding memory peaks at decode_workers x max_pixels x 17 bytes (docs/images.md).",
+    )
+    decode_queue: int = Field(
+        32,
+        ge=0,
+        description="Requests that may wait for a decode thread (their bodies held); beyond this a request "
+        "gets 503 with Retry-After.",
+    )
     request_timeout_s: float = Field(
         30.0,
         gt=0,

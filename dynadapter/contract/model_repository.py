@@ -68,14 +68,18 @@ class Preprocessing(_Schema):
         """float32 [3, H, W] for one decoded image."""
         return preprocess(image, self.size, self.mean, self.std, self.interpolation)
 
-    def load(self, data: bytes, max_pixels: int) -> np.ndarray:
+    def load(self, data: bytes, max_pixels: int, *, reduced: bool = True) -> np.ndarray:
         """Encoded image bytes -> the float32 [3, H, W] input of segment 0: the one path from a file
         to a model input, for training, evaluation, calibration and serving alike.
+
+        `reduced` (the default) lets the decoder work at reduced scale (JPEG in the DCT domain,
+        other formats box-reduced on load) down to three times `size`; False decodes at full resolution,
+        the reference that reduced decoding stays within a documented tolerance of (docs/images.md).
 
         Raises `ImageDecodeError` (empty, corrupt, unsupported) and `ImageTooLargeError` (over
         `max_pixels`), as `decode_image` does.
         """
-        return self(decode_image(data, max_pixels))
+        return self(decode_image(data, max_pixels, self.size if reduced else None))
 
     @field_validator("size")
     @classmethod

@@ -29,6 +29,8 @@ EVERY_FLAG = {
     "--max-body-bytes": ("1000", 1000),
     "--max-pixels": ("5000", 5000),
     "--max-images-per-request": ("8", 8),
+    "--decode-workers": ("3", 3),
+    "--decode-queue": ("7", 7),
     "--request-timeout-s": ("1.5", 1.5),
     "--shutdown-timeout-s": ("3", 3),
     "--api-keys": ("alpha, beta", ["alpha", "beta"]),

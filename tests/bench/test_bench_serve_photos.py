@@ -1,0 +1,70 @@
+"""`dynadapter bench serve --photos` on a tiny run and a small photo set: every part is measured and reported.
+
+A benchmark, not a performance test: nothing here asserts a timing.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynadapter.bench import serve_photos
+from dynadapter.bench.photos import camera_set
+from tests.bench.test_bench_serve import bench
+from tests.tiny import train_tiny_run
+
+CONCURRENCY = (1, 2)
+REQUESTS = 6
+
+
+@pytest.fixture(scope="module")
+def photo_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    root = tmp_path_factory.mktemp("bench_photos")
+    run = train_tiny_run(root / "run")
+    docs = root / "docs"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(serve_photos, "camera_photos", lambda: camera_set(scale=0.05))
+        patch.setattr(serve_photos, "CAMERA_SIZE", (200, 150))
+        bench(
+            "serve",
+            "--photos",
+            "--run-dir",
+            str(run),
+            "--concurrency",
+            ",".join(map(str, CONCURRENCY)),
+            "--requests",
+            str(REQUESTS),
+            "--duration",
+            "60",
+            "--rounds",
+            "1",
+            "--images",
+            "8",
+            "--docs",
+            str(docs),
+        )
+    return json.loads((docs / "results.json").read_text())["serve_photos"], docs
+
+
+def test_every_server_answers_every_photo_request(photo_results: tuple[dict[str, Any], Path]) -> None:
+    section, _ = photo_results
+    rows = {(r["workload"], r["variant"], r["concurrency"]): r for r in section["servers"]}
+    expected = {(w, s, c) for w in serve_photos.WORKLOADS for s in ("balanced", "litserve-plain") for c in CONCURRENCY}
+    assert set(rows) == expected
+    for row in rows.values():
+        assert (row["requests"], row["errors"]) == (REQUESTS, 0), row
+    assert all(peak > 0 for peak in section["peak_rss_bytes"].values())
+
+
+def test_decoders_accuracy_and_page(photo_results: tuple[dict[str, Any], Path]) -> None:
+    section, docs = photo_results
+    ms = section["decoders"]["ms"]
+    assert set(ms) == {"jpeg-12mp", "jpeg-2mp", "png-12mp", "heic-12mp"}
+    assert all(row["service"] > 0 and row["plain-pillow"] > 0 for row in ms.values())
+    assert "simplejpeg-scaled" in ms["jpeg-12mp"] and section["decoders"]["compute_ms"] > 0
+    accuracy = section["accuracy"]
+    assert accuracy["images"] == 8 and 0 <= accuracy["small-png"] <= 1 and 0 <= accuracy["camera-jpeg-12mp"] <= 1
+    targets = {check["target"] for check in section["targets"]}
+    assert "12 MP JPEG decode / full-depth compute" in targets
+    assert "## Serving camera photos" in (docs / "results.md").read_text()
