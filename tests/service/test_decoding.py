@@ -16,12 +16,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dynadapter.bench.photos import corpus, encode
-from dynadapter.contract import Preprocessing
+from dynadapter.contract import Preprocessing, softmax
 from dynadapter.contract.images import DECODE_BYTES_PER_PIXEL
 from dynadapter.contract.model_repository import load_model
 from dynadapter.service.batching import QueueFullError
 from dynadapter.service.decoding import MAX_DEFAULT_WORKERS, DecodePool, default_workers, peak_bytes
-from dynadapter.service.segment_runner import softmax
 from dynadapter.service.settings import Settings
 from tests.service.helpers import ROOT, serving
 from tests.service.tiny_onnx_model import TinyWeights, reference_exits
