@@ -18,6 +18,13 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         help="comma-separated precisions: fp32 (ONNX segments, always written), int8 (NNCF-quantized "
         "OpenVINO IR, with fp32 IR beside it); each is calibrated on its own (default: fp32)",
     )
+    p.add_argument(
+        "--int8-max-accuracy-drop",
+        type=float,
+        default=0.01,
+        help="refuse int8 segments whose last-exit validation accuracy is lower than PyTorch's by more "
+        "than this fraction (default: 0.01)",
+    )
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -25,7 +32,8 @@ def run_export(args: argparse.Namespace) -> None:
     from dynadapter.export.precisions import parse_precisions
 
     precisions = parse_precisions(args.precision)
-    print(f"exported to {export_run(args.run_dir, args.out, args.name, args.version, precisions)}")
+    folder = export_run(args.run_dir, args.out, args.name, args.version, precisions, args.int8_max_accuracy_drop)
+    print(f"exported to {folder}")
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-from datetime import datetime, timezone
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +132,19 @@ def parity_error(
 
 
 def export_run(
-    run_dir: Path, model_repo: Path, name: str = "model", version: str = "1", precisions: Sequence[str] = ("fp32",)
+    run_dir: Path,
+    model_repo: Path,
+    name: str = "model",
+    version: str = "1",
+    precisions: Sequence[str] = ("fp32",),
+    int8_max_accuracy_drop: float = 0.01,
 ) -> Path:
     """Export a run directory to ``model_repo/name/version``; returns that folder.
 
     ``precisions``: "fp32" (the ONNX segments, always written) and optionally "int8"; any precision
-    besides fp32 also writes the OpenVINO IR ones (export/precisions.py, which needs openvino and nncf).
+    besides fp32 also writes the OpenVINO IR ones (export/precisions.py, which needs openvino and nncf);
+    int8 is refused when its last-exit validation accuracy is more than ``int8_max_accuracy_drop`` below
+    PyTorch's.
     """
     run = load_run(Path(run_dir))
     calibration = read_calibration(Path(run_dir))
@@ -155,7 +162,7 @@ def export_run(
     if extra:
         from dynadapter.export.precisions import openvino_precisions
 
-        ir = openvino_precisions(run, [ungated / p.name for p in paths], tmp, list(precisions))
+        ir = openvino_precisions(run, [ungated / p.name for p in paths], tmp, list(precisions), int8_max_accuracy_drop)
         shutil.rmtree(ungated)
         manifest = new_manifest(**{**dict(manifest), "precisions": ir})
     write_manifest(manifest, tmp)

@@ -114,7 +114,8 @@ def quantize(fp32: Sequence[Any], images: np.ndarray) -> list[Any]:
     for k, model in enumerate(fp32):
         # Statistics and the next segment's inputs come from the fp32 segment, one image at a time.
         inputs = [x[i : i + 1] for i in range(len(x))]
-        dataset = nncf.Dataset(inputs, lambda item, name=model.inputs[0].get_any_name(): {name: item})
+        name = model.inputs[0].get_any_name()
+        dataset = nncf.Dataset(inputs, lambda item, name=name: {name: item})
         out.append(
             nncf.quantize(
                 model,
@@ -168,8 +169,9 @@ def _describe(
     reference_accuracy = float((reference[-1].argmax(-1) == val_targets).mean())
     if precision == "int8" and accuracy < reference_accuracy - max_accuracy_drop:
         raise ExportError(
-            f"int8 segments reach {accuracy:.1%} validation accuracy at the last exit, PyTorch {reference_accuracy:.1%} "
-            f"(allowed drop {max_accuracy_drop:.1%}): raise --int8-max-accuracy-drop or serve fp32"
+            f"int8 segments reach {accuracy:.1%} validation accuracy at the last exit, "
+            f"PyTorch {reference_accuracy:.1%} (allowed drop {max_accuracy_drop:.1%}): "
+            "raise --int8-max-accuracy-drop or serve fp32"
         )
     cal = calibrate(logits, val_targets, deployed_cumulative_gflops(run.model), early_heads_gflops(run.model))
     log.info("%s openvino: parity %.2e, argmax agreement %s", precision, worst, agreement)
@@ -177,9 +179,7 @@ def _describe(
         precision=precision,  # type: ignore[arg-type]
         runtime="openvino",
         segments=[
-            PrecisionSegment(
-                index=k, file=x.name, sha256=sha256_file(x), weights=b.name, weights_sha256=sha256_file(b)
-            )
+            PrecisionSegment(index=k, file=x.name, sha256=sha256_file(x), weights=b.name, weights_sha256=sha256_file(b))
             for k, (x, b) in enumerate(files)
         ],
         calibration=Calibration.model_validate(cal["calibration"]),

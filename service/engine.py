@@ -8,11 +8,12 @@ import logging
 
 import numpy as np
 
-from dynadapter.contract.model_repository import Manifest, ModelVersion, load_model
+from dynadapter.contract.model_repository import Manifest, ModelVersion
+from dynadapter.service.backends.choice import open_runner
 from dynadapter.service.batching import MicroBatcher
 from dynadapter.service.exit_policy import ExitPolicy, resolve_policy
 from dynadapter.service.metrics import ServiceMetrics
-from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput, select_providers
+from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput
 from dynadapter.service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -33,23 +34,20 @@ class Engine:
             on_stage=self._record_stage,
         )
         metrics.declare_model(self.name, self.manifest.num_exits)
+        metrics.declare_serving(self.name, runner.backend, model.precision, runner.device)
 
     @classmethod
     def load(cls, settings: Settings, metrics: ServiceMetrics) -> "Engine":
         """Verify the model version and open its sessions; `ModelLoadError` if it cannot be served."""
-        model = load_model(settings.model_repo, settings.model_name, settings.model_version)
-        runner = SegmentRunner(
-            model.segment_paths,
-            select_providers(settings.providers),
-            intra_op_threads=settings.intra_op_threads,
-            num_classes=model.manifest.num_classes,
-        )
+        model, runner = open_runner(settings)  # backend and precision: service/backends/choice.py
         logger.info(
-            "loaded model %s version %s from %s: %d exits, providers %s",
+            "loaded model %s version %s from %s: %d exits, %s %s, providers %s",
             model.manifest.name,
             model.manifest.version,
             model.path,
             runner.num_exits,
+            model.precision,
+            runner.backend,
             runner.providers,
         )
         return cls(model, runner, settings, metrics)

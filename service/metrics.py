@@ -62,6 +62,12 @@ class ServiceMetrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.serving = Gauge(
+            "dynadapter_serving_info",
+            "1 for the runtime, precision and device that serve a model (settings backend, precision).",
+            ["model", "backend", "precision", "device"],
+            registry=r,
+        )
         self.inflight = Gauge(
             "dynadapter_inflight_requests", "Classify requests being handled now.", ["model"], registry=r
         )
@@ -76,6 +82,11 @@ class ServiceMetrics:
         for k in range(num_exits):
             self.exits.labels(model, str(k))
             self.stage_duration.labels(model, str(k))
+
+    def declare_serving(self, model: str, backend: str, precision: str, device: str) -> None:
+        """Say what serves ``model``: backend (onnxruntime, openvino), precision key (fp32-onnx,
+        int8-openvino, ...) and device (cpu, cuda)."""
+        self.serving.labels(model, backend, precision, device).set(1)
 
     def record_stage(self, model: str, stage: StageOutput, manifest: Manifest) -> None:
         """One segment's run on a batch: its time, the batch size (at stage 0) and the images that left."""

@@ -49,6 +49,12 @@ class ModeInfo(BaseModel):
     flops_fraction: float
 
 
+class ServingInfo(BaseModel):
+    backend: str  # onnxruntime or openvino
+    precision: str  # a key of the manifest's precisions: fp32-onnx, fp32-openvino, int8-openvino
+    device: str  # cpu or cuda
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -58,6 +64,7 @@ class ModelInfo(BaseModel):
     gflops_full: float
     modes: dict[str, ModeInfo]
     providers: list[str]
+    serving: ServingInfo | None = None  # which backend and precision answer (settings backend, precision)
 
 
 class ModelList(BaseModel):

@@ -216,7 +216,9 @@ class Manifest(_Schema):
             if [segment.index for segment in export.segments] != list(range(self.num_exits)):
                 raise ValueError(f"precisions.{key}: segments must be listed in order with index 0..K-1")
             if key != precision_key(export.precision, export.runtime):
-                raise ValueError(f"precisions.{key}: the key must be {precision_key(export.precision, export.runtime)!r}")
+                raise ValueError(
+                    f"precisions.{key}: the key must be {precision_key(export.precision, export.runtime)!r}"
+                )
         return self
 
     @property

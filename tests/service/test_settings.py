@@ -30,6 +30,8 @@ EVERY_FLAG = {
     "--shutdown-timeout-s": ("3", 3),
     "--api-keys": ("alpha, beta", ["alpha", "beta"]),
     "--log-level": ("DEBUG", "debug"),
+    "--backend": ("openvino", "openvino"),
+    "--precision": ("int8", "int8"),
 }
 
 
