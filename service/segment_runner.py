@@ -25,14 +25,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
 from dynadapter.contract.model_repository import HEAD_GATE_INPUT, ModelLoadError
 from dynadapter.service.backends.openvino import DEVICE as OPENVINO_DEVICE
-from dynadapter.service.backends.openvino import OpenVinoIO, OpenVinoSegment
+from dynadapter.service.backends.openvino import OpenVinoSegment
 from dynadapter.service.backends.openvino import open_segments as open_openvino
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,16 @@ def select_providers(preference: ProviderPreference) -> list[str]:
     return [CPU]
 
 
+class SegmentIO(Protocol):
+    """A backend's two calls. `run`: one segment on a batch -> (hidden, kept where the backend keeps
+    it, or None after the last segment; logits [rows, C] numpy, [0, C] where the head was skipped).
+    `keep`: the rows of a hidden state whose images go on."""
+
+    def run(self, segment: Any, x: Any, need_logits: bool) -> tuple[Any, np.ndarray]: ...
+
+    def keep(self, hidden: Any, rows: np.ndarray) -> Any: ...
+
+
 @dataclass(frozen=True)
 class _Segment:
     session: ort.InferenceSession
@@ -225,7 +235,7 @@ class SegmentRunner:
         segment cannot be opened or disagrees with the manifest (`num_classes`)."""
         self.backend: Backend = backend
         self._segments: Sequence[_Segment | OpenVinoSegment]
-        self._io: _HostIO | _BoundIO | OpenVinoIO
+        self._io: SegmentIO
         if backend == "openvino":
             self._segments, self._io = open_openvino(segment_paths, intra_op_threads, num_classes)
             self.providers: list[str] = [f"openvino:{OPENVINO_DEVICE}"]

@@ -11,7 +11,6 @@ from dynadapter.service.settings import Settings
 from tests.service.helpers import wait_ready
 from tests.service.tiny_onnx_model import OPENVINO
 
-
 #: Every backend present here: the service's tests run against each (README "Serving on a CPU").
 BACKENDS = ["onnxruntime", *(["openvino"] if OPENVINO else [])]
 
