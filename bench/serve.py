@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULT_KEYS = ("serve",)
+RESULT_KEYS = ("serve", "serve_precision")  # the second: bench/precision.py
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL_REPO = ROOT / "var" / "model_repo"
 REQUEST_TIMEOUT_S = 60.0
@@ -186,10 +186,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="where the models run, for every server (default: cpu)",
     )
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")
+    from dynadapter.bench.precision import SERVERS as PRECISION_SERVERS
+
+    p.add_argument(
+        "--precisions",
+        type=_comma_list(str, list(PRECISION_SERVERS)),
+        help="instead of the variants: the service at each of these precision/backend servers, every mode "
+        f"(bench/precision.py; all: {','.join(PRECISION_SERVERS)})",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     from dynadapter.bench.results import update_results
+
+    if args.precisions:
+        from dynadapter.bench import precision
+
+        return precision.run(args)
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     load_before = os.getloadavg()[0]
@@ -766,7 +779,14 @@ def _setup_text(section: dict[str, Any]) -> str:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    section = results.get("serve")
+    from dynadapter.bench import precision
+
+    return "\n\n".join(
+        part for part in (_render_serve(results.get("serve")), precision.render_markdown(results)) if part
+    )
+
+
+def _render_serve(section: dict[str, Any] | None) -> str:
     if not section:
         return ""
     table = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]

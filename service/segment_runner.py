@@ -228,11 +228,13 @@ class SegmentRunner:
         num_classes: int | None = None,
         io_binding: bool | None = None,
         backend: Backend = "onnxruntime",
+        allow_spinning: bool = True,
     ) -> None:
         """`backend`: onnxruntime (ONNX segments, on `providers`) or openvino (OpenVINO IR segments, CPU).
         `io_binding`: keep hidden states in OrtValues between segments; default: on CUDA only.
         `intra_op_threads`: threads per segment run, 0 = the runtime's default. `ModelLoadError` when a
-        segment cannot be opened or disagrees with the manifest (`num_classes`)."""
+        segment cannot be opened or disagrees with the manifest (`num_classes`). `allow_spinning`:
+        onnxruntime's idle threads spin (its default); off is faster on shared or small machines."""
         self.backend: Backend = backend
         self._segments: Sequence[_Segment | OpenVinoSegment]
         self._io: SegmentIO
@@ -243,6 +245,7 @@ class SegmentRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1  # a segment is one chain of blocks; no parallel branches
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         options.log_severity_level = _ORT_ERROR
         segments = [
             _open_segment(path, options, providers, last=k == len(segment_paths) - 1)

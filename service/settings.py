@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="Runtime threads per segment run; 0: the runtime's default (one per core)."
     )
+    allow_spinning: bool = Field(
+        True,
+        description="onnxruntime's idle intra-op threads spin waiting for work; off (false) is faster "
+        "where cores are shared or few.",
+    )
     max_batch_size: int = Field(16, ge=1, description="Most images run together through the cascade.")
     max_wait_ms: float = Field(
         5.0,

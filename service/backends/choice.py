@@ -73,5 +73,6 @@ def open_runner(settings: Settings) -> tuple[ModelVersion, SegmentRunner]:
         intra_op_threads=settings.intra_op_threads,
         num_classes=model.manifest.num_classes,
         backend=choice.backend,
+        allow_spinning=settings.allow_spinning,
     )
     return model, runner
