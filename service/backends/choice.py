@@ -2,8 +2,10 @@
 
 `auto` (both): onnxruntime on CUDA when a GPU is usable (the fp32 ONNX segments; the GPU path is
 unchanged); otherwise the fastest precision the model version has for the CPU: int8 on OpenVINO,
-then fp32 on OpenVINO, then fp32 on onnxruntime (measured in that order on the demo model,
-docs/results.md). A forced backend or precision that the model version or this machine cannot
+then fp32 on OpenVINO, then fp32 on onnxruntime (measured in that order on the demo model, issue 18
+and docs/results.md). int8 leads only on CPUs with int8 dot-product instructions (VNNI, AMX): on an
+AVX2 CPU without them int8 measured no faster than fp32, so fp32 (exact) is preferred there.
+A forced backend or precision that the model version or this machine cannot
 serve refuses to start with `ModelLoadError`, rather than quietly serving something else.
 """
 
@@ -21,7 +23,7 @@ from dynadapter.service.backends import openvino
 from dynadapter.service.segment_runner import Backend, SegmentRunner, cuda_usable, select_providers
 from dynadapter.service.settings import Settings
 
-#: CPU precisions, fastest first.
+#: CPU precisions, fastest first (on a CPU with int8 dot-product instructions).
 CPU_ORDER = ("int8-openvino", "fp32-openvino", FP32_ONNX)
 
 
@@ -31,9 +33,10 @@ class Choice:
     precision_key: str  # a key of Manifest.precision_keys
 
 
-def choose(settings: Settings, offered: list[str], gpu: bool, openvino_present: bool) -> Choice:
+def choose(settings: Settings, offered: list[str], gpu: bool, openvino_present: bool, int8_fast: bool = True) -> Choice:
     """The backend and precision for ``settings``, given the model's ``offered`` precision keys,
-    whether a CUDA GPU is usable and whether openvino is installed. `ModelLoadError` if impossible."""
+    whether a CUDA GPU is usable, whether openvino is installed and whether this CPU has int8
+    dot-product instructions (`int8_fast`; without, `auto` prefers fp32). `ModelLoadError` if impossible."""
     backend, precision = settings.backend, settings.precision
     if backend == "openvino" and not openvino_present:
         raise ModelLoadError("backend=openvino was requested but the openvino package is not installed")
@@ -44,9 +47,10 @@ def choose(settings: Settings, offered: list[str], gpu: bool, openvino_present: 
             raise ModelLoadError("providers=cuda needs backend onnxruntime (OpenVINO serves the CPU)")
         return Choice("onnxruntime", FP32_ONNX)
     runtimes = ["openvino"] if backend == "openvino" else ["openvino", "onnx"] if openvino_present else ["onnx"]
+    order = CPU_ORDER if int8_fast else (*CPU_ORDER[1:], CPU_ORDER[0])
     candidates = [
         key
-        for key in CPU_ORDER
+        for key in order
         if key in offered and key.split("-", 1)[1] in runtimes and precision in ("auto", key.split("-", 1)[0])
     ]
     if not candidates:
@@ -64,7 +68,7 @@ def open_runner(settings: Settings) -> tuple[ModelVersion, SegmentRunner]:
     """Load the model version at the chosen precision and open its runner (what `Engine.load` serves)."""
     offered = model_precisions(settings.model_repo, settings.model_name, settings.model_version)
     gpu = settings.providers != "cpu" and settings.backend != "openvino" and cuda_usable()
-    choice = choose(settings, offered, gpu, openvino.available())
+    choice = choose(settings, offered, gpu, openvino.available(), openvino.int8_accelerated())
     model = load_model(settings.model_repo, settings.model_name, settings.model_version, choice.precision_key)
     providers = select_providers(settings.providers) if choice.backend == "onnxruntime" else []
     runner = SegmentRunner(

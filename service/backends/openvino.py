@@ -32,6 +32,25 @@ def available() -> bool:
     return True
 
 
+#: CPU flags of int8 dot-product instructions (4 byte products per 32-bit lane): with none of them
+#: int8 matrix products run at about fp32's rate (measured on an AVX2 AMD EPYC, docs/results.md).
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_accelerated(cpuinfo: str | None = None) -> bool:
+    """True when this CPU has int8 dot-product instructions (from /proc/cpuinfo's flags; True where
+    that file cannot be read, e.g. not Linux, so a model's int8 segments are not passed over blindly)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    flags = {
+        flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()
+    }
+    return bool(flags & INT8_FLAGS)
+
+
 @dataclass(frozen=True)
 class OpenVinoSegment:
     full: Any  # ov.CompiledModel: the stage and its exit head

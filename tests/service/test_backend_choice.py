@@ -7,6 +7,7 @@ import pytest
 
 from dynadapter.contract.model_repository import ModelLoadError, load_model
 from dynadapter.service.backends.choice import choose, open_runner
+from dynadapter.service.backends.openvino import int8_accelerated
 from dynadapter.service.segment_runner import SegmentRunner
 from dynadapter.service.settings import Settings
 from tests.service.tiny_onnx_model import NUM_EXITS, OPENVINO, TinyWeights, reference_exits
@@ -35,6 +36,21 @@ def settings(**values: object) -> Settings:
 def test_choice(values: dict, offered: list[str], gpu: bool, openvino: bool, expected: tuple[str, str]) -> None:
     choice = choose(settings(**values), offered, gpu, openvino)
     assert (choice.backend, choice.precision_key) == expected
+
+
+def test_without_int8_instructions_auto_prefers_fp32_but_int8_can_be_forced() -> None:
+    auto = choose(settings(), ALL, False, True, int8_fast=False)
+    assert (auto.backend, auto.precision_key) == ("openvino", "fp32-openvino")
+    forced = choose(settings(precision="int8"), ALL, False, True, int8_fast=False)
+    assert forced.precision_key == "int8-openvino"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [("fpu avx2 fma avx512f avx512_vnni", True), ("fpu avx2 fma avx_vnni", True), ("fpu avx2 fma", False)],
+)
+def test_int8_acceleration_is_read_from_the_cpu_flags(flags: str, expected: bool) -> None:
+    assert int8_accelerated(f"processor\t: 0\nflags\t\t: {flags}\n") is expected
 
 
 @pytest.mark.parametrize(
