@@ -25,6 +25,7 @@ DOCUMENTED_METRICS = {
     "dynadapter_stage_duration_seconds": ("histogram", {"model", "stage"}),
     "dynadapter_batch_size": ("histogram", {"model"}),
     "dynadapter_inflight_requests": ("gauge", {"model"}),
+    "dynadapter_serving_info": ("gauge", {"model", "backend", "precision", "device"}),
 }
 
 
@@ -60,6 +61,7 @@ def concrete(expr: str) -> str:
 def test_the_service_exports_exactly_the_spec_series() -> None:
     metrics = ServiceMetrics()
     metrics.declare_model("m", num_exits=2)
+    metrics.declare_serving("m", "openvino", "int8-openvino", "cpu")
     metrics.record_request("m", 200, 0.01)
     exported = {
         sample.name: set(sample.labels)

@@ -19,6 +19,7 @@ CONTRACT = {
     "dynadapter_stage_duration_seconds": ("histogram", {"model", "stage"}),
     "dynadapter_batch_size": ("histogram", {"model"}),
     "dynadapter_inflight_requests": ("gauge", {"model"}),
+    "dynadapter_serving_info": ("gauge", {"model", "backend", "precision", "device"}),
 }
 
 
