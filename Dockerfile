@@ -1,4 +1,5 @@
-# The dyn-adapter serving image: FastAPI + onnxruntime, no torch and no timm (SPEC §2).
+# The dyn-adapter serving image: FastAPI + onnxruntime (+ OpenVINO for int8/fp32 IR on the CPU), no
+# torch and no timm (SPEC §2).
 # One image for CPU and GPU: onnxruntime-gpu falls back to CPU when no GPU is visible, and with
 # WITH_CUDA_LIBS=1 it carries the CUDA and cuDNN libraries from PyPI, so `--gpus all` needs nothing
 # on the host but the NVIDIA driver (>= 580: onnxruntime-gpu 1.31 is built against CUDA 13).

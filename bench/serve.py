@@ -57,7 +57,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULT_KEYS = ("serve", "serve_photos")  # serve_photos: `--photos` (bench/serve_photos.py)
+#: serve_photos: `--photos` (bench/serve_photos.py); serve_precision: `--precisions` (bench/precision.py)
+RESULT_KEYS = ("serve", "serve_photos", "serve_precision")
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL_REPO = ROOT / "var" / "model_repo"
 REQUEST_TIMEOUT_S = 60.0
@@ -198,6 +199,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="with --photos: a folder another build of this service was installed into (pip install --target), "
         "measured beside this one",
     )
+    from dynadapter.bench.precision import SERVERS as PRECISION_SERVERS
+
+    p.add_argument(
+        "--precisions",
+        type=_comma_list(str, list(PRECISION_SERVERS)),
+        help="instead of the variants: the service at each of these precision/backend servers, every mode "
+        f"(bench/precision.py; all: {','.join(PRECISION_SERVERS)})",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -207,6 +216,10 @@ def run(args: argparse.Namespace) -> None:
         from dynadapter.bench.serve_photos import run_photos
 
         return run_photos(args)
+    if args.precisions:
+        from dynadapter.bench import precision
+
+        return precision.run(args)
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     load_before = os.getloadavg()[0]
@@ -783,13 +796,14 @@ def _setup_text(section: dict[str, Any]) -> str:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
+    from dynadapter.bench import precision
     from dynadapter.bench.serve_photos import render_markdown as render_photos
 
-    return "\n\n".join(part for part in (_render_serve(results), render_photos(results)) if part)
+    parts = (_render_serve(results.get("serve")), render_photos(results), precision.render_markdown(results))
+    return "\n\n".join(part for part in parts if part)
 
 
-def _render_serve(results: dict[str, Any]) -> str:
-    section = results.get("serve")
+def _render_serve(section: dict[str, Any] | None) -> str:
     if not section:
         return ""
     table = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]

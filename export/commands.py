@@ -12,12 +12,28 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="model repository root")
     p.add_argument("--name", default="model")
     p.add_argument("--version", default="1")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="comma-separated precisions: fp32 (ONNX segments, always written), int8 (NNCF-quantized "
+        "OpenVINO IR, with fp32 IR beside it); each is calibrated on its own (default: fp32)",
+    )
+    p.add_argument(
+        "--int8-max-accuracy-drop",
+        type=float,
+        default=0.01,
+        help="refuse int8 segments whose last-exit validation accuracy is lower than PyTorch's by more "
+        "than this fraction (default: 0.01)",
+    )
 
 
 def run_export(args: argparse.Namespace) -> None:
     from dynadapter.export.exporter import export_run
+    from dynadapter.export.precisions import parse_precisions
 
-    print(f"exported to {export_run(args.run_dir, args.out, args.name, args.version)}")
+    precisions = parse_precisions(args.precision)
+    folder = export_run(args.run_dir, args.out, args.name, args.version, precisions, args.int8_max_accuracy_drop)
+    print(f"exported to {folder}")
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:

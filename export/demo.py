@@ -11,6 +11,7 @@ repository, no backbone to fetch) is copied beside it, and copied again when the
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import logging
 import shutil
@@ -49,21 +50,29 @@ def _build(out: Path, version: str, fixtures: bool, demo_dir: Path) -> None:
     for name, committed in DEMO_RUNS.items():
         run = demo_dir / committed.relative_to(DEMO_ROOT)
         dest = out / name / version
+        precisions = demo_precisions()
         source = {
             "run": str(run),
             "checkpoint_sha256": sha256_file(checkpoint_path(run)),
             "exporter": EXPORTER_REVISION,
+            "precisions": precisions,
         }
         if _is_current(dest, source):
             log.info("%s is up to date", dest)
             continue
         log.info("exporting the demo %s from %s (fetches the backbone on first use)", name, run)
-        export_run(run, out, name=name, version=version)
+        export_run(run, out, name=name, version=version, precisions=precisions)
         (dest / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     for fixture in (demo_dir / FIXTURE_REPO.relative_to(DEMO_ROOT)).iterdir() if fixtures else ():
         if fixture.is_dir() and not _same_tree(fixture, out / fixture.name):
             shutil.rmtree(out / fixture.name, ignore_errors=True)
             shutil.copytree(fixture, out / fixture.name)
+
+
+def demo_precisions() -> list[str]:
+    """fp32 and int8 where openvino and nncf are installed (the `train` extra), else fp32 alone: the
+    service serves the fastest precision present (int8 on OpenVINO, README "Serving on a CPU")."""
+    return ["fp32", "int8"] if all(importlib.util.find_spec(name) for name in ("openvino", "nncf")) else ["fp32"]
 
 
 def _same_tree(committed: Path, copy: Path) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,11 @@ class SegmentModule(nn.Module):
         return logits if self.last else (hidden, logits)
 
 
-def export_segment(model: DynamicViT, k: int, example: torch.Tensor, path: Path) -> torch.Tensor:
-    """Write segment k to ``path``; returns its hidden output for the next segment's example."""
+def export_segment(
+    model: DynamicViT, k: int, example: torch.Tensor, path: Path, ungated: Path | None = None
+) -> torch.Tensor:
+    """Write segment k to ``path`` (and, given ``ungated``, the segment before its head gate there: the
+    source of the OpenVINO precisions); returns its hidden output for the next segment's example."""
     seg = SegmentModule(model, k).eval()
     inputs, outputs = segment_io(k, seg.last)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -84,6 +88,8 @@ def export_segment(model: DynamicViT, k: int, example: torch.Tensor, path: Path)
         external_data=False,
     )
     graph = onnx.load(str(path))
+    if ungated is not None:
+        shutil.copyfile(path, ungated)
     if not seg.last:
         graph = gate_exit_head(graph)
         onnx.save(graph, str(path))
@@ -92,7 +98,7 @@ def export_segment(model: DynamicViT, k: int, example: torch.Tensor, path: Path)
         return model.forward_stage(k, example)[0]
 
 
-def chained_onnx_logits(paths: list[Path], images: np.ndarray) -> list[np.ndarray]:
+def chained_onnx_logits(paths: Sequence[Path], images: np.ndarray) -> list[np.ndarray]:
     """Run every segment on every image (no early exit): the logits of each exit, every head on."""
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
     x, out = images, []
@@ -105,46 +111,78 @@ def chained_onnx_logits(paths: list[Path], images: np.ndarray) -> list[np.ndarra
     return out
 
 
-def parity_error(reference: DynamicViT, paths: list[Path], size: tuple[int, int], seed: int = 0) -> float:
-    """Max |ONNX - PyTorch| over every exit's logits, for random images at each parity batch size."""
+def parity_error(
+    reference: DynamicViT,
+    paths: Sequence[Path],
+    size: tuple[int, int],
+    seed: int = 0,
+    chain: Callable[[Sequence[Path], np.ndarray], Sequence[np.ndarray]] = chained_onnx_logits,
+) -> float:
+    """Max |exported - PyTorch| over every exit's logits, for random images at each parity batch size.
+    ``chain`` runs the exported segments (default: the ONNX ones on onnxruntime)."""
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     for b in PARITY_BATCH_SIZES:
         images = torch.randn(b, 3, *size, generator=g)
         with torch.no_grad():
             expected = [t.numpy() for t in reference.eval()(images)]
-        got = chained_onnx_logits(paths, images.numpy())
+        got = chain(paths, images.numpy())
         worst = max(worst, *(float(np.abs(e - o).max()) for e, o in zip(expected, got, strict=True)))
     return worst
 
 
-def export_run(run_dir: Path, model_repo: Path, name: str = "model", version: str = "1") -> Path:
-    """Export a run directory to ``model_repo/name/version``; returns that folder."""
+def export_run(
+    run_dir: Path,
+    model_repo: Path,
+    name: str = "model",
+    version: str = "1",
+    precisions: Sequence[str] = ("fp32",),
+    int8_max_accuracy_drop: float = 0.01,
+) -> Path:
+    """Export a run directory to ``model_repo/name/version``; returns that folder.
+
+    ``precisions``: "fp32" (the ONNX segments, always written) and optionally "int8"; any precision
+    besides fp32 also writes the OpenVINO IR ones (export/precisions.py, which needs openvino and nncf);
+    int8 is refused when its last-exit validation accuracy is more than ``int8_max_accuracy_drop`` below
+    PyTorch's.
+    """
     run = load_run(Path(run_dir))
     calibration = read_calibration(Path(run_dir))
     dest = Path(model_repo) / name / str(version)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    paths = write_segments(run.model, run.preprocessing.size, tmp)
+    extra = list(precisions) != ["fp32"]
+    ungated = tmp / ".ungated"
+    paths = write_segments(run.model, run.preprocessing.size, tmp, ungated if extra else None)
     parity = parity_error(run.model, paths, run.preprocessing.size)
     if parity > PARITY_TOLERANCE:
         raise ExportError(f"exported segments differ from PyTorch by {parity:.2e} (> {PARITY_TOLERANCE:g})")
-    write_manifest(build_manifest(run, paths, calibration, parity, name, str(version)), tmp)
+    manifest = build_manifest(run, paths, calibration, parity, name, str(version))
+    if extra:
+        from dynadapter.export.precisions import openvino_precisions
+
+        ir = openvino_precisions(run, [ungated / p.name for p in paths], tmp, list(precisions), int8_max_accuracy_drop)
+        shutil.rmtree(ungated)
+        manifest = new_manifest(**{**dict(manifest), "precisions": ir})
+    write_manifest(manifest, tmp)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)  # a half-written version never appears under its real name
     log.info("exported %s (%d segments, parity %.2e)", dest, len(paths), parity)
     return dest
 
 
-def write_segments(model: DynamicViT, size: tuple[int, int], folder: Path) -> list[Path]:
+def write_segments(model: DynamicViT, size: tuple[int, int], folder: Path, ungated: Path | None = None) -> list[Path]:
+    """The ONNX segments, PETL merged; with ``ungated``, copies without head gate go into that folder."""
     merged = copy.deepcopy(model).eval()
     merge_all(merged)
     x = torch.randn(2, 3, *size)
     paths = []
+    if ungated is not None:
+        ungated.mkdir()
     for k in range(merged.num_exits):
         paths.append(folder / f"segment_{k}.onnx")
-        x = export_segment(merged, k, x, paths[-1])
+        x = export_segment(merged, k, x, paths[-1], ungated / paths[-1].name if ungated is not None else None)
     return paths
 
 

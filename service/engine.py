@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from dynadapter.contract.model_repository import Manifest, ModelVersion
+from dynadapter.service.backends.choice import open_runner
 from dynadapter.service.batching import MicroBatcher, QueueFullError
 from dynadapter.service.decoding import DecodePool
 from dynadapter.service.exit_policy import ExitPolicy, resolve_policy
 from dynadapter.service.metrics import ServiceMetrics
-from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput, select_providers
+from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput
 from dynadapter.service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -61,24 +62,25 @@ class Engine:
             on_stage=self._record_stage,
         )
         metrics.declare_model(self.name, self.version, self.manifest.num_exits, memory_bytes)
+        metrics.declare_serving(self.name, self.version, runner.backend, model.precision, runner.device)
 
     @classmethod
-    def load(cls, model: ModelVersion, settings: Settings, metrics: ServiceMetrics, decoder: DecodePool) -> "Engine":
-        """Open the sessions of a verified model version; `ModelLoadError` if onnxruntime refuses them."""
+    def load(
+        cls, settings: Settings, name: str, version: str, metrics: ServiceMetrics, decoder: DecodePool
+    ) -> "Engine":
+        """Verify a model version and open its sessions, on the backend and precision chosen for this
+        machine (service/backends/choice.py); `ModelLoadError` if it cannot be served."""
         before = _rss_bytes()
-        runner = SegmentRunner(
-            model.segment_paths,
-            select_providers(settings.providers),
-            intra_op_threads=settings.intra_op_threads,
-            num_classes=model.manifest.num_classes,
-        )
+        model, runner = open_runner(settings, name, version)
         memory = max(_rss_bytes() - before, 0)
         logger.info(
-            "loaded model %s version %s from %s: %d exits, providers %s, memory %.1f MiB",
+            "loaded model %s version %s from %s: %d exits, %s on %s, providers %s, memory %.1f MiB",
             model.manifest.name,
             model.path.name,
             model.path,
             runner.num_exits,
+            model.precision,
+            runner.backend,
             runner.providers,
             memory / 2**20,
         )

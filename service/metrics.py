@@ -6,6 +6,8 @@ full depth (every head included) minus used; so
 `rate(saved) / (rate(used) + rate(saved))` is the fraction of compute saved.
 """
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dynadapter.contract.model_repository import Manifest
@@ -22,6 +24,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._serving: dict[tuple[str, str], tuple[str, str, str]] = {}  # (model, version) -> its serving labels
         r = self.registry
         self.requests = Counter(
             "dynadapter_requests_total",
@@ -65,6 +68,12 @@ class ServiceMetrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.serving = Gauge(
+            "dynadapter_serving_info",
+            "1 for the runtime, precision and device that serve a model version (settings backend, precision).",
+            ["model", "version", "backend", "precision", "device"],
+            registry=r,
+        )
         self.inflight = Gauge(
             "dynadapter_inflight_requests", "Inference requests being handled now.", _MODEL, registry=r
         )
@@ -84,12 +93,19 @@ class ServiceMetrics:
             self.stage_duration.labels(model, version, str(k))
         self.model_memory.labels(model, version).set(memory_bytes)
 
+    def declare_serving(self, model: str, version: str, backend: str, precision: str, device: str) -> None:
+        """Say what serves a model version: backend (onnxruntime, openvino), precision key (fp32-onnx,
+        int8-openvino, ...) and device (cpu, cuda)."""
+        self._serving[model, version] = (backend, precision, device)
+        self.serving.labels(model, version, backend, precision, device).set(1)
+
     def forget_model(self, model: str, version: str) -> None:
-        """An unloaded version: its memory gauge goes (its counters stay, for rate() over the past)."""
-        try:
+        """An unloaded version: its memory and serving gauges go (its counters stay, for rate() over the past)."""
+        serving = self._serving.pop((model, version), None)
+        with contextlib.suppress(KeyError):  # never declared (a load that failed half-way)
             self.model_memory.remove(model, version)
-        except KeyError:  # never declared (a load that failed half-way)
-            pass
+            if serving is not None:
+                self.serving.remove(model, version, *serving)
 
     def record_stage(self, model: str, version: str, stage: StageOutput, manifest: Manifest) -> None:
         """One segment's run on a batch: its time, the batch size (at stage 0) and the images that left."""

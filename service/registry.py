@@ -216,17 +216,19 @@ class ModelRegistry:
 
     async def _open(self, name: str, version: str) -> Engine:
         """Verify, open and warm one version, off the event loop; started, ready for traffic."""
-        model = await asyncio.to_thread(load_model, self.settings.model_repo, name, version)
+        path = Path(self.settings.model_repo) / name / version
         try:
-            engine = await asyncio.to_thread(Engine.load, model, self.settings, self._metrics, self.decoder)
-        except Exception as err:  # onnxruntime's own errors: a file that passed sha256 but is no model
-            raise ModelLoadError(f"{model.path}: onnxruntime cannot open it: {err}") from err
+            engine = await asyncio.to_thread(Engine.load, self.settings, name, version, self._metrics, self.decoder)
+        except ModelLoadError:
+            raise
+        except Exception as err:  # the runtime's own errors: a file that passed sha256 but is no model
+            raise ModelLoadError(f"{path}: the runtime cannot open it: {err}") from err
         engine.start()
         try:
             await asyncio.to_thread(engine.warm_up)
         except Exception as err:  # the version cannot run: refused, never served
             await engine.stop()
-            raise ModelLoadError(f"{model.path}: warm-up failed: {err}") from err
+            raise ModelLoadError(f"{path}: warm-up failed: {err}") from err
         return engine
 
     def _retire(self, engine: Engine) -> None:

@@ -65,6 +65,12 @@ class ModeInfo(BaseModel):
     flops_fraction: float
 
 
+class ServingInfo(BaseModel):
+    backend: str  # onnxruntime or openvino
+    precision: str  # a key of the manifest's precisions: fp32-onnx, fp32-openvino, int8-openvino
+    device: str  # cpu or cuda
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -75,6 +81,7 @@ class ModelInfo(BaseModel):
     modes: dict[str, ModeInfo]
     providers: list[str]
     memory_bytes: int  # resident memory the process grew by while loading this version
+    serving: ServingInfo | None = None  # which backend and precision answer (settings backend, precision)
 
 
 class ModelList(BaseModel):

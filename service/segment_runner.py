@@ -1,4 +1,4 @@
-"""Chains the per-stage ONNX segments of a model with onnxruntime and lets images leave early.
+"""Chains the per-stage segments of a model and lets images leave early, on onnxruntime or OpenVINO.
 
 After each segment the images whose confidence (max softmax of that exit's logits) reaches their
 own threshold leave with that exit's logits; only the others (`hidden[~exited]`) go on to the next
@@ -9,6 +9,11 @@ segment, and the last exit answers for whoever is left. A segment exported with 
 On CUDA the hidden states stay on the GPU between segments (IOBinding + OrtValue) and only the
 small logits tensors come back to the host; dropping the rows of images that left is a Gather run
 on the GPU too. On CPU everything is plain numpy.
+
+A backend is two calls, `run(segment, x, need_logits) -> (hidden, logits)` and `keep(hidden, rows)`,
+over segments that say whether they have a hidden output and a skippable head (`gated`): onnxruntime
+here (`_HostIO`, `_BoundIO`), OpenVINO in service/backends/openvino.py. Exit compaction, the head
+gate's rule and the FLOPs bookkeeping are this module's, the same for every backend.
 """
 
 import base64
@@ -20,19 +25,23 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
 from dynadapter.contract import confidence
 from dynadapter.contract.model_repository import HEAD_GATE_INPUT, ModelLoadError
+from dynadapter.service.backends.openvino import DEVICE as OPENVINO_DEVICE
+from dynadapter.service.backends.openvino import OpenVinoSegment
+from dynadapter.service.backends.openvino import open_segments as open_openvino
 
 logger = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 ProviderPreference = Literal["auto", "cuda", "cpu"]
+Backend = Literal["onnxruntime", "openvino"]
 
 _ORT_WARNING, _ORT_ERROR, _ORT_FATAL = 2, 3, 4
 
@@ -125,6 +134,16 @@ def select_providers(preference: ProviderPreference) -> list[str]:
     return [CPU]
 
 
+class SegmentIO(Protocol):
+    """A backend's two calls. `run`: one segment on a batch -> (hidden, kept where the backend keeps
+    it, or None after the last segment; logits [rows, C] numpy, [0, C] where the head was skipped).
+    `keep`: the rows of a hidden state whose images go on."""
+
+    def run(self, segment: Any, x: Any, need_logits: bool) -> tuple[Any, np.ndarray]: ...
+
+    def keep(self, hidden: Any, rows: np.ndarray) -> Any: ...
+
+
 @dataclass(frozen=True)
 class _Segment:
     session: ort.InferenceSession
@@ -189,31 +208,51 @@ class _BoundIO:
 
 
 class SegmentRunner:
-    """One onnxruntime session per segment, run as an early-exit cascade."""
+    """One session (compiled model) per segment, run as an early-exit cascade."""
 
     def __init__(
         self,
         segment_paths: Sequence[Path],
-        providers: Sequence[str],
+        providers: Sequence[str] = (CPU,),
         intra_op_threads: int = 0,
         num_classes: int | None = None,
         io_binding: bool | None = None,
+        backend: Backend = "onnxruntime",
+        allow_spinning: bool = True,
     ) -> None:
-        """`io_binding`: keep hidden states in OrtValues between segments; default: on CUDA only."""
+        """`backend`: onnxruntime (ONNX segments, on `providers`) or openvino (OpenVINO IR segments, CPU).
+        `io_binding`: keep hidden states in OrtValues between segments; default: on CUDA only.
+        `intra_op_threads`: threads per segment run, 0 = the runtime's default. `ModelLoadError` when a
+        segment cannot be opened or disagrees with the manifest (`num_classes`). `allow_spinning`:
+        onnxruntime's idle threads spin (its default); off is faster on shared or small machines."""
+        self.backend: Backend = backend
+        self._segments: Sequence[_Segment | OpenVinoSegment]
+        self._io: SegmentIO
+        if backend == "openvino":
+            self._segments, self._io = open_openvino(segment_paths, intra_op_threads, num_classes)
+            self.providers: list[str] = [f"openvino:{OPENVINO_DEVICE}"]
+            return
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1  # a segment is one chain of blocks; no parallel branches
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         options.log_severity_level = _ORT_ERROR
-        self._segments = [
+        segments = [
             _open_segment(path, options, providers, last=k == len(segment_paths) - 1)
             for k, path in enumerate(segment_paths)
         ]
         if num_classes is not None:
-            _check_classes(self._segments, segment_paths, num_classes)
-        self.providers: list[str] = self._segments[0].session.get_providers()
+            _check_classes(segments, segment_paths, num_classes)
+        self._segments = segments
+        self.providers = segments[0].session.get_providers()
         on_gpu = self.providers[0] == CUDA
         bound = on_gpu if io_binding is None else io_binding
         self._io = _BoundIO(options, "cuda" if on_gpu else "cpu") if bound else _HostIO()
+
+    @property
+    def device(self) -> str:
+        """Where the segments run: "cuda" or "cpu"."""
+        return "cuda" if self.providers[0] == CUDA else "cpu"
 
     @property
     def num_exits(self) -> int:

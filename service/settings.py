@@ -61,8 +61,24 @@ class Settings(BaseSettings):
         description="Execution provider: auto = CUDA when a GPU really works here, else CPU; "
         "cuda = refuse to start without a usable GPU; cpu = never use a GPU.",
     )
+    backend: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="Runtime of the segments: auto = onnxruntime on a usable CUDA GPU, else the fastest "
+        "precision the model has for the CPU (int8 on OpenVINO, fp32 on OpenVINO, fp32 on onnxruntime); "
+        "onnxruntime or openvino force one.",
+    )
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="Precision of the served segments: auto = the fastest the chosen backend has; fp32 or "
+        "int8 force one (int8 needs segments exported with --precision fp32,int8 and OpenVINO).",
+    )
     intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime threads per segment run; 0: onnxruntime's default (one per core)."
+        0, ge=0, description="Runtime threads per segment run; 0: the runtime's default (one per core)."
+    )
+    allow_spinning: bool = Field(
+        True,
+        description="onnxruntime's idle intra-op threads spin waiting for work; off (false) is faster "
+        "where cores are shared or few.",
     )
     max_batch_size: int = Field(16, ge=1, description="Most images run together through the cascade.")
     max_wait_ms: float = Field(

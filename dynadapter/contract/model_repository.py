@@ -134,6 +134,45 @@ class Calibration(_Schema):
     budgets: list[BudgetChoice]
 
 
+PRECISIONS = ("fp32", "int8")
+#: Runtimes a precision can be written for: "onnx" (the segments above, any ONNX runtime) or
+#: "openvino" (OpenVINO IR: `segment_k.<precision>.xml` + `.bin`).
+Runtime = Literal["onnx", "openvino"]
+
+
+class PrecisionSegment(_Schema):
+    """One segment of an additional precision: its graph file and, for OpenVINO IR, its weights."""
+
+    index: int = Field(ge=0)
+    file: str = Field(pattern=r"^[\w.-]+\.(onnx|xml)$")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    weights: str | None = Field(default=None, pattern=r"^[\w.-]+\.bin$")
+    weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+
+
+class PrecisionExport(_Schema):
+    """The same model at another precision or for another runtime (docs/model-repository.md,
+    "Precisions"). It has its own files, its own parity against PyTorch and its own calibration and
+    modes, computed from its own logits on the validation split: thresholds chosen on fp32 logits are
+    not reused for int8 logits. FLOPs stay the model's multiply-adds (`segments`), whatever the
+    precision."""
+
+    precision: Literal["fp32", "int8"]
+    runtime: Runtime
+    segments: list[PrecisionSegment] = Field(min_length=1)
+    calibration: Calibration
+    modes: dict[str, ThresholdChoice]
+    # max |logits - PyTorch| over every exit, argmax agreement with PyTorch, the tolerance applied.
+    parity: dict[str, object]
+    # How int8 weights and activations were quantized, and on which images (the calibration set).
+    quantization: dict[str, object] | None = None
+
+    @field_validator("modes")
+    @classmethod
+    def _all_modes(cls, modes: dict[str, ThresholdChoice]) -> dict[str, ThresholdChoice]:
+        return _check_modes(modes)
+
+
 class Manifest(_Schema):
     schema_version: int
     name: str = Field(min_length=1)
@@ -149,6 +188,9 @@ class Manifest(_Schema):
     parity: dict[str, object]
     # What the model was trained from (backbone, PETL method, resolution, exits, data): provenance.
     training: dict[str, object] | None = None
+    # Further precisions/runtimes of the same segments, keyed "<precision>-<runtime>" (e.g.
+    # "int8-openvino"); the fields above describe the portable fp32 ONNX segments ("fp32-onnx").
+    precisions: dict[str, PrecisionExport] | None = None
 
     @field_validator("schema_version")
     @classmethod
@@ -160,10 +202,7 @@ class Manifest(_Schema):
     @field_validator("modes")
     @classmethod
     def _all_modes(cls, modes: dict[str, ThresholdChoice]) -> dict[str, ThresholdChoice]:
-        missing = [name for name in MODE_NAMES if name not in modes]
-        if missing:
-            raise ValueError(f"missing mode(s) {', '.join(missing)}")
-        return modes
+        return _check_modes(modes)
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -171,10 +210,50 @@ class Manifest(_Schema):
             raise ValueError("segments must be listed in order with index 0..K-1")
         if any(segment.head_gflops > segment.gflops for segment in self.segments):
             raise ValueError("a segment's head_gflops cannot exceed its gflops")
-        vectors = [choice.thresholds for choice in [*self.modes.values(), *self.calibration.budgets]]
-        if any(vector is not None and len(vector) != self.num_exits - 1 for vector in vectors):
-            raise ValueError(f"a per-exit threshold vector must have {self.num_exits - 1} values (K-1)")
+        for modes, calibration in [(self.modes, self.calibration)] + [
+            (p.modes, p.calibration) for p in (self.precisions or {}).values()
+        ]:
+            vectors = [choice.thresholds for choice in [*modes.values(), *calibration.budgets]]
+            if any(vector is not None and len(vector) != self.num_exits - 1 for vector in vectors):
+                raise ValueError(f"a per-exit threshold vector must have {self.num_exits - 1} values (K-1)")
+        for key, export in (self.precisions or {}).items():
+            if [segment.index for segment in export.segments] != list(range(self.num_exits)):
+                raise ValueError(f"precisions.{key}: segments must be listed in order with index 0..K-1")
+            if key != precision_key(export.precision, export.runtime):
+                raise ValueError(
+                    f"precisions.{key}: the key must be {precision_key(export.precision, export.runtime)!r}"
+                )
         return self
+
+    @property
+    def precision_keys(self) -> list[str]:
+        """Every precision this version can be served at: "fp32-onnx" first, then the others."""
+        return [FP32_ONNX, *(self.precisions or {})]
+
+    def at_precision(self, key: str) -> Manifest:
+        """This manifest as served at precision ``key``: its segment files, parity, calibration and
+        modes replace the fp32 ONNX ones (FLOPs and everything else stay). ``ModelLoadError`` for a
+        precision this version does not have."""
+        if key == FP32_ONNX:
+            return self
+        export = (self.precisions or {}).get(key)
+        if export is None:
+            raise ModelLoadError(
+                f"model {self.name!r} version {self.version} has no {key} segments "
+                f"(it has {', '.join(self.precision_keys)}); export them with dynadapter export --precision"
+            )
+        segments = [
+            segment.model_copy(update={"file": variant.file, "sha256": variant.sha256})
+            for segment, variant in zip(self.segments, export.segments, strict=True)
+        ]
+        return self.model_copy(
+            update={
+                "segments": segments,
+                "calibration": export.calibration,
+                "modes": export.modes,
+                "parity": export.parity,
+            }
+        )
 
     @property
     def num_exits(self) -> int:
@@ -189,6 +268,20 @@ class Manifest(_Schema):
         the segment runner skipped on its way (no image in its batch could leave at those)."""
         skipped = sum(self.segments[k].head_gflops for k in skipped_heads)
         return self.segments[exit_index].cumulative_gflops - skipped
+
+
+FP32_ONNX = "fp32-onnx"
+
+
+def precision_key(precision: str, runtime: str) -> str:
+    return f"{precision}-{runtime}"
+
+
+def _check_modes(modes: dict[str, ThresholdChoice]) -> dict[str, ThresholdChoice]:
+    missing = [name for name in MODE_NAMES if name not in modes]
+    if missing:
+        raise ValueError(f"missing mode(s) {', '.join(missing)}")
+    return modes
 
 
 def new_manifest(**fields: Any) -> Manifest:
@@ -227,23 +320,37 @@ def write_manifest(manifest: Manifest, folder: Path) -> Path:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """A validated model version on disk."""
+    """A validated model version on disk, at one precision (`manifest` is `Manifest.at_precision`'s view)."""
 
     path: Path
     manifest: Manifest
+    precision: str = FP32_ONNX
 
     @property
     def segment_paths(self) -> list[Path]:
         return [self.path / segment.file for segment in self.manifest.segments]
 
 
-def load_model(repo: Path, name: str | None = None, version: str | None = None) -> ModelVersion:
-    """Find, parse and verify a model version (default: the only model, its highest numeric version)."""
+def load_model(
+    repo: Path, name: str | None = None, version: str | None = None, precision: str = FP32_ONNX
+) -> ModelVersion:
+    """Find, parse and verify a model version (default: the only model, its highest numeric version)
+    at ``precision`` (a key of `Manifest.precision_keys`; default the fp32 ONNX segments). Only the
+    files of that precision are read and checked."""
     folder = _model_folder(Path(repo), name, version)
-    manifest = read_manifest(folder / "manifest.json")
+    manifest = read_manifest(folder / "manifest.json").at_precision(precision)
     for segment in manifest.segments:
         _check_sha256(folder / segment.file, segment.sha256)
-    return ModelVersion(folder, manifest)
+    export = (manifest.precisions or {}).get(precision)
+    for variant in export.segments if export is not None else ():
+        if variant.weights is not None:
+            _check_sha256(folder / variant.weights, variant.weights_sha256 or "")
+    return ModelVersion(folder, manifest, precision)
+
+
+def model_precisions(repo: Path, name: str | None = None, version: str | None = None) -> list[str]:
+    """The precision keys a model version offers (its manifest read, no file checked)."""
+    return read_manifest(_model_folder(Path(repo), name, version) / "manifest.json").precision_keys
 
 
 def read_manifest(path: Path) -> Manifest:

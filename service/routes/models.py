@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends
 
 from dynadapter.service.deps import RegistryDep, require_api_key
 from dynadapter.service.engine import Engine
-from dynadapter.service.schemas import ExitInfo, ModeInfo, ModelInfo, ModelList
+from dynadapter.service.schemas import ExitInfo, ModeInfo, ModelInfo, ModelList, ServingInfo
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
 
@@ -44,4 +44,7 @@ def describe(engine: Engine) -> ModelInfo:
         },
         providers=engine.runner.providers,
         memory_bytes=engine.memory_bytes,
+        serving=ServingInfo(
+            backend=engine.runner.backend, precision=engine.model.precision, device=engine.runner.device
+        ),
     )

@@ -4,8 +4,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from dynadapter.contract.model_repository import ModelLoadError, load_model
+from dynadapter.contract.model_repository import Manifest, ModelLoadError, load_model
 from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, write_model_version
 
 
@@ -98,3 +99,64 @@ def test_missing_repository(tmp_path: Path) -> None:
         load_model(tmp_path / "nowhere")
     with pytest.raises(ModelLoadError, match="holds no model"):
         load_model(tmp_path)
+
+
+# -- precisions (docs/model-repository.md, "Precisions") ----------------------------------------------------------
+
+
+def _with_precision(manifest: dict, key: str = "int8-openvino", **changes: object) -> dict:
+    entry = {
+        "precision": "int8",
+        "runtime": "openvino",
+        "segments": [
+            {"index": k, "file": f"segment_{k}.int8.xml", "sha256": "a" * 64, "weights": f"segment_{k}.int8.bin"}
+            for k in range(len(manifest["segments"]))
+        ],
+        "calibration": manifest["calibration"],
+        "modes": {**manifest["modes"], "balanced": {"threshold": 0.77, "accuracy": 0.7, "flops_fraction": 0.6}},
+        "parity": {"max_abs_diff": 0.3, "argmax_agreement": [0.99, 1.0, 1.0]},
+        **changes,
+    }
+    return {**manifest, "precisions": {key: entry}}
+
+
+def test_a_precision_is_served_with_its_own_files_and_modes(model_repo: Path) -> None:
+    raw = json.loads((model_repo / "tiny" / "1" / "manifest.json").read_text())
+    manifest = Manifest.model_validate(_with_precision(raw))
+    assert "int8-openvino" in manifest.precision_keys and manifest.precision_keys[0] == "fp32-onnx"
+    served = manifest.at_precision("int8-openvino")
+    assert [s.file for s in served.segments] == ["segment_0.int8.xml", "segment_1.int8.xml", "segment_2.int8.xml"]
+    assert served.modes["balanced"].threshold == 0.77 and manifest.modes["balanced"].threshold == 0.6
+    # FLOPs stay the model's multiply-adds, whatever the precision.
+    assert [s.cumulative_gflops for s in served.segments] == [s.cumulative_gflops for s in manifest.segments]
+    assert manifest.at_precision("fp32-onnx") is manifest
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "message"),
+    [
+        ({}, "fp32-openvino", "the key must be 'int8-openvino'"),
+        ({"modes": {"fast": {"threshold": 0.3, "accuracy": 0.6, "flops_fraction": 0.45}}}, None, "missing mode"),
+        ({"precision": "int4"}, None, "precision"),
+    ],
+)
+def test_inconsistent_precision_entries_are_refused(
+    model_repo: Path, changes: dict, key: str | None, message: str
+) -> None:
+    raw = json.loads((model_repo / "tiny" / "1" / "manifest.json").read_text())
+    bad = _with_precision(raw, key or "int8-openvino", **changes)
+    with pytest.raises(ValidationError, match=message):
+        Manifest.model_validate(bad)
+
+
+def test_a_precision_file_that_changed_is_refused(model_repo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "tiny" / "1"
+    shutil.copytree(model_repo / "tiny" / "1", folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    for k in range(3):
+        (folder / f"segment_{k}.int8.xml").write_text("<net/>")
+        (folder / f"segment_{k}.int8.bin").write_bytes(b"")
+    (folder / "manifest.json").write_text(json.dumps(_with_precision(raw)))
+    with pytest.raises(ModelLoadError, match=r"segment_0\.int8\.xml: sha256 mismatch"):
+        load_model(tmp_path, precision="int8-openvino")
+    assert load_model(tmp_path).precision == "fp32-onnx"  # the fp32 files are still fine

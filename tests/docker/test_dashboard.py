@@ -26,6 +26,7 @@ DOCUMENTED_METRICS = {
     "dynadapter_batch_size": ("histogram", {"model", "version"}),
     "dynadapter_inflight_requests": ("gauge", {"model", "version"}),
     "dynadapter_model_memory_bytes": ("gauge", {"model", "version"}),
+    "dynadapter_serving_info": ("gauge", {"model", "version", "backend", "precision", "device"}),
 }
 
 
@@ -61,6 +62,7 @@ def concrete(expr: str) -> str:
 def test_the_service_exports_exactly_the_spec_series() -> None:
     metrics = ServiceMetrics()
     metrics.declare_model("m", "1", num_exits=2, memory_bytes=1)
+    metrics.declare_serving("m", "1", "openvino", "int8-openvino", "cpu")
     metrics.record_request("m", "1", 200, 0.01)
     exported = {
         sample.name: set(sample.labels)

@@ -25,6 +25,11 @@ def test_demo_repository_holds_the_real_demo_and_the_fixture(built: Path) -> Non
     assert manifest["parity"]["max_abs_diff"] <= 1e-4
     assert [s["after_block"] for s in manifest["segments"]] == [3, 6, 9, 12]
     assert (built / "digits-tiny" / "1" / "manifest.json").is_file()
+    # With openvino and nncf installed the demo is also exported in int8, calibrated on its own.
+    expected = {"fp32-openvino", "int8-openvino"} if demo.demo_precisions() != ["fp32"] else set()
+    assert set(manifest.get("precisions", {})) == expected
+    for entry in manifest.get("precisions", {}).values():
+        assert entry["parity"]["val_accuracy_last_exit"] >= entry["parity"]["pytorch_val_accuracy_last_exit"] - 0.01
 
 
 def test_a_second_build_reuses_the_export(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,7 +44,7 @@ def test_an_export_by_an_older_exporter_is_redone(built: Path, monkeypatch: pyte
     source = built / "mnist" / "1" / demo.SOURCE_FILE
     source.write_text(json.dumps({**json.loads(source.read_text()), "exporter": demo.EXPORTER_REVISION - 1}))
     exported = []
-    monkeypatch.setattr(demo, "export_run", lambda run, out, name, version: exported.append(name))
+    monkeypatch.setattr(demo, "export_run", lambda run, out, name, version, **_: exported.append(name))
     demo.build_demo_repo(built)
     assert exported == ["mnist"]
     assert json.loads(source.read_text())["exporter"] == demo.EXPORTER_REVISION

@@ -9,13 +9,23 @@ from fastapi.testclient import TestClient
 from dynadapter.service.main import create_app
 from dynadapter.service.settings import Settings
 from tests.service.helpers import wait_ready
+from tests.service.tiny_onnx_model import OPENVINO
+
+#: Every backend present here: the service's tests run against each (README "Serving on a CPU").
+BACKENDS = ["onnxruntime", *(["openvino"] if OPENVINO else [])]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 @pytest.fixture
-def make_settings(model_repo: Path) -> Callable[..., Settings]:
+def make_settings(model_repo: Path, backend: str) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
         values: dict[str, object] = {
             "model_repo": model_repo,
+            "backend": backend,
             "providers": "cpu",
             "intra_op_threads": 1,
             "max_wait_ms": 2.0,

@@ -21,7 +21,7 @@ def test_healthz_always_200_and_readyz_503_until_loaded(make_settings: Callable)
     assert unstarted.get("/readyz").status_code == 503  # after shutdown
 
 
-def test_models_lists_exits_costs_modes_and_providers(client: TestClient) -> None:
+def test_models_lists_exits_costs_modes_and_providers(client: TestClient, backend: str) -> None:
     (model,) = client.get("/v1/models").json()["models"]
     assert (model["name"], model["version"], model["num_classes"]) == ("tiny", "1", 5)
     assert model["labels"] == ["cat", "dog", "fox", "owl", "yak"]
@@ -31,7 +31,16 @@ def test_models_lists_exits_costs_modes_and_providers(client: TestClient) -> Non
     assert cumulative == sorted(cumulative) and cumulative[-1] == model["gflops_full"]
     assert model["modes"]["balanced"] == {"threshold": 0.6, "thresholds": None, "accuracy": 0.7, "flops_fraction": 0.7}
     assert model["modes"]["accurate"]["thresholds"] == [0.95, 0.9]
-    assert model["providers"] == ["CPUExecutionProvider"]
+    precision = {"onnxruntime": "fp32-onnx", "openvino": "fp32-openvino"}[backend]
+    assert model["serving"] == {"backend": backend, "precision": precision, "device": "cpu"}
+    assert model["providers"] == (["CPUExecutionProvider"] if backend == "onnxruntime" else ["openvino:CPU"])
+
+
+def test_metrics_say_which_backend_and_precision_serve(client: TestClient, backend: str) -> None:
+    precision = {"onnxruntime": "fp32-onnx", "openvino": "fp32-openvino"}[backend]
+    labels = f'backend="{backend}",device="cpu",model="tiny",precision="{precision}",version="1"'
+    line = f"dynadapter_serving_info{{{labels}}} 1.0"
+    assert line in client.get("/metrics").text.splitlines()
 
 
 def test_openapi_documents_both_body_forms(client: TestClient) -> None:

@@ -20,6 +20,7 @@ CONTRACT = {
     "dynadapter_batch_size": ("histogram", {"model", "version"}),
     "dynadapter_inflight_requests": ("gauge", {"model", "version"}),
     "dynadapter_model_memory_bytes": ("gauge", {"model", "version"}),
+    "dynadapter_serving_info": ("gauge", {"model", "version", "backend", "precision", "device"}),
 }
 
 

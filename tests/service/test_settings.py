@@ -35,6 +35,9 @@ EVERY_FLAG = {
     "--shutdown-timeout-s": ("3", 3),
     "--api-keys": ("alpha, beta", ["alpha", "beta"]),
     "--log-level": ("DEBUG", "debug"),
+    "--backend": ("openvino", "openvino"),
+    "--allow-spinning": (None, False),  # a switch: given as --no-allow-spinning
+    "--precision": ("int8", "int8"),
 }
 
 
@@ -49,7 +52,11 @@ def parser(monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
 
 def test_every_setting_has_a_flag(parser: argparse.ArgumentParser) -> None:
     assert set(EVERY_FLAG) == {flag_name(name) for name in Settings.model_fields}
-    argv = [item for flag, (text, _) in EVERY_FLAG.items() for item in (flag, text)]
+    argv = [
+        item
+        for flag, (text, _) in EVERY_FLAG.items()
+        for item in ((flag, text) if text is not None else ("--no-" + flag[2:],))
+    ]
     settings = settings_from_args(parser.parse_args(argv))
     for flag, (_, expected) in EVERY_FLAG.items():
         assert getattr(settings, flag[2:].replace("-", "_")) == expected, flag

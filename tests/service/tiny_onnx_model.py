@@ -7,6 +7,7 @@ Like the exporter's, the early segments' heads are gated (input `need_logits`, d
 """
 
 import hashlib
+import importlib.util
 import io
 import json
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from PIL import Image
 
 from dynadapter.export.head_gate import gate_exit_head
 
+#: The OpenVINO backend is tested where openvino is installed (the serving image and `[serve]` have it).
+OPENVINO = importlib.util.find_spec("openvino") is not None
 IMAGE_SIZE = 8
 TOKENS, DIM = 4, 16
 NUM_EXITS = 3
@@ -202,8 +205,36 @@ def write_model_version(
         data = build_segment(k, weights, gated).SerializeToString()
         (folder / f"segment_{k}.onnx").write_bytes(data)
         hashes.append(hashlib.sha256(data).hexdigest())
-    (folder / "manifest.json").write_text(json.dumps(manifest_for(hashes, name, version, gated), indent=2))
+    manifest = manifest_for(hashes, name, version, gated)
+    if gated and OPENVINO:
+        manifest["precisions"] = {"fp32-openvino": write_openvino_ir(folder, weights, manifest)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
+
+
+def write_openvino_ir(folder: Path, weights: TinyWeights, manifest: dict) -> dict:
+    """fp32 OpenVINO IR of the segments (as `dynadapter export --precision` writes them: from the
+    segments without head gate) and its manifest entry; calibration and modes are the fp32 ONNX ones,
+    since both compute the same logits."""
+    import openvino as ov
+
+    segments = []
+    for k in range(NUM_EXITS):
+        source = folder / f".ungated_{k}.onnx"
+        onnx.save(build_segment(k, weights, gated=False), str(source))
+        xml = folder / f"segment_{k}.fp32.xml"
+        ov.save_model(ov.convert_model(str(source)), str(xml), compress_to_fp16=False)
+        source.unlink()
+        segments.append(
+            {"index": k, "file": xml.name, "sha256": _sha256(xml), "weights": xml.with_suffix(".bin").name}
+            | {"weights_sha256": _sha256(xml.with_suffix(".bin"))}
+        )
+    keep = ("calibration", "modes", "parity")
+    return {"precision": "fp32", "runtime": "openvino", "segments": segments, **{key: manifest[key] for key in keep}}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE), mode: str = "RGB") -> bytes:

@@ -1,0 +1,1 @@
+"""Segment backends of the runner (service/segment_runner.py): onnxruntime (CPU, CUDA) and OpenVINO (CPU)."""
