@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 
 #: serve_photos: `--photos` (bench/serve_photos.py); serve_precision: `--precisions` (bench/precision.py)
 RESULT_KEYS = ("serve", "serve_photos", "serve_precision")
-ROOT = Path(__file__).resolve().parents[2]
-DEMO_MODEL_REPO = ROOT / "var" / "model_repo"
+#: Where `make serve` builds the demo's model repository (relative to the working directory, the checkout).
+DEMO_MODEL_REPO = Path("var") / "model_repo"
 REQUEST_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 180.0
 BOUNDARY = "dynadapter-bench-boundary"
@@ -330,7 +330,6 @@ class ServerProcess:
         env = {key: value for key, value in os.environ.items() if not key.startswith("DYNADAPTER_")}
         self.process = subprocess.Popen(
             [*argv, "--port", str(port)],
-            cwd=ROOT,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
