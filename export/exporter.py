@@ -106,7 +106,11 @@ def chained_onnx_logits(paths: list[Path], images: np.ndarray) -> list[np.ndarra
 
 
 def parity_error(reference: DynamicViT, paths: list[Path], size: tuple[int, int], seed: int = 0) -> float:
-    """Max |ONNX - PyTorch| over every exit's logits, for random images at each parity batch size."""
+    """Max |ONNX - PyTorch| over every exit's logits, for random images at each parity batch size.
+
+    Raises ExportError when either side gives a non-finite logit: NaN would compare as no
+    difference at all, and a model that answers NaN cannot be served.
+    """
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     for b in PARITY_BATCH_SIZES:
@@ -114,7 +118,13 @@ def parity_error(reference: DynamicViT, paths: list[Path], size: tuple[int, int]
         with torch.no_grad():
             expected = [t.numpy() for t in reference.eval()(images)]
         got = chained_onnx_logits(paths, images.numpy())
-        worst = max(worst, *(float(np.abs(e - o).max()) for e, o in zip(expected, got, strict=True)))
+        for k, (e, o) in enumerate(zip(expected, got, strict=True)):
+            if not (np.isfinite(e).all() and np.isfinite(o).all()):
+                side = "PyTorch" if not np.isfinite(e).all() else "ONNX"
+                raise ExportError(
+                    f"exit {k} gives non-finite logits ({side}): the checkpoint is broken, retrain with a lower --lr"
+                )
+            worst = max(worst, float(np.abs(e - o).max()))
     return worst
 
 

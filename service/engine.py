@@ -10,6 +10,7 @@ import numpy as np
 
 from dynadapter.contract.model_repository import Manifest, ModelVersion, load_model
 from dynadapter.service.batching import MicroBatcher
+from dynadapter.service.errors import ApiError
 from dynadapter.service.exit_policy import ExitPolicy, resolve_policy
 from dynadapter.service.metrics import ServiceMetrics
 from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput, select_providers
@@ -81,8 +82,15 @@ class Engine:
         return self.manifest.preprocessing.load(data, self._max_pixels)
 
     async def classify(self, image: np.ndarray, policy: ExitPolicy) -> ExitResult:
-        """Run one prepared image through the cascade, batched with whatever else is waiting."""
-        return await self._batcher.submit(image, policy.as_array())
+        """Run one prepared image through the cascade, batched with whatever else is waiting.
+
+        A result whose logits are not all finite is never answered (its confidence would be NaN):
+        ApiError 500 ``non_finite_output`` instead.
+        """
+        result = await self._batcher.submit(image, policy.as_array())
+        if not np.isfinite(result.logits).all():
+            raise ApiError(500, "non_finite_output", "the model gave non-finite scores for this image")
+        return result
 
     def _record_stage(self, stage: StageOutput) -> None:
         self._metrics.record_stage(self.name, stage, self.manifest)
