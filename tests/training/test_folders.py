@@ -99,7 +99,9 @@ def test_csv_manifest_with_and_without_a_split_column(tmp_path: Path) -> None:
     assert sum(len(p) for p in raw.splits.values()) == 60 and len(raw.splits["val"]) == 9
     with (tmp_path / "split.csv").open("w", newline="") as f:
         splits = ["train"] * 50 + ["val"] * 10
-        csv.writer(f).writerows([("path", "label", "split"), *((p, c, s) for (p, c), s in zip(rows, splits))])
+        csv.writer(f).writerows(
+            [("path", "label", "split"), *((p, c, s) for (p, c), s in zip(rows, splits, strict=True))]
+        )
     raw = load_raw(str(tmp_path / "split.csv"))
     assert (len(raw.splits["train"]), len(raw.splits["val"]), len(raw.splits["test"])) == (50, 10, 0)
     assert raw.splits["val"].files == [tmp_path / p for p, _ in rows[50:]]
