@@ -441,9 +441,12 @@ def cache_bytes(n: int, size: tuple[int, int]) -> int:
 
 
 def available_memory() -> int:
-    """Bytes of memory the system has free now (Linux; 0 where unknown, which sends caches to disk)."""
+    """Bytes a shared-memory cache may take now: the free memory, and at most what /dev/shm has free
+    (containers often get 64 MB there). 0 where unknown, which sends caches to disk."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        shm = os.statvfs("/dev/shm")
+        return min(free, shm.f_bavail * shm.f_frsize)
     except (ValueError, OSError):
         return 0
 

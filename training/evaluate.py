@@ -22,18 +22,6 @@ REPORT_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
 @torch.no_grad()
-def exit_logits(model: DynamicViT, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """Logits of every exit, [K, N, C] in float32 on the CPU, in eval mode (the model's mode is restored
-    after); the images go through the model on its device, a batch at a time."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = [torch.stack(model(x.to(device))).float().cpu() for x in images.split(batch_size)]
-    model.train(was_training)
-    return torch.cat(chunks, dim=1)
-
-
-@torch.no_grad()
 def loader_logits(
     model: DynamicViT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
