@@ -444,10 +444,12 @@ def available_memory() -> int:
     """Bytes a shared-memory cache may take now: the free memory, and at most what /dev/shm has free
     (containers often get 64 MB there). 0 where unknown, which sends caches to disk."""
     try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        # MemAvailable counts the page cache the kernel would give back; MemFree does not.
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free = int(meminfo["MemAvailable"].split()[0]) * 1024
         shm = os.statvfs("/dev/shm")
         return min(free, shm.f_bavail * shm.f_frsize)
-    except (ValueError, OSError):
+    except (KeyError, ValueError, OSError):
         return 0
 
 
