@@ -1,6 +1,6 @@
 """Data sets: a folder as users have it, a CSV manifest, or ``builtin:<name>``; split, screened, streamed.
 
-Layouts (README, "Data"), checked in this order:
+Layouts (README, "Command line"), checked in this order:
 
 - ``DATA.csv``: a manifest with a ``path,label`` header (paths relative to the file; an optional
   ``split`` column with train, val or test).

@@ -153,8 +153,8 @@ def dataset_for(opts: TrainOptions, resumed_run: Path | None) -> RawDataset:
     """The data set and its split: a resumed run reads the split files it recorded."""
     raw = load_raw(opts.data, opts.seed, SplitSizes(opts.val_size, opts.test_size))
     if resumed_run is not None and isinstance(raw.splits["train"], FileSplit):
-        config = rd.read_config(resumed_run)
-        raw.splits = {s: run_split(resumed_run, config, s) for s in SPLITS}
+        config = rd.read_config(resumed_run)  # the classes and files it started with, whatever changed since
+        raw.labels, raw.splits = config["labels"], {s: run_split(resumed_run, config, s) for s in SPLITS}
     return raw
 
 
