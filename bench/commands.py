@@ -13,7 +13,11 @@ import argparse
 import importlib
 
 #: subcommand -> module implementing it
-SUBCOMMANDS = {"accuracy": "dynadapter.bench.accuracy", "serve": "dynadapter.bench.serve"}
+SUBCOMMANDS = {
+    "accuracy": "dynadapter.bench.accuracy",
+    "serve": "dynadapter.bench.serve",
+    "data": "dynadapter.bench.data",
+}
 
 
 def add_bench(subparsers: argparse._SubParsersAction) -> None:

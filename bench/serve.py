@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import logging
 import math
 import os
@@ -279,21 +278,16 @@ class BenchImages:
 
 
 def bench_images(run_dir: Path, count: int) -> BenchImages:
-    """The first ``count`` images of the test split of the run's data set, as PNG uploads, with their classes."""
-    from PIL import Image
-
-    from dynadapter.training.data import load_raw
+    """The first ``count`` images of the run's test split, as uploads (builtin arrays as PNG, files as they
+    are), with their classes."""
+    from dynadapter.training.data import run_split
     from dynadapter.training.run_dir import read_config
 
     config = read_config(run_dir)
-    split = load_raw(config["data"], config["train"]["seed"]).splits["test"]
-    if not split.pixels:
+    split = run_split(run_dir, config, "test")  # the run's own test split: no training image is sent
+    if not len(split):
         raise DataError(f"the test split of {config['data']} is empty: no images to send")
-    bodies = []
-    for pixels in split.pixels[:count]:
-        png = io.BytesIO()
-        Image.fromarray(pixels).save(png, format="PNG")
-        bodies.append(multipart_body(png.getvalue()))
+    bodies = [multipart_body(split.encoded(i)) for i in range(min(count, len(split)))]
     return BenchImages(bodies, [int(t) for t in split.targets[:count]], config["data"])
 
 

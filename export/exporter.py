@@ -119,7 +119,11 @@ def parity_error(
     chain: Callable[[Sequence[Path], np.ndarray], Sequence[np.ndarray]] = chained_onnx_logits,
 ) -> float:
     """Max |exported - PyTorch| over every exit's logits, for random images at each parity batch size.
-    ``chain`` runs the exported segments (default: the ONNX ones on onnxruntime)."""
+    ``chain`` runs the exported segments (default: the ONNX ones on onnxruntime).
+
+    Raises ExportError when either side gives a non-finite logit: NaN would compare as no
+    difference at all, and a model that answers NaN cannot be served.
+    """
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     for b in PARITY_BATCH_SIZES:
@@ -127,7 +131,13 @@ def parity_error(
         with torch.no_grad():
             expected = [t.numpy() for t in reference.eval()(images)]
         got = chain(paths, images.numpy())
-        worst = max(worst, *(float(np.abs(e - o).max()) for e, o in zip(expected, got, strict=True)))
+        for k, (e, o) in enumerate(zip(expected, got, strict=True)):
+            if not (np.isfinite(e).all() and np.isfinite(o).all()):
+                side = "PyTorch" if not np.isfinite(e).all() else "the exported segments"
+                raise ExportError(
+                    f"exit {k} gives non-finite logits ({side}): the checkpoint is broken, retrain with a lower --lr"
+                )
+            worst = max(worst, float(np.abs(e - o).max()))
     return worst
 
 

@@ -17,6 +17,7 @@ from dynadapter.contract.model_repository import Manifest, ModelVersion
 from dynadapter.service.backends.choice import open_runner
 from dynadapter.service.batching import MicroBatcher, QueueFullError
 from dynadapter.service.decoding import DecodePool
+from dynadapter.service.errors import ApiError
 from dynadapter.service.exit_policy import ExitPolicy, resolve_policy
 from dynadapter.service.metrics import ServiceMetrics
 from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput
@@ -140,8 +141,15 @@ class Engine:
         return await self._decoder.run(self.manifest.preprocessing.load, data, self._max_pixels)
 
     async def classify(self, image: np.ndarray, policy: ExitPolicy) -> ExitResult:
-        """Run one prepared image through the cascade, batched with whatever else is waiting."""
-        return await self._batcher.submit(image, policy.as_array())
+        """Run one prepared image through the cascade, batched with whatever else is waiting.
+
+        A result whose logits are not all finite is never answered (its confidence would be NaN):
+        ApiError 500 ``non_finite_output`` instead.
+        """
+        result = await self._batcher.submit(image, policy.as_array())
+        if not np.isfinite(result.logits).all():
+            raise ApiError(500, "non_finite_output", "the model gave non-finite scores for this image")
+        return result
 
     async def classify_all(self, images: Sequence[np.ndarray], policy: ExitPolicy) -> list[ExitResult]:
         """Several prepared images, each its own job (they may leave at different exits); in input order.

@@ -311,8 +311,8 @@ class SegmentRunner:
             thresholds = np.full((batch, self.num_exits - 1), np.nextafter(1.0, 0.0))
             if batch > 1:
                 thresholds[0] = 0.0
-            self.run(images, thresholds)
-            self.run(images, np.ones((batch, self.num_exits - 1)))
+            for output in (self.run(images, thresholds), self.run(images, np.ones((batch, self.num_exits - 1)))):
+                _require_finite(output)
 
     def _per_exit(self, thresholds: np.ndarray, batch: int) -> np.ndarray:
         if thresholds.ndim == 1:
@@ -326,6 +326,16 @@ class SegmentRunner:
         if k == self.num_exits - 1:
             return np.ones(len(thresholds), dtype=bool)
         return thresholds[:, k] < 1.0
+
+
+def _require_finite(output: RunOutput) -> None:
+    """ModelLoadError when a warm-up run gave non-finite logits: such a model would answer NaN."""
+    for result in output.results:
+        if not np.isfinite(result.logits).all():
+            raise ModelLoadError(
+                f"exit {result.exit_index} gives non-finite logits on the warm-up images: "
+                "the model is broken (re-export it from a good checkpoint)"
+            )
 
 
 def _open_segment(path: Path, options: ort.SessionOptions, providers: Sequence[str], last: bool) -> _Segment:

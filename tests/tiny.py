@@ -62,6 +62,8 @@ def train_tiny_run(out, petl: str = "adapter", epochs: int = 1, **overrides):
     """A real run directory from `dynadapter train`'s code path, on builtin:digits, in seconds."""
     from dynadapter.training.trainer import TrainOptions, train
 
+    overrides.setdefault("workers", 0)  # builtin images are decoded already: worker processes only cost startup
+
     opts = TrainOptions(
         data="builtin:digits",
         out=out,

@@ -10,21 +10,33 @@ import argparse
 from pathlib import Path
 
 from dynadapter import options
+from dynadapter.errors import ConfigError
 from dynadapter.training.options import TrainOptions
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train PETL + exit heads on a frozen ViT; writes a run directory")
     options.add_arguments(p, TrainOptions)
-    for action in p._actions:  # `--data` and `--out` have no default: argparse says so, not pydantic
-        if action.dest in ("data", "out"):
-            action.required = True
 
 
 def run_train(args: argparse.Namespace) -> None:
     from dynadapter.training.trainer import train
 
-    print(f"run written to {train(options.from_args(TrainOptions, args))}")
+    print(f"run written to {train(train_options(args))}")
+
+
+def train_options(args: argparse.Namespace) -> TrainOptions:
+    """The options of ``dynadapter train``: the flags given, or with ``--resume RUN_DIR`` the ones that
+    run recorded. `--data` and `--out` have no default: this says so, in one line, not pydantic."""
+    if getattr(args, "resume", None) is not None:
+        from dynadapter.training.run_dir import read_config
+
+        recorded = {**read_config(args.resume)["train"], "resume": args.resume, "out": args.resume}
+        return TrainOptions(**recorded)
+    missing = [f"--{name}" for name in ("data", "out") if not hasattr(args, name)]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} required (or --resume RUN_DIR to continue a run)")
+    return options.from_args(TrainOptions, args)
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:

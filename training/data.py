@@ -1,48 +1,136 @@
-"""Data sets: an image folder, or ``builtin:<name>`` built offline from packages that ship real images.
+"""Data sets: a folder as users have it, a CSV manifest, or ``builtin:<name>``; split, screened, streamed.
 
-Every split is decoded and preprocessed once, with the service's own ``preprocess`` (so training,
-calibration and serving see identical pixels), and kept in memory as one tensor: the tasks are
-VTAB-1k sized (about 1000 training images) and the backbone is frozen, so there is nothing to
-stream.
+Layouts (README, "Command line"), checked in this order:
+
+- ``DATA.csv``: a manifest with a ``path,label`` header (paths relative to the file; an optional
+  ``split`` column with train, val or test).
+- ``DATA/{train,val,test}/<class>/*``: the splits as given; ``train/`` alone or ``train/`` +
+  ``test/`` get their val split (and ``train/`` alone its test split) carved out of train;
+  ``train/`` + ``val/`` has no test split.
+- ``DATA/<class>/*`` (torchvision's ImageFolder): a stratified, seeded train/val/test split.
+
+Classes are the union of the class folder names (or CSV labels), sorted by code point; class ``i``
+is the i-th. Hidden names (``.*``, which covers AppleDouble ``._*``), ``__MACOSX``, ``Thumbs.db`` and
+``desktop.ini`` are ignored at any depth; any other file in a class folder is a candidate image.
+
+Streaming: an `ImageDataset` reads one file at a time through ``Preprocessing.load`` (the service's
+own path from bytes to a model input), so no full-resolution pixels of the data set are held. Each
+image decoded is kept, resized, as uint8 in a `PixelCache` (shared memory when it fits, else a
+file), and later epochs rebuild the identical float tensor from it without decoding again.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import importlib.util
+import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from dynadapter.contract import Preprocessing
+from dynadapter.contract import ImageDecodeError, ImageTooLargeError, Preprocessing
 from dynadapter.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 SPLITS = ("train", "val", "test")
+IGNORED_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
+#: A fractional ``--val-size`` / ``--test-size`` takes at most this many images: enough to measure
+#: accuracy to a fraction of a point, without taking tens of thousands of images from training.
+MAX_HOLDOUT = 5000
+#: Fewer validation images than this cannot calibrate thresholds to any useful precision.
+MIN_CALIBRATION_IMAGES = 10
+#: Why a file cannot be used as an image (unreadable, empty, corrupt, unsupported, too large).
+BAD_IMAGE_ERRORS = (OSError, ImageDecodeError, ImageTooLargeError)
 
 
-@dataclass
-class Split:
-    images: torch.Tensor  # [N, 3, H, W] float32, preprocessed
-    targets: torch.Tensor  # [N] int64
+def is_ignored(name: str) -> bool:
+    """Hidden (dot) names, AppleDouble ``._*`` companions and OS litter: never images, never classes."""
+    return name.startswith(".") or name in IGNORED_NAMES
+
+
+class SplitSource(Protocol):
+    """One split's images, indexable: what `ImageDataset` streams from."""
+
+    targets: np.ndarray  # [N] int64 class ids
+
+    def __len__(self) -> int: ...
+    def load(self, i: int, pre: Preprocessing, max_pixels: int) -> np.ndarray: ...
+    def encoded(self, i: int) -> bytes: ...
+    def name(self, i: int) -> str: ...
 
 
 @dataclass
 class RawSplit:
-    """Images as 8-bit arrays (grayscale HxW or HxWx3) with their class indices."""
+    """Builtin images as 8-bit arrays (grayscale HxW or HxWx3) with their class indices."""
 
     pixels: list[np.ndarray]
     targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, i: int, pre: Preprocessing, max_pixels: int) -> np.ndarray:
+        """float32 [3, H, W]; these arrays are decoded already, so ``max_pixels`` does not apply."""
+        return pre(Image.fromarray(self.pixels[i]))
+
+    def encoded(self, i: int) -> bytes:
+        """The image as PNG bytes (what a client would upload)."""
+        buffer = io.BytesIO()
+        Image.fromarray(self.pixels[i]).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def name(self, i: int) -> str:
+        return f"#{i}"
+
+
+@dataclass
+class FileSplit:
+    """Image files with their class indices; nothing is read until an image is asked for."""
+
+    files: list[Path]
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, i: int, pre: Preprocessing, max_pixels: int) -> np.ndarray:
+        """float32 [3, H, W] through the service's path; OSError, ImageDecodeError, ImageTooLargeError."""
+        return pre.load(self.files[i].read_bytes(), max_pixels)
+
+    def encoded(self, i: int) -> bytes:
+        return self.files[i].read_bytes()
+
+    def name(self, i: int) -> str:
+        return str(self.files[i])
+
+    def subset(self, keep: np.ndarray) -> FileSplit:
+        return FileSplit([self.files[i] for i in keep], self.targets[keep])
 
 
 @dataclass
 class RawDataset:
     labels: list[str]
-    splits: dict[str, RawSplit]
+    splits: dict[str, Any]  # split name -> RawSplit | FileSplit
+    layout: str = "builtin"
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """How many images to hold out where the data set does not say: a fraction (< 1) of the images,
+    at most `MAX_HOLDOUT`, or a count (>= 1)."""
+
+    val: float = 0.15
+    test: float = 0.15
+
+    def count(self, name: str, n: int) -> int:
+        size = getattr(self, name)
+        return int(size) if size >= 1 else min(MAX_HOLDOUT, round(size * n))
 
 
 def _shuffled_splits(pixels: np.ndarray, targets: np.ndarray, sizes: dict[str, int | None], seed: int) -> dict:
@@ -162,41 +250,305 @@ BUILTIN_DATASETS: dict[str, Callable[[int], RawDataset]] = {
 }
 
 
-def _image_folder(root: Path) -> RawDataset:
-    """``root/<split>/<class>/*.png|jpg``; classes are the union of the split folders' names."""
-    if not (root / "train").is_dir():
-        raise DataError(f"{root} has no train/ folder (expected DATA/train/<class>/*.png)")
-    labels = sorted({p.name for s in SPLITS if (root / s).is_dir() for p in (root / s).iterdir() if p.is_dir()})
-    splits = {}
-    for name in SPLITS:
-        files = (
-            [
-                (f, i)
-                for i, c in enumerate(labels)
-                for f in sorted((root / name / c).glob("*"))
-                if f.suffix.lower() in IMAGE_SUFFIXES
-            ]
-            if (root / name).is_dir()
-            else []
+def list_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (any depth), sorted, without hidden names and OS litter."""
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not is_ignored(d))
+        found += [Path(parent) / f for f in sorted(files) if not is_ignored(f)]
+    return found
+
+
+def class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_ignored(p.name))
+
+
+def _labelled_files(folder: Path, labels: list[str]) -> FileSplit:
+    pairs = [(f, i) for i, c in enumerate(labels) if (folder / c).is_dir() for f in list_files(folder / c)]
+    return FileSplit([f for f, _ in pairs], np.array([i for _, i in pairs], dtype=np.int64))
+
+
+def _carve(whole: FileSplit, names: tuple[str, ...], sizes: SplitSizes, seed: int) -> dict[str, FileSplit]:
+    """Split ``names`` (val and/or test) off ``whole``, stratified by class and seeded; the rest is train."""
+    n = len(whole)
+    counts = {name: sizes.count(name, n) for name in names}
+    if sum(counts.values()) >= n:
+        raise DataError(
+            f"holding out {counts} images leaves none of the {n} to train on: lower --val-size / --test-size"
         )
-        pixels = [np.asarray(Image.open(f).convert("RGB")) for f, _ in files]
-        splits[name] = RawSplit(pixels, np.array([i for _, i in files], dtype=np.int64))
-    return RawDataset(labels, splits)
+    order, out, start = stratified_order(whole.targets, seed), {}, 0
+    for name in names:
+        out[name] = whole.subset(np.sort(order[start : start + counts[name]]))
+        start += counts[name]
+    out["train"] = whole.subset(np.sort(order[start:]))
+    return out
 
 
-def load_raw(data: str, seed: int = 0) -> RawDataset:
+def _split_folders(root: Path, sizes: SplitSizes, seed: int) -> RawDataset:
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if "train" not in present:
+        raise DataError(f"{root} has {'/, '.join(present)}/ but no train/ folder (expected DATA/train/<class>/...)")
+    labels = sorted({c for s in present for c in class_folders(root / s)})
+    splits = {s: _labelled_files(root / s, labels) for s in present}
+    missing = tuple(s for s in ("val", "test") if s not in present and not (s == "test" and "val" in present))
+    splits |= _carve(splits["train"], missing, sizes, seed) if missing else {}
+    splits.setdefault("test", FileSplit([], np.zeros(0, np.int64)))
+    return RawDataset(
+        labels, splits, f"{'/'.join(present)} folders" + (f", {'+'.join(missing)} from train" if missing else "")
+    )
+
+
+def _class_folders(root: Path, sizes: SplitSizes, seed: int) -> RawDataset:
+    labels = class_folders(root)
+    return RawDataset(
+        labels, _carve(_labelled_files(root, labels), ("val", "test"), sizes, seed), "class folders, split here"
+    )
+
+
+def _manifest(path: Path, sizes: SplitSizes, seed: int) -> RawDataset:
+    """A CSV with a ``path,label`` header (and optionally ``split``); paths relative to the CSV's folder."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = set(rows[0]) if rows else set()
+    if not {"path", "label"} <= columns:
+        raise DataError(f"{path}: a manifest needs a header line with the columns path,label (found {sorted(columns)})")
+    labels = sorted({r["label"] for r in rows})
+    index = {c: i for i, c in enumerate(labels)}
+
+    def split_of(rows: list[dict[str, str]]) -> FileSplit:
+        return FileSplit([path.parent / r["path"] for r in rows], np.array([index[r["label"]] for r in rows], np.int64))
+
+    if "split" not in columns:
+        return RawDataset(labels, _carve(split_of(rows), ("val", "test"), sizes, seed), "CSV manifest, split here")
+    unknown = {r["split"] for r in rows} - set(SPLITS)
+    if unknown:
+        raise DataError(f"{path}: unknown split names {sorted(unknown)} (use train, val or test)")
+    return RawDataset(labels, {s: split_of([r for r in rows if r["split"] == s]) for s in SPLITS}, "CSV manifest")
+
+
+def load_raw(data: str, seed: int = 0, sizes: SplitSizes | None = None) -> RawDataset:
+    """The data set named by ``data`` (module docstring), split; builtin splits never change."""
     if data.startswith("builtin:"):
         name = data.removeprefix("builtin:")
         if name not in BUILTIN_DATASETS:
             raise DataError(f"unknown builtin data set {name!r}; choose from {sorted(BUILTIN_DATASETS)}")
         return BUILTIN_DATASETS[name](seed)
-    return _image_folder(Path(data))
+    root, sizes = Path(data), sizes or SplitSizes()
+    if root.is_file():
+        return _manifest(root, sizes, seed)
+    if not root.is_dir():
+        raise DataError(f"{data}: no such folder or CSV file (expected a folder of class folders, or builtin:<name>)")
+    if any((root / s).is_dir() for s in SPLITS):
+        return _split_folders(root, sizes, seed)
+    return _class_folders(root, sizes, seed)
 
 
-def to_tensors(raw: RawSplit, transform: Preprocessing) -> Split:
-    images = (
-        np.stack([transform(Image.fromarray(p)) for p in raw.pixels])
-        if raw.pixels
-        else np.zeros((0, 3, *transform.size), np.float32)
+def check_classes(raw: RawDataset, data: str) -> None:
+    """Refuse data that cannot train a classifier, before any work (DataError, one line)."""
+    if len(raw.labels) < 2:
+        raise DataError(
+            f"{data}: found {len(raw.labels)} class(es) {raw.labels}; a classifier needs at least 2 class folders"
+        )
+    counts = np.bincount(raw.splits["train"].targets, minlength=len(raw.labels))
+    empty = [raw.labels[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DataError(f"{data}: class {empty[0]!r} has no images in the train split: add images or remove its folder")
+    if len(raw.splits["val"]) < MIN_CALIBRATION_IMAGES:
+        raise DataError(
+            f"{data}: the val split has {len(raw.splits['val'])} images, calibration needs at least "
+            f"{MIN_CALIBRATION_IMAGES}: add images to val/ or raise --val-size"
+        )
+
+
+def summary(raw: RawDataset, skipped: dict[str, int]) -> dict[str, Any]:
+    """Images per class and split, and files skipped per split (recorded in config.json, logged)."""
+    return {
+        "layout": raw.layout,
+        "images": {
+            s: dict(zip(raw.labels, np.bincount(part.targets, minlength=len(raw.labels)).tolist(), strict=True))
+            for s, part in raw.splits.items()
+        },
+        "skipped": skipped,
+    }
+
+
+def to_uint8(image: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """Undo the normalisation of a float32 [3, H, W] model input: uint8 [H, W, 3], exactly the resized
+    pixels (the error of the float32 round trip is far below half a grey level)."""
+    pixels = image.transpose(1, 2, 0).astype(np.float64) * np.asarray(pre.std) + np.asarray(pre.mean)
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
+def from_uint8(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 [H, W, 3] at the model's size -> float32 [3, H, W], bit-identical to what ``pre.load`` gave
+    (the resize to the same size is a copy; the normalisation is the preprocessing's own)."""
+    return pre(Image.fromarray(pixels))
+
+
+class PixelCache:
+    """Resized images as uint8 [N, H, W, 3], filled by whichever process decodes them first.
+
+    In shared memory (``path`` None), or in a file read and written with pread/pwrite (no mapping,
+    so the cache does not count in any process's resident memory). Either way DataLoader workers,
+    forked after the cache is made, see what the others wrote.
+    """
+
+    def __init__(self, n: int, size: tuple[int, int], path: Path | None = None) -> None:
+        self.shape = (n, *size, 3)
+        self.row_bytes = size[0] * size[1] * 3
+        self.filled = torch.zeros(n, dtype=torch.uint8).share_memory_()
+        self.path, self._fd = path, -1
+        self.pixels = None if path else torch.empty(self.shape, dtype=torch.uint8).share_memory_()
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as f:
+                f.truncate(n * self.row_bytes)
+
+    def get(self, i: int) -> np.ndarray | None:
+        if not self.filled[i]:
+            return None
+        if self.pixels is not None:
+            return self.pixels[i].numpy()
+        data = os.pread(self._file(), self.row_bytes, i * self.row_bytes)
+        return np.frombuffer(data, np.uint8).reshape(self.shape[1:])
+
+    def put(self, i: int, pixels: np.ndarray) -> None:
+        if self.pixels is not None:
+            self.pixels[i] = torch.from_numpy(pixels)
+        else:
+            os.pwrite(self._file(), np.ascontiguousarray(pixels).tobytes(), i * self.row_bytes)
+        self.filled[i] = 1  # after the pixels: a reader never sees a row half written
+
+    def _file(self) -> int:
+        if self._fd < 0:  # opened per process: a descriptor does not travel to spawned workers
+            assert self.path is not None
+            self._fd = os.open(self.path, os.O_RDWR)
+        return self._fd
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": -1}
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self.path:
+            self.path.unlink(missing_ok=True)
+
+
+def cache_bytes(n: int, size: tuple[int, int]) -> int:
+    return n * size[0] * size[1] * 3
+
+
+def available_memory() -> int:
+    """Bytes a shared-memory cache may take now: the free memory, and at most what /dev/shm has free
+    (containers often get 64 MB there). 0 where unknown, which sends caches to disk."""
+    try:
+        # MemAvailable counts the page cache the kernel would give back; MemFree does not.
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free = int(meminfo["MemAvailable"].split()[0]) * 1024
+        shm = os.statvfs("/dev/shm")
+        return min(free, shm.f_bavail * shm.f_frsize)
+    except (KeyError, ValueError, OSError):
+        return 0
+
+
+@dataclass
+class ImageDataset(torch.utils.data.Dataset):
+    """Streams a split: item j is (float32 [3, H, W], class id) of the split's image ``indices[j]``."""
+
+    source: Any  # SplitSource
+    pre: Preprocessing
+    max_pixels: int
+    cache: PixelCache | None = None
+    indices: np.ndarray | None = None  # None: every image of the source
+
+    def __post_init__(self) -> None:
+        if self.indices is None:
+            self.indices = np.arange(len(self.source))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.source.targets[self.indices]
+
+    def image(self, i: int) -> np.ndarray:
+        """The model input of the source's image i, from the cache when it is there."""
+        cached = self.cache.get(i) if self.cache else None
+        if cached is not None:
+            return from_uint8(cached, self.pre)
+        image = self.source.load(i, self.pre, self.max_pixels)
+        if self.cache:
+            self.cache.put(i, to_uint8(image, self.pre))
+        return image
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
+        i = int(self.indices[j])
+        return torch.from_numpy(self.image(i)), int(self.source.targets[i])
+
+
+class _Screen(torch.utils.data.Dataset):
+    """Decodes (and caches) the source's images ``indices``; item j is (index, why it is unusable or '')."""
+
+    def __init__(self, dataset: ImageDataset, indices: np.ndarray) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> tuple[int, str]:
+        i = int(self.indices[j])
+        try:
+            self.dataset.image(i)
+        except BAD_IMAGE_ERRORS as err:
+            return i, f"{type(err).__name__}: {err}".replace("\n", " ")
+        return i, ""
+
+
+def screen(dataset: ImageDataset, workers: int, stop_at_first: bool, indices: np.ndarray) -> dict[int, str]:
+    """Decode the source's images ``indices`` with ``workers`` processes, filling the dataset's cache.
+
+    Returns {index: reason} of the unusable files; with ``stop_at_first`` raises DataError naming
+    the first one (in file order) instead, before the others are read.
+    """
+    loader = stream(_Screen(dataset, indices), workers, batch_size=16, collate_fn=list)
+    bad = {}
+    for results in loader:
+        for i, reason in results:
+            if reason and stop_at_first:
+                raise DataError(f"{dataset.source.name(i)}: {reason} (--bad-images skip leaves such files out)")
+            if reason:
+                bad[i] = reason
+    return bad
+
+
+def stream(
+    dataset: torch.utils.data.Dataset, workers: int, batch_size: int = 128, **kwargs: Any
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset`` in order (or ``sampler``'s), with ``workers`` processes kept for
+    every epoch. Its own generator: making it draws nothing from the global RNG (``--resume`` is exact)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
     )
-    return Split(torch.from_numpy(images), torch.from_numpy(np.asarray(raw.targets, dtype=np.int64)))
+
+
+def run_split(run_dir: Path, config: dict[str, Any], split: str, data: str | None = None) -> Any:
+    """The split a run used (SplitSource): its recorded file list where it has one, else the split
+    that its data set and recorded options give (builtin data sets, or another ``data``)."""
+    from dynadapter.training import run_dir as rd  # the run directory's files are read there only
+
+    if data is None or data == config["data"]:
+        rows = rd.read_split(run_dir, split)
+        if rows is not None:
+            index = {c: i for i, c in enumerate(config["labels"])}
+            return FileSplit([Path(p) for p, _ in rows], np.array([index[c] for _, c in rows], np.int64))
+    t = config["train"]
+    sizes = SplitSizes(t.get("val_size", SplitSizes.val), t.get("test_size", SplitSizes.test))
+    return load_raw(data or config["data"], t["seed"], sizes).splits[split]

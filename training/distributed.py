@@ -1,8 +1,8 @@
 """Data-parallel training with the engine users already have: ``torchrun`` + DistributedDataParallel.
 
 ``torchrun --nproc-per-node N -m dynadapter.cli train ...`` runs N processes; each takes every N-th
-image of the same global batch (same seed, same shuffling on every rank), DDP averages the
-gradients, so N processes follow the single-process run on the same global batch. Rank 0 alone
+image of the same global batch (a DistributedSampler: same seed, same shuffling on every rank),
+DDP averages the gradients, so N processes follow the single-process run on the same global batch. Rank 0 alone
 writes the run directory.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,9 +27,17 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, indices: torch.Tensor) -> torch.Tensor:
-        """This rank's share of a global batch."""
+    def shard(self, indices: Any) -> Any:
+        """This rank's share of a sequence of indices (every size-th, from its rank)."""
         return indices[self.rank :: self.size]
+
+    def union(self, parts: dict[int, str]) -> dict[int, str]:
+        """Merge per-rank dicts (files found unusable, each rank on its share) into one on every rank."""
+        if self.size == 1:
+            return parts
+        gathered: list[dict[int, str]] = [{} for _ in range(self.size)]
+        dist.all_gather_object(gathered, parts)
+        return {k: v for part in gathered for k, v in part.items()}
 
     def mean(self, values: list[float]) -> list[float]:
         """Average per-rank numbers (losses) across ranks, for logging."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,8 @@ from dynadapter.models.dynamic_vit import DynamicViT
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
 from dynadapter.training import run_dir as rd
 from dynadapter.training.calibration import calibrate, sweep
-from dynadapter.training.data import load_raw, to_tensors
+from dynadapter.training.data import ImageDataset, run_split, stream
+from dynadapter.training.options import TrainOptions
 from dynadapter.training.plots import plot_accuracy_vs_gflops
 from dynadapter.training.run_dir import Run, load_run
 
@@ -21,28 +22,37 @@ REPORT_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
 @torch.no_grad()
-def exit_logits(model: DynamicViT, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """Logits of every exit, [K, N, C] in float32 on the CPU, in eval mode (the model's mode is restored
-    after); the images go through the model on its device, a batch at a time."""
+def loader_logits(
+    model: DynamicViT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of every exit [K, N, C] (float32, CPU, eval mode) and targets [N] for (images, targets)
+    batches, e.g. a DataLoader streaming a split."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    chunks = [torch.stack(model(x.to(device))).float().cpu() for x in images.split(batch_size)]
+    chunks, targets = [], []
+    for images, target in batches:
+        chunks.append(torch.stack(model(images.to(device))).float().cpu())
+        targets.append(target)
     model.train(was_training)
-    return torch.cat(chunks, dim=1)
+    return torch.cat(chunks, dim=1), torch.cat(targets)
 
 
 def exit_accuracies(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
     return (logits.argmax(-1) == targets[None]).float().mean(1).tolist()
 
 
-def split_logits(run: Run, data: str | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    data = data or run.config["data"]
-    raw = load_raw(data, run.config["train"]["seed"]).splits[split]
-    if len(raw.targets) == 0:
-        raise DataError(f"the {split} split of {data} is empty")
-    tensors = to_tensors(raw, run.preprocessing)
-    return exit_logits(run.model, tensors.images), tensors.targets
+def split_logits(run: Run, data: str | None, split: str, workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every exit's logits [K, N, C] and the targets [N] on a split: the one the run recorded (its file
+    list), so that no image crosses splits; DataError if it is empty."""
+    source = run_split(run.path or Path("."), run.config, split, data)
+    if len(source) == 0:
+        raise DataError(f"the {split} split of {data or run.config['data']} is empty (try --split val)")
+    train = run.config["train"]
+    dataset = ImageDataset(
+        source, run.preprocessing, train.get("max_pixels", TrainOptions.model_fields["max_pixels"].default)
+    )
+    return loader_logits(run.model, stream(dataset, min(workers, train.get("workers", workers))))
 
 
 def evaluate_run(

@@ -25,8 +25,33 @@ class TrainOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    data: str = Field(description="image folder (DATA/train/<class>/...) or builtin:<name>")
+    data: str = Field(
+        description="image folder (DATA/<class>/..., or DATA/{train,val,test}/<class>/...), "
+        "a CSV manifest (path,label[,split]) or builtin:<name>"
+    )
     out: Path = Field(description="run directory to write")
+    resume: Path | None = Field(
+        None, description="continue the interrupted run in this run directory, with the options it recorded"
+    )
+    val_size: float = Field(
+        0.15, ge=0, description="val images held out where DATA has no val/: a fraction (<1, at most 5000) or a count"
+    )
+    test_size: float = Field(
+        0.15, ge=0, description="test images held out where DATA has no test/ (nor val/): a fraction or a count"
+    )
+    bad_images: Literal["skip", "error"] = Field(
+        "skip",
+        description="unreadable or non-image files: skip (listed in skipped.csv) or error (stop before training)",
+    )
+    workers: int = Field(2, ge=0, description="DataLoader worker processes that decode images (0 = none)")
+    cache: Literal["auto", "memory", "disk"] = Field(
+        "auto", description="where resized uint8 images are kept after the first decode (auto: memory when it fits)"
+    )
+    cache_memory_mb: int = Field(4096, ge=0, description="largest in-memory image cache with --cache auto, in MiB")
+    max_pixels: int = Field(40_000_000, gt=0, description="largest image read, in pixels (the service's default limit)")
+    keep: Literal["best", "last"] = Field(
+        "best", description="checkpoint kept: best validation objective (mean exit accuracy, then loss) or last epoch"
+    )
     backbone: str = Field("builtin:dinov2-s14", description="timm ViT name or builtin:<name>")
     backbone_weights: str | None = Field(None, description="local safetensors file with timm key names")
     pretrained: bool = Field(

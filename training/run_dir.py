@@ -1,4 +1,5 @@
-"""The run directory: config.json, checkpoint.safetensors, metrics.jsonl, calibration.json.
+"""The run directory: config.json, checkpoint.safetensors, metrics.jsonl, calibration.json, the
+split files (split_<split>.csv), skipped.csv and, until the run finishes, the state to resume from.
 
 This module is the only one that reads or writes those files (README "Command line" describes
 them). ``config.json`` holds everything needed to rebuild the model around its frozen backbone; the
@@ -8,6 +9,7 @@ safetensors only.
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,7 @@ class Run:
     config: dict[str, Any]
     labels: list[str]
     preprocessing: Preprocessing
+    path: Path | None = None  # the run directory it was loaded from
 
 
 def build_model(backbone: BackboneSpec, model_config: DynamicViTConfig) -> DynamicViT:
@@ -106,6 +109,13 @@ def reset_metrics(run_dir: Path) -> None:
     (Path(run_dir) / METRICS).unlink(missing_ok=True)
 
 
+def truncate_metrics(run_dir: Path, epochs: int) -> None:
+    """Keep the records of the first ``epochs`` epochs (a resumed run redoes the ones after)."""
+    path = Path(run_dir) / METRICS
+    lines = path.read_text().splitlines() if path.is_file() else []
+    path.write_text("".join(line + "\n" for line in lines if json.loads(line)["epoch"] <= epochs))
+
+
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with (run_dir / METRICS).open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -142,4 +152,60 @@ def load_run(run_dir: Path) -> Run:
     config = read_config(run_dir)
     model = build_model(BackboneSpec(**config["backbone"]), DynamicViTConfig(**config["model"]))
     model.load_trainable_state_dict(read_checkpoint(run_dir))
-    return Run(model.eval(), config, config["labels"], Preprocessing.model_validate(config["preprocessing"]))
+    preprocessing = Preprocessing.model_validate(config["preprocessing"])
+    return Run(model.eval(), config, config["labels"], preprocessing, run_dir)
+
+
+#: Files of the split a run trained on (folders and manifests; builtin splits are fixed by their seed).
+SPLIT_FILE, SKIPPED = "split_{}.csv", "skipped.csv"
+RESUME_STATE, RESUME_META = "resume.safetensors", "resume.json"
+
+
+def write_split(run_dir: Path, split: str, files: list[Path], labels: list[str]) -> None:
+    """``split_<split>.csv``: ``path,label`` per image (absolute paths), the split eval and calibration reuse."""
+    with (Path(run_dir) / SPLIT_FILE.format(split)).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows([str(path.resolve()), label] for path, label in zip(files, labels, strict=True))
+
+
+def read_split(run_dir: Path, split: str) -> list[tuple[str, str]] | None:
+    """The (path, label) rows of ``split_<split>.csv``, or None where the run has no split files."""
+    path = Path(run_dir) / SPLIT_FILE.format(split)
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        return [(row["path"], row["label"]) for row in csv.DictReader(f)]
+
+
+def write_skipped(run_dir: Path, rows: list[tuple[str, str, str]]) -> None:
+    """``skipped.csv``: ``path,split,reason`` of every file left out as unusable (header only if none)."""
+    with (Path(run_dir) / SKIPPED).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "split", "reason"])
+        writer.writerows(rows)
+
+
+def write_resume(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """What ``--resume`` needs after a finished epoch: tensors (weights, optimizer, generators) and JSON.
+    Written to a temporary name first, so an interruption while writing keeps the previous epoch's."""
+    run_dir = Path(run_dir)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(run_dir / (RESUME_STATE + ".tmp")))
+    (run_dir / (RESUME_META + ".tmp")).write_text(json.dumps(meta, indent=2))
+    (run_dir / (RESUME_STATE + ".tmp")).replace(run_dir / RESUME_STATE)
+    (run_dir / (RESUME_META + ".tmp")).replace(run_dir / RESUME_META)
+
+
+def read_resume(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state ``write_resume`` left; RunDirError if there is none (a finished or never-started run)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RESUME_META).is_file():
+        raise RunDirError(
+            f"{run_dir} has nothing to resume (no {RESUME_META}: the run finished or never ended an epoch)"
+        )
+    return load_file(str(run_dir / RESUME_STATE)), json.loads((run_dir / RESUME_META).read_text())
+
+
+def remove_resume(run_dir: Path) -> None:
+    for name in (RESUME_STATE, RESUME_META):
+        (Path(run_dir) / name).unlink(missing_ok=True)

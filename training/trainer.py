@@ -2,7 +2,11 @@
 
 AdamW with a linear warm-up then cosine decay, the adaptive per-exit loss weighting, forward
 sparsity (set on the model) and backward sparsity (gradient masking between backward and step).
-After the last epoch the validation split is calibrated and the run directory is complete.
+Images stream from disk in a DataLoader (training/data.py); under torchrun a DistributedSampler gives
+each process its share of every global batch. After each epoch the validation objective decides
+which checkpoint is kept (`VAL_OBJECTIVE`), the state to ``--resume`` from is written, and a
+non-finite loss stops the run. After the last epoch the kept checkpoint is calibrated on the
+validation split and the run directory is complete.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from dynadapter.contract import Preprocessing
-from dynadapter.errors import DataError
+from dynadapter.errors import ConfigError, DataError
 from dynadapter.models.balanced_heads import parse_head_spec
 from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
@@ -26,8 +31,23 @@ from dynadapter.training import run_dir as rd
 from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
 from dynadapter.training.backward_sparsity import BackwardSparsity
 from dynadapter.training.calibration import calibrate
-from dynadapter.training.data import Split, load_raw, to_tensors
-from dynadapter.training.evaluate import exit_accuracies, exit_logits
+from dynadapter.training.data import (
+    SPLITS,
+    FileSplit,
+    ImageDataset,
+    PixelCache,
+    RawDataset,
+    SplitSizes,
+    available_memory,
+    cache_bytes,
+    check_classes,
+    load_raw,
+    run_split,
+    screen,
+    stream,
+    summary,
+)
+from dynadapter.training.evaluate import exit_accuracies, loader_logits
 from dynadapter.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
@@ -57,8 +77,11 @@ def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.Backbone
         opts.backbone, opts.img_size, opts.backbone_weights, opts.pretrained, opts.backbone_kwargs or None, opts.seed
     )
     backbone = spec.build()
+    check_img_size(backbone, opts.img_size)
     depth = len(backbone.blocks)
     exits = [depth] if opts.static else (opts.exits or default_exits(depth))
+    if exits[-1] > depth or exits != sorted(set(exits)):
+        raise ConfigError(f"--exits {exits}: exits must increase and stay within the backbone's {depth} blocks")
     heads = parse_head_spec(opts.heads, len(exits))
     config = DynamicViTConfig(
         num_classes, exits, opts.petl, opts.petl_options, heads, ForwardSparsity(shallow=opts.forward_sparsity)
@@ -66,92 +89,213 @@ def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.Backbone
     return DynamicViT(backbone, config), spec
 
 
+def check_img_size(backbone: torch.nn.Module, img_size: int) -> None:
+    """ConfigError unless ``img_size`` is a whole number of the backbone's patches."""
+    patch = backbone.patch_embed.patch_size
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if img_size < patch or img_size % patch:
+        fits = max(patch, round(img_size / patch) * patch)
+        raise ConfigError(f"--img-size {img_size} is not a multiple of the backbone's patch size {patch}: use {fits}")
+
+
 def preprocessing_for(model: DynamicViT, img_size: int) -> Preprocessing:
     cfg = model.backbone.pretrained_cfg or {}
     return Preprocessing.square(img_size, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
 
 
+#: The validation objective that picks the checkpoint kept (``--keep best``): the mean accuracy of
+#: the exits on the val split (every exit serves some images), ties broken by the lower mean
+#: cross-entropy of the exits. Higher tuples are better.
+VAL_OBJECTIVE = "mean exit accuracy on val, then lower mean exit cross-entropy"
+
+
+def val_objective(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """``VAL_OBJECTIVE`` from val logits [K, N, C] and targets [N]."""
+    accuracy = sum(exit_accuracies(logits, targets)) / len(logits)
+    loss = torch.stack([torch.nn.functional.cross_entropy(z, targets) for z in logits]).mean().item()
+    return accuracy, -loss
+
+
 def train(opts: TrainOptions) -> Path:
-    """Train, calibrate on the validation split, and write the run directory; returns its path."""
+    """Train, calibrate on the validation split, and write the run directory; returns its path.
+
+    Raises DataError / ConfigError before the first step for data or options that cannot work,
+    and ConfigError when the loss becomes non-finite (the last good checkpoint stays).
+    """
     device = distributed.resolve_device(opts.device)
     world = distributed.init_world(device)
+    if opts.batch_size % world.size:
+        raise ConfigError(f"--batch-size {opts.batch_size} must be a multiple of the {world.size} processes")
     torch.manual_seed(opts.seed)
-    raw = load_raw(opts.data, opts.seed)
+    out = Path(opts.out)
+    resume = rd.read_resume(out) if opts.resume else None
+    raw = dataset_for(opts, out if resume else None)
+    check_classes(raw, opts.data)
     model, spec = build(opts, len(raw.labels))
     pre = preprocessing_for(model, opts.img_size)
-    train_split, val_split = (to_tensors(raw.splits[s], pre) for s in ("train", "val"))
-    if len(train_split.targets) == 0:
-        raise DataError(f"{opts.data}: the train split is empty")
-    out = Path(opts.out)
-    if world.is_main:
-        config = {
-            "data": opts.data,
-            "labels": raw.labels,
-            "preprocessing": pre.model_dump(mode="json"),
-            "backbone": asdict(spec),
-            "model": model.config.to_dict(),
-            "train": opts.record(),
-            "world_size": world.size,
-            "device": str(device),
-        }
-        rd.write_config(out, config)
-        rd.reset_metrics(out)
+    data, skipped = prepare(raw, pre, opts, out, world)
+    if world.is_main and not resume:
+        write_run_start(out, opts, raw, data, skipped, pre, model, spec, world, device)
     model.to(device)
-    fit(model, train_split, val_split, opts, out, world)
-    if world.is_main:
-        rd.save_checkpoint(out, model)
-        if len(val_split.targets):
-            cal = calibrate(
-                exit_logits(model, val_split.images),
-                val_split.targets,
-                deployed_cumulative_gflops(model),
-                early_heads_gflops(model),
-            )
-            rd.write_calibration(out, cal)
+    try:
+        fit(model, data["train"], data["val"], opts, out, world, resume)
+        if world.is_main:
+            finish(model, data["val"], opts, out)
+    finally:
+        for d in data.values():
+            if d.cache:
+                d.cache.close()
     distributed.shutdown(world)
     return out
 
 
+def dataset_for(opts: TrainOptions, resumed_run: Path | None) -> RawDataset:
+    """The data set and its split: a resumed run reads the split files it recorded."""
+    raw = load_raw(opts.data, opts.seed, SplitSizes(opts.val_size, opts.test_size))
+    if resumed_run is not None and isinstance(raw.splits["train"], FileSplit):
+        config = rd.read_config(resumed_run)  # the classes and files it started with, whatever changed since
+        raw.labels, raw.splits = config["labels"], {s: run_split(resumed_run, config, s) for s in SPLITS}
+    return raw
+
+
+def prepare(
+    raw: RawDataset, pre: Preprocessing, opts: TrainOptions, out: Path, world: distributed.World
+) -> tuple[dict[str, ImageDataset], list[tuple[str, str, str]]]:
+    """Datasets of the three splits, every file decoded once (filling the caches of train and val);
+    unusable files are left out (``--bad-images skip``) or stop the run (``error``).
+
+    Returns the datasets and the (path, split, reason) rows of the files skipped.
+    """
+    caches = make_caches(raw, pre.size, opts, out, world)
+    data, skipped = {}, []
+    for name in SPLITS:
+        source = raw.splits[name]
+        data[name] = ImageDataset(source, pre, opts.max_pixels, caches.get(name))
+        if not isinstance(source, FileSplit) or not len(source):
+            continue  # builtin images are decoded already
+        # Each rank decodes its share; the first bad file stops a single process at once.
+        stop = opts.bad_images == "error" and world.size == 1
+        bad = world.union(screen(data[name], opts.workers, stop, world.shard(np.arange(len(source)))))
+        if bad and opts.bad_images == "error":
+            first = min(bad)
+            raise DataError(f"{source.name(first)}: {bad[first]} (--bad-images skip leaves such files out)")
+        data[name].indices = np.array([i for i in range(len(source)) if i not in bad], np.int64)
+        raw.splits[name] = source.subset(data[name].indices)
+        skipped += [(source.name(i), name, reason) for i, reason in sorted(bad.items())]
+    check_classes(raw, opts.data)
+    return data, skipped
+
+
+def make_caches(
+    raw: RawDataset, size: tuple[int, int], opts: TrainOptions, out: Path, world: distributed.World
+) -> dict[str, PixelCache]:
+    """uint8 caches for train and val: in memory when they fit (``--cache``), else files in OUT/.cache."""
+    n = {s: len(raw.splits[s]) for s in ("train", "val")}
+    budget = min(opts.cache_memory_mb * 2**20, available_memory() // 2)
+    in_memory = opts.cache == "memory" or (opts.cache == "auto" and cache_bytes(sum(n.values()), size) <= budget)
+    folder = out / ".cache"
+    return {s: PixelCache(k, size, None if in_memory else folder / f"{s}-rank{world.rank}.u8") for s, k in n.items()}
+
+
+def write_run_start(
+    out: Path,
+    opts: TrainOptions,
+    raw: RawDataset,
+    data: dict[str, ImageDataset],
+    skipped: list[tuple[str, str, str]],
+    pre: Preprocessing,
+    model: DynamicViT,
+    spec: rd.BackboneSpec,
+    world: distributed.World,
+    device: torch.device,
+) -> None:
+    """config.json, the split files, skipped.csv and a fresh metrics.jsonl; the summary goes to the log."""
+    counts = {s: sum(1 for row in skipped if row[1] == s) for s in SPLITS}
+    table = summary(raw, counts)
+    config = {
+        "data": opts.data,
+        "labels": raw.labels,
+        "preprocessing": pre.model_dump(mode="json"),
+        "backbone": asdict(spec),
+        "model": model.config.to_dict(),
+        "train": opts.record(),
+        "data_summary": table,
+        "world_size": world.size,
+        "device": str(device),
+    }
+    rd.write_config(out, config)
+    rd.reset_metrics(out)
+    for name, source in raw.splits.items():
+        if isinstance(source, FileSplit):
+            rd.write_split(out, name, source.files, [raw.labels[t] for t in source.targets])
+    rd.write_skipped(out, skipped)
+    log.info("data: %s, %d classes", table["layout"], len(raw.labels))
+    for name, per_class in table["images"].items():
+        log.info("  %-5s %6d images  %s  (%d skipped)", name, sum(per_class.values()), per_class, counts[name])
+    if skipped:
+        log.warning("%d unusable files left out: listed in %s", len(skipped), out / rd.SKIPPED)
+
+
+def finish(model: DynamicViT, val: ImageDataset, opts: TrainOptions, out: Path) -> None:
+    """Calibrate the kept checkpoint on val; the run is complete, nothing is left to resume."""
+    model.load_trainable_state_dict(rd.read_checkpoint(out))
+    logits, targets = loader_logits(model, stream(val, opts.workers))
+    cal = calibrate(logits, targets, deployed_cumulative_gflops(model), early_heads_gflops(model))
+    rd.write_calibration(out, cal)
+    rd.remove_resume(out)
+
+
 def fit(
     model: DynamicViT,
-    train_split: Split,
-    val_split: Split,
+    train_data: ImageDataset,
+    val_data: ImageDataset,
     opts: TrainOptions,
     out: Path,
     world: distributed.World | None = None,
+    resume: tuple[dict[str, torch.Tensor], dict] | None = None,
 ) -> None:
-    """Train ``model`` where it lies (CPU or a GPU); calibration and checkpoints stay in float32."""
+    """Train ``model`` where it lies (CPU or a GPU); calibration and checkpoints stay in float32.
+
+    Each epoch appends to metrics.jsonl, saves the checkpoint when the validation objective
+    improved (every epoch with ``--keep last``) and the state to resume from.
+    """
     world = world or distributed.World()
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     prioritization = AdaptivePrioritization(gamma=opts.loss_gamma, distill_weight=opts.distill)
     backward_sparsity = BackwardSparsity(rate=opts.backward_sparsity)
-    net = distributed.wrap(model, world, device)
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     # Loss scaling keeps float16 gradients from underflowing; with bfloat16 or float32 it is a no-op.
     scaler = torch.amp.GradScaler(device.type, enabled=opts.amp and opts.amp_dtype == "float16")
-    n = len(train_split.targets)
-    steps_per_epoch = math.ceil(n / opts.batch_size)
+    # Every rank shuffles alike (seed + epoch) and takes every world.size-th image of the shuffle, so
+    # global batch t holds the same images as batch t of a single process.
+    sampler = torch.utils.data.DistributedSampler(
+        train_data, num_replicas=world.size, rank=world.rank, shuffle=True, seed=opts.seed
+    )
+    loader = stream(train_data, opts.workers, opts.batch_size // world.size, sampler=sampler)
+    steps_per_epoch = len(loader)
     total = steps_per_epoch * opts.epochs
     warmup = min(total, round(opts.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup))
-    # The same generators on every rank: identical shuffles and backward-sparsity masks (the masks are
-    # drawn where the gradients lie).
-    gen = torch.Generator().manual_seed(opts.seed)
-    mask_gen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(opts.seed)
-    bar = tqdm(total=total, desc="train", unit="step", disable=not (opts.progress and world.is_main))
-    step = 0
-    for epoch in range(opts.epochs):
+    # The same generator on every rank: identical backward-sparsity masks (drawn where the gradients lie).
+    mask_gen = torch.Generator(device).manual_seed(opts.seed)
+    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None}
+    if resume:
+        state = restore(resume, model, opt, sched, scaler, mask_gen, out)
+    net = distributed.wrap(model, world, device)
+    val_loader = stream(val_data, opts.workers) if world.is_main else None
+    bar = tqdm(
+        total=total, initial=state["step"], desc="train", unit="step", disable=not (opts.progress and world.is_main)
+    )
+    for epoch in range(state["epoch"], opts.epochs):
         model.train()
+        sampler.set_epoch(epoch)
         start, losses, exit_losses = time.perf_counter(), [], []
-        for idx in torch.randperm(n, generator=gen).split(opts.batch_size):
-            local = world.shard(idx)
-            images, targets = (
-                t[local].to(device, non_blocking=True) for t in (train_split.images, train_split.targets)
-            )
+        for images, targets in loader:
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with autocast(opts, device):
                 logits = net(images)
-            loss, per_exit = prioritization([z.float() for z in logits], targets, step / total)
+            loss, per_exit = prioritization([z.float() for z in logits], targets, state["step"] / total)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -159,25 +303,103 @@ def fit(
             scaler.step(opt)
             scaler.update()
             sched.step()
-            step += 1
+            state["step"] += 1
             loss_value, *per_exit = world.mean([loss.item(), *per_exit])
+            if not math.isfinite(loss_value):
+                raise ConfigError(diverged(loss_value, epoch + 1, state, opts, out))
             losses.append(loss_value)
             exit_losses.append(per_exit)
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
+        seconds = time.perf_counter() - start
+        state["epoch"] = epoch + 1
         if world.is_main:
+            assert val_loader is not None
             record = {
                 "epoch": epoch + 1,
-                "step": step,
+                "step": state["step"],
                 "loss": sum(losses) / len(losses),
                 "exit_loss": [sum(col) / len(col) for col in zip(*exit_losses, strict=True)],
-                "exit_weights": prioritization.weights(step / total, model.num_exits).tolist(),
+                "exit_weights": prioritization.weights(state["step"] / total, model.num_exits).tolist(),
                 "lr": sched.get_last_lr()[0],
-                "seconds": round(time.perf_counter() - start, 2),
+                "seconds": round(seconds, 2),
+                "images_per_s": round(len(train_data) / seconds, 1),
             }
-            if len(val_split.targets):
-                with autocast(opts, device):
-                    record["val_acc"] = exit_accuracies(exit_logits(model, val_split.images), val_split.targets)
+            record |= end_of_epoch(model, val_loader, opts, out, state)
             rd.append_metrics(out, record)
             log.info("epoch %d: %s", epoch + 1, record)
+            save_resume(out, model, opt, sched, scaler, mask_gen, state)
     bar.close()
+
+
+def end_of_epoch(
+    model: DynamicViT, val_loader: torch.utils.data.DataLoader, opts: TrainOptions, out: Path, state: dict
+) -> dict:
+    """Validate, and save the checkpoint when it is the one to keep; returns the metrics to record."""
+    with autocast(opts, device=next(model.parameters()).device):
+        logits, targets = loader_logits(model, val_loader)
+    objective = val_objective(logits, targets)
+    kept = opts.keep == "last" or state["best"] is None or tuple(objective) > tuple(state["best"])
+    if kept:
+        rd.save_checkpoint(out, model)
+        state["best"], state["best_epoch"] = list(objective), state["epoch"]
+    return {"val_acc": exit_accuracies(logits, targets), "val_objective": list(objective), "kept": kept}
+
+
+def diverged(loss: float, epoch: int, state: dict, opts: TrainOptions, out: Path) -> str:
+    kept = (
+        f"the checkpoint of epoch {state['best_epoch']} is kept in {out} (--resume {out} continues from the last epoch)"
+        if state["best_epoch"]
+        else "no checkpoint was written"
+    )
+    return (
+        f"the training loss became {loss} at epoch {epoch}, step {state['step']}: lower --lr (was {opts.lr:g}); {kept}"
+    )
+
+
+def save_resume(
+    out: Path,
+    model: DynamicViT,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler,
+    mask_gen: torch.Generator,
+    state: dict,
+) -> None:
+    """Everything an interrupted run needs to continue exactly where this epoch ended."""
+    opt_state = opt.state_dict()
+    tensors = {f"model.{k}": v.detach().cpu() for k, v in model.trainable_state_dict().items()}
+    for i, per_param in opt_state["state"].items():
+        tensors |= {f"opt.{i}.{k}": torch.as_tensor(v).cpu() for k, v in per_param.items()}
+    tensors |= {"rng.torch": torch.get_rng_state(), "rng.mask": mask_gen.get_state()}
+    sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+    meta = {**state, "param_groups": opt_state["param_groups"], "sched": sched_state, "scaler": scaler.state_dict()}
+    rd.write_resume(out, tensors, meta)
+
+
+def restore(
+    resume: tuple[dict[str, torch.Tensor], dict],
+    model: DynamicViT,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler,
+    mask_gen: torch.Generator,
+    out: Path,
+) -> dict:
+    """Load what `save_resume` wrote; returns the loop's state (epoch, step, best so far)."""
+    tensors, meta = resume
+    device = next(model.parameters()).device
+    model.load_trainable_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")})
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            per_param.setdefault(int(i), {})[name] = value if name == "step" else value.to(device)
+    opt.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+    sched.load_state_dict({**meta["sched"], "lr_lambdas": [None] * len(opt.param_groups)})
+    if meta["scaler"]:
+        scaler.load_state_dict(meta["scaler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    mask_gen.set_state(tensors["rng.mask"])
+    rd.truncate_metrics(out, meta["epoch"])
+    return {k: meta[k] for k in ("epoch", "step", "best", "best_epoch")}

@@ -137,3 +137,27 @@ def test_model_options_a_user_gets_wrong_are_one_line_errors(tmp_path: Path, arg
     with pytest.raises(SystemExit) as err:
         cli.main(["train", "--data", "builtin:digits", "--out", str(tmp_path / "run"), *TINY_ARGS, *args])
     assert message in str(err.value.code) and "\n" not in str(err.value.code)
+
+
+def test_train_without_data_says_what_to_add_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as err:
+        cli.main(["train", "--out", str(tmp_path / "run")])
+    assert str(err.value.code) == "dynadapter train: error: --data required (or --resume RUN_DIR to continue a run)"
+
+
+@pytest.mark.parametrize(
+    "flags", [["--bad-images", "maybe"], ["--val-size", "-1"], ["--workers", "-2"], ["--keep", "first"]]
+)
+def test_out_of_range_data_options_are_usage_errors(tmp_path: Path, flags: list[str]) -> None:
+    with pytest.raises(SystemExit) as err:
+        cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *flags])
+    assert err.value.code == 2
+
+
+def test_resume_of_a_finished_run_is_refused_in_one_line(tmp_path: Path) -> None:
+    from tests.tiny import train_tiny_run
+
+    run = train_tiny_run(tmp_path / "run", epochs=1)
+    with pytest.raises(SystemExit) as err:
+        cli.main(["train", "--resume", str(run)])
+    assert "has nothing to resume" in str(err.value.code)
