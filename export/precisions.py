@@ -21,7 +21,7 @@ recorded in the manifest (``quantization``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,9 @@ from dynadapter.errors import ExportError
 from dynadapter.export.exporter import PARITY_BATCH_SIZES, PARITY_TOLERANCE, parity_error
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
 from dynadapter.training.calibration import calibrate
-from dynadapter.training.data import load_raw, to_tensors
-from dynadapter.training.evaluate import exit_logits
+from dynadapter.training.data import run_split
+from dynadapter.training.evaluate import loader_logits
+from dynadapter.training.options import TrainOptions
 from dynadapter.training.run_dir import Run
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,12 @@ def openvino_precisions(
         return {}
     import openvino as ov
 
-    val_images, val_targets = _split(run, "val")
-    reference = exit_logits(run.model, torch.from_numpy(val_images)).numpy()  # [K, N, C]
+    val_images, val_targets = split_images(run, "val")
+    batches = [
+        (torch.from_numpy(chunk), torch.zeros(len(chunk)))
+        for chunk in np.array_split(val_images, -(-len(val_images) // 128))
+    ]
+    reference = loader_logits(run.model, batches)[0].numpy()  # [K, N, C]
     fp32 = [ov.convert_model(str(path)) for path in ungated]
     models = {"fp32": fp32}
     quantization = None
@@ -202,22 +207,30 @@ def _save(ov: Any, model: Any, xml: Path) -> tuple[Path, Path]:
     return xml, xml.with_suffix(".bin")
 
 
-def _split(run: Run, split: str) -> tuple[np.ndarray, np.ndarray]:
-    raw = load_raw(run.config["data"], run.config["train"]["seed"]).splits[split]
-    if len(raw.targets) == 0:
+def split_images(run: Run, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The model inputs float32 [N, 3, H, W] and targets [N] of the split the run recorded."""
+    source = _source(run, split)
+    return _images(run, source, range(len(source))), np.asarray(source.targets)
+
+
+def _source(run: Run, split: str) -> Any:
+    source = run_split(run.path or Path("."), run.config, split)
+    if len(source) == 0:
         raise ExportError(f"the {split} split of {run.config['data']} is empty: cannot calibrate another precision")
-    tensors = to_tensors(raw, run.preprocessing)
-    return tensors.images.numpy(), tensors.targets.numpy()
+    return source
+
+
+def _images(run: Run, source: Any, indices: Iterable[int]) -> np.ndarray:
+    max_pixels = run.config["train"].get("max_pixels", TrainOptions.model_fields["max_pixels"].default)
+    return np.stack([source.load(int(i), run.preprocessing, max_pixels) for i in indices]).astype(np.float32)
 
 
 def _calibration_set(run: Run) -> tuple[np.ndarray, dict[str, object]]:
     """``CALIBRATION_IMAGES`` train-split images (fixed seed) and the record of which they are."""
-    raw = load_raw(run.config["data"], run.config["train"]["seed"]).splits["train"]
-    count = min(CALIBRATION_IMAGES, len(raw.targets))
-    if count == 0:
-        raise ExportError(f"the train split of {run.config['data']} is empty: no images to calibrate int8 on")
-    indices = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(len(raw.targets), count, replace=False))
-    images = np.stack([run.preprocessing(_pil(raw.pixels[i])) for i in indices])
+    source = _source(run, "train")
+    count = min(CALIBRATION_IMAGES, len(source))
+    indices = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(len(source), count, replace=False))
+    images = _images(run, source, indices)
     record = {
         "method": "nncf.quantize (OpenVINO, model_type=transformer: SmoothQuant, fast bias correction)",
         "nncf": _version("nncf"),
@@ -230,13 +243,7 @@ def _calibration_set(run: Run) -> tuple[np.ndarray, dict[str, object]]:
             "indices": [int(i) for i in indices],
         },
     }
-    return images.astype(np.float32), record
-
-
-def _pil(pixels: np.ndarray) -> Any:
-    from PIL import Image
-
-    return Image.fromarray(pixels)
+    return images, record
 
 
 def _version(package: str) -> str:
