@@ -21,7 +21,6 @@ are an assumption (true of recent Xeon and EPYC server cores), not something the
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -63,7 +62,7 @@ NO_INT8_INSTRUCTIONS = (
 )
 
 
-def server_argv(name: str, model_repo: Path, model_name: str, args: argparse.Namespace) -> list[str]:
+def server_argv(name: str, model_repo: Path, model_name: str, config: bs.ServeBenchConfig) -> list[str]:
     backend, precision, spinning = SERVERS[name]
     return [
         sys.executable,
@@ -86,52 +85,52 @@ def server_argv(name: str, model_repo: Path, model_name: str, args: argparse.Nam
         precision,
         "--allow-spinning" if spinning else "--no-allow-spinning",
         "--intra-op-threads",
-        str(args.threads),
+        str(config.threads),
         "--max-batch-size",
-        str(args.max_batch_size),
+        str(config.max_batch_size),
         "--max-wait-ms",
-        str(args.max_wait_ms),
+        str(config.max_wait_ms),
     ]
 
 
-def run(args: argparse.Namespace) -> None:
-    """Measure every server in ``args.precisions`` at every mode; write ``serve_precision`` into the results."""
+def run(config: bs.ServeBenchConfig) -> None:
+    """Measure every server in ``config.precisions`` at every mode; write ``serve_precision`` into the results."""
     from dynadapter.bench.results import update_results
     from dynadapter.contract.model_repository import load_model
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     load_before = os.getloadavg()[0]
-    run_dir, repo, name = _model(args)
-    images = bs.bench_images(run_dir, args.images)
+    run_dir, repo, name = _model(config)
+    images = bs.bench_images(run_dir, config.images)
     with contextlib.ExitStack() as stack:
         servers = {}
-        for server in args.precisions:
-            servers[server] = bs.ServerProcess(server, server_argv(server, repo, name, args), "/readyz", "/classify")
+        for server in config.precisions:
+            servers[server] = bs.ServerProcess(server, server_argv(server, repo, name, config), "/readyz", "/classify")
             stack.callback(servers[server].stop)
         for server in servers.values():
             server.wait_ready()
-        answers, measured = asyncio.run(_measure(servers, images, args))
+        answers, measured = asyncio.run(_measure(servers, images, config))
     manifest = load_model(repo, name).manifest
-    section = report(answers, measured, args, manifest.gflops_full, load_before)
+    section = report(answers, measured, config, manifest.gflops_full, load_before)
     section["model"] = {"run_dir": str(run_dir), "model_repo": str(repo), "name": name}
-    update_results(args.docs, {RESULT_KEY: section})
+    update_results(config.docs, {RESULT_KEY: section})
     print(render_markdown({RESULT_KEY: section}))
 
 
-def _model(args: argparse.Namespace) -> tuple[Path, Path, str]:
+def _model(config: bs.ServeBenchConfig) -> tuple[Path, Path, str]:
     from dynadapter.export.demo import DEMO_RUNS, build_demo_repo
 
-    if args.model_repo is not None:
+    if config.model_repo is not None:
         from dynadapter.contract.model_repository import load_model
 
-        repo = args.model_repo.resolve()  # the servers run in another directory
-        return args.run_dir or next(iter(DEMO_RUNS.values())), repo, load_model(repo, args.model_name).manifest.name
+        repo = config.model_repo.resolve()  # the servers run in another directory
+        return config.run_dir or next(iter(DEMO_RUNS.values())), repo, load_model(repo, config.model_name).manifest.name
     name, run_dir = next(iter(DEMO_RUNS.items()))
     return run_dir, build_demo_repo(bs.DEMO_MODEL_REPO), name
 
 
 async def _measure(
-    servers: dict[str, bs.ServerProcess], images: bs.BenchImages, args: argparse.Namespace
+    servers: dict[str, bs.ServerProcess], images: bs.BenchImages, config: bs.ServeBenchConfig
 ) -> tuple[dict[tuple[str, str], list[bs.Sample]], dict[tuple[str, str, int], bs.Measured]]:
     """Answers to every image per (server, mode), then the timed rounds in rotated order."""
     for server in servers.values():
@@ -141,16 +140,16 @@ async def _measure(
     for server, mode in cells:
         with bs._awake(servers[server]) as process:
             answers[server, mode] = await bs.answer_every_image(
-                f"{process.classify_url}?mode={mode}", images, max(args.concurrency)
+                f"{process.classify_url}?mode={mode}", images, max(config.concurrency)
             )
-    measured = {(s, m, c): bs.Measured() for s, m in cells for c in args.concurrency}
-    for round_index in range(args.rounds):
-        for position, concurrency in enumerate(args.concurrency):
-            shift = (round_index * len(args.concurrency) + position) % len(cells)
+    measured = {(s, m, c): bs.Measured() for s, m in cells for c in config.concurrency}
+    for round_index in range(config.rounds):
+        for position, concurrency in enumerate(config.concurrency):
+            shift = (round_index * len(config.concurrency) + position) % len(cells)
             for server, mode in [*cells[shift:], *cells[:shift]]:
                 with bs._awake(servers[server]) as process:
                     samples, seconds = await bs.measure(
-                        f"{process.classify_url}?mode={mode}", images, concurrency, args.requests, args.duration
+                        f"{process.classify_url}?mode={mode}", images, concurrency, config.requests, config.duration
                     )
                 measured[server, mode, concurrency].add(samples, seconds)
                 log.info("round %d, %s %s at %d clients: %d in %.1f s", round_index + 1, server, mode, concurrency,
@@ -161,11 +160,11 @@ async def _measure(
 def report(
     answers: dict[tuple[str, str], list[bs.Sample]],
     measured: dict[tuple[str, str, int], bs.Measured],
-    args: argparse.Namespace,
+    config: bs.ServeBenchConfig,
     gflops_full: float,
     load_before: float,
 ) -> dict[str, Any]:
-    cpu = cpu_peak(args.threads or os.cpu_count() or 1)
+    cpu = cpu_peak(config.threads or os.cpu_count() or 1)
     rows = []
     for (server, mode, concurrency), cell in measured.items():
         row = bs.summarize(f"{server} {mode}", concurrency, cell)
@@ -181,14 +180,14 @@ def report(
         "machine": bs.machine("cpu", load_before),
         "gflops_full": gflops_full,
         "settings": {
-            "servers": list(args.precisions),
-            "concurrency": args.concurrency,
-            "duration_s": args.duration,
-            "rounds": args.rounds,
-            "threads": args.threads,
-            "images": args.images,
-            "max_batch_size": args.max_batch_size,
-            "max_wait_ms": args.max_wait_ms,
+            "servers": list(config.precisions),
+            "concurrency": config.concurrency,
+            "duration_s": config.duration,
+            "rounds": config.rounds,
+            "threads": config.threads,
+            "images": config.images,
+            "max_batch_size": config.max_batch_size,
+            "max_wait_ms": config.max_wait_ms,
         },
         "results": rows,
         "targets": check_targets(rows),

@@ -45,11 +45,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from dynadapter import options
 from dynadapter.errors import DataError, RunDirError
+from dynadapter.options import comma_separated
 
 if TYPE_CHECKING:
     import httpx
@@ -114,19 +117,76 @@ TARGETS = (
 )
 
 
-def _comma_list(parse: Callable[[str], Any], choices: Sequence[Any] | None = None) -> Callable[[str], list[Any]]:
-    def parse_list(text: str) -> list[Any]:
-        try:
-            items = [parse(item.strip()) for item in text.split(",") if item.strip()]
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"cannot parse {text!r}: {err}") from err
-        unknown = [item for item in items if choices is not None and item not in choices]
+def _subset(choices: Callable[[], Sequence[str]]) -> Callable[[list[str]], list[str]]:
+    def check(items: list[str]) -> list[str]:
+        unknown = [item for item in items if item not in choices()]
         if unknown or not items:
-            expected = f"a comma-separated subset of {list(choices)}" if choices else "a comma-separated list"
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+            raise ValueError(f"expected a comma-separated subset of {list(choices())}")
         return items
 
-    return parse_list
+    return check
+
+
+def _precision_servers() -> Sequence[str]:
+    from dynadapter.bench.precision import SERVERS  # bench/precision.py builds on this module
+
+    return list(SERVERS)
+
+
+CommaList = BeforeValidator(comma_separated)
+
+
+class ServeBenchConfig(BaseModel):
+    """What `dynadapter bench serve` measures and how; its flags are generated from these fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: Path | None = Field(
+        None, description="the trained run (default: the demo's, demo/dinov2-mnist); the baselines are built from it"
+    )
+    model_repo: Path | None = Field(
+        None,
+        description="a model repository holding the export of --run-dir (default: for the demo run, the one "
+        "`dynadapter demo build` writes to var/model_repo; else --run-dir is exported afresh)",
+    )
+    model_name: str | None = Field(None, description="model in --model-repo (default: the only or first one)")
+    concurrency: Annotated[list[Annotated[int, Field(ge=1)]], CommaList] = Field(
+        [1, 8, 32], min_length=1, description="clients sending back to back, comma-separated"
+    )
+    duration: float = Field(5.0, gt=0, description="seconds per measurement, at most")
+    requests: int = Field(2000, ge=1, description="requests per measurement, at most")
+    images: int = Field(200, ge=1, description="test images sent, cycled; each variant classifies each once")
+    rounds: int = Field(3, ge=1, description="measurements of each variant and concurrency")
+    variants: Annotated[list[str], CommaList, AfterValidator(_subset(lambda: list(VARIANTS)))] = Field(
+        list(VARIANTS), description="comma-separated subset of the variants"
+    )
+    max_batch_size: int = Field(16, ge=1, description="every server's batch limit")
+    max_wait_ms: float = Field(5.0, ge=0, description="every server's wait for a batch to fill, in ms")
+    threads: int = Field(
+        1,
+        ge=0,
+        description="intra-op threads of every server's runtime; 0: each runtime's default, one per core "
+        "(see the module's docstring)",
+    )
+    providers: Literal["cpu", "auto", "cuda"] = Field("cpu", description="where the models run, for every server")
+    docs: Path = Field(Path("docs"), description="where results.{json,md} go")
+    photos: bool = Field(
+        False,
+        description="camera-sized photos instead of the test split: decoders, servers, peak RSS, accuracy "
+        "(bench/serve_photos.py)",
+    )
+    baseline_site: Path | None = Field(
+        None,
+        description="with --photos: a folder another build of this service was installed into "
+        "(pip install --target), measured beside this one",
+    )
+    precisions: Annotated[
+        list[str] | None, CommaList, AfterValidator(lambda v: v and _subset(_precision_servers)(v))
+    ] = Field(
+        None,
+        description="instead of the variants: the service at each of these precision/backend servers "
+        "(comma-separated), every mode (bench/precision.py)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -135,101 +195,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="latency and throughput of the service against a static graph and LitServe",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument(
-        "--run-dir",
-        type=Path,
-        help="the trained run (default: the demo's, demo/dinov2-mnist); the baselines are built from it",
-    )
-    p.add_argument(
-        "--model-repo",
-        type=Path,
-        help="a model repository holding the export of --run-dir (default: for the demo run, the one "
-        "`dynadapter demo build` writes to var/model_repo; else --run-dir is exported afresh)",
-    )
-    p.add_argument("--model-name", help="model in --model-repo (default: the only or first one)")
-    p.add_argument(
-        "--concurrency",
-        type=_comma_list(int),
-        default=[1, 8, 32],
-        help="clients sending back to back (default: 1,8,32)",
-    )
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement, at most (default: 5)")
-    p.add_argument("--requests", type=int, default=2000, help="requests per measurement, at most (default: 2000)")
-    p.add_argument(
-        "--images",
-        type=int,
-        default=200,
-        help="test images sent, cycled; each variant classifies each once for its accuracy (default: 200)",
-    )
-    p.add_argument("--rounds", type=int, default=3, help="measurements of each variant and concurrency (default: 3)")
-    p.add_argument(
-        "--variants",
-        type=_comma_list(str, list(VARIANTS)),
-        default=list(VARIANTS),
-        help=f"default: {','.join(VARIANTS)}",
-    )
-    p.add_argument("--max-batch-size", type=int, default=16, help="every server's batch limit (default: 16)")
-    p.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="every server's wait for a batch to fill, in ms (default: 5)"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="intra-op threads of every server's runtime; 0: each runtime's default, one per core "
-        "(default: 1, see the module's docstring)",
-    )
-    p.add_argument(
-        "--providers",
-        choices=["cpu", "auto", "cuda"],
-        default="cpu",
-        help="where the models run, for every server (default: cpu)",
-    )
-    p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")
-    p.add_argument(
-        "--photos",
-        action="store_true",
-        help="camera-sized photos instead of the test split: decoders, servers, peak RSS, accuracy "
-        "(bench/serve_photos.py)",
-    )
-    p.add_argument(
-        "--baseline-site",
-        type=Path,
-        help="with --photos: a folder another build of this service was installed into (pip install --target), "
-        "measured beside this one",
-    )
-    from dynadapter.bench.precision import SERVERS as PRECISION_SERVERS
-
-    p.add_argument(
-        "--precisions",
-        type=_comma_list(str, list(PRECISION_SERVERS)),
-        help="instead of the variants: the service at each of these precision/backend servers, every mode "
-        f"(bench/precision.py; all: {','.join(PRECISION_SERVERS)})",
-    )
+    options.add_arguments(p, ServeBenchConfig)
 
 
 def run(args: argparse.Namespace) -> None:
+    serve_benchmark(options.from_args(ServeBenchConfig, args))
+
+
+def serve_benchmark(config: ServeBenchConfig) -> None:
+    """Run the benchmark `config` describes and write its section of docs/results.{json,md}."""
     from dynadapter.bench.results import update_results
 
-    if args.photos:
+    if config.photos:
         from dynadapter.bench.serve_photos import run_photos
 
-        return run_photos(args)
-    if args.precisions:
+        return run_photos(config)
+    if config.precisions:
         from dynadapter.bench import precision
 
-        return precision.run(args)
+        return precision.run(config)
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="dynadapter-bench-serve-") as work:
-        inputs = prepare_inputs(args, Path(work))
-        images = bench_images(inputs.run_dir, args.images)
+        inputs = prepare_inputs(config, Path(work))
+        images = bench_images(inputs.run_dir, config.images)
         with contextlib.ExitStack() as stack:
-            servers = start_servers(stack, inputs, args)
-            answers, measured = asyncio.run(measure_all(servers, images, args))
-        section = report(answers, measured, inputs, images, args, load_before)
-    update_results(args.docs, {"serve": section})
+            servers = start_servers(stack, inputs, config)
+            answers, measured = asyncio.run(measure_all(servers, images, config))
+        section = report(answers, measured, inputs, images, config, load_before)
+    update_results(config.docs, {"serve": section})
     print(result_table(section))
 
 
@@ -245,19 +240,19 @@ class BenchInputs:
     static_repo: Path  # ... and as a one-segment model repository (onnxruntime)
 
 
-def prepare_inputs(args: argparse.Namespace, work: Path) -> BenchInputs:
+def prepare_inputs(config: ServeBenchConfig, work: Path) -> BenchInputs:
     """Resolve the run and the model repository; build the static graph from the run."""
     from dynadapter.bench.static_graph import export_static_graph
     from dynadapter.contract.model_repository import load_model
     from dynadapter.export.demo import DEMO_RUNS, build_demo_repo
     from dynadapter.export.exporter import export_run
 
-    run_dir = args.run_dir or next(iter(DEMO_RUNS.values()))  # the demo's run (demo/dinov2-mnist)
+    run_dir = config.run_dir or next(iter(DEMO_RUNS.values()))  # the demo's run (demo/dinov2-mnist)
     if not run_dir.is_dir():
         raise RunDirError(f"no run directory at {run_dir}: pass --run-dir (a `dynadapter train` output)")
     demo_name = next((name for name, run in DEMO_RUNS.items() if run.resolve() == run_dir.resolve()), None)
-    if args.model_repo is not None:
-        repo, name = args.model_repo, args.model_name
+    if config.model_repo is not None:
+        repo, name = config.model_repo, config.model_name
     elif demo_name is not None:
         repo, name = build_demo_repo(DEMO_MODEL_REPO), demo_name
     else:
@@ -371,9 +366,9 @@ class ServerProcess:
         return self._log.read()
 
 
-def server_commands(inputs: BenchInputs, args: argparse.Namespace) -> dict[str, tuple[list[str], str, str]]:
+def server_commands(inputs: BenchInputs, config: ServeBenchConfig) -> dict[str, tuple[list[str], str, str]]:
     """Server name -> (argv without --port, readiness path, classify path)."""
-    batching = ["--max-batch-size", str(args.max_batch_size)]
+    batching = ["--max-batch-size", str(config.max_batch_size)]
     service = [
         sys.executable,
         "-m",
@@ -382,14 +377,14 @@ def server_commands(inputs: BenchInputs, args: argparse.Namespace) -> dict[str, 
         "--host",
         "127.0.0.1",
         "--providers",
-        args.providers,
+        config.providers,
         "--log-level",
         "warning",
         "--intra-op-threads",
-        str(args.threads),
+        str(config.threads),
         *batching,
         "--max-wait-ms",
-        str(args.max_wait_ms),
+        str(config.max_wait_ms),
     ]
     litserve = [
         sys.executable,
@@ -398,12 +393,12 @@ def server_commands(inputs: BenchInputs, args: argparse.Namespace) -> dict[str, 
         "--host",
         "127.0.0.1",
         "--accelerator",
-        litserve_accelerator(args.providers),
+        litserve_accelerator(config.providers),
         "--threads",
-        str(args.threads),
+        str(config.threads),
         *batching,
         "--batch-timeout-s",
-        str(args.max_wait_ms / 1000),
+        str(config.max_wait_ms / 1000),
     ]
     return {
         "cascade": (
@@ -425,12 +420,12 @@ def litserve_accelerator(providers: str) -> str:
 
 
 def start_servers(
-    stack: contextlib.ExitStack, inputs: BenchInputs, args: argparse.Namespace
+    stack: contextlib.ExitStack, inputs: BenchInputs, config: ServeBenchConfig
 ) -> dict[str, ServerProcess]:
     """Start the servers the chosen variants need, all at once (start-up is mostly imports), and wait for them."""
-    needed = {VARIANTS[name].server for name in args.variants}
+    needed = {VARIANTS[name].server for name in config.variants}
     servers = {}
-    for name, (argv, ready, classify) in server_commands(inputs, args).items():
+    for name, (argv, ready, classify) in server_commands(inputs, config).items():
         if name in needed:
             servers[name] = ServerProcess(name, argv, ready, classify)
             stack.callback(servers[name].stop)
@@ -541,31 +536,35 @@ async def answer_every_image(url: str, images: BenchImages, concurrency: int) ->
 
 
 async def measure_all(
-    servers: dict[str, ServerProcess], images: BenchImages, args: argparse.Namespace
+    servers: dict[str, ServerProcess], images: BenchImages, config: ServeBenchConfig
 ) -> tuple[dict[str, list[Sample]], dict[tuple[str, int], Measured]]:
     """Each variant's answers to every image, then the timed rounds, one server awake at a time."""
     for server in servers.values():
         server.pause()
     answers = {}
-    for name in args.variants:
+    for name in config.variants:
         with _awake(servers[VARIANTS[name].server]) as server:
             answers[name] = await answer_every_image(
-                server.classify_url + VARIANTS[name].query, images, max(args.concurrency)
+                server.classify_url + VARIANTS[name].query, images, max(config.concurrency)
             )
-    measured = {(v, c): Measured() for c in args.concurrency for v in args.variants}
-    for round_index in range(args.rounds):
-        for position, concurrency in enumerate(args.concurrency):
-            shift = (round_index * len(args.concurrency) + position) % len(args.variants)
-            for name in [*args.variants[shift:], *args.variants[:shift]]:
+    measured = {(v, c): Measured() for c in config.concurrency for v in config.variants}
+    for round_index in range(config.rounds):
+        for position, concurrency in enumerate(config.concurrency):
+            shift = (round_index * len(config.concurrency) + position) % len(config.variants)
+            for name in [*config.variants[shift:], *config.variants[:shift]]:
                 with _awake(servers[VARIANTS[name].server]) as server:
                     samples, seconds = await measure(
-                        server.classify_url + VARIANTS[name].query, images, concurrency, args.requests, args.duration
+                        server.classify_url + VARIANTS[name].query,
+                        images,
+                        concurrency,
+                        config.requests,
+                        config.duration,
                     )
                 measured[name, concurrency].add(samples, seconds)
                 log.info(
                     "round %d/%d, %s at concurrency %d: %d requests in %.1f s",
                     round_index + 1,
-                    args.rounds,
+                    config.rounds,
                     name,
                     concurrency,
                     len(samples),
@@ -637,17 +636,17 @@ def report(
     measured: dict[tuple[str, int], Measured],
     inputs: BenchInputs,
     images: BenchImages,
-    args: argparse.Namespace,
+    config: ServeBenchConfig,
     load_before: float,
 ) -> dict[str, Any]:
     from dynadapter.contract.model_repository import load_model
 
-    rows = [summarize(name, c, measured[name, c]) for c in args.concurrency for name in args.variants]
+    rows = [summarize(name, c, measured[name, c]) for c in config.concurrency for name in config.variants]
     cascade = load_model(inputs.model_repo, inputs.model_name).manifest
     static = load_model(inputs.static_repo).manifest
     return {
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine(args.providers, load_before),
+        "machine": machine(config.providers, load_before),
         "model": {
             "run_dir": str(inputs.run_dir),
             "model_repo": str(inputs.model_repo),
@@ -659,18 +658,18 @@ def report(
         },
         "images": {"data": images.data, "split": "test", "count": len(images.bodies), "format": "PNG, multipart"},
         "settings": {
-            "concurrency": args.concurrency,
-            "duration_s": args.duration,
-            "requests": args.requests,
-            "rounds": args.rounds,
-            "threads": args.threads,
-            "max_batch_size": args.max_batch_size,
-            "max_wait_ms": args.max_wait_ms,
+            "concurrency": config.concurrency,
+            "duration_s": config.duration,
+            "requests": config.requests,
+            "rounds": config.rounds,
+            "threads": config.threads,
+            "max_batch_size": config.max_batch_size,
+            "max_wait_ms": config.max_wait_ms,
         },
-        "variants": {name: VARIANTS[name].description for name in args.variants},
+        "variants": {name: VARIANTS[name].description for name in config.variants},
         "answers": {name: summarize_answers(samples) for name, samples in answers.items()},
         "results": rows,
-        "targets": check_targets(rows, args.concurrency),
+        "targets": check_targets(rows, config.concurrency),
     }
 
 

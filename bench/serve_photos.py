@@ -18,7 +18,6 @@ Three parts, measured side by side in one run on inputs from ``dynadapter.bench.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import io
@@ -48,27 +47,27 @@ DECODE_OVER_COMPUTE = 1.5
 THROUGHPUT_TARGETS = {"baseline": 5.0, "litserve-plain": 4.0}
 
 
-def run_photos(args: argparse.Namespace) -> None:
+def run_photos(config: serve.ServeBenchConfig) -> None:
     from dynadapter.bench.results import update_results
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     load_before = os.getloadavg()[0]
     photos = camera_photos()
     with tempfile.TemporaryDirectory(prefix="dynadapter-bench-photos-") as work:
-        inputs = serve.prepare_inputs(args, Path(work))
-        decoders = measure_decoders(photos, inputs, args)
+        inputs = serve.prepare_inputs(config, Path(work))
+        decoders = measure_decoders(photos, inputs, config)
         with contextlib.ExitStack() as stack:
-            servers = start_photo_servers(stack, inputs, args)
+            servers = start_photo_servers(stack, inputs, config)
             ready = {name: rss_bytes(server.process.pid, "VmRSS") for name, server in servers.items()}
-            accuracy = asyncio.run(camera_accuracy(servers["balanced"], inputs.run_dir, args.images))
-            results = asyncio.run(measure_servers(servers, photos, args))
+            accuracy = asyncio.run(camera_accuracy(servers["balanced"], inputs.run_dir, config.images))
+            results = asyncio.run(measure_servers(servers, photos, config))
             peaks = {name: rss_bytes(server.process.pid, "VmHWM") for name, server in servers.items()}
     section = {
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": serve.machine(args.providers, load_before),
+        "machine": serve.machine(config.providers, load_before),
         "model": inputs.model_name,
         "photos": {name: len(data) for name, data in photos.items()},
-        "settings": {"concurrency": args.concurrency, "duration_s": args.duration, "rounds": args.rounds},
+        "settings": {"concurrency": config.concurrency, "duration_s": config.duration, "rounds": config.rounds},
         "decoders": decoders,
         "servers": results,
         "peak_rss_bytes": peaks,
@@ -76,8 +75,8 @@ def run_photos(args: argparse.Namespace) -> None:
         "decode_budget_bytes": decode_budget_bytes(),
         "accuracy": accuracy,
     }
-    section["targets"] = photo_targets(section, max(args.concurrency))
-    update_results(args.docs, {"serve_photos": section})
+    section["targets"] = photo_targets(section, max(config.concurrency))
+    update_results(config.docs, {"serve_photos": section})
     print(render_markdown({"serve_photos": section}))
 
 
@@ -117,7 +116,9 @@ def _median_ms(work: Callable[[], object], repeats: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def measure_decoders(photos: dict[str, bytes], inputs: serve.BenchInputs, args: argparse.Namespace) -> dict[str, Any]:
+def measure_decoders(
+    photos: dict[str, bytes], inputs: serve.BenchInputs, config: serve.ServeBenchConfig
+) -> dict[str, Any]:
     """ms per image (median) of each decoder on each photo, and one image's full-depth compute."""
     from PIL import Image
 
@@ -138,7 +139,7 @@ def measure_decoders(photos: dict[str, bytes], inputs: serve.BenchInputs, args: 
             table[photo]["simplejpeg-scaled"] = _median_ms(partial(_simplejpeg, spec, data, Image), repeats)
         table[photo]["deviation_levels"] = _deviation(spec, data, max_pixels)
         log.info("decoders on %s: %s", photo, table[photo])
-    return {"ms": table, "compute_ms": _compute_ms(inputs.static_repo, spec.size, args.threads)}
+    return {"ms": table, "compute_ms": _compute_ms(inputs.static_repo, spec.size, config.threads)}
 
 
 def _simplejpeg(spec: Any, data: bytes, image_module: Any) -> np.ndarray:
@@ -173,17 +174,17 @@ def _compute_ms(static_repo: Path, size: tuple[int, int], threads: int) -> float
 
 
 def start_photo_servers(
-    stack: contextlib.ExitStack, inputs: serve.BenchInputs, args: argparse.Namespace
+    stack: contextlib.ExitStack, inputs: serve.BenchInputs, config: serve.ServeBenchConfig
 ) -> dict[str, ServerProcess]:
-    commands = serve.server_commands(inputs, args)
+    commands = serve.server_commands(inputs, config)
     cascade, _, _ = commands["cascade"]
     litserve, _, _ = commands["litserve-onnx"]
     specs = {
         "balanced": (cascade, "/readyz", "/classify?mode=balanced", {}),
         "litserve-plain": ([*litserve, "--plain-decode"], "/health", "/predict", {}),
     }
-    if args.baseline_site:
-        specs["baseline"] = (cascade, "/readyz", "/classify?mode=balanced", {"PYTHONPATH": str(args.baseline_site)})
+    if config.baseline_site:
+        specs["baseline"] = (cascade, "/readyz", "/classify?mode=balanced", {"PYTHONPATH": str(config.baseline_site)})
     servers = {}
     for name, (argv, ready, classify, env) in specs.items():
         with _environment(env):
@@ -214,21 +215,21 @@ def photo_images(photos: dict[str, bytes], workload: str) -> BenchImages:
 
 
 async def measure_servers(
-    servers: dict[str, ServerProcess], photos: dict[str, bytes], args: argparse.Namespace
+    servers: dict[str, ServerProcess], photos: dict[str, bytes], config: serve.ServeBenchConfig
 ) -> list[dict[str, Any]]:
     """Each (workload, server, concurrency) measured with only that server awake, rounds interleaved."""
     for server in servers.values():
         server.pause()
     measured: dict[tuple[str, str, int], Measured] = {}
-    for round_index in range(args.rounds):
+    for round_index in range(config.rounds):
         for workload in WORKLOADS:
             images = photo_images(photos, workload)
             order = list(servers)[round_index % len(servers) :] + list(servers)[: round_index % len(servers)]
-            for concurrency in args.concurrency:
+            for concurrency in config.concurrency:
                 for name in order:
                     with serve._awake(servers[name]) as server:
                         samples, seconds = await serve.measure(
-                            server.classify_url, images, concurrency, args.requests, args.duration
+                            server.classify_url, images, concurrency, config.requests, config.duration
                         )
                     measured.setdefault((workload, name, concurrency), Measured()).add(samples, seconds)
                     log.info(
