@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import re
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,31 +64,9 @@ NO_INT8_INSTRUCTIONS = (
 def server_argv(name: str, model_repo: Path, model_name: str, config: bs.ServeBenchConfig) -> list[str]:
     backend, precision, spinning = SERVERS[name]
     return [
-        sys.executable,
-        "-m",
-        "dynadapter",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--providers",
-        "cpu",
-        "--log-level",
-        "warning",
-        "--model-repo",
-        str(model_repo),
-        "--model-name",
-        model_name,
-        "--backend",
-        backend,
-        "--precision",
-        precision,
-        "--allow-spinning" if spinning else "--no-allow-spinning",
-        "--intra-op-threads",
-        str(config.threads),
-        "--max-batch-size",
-        str(config.max_batch_size),
-        "--max-wait-ms",
-        str(config.max_wait_ms),
+        *bs.service_argv(config, "cpu"),
+        *("--model-repo", str(model_repo), "--model-name", model_name, "--backend", backend),
+        *("--precision", precision, "--allow-spinning" if spinning else "--no-allow-spinning"),
     ]
 
 

@@ -366,26 +366,20 @@ class ServerProcess:
         return self._log.read()
 
 
+def service_argv(config: ServeBenchConfig, providers: str) -> list[str]:
+    """`dynadapter serve` on loopback with the bench's runtime and batching settings (without --port,
+    the model repository and the model)."""
+    return [
+        *(sys.executable, "-m", "dynadapter", "serve", "--host", "127.0.0.1", "--log-level", "warning"),
+        *("--providers", providers, "--intra-op-threads", str(config.threads)),
+        *("--max-batch-size", str(config.max_batch_size), "--max-wait-ms", str(config.max_wait_ms)),
+    ]
+
+
 def server_commands(inputs: BenchInputs, config: ServeBenchConfig) -> dict[str, tuple[list[str], str, str]]:
     """Server name -> (argv without --port, readiness path, classify path)."""
     batching = ["--max-batch-size", str(config.max_batch_size)]
-    service = [
-        sys.executable,
-        "-m",
-        "dynadapter",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--providers",
-        config.providers,
-        "--log-level",
-        "warning",
-        "--intra-op-threads",
-        str(config.threads),
-        *batching,
-        "--max-wait-ms",
-        str(config.max_wait_ms),
-    ]
+    service = service_argv(config, config.providers)
     litserve = [
         sys.executable,
         "-m",
