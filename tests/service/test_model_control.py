@@ -20,12 +20,20 @@ from tests.service.tiny_onnx_model import TinyWeights, png_bytes, write_model_ve
 PNG = png_bytes(0)
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, weights: TinyWeights) -> Path:
+    """tiny v1 and v2, other v1: written once (each version is an export), copied for every test."""
+    folder = tmp_path_factory.mktemp("template")
+    write_model_version(folder, weights, "tiny", "1")
+    write_model_version(folder, weights, "tiny", "2")
+    write_model_version(folder, TinyWeights.random(seed=1), "other", "1")
+    return folder
+
+
 @pytest.fixture
-def repo(tmp_path: Path, weights: TinyWeights) -> Path:
-    """A repository of its own (the tests add versions): tiny v1 and v2, other v1."""
-    write_model_version(tmp_path, weights, "tiny", "1")
-    write_model_version(tmp_path, weights, "tiny", "2")
-    write_model_version(tmp_path, TinyWeights.random(seed=1), "other", "1")
+def repo(tmp_path: Path, template: Path) -> Path:
+    """A repository of its own (the tests add versions), a copy of the template."""
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 
