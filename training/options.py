@@ -39,6 +39,11 @@ class TrainOptions(BaseModel):
     test_size: float = Field(
         0.15, ge=0, description="test images held out where DATA has no test/ (nor val/): a fraction or a count"
     )
+    shots: int | None = Field(
+        None,
+        ge=1,
+        description="few-shot: K training images per class, drawn with --seed from the train split (default: all)",
+    )
     bad_images: Literal["skip", "error"] = Field(
         "skip",
         description="unreadable or non-image files: skip (listed in skipped.csv) or error (stop before training)",
