@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from dynadapter.bench.corruptions import assign, corrupt, image_seed
 from dynadapter.contract import Preprocessing
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops, exit_head_gflops
 from dynadapter.training.calibration import sweep
-from dynadapter.training.data import ImageDataset, from_uint8, run_split, stream, to_uint8
+from dynadapter.training.data import ImageDataset, from_uint8, load_raw, run_split, stream, to_uint8
 from dynadapter.training.evaluate import evaluate_run, exit_accuracies, loader_logits, split_logits
 from dynadapter.training.options import TrainOptions
 from dynadapter.training.run_dir import BackboneSpec, Run, load_run, read_calibration, read_config
@@ -124,6 +125,9 @@ class SuiteConfig:
     lr, warmup_epochs, batch_size, amp: the one recipe of every cell, static or dynamic, so that they compare.
     img_size, backbone: None keeps ``dynadapter train``'s defaults.
     backbone_kwargs: extra ``timm.create_model`` arguments (tests use tiny random ViTs).
+    workers: DataLoader workers of every cell (None: ``dynadapter train``'s default).
+    steps: for few-shot cells, train this many optimizer steps whatever K (epochs follow from it);
+        None: ``epochs`` for every cell.
     """
 
     root: Path
@@ -135,19 +139,29 @@ class SuiteConfig:
     img_size: int | None = None
     backbone: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+    workers: int | None = None
+
+    def epochs_for(self, cell: Cell) -> int:
+        """``epochs``; for a few-shot cell with ``steps`` set, the epochs that make about that many steps."""
+        if not (cell.shots and self.steps):
+            return self.epochs
+        steps_per_epoch = math.ceil(cell.shots * num_classes(cell.task) / self.batch_size)
+        return math.ceil(self.steps / steps_per_epoch)
 
     def cell_dir(self, cell: Cell) -> Path:
         return Path(self.root) / cell.task / f"{cell.petl}-{cell.variant}{cell.suffix}"
 
     def options(self, cell: Cell) -> TrainOptions:
-        defaults = {k: v for k, v in {"img_size": self.img_size, "backbone": self.backbone}.items() if v is not None}
+        given = {"img_size": self.img_size, "backbone": self.backbone, "workers": self.workers}
+        defaults = {k: v for k, v in given.items() if v is not None}
         if cell.variant == PROBE:
             defaults["exits"] = list(range(1, self.depth() + 1))
         return TrainOptions(
             data=f"builtin:{cell.task}",
             out=self.cell_dir(cell),
             petl=cell.petl,
-            epochs=self.epochs,
+            epochs=self.epochs_for(cell),
             lr=self.lr,
             warmup_epochs=self.warmup_epochs,
             batch_size=self.batch_size,
@@ -183,6 +197,12 @@ class SuiteConfig:
             "amp": opts.amp_dtype if opts.amp else None,
             "seed": opts.seed,
         }
+
+
+@functools.cache
+def num_classes(task: str) -> int:
+    """Classes of a builtin task."""
+    return len(load_raw(f"builtin:{task}", 0).labels)
 
 
 @functools.cache
