@@ -56,8 +56,6 @@ PROBE_OPTIONS: dict[str, Any] = {
     "forward_sparsity": 0.0,
     "backward_sparsity": 0.0,
 }
-#: Seeds of the suite: each cell is trained once per seed (split, initialisation, shuffles, masks).
-DEFAULT_SEEDS = (0, 1, 2)
 #: The paper's ablation, on Dyn-Adapter with this PETL method: one part switched at a time.
 ABLATION_PETL = "adapter"
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -266,7 +264,7 @@ def extra_evaluations(opts: TrainOptions, variant: str, test_exit_accuracy: list
 
 class ShiftedSource:
     """A split's images, each corrupted by the kind and severity that ``corruptions.assign`` gives it,
-    at the model's input resolution; a ``SplitSource`` for ``ImageDataset``."""
+    at the model's input resolution; ``ImageDataset`` streams it like the split itself."""
 
     def __init__(self, source: Any, seed: int) -> None:
         self.source, self.seed, self.targets = source, seed, source.targets
