@@ -50,6 +50,9 @@ VARIANTS = ("static", "dyn")
 #: block, trained jointly with equal weights and no sparsity (the heads share no parameter, so each
 #: is its own linear probe); the block is chosen on the validation split.
 PROBE_PETL, PROBE = "none", "probe"
+#: Validations of a few-shot cell (``--val-every``): at 1-shot an epoch is one step, and validating
+#: after each would cost far more than the training.
+FEWSHOT_VALIDATIONS = 8
 PROBE_OPTIONS: dict[str, Any] = {
     "heads": "linear",
     "loss_gamma": 0.0,
@@ -155,6 +158,8 @@ class SuiteConfig:
         defaults = {k: v for k, v in given.items() if v is not None}
         if cell.variant == PROBE:
             defaults["exits"] = list(range(1, self.depth() + 1))
+        if cell.shots and self.steps:  # a few-shot epoch is a few steps: validate about FEWSHOT_VALIDATIONS times
+            defaults["val_every"] = math.ceil(self.epochs_for(cell) / FEWSHOT_VALIDATIONS)
         return TrainOptions(
             data=f"builtin:{cell.task}",
             out=self.cell_dir(cell),

@@ -54,6 +54,9 @@ class TrainOptions(BaseModel):
     )
     cache_memory_mb: int = Field(4096, ge=0, description="largest in-memory image cache with --cache auto, in MiB")
     max_pixels: int = Field(40_000_000, gt=0, description="largest image read, in pixels (the service's default limit)")
+    val_every: int = Field(
+        1, ge=1, description="validate (and keep the best checkpoint) every N epochs and after the last one"
+    )
     keep: Literal["best", "last"] = Field(
         "best", description="checkpoint kept: best validation objective (mean exit accuracy, then loss) or last epoch"
     )

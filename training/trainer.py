@@ -326,7 +326,8 @@ def fit(
                 "seconds": round(seconds, 2),
                 "images_per_s": round(len(train_data) / seconds, 1),
             }
-            record |= end_of_epoch(model, val_loader, opts, out, state)
+            if (epoch + 1) % opts.val_every == 0 or epoch + 1 == opts.epochs:
+                record |= end_of_epoch(model, val_loader, opts, out, state)
             rd.append_metrics(out, record)
             log.info("epoch %d: %s", epoch + 1, record)
             save_resume(out, model, opt, sched, scaler, mask_gen, state)
