@@ -141,3 +141,26 @@ def test_a_cached_cell_without_shifted_numbers_is_evaluated_not_trained(suite: t
     assert (cell / "checkpoint.safetensors").stat().st_mtime_ns == checkpoint
     # Evaluated again on the same corrupted images: the same numbers.
     assert json.loads((cell / BENCH_FILE).read_text())["result"]["shifted"] == stored["result"]["shifted"]
+
+
+def test_cells_per_seed_and_shots_have_their_own_directories(tmp_path: Path) -> None:
+    from dynadapter.bench.cells import Cell, SuiteConfig, main_cells
+
+    cells = main_cells(["digits"], ["adapter"], seeds=[0, 1])
+    assert [c.name for c in cells] == [
+        "digits/none-probe",
+        "digits/adapter-static",
+        "digits/adapter-dyn",
+        "digits/none-probe-seed1",
+        "digits/adapter-static-seed1",
+        "digits/adapter-dyn-seed1",
+    ]
+    config = SuiteConfig(tmp_path, 8, 1e-3, 1.0, 32, backbone="vit_tiny_patch16_224", backbone_kwargs=TINY_BACKBONE)
+    assert config.cell_dir(cells[0]) == tmp_path / "digits" / "none-probe"  # seed 0: the name caches had before
+    opts = config.options(cells[3])
+    assert opts.seed == 1 and opts.exits == [1, 2, 3, 4] and opts.heads == "linear" and opts.loss_gamma == 0.0
+    few = Cell("digits", "adapter", "static", 2, shots=4)
+    assert config.cell_dir(few) == tmp_path / "digits" / "adapter-static-seed2-k4"
+    # with a step budget, 4 shots x 10 classes = 2 batches of 32 an epoch: 100 steps are 50 epochs, validated 7 times
+    stepped = SuiteConfig(tmp_path, 8, 1e-3, 1.0, 32, steps=100)
+    assert (stepped.options(few).epochs, stepped.options(few).val_every, stepped.options(few).shots) == (50, 7, 4)
