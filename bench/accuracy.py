@@ -104,6 +104,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also train the ablation cells (Dyn-Adapter with adapter, one part off at a time)",
     )
     p.add_argument(
+        "--workers", type=int, help="DataLoader workers per cell (default: dynadapter train's; 0 suits builtin data)"
+    )
+    p.add_argument(
         "--report-only", action="store_true", help="train nothing: rewrite the results page from the finished cells"
     )
     p.add_argument("--root", type=Path, default=Path("var/bench"), help="cell cache (default: var/bench)")
@@ -138,6 +141,7 @@ def run(args: argparse.Namespace) -> None:
         args.img_size,
         args.backbone,
         dict(args.backbone_arg),
+        workers=args.workers,
     )
     main = cells.main_cells(args.tasks, args.methods, args.seeds)
     ablation = cells.ablation_cells(args.tasks, args.seeds)
