@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "accuracy": "dynadapter.bench.accuracy",
     "serve": "dynadapter.bench.serve",
     "data": "dynadapter.bench.data",
+    "fewshot": "dynadapter.bench.fewshot",
 }
 
 
