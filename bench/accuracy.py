@@ -95,8 +95,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bfloat16 autocast in training (default: on; calibration and evaluation stay float32)",
+        default=None,
+        help="bfloat16 autocast in training (default: on where this machine has bfloat16 instructions or a GPU; "
+        "calibration and evaluation stay float32)",
     )
     p.add_argument(
         "--ablation",
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> None:
         args.lr,
         WARMUP_EPOCHS,
         args.batch_size,
-        args.amp,
+        cells.bf16_autocast_is_fast() if args.amp is None else args.amp,
         args.img_size,
         args.backbone,
         dict(args.backbone_arg),

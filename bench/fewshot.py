@@ -59,7 +59,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"AdamW learning rate (default: {DEFAULT_LR})")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"(default: {DEFAULT_BATCH_SIZE})")
     p.add_argument("--img-size", type=int, help="input resolution (default: dynadapter train's)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bfloat16 autocast (default: on)")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bfloat16 autocast (default: on where this machine has bfloat16 instructions or a GPU)",
+    )
     p.add_argument(
         "--workers", type=int, help="DataLoader workers per cell (default: dynadapter train's; 0 suits builtin data)"
     )
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> None:
         args.lr,
         WARMUP_EPOCHS,
         args.batch_size,
-        args.amp,
+        cells.bf16_autocast_is_fast() if args.amp is None else args.amp,
         args.img_size,
         args.backbone,
         dict(args.backbone_arg),
