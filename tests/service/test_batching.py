@@ -186,3 +186,29 @@ def test_a_caller_that_gives_up_is_skipped(runner: SegmentRunner) -> None:
 
     asyncio.run(scenario())
     assert batch_sizes(stages) == [1, 1]
+
+
+def test_images_are_shadowed_only_when_nothing_else_waits(runner: SegmentRunner) -> None:
+    blocked = BlockedRunner(runner)
+    asked: list[int] = []
+    stages: list[StageOutput] = []
+
+    def sampler(batch: int) -> np.ndarray:
+        asked.append(batch)
+        return np.ones(batch, dtype=bool)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(blocked, 1, 0, 4, on_stage=stages.append, shadow_sampler=sampler)  # type: ignore[arg-type]
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(IMAGE, np.zeros(NUM_EXITS - 1)))
+        await asyncio.to_thread(blocked.entered.wait, 10)  # the first batch formed with an empty queue
+        others = [asyncio.create_task(batcher.submit(IMAGE, np.zeros(NUM_EXITS - 1))) for _ in range(2)]
+        await asyncio.sleep(0)
+        blocked.release.set()
+        for result in await asyncio.gather(first, *others):
+            assert result.exit_index == 0  # answered at exit 0 whether shadowed or not
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert asked == [1, 1]  # the first and the last batch; the second formed while the third waited
+    assert sum(len(stage.shadows) for stage in stages) == 2

@@ -102,3 +102,12 @@ def test_live_calibration_in_the_service_counts_shadow_work_apart(start_client: 
     live = client.get("/v1/models").json()["models"][0]["modes"]["balanced"]["live_thresholds"]
     gauges = [value(metrics, "dynadapter_live_threshold", mode="balanced", exit=str(k), **labels) for k in range(2)]
     assert gauges == live
+
+
+def test_an_exit_clearly_below_its_target_with_nothing_certified_closes(two_exit_manifest: Manifest) -> None:
+    live = LiveCalibrator(two_exit_manifest, fraction=1.0, epsilon=0.02, every=200, window=200)
+    confidences = np.linspace(0.5, 1.0, 200, endpoint=False)
+    for trace in traces(confidences, np.arange(200) % 2 == 0):  # half agree, at every confidence
+        live.observe(trace)
+    assert live.thresholds("fast") == (1.0,)  # 200 images at 50%: clearly below; every image goes on
+    assert live.thresholds("balanced") == (0.95,)  # only 20 images reach 0.95: too few to call it either way
