@@ -89,6 +89,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"training seeds, one run of every cell each (default: {','.join(map(str, DEFAULT_SEEDS))})",
     )
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"per cell (default: {DEFAULT_EPOCHS})")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also train the ablation cells (Dyn-Adapter with adapter, one part off at a time)",
+    )
+    add_recipe_arguments(p)
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags every suite of cells shares (accuracy, fewshot): the recipe, the cache, the backbone."""
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"AdamW learning rate (default: {DEFAULT_LR})")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"(default: {DEFAULT_BATCH_SIZE})")
     p.add_argument("--img-size", type=int, help="input resolution (default: dynadapter train's)")
@@ -98,11 +108,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="bfloat16 autocast in training (default: on where this machine has bfloat16 instructions or a GPU; "
         "calibration and evaluation stay float32)",
-    )
-    p.add_argument(
-        "--ablation",
-        action="store_true",
-        help="also train the ablation cells (Dyn-Adapter with adapter, one part off at a time)",
     )
     p.add_argument(
         "--workers", type=int, help="DataLoader workers per cell (default: dynadapter train's; 0 suits builtin data)"
@@ -123,6 +128,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def suite_config(args: argparse.Namespace, epochs: int, steps: int | None = None) -> Any:
+    """The `cells.SuiteConfig` of the recipe flags (`add_recipe_arguments`)."""
+    from dynadapter.bench import cells
+
+    return cells.SuiteConfig(
+        args.root,
+        epochs,
+        args.lr,
+        WARMUP_EPOCHS,
+        args.batch_size,
+        cells.bf16_autocast_is_fast() if args.amp is None else args.amp,
+        args.img_size,
+        args.backbone,
+        dict(args.backbone_arg),
+        steps=steps,
+        workers=args.workers,
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     from dynadapter.bench import cells, summary
     from dynadapter.bench.figures import plot_task
@@ -132,18 +156,7 @@ def run(args: argparse.Namespace) -> None:
     unknown = sorted(set(args.tasks) - set(BUILTIN_DATASETS))
     if unknown:
         raise ConfigError(f"unknown tasks {unknown}; the builtin data sets are {sorted(BUILTIN_DATASETS)}")
-    config = cells.SuiteConfig(
-        args.root,
-        args.epochs,
-        args.lr,
-        WARMUP_EPOCHS,
-        args.batch_size,
-        cells.bf16_autocast_is_fast() if args.amp is None else args.amp,
-        args.img_size,
-        args.backbone,
-        dict(args.backbone_arg),
-        workers=args.workers,
-    )
+    config = suite_config(args, args.epochs)
     main = cells.main_cells(args.tasks, args.methods, args.seeds)
     ablation = cells.ablation_cells(args.tasks, args.seeds)
     trainable = set() if args.report_only else set(main) | (set(ablation) if args.ablation else set())

@@ -17,9 +17,8 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from dynadapter.bench.accuracy import DEFAULT_BATCH_SIZE, DEFAULT_LR, WARMUP_EPOCHS, seed_list
+from dynadapter.bench.accuracy import add_recipe_arguments, seed_list, suite_config
 from dynadapter.errors import ConfigError
-from dynadapter.options import key_value
 
 RESULT_KEYS = ("fewshot",)
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -56,23 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--petl", choices=["adapter", "lora", "repadapter"], default="adapter", help="(default: adapter)")
     p.add_argument("--seeds", type=seed_list, default=[0], help="training seeds (default: 0)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"per cell (default: {DEFAULT_STEPS})")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"AdamW learning rate (default: {DEFAULT_LR})")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"(default: {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--img-size", type=int, help="input resolution (default: dynadapter train's)")
-    p.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bfloat16 autocast (default: on where this machine has bfloat16 instructions or a GPU)",
-    )
-    p.add_argument(
-        "--workers", type=int, help="DataLoader workers per cell (default: dynadapter train's; 0 suits builtin data)"
-    )
-    p.add_argument("--report-only", action="store_true", help="train nothing: rewrite the section from the cache")
-    p.add_argument("--root", type=Path, default=Path("var/bench"), help="cell cache (default: var/bench)")
-    p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")
-    p.add_argument("--backbone", help="timm ViT name or builtin:<name> (default: dynadapter train's)")
-    p.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE", type=key_value)
+    add_recipe_arguments(p)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -84,19 +67,7 @@ def run(args: argparse.Namespace) -> None:
     unknown = sorted(set(tasks) - set(BUILTIN_DATASETS)) or ([] if args.steps >= 1 else ["--steps"])
     if unknown or not tasks:
         raise ConfigError(f"--tasks {args.tasks} / --steps {args.steps}: builtin tasks {sorted(BUILTIN_DATASETS)}")
-    config = cells.SuiteConfig(
-        args.root,
-        1,
-        args.lr,
-        WARMUP_EPOCHS,
-        args.batch_size,
-        cells.bf16_autocast_is_fast() if args.amp is None else args.amp,
-        args.img_size,
-        args.backbone,
-        dict(args.backbone_arg),
-        steps=args.steps,
-        workers=args.workers,
-    )
+    config = suite_config(args, 1, steps=args.steps)
     todo = [
         cells.Cell(t, petl or args.petl, variant, s, k)
         for s in args.seeds
