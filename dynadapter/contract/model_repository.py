@@ -107,13 +107,32 @@ class Segment(_Schema):
     head_gflops: float = Field(default=0.0, ge=0)
 
 
+class ThresholdSpread(_Schema):
+    """How a mode's threshold and validation accuracy vary over bootstrap resamples of the validation
+    split (docs/model-repository.md, "Calibration"). Thresholds in [0, 1], accuracies as fractions;
+    ``_low``/``_high``: 5th/95th percentile over the resamples, ``_std``: their sample std."""
+
+    single_threshold: float = Field(ge=0, le=1, description="the choice on the whole split, without resampling")
+    threshold_low: float = Field(ge=0, le=1)
+    threshold_high: float = Field(ge=0, le=1)
+    threshold_std: float = Field(ge=0)
+    accuracy_low: float = Field(description="the mode's threshold's accuracy over the resamples")
+    accuracy_high: float
+    accuracy_std: float = Field(ge=0)
+    oob_accuracy: float | None = Field(
+        None, description="each resample's choice's accuracy on the images it left out, averaged"
+    )
+
+
 class ThresholdChoice(_Schema):
-    """A calibrated operating point: a scalar threshold, optionally a per-exit vector that wins."""
+    """A calibrated operating point: a scalar threshold, optionally a per-exit vector that wins, and
+    (optional, calibrated by bootstrap) the spread of its threshold and accuracy."""
 
     threshold: float = Field(ge=0, le=1)
     thresholds: tuple[float, ...] | None = None
     accuracy: float
     flops_fraction: float
+    spread: ThresholdSpread | None = None
 
     @field_validator("thresholds")
     @classmethod
@@ -132,6 +151,9 @@ class Calibration(_Schema):
     num_samples: int = Field(ge=0)
     table: list[dict[str, object]]
     budgets: list[BudgetChoice]
+    # Bootstrap resamples of the split behind the modes and their seed; absent: one choice on the split.
+    resamples: int | None = Field(None, ge=1)
+    resample_seed: int | None = None
 
 
 PRECISIONS = ("fp32", "int8")

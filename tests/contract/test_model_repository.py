@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dynadapter.contract.model_repository import Manifest, ModelLoadError, load_model
+from dynadapter.contract.model_repository import (
+    Manifest,
+    ModelLoadError,
+    load_model,
+    new_manifest,
+    read_manifest,
+    write_manifest,
+)
 from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, write_model_version
 
 
@@ -160,3 +167,27 @@ def test_a_precision_file_that_changed_is_refused(model_repo: Path, tmp_path: Pa
     with pytest.raises(ModelLoadError, match=r"segment_0\.int8\.xml: sha256 mismatch"):
         load_model(tmp_path, precision="int8-openvino")
     assert load_model(tmp_path).precision == "fp32-onnx"  # the fp32 files are still fine
+
+
+def test_bootstrap_spread_round_trips_and_older_manifests_load_without_it(repo: Path, tmp_path: Path) -> None:
+    old = load_model(repo).manifest  # written without spread or resamples, as before the bootstrap
+    assert old.modes["balanced"].spread is None and old.calibration.resamples is None
+    spread = {
+        "single_threshold": 0.595,
+        "threshold_low": 0.0,
+        "threshold_high": 0.595,
+        "threshold_std": 0.23,
+        "accuracy_low": 0.825,
+        "accuracy_high": 0.975,
+        "accuracy_std": 0.045,
+        "oob_accuracy": 0.879,
+    }
+    fields = old.model_dump(exclude_none=True)
+    fields["modes"]["balanced"]["spread"] = spread
+    fields["calibration"] |= {"resamples": 200, "resample_seed": 0}
+    written = write_manifest(new_manifest(**fields), tmp_path)  # the writer knows the new fields
+    back = read_manifest(written)
+    assert back.modes["balanced"].spread is not None
+    assert back.modes["balanced"].spread.model_dump() == spread
+    assert (back.calibration.resamples, back.calibration.resample_seed) == (200, 0)
+    assert back == new_manifest(**fields)
