@@ -39,7 +39,7 @@ from dynadapter.contract import (
 from dynadapter.errors import ExportError
 from dynadapter.export.exporter import PARITY_BATCH_SIZES, PARITY_TOLERANCE, parity_error
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
-from dynadapter.training.calibration import calibrate
+from dynadapter.training.calibration import calibrate, recorded_resampling
 from dynadapter.training.data import run_split
 from dynadapter.training.evaluate import loader_logits
 from dynadapter.training.options import TrainOptions
@@ -178,7 +178,13 @@ def _describe(
             f"PyTorch {reference_accuracy:.1%} (allowed drop {max_accuracy_drop:.1%}): "
             "raise --int8-max-accuracy-drop or serve fp32"
         )
-    cal = calibrate(logits, val_targets, deployed_cumulative_gflops(run.model), early_heads_gflops(run.model))
+    cal = calibrate(
+        logits,
+        val_targets,
+        deployed_cumulative_gflops(run.model),
+        early_heads_gflops(run.model),
+        **recorded_resampling(run.config["train"]),
+    )
     log.info("%s openvino: parity %.2e, argmax agreement %s", precision, worst, agreement)
     return PrecisionExport(
         precision=precision,  # type: ignore[arg-type]

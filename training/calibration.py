@@ -13,6 +13,11 @@ are therefore ranked by a pessimistic score: the accuracy minus one standard err
 difference to the full-depth model, ``sqrt(d) / n`` for the ``d`` of ``n`` images whose answer
 differs from the last exit's (a paired comparison: only those images can make the two differ).
 Thresholds that send many images out early on thin evidence score lower than their raw accuracy.
+
+Even so, one choice on 200 images is noisy: two runs of one recipe put ``balanced`` at 0.70 and far
+higher (issue #19). ``calibrate`` therefore chooses each mode on ``resamples`` bootstrap resamples of
+the validation split (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993) and reports the
+median of those choices, with their spread (``bootstrap_modes``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ BUDGETS = np.round(np.arange(0.05, 1.0001, 0.05), 2)
 ACCURATE_TOLERANCE = 0.005  # "accurate": within 0.5 points of the last exit
 MODE_BUDGETS = {"fast": 0.30, "balanced": 0.50}
 MARGIN_Z = 1.0  # standard errors subtracted in the pessimistic score
+#: Bootstrap resamples of the validation split per calibration (0: one choice on the split itself).
+BOOTSTRAP_RESAMPLES = 200
+#: The reported interval of a mode's threshold and accuracy over the resamples: 5th to 95th percentile.
+SPREAD_QUANTILES = (0.05, 0.95)
 
 
 def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,18 +140,168 @@ def budget_curve(table: list[dict[str, Any]]) -> list[dict[str, float]]:
     return out
 
 
+def grid_outcomes(
+    confidence: np.ndarray,
+    predicted: np.ndarray,
+    targets: np.ndarray,
+    cumulative_gflops: Sequence[float],
+    thresholds: Sequence[float],
+    early_heads_gflops: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per threshold and image [T, N]: answered correctly (0/1), answer differs from the last exit's
+    (0/1), GFLOPs spent -- what ``simulate`` averages, kept per image so that any weighting of the
+    images (a bootstrap resample) is one matrix product."""
+    n = confidence.shape[1]
+    exits = np.stack([exit_indices(confidence, t) for t in thresholds])
+    answers = predicted[exits, np.arange(n)]
+    cum = np.asarray(cumulative_gflops, dtype=np.float64)
+    skipped = np.where(np.asarray(thresholds, dtype=np.float64) >= 1.0, early_heads_gflops, 0.0)
+    return (
+        (answers == targets).astype(np.float64),
+        (answers != predicted[-1]).astype(np.float64),
+        cum[exits] - skipped[:, None],
+    )
+
+
+def resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """[resamples, n] bootstrap counts: how often each of ``n`` images is drawn (with replacement, n
+    draws) in each resample; numpy's seeded generator, so one seed gives one set of resamples."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
+
+
+def bootstrap_modes(
+    logits: Any,
+    targets: Any,
+    cumulative_gflops: Sequence[float],
+    table: list[dict[str, Any]],
+    early_heads_gflops: float = 0.0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """The named modes chosen by bootstrap, each with its spread; ``table`` is the split's own sweep.
+
+    ``choose_modes`` runs on each of ``resamples`` resamples of the validation images (the same
+    threshold grid as ``table``; tables computed together as matrix products). The reported threshold
+    of a mode is the median of its resamples' choices (the lower median: a threshold that was chosen,
+    a row of ``table``) -- the bagged choice (Breiman, "Bagging predictors", 1996), stable where the
+    single choice jumps between near-equal rows. The median rather than a conservative quantile: a
+    higher threshold buys accuracy with FLOPs, which the modes' budgets already decide. ``fast`` and
+    ``balanced`` then step down to the highest threshold that keeps their budget on the whole split,
+    and the modes keep their order (``choose_modes``). Accuracy and ``flops_fraction`` are ``table``'s.
+
+    ``spread`` (all fractions, thresholds in [0, 1]): ``single_threshold``, the choice on the split
+    itself; ``threshold_low``/``_high``, the 5th/95th percentile of the resamples' choices, and
+    ``threshold_std``; ``accuracy_low``/``_high``/``_std``, the reported threshold's accuracy over the
+    resamples; ``oob_accuracy``, the mean over resamples of each resample's choice's accuracy on the
+    images that resample left out (the leave-one-out bootstrap, Efron & Tibshirani 1997, "Improvements
+    on cross-validation: the .632+ bootstrap method"): how the choice carries over to unseen images.
+    """
+    confidence, predicted = softmax_confidence(np.asarray(logits, dtype=np.float64))
+    targets = np.asarray(targets)
+    n = targets.shape[0]
+    thresholds = np.array([r["threshold"] for r in table])
+    correct, differs, cost = grid_outcomes(
+        confidence, predicted, targets, cumulative_gflops, thresholds, early_heads_gflops
+    )
+    counts = resample_counts(n, resamples, seed).astype(np.float64)
+    accuracy, disagreement = counts @ correct.T / n, counts @ differs.T / n  # [B, T]
+    score = accuracy - MARGIN_Z * np.sqrt(disagreement * n) / n
+    fraction = counts @ cost.T / n / float(cumulative_gflops[-1])
+    out_of_bag = counts == 0
+    oob_accuracy = (out_of_bag @ correct.T) / np.maximum(out_of_bag.sum(axis=1, keepdims=True), 1)
+    chosen: dict[str, list[int]] = {m: [] for m in ("fast", "balanced", "accurate")}
+    for b in range(resamples):
+        rows = [
+            {"threshold": float(t), "accuracy": a, "score": s, "flops_fraction": f, "index": i}
+            for i, (t, a, s, f) in enumerate(zip(thresholds, accuracy[b], score[b], fraction[b], strict=True))
+        ]
+        for name, row in choose_modes_rows(rows).items():
+            chosen[name].append(row["index"])
+    single = choose_modes(table)
+    at = {name: _lower_median(thresholds[idx]) for name, idx in chosen.items()}
+    modes = _ordered(table, at)
+    spread_of = {
+        name: {
+            "single_threshold": single[name]["threshold"],
+            **_spread(thresholds[idx], "threshold"),
+            **_spread(accuracy[:, _row_index(table, modes[name]["threshold"])], "accuracy"),
+            "oob_accuracy": float(oob_accuracy[np.arange(resamples), idx].mean()),
+        }
+        for name, idx in chosen.items()
+    }
+    return {name: {**mode, "spread": spread_of[name]} for name, mode in modes.items()}
+
+
+def choose_modes_rows(table: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``choose_modes``, returning the chosen rows themselves (with any extra keys they carry)."""
+    by_threshold = {r["threshold"]: r for r in table}
+    return {name: by_threshold[m["threshold"]] for name, m in choose_modes(table).items()}
+
+
+def _lower_median(values: np.ndarray) -> float:
+    return float(np.quantile(values, 0.5, method="lower"))
+
+
+def _spread(values: np.ndarray, name: str) -> dict[str, float]:
+    low, high = np.quantile(values, SPREAD_QUANTILES, method="inverted_cdf")
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {f"{name}_low": float(low), f"{name}_high": float(high), f"{name}_std": std}
+
+
+def _row_index(table: list[dict[str, Any]], threshold: float) -> int:
+    return next(i for i, r in enumerate(table) if r["threshold"] == threshold)
+
+
+def _ordered(table: list[dict[str, Any]], thresholds: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The modes at these thresholds (rows of ``table``): ``fast`` and ``balanced`` stepped down to
+    the highest threshold within their FLOPs budget where they exceed it (flops grow with the
+    threshold below 1), ``fast`` no dearer than ``balanced``, ``accurate`` no cheaper."""
+
+    def within(threshold: float, budget: float) -> dict[str, Any]:
+        row = table[_row_index(table, threshold)]
+        if row["flops_fraction"] <= budget + 1e-12:
+            return row
+        fits = [r for r in table if r["threshold"] <= threshold and r["flops_fraction"] <= budget + 1e-12]
+        return max(fits, key=lambda r: r["threshold"]) if fits else row
+
+    balanced = within(thresholds["balanced"], MODE_BUDGETS["balanced"])
+    fast = within(thresholds["fast"], MODE_BUDGETS["fast"])
+    if fast["flops_fraction"] > balanced["flops_fraction"]:
+        fast = balanced
+    accurate = table[_row_index(table, thresholds["accurate"])]
+    if accurate["flops_fraction"] < balanced["flops_fraction"]:
+        accurate = balanced
+    return {"fast": _mode(fast), "balanced": _mode(balanced), "accurate": _mode(accurate)}
+
+
+def recorded_resampling(train: dict[str, Any]) -> dict[str, int]:
+    """``calibrate``'s ``resamples`` and ``seed`` from a run's recorded training options (config.json's
+    ``train``): its ``calibration_resamples`` (the default for runs recorded before it existed) and
+    its ``seed``."""
+    resamples = int(train.get("calibration_resamples", BOOTSTRAP_RESAMPLES))
+    return {"resamples": resamples, "seed": int(train.get("seed", 0))}
+
+
 def calibrate(
-    logits: Any, targets: Any, cumulative_gflops: Sequence[float], early_heads_gflops: float = 0.0
+    logits: Any,
+    targets: Any,
+    cumulative_gflops: Sequence[float],
+    early_heads_gflops: float = 0.0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """The manifest's ``calibration`` and ``modes`` from validation logits [K, N, C]."""
+    """The manifest's ``calibration`` and ``modes`` from validation logits [K, N, C]: with
+    ``resamples`` > 0 the modes are chosen by bootstrap (``bootstrap_modes``, seeded by ``seed``) and
+    carry their ``spread``; with 0, once on the split (``choose_modes``)."""
     logits, targets = np.asarray(logits), np.asarray(targets)
     table = sweep(logits, targets, cumulative_gflops, early_heads_gflops=early_heads_gflops)
-    return {
-        "calibration": {
-            "split": "val",
-            "num_samples": int(targets.shape[0]),
-            "table": table,
-            "budgets": budget_curve(table),
-        },
-        "modes": choose_modes(table),
+    calibration: dict[str, Any] = {
+        "split": "val",
+        "num_samples": int(targets.shape[0]),
+        "table": table,
+        "budgets": budget_curve(table),
     }
+    if resamples <= 0:
+        return {"calibration": calibration, "modes": choose_modes(table)}
+    modes = bootstrap_modes(logits, targets, cumulative_gflops, table, early_heads_gflops, resamples, seed)
+    return {"calibration": {**calibration, "resamples": resamples, "resample_seed": seed}, "modes": modes}

@@ -12,7 +12,7 @@ from dynadapter.errors import DataError
 from dynadapter.models.dynamic_vit import DynamicViT
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
 from dynadapter.training import run_dir as rd
-from dynadapter.training.calibration import calibrate, sweep
+from dynadapter.training.calibration import calibrate, recorded_resampling, sweep
 from dynadapter.training.data import ImageDataset, run_split, stream
 from dynadapter.training.options import TrainOptions
 from dynadapter.training.plots import plot_accuracy_vs_gflops
@@ -114,6 +114,12 @@ def recalibrate_run(run_dir: Path) -> dict[str, Any]:
     """Calibrate a trained run again on its validation split (e.g. after the mode rules changed)."""
     run = load_run(run_dir)
     logits, targets = split_logits(run, None, "val")
-    result = calibrate(logits, targets, deployed_cumulative_gflops(run.model), early_heads_gflops(run.model))
+    result = calibrate(
+        logits,
+        targets,
+        deployed_cumulative_gflops(run.model),
+        early_heads_gflops(run.model),
+        **recorded_resampling(run.config["train"]),
+    )
     rd.write_calibration(run_dir, result)
     return result

@@ -98,6 +98,12 @@ class TrainOptions(BaseModel):
     backward_sparsity: float = Field(
         0.1, ge=0, lt=1, description="fraction of gradient entries zeroed at each step (0 = off)"
     )
+    calibration_resamples: int = Field(
+        200,
+        ge=0,
+        description="bootstrap resamples of the val split behind each mode's threshold (their median, "
+        "with its spread); 0 = one choice on the split itself",
+    )
     device: str = Field("auto", description="auto (the GPU when CUDA is usable, else the CPU), cpu, cuda or cuda:N")
     amp: bool = Field(
         False, description="mixed-precision training (autocast); calibration, checkpoint and export stay float32"

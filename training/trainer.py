@@ -241,7 +241,14 @@ def finish(model: DynamicViT, val: ImageDataset, opts: TrainOptions, out: Path) 
     """Calibrate the kept checkpoint on val; the run is complete, nothing is left to resume."""
     model.load_trainable_state_dict(rd.read_checkpoint(out))
     logits, targets = loader_logits(model, stream(val, opts.workers))
-    cal = calibrate(logits, targets, deployed_cumulative_gflops(model), early_heads_gflops(model))
+    cal = calibrate(
+        logits,
+        targets,
+        deployed_cumulative_gflops(model),
+        early_heads_gflops(model),
+        resamples=opts.calibration_resamples,
+        seed=opts.seed,
+    )
     rd.write_calibration(out, cal)
     rd.remove_resume(out)
 
