@@ -274,6 +274,21 @@ def _ordered(table: list[dict[str, Any]], thresholds: dict[str, float]) -> dict[
     return {"fast": _mode(fast), "balanced": _mode(balanced), "accurate": _mode(accurate)}
 
 
+def spread_text(mode: dict[str, Any]) -> str:
+    """A mode's bootstrap spread in one line for the command line ("" for a mode without one):
+    the 5th-95th percentile of the threshold and of the validation accuracy (in %), the single
+    choice on the split, and the out-of-bag accuracy."""
+    s = mode.get("spread")
+    if not s:
+        return ""
+    oob = f", out-of-bag {100 * s['oob_accuracy']:.1f}%" if s.get("oob_accuracy") is not None else ""
+    return (
+        f"bootstrap 5-95%: threshold {s['threshold_low']:.4f}-{s['threshold_high']:.4f} "
+        f"(single choice {s['single_threshold']:.4f}), val accuracy "
+        f"{100 * s['accuracy_low']:.1f}-{100 * s['accuracy_high']:.1f}%{oob}"
+    )
+
+
 def recorded_resampling(train: dict[str, Any]) -> dict[str, int]:
     """``calibrate``'s ``resamples`` and ``seed`` from a run's recorded training options (config.json's
     ``train``): its ``calibration_resamples`` (the default for runs recorded before it existed) and

@@ -55,6 +55,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    from dynadapter.training.calibration import spread_text
     from dynadapter.training.evaluate import REPORT_THRESHOLDS, evaluate_run
 
     r = evaluate_run(args.run_dir, args.data, args.split, args.baseline)
@@ -69,10 +70,14 @@ def run_eval(args: argparse.Namespace) -> None:
         fr = " ".join(f"{f:.2f}" for f in row["exit_fractions"])
         print(f"{t:>9.2f}  {row['accuracy']:>8.4f}  {row['gflops']:>6.3f}  {100 * row['flops_fraction']:>5.1f}  {fr}")
     for name, row in r["modes"].items():
+        val = r.get("calibrated", {}).get(name, {})
         print(
-            f"mode {name:<8} threshold {row['threshold']:.4f}: accuracy {row['accuracy']:.4f}, "
-            f"{100 * row['flops_fraction']:.1f}% of full FLOPs"
+            f"mode {name:<8} threshold {row['threshold']:.4f}: accuracy {row['accuracy']:.4f}"
+            + (f" (val {val['accuracy']:.4f})" if "accuracy" in val else "")
+            + f", {100 * row['flops_fraction']:.1f}% of full FLOPs"
         )
+        if spread_text(val):
+            print(f"              {spread_text(val)}")
     for name, point in r["baselines"].items():
         print(f"baseline {name}: accuracy {point['accuracy']:.4f} at {point['gflops']:.4f} GFLOPs")
     print(f"\nwritten: {args.run_dir / ('eval_' + args.split + '.json')} and the plot eval_{args.split}.png")
@@ -84,6 +89,7 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
+    from dynadapter.training.calibration import spread_text
     from dynadapter.training.evaluate import recalibrate_run
 
     for name, mode in recalibrate_run(args.run_dir)["modes"].items():
@@ -91,6 +97,8 @@ def run_calibrate(args: argparse.Namespace) -> None:
             f"{name:<8} threshold {mode['threshold']:.4f}: val accuracy {mode['accuracy']:.4f}, "
             f"{100 * mode['flops_fraction']:.1f}% of full FLOPs"
         )
+        if spread_text(mode):
+            print(f"         {spread_text(mode)}")
 
 
 def add_backbone(sub: argparse._SubParsersAction) -> None:

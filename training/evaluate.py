@@ -58,7 +58,8 @@ def split_logits(run: Run, data: str | None, split: str, workers: int = 2) -> tu
 def evaluate_run(
     run_dir: Path, data: str | None = None, split: str = "test", baselines: Sequence[Path] = ()
 ) -> dict[str, Any]:
-    """Per-exit accuracy, the threshold sweep, the calibrated modes and baselines on ``split``.
+    """Per-exit accuracy, the threshold sweep, the calibrated modes and baselines on ``split``
+    (``calibrated``: the modes as chosen on the validation split, with their validation accuracy).
 
     Writes ``eval_<split>.json`` and the plot ``eval_<split>.png`` into the run directory.
     Each baseline run (e.g. the static model, ``--static``) is a point: its last exit, full cost.
@@ -83,6 +84,8 @@ def evaluate_run(
         "exit_accuracy": exit_accuracies(logits, targets),
         "sweep": sweep(logits.numpy(), targets.numpy(), cum, early_heads_gflops=heads),
         "modes": modes,
+        # the modes as calibrated on the validation split: val accuracy and, by bootstrap, the spread
+        "calibrated": calibrated,
         "baselines": {str(b): baseline_point(Path(b), data or run.config["data"], split) for b in baselines},
     }
     rd.write_report(run_dir, f"eval_{split}", report)

@@ -8,6 +8,7 @@ from dynadapter.training.calibration import (
     exit_indices,
     resample_counts,
     simulate,
+    spread_text,
     sweep,
 )
 
@@ -227,3 +228,12 @@ def test_bootstrap_modes_keep_their_budgets_and_order() -> None:
     for mode in modes.values():
         s = mode["spread"]
         assert s["threshold_low"] <= s["threshold_high"] and s["accuracy_low"] <= s["accuracy_high"]
+
+
+def test_spread_text_shows_the_interval_single_choice_and_out_of_bag_accuracy() -> None:
+    logits, targets = knife_edge()
+    mode = calibrate(logits, targets, [1.0, 4.0], resamples=200, seed=0)["modes"]["balanced"]
+    assert spread_text(mode) == (
+        "bootstrap 5-95%: threshold 0.0000-0.5950 (single choice 0.5950), val accuracy 82.5-97.5%, out-of-bag 87.9%"
+    )
+    assert spread_text({"threshold": 0.5, "accuracy": 0.9, "flops_fraction": 0.4}) == ""

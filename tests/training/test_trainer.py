@@ -26,6 +26,9 @@ def test_run_directory_has_what_spec_section_4_lists(run) -> None:
     assert keys and all(".adapter." in k or k.startswith("heads.") for k in keys)
     cal = json.loads((run / "calibration.json").read_text())
     assert set(cal["modes"]) == {"fast", "balanced", "accurate"} and cal["calibration"]["num_samples"] == 200
+    assert cal["calibration"]["resamples"] == 200 and cal["calibration"]["resample_seed"] == 0  # bootstrap, on
+    for mode in cal["modes"].values():
+        assert mode["spread"]["threshold_low"] <= mode["spread"]["threshold_high"]
 
 
 def test_training_learns_and_the_run_reloads_identically(run, tmp_path) -> None:
@@ -47,6 +50,7 @@ def test_eval_reports_per_exit_accuracy_and_the_sweep(run) -> None:
     assert rows[1.0]["exit_fractions"] == [0.0, 0.0, 0.0, 1.0]
     assert rows[1.0]["accuracy"] == pytest.approx(report["exit_accuracy"][-1])
     assert (run / "eval_test.json").is_file()
+    assert report["calibrated"] == json.loads((run / "calibration.json").read_text())["modes"]  # val, beside test
 
 
 def test_training_is_reproducible_with_the_same_seed(run, tmp_path) -> None:
