@@ -38,7 +38,14 @@ from dynadapter.training.calibration import sweep
 from dynadapter.training.data import ImageDataset, from_uint8, load_raw, run_split, stream, to_uint8
 from dynadapter.training.evaluate import evaluate_run, exit_accuracies, loader_logits, split_logits
 from dynadapter.training.options import TrainOptions
-from dynadapter.training.run_dir import BackboneSpec, Run, load_run, read_calibration, read_config
+from dynadapter.training.run_dir import (
+    BackboneSpec,
+    Run,
+    has_calibration,
+    load_run,
+    read_calibration,
+    read_config,
+)
 from dynadapter.training.trainer import build, train
 
 log = logging.getLogger(__name__)
@@ -251,6 +258,9 @@ def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:
         log.info("%s was run with other options: it will be trained again", cell.name)
         return None
     result = stored["result"]
+    if "modes" in result and "val_modes" not in result and has_calibration(config.cell_dir(cell)):
+        result["val_modes"] = val_modes(read_calibration(config.cell_dir(cell))["modes"])  # read, not evaluated
+        path.write_text(json.dumps({**stored, "result": result}, indent=2))
     if "shifted" not in result or (cell.variant == PROBE and "probe" not in result):
         log.info("%s: evaluating the parts added since it ran (no training)", cell.name)
         result.update(extra_evaluations(config.options(cell), cell.variant, result["exit_accuracy"]))
@@ -357,7 +367,8 @@ def static_gflops(opts: TrainOptions, run_dir: Path) -> float:
 
 def summarize_run(report: dict[str, Any], reference_gflops: float, seconds: float) -> dict[str, Any]:
     """The test-split numbers of a cell: last-exit accuracy and cost, and for a dynamic model the
-    calibrated modes (thresholds from the validation split) and the threshold sweep."""
+    calibrated modes (thresholds from the validation split), the threshold sweep and ``val_modes``
+    (the modes' accuracy on the validation split itself, and the bootstrap interval of the threshold)."""
     cum = report["cumulative_gflops"]
     result: dict[str, Any] = {
         "acc": report["exit_accuracy"][-1],
@@ -378,7 +389,20 @@ def summarize_run(report: dict[str, Any], reference_gflops: float, seconds: floa
             for name, m in report["modes"].items()
         }
         result["sweep"] = [[r["gflops"], r["accuracy"]] for r in report["sweep"]]
+        if report.get("calibrated"):
+            result["val_modes"] = val_modes(report["calibrated"])
     return result
+
+
+def val_modes(calibrated: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each calibrated mode's validation accuracy and threshold, with the 5th-95th percentile of the
+    threshold over the bootstrap resamples where it was calibrated by bootstrap (calibration.json)."""
+    out = {}
+    for name, m in calibrated.items():
+        spread = m.get("spread") or {}
+        interval = {k: spread[k] for k in ("threshold_low", "threshold_high") if k in spread}
+        out[name] = {"acc": m["accuracy"], "threshold": m["threshold"], **interval}
+    return out
 
 
 def run_suite(

@@ -84,11 +84,24 @@ def cell_row(task: str, petl: str, static: dict | None, dyn: dict | None) -> dic
         "dyn_acc_std": {m: _get(dyn, "std", "modes", m, "acc") for m in MODES},
         "dyn_shifted": {m: _get(dyn, "shifted", "modes", m) for m in MODES} if dyn else None,
         "dyn_shifted_acc_std": {m: _get(dyn, "std", "shifted", "modes", m, "acc") for m in MODES},
+        "dyn_val": {m: _get(dyn, "val_modes", m, "acc") for m in MODES} if dyn else None,
+        "dyn_val_acc_std": {m: _get(dyn, "std", "val_modes", m, "acc") for m in MODES},
+        "balanced_threshold": _get(dyn, "modes", "balanced", "threshold"),
+        "balanced_threshold_std": _get(dyn, "std", "modes", "balanced", "threshold"),
+        "balanced_interval": _interval(_get(dyn, "val_modes", "balanced")),
         "dyn_full_acc": dyn["acc"] if dyn else None,
         "dyn_exit_acc": dyn["exit_accuracy"] if dyn else None,
         "dyn_best_at_target": best_at_target(dyn) if dyn else None,
         "seconds": {"static": static["seconds"] if static else None, "dyn": dyn["seconds"] if dyn else None},
     }
+
+
+def _interval(val_mode: dict[str, Any] | None) -> list[float] | None:
+    """The bootstrap 5th-95th percentile of a mode's threshold (the mean over seeds of each end; None
+    where a seed was calibrated without bootstrap or a cell predates it)."""
+    if val_mode is None or "threshold_low" not in val_mode or "threshold_high" not in val_mode:
+        return None
+    return [val_mode["threshold_low"], val_mode["threshold_high"]]
 
 
 def probe_row(task: str, probe: dict | None) -> dict[str, Any]:
@@ -401,6 +414,43 @@ def render_tasks(results: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _threshold_cells(row: dict[str, Any]) -> list[str]:
+    """``balanced``'s threshold, mean ± std over seeds, and its bootstrap interval (mean over seeds)."""
+    t, std, interval = row.get("balanced_threshold"), row.get("balanced_threshold_std"), row.get("balanced_interval")
+    mean = "—" if t is None else f"{t:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+    return [mean, "—" if not interval else f"{interval[0]:.3f}–{interval[1]:.3f}"]
+
+
+def calibration_lines(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Per task and method: each mode's accuracy on validation and on test, side by side, and the
+    spread of ``balanced``'s threshold; "—" where a cell has no validation numbers (cached before)."""
+    lines = []
+    for r in rows:
+        if r["task"] == "mean" or r["dyn"] is None:
+            continue
+        val = r.get("dyn_val") or {}
+        pairs = [f"{_pct(val.get(m))} / {_pct(r['dyn'][m]['acc'])}" for m in MODES]
+        lines.append([r["task"], r["petl"], *pairs, *_threshold_cells(r)])
+    return lines
+
+
+def render_calibration(results: dict[str, Any]) -> str:
+    """Whether the thresholds chosen on the validation split carry over to the test split (issue #19)."""
+    return (
+        "## Calibration: validation against test\n\n"
+        "Each mode cell: accuracy (%) on the validation split, where its threshold was chosen, / on the "
+        "test split (means over the seeds). A validation accuracy well above the test one means the "
+        "threshold was fitted to the validation images. `balanced` threshold: mean ± std over the seeds; "
+        "bootstrap: the 5th-95th percentile of the choices over 200 resamples of the validation split "
+        "(`dynadapter train --calibration-resamples`), mean over the seeds; — where a cell has no such "
+        "number (calibrated or cached before it existed).\n\n"
+        + _table(
+            ["task", "PETL", *(f"{m} val / test" for m in MODES), "balanced threshold", "bootstrap 5-95%"],
+            calibration_lines(results["rows"]),
+        )
+    )
+
+
 def render_ablation(results: dict[str, Any]) -> str:
     def cells(row: dict[str, Any]) -> list[str]:
         return [
@@ -434,6 +484,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "methods under one short budget, in which the early exits have learnt least."
     )
     parts = [intro, render_target(results), render_tasks(results)]
+    if calibration_lines(results["rows"]):
+        parts.append(render_calibration(results))
     if any(r["tasks"] for r in results["ablation"]):
         parts.append(render_ablation(results))
     if results["timing"]:

@@ -87,6 +87,14 @@ def test_results_json_schema(suite: tuple[Path, Path, str]) -> None:
     assert set(digits["dyn_shifted"]) == set(MODES)
     assert all(0.0 <= m["acc"] <= 1.0 and m["gflops"] > 0 for m in digits["dyn_shifted"].values())
     assert digits["seeds"] == {"static": 1, "dyn": 1} and digits["static_acc_std"] is None
+    # The modes' validation accuracy beside the test one, and balanced's threshold with its bootstrap interval.
+    _, root, _ = suite
+    calibrated = json.loads((root / "digits" / "adapter-dyn" / "calibration.json").read_text())["modes"]
+    assert digits["dyn_val"] == {m: calibrated[m]["accuracy"] for m in MODES}
+    assert digits["balanced_threshold"] == calibrated["balanced"]["threshold"]
+    spread = calibrated["balanced"]["spread"]
+    assert digits["balanced_interval"] == [spread["threshold_low"], spread["threshold_high"]]
+    assert digits["balanced_threshold_std"] is None  # one seed
 
 
 def test_frozen_probe_picks_its_block_on_validation(suite: tuple[Path, Path, str]) -> None:
@@ -113,6 +121,7 @@ def test_markdown_and_figure(suite: tuple[Path, Path, str]) -> None:
     assert "## Target" in page and "### digits" in page and "![digits" in page
     assert "## Notes" in page and '"machine": "2 cores"' in page
     assert "static shifted (%)" in page and "balanced shifted (%)" in page and "| frozen probe (block " in page
+    assert "## Calibration: validation against test" in page and "| digits | adapter |" in page
     assert (docs / "results" / "digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -141,6 +150,25 @@ def test_a_cached_cell_without_shifted_numbers_is_evaluated_not_trained(suite: t
     assert (cell / "checkpoint.safetensors").stat().st_mtime_ns == checkpoint
     # Evaluated again on the same corrupted images: the same numbers.
     assert json.loads((cell / BENCH_FILE).read_text())["result"]["shifted"] == stored["result"]["shifted"]
+
+
+def test_a_cached_cell_without_validation_numbers_gets_them_from_its_calibration(
+    suite: tuple[Path, Path, str],
+) -> None:
+    """A cell finished before ``val_modes`` (and ``--calibration-resamples``) existed: read from its
+    calibration.json, neither trained nor evaluated again."""
+    docs, root, argv = suite
+    cell = root / "digits" / "adapter-dyn"
+    stored = json.loads((cell / BENCH_FILE).read_text())
+    old = {
+        "options": {k: v for k, v in stored["options"].items() if k != "calibration_resamples"},
+        "result": {k: v for k, v in stored["result"].items() if k != "val_modes"},
+    }
+    (cell / BENCH_FILE).write_text(json.dumps(old))
+    checkpoint = (cell / "checkpoint.safetensors").stat().st_mtime_ns
+    bench("accuracy", *argv.split())
+    assert (cell / "checkpoint.safetensors").stat().st_mtime_ns == checkpoint
+    assert json.loads((cell / BENCH_FILE).read_text())["result"]["val_modes"] == stored["result"]["val_modes"]
 
 
 def test_cells_per_seed_and_shots_have_their_own_directories(tmp_path: Path) -> None:

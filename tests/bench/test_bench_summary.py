@@ -181,3 +181,50 @@ def test_page_reports_mean_std_shifted_and_probe(seeded: dict) -> None:
         "| 82.0 ± 2.0 | 72.0 ± 2.0 | 1 |" in line and "81.0 ± 2.0 / 0.4 / 60%" in line and line.endswith("51.0 ± 2.0 |")
     )
     assert "| frozen probe (block 3/4) | 72.0 ± 2.8 | 52.0 ± 2.8 | 0.275 |" in page
+
+
+def with_val(result: dict, val_acc: float, threshold: float, interval: tuple[float, float] | None) -> dict:
+    """A dynamic cell's result with its modes' validation numbers (as cells.val_modes writes them):
+    every mode at ``val_acc`` on validation; ``balanced`` at ``threshold`` (test and val alike)."""
+    spread = {"threshold_low": interval[0], "threshold_high": interval[1]} if interval else {}
+    modes = {m: {**v, "threshold": threshold} for m, v in result["modes"].items()}
+    val = {m: {"acc": val_acc, "threshold": threshold, **spread} for m in modes}
+    return {**result, "modes": modes, "val_modes": val}
+
+
+def test_calibration_section_sets_val_beside_test_and_the_thresholds_seed_spread() -> None:
+    runs = {
+        # task a: three seeds, balanced at 0.70 / 0.80 / 0.90 (std 0.1), val 0.90 / 0.92 / 0.94 against
+        # test 0.79 / 0.81 / 0.83; bootstrap intervals [0.6, 0.8], [0.7, 0.9], [0.8, 1.0]
+        **{
+            ("a", "adapter", "dyn", s): with_val(dyn(test, 0.4), val, t, (t - 0.1, t + 0.1))
+            for s, (test, val, t) in enumerate([(0.79, 0.90, 0.7), (0.81, 0.92, 0.8), (0.83, 0.94, 0.9)])
+        },
+        ("a", "adapter", "static", 0): static(0.8),
+        # task b: a cell cached before val_modes existed
+        ("b", "adapter", "dyn", 0): dyn(0.70, 0.4),
+        ("b", "adapter", "static", 0): static(0.7),
+    }
+    results = sections(runs, ["a", "b"], ["adapter"], {}, "adapter", {**CONFIG, "seeds": [0, 1, 2]})
+    a, b = (next(r for r in results["rows"] if r["task"] == t) for t in ("a", "b"))
+    assert a["dyn_val"]["balanced"] == pytest.approx(0.92) and a["dyn_val_acc_std"]["balanced"] == pytest.approx(0.02)
+    assert a["balanced_threshold"] == pytest.approx(0.8) and a["balanced_threshold_std"] == pytest.approx(0.1)
+    assert a["balanced_interval"] == pytest.approx([0.7, 0.9])
+    assert b["dyn_val"] == {m: None for m in ("fast", "balanced", "accurate")} and b["balanced_interval"] is None
+    page = render_markdown(results)
+    section = page[page.index("## Calibration: validation against test") :]
+    lines = [x for x in section.splitlines() if x.startswith("| a |") or x.startswith("| b |")]
+    # fast: val 92.0 / test 71.0 (balanced - 0.1); balanced 92.0 / 81.0; accurate 92.0 / 90.0
+    assert lines[0] == "| a | adapter | 92.0 / 71.0 | 92.0 / 81.0 | 92.0 / 90.0 | 0.800 ± 0.100 | 0.700–0.900 |"
+    assert lines[1] == "| b | adapter | — / 60.0 | — / 70.0 | — / 90.0 | — | — |"
+
+
+def test_a_seed_without_a_bootstrap_interval_leaves_the_interval_out() -> None:
+    runs = {
+        ("a", "adapter", "dyn", 0): with_val(dyn(0.8, 0.4), 0.9, 0.7, (0.6, 0.8)),
+        ("a", "adapter", "dyn", 1): with_val(dyn(0.8, 0.4), 0.9, 0.7, None),  # calibrated with 0 resamples
+    }
+    results = sections(runs, ["a"], ["adapter"], {}, "adapter", {**CONFIG, "seeds": [0, 1]})
+    row = next(r for r in results["rows"] if r["task"] == "a")
+    assert row["balanced_interval"] is None and row["dyn_val"]["balanced"] == pytest.approx(0.9)
+    assert "| a | adapter | 90.0 / 70.0 | 90.0 / 80.0 | 90.0 / 90.0 | 0.700 ± 0.000 | — |" in render_markdown(results)
