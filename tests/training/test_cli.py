@@ -117,6 +117,7 @@ def test_a_bug_is_not_dressed_as_a_user_error(tmp_path: Path, monkeypatch: pytes
         ("--epochs", "0", "greater than or equal to 1"),
         ("--lr", "-1", "greater than 0"),
         ("--backward-sparsity", "1.5", "less than 1"),
+        ("--calibration-resamples", "-1", "greater than or equal to 0"),
     ],
 )
 def test_train_flags_are_validated_as_the_options_are(
