@@ -316,7 +316,7 @@ def calibrate(
         "table": table,
         "budgets": budget_curve(table),
     }
-    if resamples <= 0:
+    if resamples <= 0 or targets.shape[0] == 0:  # nothing to resample
         return {"calibration": calibration, "modes": choose_modes(table)}
     modes = bootstrap_modes(logits, targets, cumulative_gflops, table, early_heads_gflops, resamples, seed)
     return {"calibration": {**calibration, "resamples": resamples, "resample_seed": seed}, "modes": modes}
