@@ -197,3 +197,32 @@ def test_a_train_run_with_every_switch_records_them(tmp_path: Path) -> None:
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["step"] == 800 // 64  # the short last batch is dropped when batches are mixed
     assert math.isfinite(metrics[0]["loss"]) and (out / "calibration.json").is_file()
+
+
+def test_an_augmented_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    from dynadapter.training import run_dir as rd
+    from dynadapter.training.trainer import train
+    from tests.tiny import train_tiny_run
+
+    switches = {"hflip": 0.5, "auto_augment": "rand-m9-mstd0.5", "mixup": 0.4, "cutmix": 1.0, "keep": "last"}
+    whole = train_tiny_run(tmp_path / "whole", epochs=2, batch_size=128, **switches)
+    original = rd.write_resume
+
+    def interrupt_after_epoch_1(out: Path, tensors: dict, meta: dict) -> None:
+        original(out, tensors, meta)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rd, "write_resume", interrupt_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny_run(tmp_path / "cut", epochs=2, batch_size=128, **switches)
+    monkeypatch.setattr(rd, "write_resume", original)
+    recorded = json.loads((tmp_path / "cut" / "config.json").read_text())["train"]
+    resumed = train(TrainOptions(**{**recorded, "resume": tmp_path / "cut"}))
+    a, b = load_file(str(whole / "checkpoint.safetensors")), load_file(str(resumed / "checkpoint.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [
+        [json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (whole, resumed)
+    ]
+    assert len(losses[0]) == 2 and losses[0] == losses[1]
