@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.data import Mixup
 from tqdm.auto import tqdm
 
 from dynadapter.contract import Preprocessing
@@ -348,7 +349,7 @@ def fit(
     bar.close()
 
 
-def check_mixing(mixer: object, batch_size: int, steps_per_epoch: int) -> None:
+def check_mixing(mixer: Mixup | None, batch_size: int, steps_per_epoch: int) -> None:
     """ConfigError where mixup / cutmix cannot run: an odd batch per process, or no whole batch."""
     if mixer and batch_size % 2:
         raise ConfigError(
