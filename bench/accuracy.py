@@ -126,6 +126,16 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         type=key_value,
         help="extra timm.create_model argument (repeatable), e.g. depth=4",
     )
+    p.add_argument(
+        "--train-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=key_value,
+        help="a dynadapter train option of every cell (repeatable), e.g. hflip=0.5, auto_augment=rand-m9-mstd0.5, "
+        "crop_scale=0.35,1, mixup=0.8, smoothing=0.1, head_dropout=0.1; a recipe that differs from the "
+        "defaults gets cells of its own (-r<hash>)",
+    )
 
 
 def suite_config(args: argparse.Namespace, epochs: int, steps: int | None = None) -> Any:
@@ -144,6 +154,7 @@ def suite_config(args: argparse.Namespace, epochs: int, steps: int | None = None
         dict(args.backbone_arg),
         steps=steps,
         workers=args.workers,
+        recipe=cells.recipe_options(args.train_arg),
     )
 
 

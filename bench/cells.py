@@ -1,9 +1,12 @@
 """The cells of the accuracy suite: one training run per (task, PETL method, variant, seed), cached.
 
-A cell is a run directory ``ROOT/<task>/<petl>-<variant>[-seed<S>][-k<K>]/`` (what ``dynadapter
+A cell is a run directory ``ROOT/<task>/<petl>-<variant>[-seed<S>][-k<K>][-r<R>]/`` (what ``dynadapter
 train`` writes, plus ``eval_test.json`` / ``.png`` from ``dynadapter eval``) and ``bench.json``,
 written last: the cell's training options and its results. Seed 0 and all training images keep the
-plain name, so caches written before seeds and shots existed are reused. A cell whose
+plain name, so caches written before seeds and shots existed are reused. A recipe given with
+``--train-arg`` (augmentation, regularisation: `recipe_options`) adds ``-r<R>``, a hash of the
+options that differ from ``dynadapter train``'s defaults, so that recipes never share a cell; the
+default recipe keeps the plain names. A cell whose
 ``bench.json`` holds the same options is finished and is reused, so an interrupted suite continues
 where it stopped; a cell run with other options (another ``--epochs``, say) is trained again. A
 finished cell whose results lack a part added since (the shifted test split, the probe's choice of
@@ -18,6 +21,7 @@ resolution as ImageNet-C corrupts at 224 px, seeded by the cell's seed).
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -29,10 +33,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from dynadapter.bench.corruptions import assign, corrupt, image_seed
 from dynadapter.contract import Preprocessing
+from dynadapter.errors import ConfigError
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops, exit_head_gflops
 from dynadapter.training.calibration import sweep
 from dynadapter.training.data import ImageDataset, from_uint8, load_raw, run_split, stream, to_uint8
@@ -75,6 +81,41 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-backward-sparsity": ("backward sparsity off", {"backward_sparsity": 0.0}),
     "distill": ("self-distillation on (weight 0.5)", {"distill": 0.5}),
 }
+
+
+#: Options that the suite sets itself, per cell or from its own flags: ``--train-arg`` cannot give them.
+SUITE_OPTIONS = frozenset(
+    {"data", "out", "resume", "petl", "static", "exits", "seed", "shots", "epochs", "lr", "warmup_epochs"}
+    | {"batch_size", "amp", "img_size", "backbone", "backbone_kwargs", "workers", "val_every", "progress"}
+)
+
+
+def recipe_options(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """``--train-arg KEY=VALUE`` pairs -> the training options of every cell that differ from
+    ``dynadapter train``'s defaults, validated and normalised as the run records them (so that
+    ``hflip=0`` is no recipe at all and ``crop_scale=0.5,1`` equals ``[0.5, 1.0]``)."""
+    given = dict(pairs)
+    reserved = sorted(set(given) & SUITE_OPTIONS)
+    unknown = sorted(set(given) - set(TrainOptions.model_fields))
+    if reserved or unknown:
+        raise ConfigError(
+            f"--train-arg {', '.join(reserved + unknown)}: not a recipe option; the suite sets "
+            f"{', '.join(sorted(SUITE_OPTIONS))} itself, and the others are dynadapter train's options"
+        )
+    try:
+        recorded = TrainOptions(data="-", out=Path("-"), **given).record()
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"--train-arg {first['loc'][0]}: {first['msg']}") from None
+    defaults = TrainOptions(data="-", out=Path("-")).record()
+    return {k: recorded[k] for k in sorted(given) if recorded[k] != defaults[k]}
+
+
+def recipe_suffix(recipe: dict[str, Any]) -> str:
+    """``-r<8 hex digits>`` naming a non-default recipe; empty for the default one."""
+    if not recipe:
+        return ""
+    return "-r" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True)
@@ -147,6 +188,8 @@ class SuiteConfig:
     root: where the cells' run directories live.
     lr, warmup_epochs, batch_size, amp: the one recipe of every cell, static or dynamic, so that they compare.
     img_size, backbone: None keeps ``dynadapter train``'s defaults.
+    recipe: further training options of every cell (`recipe_options`: augmentation, regularisation);
+        a cell's own overrides (the probe's, the ablations') take precedence.
     backbone_kwargs: extra ``timm.create_model`` arguments (tests use tiny random ViTs).
     workers: DataLoader workers of every cell (None: ``dynadapter train``'s default).
     steps: for few-shot cells, train this many optimizer steps whatever K (epochs follow from it);
@@ -164,6 +207,7 @@ class SuiteConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
     workers: int | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def epochs_for(self, cell: Cell) -> int:
         """``epochs``; for a few-shot cell with ``steps`` set, the epochs that make about that many steps."""
@@ -173,7 +217,7 @@ class SuiteConfig:
         return math.ceil(self.steps / steps_per_epoch)
 
     def cell_dir(self, cell: Cell) -> Path:
-        return Path(self.root) / cell.task / f"{cell.petl}-{cell.variant}{cell.suffix}"
+        return Path(self.root) / cell.task / f"{cell.petl}-{cell.variant}{cell.suffix}{recipe_suffix(self.recipe)}"
 
     def options(self, cell: Cell) -> TrainOptions:
         given = {"img_size": self.img_size, "backbone": self.backbone, "workers": self.workers}
@@ -196,7 +240,7 @@ class SuiteConfig:
             seed=cell.seed,
             shots=cell.shots,
             **defaults,
-            **cell.overrides(),
+            **(self.recipe | cell.overrides()),
         )
 
     def depth(self) -> int:
@@ -221,6 +265,7 @@ class SuiteConfig:
             "batch_size": opts.batch_size,
             "amp": opts.amp_dtype if opts.amp else None,
             "seed": opts.seed,
+            "recipe": dict(self.recipe),
         }
 
 

@@ -474,10 +474,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     c = results["config"]
     epochs = f"{c['epochs']} epoch" + ("s" if c["epochs"] != 1 else "")
     amp = f"{c['amp']} autocast in training, " if c.get("amp") else ""
+    recipe = ", ".join(f"{k}={v}" for k, v in c.get("recipe", {}).items())
+    recipe = f"recipe {recipe}, " if recipe else ""
     intro = (
         f"Backbone `{c['backbone']}` at {c['img_size']} px, frozen; {epochs} per cell "
         f"(AdamW lr {c['lr']}, {c['warmup_epochs']} epochs of warm-up, batch {c['batch_size']}, "
-        f"{amp}{_seeds(c)}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
+        f"{amp}{recipe}{_seeds(c)}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
         "200 val images, a separate test split). All numbers are on the test split; the modes use the "
         "thresholds calibrated on the validation split (each run's calibration.json). GFLOPs: one "
         "multiply-add = one FLOP. The paper trains 100 epochs: with fewer, these numbers compare the "

@@ -45,6 +45,8 @@ class DynamicViTConfig:
         petl: ``adapter``, ``lora``, ``repadapter`` or ``none`` (heads only).
         petl_options: keyword arguments of the method's config dataclass.
         heads: one head config per exit; empty means the balanced default.
+        head_dropout: dropout of every head, the least that forward sparsity leaves it (like the PETL
+            config's ``dropout`` for the PETL branches).
     """
 
     num_classes: int
@@ -53,6 +55,7 @@ class DynamicViTConfig:
     petl_options: dict[str, Any] = field(default_factory=dict)
     heads: list[HeadConfig] = field(default_factory=list)
     forward_sparsity: ForwardSparsity = field(default_factory=ForwardSparsity)
+    head_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         self.heads = [h if isinstance(h, HeadConfig) else HeadConfig(**h) for h in self.heads]
@@ -79,8 +82,11 @@ class DynamicViT(nn.Module):
         self.backbone = backbone
         self.backbone.requires_grad_(False)
         width, num_heads = backbone.embed_dim, backbone.blocks[0].attn.num_heads
+        self.petl_dropout = 0.0
         if config.petl != "none":
-            inject_petl(backbone.blocks, config.petl, make_petl_config(config.petl, **config.petl_options))
+            petl_config = make_petl_config(config.petl, **config.petl_options)
+            inject_petl(backbone.blocks, config.petl, petl_config)
+            self.petl_dropout = petl_config.dropout
         self.bounds = [0, *config.exits]
         last = len(config.exits) - 1
         self.heads = nn.ModuleList(
@@ -105,12 +111,14 @@ class DynamicViT(nn.Module):
         return self.backbone.blocks[self.bounds[k] : self.bounds[k + 1]]
 
     def set_forward_sparsity(self, sparsity: ForwardSparsity) -> None:
+        """Dropout of stage k's head and PETL branches: the stage's forward-sparsity rate, at least the
+        configured ``head_dropout`` / PETL ``dropout``."""
         for k in range(self.num_exits):
             p = sparsity.rate(k, self.num_exits)
-            self.heads[k].set_dropout(p)
+            self.heads[k].set_dropout(max(p, self.config.head_dropout))
             for m in self.stage_blocks(k).modules():
                 if isinstance(m, PetlLayer):
-                    m.set_dropout(p)
+                    m.set_dropout(max(p, self.petl_dropout))
 
     def train(self, mode: bool = True) -> DynamicViT:
         super().train(mode)

@@ -11,11 +11,17 @@ The rule here, with training progress ``t`` in [0, 1] and K exits:
 1. ``gamma = 0`` gives fixed equal weights (the ablation). Optional self-distillation adds
 ``distill_weight * T^2 * KL(softmax(z_K / T) || softmax(z_k / T))`` for every early exit, with the
 last exit detached as the teacher.
+
+``criterion`` is each exit's loss (plain cross-entropy by default). The recipe's switches
+(training/augment.py) make it label-smoothed, or soft-target cross-entropy when mixup / cutmix turn
+the targets into soft labels [N, C]; the distillation term's teacher is the last exit, never the
+targets, so it is the same with soft labels.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +32,7 @@ class AdaptivePrioritization:
     gamma: float = 2.0
     distill_weight: float = 0.0
     temperature: float = 2.0
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(default=F.cross_entropy, repr=False)
 
     def __post_init__(self) -> None:
         if self.gamma < 0 or self.distill_weight < 0 or self.temperature <= 0:
@@ -39,8 +46,8 @@ class AdaptivePrioritization:
     def __call__(
         self, logits: list[torch.Tensor], targets: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, list[float]]:
-        """Total loss and each exit's cross-entropy (for logging)."""
-        ce = torch.stack([F.cross_entropy(z, targets) for z in logits])
+        """Total loss and each exit's ``criterion`` (for logging); ``targets``: class ids [N] or soft labels [N, C]."""
+        ce = torch.stack([self.criterion(z, targets) for z in logits])
         loss = (self.weights(progress, len(logits)).to(ce.device) * ce).sum()
         if self.distill_weight > 0 and len(logits) > 1:
             loss = loss + self.distill_weight * self.distillation(logits)
@@ -53,4 +60,4 @@ class AdaptivePrioritization:
         return t * t * torch.stack(kl).sum()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"gamma": self.gamma, "distill_weight": self.distill_weight, "temperature": self.temperature}

@@ -16,7 +16,8 @@ is the i-th. Hidden names (``.*``, which covers AppleDouble ``._*``), ``__MACOSX
 Streaming: an `ImageDataset` reads one file at a time through ``Preprocessing.load`` (the service's
 own path from bytes to a model input), so no full-resolution pixels of the data set are held. Each
 image decoded is kept, resized, as uint8 in a `PixelCache` (shared memory when it fits, else a
-file), and later epochs rebuild the identical float tensor from it without decoding again.
+file), and later epochs rebuild the identical float tensor from it without decoding again. The
+training split alone may be augmented (training/augment.py) on its way from those pixels to the tensor.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from PIL import Image
 
 from dynadapter.contract import ImageDecodeError, ImageTooLargeError, Preprocessing
 from dynadapter.errors import DataError
+from dynadapter.training.augment import seeded
 
 SPLITS = ("train", "val", "test")
 IGNORED_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
@@ -477,17 +479,28 @@ def available_memory() -> int:
 
 @dataclass
 class ImageDataset(torch.utils.data.Dataset):
-    """Streams a split: item j is (float32 [3, H, W], class id) of the split's image ``indices[j]``."""
+    """Streams a split: item j is (float32 [3, H, W], class id) of the split's image ``indices[j]``.
+
+    ``augment`` (training only) changes the resized image before its normalisation, with random draws
+    seeded by (``seed``, the epoch set by `set_epoch`, the image's index).
+    """
 
     source: Any  # SplitSource
     pre: Preprocessing
     max_pixels: int
     cache: PixelCache | None = None
     indices: np.ndarray | None = None  # None: every image of the source
+    augment: Callable[[Image.Image], Image.Image] | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.indices is None:
             self.indices = np.arange(len(self.source))
+        # in shared memory: persistent DataLoader workers see the epoch the training loop sets
+        self.epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch[0] = epoch
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -506,9 +519,18 @@ class ImageDataset(torch.utils.data.Dataset):
             self.cache.put(i, to_uint8(image, self.pre))
         return image
 
+    def augmented(self, i: int) -> np.ndarray:
+        """The model input of image i after ``augment``, drawn with (seed, epoch, i)."""
+        assert self.augment is not None
+        cached = self.cache.get(i) if self.cache else None
+        pixels = cached if cached is not None else to_uint8(self.image(i), self.pre)
+        with seeded(self.seed, int(self.epoch[0]), i):
+            return self.pre(self.augment(Image.fromarray(pixels)))
+
     def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
         i = int(self.indices[j])
-        return torch.from_numpy(self.image(i)), int(self.source.targets[i])
+        image = self.augmented(i) if self.augment else self.image(i)
+        return torch.from_numpy(image), int(self.source.targets[i])
 
 
 class _Screen(torch.utils.data.Dataset):

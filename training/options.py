@@ -11,13 +11,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from dynadapter.options import comma_separated
 
 
 def _extra(**extra: Any) -> dict[str, Any]:
     return {"json_schema_extra": extra}
+
+
+#: The first part of an ``--auto-augment`` spec: timm's RandAugment (``rand-m9-mstd0.5``), AugMix
+#: (``augmix-m5``) and AutoAugment policies (``original``, ``v0``, ...), or torchvision's TrivialAugmentWide.
+AUTO_AUGMENT_KINDS = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a", "trivial")
+
+
+def _crop_scale(scale: list[float] | None) -> list[float] | None:
+    if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
+        raise ValueError(f"expected MIN,MAX with 0 < MIN <= MAX <= 1, got {scale}")
+    return scale
+
+
+def _auto_augment(spec: str | None) -> str | None:
+    if spec in (None, "", "none"):
+        return None
+    kind = spec.split("-")[0]
+    if kind not in AUTO_AUGMENT_KINDS or (kind == "trivial" and spec != "trivial"):
+        raise ValueError(f"{spec!r}: expected a spec starting with one of {', '.join(AUTO_AUGMENT_KINDS)}")
+    return spec
 
 
 class TrainOptions(BaseModel):
@@ -104,6 +124,38 @@ class TrainOptions(BaseModel):
         description="bootstrap resamples of the val split behind each mode's threshold (their median, "
         "with its spread); 0 = one choice on the split itself",
     )
+    crop_scale: Annotated[list[float] | None, BeforeValidator(comma_separated), AfterValidator(_crop_scale)] = Field(
+        None,
+        description="training images only: random resized crop (timm) of MIN,MAX of the image's area, "
+        "e.g. 0.35,1 (default: the whole image)",
+    )
+    hflip: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="training images only: probability of a horizontal flip (leave 0 where a mirror image "
+        "changes the class, as for digits and text)",
+    )
+    auto_augment: Annotated[str | None, AfterValidator(_auto_augment)] = Field(
+        None,
+        description="training images only: timm's RandAugment / AugMix / AutoAugment spec (rand-m9-mstd0.5, "
+        "augmix-m5, original) or trivial (TrivialAugmentWide) (default: none)",
+    )
+    mixup: float = Field(0.0, ge=0, description="mixup alpha on training batches (timm Mixup; 0 = off)")
+    cutmix: float = Field(
+        0.0, ge=0, description="cutmix alpha on training batches (0 = off; with --mixup, one of the two per batch)"
+    )
+    smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the training targets (0 = off)")
+    head_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout in every exit head (forward sparsity raises it in shallow stages)"
+    )
+    petl_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="dropout inside the PETL modules' branch (forward sparsity raises it in shallow stages; "
+        "same as --petl-arg dropout=P)",
+    )
     device: str = Field("auto", description="auto (the GPU when CUDA is usable, else the CPU), cpu, cuda or cuda:N")
     amp: bool = Field(
         False, description="mixed-precision training (autocast); calibration, checkpoint and export stay float32"
@@ -112,6 +164,16 @@ class TrainOptions(BaseModel):
         "bfloat16", description="autocast dtype with --amp (float16 adds loss scaling)"
     )
     progress: bool = Field(True, description="progress bar", **_extra(cli=False))
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (mixup or cutmix): the targets are then soft labels."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    @property
+    def augments(self) -> bool:
+        """Whether any switch changes the training images (the other splits never change)."""
+        return bool(self.crop_scale or self.hflip or self.auto_augment)
 
     def record(self) -> dict[str, Any]:
         """The options as JSON-ready values (for config.json and the benchmark cache)."""

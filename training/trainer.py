@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.data import Mixup
 from tqdm.auto import tqdm
 
 from dynadapter.contract import Preprocessing
@@ -29,6 +30,7 @@ from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflo
 from dynadapter.training import distributed
 from dynadapter.training import run_dir as rd
 from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
+from dynadapter.training.augment import batch_mixer, criterion, seeded, train_augmentation
 from dynadapter.training.backward_sparsity import BackwardSparsity
 from dynadapter.training.calibration import calibrate
 from dynadapter.training.data import (
@@ -84,9 +86,11 @@ def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.Backbone
     if exits[-1] > depth or exits != sorted(set(exits)):
         raise ConfigError(f"--exits {exits}: exits must increase and stay within the backbone's {depth} blocks")
     heads = parse_head_spec(opts.heads, len(exits))
-    config = DynamicViTConfig(
-        num_classes, exits, opts.petl, opts.petl_options, heads, ForwardSparsity(shallow=opts.forward_sparsity)
-    )
+    if opts.petl_dropout and "dropout" in opts.petl_options:
+        raise ConfigError("give the PETL dropout once: --petl-dropout P or --petl-arg dropout=P")
+    petl_options = opts.petl_options | ({"dropout": opts.petl_dropout} if opts.petl_dropout else {})
+    sparsity = ForwardSparsity(shallow=opts.forward_sparsity)
+    config = DynamicViTConfig(num_classes, exits, opts.petl, petl_options, heads, sparsity, opts.head_dropout)
     return DynamicViT(backbone, config), spec
 
 
@@ -168,10 +172,11 @@ def prepare(
     Returns the datasets and the (path, split, reason) rows of the files skipped.
     """
     caches = make_caches(raw, pre.size, opts, out, world)
+    augment = train_augmentation(opts, pre.size[0], pre.mean, pre.interpolation)
     data, skipped = {}, []
     for name in SPLITS:
         source = raw.splits[name]
-        data[name] = ImageDataset(source, pre, opts.max_pixels, caches.get(name))
+        data[name] = ImageDataset(source, pre, opts.max_pixels, caches.get(name), seed=opts.seed)
         if not isinstance(source, FileSplit) or not len(source):
             continue  # builtin images are decoded already
         # Each rank decodes its share; the first bad file stops a single process at once.
@@ -184,6 +189,7 @@ def prepare(
         raw.splits[name] = source.subset(data[name].indices)
         skipped += [(source.name(i), name, reason) for i, reason in sorted(bad.items())]
     check_classes(raw, opts.data)
+    data["train"].augment = augment  # after screening, which fills the cache with the plain images
     return data, skipped
 
 
@@ -270,7 +276,10 @@ def fit(
     world = world or distributed.World()
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
-    prioritization = AdaptivePrioritization(gamma=opts.loss_gamma, distill_weight=opts.distill)
+    prioritization = AdaptivePrioritization(
+        gamma=opts.loss_gamma, distill_weight=opts.distill, criterion=criterion(opts)
+    )
+    mixer = batch_mixer(opts, model.config.num_classes)
     backward_sparsity = BackwardSparsity(rate=opts.backward_sparsity)
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     # Loss scaling keeps float16 gradients from underflowing; with bfloat16 or float32 it is a no-op.
@@ -280,7 +289,9 @@ def fit(
     sampler = torch.utils.data.DistributedSampler(
         train_data, num_replicas=world.size, rank=world.rank, shuffle=True, seed=opts.seed
     )
-    loader = stream(train_data, opts.workers, opts.batch_size // world.size, sampler=sampler)
+    # timm's Mixup mixes a batch with its own reverse: it needs even batches, so a short last one is dropped.
+    loader = stream(train_data, opts.workers, opts.batch_size // world.size, sampler=sampler, drop_last=bool(mixer))
+    check_mixing(mixer, opts.batch_size // world.size, len(loader))
     steps_per_epoch = len(loader)
     total = steps_per_epoch * opts.epochs
     warmup = min(total, round(opts.warmup_epochs * steps_per_epoch))
@@ -298,9 +309,13 @@ def fit(
     for epoch in range(state["epoch"], opts.epochs):
         model.train()
         sampler.set_epoch(epoch)
+        train_data.set_epoch(epoch)
         start, losses, exit_losses = time.perf_counter(), [], []
         for images, targets in loader:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if mixer:
+                with seeded(opts.seed, state["step"]):
+                    images, targets = mixer(images, targets)
             with autocast(opts, device):
                 logits = net(images)
             loss, per_exit = prioritization([z.float() for z in logits], targets, state["step"] / total)
@@ -339,6 +354,18 @@ def fit(
             log.info("epoch %d: %s", epoch + 1, record)
             save_resume(out, model, opt, sched, scaler, mask_gen, state)
     bar.close()
+
+
+def check_mixing(mixer: Mixup | None, batch_size: int, steps_per_epoch: int) -> None:
+    """ConfigError where mixup / cutmix cannot run: an odd batch per process, or no whole batch."""
+    if mixer and batch_size % 2:
+        raise ConfigError(
+            f"--mixup / --cutmix mix a batch with its reverse: use an even batch per process, not {batch_size}"
+        )
+    if mixer and not steps_per_epoch:
+        raise ConfigError(
+            "--mixup / --cutmix drop the last, short batch: the train split has no whole batch; lower --batch-size"
+        )
 
 
 def end_of_epoch(

@@ -192,3 +192,50 @@ def test_cells_per_seed_and_shots_have_their_own_directories(tmp_path: Path) -> 
     # with a step budget, 4 shots x 10 classes = 2 batches of 32 an epoch: 100 steps are 50 epochs, validated 7 times
     stepped = SuiteConfig(tmp_path, 8, 1e-3, 1.0, 32, steps=100)
     assert (stepped.options(few).epochs, stepped.options(few).val_every, stepped.options(few).shots) == (50, 7, 4)
+
+
+def test_a_recipe_gets_cells_of_its_own_and_the_default_recipe_keeps_todays(tmp_path: Path) -> None:
+    from dynadapter.bench.accuracy import suite_config
+    from dynadapter.bench.cells import Cell, options_record, same_options
+
+    parser = argparse.ArgumentParser(prog="dynadapter")
+    add_bench(parser.add_subparsers(dest="command", required=True))
+
+    def config(*train_args: str):  # what `bench accuracy --train-arg ...` trains with
+        argv = ["bench", "accuracy", *TINY[: TINY.index("--epochs")], "--root", str(tmp_path), "--no-amp"]
+        return suite_config(parser.parse_args([*argv, *(a for t in train_args for a in ("--train-arg", t))]), 8)
+
+    cell, probe = Cell("digits", "adapter", "dyn"), Cell("digits", "none", "probe")
+    default = config()
+    assert default.recipe == {} and default.cell_dir(cell) == tmp_path / "digits" / "adapter-dyn"
+    # options at their defaults are no recipe: today's cells, still finished for a cache written before the switches
+    assert config("hflip=0", "auto_augment=none", "mixup=0").cell_dir(cell) == default.cell_dir(cell)
+    today = options_record(default.options(cell))
+    new = ("crop_scale", "hflip", "auto_augment", "mixup", "cutmix", "smoothing", "head_dropout", "petl_dropout")
+    assert same_options({k: v for k, v in today.items() if k not in new}, today)
+
+    flip = config("hflip=0.5", "crop_scale=0.5,1")
+    assert flip.recipe == {"crop_scale": [0.5, 1.0], "hflip": 0.5}
+    assert flip.cell_dir(cell).parent == tmp_path / "digits" and flip.cell_dir(cell).name.startswith("adapter-dyn-r")
+    assert flip.cell_dir(cell) == config("crop_scale=[0.5, 1]", "hflip=0.50").cell_dir(cell)  # the same recipe
+    assert len({flip.cell_dir(cell), config("hflip=1").cell_dir(cell), default.cell_dir(cell)}) == 3
+    opts = flip.options(cell)
+    assert (opts.hflip, opts.crop_scale, opts.mixup) == (0.5, [0.5, 1.0], 0.0)
+    assert not same_options(options_record(opts), today)  # a recipe never reuses the default's cells
+    # the probe's own options win over the recipe's
+    sparse = config("forward_sparsity=0.1", "smoothing=0.1")
+    assert sparse.options(cell).forward_sparsity == 0.1 and sparse.options(probe).forward_sparsity == 0.0
+    assert sparse.options(probe).smoothing == 0.1 and sparse.record(cell)["recipe"] == sparse.recipe
+
+
+@pytest.mark.parametrize(
+    ("train_arg", "message"),
+    [("lr=0.1", "--train-arg lr: not a recipe option"), ("colour=red", "colour"), ("hflip=2", "--train-arg hflip")],
+)
+def test_a_train_arg_the_suite_cannot_take_is_a_config_error(train_arg: str, message: str) -> None:
+    from dynadapter.bench.cells import recipe_options
+    from dynadapter.errors import ConfigError
+    from dynadapter.options import key_value
+
+    with pytest.raises(ConfigError, match=message):
+        recipe_options([key_value(train_arg)])

@@ -158,6 +158,27 @@ def test_forward_sparsity_reaches_the_petl_dropout(case: Case) -> None:
             assert [d.p for d in drops] == pytest.approx([rate] * len(drops))
 
 
+@pytest.mark.parametrize("method", ["adapter", "lora", "repadapter"])
+def test_petl_and_head_dropout_are_floors_under_forward_sparsity(method: str) -> None:
+    """``--petl-dropout`` / ``--head-dropout``: each branch gets max(its stage's sparsity rate, the floor)."""
+    model = tiny_model(
+        method,
+        petl_options={"dropout": 0.15},
+        head_dropout=0.25,
+        forward_sparsity=ForwardSparsity(shallow=0.3, deep=0.0),
+    ).train()
+    for k, (petl_rate, head_rate) in enumerate([(0.3, 0.3), (0.2, 0.25), (0.15, 0.25), (0.15, 0.25)]):
+        petl = [
+            m.p
+            for layer in petl_layers(model.stage_blocks(k))
+            for n, m in layer.named_modules()
+            if isinstance(m, nn.Dropout) and not n.startswith("base_layer")
+        ]
+        head = [m.p for m in model.heads[k].modules() if isinstance(m, nn.Dropout)]
+        assert petl and petl == pytest.approx([petl_rate] * len(petl))
+        assert head and head == pytest.approx([head_rate] * len(head))
+
+
 @pytest.mark.parametrize(
     ("method", "options"),
     [

@@ -118,6 +118,11 @@ def test_a_bug_is_not_dressed_as_a_user_error(tmp_path: Path, monkeypatch: pytes
         ("--lr", "-1", "greater than 0"),
         ("--backward-sparsity", "1.5", "less than 1"),
         ("--calibration-resamples", "-1", "greater than or equal to 0"),
+        ("--hflip", "2", "less than or equal to 1"),
+        ("--crop-scale", "1,0.5", "0 < MIN <= MAX <= 1"),
+        ("--auto-augment", "colour-m9", "expected a spec starting with one of"),
+        ("--smoothing", "1", "less than 1"),
+        ("--head-dropout", "-0.1", "greater than or equal to 0"),
     ],
 )
 def test_train_flags_are_validated_as_the_options_are(
@@ -132,7 +137,11 @@ def test_train_flags_are_validated_as_the_options_are(
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--petl-arg", "colour=red"], "its options are"), (["--heads", "pyramid"], "head kind must be one of")],
+    [
+        (["--petl-arg", "colour=red"], "its options are"),
+        (["--heads", "pyramid"], "head kind must be one of"),
+        (["--petl-dropout", "0.1", "--petl-arg", "dropout=0.2"], "give the PETL dropout once"),
+    ],
 )
 def test_model_options_a_user_gets_wrong_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as err:
