@@ -421,13 +421,18 @@ def litserve_accelerator(providers: str) -> str:
 def start_servers(
     stack: contextlib.ExitStack, inputs: BenchInputs, config: ServeBenchConfig
 ) -> dict[str, ServerProcess]:
-    """Start the servers the chosen variants need, all at once (start-up is mostly imports), and wait for them."""
+    """Start the servers the chosen variants need and wait for them."""
     needed = {VARIANTS[name].server for name in config.variants}
+    return launch(stack, {name: spec for name, spec in server_commands(inputs, config).items() if name in needed})
+
+
+def launch(stack: contextlib.ExitStack, commands: dict[str, tuple[list[str], str, str]]) -> dict[str, ServerProcess]:
+    """Start every server of ``commands`` (name -> argv, readiness path, classify path) at once (start-up is
+    mostly imports), each stopped when ``stack`` closes, and wait until all are ready."""
     servers = {}
-    for name, (argv, ready, classify) in server_commands(inputs, config).items():
-        if name in needed:
-            servers[name] = ServerProcess(name, argv, ready, classify)
-            stack.callback(servers[name].stop)
+    for name, (argv, ready, classify) in commands.items():
+        servers[name] = ServerProcess(name, argv, ready, classify)
+        stack.callback(servers[name].stop)
     for server in servers.values():
         server.wait_ready()
         log.info("the %s server is ready at %s", server.name, server.url)
