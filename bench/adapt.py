@@ -479,15 +479,15 @@ def buckets(run: Run, offset: float, bucket_s: float, **yardsticks: Any) -> list
 
 
 def timeline(runs: Sequence[Run], bucket_s: float, yardsticks: Sequence[dict[str, Any]]) -> dict[str, list]:
-    """Runs laid end to end: the bucketed series, the scrapes (``t`` in seconds from the first run's start)
-    and each run's start on that axis."""
+    """Runs laid end to end: the bucketed series, the scrapes (``t`` in seconds from the first run's start),
+    each run's start on that axis and its length in seconds."""
     series, scraped, starts, offset = [], [], [], 0.0
     for run, yardstick in zip(runs, yardsticks, strict=True):
         starts.append(offset)
         series += buckets(run, offset, bucket_s, **yardstick)
         scraped += [{"t": offset + at - run.start, **values} for at, values in run.scrapes if at >= run.start]
         offset += run.seconds
-    return {"series": series, "scrapes": scraped, "starts": starts}
+    return {"series": series, "scrapes": scraped, "starts": starts, "seconds": [run.seconds for run in runs]}
 
 
 # -- targets -----------------------------------------------------------------------------------------------------

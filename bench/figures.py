@@ -106,10 +106,10 @@ def plot_drift(drift: dict[str, Any], path: Path) -> None:
         axes[2].plot([t for t, _ in points], [v for _, v in points], label=key.removeprefix("dynadapter_"))
     _series(axes[2], live, "threshold", color="black", lw=0.8, label="threshold (answers)")
     axes[0].axhline(100 * drift["verdict"]["bound"], color="red", lw=0.8, ls="--", label="1 - epsilon")
-    clean_s, drift_s = drift["phases_s"]
+    shift, drift_s = live["starts"][1], live["seconds"][1]  # as the live server ran them
     for ax, label in zip(axes, ("agreement %", "accuracy %", "live thresholds"), strict=True):
-        ax.axvline(clean_s, color="black", lw=0.8)
-        ax.axvspan(clean_s + (1 - drift["judge_fraction"]) * drift_s, clean_s + drift_s, color="grey", alpha=0.12)
+        ax.axvline(shift, color="black", lw=0.8)
+        ax.axvspan(shift + (1 - drift["judge_fraction"]) * drift_s, shift + drift_s, color="grey", alpha=0.12)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=7)

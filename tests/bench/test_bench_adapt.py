@@ -127,7 +127,7 @@ def test_timeline_lays_runs_end_to_end_with_their_scrapes() -> None:
     first = Run(1, [sample(5.0, 100, 0, 0, 0)], start=5.0, seconds=2.0, scrapes=[(4.0, {"a": 1.0}), (6.0, {"a": 2.0})])
     second = Run(2, [sample(50.0, 100, 0, 0, 0)], start=50.0, seconds=3.0, scrapes=[(51.5, {"a": 3.0})])
     line = adapt.timeline([first, second], bucket_s=1.0, yardsticks=[{}, {}])
-    assert line["starts"] == [0.0, 2.0]
+    assert (line["starts"], line["seconds"]) == ([0.0, 2.0], [2.0, 3.0])
     assert line["scrapes"] == [{"t": 1.0, "a": 2.0}, {"t": 3.5, "a": 3.0}]  # the warm-up's scrape left out
     assert [(row["t"], row["clients"]) for row in line["series"]] == [(0.5, 1), (1.5, 1), (2.5, 2), (3.5, 2), (4.5, 2)]
 
