@@ -103,6 +103,26 @@ def test_the_dashboard_has_the_panels_an_operator_needs() -> None:
     assert len({p["id"] for p in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
 
 
+def test_the_dashboard_shows_the_run_time_adaptation() -> None:
+    panels = {p["title"]: [t["expr"] for t in p["targets"]] for p in DASHBOARD["panels"]}
+    threshold, flops = panels["Operating point"]
+    assert "dynadapter_operating_threshold{" in threshold and "dynadapter_operating_flops_fraction{" in flops
+    violations, degraded = panels["Latency target: violations and degraded time"]
+    assert "rate(dynadapter_latency_target_violations_total{" in violations
+    assert "rate(dynadapter_degraded_seconds_total{" in degraded
+    reasons = panels["Exit reasons (deadline exits)"]
+    assert reasons == ['sum by (reason) (rate(dynadapter_exit_reasons_total{model=~"$model"}[$__rate_interval]))']
+    assert panels["Agreement with the last exit, per exit"] == [
+        'min by (exit) (dynadapter_exit_agreement{model=~"$model"})'
+    ]
+    assert "by (mode, exit) (dynadapter_live_threshold{" in panels["Live thresholds"][0]
+    shadowed, shadow_flops = panels["Shadow work"]
+    assert "dynadapter_shadow_images_total" in shadowed and "dynadapter_exits_total" in shadowed
+    assert "dynadapter_shadow_flops_total" in shadow_flops and "dynadapter_flops_used_total" in shadow_flops
+    grid = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in DASHBOARD["panels"]]
+    assert len(set(grid)) == len(grid)  # no panel drawn over another
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
 def test_every_expression_parses_with_promtool(tmp_path: Path) -> None:
     rules = [
