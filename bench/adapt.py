@@ -307,21 +307,22 @@ async def loaded(
 ) -> Run:
     """``clients`` back to back for ``seconds`` with only ``server`` awake, scraping its /metrics meanwhile."""
     scrapes: list[tuple[float, dict[str, float]]] = []
+    done = asyncio.Event()
     with serve._awake(server):
-        scraper = asyncio.create_task(scrape(server.url + "/metrics", config.scrape_s, scrapes))
+        scraper = asyncio.create_task(scrape(server.url + "/metrics", config.scrape_s, scrapes, done))
         try:
             samples, elapsed = await serve.measure(server.classify_url + query, images, clients, MAX_REQUESTS, seconds)
         finally:
-            scraper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await scraper
+            done.set()
+            await scraper
     start = min((sample.at for sample in samples), default=time.perf_counter())
     log.info("%s%s at %d clients: %d requests in %.1f s", server.name, query, clients, len(samples), elapsed)
     return Run(clients, samples, start, elapsed, scrapes)
 
 
-async def scrape(url: str, period_s: float, out: list[tuple[float, dict[str, float]]]) -> None:
-    """Append (time.perf_counter, ``adaptation_series``) of ``url`` every ``period_s`` until cancelled."""
+async def scrape(url: str, period_s: float, out: list[tuple[float, dict[str, float]]], done: asyncio.Event) -> None:
+    """Append (time.perf_counter, ``adaptation_series``) of ``url`` every ``period_s``, and once more when
+    ``done`` is set (the state the load left)."""
     import httpx
 
     async with httpx.AsyncClient(timeout=10) as client:
@@ -330,7 +331,10 @@ async def scrape(url: str, period_s: float, out: list[tuple[float, dict[str, flo
                 out.append((time.perf_counter(), adaptation_series((await client.get(url)).text)))
             except httpx.HTTPError as err:
                 log.warning("scraping %s failed: %r", url, err)
-            await asyncio.sleep(period_s)
+            if done.is_set():
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), period_s)
 
 
 def adaptation_series(exposition: str) -> dict[str, float]:
@@ -579,9 +583,11 @@ def report(
 ) -> dict[str, Any]:
     from dynadapter.bench.corruptions import SEVERITIES
 
-    floor = {"floor": refs.floor_correct} if refs.floor is None else {}
+    yardsticks: dict[str, Any] = {"last": refs.last_clean}
+    yardsticks |= {"floor": refs.floor_correct} if refs.floor is None else {}
     ramp_steps = {
-        name: [_with_floor(summarize_run(r, **floor), refs.floor) for r in runs] for name, runs in ramp_runs.items()
+        name: [_with_floor(summarize_run(r, **yardsticks), refs.floor) for r in runs]
+        for name, runs in ramp_runs.items()
     }
     clean, drifted = {"last": refs.last_clean}, {"last": refs.last_drifted}
     judged = {
@@ -622,7 +628,7 @@ def report(
             "accuracy_floor": config.accuracy_floor,
             "steps": ramp_steps,
             "timelines": {
-                name: timeline(runs, config.bucket_s, [floor] * len(runs)) for name, runs in ramp_runs.items()
+                name: timeline(runs, config.bucket_s, [yardsticks] * len(runs)) for name, runs in ramp_runs.items()
             },
             "verdict": ramp_verdict(ramp_steps, target_ms),
         },
@@ -661,6 +667,7 @@ RAMP_HEADER = [
     "req/s",
     "accuracy",
     "floor accuracy",
+    "agreement with last exit",
     "mean threshold",
     "deadline exits",
     "answered",
@@ -685,6 +692,7 @@ def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
             _fmt(s["throughput_rps"]),
             _fmt(s["accuracy"], 3),
             _fmt(s.get("floor_accuracy"), 3),
+            _fmt(s["agreement"], 3),
             _fmt(s["threshold"], 3),
             str(s["exit_reasons"].get("deadline", 0)),
             _answered(s),

@@ -4,6 +4,7 @@ inputs; and one short run against real servers of the committed fixture model.
 A benchmark, not a performance test: nothing here asserts a timing.
 """
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,64 @@ def test_photo_inputs_come_from_the_models_builtin_data_set() -> None:
     for training in (None, {"data": "/photos/train"}):
         with pytest.raises(DataError, match="--run-dir"):
             adapt._data_source(None, training)
+
+
+# -- one short run against real servers (the committed fixture model) ---------------------------------------------
+
+CLIENTS = (1, 2)
+IMAGES = 12
+
+
+@pytest.fixture(scope="module")
+def adapt_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    from dynadapter.export.demo import FIXTURE_REPO
+    from tests.bench.test_bench_serve import bench
+
+    docs = tmp_path_factory.mktemp("bench_adapt") / "docs"
+    bench(
+        "adapt",
+        *("--model-repo", str(FIXTURE_REPO), "--model-name", "digits-tiny", "--docs", str(docs)),
+        *("--images", str(IMAGES), "--photo-size", "64x48", "--clients", ",".join(map(str, CLIENTS))),
+        *("--step-s", "1", "--drift-clients", "2", "--clean-s", "1.5", "--drift-s", "3"),
+        # every image shadowed, thresholds re-chosen every 5: the live server adapts within seconds
+        *("--live-calibration", "1", "--calibration-every", "5", "--calibration-window", "20"),
+        *("--bucket-s", "0.5", "--scrape-s", "0.25"),
+    )
+    return json.loads((docs / "results.json").read_text())["adapt"], docs
+
+
+def test_every_step_and_phase_answers_every_request(adapt_results: tuple[dict[str, Any], Path]) -> None:
+    section, _ = adapt_results
+    steps = section["ramp"]["steps"]
+    assert set(steps) == {"controller", "balanced", "threshold-1"}
+    for rows in [*steps.values(), *section["drift"]["phases"].values()]:
+        assert all(row["requests"] > 0 and row["errors"] == 0 for row in rows), rows
+    assert [row["clients"] for row in steps["controller"]] == list(CLIENTS)
+    for row in steps["threshold-1"]:  # full depth: the yardstick of agreement, answered at the last exit
+        assert (row["threshold"], row["agreement"], row["exit_reasons"]) == (1.0, 1.0, {"last": row["requests"]})
+    for row in steps["controller"]:
+        assert set(row["exit_reasons"]) <= {"confident", "last", "deadline"}
+        assert 0.0 <= row["floor_accuracy"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0
+
+
+def test_the_adaptation_metrics_are_scraped(adapt_results: tuple[dict[str, Any], Path]) -> None:
+    section, _ = adapt_results
+    controller = section["ramp"]["timelines"]["controller"]["scrapes"]
+    assert controller and all(0.0 <= row["dynadapter_operating_threshold"] <= 1.0 for row in controller)
+    live = section["drift"]["timelines"]["live"]["scrapes"][-1]
+    shadowed = sum(v for k, v in live.items() if k.startswith("dynadapter_shadow_images_total"))
+    agreed = sum(v for k, v in live.items() if k.startswith("dynadapter_shadow_agreements_total"))
+    served = sum(row["requests"] for row in section["drift"]["phases"]["live"])
+    assert served <= shadowed and agreed <= shadowed  # every image shadowed (the warm-up requests too)
+    assert any(k.startswith('dynadapter_live_threshold{exit="0",mode="balanced"') for k in live)
+
+
+def test_targets_page_and_plots(adapt_results: tuple[dict[str, Any], Path]) -> None:
+    section, docs = adapt_results
+    assert isinstance(section["ramp"]["verdict"]["met"], bool) and isinstance(section["drift"]["verdict"]["met"], bool)
+    assert section["drift"]["verdict"]["bound"] == 0.98
+    page = (docs / "results.md").read_text()
+    assert "## Runtime adaptation" in page and "| threshold-1 | 2 |" in page
+    assert page.count("controller p95 <=") == 1 and "agreement with the last exit over the last 50%" in page
+    for name in ("adapt_ramp.png", "adapt_drift.png"):
+        assert (docs / "results" / name).read_bytes().startswith(b"\x89PNG")
