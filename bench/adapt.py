@@ -147,7 +147,7 @@ class AdaptBenchConfig(ServerOptions):
     judge_fraction: float = Field(
         0.5, gt=0, le=1, description="agreement is judged on this last fraction of the drifted phase"
     )
-    bucket_s: float = Field(2.0, gt=0, description="width of the time series' buckets in seconds")
+    bucket_s: float = Field(3.0, gt=0, description="width of the time series' buckets in seconds")
     scrape_s: float = Field(1.0, gt=0, description="seconds between scrapes of the server's /metrics")
     docs: Path = Field(Path("docs"), description="where results.{json,md} and results/adapt_*.png go")
 
@@ -183,6 +183,8 @@ def adapt_benchmark(config: AdaptBenchConfig) -> dict[str, Any]:
         controller = server_argvs(inputs, config, target_ms)["controller"]
         servers |= serve.launch(stack, {"controller": _command(controller)})
         servers["controller"].pause()
+        for name, query in (("controller", RAMP["controller"].query), ("live", "")):
+            asyncio.run(warm_up(servers[name], query, inputs.clean, config.max_batch_size))
         ramp_runs = asyncio.run(ramp(servers, inputs.clean, config))
         drift_runs = asyncio.run(drift(servers, inputs, config))
     section = report(inputs, refs, probe, target_ms, ramp_runs, drift_runs, config, load_before)
@@ -264,7 +266,8 @@ def corrupted_digits(digits: Sequence[np.ndarray], kinds: Sequence[str], severit
 def server_argvs(inputs: AdaptInputs, config: AdaptBenchConfig, target_ms: float | None = None) -> dict[str, list[str]]:
     """Server name -> `dynadapter serve` argv (without --port); the controller's only with ``target_ms``."""
     base = [*serve.service_argv(config, config.providers), "--model-repo", str(inputs.model_repo)]
-    base += ["--model-name", inputs.model_name]
+    # every client's request may wait for a decode thread: a refusal (503) is no latency to measure
+    base += ["--model-name", inputs.model_name, "--decode-queue", str(max(*config.clients, config.drift_clients))]
     argvs = {
         "fixed": base,
         "live": [
@@ -402,6 +405,12 @@ def _class_id(sample: Sample) -> int | None:
     return sample.answer["class_id"] if sample.answer else None
 
 
+async def warm_up(server: ServerProcess, query: str, images: BenchImages, clients: int) -> None:
+    """Every image once, untimed: a server's first batches (of each size) are slower than the rest."""
+    with serve._awake(server):
+        await serve.answer_every_image(server.classify_url + query, images, clients)
+
+
 async def ramp(
     servers: dict[str, ServerProcess], images: BenchImages, config: AdaptBenchConfig
 ) -> dict[str, list[Run]]:
@@ -467,15 +476,17 @@ def summarize_run(run: Run, **yardsticks: Any) -> dict[str, Any]:
 
 
 def buckets(run: Run, offset: float, bucket_s: float, **yardsticks: Any) -> list[dict[str, Any]]:
-    """``stats`` and throughput per ``bucket_s`` of ``run``, by completion time (the last bucket may be
-    shorter); ``t``: the bucket's middle in seconds, counted from ``offset``."""
-    count = max(1, int(np.ceil(run.seconds / bucket_s)))
+    """``stats`` and throughput per ``bucket_s`` of ``run``, by completion time; the last bucket takes the rest
+    (under 1.5 ``bucket_s``: a run overshoots its length by the requests in flight at its end); ``t``: the
+    bucket's middle in seconds, counted from ``offset``."""
+    count = max(1, round(run.seconds / bucket_s))
     inside: list[list[Sample]] = [[] for _ in range(count)]
     for sample in run.samples:
         inside[min(int((sample.at + sample.seconds - run.start) // bucket_s), count - 1)].append(sample)
     rows = []
     for index, samples in enumerate(inside):
-        low, high = index * bucket_s, max(min((index + 1) * bucket_s, run.seconds), index * bucket_s + 1e-9)
+        low = index * bucket_s
+        high = run.seconds if index == count - 1 else low + bucket_s
         row = stats(samples, **yardsticks)
         row["throughput_rps"] = (row["requests"] - row["errors"]) / (high - low)
         rows.append({"t": offset + (low + high) / 2, "clients": run.clients, **row})

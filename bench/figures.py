@@ -65,17 +65,25 @@ def _series(ax: Any, timeline: dict[str, Any], key: str, scale: float = 1.0, **s
     ax.plot([t for t, _ in points], [v for _, v in points], **style)
 
 
+def _per_step(ax: Any, steps: list[dict[str, Any]], timeline: dict[str, Any], key: str, fmt: str, **style: Any) -> None:
+    """One point per ramp step (in % of its requests), at the step's middle."""
+    middles = [start + seconds / 2 for start, seconds in zip(timeline["starts"], timeline["seconds"], strict=True)]
+    points = [(t, 100 * step[key]) for t, step in zip(middles, steps, strict=True) if step.get(key) is not None]
+    ax.plot([t for t, _ in points], [v for _, v in points], fmt, ms=3, **style)
+
+
 def plot_ramp(ramp: dict[str, Any], path: Path) -> None:
-    """``bench adapt``'s load ramp over time: p95 against the target, throughput, accuracy (and the floor's on
-    the controller's photos), the controller's operating threshold and expected FLOPs fraction."""
+    """``bench adapt``'s load ramp over time: p95 against the target, throughput, accuracy per step (and the
+    floor's on the controller's photos), the controller's operating threshold and expected FLOPs fraction."""
     fig, axes = plt.subplots(4, 1, figsize=(7.5, 9.0), dpi=120, sharex=True)
     timelines = ramp["timelines"]
     for name, timeline in timelines.items():
         _series(axes[0], timeline, "p95_ms", label=name)
         _series(axes[1], timeline, "throughput_rps", label=name)
-        _series(axes[2], timeline, "accuracy", 100, label=name)
+        _per_step(axes[2], ramp["steps"][name], timeline, "accuracy", "o-", label=name)
     controller = timelines["controller"]
-    _series(axes[2], controller, "floor_accuracy", 100, color="black", ls="--", lw=0.8, label="floor, same photos")
+    floor = dict(color="black", lw=0.8, label="floor, controller's photos")
+    _per_step(axes[2], ramp["steps"]["controller"], controller, "floor_accuracy", "--", **floor)
     _series(axes[3], controller, "threshold", label="threshold (answers)")
     for key, style in (("dynadapter_operating_threshold", "o"), ("dynadapter_operating_flops_fraction", "s")):
         points = [(row["t"], row[key]) for row in controller["scrapes"] if key in row]

@@ -115,12 +115,12 @@ def test_stats_agreement_and_floor_are_judged_on_the_images_each_request_sent() 
 
 
 def test_buckets_count_requests_by_completion_time() -> None:
-    # done at 0.5, 1.5, 1.9 and 2.5 s; 2.5 s of run: buckets [0, 1), [1, 2), [2, 2.5]
-    samples = [sample(at, 500, 0, 0, 0) for at in (10.0, 11.0, 11.4, 12.0)]
-    rows = adapt.buckets(Run(4, samples, start=10.0, seconds=2.5), offset=100.0, bucket_s=1.0)
-    assert [row["t"] for row in rows] == [100.5, 101.5, 102.25]
-    assert [row["requests"] for row in rows] == [1, 2, 1]
-    assert [row["throughput_rps"] for row in rows] == [1.0, 2.0, 2.0]
+    # done at 0.5, 1.5, 1.9 and 2.4 s of a 2.4 s run: buckets [0, 1) and [1, 2.4] (the 0.4 s tail joins the last)
+    samples = [sample(at, 500, 0, 0, 0) for at in (10.0, 11.0, 11.4, 11.9)]
+    rows = adapt.buckets(Run(4, samples, start=10.0, seconds=2.4), offset=100.0, bucket_s=1.0)
+    assert [row["t"] for row in rows] == pytest.approx([100.5, 101.7])
+    assert [row["requests"] for row in rows] == [1, 3]
+    assert [row["throughput_rps"] for row in rows] == pytest.approx([1.0, 3 / 1.4])
     assert all(row["clients"] == 4 for row in rows)
 
 
@@ -218,6 +218,7 @@ def test_the_controller_and_live_servers_get_their_flags() -> None:
     argvs = adapt.server_argvs(inputs, config, target_ms=123.4567)
     fixed = argvs["fixed"]
     assert fixed[fixed.index("--model-repo") + 1] == "repo" and fixed[fixed.index("--model-name") + 1] == "m"
+    assert fixed[fixed.index("--decode-queue") + 1] == "64"  # every client of the ramp may wait, none is refused
     assert argvs["controller"][len(fixed) :] == [
         *("--target-p95-ms", "123.457", "--accuracy-floor", "0.93", "--control-period-s", "0.25"),
     ]
