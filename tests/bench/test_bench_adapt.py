@@ -133,6 +133,16 @@ def test_timeline_lays_runs_end_to_end_with_their_scrapes() -> None:
     assert [(row["t"], row["clients"]) for row in line["series"]] == [(0.5, 1), (1.5, 1), (2.5, 2), (3.5, 2), (4.5, 2)]
 
 
+def test_shadowed_before_the_judged_part_counts_every_exit_from_the_phase_start() -> None:
+    def shadowed(at: float, per_exit: tuple[float, float]) -> tuple[float, dict[str, float]]:
+        return at, {f'dynadapter_shadow_images_total{{exit="{k}"}}': v for k, v in enumerate(per_exit)} | {"x": 9.0}
+
+    scrapes = [shadowed(9.5, (10, 5)), shadowed(10.0, (12, 5)), shadowed(14.0, (40, 20)), shadowed(16.0, (60, 30))]
+    run = Run(8, [], start=10.0, seconds=10.0, scrapes=scrapes)
+    assert adapt.shadowed_before(run, fraction=0.5) == 60 - 17  # from the scrape at the start to the last by 15 s
+    assert adapt.shadowed_before(Run(8, [], start=10.0, seconds=10.0, scrapes=scrapes[2:]), 0.5) is None
+
+
 def test_adaptation_series_keeps_the_adaptation_metrics_and_their_labels() -> None:
     exposition = "\n".join(
         [
@@ -224,7 +234,7 @@ def test_the_controller_and_live_servers_get_their_flags() -> None:
     ]
     assert argvs["live"][len(fixed) :] == [
         *("--live-calibration", "0.2", "--live-calibration-epsilon", "0.01"),
-        *("--live-calibration-every", "50", "--live-calibration-window", "300"),
+        *("--live-calibration-every", "50", "--live-calibration-window", "200"),
     ]
     assert "controller" not in adapt.server_argvs(inputs, config)
 
