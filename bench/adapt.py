@@ -32,8 +32,9 @@ Targets, as issue #17 states them:
   without it.
 
 Every server's decode queue holds the top client count, so that no request is refused (a 503 is no
-latency to measure). Time series (``--bucket-s`` buckets by completion time) and the servers' adaptation metrics (scraped
-from /metrics every ``--scrape-s``) go into results.json; the plots into docs/results/adapt_*.png.
+latency to measure). Time series (``--bucket-s`` buckets by completion time) and the servers'
+adaptation metrics (scraped from /metrics every ``--scrape-s``) go into results.json; the plots
+into docs/results/adapt_*.png.
 """
 
 from __future__ import annotations
