@@ -514,14 +514,15 @@ def timeline(runs: Sequence[Run], bucket_s: float, yardsticks: Sequence[dict[str
 
 
 def ramp_verdict(steps: dict[str, list[dict[str, Any]]], target_ms: float) -> dict[str, Any]:
-    """Issue #17's ramp target on per-step rows (``clients``, ``p95_ms``, ``accuracy``, ``floor_accuracy``) of
-    ``balanced`` and ``controller``, in ramp order: the controller keeps p95 <= ``target_ms`` and accuracy >=
-    the floor at every step up to twice the client count at which fixed balanced first exceeds the target."""
-    exceeded = next((s["clients"] for s in steps["balanced"] if _over(s["p95_ms"], target_ms)), None)
+    """Issue #17's ramp target on per-step rows (``clients``, ``p95_ms``, ``errors``, ``accuracy``,
+    ``floor_accuracy``) of ``balanced`` and ``controller``, in ramp order: the controller keeps p95 <=
+    ``target_ms``, answers every request and keeps accuracy >= the floor at every step up to twice the client
+    count at which fixed balanced first exceeds the target (or fails requests)."""
+    exceeded = _first_over(steps["balanced"], target_ms)
     controller = steps["controller"]
     holds = 0
     for step in controller:
-        if _over(step["p95_ms"], target_ms):
+        if _over(step, target_ms):
             break
         holds = step["clients"]
     verdict: dict[str, Any] = {"balanced_exceeds_at": exceeded, "controller_holds_up_to": holds}
@@ -535,23 +536,26 @@ def ramp_verdict(steps: dict[str, list[dict[str, Any]]], target_ms: float) -> di
         "required_clients": required,
         "worst_p95_ms": worst["p95_ms"],
         "worst_p95_over_target": worst["p95_ms"] / target_ms if worst["p95_ms"] is not None else None,
-        "lowest_accuracy_margin": min(margins) if margins else None,
+        "failed_requests": sum(s["errors"] for s in judged),
+        "lowest_accuracy_margin": min(margins),
     }
     if max(s["clients"] for s in controller) < required:
         return verdict | {"met": False, "why": f"the ramp stops below {required} clients"}
     latency = holds >= required
     accuracy = all(margin >= 0 for margin in margins)
-    why = [] if latency else [f"controller p95 over the target from {_first_over(judged, target_ms)} clients"]
+    why = [] if latency else [f"controller misses the target from {_first_over(judged, target_ms)} clients"]
+    why += [f"{verdict['failed_requests']} requests failed"] if verdict["failed_requests"] else []
     why += [] if accuracy else ["controller accuracy below the floor"]
     return verdict | {"met": latency and accuracy, "why": "; ".join(why) or None}
 
 
-def _over(p95_ms: float | None, target_ms: float) -> bool:
-    return p95_ms is None or p95_ms > target_ms  # no answer at all is no latency kept
+def _over(step: dict[str, Any], target_ms: float) -> bool:
+    """The step's p95 exceeds the target, or some request got no answer (no latency kept)."""
+    return step["p95_ms"] is None or step["p95_ms"] > target_ms or step["errors"] > 0
 
 
 def _first_over(steps: list[dict[str, Any]], target_ms: float) -> int | None:
-    return next((s["clients"] for s in steps if _over(s["p95_ms"], target_ms)), None)
+    return next((s["clients"] for s in steps if _over(s, target_ms)), None)
 
 
 def _margin(step: dict[str, Any]) -> float:

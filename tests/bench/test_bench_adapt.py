@@ -17,7 +17,7 @@ from dynadapter.errors import ConfigError, DataError
 
 
 def step(clients: int, p95_ms: float | None, accuracy: float = 0.95, floor: float = 0.9) -> dict[str, Any]:
-    return {"clients": clients, "p95_ms": p95_ms, "accuracy": accuracy, "floor_accuracy": floor}
+    return {"clients": clients, "p95_ms": p95_ms, "errors": 0, "accuracy": accuracy, "floor_accuracy": floor}
 
 
 def steps(balanced: list[float], controller: list[float], clients: tuple[int, ...] = (1, 2, 4, 8, 16)) -> dict:
@@ -35,6 +35,7 @@ def test_ramp_target_met_when_the_controller_holds_to_twice_the_load_balanced_fa
         "required_clients": 8,
         "worst_p95_ms": 40,
         "worst_p95_over_target": 1.0,
+        "failed_requests": 0,
         "lowest_accuracy_margin": 0.05,
         "met": True,
         "why": None,
@@ -45,7 +46,7 @@ def test_ramp_target_missed_says_by_how_much() -> None:
     verdict = ramp_verdict(steps([10, 20, 45, 90, 180], [10, 20, 30, 50, 60]), target_ms=40)
     assert (verdict["met"], verdict["controller_holds_up_to"], verdict["required_clients"]) == (False, 4, 8)
     assert (verdict["worst_p95_ms"], verdict["worst_p95_over_target"]) == (50, 1.25)
-    assert verdict["why"] == "controller p95 over the target from 8 clients"
+    assert verdict["why"] == "controller misses the target from 8 clients"
 
 
 def test_ramp_target_needs_the_accuracy_floor_at_every_judged_step() -> None:
@@ -71,7 +72,19 @@ def test_ramp_target_undecided_without_a_load_that_balanced_fails_or_a_long_enou
     assert (failed["met"], failed["controller_holds_up_to"], failed["why"]) == (
         False,
         1,
-        "controller p95 over the target from 2 clients",  # a step with no answer keeps no latency
+        "controller misses the target from 2 clients",  # a step with no answer keeps no latency
+    )
+
+
+def test_a_failed_request_is_no_latency_kept() -> None:
+    rows = steps([10, 20, 30, 35, 39], [10, 20, 30, 35, 39])
+    rows["balanced"][2]["errors"] = 1  # balanced fails a request at 4 clients: it no longer keeps the target
+    rows["controller"][3]["errors"] = 2
+    verdict = ramp_verdict(rows, target_ms=40)
+    assert (verdict["balanced_exceeds_at"], verdict["controller_holds_up_to"], verdict["failed_requests"]) == (4, 4, 2)
+    assert (verdict["met"], verdict["why"]) == (
+        False,
+        "controller misses the target from 8 clients; 2 requests failed",
     )
 
 
