@@ -1,29 +1,44 @@
-"""The cells of the accuracy suite: one training run per (task, PETL method, variant), cached.
+"""The cells of the accuracy suite: one training run per (task, PETL method, variant, seed), cached.
 
-A cell is a run directory ``ROOT/<task>/<petl>-<variant>/`` (what ``dynadapter train`` writes, plus
-``eval_test.json`` / ``.png`` from ``dynadapter eval``) and ``bench.json``, written last: the
-cell's training options and its test-split results. A cell whose ``bench.json`` holds the same
-options is finished and is reused, so an interrupted suite continues where it stopped; a cell run
-with other options (another ``--epochs``, say) is trained again. Changes to the code are not
-detected: after one that matters, train again into a fresh ``--root``.
+A cell is a run directory ``ROOT/<task>/<petl>-<variant>[-seed<S>][-k<K>]/`` (what ``dynadapter
+train`` writes, plus ``eval_test.json`` / ``.png`` from ``dynadapter eval``) and ``bench.json``,
+written last: the cell's training options and its results. Seed 0 and all training images keep the
+plain name, so caches written before seeds and shots existed are reused. A cell whose
+``bench.json`` holds the same options is finished and is reused, so an interrupted suite continues
+where it stopped; a cell run with other options (another ``--epochs``, say) is trained again. A
+finished cell whose results lack a part added since (the shifted test split, the probe's choice of
+block) gets it evaluated from its run directory, without training. Changes to the code are not
+detected otherwise: after one that matters, train again into a fresh ``--root``.
+
+Every cell is evaluated on the test split and on its shifted copy (``ShiftedSource``: each image
+corrupted by one kind and severity of ``dynadapter.bench.corruptions``, at the model's input
+resolution as ImageNet-C corrupts at 224 px, seeded by the cell's seed).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from dynadapter.models.flops import deployed_cumulative_gflops
-from dynadapter.training.evaluate import evaluate_run
+from dynadapter.bench.corruptions import assign, corrupt, image_seed
+from dynadapter.contract import Preprocessing
+from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops, exit_head_gflops
+from dynadapter.training.calibration import sweep
+from dynadapter.training.data import ImageDataset, from_uint8, load_raw, run_split, stream, to_uint8
+from dynadapter.training.evaluate import evaluate_run, exit_accuracies, loader_logits, split_logits
 from dynadapter.training.options import TrainOptions
-from dynadapter.training.run_dir import read_config
+from dynadapter.training.run_dir import BackboneSpec, Run, load_run, read_calibration, read_config
 from dynadapter.training.trainer import build, train
 
 log = logging.getLogger(__name__)
@@ -31,6 +46,19 @@ log = logging.getLogger(__name__)
 BENCH_FILE = "bench.json"
 #: ``static``: the PETL baseline, final head only; ``dyn``: Dyn-Adapter (exits, all parts on).
 VARIANTS = ("static", "dyn")
+#: The frozen probe: ``--petl none`` (heads on the frozen backbone) with a linear head after every
+#: block, trained jointly with equal weights and no sparsity (the heads share no parameter, so each
+#: is its own linear probe); the block is chosen on the validation split.
+PROBE_PETL, PROBE = "none", "probe"
+#: Validations of a few-shot cell (``--val-every``): at 1-shot an epoch is one step, and validating
+#: after each would cost far more than the training.
+FEWSHOT_VALIDATIONS = 8
+PROBE_OPTIONS: dict[str, Any] = {
+    "heads": "linear",
+    "loss_gamma": 0.0,
+    "forward_sparsity": 0.0,
+    "backward_sparsity": 0.0,
+}
 #: The paper's ablation, on Dyn-Adapter with this PETL method: one part switched at a time.
 ABLATION_PETL = "adapter"
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -47,29 +75,63 @@ class Cell:
     task: str
     petl: str
     variant: str
+    seed: int = 0
+    shots: int | None = None  # None: every training image
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What the seeds of a cell share: (task, petl, variant)."""
+        return self.task, self.petl, self.variant
 
     @property
     def name(self) -> str:
-        return f"{self.task}/{self.petl}-{self.variant}"
+        return f"{self.task}/{self.petl}-{self.variant}{self.suffix}"
+
+    @property
+    def suffix(self) -> str:
+        return (f"-seed{self.seed}" if self.seed else "") + (f"-k{self.shots}" if self.shots else "")
 
     def overrides(self) -> dict[str, Any]:
         if self.variant in VARIANTS:
             return {"static": self.variant == "static"}
+        if self.variant == PROBE:
+            return dict(PROBE_OPTIONS)
         return dict(ABLATIONS[self.variant][1])
 
 
 Results = dict[Cell, "dict[str, Any] | None"]
 
 
-def main_cells(tasks: Iterable[str], methods: Iterable[str]) -> list[Cell]:
-    """Method by method, so that a partial run already has whole suite means for the first methods."""
+def main_cells(tasks: Iterable[str], methods: Iterable[str], seeds: Iterable[int] = (0,)) -> list[Cell]:
+    """Seed by seed, then method by method (the frozen probe first), so that a partial run already has
+    whole suite means for the first seed and methods."""
     tasks = list(tasks)
-    return [Cell(t, m, v) for m in methods for t in tasks for v in VARIANTS]
+    return [
+        cell
+        for s in seeds
+        for cell in [Cell(t, PROBE_PETL, PROBE, s) for t in tasks]
+        + [Cell(t, m, v, s) for m in methods for t in tasks for v in VARIANTS]
+    ]
 
 
-def ablation_cells(tasks: Iterable[str]) -> list[Cell]:
+def ablation_cells(tasks: Iterable[str], seeds: Iterable[int] = (0,)) -> list[Cell]:
     tasks = list(tasks)
-    return [Cell(t, ABLATION_PETL, a) for a in ABLATIONS for t in tasks]
+    return [Cell(t, ABLATION_PETL, a, s) for s in seeds for a in ABLATIONS for t in tasks]
+
+
+def bf16_autocast_is_fast() -> bool:
+    """Whether bfloat16 autocast speeds training up here: on a CUDA GPU, or on a CPU with bfloat16
+    instructions (AVX512-BF16 or AMX). Elsewhere PyTorch emulates bfloat16 and a training step is many
+    times slower than in float32 (measured on an AVX2-only AMD EPYC: 6.4 s against 0.33 s)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @dataclass
@@ -79,6 +141,9 @@ class SuiteConfig:
     lr, warmup_epochs, batch_size, amp: the one recipe of every cell, static or dynamic, so that they compare.
     img_size, backbone: None keeps ``dynadapter train``'s defaults.
     backbone_kwargs: extra ``timm.create_model`` arguments (tests use tiny random ViTs).
+    workers: DataLoader workers of every cell (None: ``dynadapter train``'s default).
+    steps: for few-shot cells, train this many optimizer steps whatever K (epochs follow from it);
+        None: ``epochs`` for every cell.
     """
 
     root: Path
@@ -90,25 +155,50 @@ class SuiteConfig:
     img_size: int | None = None
     backbone: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+    workers: int | None = None
+
+    def epochs_for(self, cell: Cell) -> int:
+        """``epochs``; for a few-shot cell with ``steps`` set, the epochs that make about that many steps."""
+        if not (cell.shots and self.steps):
+            return self.epochs
+        steps_per_epoch = math.ceil(cell.shots * num_classes(cell.task) / self.batch_size)
+        return math.ceil(self.steps / steps_per_epoch)
 
     def cell_dir(self, cell: Cell) -> Path:
-        return Path(self.root) / cell.task / f"{cell.petl}-{cell.variant}"
+        return Path(self.root) / cell.task / f"{cell.petl}-{cell.variant}{cell.suffix}"
 
     def options(self, cell: Cell) -> TrainOptions:
-        defaults = {k: v for k, v in {"img_size": self.img_size, "backbone": self.backbone}.items() if v is not None}
+        given = {"img_size": self.img_size, "backbone": self.backbone, "workers": self.workers}
+        defaults = {k: v for k, v in given.items() if v is not None}
+        if cell.variant == PROBE:
+            defaults["exits"] = list(range(1, self.depth() + 1))
+        if cell.shots and self.steps:  # a few-shot epoch is a few steps: validate about FEWSHOT_VALIDATIONS times
+            defaults["val_every"] = math.ceil(self.epochs_for(cell) / FEWSHOT_VALIDATIONS)
         return TrainOptions(
             data=f"builtin:{cell.task}",
             out=self.cell_dir(cell),
             petl=cell.petl,
-            epochs=self.epochs,
+            epochs=self.epochs_for(cell),
             lr=self.lr,
             warmup_epochs=self.warmup_epochs,
             batch_size=self.batch_size,
             amp=self.amp,
             backbone_kwargs=dict(self.backbone_kwargs),
             progress=False,
+            seed=cell.seed,
+            shots=cell.shots,
             **defaults,
             **cell.overrides(),
+        )
+
+    def depth(self) -> int:
+        """Blocks of the suite's backbone (the probe has an exit after each)."""
+        default = TrainOptions.model_fields
+        return backbone_depth(
+            self.backbone or default["backbone"].default,
+            self.img_size or default["img_size"].default,
+            json.dumps(self.backbone_kwargs, sort_keys=True),
         )
 
     def record(self, cell: Cell) -> dict[str, Any]:
@@ -127,34 +217,134 @@ class SuiteConfig:
         }
 
 
+@functools.cache
+def num_classes(task: str) -> int:
+    """Classes of a builtin task."""
+    return len(load_raw(f"builtin:{task}", 0).labels)
+
+
+@functools.cache
+def backbone_depth(backbone: str, img_size: int, kwargs_json: str) -> int:
+    """Number of blocks of a backbone (built once per process)."""
+    return len(BackboneSpec(backbone, img_size, kwargs=json.loads(kwargs_json) or None).build().blocks)
+
+
 def options_record(opts: TrainOptions) -> dict[str, Any]:
     """What makes a cell's result: the training options, as JSON (without the output path)."""
     return {k: v for k, v in opts.record().items() if k not in ("out", "progress")}
 
 
+def same_options(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a cached cell ran with ``current``; an option added since it ran counts at its default."""
+    defaults = TrainOptions(data="-", out=Path("-")).record()
+    return {k: stored.get(k, defaults[k]) for k in current} == current
+
+
 def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:
+    """The cached result of a finished cell (None if it must be trained), completed with any part that
+    the code has added since it ran (evaluated on its run directory, no training)."""
     path = config.cell_dir(cell) / BENCH_FILE
     if not path.is_file():
         return None
     stored = json.loads(path.read_text())
-    if stored.get("options") != options_record(config.options(cell)):
+    if not same_options(stored.get("options", {}), options_record(config.options(cell))):
         log.info("%s was run with other options: it will be trained again", cell.name)
         return None
-    return stored["result"]
+    result = stored["result"]
+    if "shifted" not in result or (cell.variant == PROBE and "probe" not in result):
+        log.info("%s: evaluating the parts added since it ran (no training)", cell.name)
+        result.update(extra_evaluations(config.options(cell), cell.variant, result["exit_accuracy"]))
+        path.write_text(json.dumps({**stored, "result": result}, indent=2))
+    return result
 
 
 def run_cell(cell: Cell, config: SuiteConfig) -> dict[str, Any]:
-    """Train the cell, evaluate it on the test split, and mark it finished."""
+    """Train the cell, evaluate it on the test split and its shifted copy, and mark it finished."""
     opts = config.options(cell)
     start = time.perf_counter()
     train(opts)
     report = evaluate_run(opts.out)
-    seconds = time.perf_counter() - start
     reference = report["cumulative_gflops"][-1] if opts.static else static_gflops(opts, opts.out)
-    result = summarize_run(report, reference, seconds)
+    result = summarize_run(report, reference, time.perf_counter() - start)
+    result |= extra_evaluations(opts, cell.variant, result["exit_accuracy"])
     (opts.out / BENCH_FILE).write_text(json.dumps({"options": options_record(opts), "result": result}, indent=2))
-    log.info("%s finished in %.0f s: test accuracy %.4f", cell.name, seconds, result["acc"])
+    log.info("%s finished in %.0f s: test accuracy %.4f", cell.name, result["seconds"], result["acc"])
     return result
+
+
+def extra_evaluations(opts: TrainOptions, variant: str, test_exit_accuracy: list[float]) -> dict[str, Any]:
+    """The shifted test split's numbers, and for the probe its block chosen on val."""
+    run = load_run(opts.out)
+    logits, targets = shifted_logits(run.model, run_split(opts.out, run.config, "test"), run.preprocessing, opts)
+    extra: dict[str, Any] = {"shifted": summarize_shifted(run.model, opts.out, logits, targets)}
+    if variant == PROBE:
+        extra["probe"] = probe_choice(run, test_exit_accuracy, extra["shifted"]["exit_accuracy"])
+    return extra
+
+
+class ShiftedSource:
+    """A split's images, each corrupted by the kind and severity that ``corruptions.assign`` gives it,
+    at the model's input resolution; ``ImageDataset`` streams it like the split itself."""
+
+    def __init__(self, source: Any, seed: int) -> None:
+        self.source, self.seed, self.targets = source, seed, source.targets
+        self.kinds, self.severities = assign(len(source), seed)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, i: int, pre: Preprocessing, max_pixels: int) -> np.ndarray:
+        """float32 [3, H, W]: the clean model input, corrupted as uint8 pixels, normalised again."""
+        pixels = to_uint8(self.source.load(i, pre, max_pixels), pre)
+        return from_uint8(corrupt(pixels, str(self.kinds[i]), int(self.severities[i]), image_seed(self.seed, i)), pre)
+
+    def name(self, i: int) -> str:
+        return f"{self.source.name(i)} ({self.kinds[i]} {self.severities[i]})"
+
+
+def shifted_logits(
+    model: torch.nn.Module, source: Any, pre: Preprocessing, opts: TrainOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every exit's logits [K, N, C] and the targets [N] on the shifted copy of ``source``."""
+    dataset = ImageDataset(ShiftedSource(source, opts.seed), pre, opts.max_pixels)
+    return loader_logits(model, stream(dataset, opts.workers))
+
+
+def summarize_shifted(model: Any, run_dir: Path, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """Last-exit and per-exit accuracy on the shifted split, and each calibrated mode's accuracy and
+    mean GFLOPs there (the thresholds stay those chosen on the clean validation split)."""
+    exits = exit_accuracies(logits, targets)
+    out: dict[str, Any] = {"acc": exits[-1], "exit_accuracy": exits}
+    if len(exits) > 1:
+        modes = read_calibration(run_dir)["modes"]
+        rows = sweep(
+            logits.numpy(),
+            targets.numpy(),
+            deployed_cumulative_gflops(model),
+            [m["threshold"] for m in modes.values()],
+            early_heads_gflops(model),
+        )
+        out["modes"] = {
+            name: {"acc": r["accuracy"], "gflops": r["gflops"]} for name, r in zip(modes, rows, strict=True)
+        }
+    return out
+
+
+def probe_choice(run: Run, test_exit_accuracy: list[float], shifted_exit_accuracy: list[float]) -> dict[str, Any]:
+    """The frozen probe at its best block on the validation split (the earliest on ties): that block's
+    validation, test and shifted-test accuracy, and its GFLOPs (the blocks up to it and its one linear
+    head; the other blocks' probes are not run)."""
+    val = exit_accuracies(*split_logits(run, None, "val"))
+    best = int(np.argmax(val))
+    heads = exit_head_gflops(run.model)
+    return {
+        "block": run.model.config.exits[best],
+        "val_acc": val[best],
+        "acc": test_exit_accuracy[best],
+        "shifted_acc": shifted_exit_accuracy[best],
+        "gflops": deployed_cumulative_gflops(run.model)[best] - sum(heads[:best]),
+        "val_exit_accuracy": val,
+    }
 
 
 def static_gflops(opts: TrainOptions, run_dir: Path) -> float:

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "serve": "dynadapter.bench.serve",
     "data": "dynadapter.bench.data",
     "adapt": "dynadapter.bench.adapt",
+    "fewshot": "dynadapter.bench.fewshot",
 }
 
 

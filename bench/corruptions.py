@@ -175,19 +175,24 @@ def assign(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return kinds, severities
 
 
+def image_seed(seed: int, i: int) -> int:
+    """The seed of image ``i``'s random draws in the shifted split of ``seed``."""
+    return int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+
+
 def shifted_split(images: np.ndarray | list[np.ndarray], labels: np.ndarray, seed: int) -> ShiftedSplit:
     """The shifted test split: each image corrupted once, by the kind and severity ``assign`` gives it.
 
     Args:
         images: (N, H, W[, 3]) uint8, or a list of N such arrays (sizes may differ).
         labels: (N,) class ids, kept as they are.
-        seed: fixes the mix and every image's random draws (image i uses seed (seed, i)).
+        seed: fixes the mix and every image's random draws (``image_seed``).
     Returns:
         A ``ShiftedSplit`` whose images have the container type, shapes and dtype of ``images``.
     """
     kinds, severities = assign(len(images), seed)
     out = [
-        corrupt(image, str(k), int(s), np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        corrupt(image, str(k), int(s), image_seed(seed, i))
         for i, (image, k, s) in enumerate(zip(images, kinds, severities, strict=True))
     ]
     return ShiftedSplit(np.stack(out) if isinstance(images, np.ndarray) else out, np.asarray(labels), kinds, severities)

@@ -15,10 +15,16 @@ from dynadapter.training.plots import plt  # pyplot on the files-only backend th
 
 
 def plot_task(
-    task: str, methods: Sequence[str], dynamic: dict[str, dict[str, Any]], static: dict[str, dict[str, Any]], path: Path
+    task: str,
+    methods: Sequence[str],
+    dynamic: dict[str, dict[str, Any]],
+    static: dict[str, dict[str, Any]],
+    path: Path,
+    probe: dict[str, Any] | None = None,
 ) -> None:
     """``dynamic`` / ``static``: PETL method -> the cell result (``dynadapter.bench.cells.summarize_run``);
-    ``methods`` fixes each method's colour, whichever cells have finished."""
+    ``methods`` fixes each method's colour, whichever cells have finished; ``probe``: the frozen
+    probe's cell result (its ``probe`` part: accuracy and GFLOPs at the block chosen on validation)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for petl, result in dynamic.items():
@@ -43,6 +49,9 @@ def plot_task(
             markeredgewidth=0.5,
             label=f"{petl} static",
         )
+    if probe is not None:
+        p = probe["probe"]
+        ax.plot(p["gflops"], 100 * p["acc"], "X", ms=9, color="black", label="frozen probe (best block on val)")
     ax.set_xlabel("mean GFLOPs per image (1 multiply-add = 1 FLOP)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"builtin:{task} (dots: balanced mode)")

@@ -90,6 +90,7 @@ def run(config: bs.ServeBenchConfig) -> None:
     manifest = load_model(repo, name).manifest
     section = report(answers, measured, config, manifest.gflops_full, load_before)
     section["model"] = {"run_dir": str(run_dir), "model_repo": str(repo), "name": name}
+    section["settings"]["images"] = len(images.bodies)  # --images unset: the whole test split
     update_results(config.docs, {RESULT_KEY: section})
     print(render_markdown({RESULT_KEY: section}))
 

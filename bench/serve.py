@@ -1,9 +1,13 @@
 """``dynadapter bench serve``: latency and throughput of this service against what a user would deploy without it.
 
-Variants, each a real server process on a free loopback port, all fed the same PNG bytes (the test
-split of the run's data set) as multipart uploads:
+Variants, each a real server process on a free loopback port, all fed the same PNG bytes (the whole
+test split of the run's data set by default, ``--images`` to send fewer) as multipart uploads:
 
 - ``fast``, ``balanced``, ``accurate``: this service chaining the per-stage segments, at each mode;
+- ``equal-accuracy``: the same server at the cheapest threshold of the model's calibration table
+  whose accuracy on the images sent is within 0.5 points of the static graph's
+  (``dynadapter.bench.equal_accuracy``): the throughput targets against the full-depth deployments
+  are judged there, so that a speed-up is never bought with accuracy;
 - ``threshold-1``: the same server with ``threshold=1`` (no early exit: the cost of chaining alone);
 - ``static``: the same service serving the model as one static ONNX graph (full depth, last exit);
 - ``litserve-onnx``, ``litserve-torch``: that graph behind LitServe with its own dynamic batching, on
@@ -80,6 +84,12 @@ VARIANTS = {
     "fast": Variant("cascade", "?mode=fast", "this service, per-stage segments, mode fast"),
     "balanced": Variant("cascade", "?mode=balanced", "this service, per-stage segments, mode balanced"),
     "accurate": Variant("cascade", "?mode=accurate", "this service, per-stage segments, mode accurate"),
+    "equal-accuracy": Variant(
+        "cascade",
+        "?threshold={threshold}",
+        "this service, per-stage segments, the cheapest calibrated threshold within 0.5 points of the static "
+        "graph's accuracy on the images sent",
+    ),
     "threshold-1": Variant("cascade", "?threshold=1", "this service, per-stage segments, threshold 1 (no early exit)"),
     "static": Variant("static", "", "this service, one static ONNX graph (full depth, last exit)"),
     "litserve-onnx": Variant("litserve-onnx", "", "LitServe + onnxruntime, the static graph"),
@@ -110,10 +120,10 @@ TARGETS = (
     Target("threshold-1", "static", "throughput_rps", False, 0.95, False),
     # Early exit pays: at balanced, at most 0.6x the latency of running every image to the end.
     Target("balanced", "threshold-1", "p50_ms", True, 0.6, False),
-    # Under load, balanced serves at least 1.8x what the full-depth deployments serve.
-    Target("balanced", "static", "throughput_rps", False, 1.8, True),
-    Target("balanced", "litserve-onnx", "throughput_rps", False, 1.8, True),
-    Target("balanced", "litserve-torch", "throughput_rps", False, 1.8, True),
+    # Under load, at equal accuracy, the service serves at least 1.8x what the full-depth deployments serve.
+    Target("equal-accuracy", "static", "throughput_rps", False, 1.8, True),
+    Target("equal-accuracy", "litserve-onnx", "throughput_rps", False, 1.8, True),
+    Target("equal-accuracy", "litserve-torch", "throughput_rps", False, 1.8, True),
 )
 
 
@@ -169,7 +179,9 @@ class ServeBenchConfig(ServerOptions):
     )
     duration: float = Field(5.0, gt=0, description="seconds per measurement, at most")
     requests: int = Field(2000, ge=1, description="requests per measurement, at most")
-    images: int = Field(200, ge=1, description="test images sent, cycled; each variant classifies each once")
+    images: int | None = Field(
+        None, ge=1, description="test images sent, cycled; each variant classifies each once (default: all)"
+    )
     rounds: int = Field(3, ge=1, description="measurements of each variant and concurrency")
     variants: Annotated[list[str], CommaList, AfterValidator(_subset(lambda: list(VARIANTS)))] = Field(
         list(VARIANTS), description="comma-separated subset of the variants"
@@ -225,12 +237,46 @@ def serve_benchmark(config: ServeBenchConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="dynadapter-bench-serve-") as work:
         inputs = prepare_inputs(config, Path(work))
         images = bench_images(inputs.run_dir, config.images)
+        point = equal_accuracy_point(inputs, images, config)
+        variants = resolved_variants(point)
         with contextlib.ExitStack() as stack:
             servers = start_servers(stack, inputs, config)
-            answers, measured = asyncio.run(measure_all(servers, images, config))
+            answers, measured = asyncio.run(measure_all(servers, images, config, variants))
         section = report(answers, measured, inputs, images, config, load_before)
+        if point is not None:
+            section["equal_accuracy"] = {**point, "served": equal_accuracy_served(section["answers"])}
     update_results(config.docs, {"serve": section})
     print(result_table(section))
+
+
+def equal_accuracy_point(inputs: BenchInputs, images: BenchImages, config: ServeBenchConfig) -> dict[str, Any] | None:
+    """The ``equal-accuracy`` variant's threshold, from the cascade's calibration table (None if not asked for)."""
+    if "equal-accuracy" not in config.variants:
+        return None
+    from dynadapter.bench.equal_accuracy import operating_point
+    from dynadapter.contract.model_repository import load_model
+
+    table = load_model(inputs.model_repo, inputs.model_name).manifest.calibration.table
+    point = operating_point(inputs.run_dir, sorted({float(row["threshold"]) for row in table}), len(images.bodies))
+    log.info("equal accuracy: threshold %s (%s)", point["threshold"], point)
+    return point
+
+
+def resolved_variants(point: dict[str, Any] | None) -> dict[str, Variant]:
+    """``VARIANTS`` with the equal-accuracy query filled in."""
+    if point is None:
+        return dict(VARIANTS)
+    variant = VARIANTS["equal-accuracy"]
+    query = variant.query.format(threshold=f"{point['threshold']:.6g}")
+    return {**VARIANTS, "equal-accuracy": Variant(variant.server, query, variant.description)}
+
+
+def equal_accuracy_served(answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The served accuracy of the equal-accuracy point against the served static graph's, same images."""
+    ours, static = answers.get("equal-accuracy", {}), answers.get("static", {})
+    accuracy, reference = ours.get("accuracy"), static.get("accuracy")
+    within = None if accuracy is None or reference is None else accuracy >= reference - 0.005 - 1e-12
+    return {"accuracy": accuracy, "static_accuracy": reference, "within_tolerance": within}
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------
@@ -277,9 +323,9 @@ class BenchImages:
     data: str
 
 
-def bench_images(run_dir: Path, count: int) -> BenchImages:
-    """The first ``count`` images of the run's test split, as uploads (builtin arrays as PNG, files as they
-    are), with their classes."""
+def bench_images(run_dir: Path, count: int | None) -> BenchImages:
+    """The first ``count`` images of the run's test split (None: all of them), as uploads (builtin arrays
+    as PNG, files as they are), with their classes."""
     from dynadapter.training.data import run_split
     from dynadapter.training.run_dir import read_config
 
@@ -287,8 +333,9 @@ def bench_images(run_dir: Path, count: int) -> BenchImages:
     split = run_split(run_dir, config, "test")  # the run's own test split: no training image is sent
     if not len(split):
         raise DataError(f"the test split of {config['data']} is empty: no images to send")
-    bodies = [multipart_body(split.encoded(i)) for i in range(min(count, len(split)))]
-    return BenchImages(bodies, [int(t) for t in split.targets[:count]], config["data"])
+    n = len(split) if count is None else min(count, len(split))
+    bodies = [multipart_body(split.encoded(i)) for i in range(n)]
+    return BenchImages(bodies, [int(t) for t in split.targets[:n]], config["data"])
 
 
 def multipart_body(png: bytes) -> bytes:
@@ -544,25 +591,28 @@ async def answer_every_image(url: str, images: BenchImages, concurrency: int) ->
 
 
 async def measure_all(
-    servers: dict[str, ServerProcess], images: BenchImages, config: ServeBenchConfig
+    servers: dict[str, ServerProcess],
+    images: BenchImages,
+    config: ServeBenchConfig,
+    variants: dict[str, Variant] = VARIANTS,
 ) -> tuple[dict[str, list[Sample]], dict[tuple[str, int], Measured]]:
     """Each variant's answers to every image, then the timed rounds, one server awake at a time."""
     for server in servers.values():
         server.pause()
     answers = {}
     for name in config.variants:
-        with _awake(servers[VARIANTS[name].server]) as server:
+        with _awake(servers[variants[name].server]) as server:
             answers[name] = await answer_every_image(
-                server.classify_url + VARIANTS[name].query, images, max(config.concurrency)
+                server.classify_url + variants[name].query, images, max(config.concurrency)
             )
     measured = {(v, c): Measured() for c in config.concurrency for v in config.variants}
     for round_index in range(config.rounds):
         for position, concurrency in enumerate(config.concurrency):
             shift = (round_index * len(config.concurrency) + position) % len(config.variants)
             for name in [*config.variants[shift:], *config.variants[:shift]]:
-                with _awake(servers[VARIANTS[name].server]) as server:
+                with _awake(servers[variants[name].server]) as server:
                     samples, seconds = await measure(
-                        server.classify_url + VARIANTS[name].query,
+                        server.classify_url + variants[name].query,
                         images,
                         concurrency,
                         config.requests,
@@ -767,6 +817,26 @@ def _target_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _equal_accuracy_text(section: dict[str, Any]) -> str:
+    point = section.get("equal_accuracy")
+    if not point:
+        return ""
+    served = point["served"]
+    return (
+        f"Equal accuracy: threshold {point['threshold']:.6g}, the cheapest of the {point['candidates']} thresholds "
+        f"of the calibration table within 0.5 points of the static graph on these {point['images']} images: "
+        f"{100 * point['accuracy']:.2f}% against {100 * point['static_accuracy']:.2f}% (PyTorch), "
+        f"{point['gflops']:.4g} GFLOPs/img ({point['flops_fraction']:.0%} of full depth)"
+        + ("" if point["within_tolerance"] else "; no threshold is that accurate, so the most accurate one")
+        + f"; served: {_fmt(_pct_or_none(served['accuracy']), 2)}% against the static graph's "
+        f"{_fmt(_pct_or_none(served['static_accuracy']), 2)}%."
+    )
+
+
+def _pct_or_none(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
 def result_table(section: dict[str, Any]) -> str:
     rows = [HEADER, *_table_rows(section)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
@@ -774,7 +844,7 @@ def result_table(section: dict[str, Any]) -> str:
         "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
         for row in rows
     ]
-    return "\n".join([*lines, "", *_target_lines(section)])
+    return "\n".join([*lines, "", *filter(None, [_equal_accuracy_text(section)]), *_target_lines(section)])
 
 
 def _setup_text(section: dict[str, Any]) -> str:
@@ -810,6 +880,11 @@ def _render_serve(section: dict[str, Any] | None) -> str:
     table += ["| " + " | ".join(row) + " |" for row in _table_rows(section)]
     variants = "; ".join(f"`{name}`: {text}" for name, text in section["variants"].items())
     targets = [f"- {line}" for line in _target_lines(section)]
+    equal = [_equal_accuracy_text(section), ""] if section.get("equal_accuracy") else []
     return "\n".join(
-        ["## Serving", "", _setup_text(section), "", *table, "", f"Variants: {variants}.", "", "Targets:", "", *targets]
+        [
+            *("## Serving", "", _setup_text(section), "", *table, "", f"Variants: {variants}.", ""),
+            *equal,
+            *("Targets:", "", *targets),
+        ]
     )

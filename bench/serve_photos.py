@@ -41,6 +41,8 @@ PHOTO_DIR = Path("var") / "bench-photos"  # under the working directory, like --
 PHOTO_SET_VERSION = "1"  # bump when bench/photos.py changes what camera_set writes
 WORKLOADS = {"jpeg-12mp": ("jpeg-12mp",), "mix": ("jpeg-12mp", "jpeg-2mp", "png-12mp", "heic-12mp")}
 CAMERA_SIZE = (4032, 3024)  # the accuracy check's photos (width, height)
+#: Test images of the camera accuracy check when --images is unset (each becomes a 12 MP JPEG).
+CAMERA_ACCURACY_IMAGES = 200
 # Issue targets: decode of a 12 MP JPEG at most 1.5x one image's full-depth compute; at the top
 # concurrency on 12 MP JPEGs, balanced at least 5x the previous release and 4x LitServe.
 DECODE_OVER_COMPUTE = 1.5
@@ -59,7 +61,8 @@ def run_photos(config: serve.ServeBenchConfig) -> None:
         with contextlib.ExitStack() as stack:
             servers = start_photo_servers(stack, inputs, config)
             ready = {name: rss_bytes(server.process.pid, "VmRSS") for name, server in servers.items()}
-            accuracy = asyncio.run(camera_accuracy(servers["balanced"], inputs.run_dir, config.images))
+            count = config.images or CAMERA_ACCURACY_IMAGES
+            accuracy = asyncio.run(camera_accuracy(servers["balanced"], inputs.run_dir, count))
             results = asyncio.run(measure_servers(servers, photos, config))
             peaks = {name: rss_bytes(server.process.pid, "VmHWM") for name, server in servers.items()}
     section = {

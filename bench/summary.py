@@ -6,19 +6,67 @@ also by benchmarks that run where torch is not installed.
 The paper's claim is the target: at ``balanced``, at least half the FLOPs saved with a mean
 accuracy within 0.5 points of the static baseline of the same PETL method. "Saved" is relative to
 that static baseline, so the early heads' own cost counts against Dyn-Adapter.
+
+Each cell runs once per seed; its numbers here are the mean over the seeds that finished
+(``combine``), with the sample standard deviation beside the accuracies, and the target is judged
+on those means. Every accuracy is given on the clean test split and on its shifted copy
+(corrupted images, ``dynadapter.bench.corruptions``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from statistics import fmean
+from collections.abc import Callable, Iterable, Sequence
+from statistics import fmean, stdev
 from typing import Any
 
 MODES = ("fast", "balanced", "accurate")
 TARGET_SAVED = 0.50
 TARGET_ACC_DROP = 0.005
 #: top-level keys of results.json that this module writes and renders
-RESULT_KEYS = ("config", "tasks", "methods", "rows", "target", "ablation", "missing", "timing")
+RESULT_KEYS = ("config", "tasks", "methods", "rows", "probe", "target", "ablation", "missing", "timing")
+#: (task, petl, variant, seed) -> a cell's result, None where it has not finished
+RunResults = dict[tuple[str, str, str, int], "dict[str, Any] | None"]
+
+
+def _tree(values: Sequence[Any], reduce: Callable[[list[float]], float | None]) -> Any:
+    """``reduce`` over the seeds at every number of equally shaped results (lists element-wise);
+    anything else is taken from the first."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _tree([v[k] for v in values], reduce) for k in first if all(k in v for v in values)}
+    if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
+        return [_tree(list(column), reduce) for column in zip(*values, strict=True)]
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return reduce([float(v) for v in values])
+    return first
+
+
+def combine(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One cell over its seeds: the mean of every number, ``seeds`` (how many finished) and ``std``
+    (the same tree of sample standard deviations; None with a single seed)."""
+    mean = _tree(results, fmean)
+    mean["seeds"] = len(results)
+    mean["std"] = _tree(results, lambda xs: stdev(xs) if len(xs) > 1 else None)
+    if "probe" in mean:
+        mean["probe"]["blocks"] = [r["probe"]["block"] for r in results]
+    return mean
+
+
+def by_cell(runs: RunResults) -> dict[tuple[str, str, str], dict[str, Any] | None]:
+    """``(task, petl, variant) -> combine`` of its finished seeds (None when no seed has finished)."""
+    grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for (task, petl, variant, _), result in runs.items():
+        grouped.setdefault((task, petl, variant), []).extend([result] if result is not None else [])
+    return {key: combine(found) if found else None for key, found in grouped.items()}
+
+
+def _get(result: dict | None, *path: str) -> Any:
+    """``result[path[0]][path[1]]...``, None where a part is absent (an unfinished cell, one seed's std)."""
+    for key in path:
+        if not isinstance(result, dict) or key not in result:
+            return None
+        result = result[key]
+    return result
 
 
 def cell_row(task: str, petl: str, static: dict | None, dyn: dict | None) -> dict[str, Any]:
@@ -26,13 +74,42 @@ def cell_row(task: str, petl: str, static: dict | None, dyn: dict | None) -> dic
     return {
         "task": task,
         "petl": petl,
+        "seeds": {"static": _get(static, "seeds"), "dyn": _get(dyn, "seeds")},
         "static_acc": static["acc"] if static else None,
+        "static_acc_std": _get(static, "std", "acc"),
+        "static_shifted_acc": _get(static, "shifted", "acc"),
+        "static_shifted_acc_std": _get(static, "std", "shifted", "acc"),
         "static_gflops": static["gflops"] if static else None,
         "dyn": {m: {k: dyn["modes"][m][k] for k in ("acc", "gflops", "saved")} for m in MODES} if dyn else None,
+        "dyn_acc_std": {m: _get(dyn, "std", "modes", m, "acc") for m in MODES},
+        "dyn_shifted": {m: _get(dyn, "shifted", "modes", m) for m in MODES} if dyn else None,
+        "dyn_shifted_acc_std": {m: _get(dyn, "std", "shifted", "modes", m, "acc") for m in MODES},
         "dyn_full_acc": dyn["acc"] if dyn else None,
         "dyn_exit_acc": dyn["exit_accuracy"] if dyn else None,
         "dyn_best_at_target": best_at_target(dyn) if dyn else None,
         "seconds": {"static": static["seconds"] if static else None, "dyn": dyn["seconds"] if dyn else None},
+    }
+
+
+def probe_row(task: str, probe: dict | None) -> dict[str, Any]:
+    """The frozen probe of a task at its block chosen on validation (None marks an unfinished cell)."""
+    keys = ("acc", "shifted_acc", "val_acc", "gflops")
+    return {
+        "task": task,
+        "seeds": _get(probe, "seeds"),
+        "blocks": _get(probe, "probe", "blocks"),
+        **{k: _get(probe, "probe", k) for k in keys},
+        **{f"{k}_std": _get(probe, "std", "probe", k) for k in ("acc", "shifted_acc")},
+    }
+
+
+def probe_mean(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    done = [r for r in rows if r["acc"] is not None]
+    keys = ("acc", "shifted_acc", "val_acc", "gflops")
+    return {
+        "task": "mean",
+        "tasks": len(done),
+        **{k: fmean(r[k] for r in done) if done else None for k in keys},
     }
 
 
@@ -57,10 +134,17 @@ def mean_row(petl: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "dyn_full_acc": None,
         "dyn_exit_acc": None,
         "dyn_best_at_target": None,
+        "static_shifted_acc": None,
+        "dyn_shifted": None,
     }
     if done:
         best = [r["dyn_best_at_target"] for r in done]
+        shifted = [r for r in done if r["static_shifted_acc"] is not None and r["dyn_shifted"]["balanced"]]
         row.update(
+            static_shifted_acc=fmean(r["static_shifted_acc"] for r in shifted) if len(shifted) == len(done) else None,
+            dyn_shifted={m: {k: fmean(r["dyn_shifted"][m][k] for r in done) for k in ("acc", "gflops")} for m in MODES}
+            if len(shifted) == len(done)
+            else None,
             static_acc=fmean(r["static_acc"] for r in done),
             static_gflops=fmean(r["static_gflops"] for r in done),
             dyn_full_acc=fmean(r["dyn_full_acc"] for r in done),
@@ -144,14 +228,18 @@ def ablation_row(variant: str, label: str, per_task: dict[str, dict | None]) -> 
 
 
 def sections(
-    lookup: dict[tuple[str, str, str], dict | None],
+    runs: RunResults,
     tasks: Sequence[str],
     methods: Sequence[str],
     ablations: dict[str, str],
     ablation_petl: str,
     config: dict[str, Any],
+    probe: tuple[str, str] = ("none", "probe"),
 ) -> dict[str, Any]:
-    """The accuracy sections of results.json from ``(task, petl, variant) -> result or None``."""
+    """The accuracy sections of results.json from ``(task, petl, variant, seed) -> result or None``;
+    ``probe``: the (petl, variant) of the frozen-probe cells."""
+    lookup = by_cell(runs)
+    probes = [probe_row(t, lookup.get((t, *probe))) for t in tasks]
     rows, means = [], []
     for petl in methods:
         per_task = [cell_row(t, petl, lookup.get((t, petl, "static")), lookup.get((t, petl, "dyn"))) for t in tasks]
@@ -161,23 +249,24 @@ def sections(
         ablation_row(v, label, {t: lookup.get((t, ablation_petl, v)) for t in tasks})
         for v, label in {"dyn": "Dyn-Adapter, every part on", **ablations}.items()
     ]
-    missing = [f"{t}/{p}-{v}" for (t, p, v), r in lookup.items() if r is None]
+    missing = [f"{t}/{p}-{v}" + (f"-seed{s}" if s else "") for (t, p, v, s), r in runs.items() if r is None]
     return {
         "config": config,
         "tasks": list(tasks),
         "methods": list(methods),
         "rows": rows + means,
+        "probe": [*probes, probe_mean(probes)],
         "target": [target(m, len(tasks)) for m in means],
         "ablation": ablation,
         "missing": missing,
-        "timing": timing(lookup),
+        "timing": timing(runs),
     }
 
 
-def timing(lookup: dict[tuple[str, str, str], dict | None]) -> dict[str, Any]:
+def timing(runs: RunResults) -> dict[str, Any]:
     """Wall-clock seconds per finished cell (training, calibration and test evaluation), by variant."""
     seconds: dict[str, list[float]] = {}
-    for (_, _, variant), r in lookup.items():
+    for (_, _, variant, _), r in runs.items():
         if r is not None:
             seconds.setdefault("static" if variant == "static" else "dynamic", []).append(r["seconds"])
     return {kind: {"cells": len(s), "mean_s": fmean(s), "total_s": sum(s)} for kind, s in seconds.items()}
@@ -187,10 +276,23 @@ def _pct(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f}"
 
 
-def _mode_cells(dyn: dict | None) -> list[str]:
+def _pm(x: float | None, std: float | None) -> str:
+    """An accuracy in percent, ± its standard deviation over seeds where there are several."""
+    return _pct(x) + (f" ± {_pct(std)}" if x is not None and std is not None else "")
+
+
+def _mode_cells(row: dict[str, Any]) -> list[str]:
+    dyn, std = row["dyn"], row.get("dyn_acc_std") or {}
     if dyn is None:
         return ["missing"] * 3
-    return [f"{_pct(dyn[m]['acc'])} / {dyn[m]['gflops']:.3g} / {_pct(dyn[m]['saved'], 0)}%" for m in MODES]
+    return [f"{_pm(dyn[m]['acc'], std.get(m))} / {dyn[m]['gflops']:.3g} / {_pct(dyn[m]['saved'], 0)}%" for m in MODES]
+
+
+def _shifted_cell(row: dict[str, Any]) -> str:
+    shifted = row.get("dyn_shifted") or {}
+    if row["dyn"] is None or not shifted.get("balanced"):
+        return "missing" if row["dyn"] is None else "—"
+    return _pm(shifted["balanced"]["acc"], (row.get("dyn_shifted_acc_std") or {}).get("balanced"))
 
 
 def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
@@ -229,6 +331,7 @@ def render_target(results: dict[str, Any]) -> str:
     return (
         "## Target: the paper's claim at `balanced`\n\n"
         f"At least {TARGET_SAVED:.0%} of the static baseline's FLOPs saved, with the suite-mean accuracy "
+        "(the mean over tasks of the means over seeds) "
         f"within {100 * TARGET_ACC_DROP:.1f} points of the static baseline of the same PETL method "
         "(`none`: the linear probe on the frozen backbone).\n\n"
         + _table(
@@ -247,26 +350,54 @@ def render_target(results: dict[str, Any]) -> str:
     )
 
 
+def _probe_line(p: dict[str, Any]) -> list[str]:
+    """The frozen probe as a row of a task's table (block(s) chosen on validation, one per seed)."""
+    where = f"block {'/'.join(map(str, p['blocks']))}" if p.get("blocks") else f"{p.get('tasks', 0)} tasks"
+    if p["acc"] is None:
+        return ["frozen probe", "missing", "missing", "—", "—", "—", "—", "—"]
+    return [
+        f"frozen probe ({where})",
+        _pm(p["acc"], p.get("acc_std")),
+        _pm(p["shifted_acc"], p.get("shifted_acc_std")),
+        f"{p['gflops']:.3g}",
+        "—",
+        "—",
+        "—",
+        "—",
+    ]
+
+
 def render_tasks(results: dict[str, Any]) -> str:
     parts = [
         "## Per task\n\nEach mode cell: test accuracy (%) / mean GFLOPs per image / FLOPs saved against "
-        "the static baseline. `static`: the same PETL method with the final head only."
+        "the static baseline; accuracies are means over the seeds ± their standard deviation. `static`: the "
+        "same PETL method with the final head only. `shifted`: the same test images, each corrupted once "
+        "(`dynadapter.bench.corruptions`: translation, scale, rotation, blur, noise, contrast, JPEG at "
+        "severities 1-5, each kind and severity an equal share of the images), with the thresholds "
+        "calibrated on the clean validation split. `frozen probe`: a linear head on the frozen backbone "
+        "at the block that is best on the validation split (its GFLOPs: the blocks up to it and the head)."
     ]
+    probes = {p["task"]: p for p in results.get("probe", [])}
+    header = ["PETL", "static acc (%)", "static shifted (%)", "static GFLOPs", *MODES, "balanced shifted (%)"]
     for task in [*results["tasks"], "mean"]:
         rows = [r for r in results["rows"] if r["task"] == task]
         title = f"### {task}" if task != "mean" else "### Suite mean (over the tasks where both cells finished)"
         lines = [
             [
                 r["petl"] + (f" ({r['tasks']} tasks)" if task == "mean" else ""),
-                _pct(r["static_acc"]) if r["static_acc"] is not None else "missing",
+                _pm(r["static_acc"], r.get("static_acc_std")) if r["static_acc"] is not None else "missing",
+                _pm(r.get("static_shifted_acc"), r.get("static_shifted_acc_std")),
                 f"{r['static_gflops']:.3g}" if r["static_gflops"] is not None else "—",
-                *_mode_cells(r["dyn"]),
+                *_mode_cells(r),
+                _shifted_cell(r),
             ]
             for r in rows
         ]
+        if task in probes:
+            lines.append(_probe_line(probes[task]))
         drawn = task != "mean" and any(r["static_acc"] is not None or r["dyn"] is not None for r in rows)
         figure = f"\n\n![{task}: accuracy against GFLOPs](results/{task}.png)" if drawn else ""
-        parts.append(f"{title}\n\n" + _table(["PETL", "static acc (%)", "static GFLOPs", *MODES], lines) + figure)
+        parts.append(f"{title}\n\n" + _table(header, lines) + figure)
     return "\n\n".join(parts)
 
 
@@ -296,7 +427,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     intro = (
         f"Backbone `{c['backbone']}` at {c['img_size']} px, frozen; {epochs} per cell "
         f"(AdamW lr {c['lr']}, {c['warmup_epochs']} epochs of warm-up, batch {c['batch_size']}, "
-        f"{amp}seed {c['seed']}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
+        f"{amp}{_seeds(c)}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
         "200 val images, a separate test split). All numbers are on the test split; the modes use the "
         "thresholds calibrated on the validation split (each run's calibration.json). GFLOPs: one "
         "multiply-add = one FLOP. The paper trains 100 epochs: with fewer, these numbers compare the "
@@ -320,6 +451,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     if results["missing"]:
         parts.append("## Cells not finished\n\n" + ", ".join(f"`{m}`" for m in results["missing"]))
     return "\n\n".join(parts)
+
+
+def _seeds(config: dict[str, Any]) -> str:
+    seeds = config.get("seeds", [config.get("seed", 0)])
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}: mean ± std"
 
 
 def result_table(results: dict[str, Any]) -> str:

@@ -6,6 +6,12 @@ event loop keeps accepting requests). Every image keeps its own thresholds, so r
 different knobs share a batch. After each segment the images that left there are answered at once
 (exit compaction): their futures resolve on the event loop while the thread runs the next segment
 on the images still in flight.
+
+Each job carries its deadline (`time.perf_counter()` seconds): a job still queued when its deadline
+passes, or one whose first segment cannot finish in time, fails with `DeadlineError` (504); once
+running, the cascade lets it leave at the exit it has (dynadapter.service.deadlines). When the queue
+is empty after a batch is formed, `shadow_sampler` may pick images of it to run on past their answer
+(live calibration: spare capacity only).
 """
 
 import asyncio
@@ -18,11 +24,13 @@ from time import perf_counter
 
 import numpy as np
 
+from dynadapter.service.deadlines import NO_DEADLINE, DeadlineError
 from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput
 
 logger = logging.getLogger(__name__)
 
 StageCallback = Callable[[StageOutput], None]
+ShadowSampler = Callable[[int], np.ndarray]  # batch size -> [B] bool: which images to shadow
 
 
 class QueueFullError(Exception):
@@ -37,11 +45,13 @@ class BatcherClosedError(Exception):
     """The batcher is not running (not started yet, or shutting down)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Job:
     image: np.ndarray  # float32 [3, H, W]
     thresholds: np.ndarray  # [K-1]
+    deadline: float  # time.perf_counter() seconds; inf: none
     future: "asyncio.Future[ExitResult]"
+    started: bool = False  # in a running batch: it gets an answer at the end of the segment it is in
 
 
 class MicroBatcher:
@@ -52,6 +62,7 @@ class MicroBatcher:
         max_wait_s: float,
         max_queue: int,
         on_stage: StageCallback | None = None,
+        shadow_sampler: ShadowSampler | None = None,
     ) -> None:
         """`on_stage` sees every stage's output on the event loop, just before its leavers are answered."""
         self._runner = runner
@@ -59,6 +70,7 @@ class MicroBatcher:
         self._max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self._on_stage = on_stage
+        self._shadow_sampler = shadow_sampler
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._running: list[_Job] = []
@@ -80,23 +92,53 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, image: np.ndarray, thresholds: np.ndarray) -> ExitResult:
-        """Queue one image and wait for its result; `QueueFullError` at once when the queue is full."""
+    async def submit(self, image: np.ndarray, thresholds: np.ndarray, deadline: float = NO_DEADLINE) -> ExitResult:
+        """Queue one image and wait for its result; `QueueFullError` at once when the queue is full.
+
+        `DeadlineError` when `deadline` (perf_counter seconds) passes while the image is still queued,
+        or its first segment cannot finish before it.
+        """
         if self._worker is None:
             raise BatcherClosedError("the batcher is not running")
         future: asyncio.Future[ExitResult] = asyncio.get_running_loop().create_future()
+        job = _Job(image, thresholds, deadline, future)
         try:
-            self._queue.put_nowait(_Job(image, thresholds, future))
+            self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFullError(self.retry_after_s()) from None
-        # If the caller gives up (deadline), cancelling it cancels `future` and the worker skips the job.
-        return await future
+        # If the caller gives up, cancelling it cancels `future` and the worker skips the job.
+        if deadline == NO_DEADLINE:
+            return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(deadline - perf_counter(), 0.0))
+        except asyncio.TimeoutError:
+            if not job.started:
+                future.cancel()
+                raise DeadlineError("the deadline passed while the image waited in the queue") from None
+        # Running: it leaves with the exit it has at the end of the segment it is in; wait that long (twice
+        # the slowest segment's estimate, for noise) and no longer.
+        grace = 2 * self._runner.times.slowest(self._max_batch_size) + 0.01
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), grace)
+        except asyncio.TimeoutError:
+            raise DeadlineError("the deadline passed before the image reached its first exit") from None
+
+    def queue_delay_s(self) -> float:
+        """Expected wait of an image queued now, in seconds: the batches ahead of it times a batch's time."""
+        return self._queue.qsize() / self._max_batch_size * self._batch_seconds
 
     async def _work(self) -> None:
         while True:
-            jobs = [job for job in await self._collect() if not job.future.done()]
+            jobs = self._in_time([job for job in await self._collect() if not job.future.done()])
             if jobs:
                 await self._run(jobs)
+
+    def _in_time(self, jobs: list[_Job]) -> list[_Job]:
+        """The jobs whose first segment can finish before their deadline; the others fail with 504 now."""
+        finish = perf_counter() + self._runner.times.estimate(0, len(jobs))
+        late = [job for job in jobs if job.deadline < finish]
+        self._fail(late, DeadlineError("the first segment cannot finish before the deadline"))
+        return [job for job in jobs if job.deadline >= finish]
 
     async def _collect(self) -> list[_Job]:
         loop = asyncio.get_running_loop()
@@ -121,10 +163,15 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         images = np.stack([job.image for job in jobs])
         thresholds = np.stack([job.thresholds for job in jobs])
+        deadlines = np.array([job.deadline for job in jobs])
+        spare = self._shadow_sampler is not None and self._queue.empty()
+        shadow = self._shadow_sampler(len(jobs)) if self._shadow_sampler is not None and spare else None
+        for job in jobs:
+            job.started = True
         self._running = jobs
         start = perf_counter()
         try:
-            await loop.run_in_executor(self._executor, self._cascade, loop, jobs, images, thresholds)
+            await loop.run_in_executor(self._executor, self._cascade, loop, jobs, images, thresholds, deadlines, shadow)
         except Exception as err:  # a failed batch fails its unanswered requests, never the worker
             logger.exception("inference failed for a batch of %d image(s)", len(jobs))
             self._fail(jobs, err)
@@ -136,10 +183,16 @@ class MicroBatcher:
         self._fail(jobs, RuntimeError("the cascade gave no result for this image"))
 
     def _cascade(
-        self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], images: np.ndarray, thresholds: np.ndarray
+        self,
+        loop: asyncio.AbstractEventLoop,
+        jobs: list[_Job],
+        images: np.ndarray,
+        thresholds: np.ndarray,
+        deadlines: np.ndarray,
+        shadow: np.ndarray | None,
     ) -> None:
         """In the inference thread: hand each stage's leavers to the loop and go straight on."""
-        for stage in self._runner.cascade(images, thresholds):
+        for stage in self._runner.cascade(images, thresholds, deadlines, shadow):
             loop.call_soon_threadsafe(self._finish_stage, jobs, stage)
 
     def _finish_stage(self, jobs: list[_Job], stage: StageOutput) -> None:

@@ -10,15 +10,19 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 
-from dynadapter.contract.model_repository import Manifest, ModelVersion
+from dynadapter.contract.model_repository import Manifest, ModelLoadError, ModelVersion
 from dynadapter.service.backends.choice import open_runner
 from dynadapter.service.batching import MicroBatcher, QueueFullError
+from dynadapter.service.deadlines import NO_DEADLINE
 from dynadapter.service.decoding import DecodePool
 from dynadapter.service.errors import ApiError
-from dynadapter.service.exit_policy import ExitPolicy, resolve_policy
+from dynadapter.service.exit_policy import DEFAULT_MODE, ExitPolicy, PolicyError, resolve_policy
+from dynadapter.service.latency_controller import LatencyController, accuracy_floor, operating_curve
+from dynadapter.service.live_calibration import LiveCalibrator
 from dynadapter.service.metrics import ServiceMetrics
 from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput
 from dynadapter.service.settings import Settings
@@ -55,15 +59,27 @@ class Engine:
         self._max_pixels = settings.max_pixels
         self._decoder = decoder  # the process's bounded decode pool, shared by every model
         self._warm_batch_sizes = {1, settings.max_batch_size}
+        self.live = _live_calibrator(model.manifest, settings)
+        self.controller = _latency_controller(model.manifest, settings)
+        self._control_task: asyncio.Task[None] | None = None
         self._batcher = MicroBatcher(
             runner,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
             on_stage=self._record_stage,
+            shadow_sampler=self.live.sample if self.live is not None else None,
         )
         metrics.declare_model(self.name, self.version, self.manifest.num_exits, memory_bytes)
         metrics.declare_serving(self.name, self.version, runner.backend, model.precision, runner.device)
+        modes = list(self.manifest.modes)
+        metrics.declare_adaptation(self.name, self.version, self.manifest.num_exits, modes, self.live is not None)
+        if self.controller is not None:
+            point = self.controller.point
+            metrics.record_operating_point(self.name, self.version, point.threshold, point.flops_fraction)
+        if self.live is not None:
+            thresholds = {mode: self.live.thresholds(mode) for mode in modes}
+            metrics.record_live_calibration(self.name, self.version, thresholds, [])
 
     @classmethod
     def load(
@@ -123,14 +139,57 @@ class Engine:
 
     def start(self) -> None:
         self._batcher.start()
+        if self.controller is not None:
+            self._control_task = asyncio.get_running_loop().create_task(self._control(self.controller))
 
     async def stop(self) -> None:
+        task, self._control_task = self._control_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await self._batcher.stop()
 
     def policy(
         self, threshold: float | None = None, mode: str | None = None, budget: float | None = None
     ) -> ExitPolicy:
-        return resolve_policy(self.manifest, threshold=threshold, mode=mode, budget=budget)
+        """The thresholds a request's knob asks for (`PolicyError` if it cannot be honoured).
+
+        No knob, or mode `auto`: the latency controller's operating point (the default mode where there
+        is no controller). A named mode: its live thresholds where live calibration is on.
+        """
+        if mode == "auto":
+            if threshold is not None or budget is not None:
+                raise PolicyError("give at most one of threshold, mode and budget")
+            mode = None
+        if threshold is None and budget is None and mode is None:
+            point = self.controller.point if self.controller is not None else None
+            if point is not None and point.threshold is not None:
+                return ExitPolicy.uniform(point.threshold, self.manifest.num_exits)
+            mode = DEFAULT_MODE
+        policy = resolve_policy(self.manifest, threshold=threshold, mode=mode, budget=budget)
+        if mode is not None and self.live is not None:
+            live = self.live.thresholds(mode)
+            return ExitPolicy(live, live)
+        return policy
+
+    def observe_latency(self, seconds: float) -> None:
+        """One request's time from arrival to answer (or to 504): what the latency target is about."""
+        if self.controller is not None:
+            self.controller.observe(perf_counter(), seconds)
+
+    async def _control(self, controller: LatencyController) -> None:
+        """Every control period: one step of the controller, and its metrics."""
+        metrics, last = self._metrics, perf_counter()
+        while True:
+            await asyncio.sleep(controller.period_s)
+            now = perf_counter()
+            if controller.degraded:
+                metrics.degraded_seconds.labels(self.name, self.version).inc(now - last)
+            if controller.step(now, self._batcher.queue_delay_s()):
+                metrics.target_violations.labels(self.name, self.version).inc()
+            point = controller.point
+            metrics.record_operating_point(self.name, self.version, point.threshold, point.flops_fraction)
+            last = now
 
     def admit(self) -> AbstractAsyncContextManager[None]:
         """A place in the decode pool for reading and preparing one image; `QueueFullError` if none is free."""
@@ -140,25 +199,28 @@ class Engine:
         """Bytes of an uploaded image -> the float32 [3, H, W] tensor segment 0 expects, on the decode pool."""
         return await self._decoder.run(self.manifest.preprocessing.load, data, self._max_pixels)
 
-    async def classify(self, image: np.ndarray, policy: ExitPolicy) -> ExitResult:
+    async def classify(self, image: np.ndarray, policy: ExitPolicy, deadline: float = NO_DEADLINE) -> ExitResult:
         """Run one prepared image through the cascade, batched with whatever else is waiting.
 
-        A result whose logits are not all finite is never answered (its confidence would be NaN):
-        ApiError 500 ``non_finite_output`` instead.
+        `deadline`: time.perf_counter() seconds; `DeadlineError` when not even its first exit can answer
+        by then. A result whose logits are not all finite is never answered (its confidence would be
+        NaN): ApiError 500 ``non_finite_output`` instead.
         """
-        result = await self._batcher.submit(image, policy.as_array())
+        result = await self._batcher.submit(image, policy.as_array(), deadline)
         if not np.isfinite(result.logits).all():
             raise ApiError(500, "non_finite_output", "the model gave non-finite scores for this image")
         return result
 
-    async def classify_all(self, images: Sequence[np.ndarray], policy: ExitPolicy) -> list[ExitResult]:
+    async def classify_all(
+        self, images: Sequence[np.ndarray], policy: ExitPolicy, deadline: float = NO_DEADLINE
+    ) -> list[ExitResult]:
         """Several prepared images, each its own job (they may leave at different exits); in input order.
 
         `QueueFullError` when the queue cannot take them all: then none is queued.
         """
         if len(images) > self._batcher.free_slots():
             raise QueueFullError(self._batcher.retry_after_s())
-        return list(await asyncio.gather(*(self.classify(image, policy) for image in images)))
+        return list(await asyncio.gather(*(self.classify(image, policy, deadline) for image in images)))
 
     def used_gflops(self, result: ExitResult) -> float:
         """GFLOPs one image cost: up to its exit, less the gated heads it skipped."""
@@ -166,3 +228,35 @@ class Engine:
 
     def _record_stage(self, stage: StageOutput) -> None:
         self._metrics.record_stage(self.name, self.version, stage, self.manifest)
+        if self.live is None:
+            return
+        rechosen = [self.live.observe(trace) for trace in stage.shadows.values()]
+        if any(rechosen):
+            live = self.live
+            thresholds = {mode: live.thresholds(mode) for mode in self.manifest.modes}
+            agreement = [live.agreement(k) for k in range(self.manifest.num_exits - 1)]
+            self._metrics.record_live_calibration(self.name, self.version, thresholds, agreement)
+
+
+def _live_calibrator(manifest: Manifest, settings: Settings) -> LiveCalibrator | None:
+    if settings.live_calibration <= 0:
+        return None
+    return LiveCalibrator(
+        manifest,
+        fraction=settings.live_calibration,
+        epsilon=settings.live_calibration_epsilon,
+        every=settings.live_calibration_every,
+        window=settings.live_calibration_window,
+    )
+
+
+def _latency_controller(manifest: Manifest, settings: Settings) -> LatencyController | None:
+    """The latency controller of one model version; `ModelLoadError` when its floor means nothing for it."""
+    if settings.target_p95_ms is None:
+        return None
+    try:
+        floor = accuracy_floor(manifest, settings.accuracy_floor)
+    except ValueError as err:
+        raise ModelLoadError(f"model {manifest.name}: {err}") from None
+    curve = operating_curve(manifest, manifest.modes[DEFAULT_MODE], floor)
+    return LatencyController(curve, settings.target_p95_ms / 1000, settings.control_period_s)

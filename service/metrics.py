@@ -25,6 +25,7 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._serving: dict[tuple[str, str], tuple[str, str, str]] = {}  # (model, version) -> its serving labels
+        self._adaptation: dict[tuple[str, str], tuple[list[str], int]] = {}  # (model, version) -> (modes, exits)
         r = self.registry
         self.requests = Counter(
             "dynadapter_requests_total",
@@ -77,6 +78,67 @@ class ServiceMetrics:
         self.inflight = Gauge(
             "dynadapter_inflight_requests", "Inference requests being handled now.", _MODEL, registry=r
         )
+        self.exit_reasons = Counter(
+            "dynadapter_exit_reasons_total",
+            "Images answered, by why they left: confident (reached the threshold), deadline (the next segment "
+            "would end past it), last (the last exit).",
+            ["model", "version", "reason"],
+            registry=r,
+        )
+        self.operating_threshold = Gauge(
+            "dynadapter_operating_threshold",
+            "The latency controller's operating point: its uniform threshold (NaN: the default mode's own).",
+            _MODEL,
+            registry=r,
+        )
+        self.operating_flops = Gauge(
+            "dynadapter_operating_flops_fraction",
+            "Expected FLOPs per image at the latency controller's operating point, as a fraction of the full model.",
+            _MODEL,
+            registry=r,
+        )
+        self.target_violations = Counter(
+            "dynadapter_latency_target_violations_total",
+            "Control periods whose p95 latency (or expected queue delay) exceeded target_p95_ms.",
+            _MODEL,
+            registry=r,
+        )
+        self.degraded_seconds = Counter(
+            "dynadapter_degraded_seconds_total",
+            "Time the latency controller held requests below the default operating point, in seconds.",
+            _MODEL,
+            registry=r,
+        )
+        self.shadow_images = Counter(
+            "dynadapter_shadow_images_total",
+            "Shadowed images (live calibration) answered at each early exit.",
+            ["model", "version", "exit"],
+            registry=r,
+        )
+        self.shadow_agreements = Counter(
+            "dynadapter_shadow_agreements_total",
+            "Shadowed images answered at each early exit whose answer agreed with the last exit's.",
+            ["model", "version", "exit"],
+            registry=r,
+        )
+        self.exit_agreement = Gauge(
+            "dynadapter_exit_agreement",
+            "Agreement with the last exit of the images answered at each early exit, over the live window.",
+            ["model", "version", "exit"],
+            registry=r,
+        )
+        self.live_threshold = Gauge(
+            "dynadapter_live_threshold",
+            "Each mode's live threshold at each early exit (live calibration).",
+            ["model", "version", "mode", "exit"],
+            registry=r,
+        )
+        self.shadow_flops = Counter(
+            "dynadapter_shadow_flops_total",
+            "FLOPs run for live calibration past the images' answers (not in flops_used or flops_saved).",
+            _MODEL,
+            registry=r,
+        )
         self.model_memory = Gauge(
             "dynadapter_model_memory_bytes",
             "Resident memory the process grew by while loading each served model version (sessions, weights).",
@@ -91,6 +153,8 @@ class ServiceMetrics:
         for k in range(num_exits):
             self.exits.labels(model, version, str(k))
             self.stage_duration.labels(model, version, str(k))
+        for reason in ("confident", "deadline", "last"):
+            self.exit_reasons.labels(model, version, reason)
         self.model_memory.labels(model, version).set(memory_bytes)
 
     def declare_serving(self, model: str, version: str, backend: str, precision: str, device: str) -> None:
@@ -106,6 +170,13 @@ class ServiceMetrics:
             self.model_memory.remove(model, version)
             if serving is not None:
                 self.serving.remove(model, version, *serving)
+        modes, num_exits = self._adaptation.pop((model, version), ([], 0))
+        gauges: list[tuple[Gauge, tuple[str, ...]]] = [(self.operating_threshold, ()), (self.operating_flops, ())]
+        gauges += [(self.exit_agreement, (str(k),)) for k in range(num_exits - 1)]
+        gauges += [(self.live_threshold, (mode, str(k))) for mode in modes for k in range(num_exits - 1)]
+        for gauge, labels in gauges:
+            with contextlib.suppress(KeyError):  # a series never set
+                gauge.remove(model, version, *labels)
 
     def record_stage(self, model: str, version: str, stage: StageOutput, manifest: Manifest) -> None:
         """One segment's run on a batch: its time, the batch size (at stage 0) and the images that left."""
@@ -115,6 +186,40 @@ class ServiceMetrics:
         for result in stage.exits.values():
             used = manifest.used_gflops(result.exit_index, result.skipped_heads)
             self.record_image(model, version, result.exit_index, used, manifest.gflops_full)
+            self.exit_reasons.labels(model, version, result.reason).inc()
+        for trace in stage.shadows.values():
+            beyond = manifest.gflops_full - manifest.used_gflops(trace.answered_exit, ())
+            self.shadow_flops.labels(model, version).inc(max(beyond, 0.0) * GIGA)
+            if trace.answered_exit < manifest.num_exits - 1:
+                exit_label = str(trace.answered_exit)
+                self.shadow_images.labels(model, version, exit_label).inc()
+                agreed = trace.predictions[trace.answered_exit] == trace.predictions[-1]
+                self.shadow_agreements.labels(model, version, exit_label).inc(int(agreed))
+
+    def declare_adaptation(self, model: str, version: str, num_exits: int, modes: list[str], live: bool) -> None:
+        """Create the controller's and (when on) live calibration's series of a model version."""
+        self._adaptation[model, version] = (modes, num_exits)
+        for family in (self.target_violations, self.degraded_seconds, self.shadow_flops):
+            family.labels(model, version)
+        if live:
+            for k in range(num_exits - 1):
+                self.shadow_images.labels(model, version, str(k))
+                self.shadow_agreements.labels(model, version, str(k))
+
+    def record_operating_point(self, model: str, version: str, threshold: float | None, flops: float) -> None:
+        self.operating_threshold.labels(model, version).set(float("nan") if threshold is None else threshold)
+        self.operating_flops.labels(model, version).set(flops)
+
+    def record_live_calibration(
+        self, model: str, version: str, thresholds: dict[str, tuple[float, ...]], agreement: list[float | None]
+    ) -> None:
+        """The live thresholds of every mode, and each early exit's agreement over the window."""
+        for mode, values in thresholds.items():
+            for k, threshold in enumerate(values):
+                self.live_threshold.labels(model, version, mode, str(k)).set(threshold)
+        for k, rate in enumerate(agreement):
+            if rate is not None:
+                self.exit_agreement.labels(model, version, str(k)).set(rate)
 
     def record_image(self, model: str, version: str, exit_index: int, used_gflops: float, full_gflops: float) -> None:
         """Count one classified image: its exit, and the FLOPs it used and saved."""

@@ -2,7 +2,8 @@
 
 Inputs (one per request): `image`, BYTES [N], encoded images (base64 strings in JSON, raw bytes with
 the binary tensor data extension); or `pixels`, FP32 [N, 3, H, W], preprocessed as the manifest says.
-Outputs: `probabilities` FP32 [N, C], `exit_index` INT32 [N], `gflops` FP32 [N]; an output asked for
+Outputs: `probabilities` FP32 [N, C], `exit_index` INT32 [N], `gflops` FP32 [N], `exit_reason` BYTES [N]
+(confident, deadline or last: why each image left where it did); an output asked for
 with `"classification": k` becomes BYTES [N, k] of Triton's "value:index:label" strings instead.
 The binary tensor data extension: the body is `Inference-Header-Content-Length` bytes of JSON, then
 each binary tensor's bytes in the order of the JSON's tensors, BYTES elements as 4-byte little-endian
@@ -24,7 +25,7 @@ from dynadapter.service.errors import bad_request
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 IMAGE_INPUT, PIXELS_INPUT = "image", "pixels"
-OUTPUTS = ("probabilities", "exit_index", "gflops")
+OUTPUTS = ("probabilities", "exit_index", "gflops", "exit_reason")
 _NUMPY = {"FP32": np.float32, "INT32": np.int32}
 _LENGTH = struct.Struct("<I")
 
@@ -100,6 +101,7 @@ def model_outputs(manifest: Manifest) -> list[TensorMetadata]:
         TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, manifest.num_classes]),
         TensorMetadata(name="exit_index", datatype="INT32", shape=[-1]),
         TensorMetadata(name="gflops", datatype="FP32", shape=[-1]),
+        TensorMetadata(name="exit_reason", datatype="BYTES", shape=[-1]),
     ]
 
 

@@ -6,10 +6,11 @@ from pydantic import BaseModel, Field, model_validator
 
 
 class Knob(BaseModel):
-    """The per-request quality knob: at most one of threshold, mode and budget (none: mode=balanced)."""
+    """The per-request quality knob: at most one of threshold, mode and budget. None, or mode=auto: the
+    service's choice (`balanced`, or the latency controller's operating point under target_p95_ms)."""
 
     threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
-    mode: Literal["fast", "balanced", "accurate"] | None = None
+    mode: Literal["fast", "balanced", "accurate", "auto"] | None = None
     budget: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
 
     @model_validator(mode="after")
@@ -46,7 +47,8 @@ class ClassifyResponse(BaseModel):
     top_k: list[ClassScore]
     exit: ExitTaken
     gflops: GFlops
-    threshold: float | list[float]  # the scalar used, or the calibrated per-exit vector
+    threshold: float | list[float]  # the scalar used, or the calibrated (or live) per-exit vector
+    exit_reason: Literal["confident", "deadline", "last"]  # why the image left at that exit
     latency_ms: float
 
 
@@ -63,6 +65,7 @@ class ModeInfo(BaseModel):
     thresholds: list[float] | None = None  # per-exit vector; wins over `threshold` when present
     accuracy: float
     flops_fraction: float
+    live_thresholds: list[float] | None = None  # per early exit, re-chosen on live traffic (live_calibration)
 
 
 class ServingInfo(BaseModel):

@@ -22,7 +22,7 @@ import functools
 import io
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal, Protocol
@@ -35,6 +35,7 @@ from dynadapter.contract.model_repository import HEAD_GATE_INPUT, ModelLoadError
 from dynadapter.service.backends.openvino import DEVICE as OPENVINO_DEVICE
 from dynadapter.service.backends.openvino import OpenVinoSegment
 from dynadapter.service.backends.openvino import open_segments as open_openvino
+from dynadapter.service.deadlines import NO_DEADLINE, ExitReason, SegmentTimes
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,21 @@ _GATHER_ROWS_ONNX = base64.b64decode(
 
 @dataclass(frozen=True)
 class ExitResult:
-    """Where one image left and what that exit said."""
+    """Where one image left, why, and what that exit said."""
 
     exit_index: int
     logits: np.ndarray  # [num_classes], raw
     skipped_heads: tuple[int, ...] = ()  # earlier exits whose (gated) head did not run for this image
+    reason: ExitReason = "confident"  # confident enough | its deadline came | the last exit
+
+
+@dataclass(frozen=True)
+class ShadowTrace:
+    """An image that went on past its answer to the last exit (live calibration): what every exit said."""
+
+    answered_exit: int  # the exit whose answer was sent
+    confidences: tuple[float, ...]  # max softmax at each exit, first to last
+    predictions: tuple[int, ...]  # argmax at each exit, first to last
 
 
 @dataclass(frozen=True)
@@ -69,9 +80,10 @@ class StageOutput:
     """What one segment did for a batch: how many images it ran on, how long, and who left there."""
 
     stage: int
-    rows: int  # images still in flight when this segment ran
+    rows: int  # images still in flight when this segment ran (shadowed ones included)
     seconds: float  # wall time of the segment
     exits: dict[int, ExitResult]  # input position in the batch -> result, for the images that left here
+    shadows: dict[int, ShadowTrace] = field(default_factory=dict)  # at the last stage: the shadowed images
 
 
 @dataclass(frozen=True)
@@ -226,6 +238,7 @@ class SegmentRunner:
         segment cannot be opened or disagrees with the manifest (`num_classes`). `allow_spinning`:
         onnxruntime's idle threads spin (its default); off is faster on shared or small machines."""
         self.backend: Backend = backend
+        self.times = SegmentTimes(len(segment_paths))  # for deadlines: each segment's time per batch size
         self._segments: Sequence[_Segment | OpenVinoSegment]
         self._io: SegmentIO
         if backend == "openvino":
@@ -258,37 +271,76 @@ class SegmentRunner:
     def num_exits(self) -> int:
         return len(self._segments)
 
-    def cascade(self, images: np.ndarray, thresholds: np.ndarray) -> Iterator[StageOutput]:
+    def cascade(
+        self,
+        images: np.ndarray,
+        thresholds: np.ndarray,
+        deadlines: np.ndarray | None = None,
+        shadow: np.ndarray | None = None,
+    ) -> Iterator[StageOutput]:
         """Run a batch stage by stage; each image leaves at its first exit whose confidence reaches its threshold.
 
         Yields once per segment that ran, with the images that left at its exit, so that a caller can
         answer them while the others go on. images: float32 [B, 3, H, W]. thresholds: [B, K-1], or [B]
         for one threshold at every exit. A threshold >= 1 never lets an image leave early (float32
         softmax can round to 1).
+
+        deadlines: [B] `time.perf_counter()` seconds (inf: none). After each early exit, an image whose
+        next segment is not expected to finish before its deadline (`times`) leaves there, reason
+        `deadline`. shadow: [B] bool; a shadowed image, once answered, runs on to the last exit with
+        every head on, and the last stage's output carries what each exit said for it (live calibration).
         """
-        per_exit = self._per_exit(np.asarray(thresholds, dtype=np.float64), len(images))
-        alive = np.arange(len(images))  # input positions of the images still running
+        batch = len(images)
+        per_exit = self._per_exit(np.asarray(thresholds, dtype=np.float64), batch)
+        deadlines = np.full(batch, NO_DEADLINE) if deadlines is None else np.asarray(deadlines, dtype=np.float64)
+        shadow = np.zeros(batch, dtype=bool) if shadow is None else np.asarray(shadow, dtype=bool)
+        trace = _Trace(batch, self.num_exits) if shadow.any() else None
+        alive = np.arange(batch)  # input positions of the images still running
+        answered = np.zeros(batch, dtype=bool)  # shadowed images already answered, running on
         skipped: tuple[int, ...] = ()  # exits whose gated head did not run (the same for every image alive)
         x: np.ndarray | ort.OrtValue = np.ascontiguousarray(images, dtype=np.float32)
         for k, segment in enumerate(self._segments):
-            may_leave = self._may_leave(k, per_exit[alive])
-            need_logits = bool(may_leave.any())
+            last = k == self.num_exits - 1
+            pending = ~answered[alive]
+            may_leave = pending & self._may_leave(k, per_exit[alive])
+            rushed = pending & self._late(k, deadlines[alive], perf_counter() + self.times.estimate(k, len(alive)))
+            need_logits = bool(may_leave.any() or rushed.any() or trace is not None)
             start = perf_counter()
             hidden, logits = self._io.run(segment, x, need_logits)
             seconds = perf_counter() - start
-            leaving = may_leave
+            self.times.record(k, len(alive), seconds)
+            reasons = np.full(len(alive), None, dtype=object)  # why each image leaves here, None: it goes on
             if not need_logits:
                 skipped += (k,) if segment.gated else ()
-            elif k < self.num_exits - 1:
-                leaving = may_leave & (confidence(logits) >= per_exit[alive, k])
-            exits = {int(alive[row]): ExitResult(k, logits[row].copy(), skipped) for row in np.flatnonzero(leaving)}
-            yield StageOutput(k, len(alive), seconds, exits)
-            staying = np.flatnonzero(~leaving)
-            if staying.size == 0:
+            elif last:
+                reasons[pending] = "last"
+            else:
+                confident = may_leave & (confidence(logits) >= per_exit[alive, k])
+                reasons[pending & self._late(k, deadlines[alive], perf_counter())] = "deadline"
+                reasons[confident] = "confident"
+            leaving = np.array([reason is not None for reason in reasons], dtype=bool)
+            exits = {
+                int(alive[row]): ExitResult(k, logits[row].copy(), skipped, reasons[row])
+                for row in np.flatnonzero(leaving)
+            }
+            shadows: dict[int, ShadowTrace] = {}
+            if trace is not None:
+                trace.record(k, alive, logits, alive[leaving])
+                shadows = trace.finish(np.flatnonzero(shadow)) if last else {}
+            yield StageOutput(k, len(alive), seconds, exits, shadows)
+            answered[alive[leaving]] = True
+            staying = np.flatnonzero(~answered[alive] | shadow[alive])
+            if last or staying.size == 0:
                 return
             alive = alive[staying]
-            assert hidden is not None  # only the last segment has none, and every image leaves there
-            x = hidden if staying.size == leaving.size else self._io.keep(hidden, staying)
+            assert hidden is not None  # only the last segment has none
+            x = hidden if staying.size == len(leaving) else self._io.keep(hidden, staying)
+
+    def _late(self, k: int, deadlines: np.ndarray, ready_at: float) -> np.ndarray:
+        """Which images would miss their deadline if, ready at `ready_at`, they ran the segment after exit k."""
+        if k == self.num_exits - 1 or np.isinf(deadlines).all():
+            return np.zeros(len(deadlines), dtype=bool)
+        return deadlines < ready_at + self.times.estimate(k + 1, len(deadlines))
 
     def run(self, images: np.ndarray, thresholds: np.ndarray) -> RunOutput:
         """The whole cascade at once: every image's result, in input order."""
@@ -326,6 +378,30 @@ class SegmentRunner:
         if k == self.num_exits - 1:
             return np.ones(len(thresholds), dtype=bool)
         return thresholds[:, k] < 1.0
+
+
+class _Trace:
+    """What every exit said for each image of a batch; kept only when some of its images are shadowed."""
+
+    def __init__(self, batch: int, num_exits: int) -> None:
+        self.confidences = np.full((batch, num_exits), np.nan)
+        self.predictions = np.full((batch, num_exits), -1, dtype=np.int64)
+        self.answered_exit = np.full(batch, -1, dtype=np.int64)
+
+    def record(self, k: int, alive: np.ndarray, logits: np.ndarray, answered_now: np.ndarray) -> None:
+        self.confidences[alive, k] = confidence(logits)
+        self.predictions[alive, k] = logits.argmax(axis=1)
+        self.answered_exit[answered_now] = k
+
+    def finish(self, positions: np.ndarray) -> dict[int, ShadowTrace]:
+        return {
+            int(p): ShadowTrace(
+                int(self.answered_exit[p]),
+                tuple(float(c) for c in self.confidences[p]),
+                tuple(int(c) for c in self.predictions[p]),
+            )
+            for p in positions
+        }
 
 
 def _require_finite(output: RunOutput) -> None:

@@ -116,7 +116,48 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         allow_inf_nan=False,
-        description="Deadline of a classify request, in seconds; past it the answer is 504.",
+        description="Default deadline of an inference request, in seconds (a request may set a shorter one: "
+        "deadline_ms, or OIP's timeout); an image whose next segment would end past it leaves with the exit "
+        "it has (exit_reason deadline); 504 only when not even its first exit can answer in time.",
+    )
+    target_p95_ms: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Latency target: a controller moves requests that leave the knob to the service (none "
+        "given, or mode=auto) to cheaper calibrated operating points while the p95 latency is above it, never "
+        "below accuracy_floor, and back when load falls; unset: off.",
+    )
+    accuracy_floor: str = Field(
+        "fast",
+        min_length=1,
+        description="Lowest operating point the latency controller may use: a mode name (its validation "
+        "accuracy) or a validation accuracy in (0, 1].",
+    )
+    control_period_s: float = Field(
+        0.5, gt=0, allow_inf_nan=False, description="How often the latency controller looks and moves, in seconds."
+    )
+    live_calibration: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Fraction of images that, when there is spare capacity, run on past their answer to the "
+        "last exit, so that the modes' thresholds are re-chosen on live traffic without labels; 0: off.",
+    )
+    live_calibration_epsilon: float = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Live calibration holds each early exit's agreement with the last exit at or above "
+        "1 - epsilon (by a lower confidence bound), or at the mode's validation agreement where that is lower.",
+    )
+    live_calibration_every: int = Field(
+        100, ge=1, description="Re-choose the live thresholds every this many shadowed images."
+    )
+    live_calibration_window: int = Field(
+        1000, ge=10, description="Shadowed images the live thresholds are chosen from (a sliding window)."
     )
     shutdown_timeout_s: int = Field(
         30, ge=0, description="On SIGTERM/SIGINT, how long requests in flight may take to finish, in seconds."

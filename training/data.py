@@ -360,6 +360,28 @@ def check_classes(raw: RawDataset, data: str) -> None:
         )
 
 
+def few_shot(raw: RawDataset, shots: int, seed: int) -> RawDataset:
+    """``raw`` with ``shots`` training images per class, drawn with ``seed`` (val and test kept whole).
+
+    The draw is nested: with one seed the K images of a class are the first K of one fixed
+    permutation, so the 2-shot set holds the 1-shot set. DataError when a class has fewer than K.
+    """
+    train = raw.splits["train"]
+    counts = np.bincount(train.targets, minlength=len(raw.labels))
+    short = [(raw.labels[c], int(n)) for c, n in enumerate(counts) if n < shots]
+    if short:
+        label, n = short[0]
+        raise DataError(f"--shots {shots}: class {label!r} has only {n} training images; choose --shots <= {n}")
+    order = np.random.default_rng(seed).permutation(len(train))
+    keep = np.sort(np.concatenate([order[train.targets[order] == c][:shots] for c in range(len(raw.labels))]))
+    subset = (
+        train.subset(keep)
+        if isinstance(train, FileSplit)
+        else RawSplit([train.pixels[i] for i in keep], train.targets[keep])
+    )
+    return RawDataset(raw.labels, {**raw.splits, "train": subset}, raw.layout)
+
+
 def summary(raw: RawDataset, skipped: dict[str, int]) -> dict[str, Any]:
     """Images per class and split, and files skipped per split (recorded in config.json, logged)."""
     return {

@@ -39,6 +39,11 @@ class TrainOptions(BaseModel):
     test_size: float = Field(
         0.15, ge=0, description="test images held out where DATA has no test/ (nor val/): a fraction or a count"
     )
+    shots: int | None = Field(
+        None,
+        ge=1,
+        description="few-shot: K training images per class, drawn with --seed from the train split (default: all)",
+    )
     bad_images: Literal["skip", "error"] = Field(
         "skip",
         description="unreadable or non-image files: skip (listed in skipped.csv) or error (stop before training)",
@@ -49,6 +54,9 @@ class TrainOptions(BaseModel):
     )
     cache_memory_mb: int = Field(4096, ge=0, description="largest in-memory image cache with --cache auto, in MiB")
     max_pixels: int = Field(40_000_000, gt=0, description="largest image read, in pixels (the service's default limit)")
+    val_every: int = Field(
+        1, ge=1, description="validate (and keep the best checkpoint) every N epochs and after the last one"
+    )
     keep: Literal["best", "last"] = Field(
         "best", description="checkpoint kept: best validation objective (mean exit accuracy, then loss) or last epoch"
     )

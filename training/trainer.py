@@ -41,6 +41,7 @@ from dynadapter.training.data import (
     available_memory,
     cache_bytes,
     check_classes,
+    few_shot,
     load_raw,
     run_split,
     screen,
@@ -155,7 +156,7 @@ def dataset_for(opts: TrainOptions, resumed_run: Path | None) -> RawDataset:
     if resumed_run is not None and isinstance(raw.splits["train"], FileSplit):
         config = rd.read_config(resumed_run)  # the classes and files it started with, whatever changed since
         raw.labels, raw.splits = config["labels"], {s: run_split(resumed_run, config, s) for s in SPLITS}
-    return raw
+    return few_shot(raw, opts.shots, opts.seed) if opts.shots else raw
 
 
 def prepare(
@@ -325,7 +326,8 @@ def fit(
                 "seconds": round(seconds, 2),
                 "images_per_s": round(len(train_data) / seconds, 1),
             }
-            record |= end_of_epoch(model, val_loader, opts, out, state)
+            if (epoch + 1) % opts.val_every == 0 or epoch + 1 == opts.epochs:
+                record |= end_of_epoch(model, val_loader, opts, out, state)
             rd.append_metrics(out, record)
             log.info("epoch %d: %s", epoch + 1, record)
             save_resume(out, model, opt, sched, scaler, mask_gen, state)

@@ -40,12 +40,13 @@ _REQUEST_BODY: dict[str, Any] = {
 
 
 class ClassifyParams(Knob):
-    """Query parameters: the knob, `top_k`, and which model answers: `model` (none: the default model) at
-    `version` (none: its highest served one)."""
+    """Query parameters: the knob, `top_k`, `deadline_ms` (at most the setting request_timeout_s), and which
+    model answers: `model` (none: the default model) at `version` (none: its highest served one)."""
 
     model: str | None = Field(default=None, min_length=1)
     version: str | None = Field(default=None, pattern=r"^[0-9]+$")
     top_k: int = Field(default=1, ge=1)
+    deadline_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 @router.post(
@@ -60,7 +61,7 @@ class ClassifyParams(Knob):
         422: {"description": "Bad query parameter"},
         499: {"description": "The client closed the connection before the request was read"},
         503: {"description": "Not ready, or overloaded (see Retry-After)"},
-        504: {"description": "Deadline passed"},
+        504: {"description": "Deadline passed before the first exit could answer"},
     },
 )
 async def classify(
@@ -83,7 +84,10 @@ async def classify(
         several = len(images) > 1
         return images
 
-    results = await inference.run(request, engine, read, policy, state.settings.request_timeout_s)
+    timeout_s = state.settings.request_timeout_s
+    if params.deadline_ms is not None:
+        timeout_s = min(timeout_s, params.deadline_ms / 1000)
+    results = await inference.run(request, engine, read, policy, timeout_s)
     latency_s = perf_counter() - start
     answers = [_response(engine, result, policy, params.top_k, latency_s) for result in results]
     return answers if several else answers[0]
@@ -132,5 +136,6 @@ def _response(engine: Engine, result: ExitResult, policy: ExitPolicy, top_k: int
         exit=ExitTaken(index=result.exit_index, count=manifest.num_exits, after_block=segment.after_block),
         gflops=GFlops(used=used, full=full, saved=max(full - used, 0.0)),
         threshold=list(policy.reported) if isinstance(policy.reported, tuple) else policy.reported,
+        exit_reason=result.reason,
         latency_ms=round(latency_s * 1000, 3),
     )

@@ -39,6 +39,7 @@ def describe(engine: Engine) -> ModelInfo:
                 thresholds=list(mode.thresholds) if mode.thresholds is not None else None,
                 accuracy=mode.accuracy,
                 flops_fraction=mode.flops_fraction,
+                live_thresholds=list(engine.live.thresholds(name)) if engine.live is not None else None,
             )
             for name, mode in manifest.modes.items()
         },

@@ -236,6 +236,7 @@ def _encode(
         "probabilities": probabilities,
         "exit_index": np.array([r.exit_index for r in results], dtype=np.int32),
         "gflops": np.array([engine.used_gflops(r) for r in results], dtype=np.float32),
+        "exit_reason": np.array([r.reason for r in results], dtype=object),
     }
     outputs, binary = [], []
     for name, as_binary, k in wanted:

@@ -29,6 +29,8 @@ TINY = [
     "digits",
     "--methods",
     "adapter",
+    "--seeds",
+    "0",
 ]
 
 
@@ -79,6 +81,30 @@ def test_results_json_schema(suite: tuple[Path, Path, str]) -> None:
     assert [a["variant"] for a in results["ablation"]][0] == "dyn"
     assert all(a["tasks"] == 0 and a["missing"] == ["digits"] for a in results["ablation"][1:])
     assert "digits/adapter-linear-heads" in results["missing"]
+    # Clean and shifted accuracy for every cell.
+    digits = rows["digits", "adapter"]
+    assert 0.0 <= digits["static_shifted_acc"] <= 1.0
+    assert set(digits["dyn_shifted"]) == set(MODES)
+    assert all(0.0 <= m["acc"] <= 1.0 and m["gflops"] > 0 for m in digits["dyn_shifted"].values())
+    assert digits["seeds"] == {"static": 1, "dyn": 1} and digits["static_acc_std"] is None
+
+
+def test_frozen_probe_picks_its_block_on_validation(suite: tuple[Path, Path, str]) -> None:
+    docs, root, _ = suite
+    results = json.loads((docs / "results.json").read_text())
+    probe = json.loads((root / "digits" / "none-probe" / BENCH_FILE).read_text())["result"]
+    val = probe["probe"]["val_exit_accuracy"]
+    assert len(val) == TINY_BACKBONE["depth"]  # a linear head after every block
+    best = val.index(max(val))
+    assert probe["probe"]["block"] == best + 1
+    assert probe["probe"]["acc"] == probe["exit_accuracy"][best]
+    assert probe["probe"]["shifted_acc"] == probe["shifted"]["exit_accuracy"][best]
+    # Its cost: the blocks up to the chosen one and one linear head, never more than the static model's.
+    static = json.loads((root / "digits" / "adapter-static" / BENCH_FILE).read_text())["result"]
+    assert 0 < probe["probe"]["gflops"] <= static["gflops"]
+    [row, mean] = results["probe"]
+    assert row["task"] == "digits" and row["blocks"] == [best + 1] and row["acc"] == probe["probe"]["acc"]
+    assert mean["tasks"] == 1
 
 
 def test_markdown_and_figure(suite: tuple[Path, Path, str]) -> None:
@@ -86,14 +112,55 @@ def test_markdown_and_figure(suite: tuple[Path, Path, str]) -> None:
     page = (docs / "results.md").read_text()
     assert "## Target" in page and "### digits" in page and "![digits" in page
     assert "## Notes" in page and '"machine": "2 cores"' in page
+    assert "static shifted (%)" in page and "balanced shifted (%)" in page and "| frozen probe (block " in page
     assert (docs / "results" / "digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_second_run_trains_nothing(suite: tuple[Path, Path, str]) -> None:
     docs, root, argv = suite
     finished = {p: p.stat().st_mtime_ns for p in root.rglob(BENCH_FILE)}
-    assert {p.parent.name for p in finished} == {"adapter-static", "adapter-dyn"}
+    assert {p.parent.name for p in finished} == {"adapter-static", "adapter-dyn", "none-probe"}
     before = json.loads((docs / "results.json").read_text())
     bench("accuracy", *argv.split())
     assert {p: p.stat().st_mtime_ns for p in root.rglob(BENCH_FILE)} == finished
     assert json.loads((docs / "results.json").read_text()) == before
+
+
+def test_a_cached_cell_without_shifted_numbers_is_evaluated_not_trained(suite: tuple[Path, Path, str]) -> None:
+    """A cell finished before the shifted split (and the ``shots`` option) existed: reused, completed."""
+    docs, root, argv = suite
+    cell = root / "digits" / "adapter-dyn"
+    stored = json.loads((cell / BENCH_FILE).read_text())
+    old = {
+        "options": {k: v for k, v in stored["options"].items() if k != "shots"},
+        "result": {k: v for k, v in stored["result"].items() if k != "shifted"},
+    }
+    (cell / BENCH_FILE).write_text(json.dumps(old))
+    checkpoint = (cell / "checkpoint.safetensors").stat().st_mtime_ns
+    bench("accuracy", *argv.split())
+    assert (cell / "checkpoint.safetensors").stat().st_mtime_ns == checkpoint
+    # Evaluated again on the same corrupted images: the same numbers.
+    assert json.loads((cell / BENCH_FILE).read_text())["result"]["shifted"] == stored["result"]["shifted"]
+
+
+def test_cells_per_seed_and_shots_have_their_own_directories(tmp_path: Path) -> None:
+    from dynadapter.bench.cells import Cell, SuiteConfig, main_cells
+
+    cells = main_cells(["digits"], ["adapter"], seeds=[0, 1])
+    assert [c.name for c in cells] == [
+        "digits/none-probe",
+        "digits/adapter-static",
+        "digits/adapter-dyn",
+        "digits/none-probe-seed1",
+        "digits/adapter-static-seed1",
+        "digits/adapter-dyn-seed1",
+    ]
+    config = SuiteConfig(tmp_path, 8, 1e-3, 1.0, 32, backbone="vit_tiny_patch16_224", backbone_kwargs=TINY_BACKBONE)
+    assert config.cell_dir(cells[0]) == tmp_path / "digits" / "none-probe"  # seed 0: the name caches had before
+    opts = config.options(cells[3])
+    assert opts.seed == 1 and opts.exits == [1, 2, 3, 4] and opts.heads == "linear" and opts.loss_gamma == 0.0
+    few = Cell("digits", "adapter", "static", 2, shots=4)
+    assert config.cell_dir(few) == tmp_path / "digits" / "adapter-static-seed2-k4"
+    # with a step budget, 4 shots x 10 classes = 2 batches of 32 an epoch: 100 steps are 50 epochs, validated 7 times
+    stepped = SuiteConfig(tmp_path, 8, 1e-3, 1.0, 32, steps=100)
+    assert (stepped.options(few).epochs, stepped.options(few).val_every, stepped.options(few).shots) == (50, 7, 4)

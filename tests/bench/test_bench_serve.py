@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 
 from dynadapter.bench.commands import add_bench, run_bench
-from dynadapter.bench.serve import VARIANTS
+from dynadapter.bench.equal_accuracy import cheapest_within
+from dynadapter.bench.serve import VARIANTS, bench_images
+from dynadapter.training.data import run_split
+from dynadapter.training.run_dir import read_calibration, read_config
 from tests.tiny import train_tiny_run
 
 CONCURRENCY = (1, 2)
@@ -29,9 +32,13 @@ def bench(*argv: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def serve_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    root = tmp_path_factory.mktemp("bench_serve")
-    run = train_tiny_run(root / "run")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("bench_serve_run") / "run")
+
+
+@pytest.fixture(scope="module")
+def serve_results(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> tuple[dict[str, Any], Path]:
+    root, run = tmp_path_factory.mktemp("bench_serve"), tiny_run
     docs = root / "docs"
     # --duration is generous so that --requests bounds every measurement: each must answer exactly that many.
     bench(
@@ -86,7 +93,43 @@ def test_targets_and_page(serve_results: tuple[dict[str, Any], Path]) -> None:
     section, docs = serve_results
     targets = {(check["target"], check["concurrency"]) for check in section["targets"]}
     assert ("p50 balanced / threshold-1 <= 0.6", 1) in targets
-    assert ("throughput balanced / litserve-torch >= 1.8", max(CONCURRENCY)) in targets
+    assert ("throughput equal-accuracy / litserve-torch >= 1.8", max(CONCURRENCY)) in targets
     assert all(isinstance(check["met"], bool) and check["ratio"] > 0 for check in section["targets"])
     page = (docs / "results.md").read_text()
     assert "## Serving" in page and "| litserve-torch | 2 |" in page
+
+
+def test_equal_accuracy_point_is_the_cheapest_calibrated_threshold_as_accurate_as_static(
+    serve_results: tuple[dict[str, Any], Path], tiny_run: Path
+) -> None:
+    section, docs = serve_results
+    point, answers = section["equal_accuracy"], section["answers"]
+    table = read_calibration(tiny_run)["calibration"]["table"]  # what the export put in the manifest
+    assert point["threshold"] in {row["threshold"] for row in table} and point["images"] == IMAGES
+    assert point["candidates"] == len({row["threshold"] for row in table})
+    # PyTorch's last exit is the static graph: the served static graph agrees (one near-tie may flip).
+    assert abs(answers["static"]["accuracy"] - point["static_accuracy"]) <= 1 / IMAGES
+    assert point["within_tolerance"] == (point["accuracy"] >= point["static_accuracy"] - 0.005)
+    assert abs(answers["equal-accuracy"]["accuracy"] - point["accuracy"]) <= 1 / IMAGES
+    assert answers["equal-accuracy"]["gflops_per_image"] == pytest.approx(point["gflops"], rel=1e-3)
+    assert point["served"]["accuracy"] == answers["equal-accuracy"]["accuracy"]
+    assert "Equal accuracy: threshold" in (docs / "results.md").read_text()
+
+
+def test_cheapest_within_half_a_point() -> None:
+    rows = [
+        {"threshold": 0.5, "accuracy": 0.900, "gflops": 1.0},
+        {"threshold": 0.8, "accuracy": 0.946, "gflops": 2.0},
+        {"threshold": 0.9, "accuracy": 0.951, "gflops": 3.0},
+        {"threshold": 1.0, "accuracy": 0.950, "gflops": 4.0},
+    ]
+    assert cheapest_within(rows, reference=0.950)["threshold"] == 0.8  # 0.946 >= 0.945
+    assert cheapest_within(rows, reference=0.9515)["threshold"] == 0.9  # 0.946 < 0.9465
+    assert cheapest_within(rows, reference=0.99)["threshold"] == 0.9  # none close: the most accurate
+
+
+def test_the_whole_test_split_is_sent_by_default(tiny_run: Path) -> None:
+    images = bench_images(tiny_run, None)
+    split = run_split(tiny_run, read_config(tiny_run), "test")
+    assert len(images.bodies) == len(split) == len(images.targets)
+    assert images.targets == [int(t) for t in split.targets]

@@ -51,7 +51,8 @@ def results() -> dict:
         ("a", "adapter", "linear-heads"): dyn(0.80, 0.45),
         ("b", "adapter", "linear-heads"): None,
     }
-    return sections(lookup, ["a", "b"], ["adapter", "lora"], {"linear-heads": "balanced heads off"}, "adapter", CONFIG)
+    runs = {(*key, 0): result for key, result in lookup.items()}
+    return sections(runs, ["a", "b"], ["adapter", "lora"], {"linear-heads": "balanced heads off"}, "adapter", CONFIG)
 
 
 def test_suite_means_and_the_target(results: dict) -> None:
@@ -71,7 +72,10 @@ def test_suite_means_and_the_target(results: dict) -> None:
 
 
 def test_a_miss_the_model_could_meet_blames_the_calibration() -> None:
-    lookup = {("a", "adapter", "static"): static(0.90), ("a", "adapter", "dyn"): dyn(0.80, 0.45, best_at_half=0.91)}
+    lookup = {
+        ("a", "adapter", "static", 0): static(0.90),
+        ("a", "adapter", "dyn", 0): dyn(0.80, 0.45, best_at_half=0.91),
+    }
     (target,) = sections(lookup, ["a"], ["adapter"], {}, "adapter", CONFIG)["target"]
     assert target["met"] is False and target["best_at_target"] == pytest.approx(0.91)
     assert target["why"].startswith("the model can: the best threshold on the test split saving 50% reaches 91.0%")
@@ -95,7 +99,7 @@ def test_markdown_states_the_verdict(results: dict) -> None:
         "missed: saves 10.0 points of FLOPs too few; accuracy 4.50 points below the 0.5-point margin "
         "(provisional: 1 of 2 tasks)"
     ) in page
-    assert "| lora | 80.0 | 1 | missing | missing | missing |" in page and "`b/lora-dyn`" in page
+    assert "| lora | 80.0 | — | 1 | missing | missing | missing | missing |" in page and "`b/lora-dyn`" in page
     assert "| balanced heads off | 80.0 / 55% | 90.0 / 20% | 1 / 2 |" in page
     assert "| dynamic | 4 | 20 | 80 |" in page and "| static | 4 | 10 | 40 |" in page
     assert result_table(results).splitlines()[1].startswith("adapter")
@@ -109,3 +113,71 @@ def test_update_results_keeps_the_other_benchmarks_sections(tmp_path: Path, resu
     assert merged["notes"] == {"machine": "2 cores"} and merged["rows"] == results["rows"]
     page = (tmp_path / "results.md").read_text()
     assert page.index("## Target") < page.index("## Notes") < page.index('"machine": "2 cores"')
+
+
+def with_shifted(result: dict, shifted_acc: float) -> dict:
+    """A cell result with its shifted-split numbers (as cells.summarize_shifted writes them)."""
+    shifted = {"acc": shifted_acc, "exit_accuracy": [shifted_acc]}
+    if "modes" in result:
+        shifted["modes"] = {m: {"acc": shifted_acc, "gflops": v["gflops"]} for m, v in result["modes"].items()}
+    return {**result, "shifted": shifted}
+
+
+def probe(acc: float, block: int, gflops: float) -> dict:
+    return {
+        **static(acc),
+        "shifted": {"acc": acc - 0.2, "exit_accuracy": [acc - 0.2]},
+        "probe": {"block": block, "val_acc": acc, "acc": acc, "shifted_acc": acc - 0.2, "gflops": gflops},
+    }
+
+
+@pytest.fixture
+def seeded() -> dict:
+    """Three seeds of one task: static 0.80 / 0.84 / 0.82, balanced 0.79 / 0.81 / 0.83; seed 2's probe missing."""
+    runs = {
+        **{
+            ("a", "adapter", "static", s): with_shifted(static(acc), acc - 0.1)
+            for s, acc in enumerate((0.8, 0.84, 0.82))
+        },
+        **{
+            ("a", "adapter", "dyn", s): with_shifted(dyn(acc, 0.4), acc - 0.3)
+            for s, acc in enumerate((0.79, 0.81, 0.83))
+        },
+        ("a", "none", "probe", 0): probe(0.70, 3, 0.25),
+        ("a", "none", "probe", 1): probe(0.74, 4, 0.30),
+        ("a", "none", "probe", 2): None,
+    }
+    return sections(runs, ["a"], ["adapter"], {}, "adapter", {**CONFIG, "seeds": [0, 1, 2]})
+
+
+def test_seeds_give_mean_and_sample_std(seeded: dict) -> None:
+    row = next(r for r in seeded["rows"] if r["task"] == "a")
+    assert row["seeds"] == {"static": 3, "dyn": 3}
+    assert row["static_acc"] == pytest.approx(0.82) and row["static_acc_std"] == pytest.approx(0.02)
+    assert row["dyn"]["balanced"]["acc"] == pytest.approx(0.81)
+    assert row["dyn_acc_std"]["balanced"] == pytest.approx(0.02)
+    assert row["static_shifted_acc"] == pytest.approx(0.72) and row["static_shifted_acc_std"] == pytest.approx(0.02)
+    assert row["dyn_shifted"]["balanced"]["acc"] == pytest.approx(0.51)
+    # The target is judged on the means: balanced 0.81 against static 0.82 is more than 0.5 points below.
+    [target] = seeded["target"]
+    assert target["acc_delta"] == pytest.approx(-0.01) and target["met"] is False
+
+
+def test_probe_row_over_the_seeds_that_finished(seeded: dict) -> None:
+    probe_row, mean = seeded["probe"]
+    assert probe_row["seeds"] == 2 and probe_row["blocks"] == [3, 4]
+    assert probe_row["acc"] == pytest.approx(0.72) and probe_row["shifted_acc"] == pytest.approx(0.52)
+    assert probe_row["gflops"] == pytest.approx(0.275) and probe_row["acc_std"] == pytest.approx(0.0283, abs=1e-4)
+    assert mean["task"] == "mean" and mean["tasks"] == 1 and mean["acc"] == pytest.approx(0.72)
+    assert seeded["missing"] == ["a/none-probe-seed2"]
+
+
+def test_page_reports_mean_std_shifted_and_probe(seeded: dict) -> None:
+    page = render_markdown(seeded)
+    assert "seeds 0, 1, 2: mean ± std" in page
+    line = next(x for x in page.splitlines() if x.startswith("| adapter |") and "±" in x)  # the task table
+    # static 82.0 ± 2.0, shifted 72.0 ± 2.0; balanced 81.0 ± 2.0 at 0.4 GFLOPs, shifted 51.0 ± 2.0
+    assert (
+        "| 82.0 ± 2.0 | 72.0 ± 2.0 | 1 |" in line and "81.0 ± 2.0 / 0.4 / 60%" in line and line.endswith("51.0 ± 2.0 |")
+    )
+    assert "| frozen probe (block 3/4) | 72.0 ± 2.8 | 52.0 ± 2.8 | 0.275 |" in page

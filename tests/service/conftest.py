@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from dynadapter.contract.model_repository import Manifest, load_model
 from dynadapter.service.main import create_app
 from dynadapter.service.settings import Settings
 from tests.service.helpers import wait_ready
@@ -13,6 +14,12 @@ from tests.service.tiny_onnx_model import OPENVINO
 
 #: Every backend present here: the service's tests run against each (README "Serving on a CPU").
 BACKENDS = ["onnxruntime", *(["openvino"] if OPENVINO else [])]
+
+
+@pytest.fixture(scope="session")
+def manifest(model_repo: Path) -> Manifest:
+    """The tiny model's manifest, as the service reads it."""
+    return load_model(model_repo).manifest
 
 
 @pytest.fixture(params=BACKENDS)

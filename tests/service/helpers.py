@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi.testclient import TestClient
@@ -127,3 +128,27 @@ def serving(model_repo: Path, site: Path | None = None, **settings: str) -> Iter
         yield server
     finally:
         server.stop()
+
+
+class SlowSegments:
+    """Wraps a runner's backend so that segment k takes `delays[k]` seconds more: an artificially slow model.
+
+    The runner's time estimates are told so for batches of `rows` images, as if it had run slow for a while.
+    """
+
+    def __init__(self, runner: Any, delays: dict[int, float], rows: tuple[int, ...] = (1,)) -> None:
+        self._io = runner._io
+        self._index = {id(segment): k for k, segment in enumerate(runner._segments)}
+        self.delays = delays
+        runner._io = self
+        for k, delay in delays.items():
+            for size in rows:
+                for _ in range(100):  # past the exponential weighting of the fast warm-up runs
+                    runner.times.record(k, size, delay)
+
+    def run(self, segment: Any, x: Any, need_logits: bool) -> Any:
+        time.sleep(self.delays.get(self._index[id(segment)], 0.0))
+        return self._io.run(segment, x, need_logits)
+
+    def keep(self, hidden: Any, rows: Any) -> Any:
+        return self._io.keep(hidden, rows)

@@ -1,6 +1,5 @@
 import io
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,13 +8,8 @@ from PIL import Image
 
 from dynadapter.contract import softmax
 from dynadapter.contract.images import decode_image, preprocess
-from dynadapter.contract.model_repository import Manifest, load_model
+from dynadapter.contract.model_repository import Manifest
 from tests.service.tiny_onnx_model import LABELS, NUM_EXITS, TinyWeights, png_bytes, reference_exits
-
-
-@pytest.fixture(scope="module")
-def manifest(model_repo: Path) -> Manifest:
-    return load_model(model_repo).manifest
 
 
 def reference(weights: TinyWeights, manifest: Manifest, data: bytes, thresholds: list[float]):
@@ -57,9 +51,11 @@ def test_response_has_every_field_of_the_contract(client: TestClient, manifest: 
     body = response.json()
     assert set(body) == {
         "model", "version", "label", "class_id", "confidence", "top_k", "exit", "gflops", "threshold",
-        "latency_ms",
+        "exit_reason", "latency_ms",
     }  # fmt: skip
     assert (body["model"], body["version"], body["threshold"]) == ("tiny", "1", 0.6)
+    last = body["exit"]["index"] == NUM_EXITS - 1
+    assert body["exit_reason"] == ("last" if last else "confident")
     assert [entry["class_id"] for entry in body["top_k"]][0] == body["class_id"]
     confidences = [entry["confidence"] for entry in body["top_k"]]
     assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True)

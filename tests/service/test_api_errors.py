@@ -125,15 +125,15 @@ def test_not_ready_before_the_model_is_loaded(make_settings: Callable) -> None:
 class Gate:
     """Stands in for the runner's `cascade`: inference waits until the test opens the gate."""
 
-    def __init__(self, cascade: Callable[[np.ndarray, np.ndarray], Iterator[StageOutput]]) -> None:
+    def __init__(self, cascade: Callable[..., Iterator[StageOutput]]) -> None:
         self._cascade = cascade
         self.entered = threading.Event()
         self.open = threading.Event()
 
-    def __call__(self, images: np.ndarray, thresholds: np.ndarray) -> Iterator[StageOutput]:
+    def __call__(self, images: np.ndarray, thresholds: np.ndarray, *rest: object) -> Iterator[StageOutput]:
         self.entered.set()
         self.open.wait(10)
-        yield from self._cascade(images, thresholds)
+        yield from self._cascade(images, thresholds, *rest)
 
 
 def gate_runner(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Gate:
@@ -178,7 +178,7 @@ def test_an_unexpected_failure_is_a_json_500_and_the_service_goes_on(
     with TestClient(create_app(make_settings()), raise_server_exceptions=False) as client:
         wait_ready(client)
         runner = client.app.state.service.registry.get().runner  # type: ignore[attr-defined]
-        monkeypatch.setattr(runner, "cascade", lambda images, thresholds: 1 / 0)
+        monkeypatch.setattr(runner, "cascade", lambda images, thresholds, *rest: 1 / 0)
         response = client.post("/classify", content=PNG, headers=IMAGE)
         body = assert_error(response, 500, "internal")
         assert "ZeroDivisionError" not in body["error"]["message"]

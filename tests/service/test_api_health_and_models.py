@@ -29,7 +29,9 @@ def test_models_lists_exits_costs_modes_and_providers(client: TestClient, backen
     assert [exit_["head_gflops"] for exit_ in model["exits"]] == pytest.approx([HEAD_GFLOPS] * NUM_EXITS)
     cumulative = [exit_["cumulative_gflops"] for exit_ in model["exits"]]
     assert cumulative == sorted(cumulative) and cumulative[-1] == model["gflops_full"]
-    assert model["modes"]["balanced"] == {"threshold": 0.6, "thresholds": None, "accuracy": 0.7, "flops_fraction": 0.7}
+    assert model["modes"]["balanced"] == {
+        "threshold": 0.6, "thresholds": None, "accuracy": 0.7, "flops_fraction": 0.7, "live_thresholds": None
+    }  # fmt: skip
     assert model["modes"]["accurate"]["thresholds"] == [0.95, 0.9]
     precision = {"onnxruntime": "fp32-onnx", "openvino": "fp32-openvino"}[backend]
     assert model["serving"] == {"backend": backend, "precision": precision, "device": "cpu"}

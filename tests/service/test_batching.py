@@ -2,6 +2,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,10 +52,11 @@ class HeldAfterFirstStage:
 
     def __init__(self, runner: SegmentRunner) -> None:
         self.runner = runner
+        self.times = runner.times
         self.release = threading.Event()
 
-    def cascade(self, images: np.ndarray, thresholds: np.ndarray) -> Iterator[StageOutput]:
-        stages = self.runner.cascade(images, thresholds)
+    def cascade(self, images: np.ndarray, thresholds: np.ndarray, *rest: Any) -> Iterator[StageOutput]:
+        stages = self.runner.cascade(images, thresholds, *rest)
         yield next(stages)
         self.release.wait(10)
         yield from stages
@@ -85,13 +87,14 @@ class BlockedRunner:
 
     def __init__(self, runner: SegmentRunner) -> None:
         self.runner = runner
+        self.times = runner.times
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def cascade(self, images: np.ndarray, thresholds: np.ndarray) -> Iterator[StageOutput]:
+    def cascade(self, images: np.ndarray, thresholds: np.ndarray, *rest: Any) -> Iterator[StageOutput]:
         self.entered.set()
         self.release.wait(10)
-        yield from self.runner.cascade(images, thresholds)
+        yield from self.runner.cascade(images, thresholds, *rest)
 
 
 def test_full_queue_refuses_at_once(runner: SegmentRunner) -> None:
@@ -139,10 +142,11 @@ def test_stop_fails_running_and_waiting_requests(runner: SegmentRunner) -> None:
 def test_a_failing_batch_fails_its_requests_not_the_worker(runner: SegmentRunner) -> None:
     class Flaky:
         calls = 0
+        times = runner.times
 
-        def cascade(self, images: np.ndarray, thresholds: np.ndarray) -> Iterator[StageOutput]:
+        def cascade(self, images: np.ndarray, thresholds: np.ndarray, *rest: Any) -> Iterator[StageOutput]:
             self.calls += 1
-            stages = runner.cascade(images, thresholds)
+            stages = runner.cascade(images, thresholds, *rest)
             yield next(stages)
             if self.calls == 1:
                 raise RuntimeError("boom")
@@ -182,3 +186,29 @@ def test_a_caller_that_gives_up_is_skipped(runner: SegmentRunner) -> None:
 
     asyncio.run(scenario())
     assert batch_sizes(stages) == [1, 1]
+
+
+def test_images_are_shadowed_only_when_nothing_else_waits(runner: SegmentRunner) -> None:
+    blocked = BlockedRunner(runner)
+    asked: list[int] = []
+    stages: list[StageOutput] = []
+
+    def sampler(batch: int) -> np.ndarray:
+        asked.append(batch)
+        return np.ones(batch, dtype=bool)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(blocked, 1, 0, 4, on_stage=stages.append, shadow_sampler=sampler)  # type: ignore[arg-type]
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(IMAGE, np.zeros(NUM_EXITS - 1)))
+        await asyncio.to_thread(blocked.entered.wait, 10)  # the first batch formed with an empty queue
+        others = [asyncio.create_task(batcher.submit(IMAGE, np.zeros(NUM_EXITS - 1))) for _ in range(2)]
+        await asyncio.sleep(0)
+        blocked.release.set()
+        for result in await asyncio.gather(first, *others):
+            assert result.exit_index == 0  # answered at exit 0 whether shadowed or not
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert asked == [1, 1]  # the first and the last batch; the second formed while the third waited
+    assert sum(len(stage.shadows) for stage in stages) == 2

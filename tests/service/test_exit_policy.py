@@ -1,14 +1,7 @@
-from pathlib import Path
-
 import pytest
 
-from dynadapter.contract.model_repository import Manifest, load_model
+from dynadapter.contract.model_repository import Manifest
 from dynadapter.service.exit_policy import ExitPolicy, PolicyError, resolve_policy
-
-
-@pytest.fixture(scope="module")
-def manifest(model_repo: Path) -> Manifest:
-    return load_model(model_repo).manifest
 
 
 def test_default_is_balanced(manifest: Manifest) -> None:

@@ -74,6 +74,7 @@ def test_health_metadata_and_config_through_tritonclient(client: triton.Inferenc
         "probabilities": ("FP32", [-1, NUM_CLASSES]),
         "exit_index": ("INT32", [-1]),
         "gflops": ("FP32", [-1]),
+        "exit_reason": ("BYTES", [-1]),
     }
     config = client.get_model_config("tiny")
     assert config["max_batch_size"] == 0 and config["version_policy"] == {"latest": {"num_versions": 1}}

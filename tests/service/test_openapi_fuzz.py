@@ -32,7 +32,9 @@ def test_no_generated_request_gets_a_5xx(server: ServiceProcess) -> None:
         @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def no_5xx(case: schemathesis.Case) -> None:
             response = case.call(base_url=server.url, timeout=30)
-            assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.text}"
+            # The one 5xx a client can ask for: a deadline shorter than the first exit takes (documented 504).
+            asked_for = response.status_code == 504 and "deadline_ms" in (case.query or {})
+            assert response.status_code < 500 or asked_for, f"{case.method} {case.formatted_path}: {response.text}"
 
         no_5xx()
 

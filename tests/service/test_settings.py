@@ -38,6 +38,13 @@ EVERY_FLAG = {
     "--backend": ("openvino", "openvino"),
     "--allow-spinning": (None, False),  # a switch: given as --no-allow-spinning
     "--precision": ("int8", "int8"),
+    "--target-p95-ms": ("80", 80.0),
+    "--accuracy-floor": ("0.9", "0.9"),
+    "--control-period-s": ("0.25", 0.25),
+    "--live-calibration": ("0.1", 0.1),
+    "--live-calibration-epsilon": ("0.05", 0.05),
+    "--live-calibration-every": ("50", 50),
+    "--live-calibration-window": ("500", 500),
 }
 
 

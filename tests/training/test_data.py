@@ -8,12 +8,14 @@ import hashlib
 import numpy as np
 import pytest
 
+from dynadapter.errors import DataError
 from dynadapter.training.data import (
     BUILTIN_DATASETS,
     ELPV_GRADES,
     ELPV_SIZES,
     SPLITS,
     RawDataset,
+    few_shot,
     load_raw,
     stratified_indices,
 )
@@ -90,3 +92,24 @@ def test_stratified_indices_are_proportional_disjoint_and_deterministic() -> Non
 def test_stratified_indices_refuse_splits_larger_than_the_data() -> None:
     with pytest.raises(ValueError, match="need 1100 images, the data set has 1000"):
         stratified_indices(np.zeros(1000, dtype=np.int64), {"train": 800, "val": 200, "test": 100}, seed=0)
+
+
+def test_few_shot_draws_k_per_class_nested_and_seeded() -> None:
+    raw = load("digits")
+    two, four = few_shot(raw, 2, seed=0), few_shot(raw, 4, seed=0)
+    assert np.bincount(two.splits["train"].targets).tolist() == [2] * 10
+    assert np.bincount(four.splits["train"].targets).tolist() == [4] * 10
+    # val and test are the data set's own, whole
+    assert two.splits["val"] is raw.splits["val"] and two.splits["test"] is raw.splits["test"]
+    images = {k: {x.tobytes() for x in d.splits["train"].pixels} for k, d in (("2", two), ("4", four))}
+    assert images["2"] <= images["4"]  # the 2-shot images are among the 4-shot ones
+    again, other = few_shot(raw, 2, seed=0), few_shot(raw, 2, seed=1)
+    assert {x.tobytes() for x in again.splits["train"].pixels} == images["2"]
+    assert {x.tobytes() for x in other.splits["train"].pixels} != images["2"]
+
+
+def test_few_shot_refuses_more_shots_than_a_class_has() -> None:
+    raw = load("elpv")  # 'defect 2/3' is the smallest class of the train split
+    smallest = int(np.bincount(raw.splits["train"].targets).min())
+    with pytest.raises(DataError, match=f"class 'defect 2/3' has only {smallest} training images"):
+        few_shot(raw, smallest + 1, seed=0)

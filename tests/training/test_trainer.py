@@ -92,3 +92,18 @@ def test_training_on_the_gpu_gives_a_run_that_loads_on_the_cpu(run, tmp_path) ->
     reloaded = load_run(gpu)
     assert next(reloaded.model.parameters()).device.type == "cpu"
     assert evaluate_run(gpu)["exit_accuracy"][-1] > 0.3
+
+
+def test_shots_trains_on_k_images_per_class(tmp_path) -> None:
+    config = json.loads((train_tiny_run(tmp_path / "k2", shots=2) / "config.json").read_text())
+    images = config["data_summary"]["images"]
+    assert set(images["train"].values()) == {2} and sum(images["val"].values()) == 200
+    assert config["train"]["shots"] == 2
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path) -> None:
+    run = train_tiny_run(tmp_path / "v", epochs=3, val_every=2)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert ["val_acc" in r for r in records] == [False, True, True]
+    assert (run / "checkpoint.safetensors").is_file() and (run / "calibration.json").is_file()
