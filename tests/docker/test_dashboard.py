@@ -27,6 +27,17 @@ DOCUMENTED_METRICS = {
     "dynadapter_inflight_requests": ("gauge", {"model", "version"}),
     "dynadapter_model_memory_bytes": ("gauge", {"model", "version"}),
     "dynadapter_serving_info": ("gauge", {"model", "version", "backend", "precision", "device"}),
+    # runtime adaptation (issue #17)
+    "dynadapter_exit_reasons_total": ("counter", {"model", "version", "reason"}),
+    "dynadapter_operating_threshold": ("gauge", {"model", "version"}),
+    "dynadapter_operating_flops_fraction": ("gauge", {"model", "version"}),
+    "dynadapter_latency_target_violations_total": ("counter", {"model", "version"}),
+    "dynadapter_degraded_seconds_total": ("counter", {"model", "version"}),
+    "dynadapter_shadow_images_total": ("counter", {"model", "version", "exit"}),
+    "dynadapter_shadow_agreements_total": ("counter", {"model", "version", "exit"}),
+    "dynadapter_exit_agreement": ("gauge", {"model", "version", "exit"}),
+    "dynadapter_live_threshold": ("gauge", {"model", "version", "mode", "exit"}),
+    "dynadapter_shadow_flops_total": ("counter", {"model", "version"}),
 }
 
 
@@ -64,6 +75,10 @@ def test_the_service_exports_exactly_the_spec_series() -> None:
     metrics.declare_model("m", "1", num_exits=2, memory_bytes=1)
     metrics.declare_serving("m", "1", "openvino", "int8-openvino", "cpu")
     metrics.record_request("m", "1", 200, 0.01)
+    # a version served with the latency controller and live calibration on
+    metrics.declare_adaptation("m", "1", num_exits=2, modes=["balanced"], live=True)
+    metrics.record_operating_point("m", "1", threshold=0.5, flops=0.4)
+    metrics.record_live_calibration("m", "1", {"balanced": (0.9,)}, agreement=[0.99])
     exported = {
         sample.name: set(sample.labels)
         for family in metrics.registry.collect()
