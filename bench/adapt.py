@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -83,6 +84,7 @@ SCRAPED = (
     "dynadapter_live_threshold",
     "dynadapter_shadow_images_total",
     "dynadapter_shadow_agreements_total",
+    "dynadapter_shadow_flops_total",
 )
 MAX_REQUESTS = 10**9  # steps are bounded by time only
 
@@ -307,14 +309,14 @@ class Run:
     samples: list[Sample]
     start: float
     seconds: float
-    scrapes: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    scrapes: list[tuple[float, dict[str, float | None]]] = field(default_factory=list)
 
 
 async def loaded(
     server: ServerProcess, query: str, images: BenchImages, clients: int, seconds: float, config: AdaptBenchConfig
 ) -> Run:
     """``clients`` back to back for ``seconds`` with only ``server`` awake, scraping its /metrics meanwhile."""
-    scrapes: list[tuple[float, dict[str, float]]] = []
+    scrapes: list[tuple[float, dict[str, float | None]]] = []
     done = asyncio.Event()
     with serve._awake(server):
         scraper = asyncio.create_task(scrape(server.url + "/metrics", config.scrape_s, scrapes, done))
@@ -328,7 +330,9 @@ async def loaded(
     return Run(clients, samples, start, elapsed, scrapes)
 
 
-async def scrape(url: str, period_s: float, out: list[tuple[float, dict[str, float]]], done: asyncio.Event) -> None:
+async def scrape(
+    url: str, period_s: float, out: list[tuple[float, dict[str, float | None]]], done: asyncio.Event
+) -> None:
     """Append (time.perf_counter, ``adaptation_series``) of ``url`` every ``period_s``, and once more when
     ``done`` is set (the state the load left)."""
     import httpx
@@ -345,9 +349,10 @@ async def scrape(url: str, period_s: float, out: list[tuple[float, dict[str, flo
                 await asyncio.wait_for(done.wait(), period_s)
 
 
-def adaptation_series(exposition: str) -> dict[str, float]:
+def adaptation_series(exposition: str) -> dict[str, float | None]:
     """The ``SCRAPED`` samples of a Prometheus exposition, keyed ``name{label="value",...}`` with the labels
-    other than model and version, sorted (``name`` alone where there are none)."""
+    other than model and version, sorted (``name`` alone where there are none); NaN (the operating threshold
+    at the default mode's own) as None."""
     from prometheus_client.parser import text_string_to_metric_families
 
     series = {}
@@ -357,7 +362,8 @@ def adaptation_series(exposition: str) -> dict[str, float]:
                 labels = ",".join(
                     f'{k}="{v}"' for k, v in sorted(sample.labels.items()) if k not in ("model", "version")
                 )
-                series[f"{sample.name}{{{labels}}}" if labels else sample.name] = float(sample.value)
+                value = float(sample.value)
+                series[f"{sample.name}{{{labels}}}" if labels else sample.name] = None if math.isnan(value) else value
     return series
 
 
@@ -583,11 +589,12 @@ def drift_verdict(agreement: dict[str, float | None], epsilon: float) -> dict[st
 
 
 def shadowed_before(run: Run, fraction: float) -> float | None:
-    """Images the server shadowed from ``run``'s start until its last ``fraction`` began (from the scrapes of
-    ``dynadapter_shadow_images_total``, every exit): did its window turn over before the judging?"""
+    """Shadowed images answered at an early exit (``dynadapter_shadow_images_total``, every exit) from
+    ``run``'s start until its last ``fraction`` began: a lower bound of what the live window took in (it also
+    takes the shadowed images answered at the last exit) before the judging."""
     since = run.start + (1 - fraction) * run.seconds
     totals = [
-        (at, sum(v for k, v in values.items() if k.startswith("dynadapter_shadow_images_total")))
+        (at, sum(v or 0.0 for k, v in values.items() if k.startswith("dynadapter_shadow_images_total")))
         for at, values in run.scrapes
     ]
     before = [total for at, total in totals if at <= run.start]
@@ -842,8 +849,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{drift['phases_s'][1]:g} s of the same digits corrupted at severity {images['severity']} ({corruptions}; "
             f"bench/corruptions.py). Live calibration shadows {s['live_calibration']:g} of the images, re-chooses "
             f"every {s['calibration_every']} shadows over a window of {s['calibration_window']}, epsilon "
-            f"{drift['epsilon']:g}; it shadowed {_fmt(drift['shadowed_before_judged'], 0)} images of the drifted "
-            "phase before the judged part began. Last-exit accuracy on these photos: "
+            f"{drift['epsilon']:g}; before the judged part began it had shadowed at least "
+            f"{_fmt(drift['shadowed_before_judged'], 0)} drifted images (those answered at an early exit). "
+            "Last-exit accuracy on these photos: "
             f"{_fmt(last['clean'], 3)} clean, {_fmt(last['drifted'], 3)} corrupted.",
             "",
             *_drift_lines(drift),

@@ -95,7 +95,7 @@ def plot_ramp(ramp: dict[str, Any], path: Path) -> None:
     _per_step(axes[2], ramp["steps"]["controller"], controller, "floor_accuracy", "--", **floor)
     _series(axes[3], controller, "threshold", label="threshold (answers)")
     for key, style in (("dynadapter_operating_threshold", "o"), ("dynadapter_operating_flops_fraction", "s")):
-        points = [(row["t"], row[key]) for row in controller["scrapes"] if key in row]
+        points = [(row["t"], row[key]) for row in controller["scrapes"] if row.get(key) is not None]
         axes[3].plot(
             [t for t, _ in points], [v for _, v in points], style, ms=2.5, label=key.removeprefix("dynadapter_")
         )
@@ -119,7 +119,7 @@ def plot_drift(drift: dict[str, Any], path: Path) -> None:
         _series(axes[1], timeline, "accuracy", 100, label=name)
     live = drift["timelines"]["live"]
     for key in sorted({k for row in live["scrapes"] for k in row if k.startswith("dynadapter_live_threshold")}):
-        points = [(row["t"], row[key]) for row in live["scrapes"] if key in row]
+        points = [(row["t"], row[key]) for row in live["scrapes"] if row.get(key) is not None]
         axes[2].plot([t for t, _ in points], [v for _, v in points], label=key.removeprefix("dynadapter_"))
     _series(axes[2], live, "threshold", color="black", lw=0.8, label="threshold (answers)")
     axes[0].axhline(100 * drift["verdict"]["bound"], color="red", lw=0.8, ls="--", label="1 - epsilon")

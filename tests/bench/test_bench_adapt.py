@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from dynadapter.bench import adapt
@@ -300,13 +301,17 @@ def test_every_step_and_phase_answers_every_request(adapt_results: tuple[dict[st
 def test_the_adaptation_metrics_are_scraped(adapt_results: tuple[dict[str, Any], Path]) -> None:
     section, _ = adapt_results
     controller = section["ramp"]["timelines"]["controller"]["scrapes"]
-    assert controller and all(0.0 <= row["dynadapter_operating_threshold"] <= 1.0 for row in controller)
+    fractions = [row["dynadapter_operating_flops_fraction"] for row in controller]
+    assert fractions and all(0.0 < value <= 1.0 for value in fractions)
+    # the operating threshold: None (NaN in the exposition) at the default mode's own, else a threshold
+    assert all(row["dynadapter_operating_threshold"] in (None, *np.linspace(0, 1, 201).round(3)) for row in controller)
     live = section["drift"]["timelines"]["live"]["scrapes"][-1]
-    shadowed = sum(v for k, v in live.items() if k.startswith("dynadapter_shadow_images_total"))
-    agreed = sum(v for k, v in live.items() if k.startswith("dynadapter_shadow_agreements_total"))
-    served = sum(row["requests"] for row in section["drift"]["phases"]["live"])
-    assert served <= shadowed and agreed <= shadowed  # every image shadowed (the warm-up requests too)
-    assert any(k.startswith('dynadapter_live_threshold{exit="0",mode="balanced"') for k in live)
+    for k in range(3):  # the fixture has 4 exits: 3 early ones
+        shadowed = live[f'dynadapter_shadow_images_total{{exit="{k}"}}']
+        assert 0 <= live[f'dynadapter_shadow_agreements_total{{exit="{k}"}}'] <= shadowed
+        assert 0.0 <= live[f'dynadapter_live_threshold{{exit="{k}",mode="balanced"}}'] <= 1.0
+    assert sum(live[f'dynadapter_shadow_images_total{{exit="{k}"}}'] for k in range(3)) > 0
+    assert live["dynadapter_shadow_flops_total"] > 0  # every image shadowed: the work past the answers
 
 
 def test_targets_page_and_plots(adapt_results: tuple[dict[str, Any], Path]) -> None:
