@@ -456,10 +456,11 @@ def stats(
     samples: Sequence[Sample], last: Sequence[int | None] | None = None, floor: Sequence[bool] | None = None
 ) -> dict[str, Any]:
     """p95 latency (ms), accuracy, agreement with ``last`` (the last exit's class id per image), the floor
-    mode's accuracy on the same images (``floor``: right or not per image), mean threshold, exit reasons."""
+    mode's accuracy on the same images (``floor``: right or not per image), mean threshold (a per-exit
+    vector counts as the mean of its entries), exit reasons."""
     ok = [s for s in samples if s.ok]
     answers = [s.answer or {} for s in ok]
-    thresholds = [a["threshold"] for a in answers if isinstance(a.get("threshold"), (int, float))]
+    thresholds = [float(np.mean(a["threshold"])) for a in answers if a.get("threshold") is not None]
     row: dict[str, Any] = {
         "requests": len(samples),
         "errors": len(samples) - len(ok),

@@ -116,7 +116,7 @@ def test_stats_agreement_and_floor_are_judged_on_the_images_each_request_sent() 
     samples = [
         sample(0.0, 10, class_id=1, target=1, image=0),
         sample(0.1, 20, class_id=2, target=3, image=1, threshold=0.7, exit_reason="deadline"),
-        sample(0.2, 30, class_id=3, target=3, image=1, threshold=[0.6, 0.8]),  # a per-exit vector: no mean
+        sample(0.2, 30, class_id=3, target=3, image=1, threshold=[0.6, 0.8]),  # a per-exit vector: 0.7
         Sample(0.5, False, at=0.3, image=0),
     ]
     row = adapt.stats(samples, last=[1, 3], floor=[True, False])
@@ -124,7 +124,7 @@ def test_stats_agreement_and_floor_are_judged_on_the_images_each_request_sent() 
     assert row["p95_ms"] == pytest.approx(29.0)  # numpy's linear interpolation of 10, 20, 30
     assert row["accuracy"] == pytest.approx(2 / 3) and row["agreement"] == pytest.approx(2 / 3)
     assert row["floor_accuracy"] == pytest.approx(1 / 3)  # image 0 once (right), image 1 twice (wrong)
-    assert row["threshold"] == pytest.approx(0.6)
+    assert row["threshold"] == pytest.approx((0.5 + 0.7 + 0.7) / 3)
     assert row["exit_reasons"] == {"confident": 2, "deadline": 1}
 
 
@@ -277,8 +277,8 @@ def adapt_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, A
         *("--model-repo", str(FIXTURE_REPO), "--model-name", "digits-tiny", "--docs", str(docs)),
         *("--images", str(IMAGES), "--photo-size", "64x48", "--clients", ",".join(map(str, CLIENTS))),
         *("--step-s", "1", "--drift-clients", "2", "--clean-s", "1.5", "--drift-s", "3"),
-        # every image shadowed, thresholds re-chosen every 5: the live server adapts within seconds
-        *("--live-calibration", "1", "--calibration-every", "5", "--calibration-window", "20"),
+        # every image shadowed, thresholds re-chosen every 10 (a window of 60: 30 certify a threshold)
+        *("--live-calibration", "1", "--calibration-every", "10", "--calibration-window", "60"),
         *("--bucket-s", "0.5", "--scrape-s", "0.25"),
     )
     return json.loads((docs / "results.json").read_text())["adapt"], docs
