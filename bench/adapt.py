@@ -192,6 +192,7 @@ def adapt_benchmark(config: AdaptBenchConfig) -> dict[str, Any]:
         servers["controller"].pause()
         for name, query in (("controller", RAMP["controller"].query), ("live", "")):
             asyncio.run(warm_up(servers[name], query, inputs.clean, config.max_batch_size))
+        asyncio.run(back_to_default(servers["controller"]))
         ramp_runs = asyncio.run(ramp(servers, inputs.clean, config))
         drift_runs = asyncio.run(drift(servers, inputs, config))
     section = report(inputs, refs, probe, target_ms, ramp_runs, drift_runs, config, load_before)
@@ -420,6 +421,22 @@ async def warm_up(server: ServerProcess, query: str, images: BenchImages, client
     """Every image once, untimed: a server's first batches (of each size) are slower than the rest."""
     with serve._awake(server):
         await serve.answer_every_image(server.classify_url + query, images, clients)
+
+
+async def back_to_default(server: ServerProcess, timeout_s: float = 60.0) -> None:
+    """Leave the controller awake and idle until it is back at the default operating point (a warm-up at
+    full batches overloads it), so that the ramp starts where a fresh server would."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    with serve._awake(server):
+        async with httpx.AsyncClient(timeout=10) as client:
+            while time.monotonic() < deadline:
+                series = adaptation_series((await client.get(server.url + "/metrics")).text)
+                if series.get("dynadapter_operating_threshold", 0.0) is None:  # NaN: the default mode's own
+                    return
+                await asyncio.sleep(0.5)
+    log.warning("the controller was not back at the default operating point after %.0f s", timeout_s)
 
 
 async def ramp(
