@@ -112,19 +112,23 @@ def plot_ramp(ramp: dict[str, Any], path: Path) -> None:
 
 def plot_drift(drift: dict[str, Any], path: Path) -> None:
     """``bench adapt``'s drift scenario over time: agreement with the last exit against 1 - epsilon, accuracy,
-    and the live server's thresholds of mode balanced per exit."""
+    and the live server's thresholds of mode balanced (the default, which the requests get) per exit."""
     fig, axes = plt.subplots(3, 1, figsize=(7.5, 7.0), dpi=120, sharex=True)
     for name, timeline in drift["timelines"].items():
         _series(axes[0], timeline, "agreement", 100, label=name)
         _series(axes[1], timeline, "accuracy", 100, label=name)
     live = drift["timelines"]["live"]
+    balanced = 'mode="balanced"'  # the mode the drift's requests are served at (no knob: the default)
     for key in sorted({k for row in live["scrapes"] for k in row if k.startswith("dynadapter_live_threshold")}):
+        if balanced not in key:
+            continue
         points = [(row["t"], row[key]) for row in live["scrapes"] if row.get(key) is not None]
-        axes[2].plot([t for t, _ in points], [v for _, v in points], label=key.removeprefix("dynadapter_"))
+        label = key.removeprefix("dynadapter_live_threshold").replace("," + balanced, "")
+        axes[2].plot([t for t, _ in points], [v for _, v in points], label=f"live threshold {label}")
     _series(axes[2], live, "threshold", color="black", lw=0.8, label="threshold (answers)")
     axes[0].axhline(100 * drift["verdict"]["bound"], color="red", lw=0.8, ls="--", label="1 - epsilon")
     shift, drift_s = live["starts"][1], live["seconds"][1]  # as the live server ran them
-    for ax, label in zip(axes, ("agreement %", "accuracy %", "live thresholds"), strict=True):
+    for ax, label in zip(axes, ("agreement %", "accuracy %", "balanced's thresholds"), strict=True):
         ax.axvline(shift, color="black", lw=0.8)
         ax.axvspan(shift + (1 - drift["judge_fraction"]) * drift_s, shift + drift_s, color="grey", alpha=0.12)
         ax.set_ylabel(label)
