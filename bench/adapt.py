@@ -804,6 +804,30 @@ def _saturation_text(ramp: dict[str, Any]) -> str:
     )
 
 
+def _floor_text(ramp: dict[str, Any]) -> str:
+    """Why accuracy can fall under a mode floor: the controller's points are chosen by validation accuracy."""
+    margin = ramp["verdict"].get("lowest_accuracy_margin")
+    if margin is None or margin >= 0:
+        return ""
+    return (
+        f"The controller's accuracy fell {-margin:.3f} under the floor's on the same photos: it picks its points "
+        "by their validation accuracy (at or above the floor's), and on these photos the cheapest of them "
+        "answer less accurately than the floor mode itself."
+    )
+
+
+def _drift_cost_text(drift: dict[str, Any]) -> str:
+    """What the live server paid for its agreement in the drifted phase: threshold and throughput."""
+    live, fixed = (drift["phases"][name][1] for name in ("live", "fixed"))
+    ratio = live["throughput_rps"] / fixed["throughput_rps"]
+    return (
+        f"In the drifted phase the live server answered at a mean threshold of {_fmt(live['threshold'], 3)} "
+        f"(fixed: {_fmt(fixed['threshold'], 3)}) and served {_fmt(live['throughput_rps'])} requests/s against "
+        f"{_fmt(fixed['throughput_rps'])} without live calibration ({ratio:.2f}x): "
+        "agreement is bought by sending more images to later exits, and by the shadow work."
+    )
+
+
 def _drift_lines(drift: dict[str, Any]) -> list[str]:
     rows = [
         [
@@ -861,6 +885,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             _saturation_text(ramp),
             "",
+            _floor_text(ramp),
+            "",
             f"![ramp]({section['figures']['ramp']})",
             "",
             f"### Input drift\n\n{s['drift_clients']} clients; {drift['phases_s'][0]:g} s of clean photos, then "
@@ -880,6 +906,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 for name, kinds in drift["judged_agreement_by_corruption"].items()
             )
             + ".",
+            "",
+            _drift_cost_text(drift),
             "",
             f"![drift]({section['figures']['drift']})",
             "",
