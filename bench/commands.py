@@ -17,12 +17,15 @@ SUBCOMMANDS = {
     "accuracy": "dynadapter.bench.accuracy",
     "serve": "dynadapter.bench.serve",
     "data": "dynadapter.bench.data",
+    "adapt": "dynadapter.bench.adapt",
     "fewshot": "dynadapter.bench.fewshot",
 }
 
 
 def add_bench(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: accuracy and FLOPs on the downstream suite, ...")
+    parser = subparsers.add_parser(
+        "bench", help="benchmarks: accuracy and FLOPs on the downstream suite, serving, runtime adaptation, ..."
+    )
     sub = parser.add_subparsers(dest="bench_command", required=True)
     for module in SUBCOMMANDS.values():
         importlib.import_module(module).add_parser(sub)

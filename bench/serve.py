@@ -146,10 +146,24 @@ def _precision_servers() -> Sequence[str]:
 CommaList = BeforeValidator(comma_separated)
 
 
-class ServeBenchConfig(BaseModel):
-    """What `dynadapter bench serve` measures and how; its flags are generated from these fields."""
+class ServerOptions(BaseModel):
+    """How every server of a benchmark batches and runs its model (the flags shared by the serving benchmarks)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(16, ge=1, description="every server's batch limit")
+    max_wait_ms: float = Field(5.0, ge=0, description="every server's wait for a batch to fill, in ms")
+    threads: int = Field(
+        1,
+        ge=0,
+        description="intra-op threads of every server's runtime; 0: each runtime's default, one per core "
+        "(bench/serve.py's docstring)",
+    )
+    providers: Literal["cpu", "auto", "cuda"] = Field("cpu", description="where the models run, for every server")
+
+
+class ServeBenchConfig(ServerOptions):
+    """What `dynadapter bench serve` measures and how; its flags are generated from these fields."""
 
     run_dir: Path | None = Field(
         None, description="the trained run (default: the demo's, demo/dinov2-mnist); the baselines are built from it"
@@ -172,15 +186,6 @@ class ServeBenchConfig(BaseModel):
     variants: Annotated[list[str], CommaList, AfterValidator(_subset(lambda: list(VARIANTS)))] = Field(
         list(VARIANTS), description="comma-separated subset of the variants"
     )
-    max_batch_size: int = Field(16, ge=1, description="every server's batch limit")
-    max_wait_ms: float = Field(5.0, ge=0, description="every server's wait for a batch to fill, in ms")
-    threads: int = Field(
-        1,
-        ge=0,
-        description="intra-op threads of every server's runtime; 0: each runtime's default, one per core "
-        "(see the module's docstring)",
-    )
-    providers: Literal["cpu", "auto", "cuda"] = Field("cpu", description="where the models run, for every server")
     docs: Path = Field(Path("docs"), description="where results.{json,md} go")
     photos: bool = Field(
         False,
@@ -413,7 +418,7 @@ class ServerProcess:
         return self._log.read()
 
 
-def service_argv(config: ServeBenchConfig, providers: str) -> list[str]:
+def service_argv(config: ServerOptions, providers: str) -> list[str]:
     """`dynadapter serve` on loopback with the bench's runtime and batching settings (without --port,
     the model repository and the model)."""
     return [
@@ -463,13 +468,18 @@ def litserve_accelerator(providers: str) -> str:
 def start_servers(
     stack: contextlib.ExitStack, inputs: BenchInputs, config: ServeBenchConfig
 ) -> dict[str, ServerProcess]:
-    """Start the servers the chosen variants need, all at once (start-up is mostly imports), and wait for them."""
+    """Start the servers the chosen variants need and wait for them."""
     needed = {VARIANTS[name].server for name in config.variants}
+    return launch(stack, {name: spec for name, spec in server_commands(inputs, config).items() if name in needed})
+
+
+def launch(stack: contextlib.ExitStack, commands: dict[str, tuple[list[str], str, str]]) -> dict[str, ServerProcess]:
+    """Start every server of ``commands`` (name -> argv, readiness path, classify path) at once (start-up is
+    mostly imports), each stopped when ``stack`` closes, and wait until all are ready."""
     servers = {}
-    for name, (argv, ready, classify) in server_commands(inputs, config).items():
-        if name in needed:
-            servers[name] = ServerProcess(name, argv, ready, classify)
-            stack.callback(servers[name].stop)
+    for name, (argv, ready, classify) in commands.items():
+        servers[name] = ServerProcess(name, argv, ready, classify)
+        stack.callback(servers[name].stop)
     for server in servers.values():
         server.wait_ready()
         log.info("the %s server is ready at %s", server.name, server.url)
@@ -487,6 +497,9 @@ class Sample:
     ok: bool
     correct: bool = False
     gflops: float | None = None  # what this service reports it used; LitServe does not say
+    at: float = 0.0  # when it was sent (time.perf_counter, s)
+    image: int = -1  # index into BenchImages.bodies
+    answer: dict[str, Any] | None = None  # the 200 response's JSON
 
 
 @dataclass
@@ -524,13 +537,14 @@ async def _request(client: httpx.AsyncClient, url: str, images: BenchImages, ind
         seconds = time.perf_counter() - start
     except httpx.HTTPError as err:
         log.warning("request to %s failed: %r", url, err)
-        return Sample(time.perf_counter() - start, ok=False)
+        return Sample(time.perf_counter() - start, ok=False, at=start, image=image)
     if response.status_code != 200:
         log.warning("%s answered %d: %s", url, response.status_code, response.text[:200])
-        return Sample(seconds, ok=False)
+        return Sample(seconds, ok=False, at=start, image=image)
     body = response.json()
     gflops = body["gflops"]["used"] if "gflops" in body else None
-    return Sample(seconds, ok=True, correct=body["class_id"] == images.targets[image], gflops=gflops)
+    correct = body["class_id"] == images.targets[image]
+    return Sample(seconds, ok=True, correct=correct, gflops=gflops, at=start, image=image, answer=body)
 
 
 async def _send(client: httpx.AsyncClient, url: str, images: BenchImages, budget: _Budget) -> list[Sample]:

@@ -280,31 +280,40 @@ def decode_budget_bytes() -> int:
 
 async def camera_accuracy(server: ServerProcess, run_dir: Path, count: int) -> dict[str, Any]:
     """Accuracy of balanced on the test split sent small (PNG) and as 4032x3024 phone JPEGs."""
-    from dynadapter.bench.photos import camera_jpeg, digit_photo
+    from dynadapter.training.run_dir import read_config
 
     small = serve.bench_images(run_dir, count)
-    digits = _test_digits(run_dir, count)
-    bodies = [serve.multipart_body(camera_jpeg(digit_photo(d, *CAMERA_SIZE, seed=i))) for i, d in enumerate(digits)]
-    camera = BenchImages(bodies, small.targets, small.data)
+    config = read_config(run_dir)
+    digits, _ = split_digits(config["data"], config["train"]["seed"], count)
+    camera = BenchImages(camera_bodies(digits, CAMERA_SIZE), small.targets, small.data)
     server.resume()
     try:
         result = {}
         for name, images in (("small-png", small), ("camera-jpeg-12mp", camera)):
             answers = await serve.answer_every_image(server.classify_url, images, 4)  # mode=balanced
             result[name] = serve.summarize_answers(answers)["accuracy"]
-        result["images"] = len(bodies)
+        result["images"] = len(camera.bodies)
         return result
     finally:
         server.pause()
 
 
-def _test_digits(run_dir: Path, count: int) -> list[np.ndarray]:
+def split_digits(data: str, seed: int, count: int) -> tuple[list[np.ndarray], list[int]]:
+    """The first ``count`` images of ``data``'s test split (split with ``seed``) as [h, w] uint8 arrays, and
+    their classes."""
     from dynadapter.training.data import load_raw
-    from dynadapter.training.run_dir import read_config
 
-    config = read_config(run_dir)
-    pixels = load_raw(config["data"], config["train"]["seed"]).splits["test"].pixels[:count]
-    return [np.asarray(p) if np.asarray(p).ndim == 2 else np.asarray(p).mean(axis=2).astype(np.uint8) for p in pixels]
+    split = load_raw(data, seed).splits["test"]
+    pixels = [np.asarray(p) for p in split.pixels[:count]]
+    digits = [p if p.ndim == 2 else p.mean(axis=2).astype(np.uint8) for p in pixels]
+    return digits, [int(t) for t in split.targets[:count]]
+
+
+def camera_bodies(digits: list[np.ndarray], size: tuple[int, int]) -> list[bytes]:
+    """Each digit as a phone JPEG of ``size`` (width, height) pixels, as an upload (bench/photos.py)."""
+    from dynadapter.bench.photos import camera_jpeg, digit_photo
+
+    return [serve.multipart_body(camera_jpeg(digit_photo(d, *size, seed=i))) for i, d in enumerate(digits)]
 
 
 # -- report ------------------------------------------------------------------------------------------------------

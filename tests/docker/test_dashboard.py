@@ -27,6 +27,17 @@ DOCUMENTED_METRICS = {
     "dynadapter_inflight_requests": ("gauge", {"model", "version"}),
     "dynadapter_model_memory_bytes": ("gauge", {"model", "version"}),
     "dynadapter_serving_info": ("gauge", {"model", "version", "backend", "precision", "device"}),
+    # runtime adaptation (issue #17)
+    "dynadapter_exit_reasons_total": ("counter", {"model", "version", "reason"}),
+    "dynadapter_operating_threshold": ("gauge", {"model", "version"}),
+    "dynadapter_operating_flops_fraction": ("gauge", {"model", "version"}),
+    "dynadapter_latency_target_violations_total": ("counter", {"model", "version"}),
+    "dynadapter_degraded_seconds_total": ("counter", {"model", "version"}),
+    "dynadapter_shadow_images_total": ("counter", {"model", "version", "exit"}),
+    "dynadapter_shadow_agreements_total": ("counter", {"model", "version", "exit"}),
+    "dynadapter_exit_agreement": ("gauge", {"model", "version", "exit"}),
+    "dynadapter_live_threshold": ("gauge", {"model", "version", "mode", "exit"}),
+    "dynadapter_shadow_flops_total": ("counter", {"model", "version"}),
 }
 
 
@@ -64,6 +75,10 @@ def test_the_service_exports_exactly_the_spec_series() -> None:
     metrics.declare_model("m", "1", num_exits=2, memory_bytes=1)
     metrics.declare_serving("m", "1", "openvino", "int8-openvino", "cpu")
     metrics.record_request("m", "1", 200, 0.01)
+    # a version served with the latency controller and live calibration on
+    metrics.declare_adaptation("m", "1", num_exits=2, modes=["balanced"], live=True)
+    metrics.record_operating_point("m", "1", threshold=0.5, flops=0.4)
+    metrics.record_live_calibration("m", "1", {"balanced": (0.9,)}, agreement=[0.99])
     exported = {
         sample.name: set(sample.labels)
         for family in metrics.registry.collect()
@@ -101,6 +116,26 @@ def test_the_dashboard_has_the_panels_an_operator_needs() -> None:
     assert panels["FLOPs saved"] == f"sum({saved}) / (sum({used}) + sum({saved}))"
     assert "dynadapter_stage_duration_seconds_bucket" in exprs and "dynadapter_batch_size" in exprs
     assert len({p["id"] for p in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
+
+
+def test_the_dashboard_shows_the_run_time_adaptation() -> None:
+    panels = {p["title"]: [t["expr"] for t in p["targets"]] for p in DASHBOARD["panels"]}
+    threshold, flops = panels["Operating point"]
+    assert "dynadapter_operating_threshold{" in threshold and "dynadapter_operating_flops_fraction{" in flops
+    violations, degraded = panels["Latency target: violations and degraded time"]
+    assert "rate(dynadapter_latency_target_violations_total{" in violations
+    assert "rate(dynadapter_degraded_seconds_total{" in degraded
+    reasons = panels["Exit reasons (deadline exits)"]
+    assert reasons == ['sum by (reason) (rate(dynadapter_exit_reasons_total{model=~"$model"}[$__rate_interval]))']
+    assert panels["Agreement with the last exit, per exit"] == [
+        'min by (exit) (dynadapter_exit_agreement{model=~"$model"})'
+    ]
+    assert "by (mode, exit) (dynadapter_live_threshold{" in panels["Live thresholds"][0]
+    shadowed, shadow_flops = panels["Shadow work"]
+    assert "dynadapter_shadow_images_total" in shadowed and "dynadapter_exits_total" in shadowed
+    assert "dynadapter_shadow_flops_total" in shadow_flops and "dynadapter_flops_used_total" in shadow_flops
+    grid = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in DASHBOARD["panels"]]
+    assert len(set(grid)) == len(grid)  # no panel drawn over another
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
