@@ -607,9 +607,8 @@ def drift_verdict(agreement: dict[str, float | None], epsilon: float) -> dict[st
 
 
 def shadowed_before(run: Run, fraction: float) -> float | None:
-    """Shadowed images answered at an early exit (``dynadapter_shadow_images_total``, every exit) from
-    ``run``'s start until its last ``fraction`` began: a lower bound of what the live window took in (it also
-    takes the shadowed images answered at the last exit) before the judging."""
+    """Shadowed images (``dynadapter_shadow_images_total``, every exit) from ``run``'s start until its last
+    ``fraction`` began: what the live window took in before the judging."""
     since = run.start + (1 - fraction) * run.seconds
     totals = [
         (at, sum(v or 0.0 for k, v in values.items() if k.startswith("dynadapter_shadow_images_total")))
@@ -894,7 +893,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"bench/corruptions.py). Live calibration shadows {s['live_calibration']:g} of the images, re-chooses "
             f"every {s['calibration_every']} shadows over a window of {s['calibration_window']}, epsilon "
             f"{drift['epsilon']:g}; before the judged part began it had shadowed at least "
-            f"{_fmt(drift['shadowed_before_judged'], 0)} drifted images (those answered at an early exit). "
+            f"{_fmt(drift['shadowed_before_judged'], 0)} drifted images. "
             "Last-exit accuracy on these photos: "
             f"{_fmt(last['clean'], 3)} clean, {_fmt(last['drifted'], 3)} corrupted.",
             "",

@@ -111,13 +111,13 @@ class ServiceMetrics:
         )
         self.shadow_images = Counter(
             "dynadapter_shadow_images_total",
-            "Shadowed images (live calibration) answered at each early exit.",
+            "Shadowed images (live calibration), by the exit that answered them (the last exit agrees with itself).",
             ["model", "version", "exit"],
             registry=r,
         )
         self.shadow_agreements = Counter(
             "dynadapter_shadow_agreements_total",
-            "Shadowed images answered at each early exit whose answer agreed with the last exit's.",
+            "Shadowed images, by the exit that answered them, whose answer agreed with the last exit's.",
             ["model", "version", "exit"],
             registry=r,
         )
@@ -190,11 +190,10 @@ class ServiceMetrics:
         for trace in stage.shadows.values():
             beyond = manifest.gflops_full - manifest.used_gflops(trace.answered_exit, ())
             self.shadow_flops.labels(model, version).inc(max(beyond, 0.0) * GIGA)
-            if trace.answered_exit < manifest.num_exits - 1:
-                exit_label = str(trace.answered_exit)
-                self.shadow_images.labels(model, version, exit_label).inc()
-                agreed = trace.predictions[trace.answered_exit] == trace.predictions[-1]
-                self.shadow_agreements.labels(model, version, exit_label).inc(int(agreed))
+            exit_label = str(trace.answered_exit)
+            self.shadow_images.labels(model, version, exit_label).inc()
+            agreed = trace.predictions[trace.answered_exit] == trace.predictions[-1]
+            self.shadow_agreements.labels(model, version, exit_label).inc(int(agreed))
 
     def declare_adaptation(self, model: str, version: str, num_exits: int, modes: list[str], live: bool) -> None:
         """Create the controller's and (when on) live calibration's series of a model version."""
@@ -202,7 +201,7 @@ class ServiceMetrics:
         for family in (self.target_violations, self.degraded_seconds, self.shadow_flops):
             family.labels(model, version)
         if live:
-            for k in range(num_exits - 1):
+            for k in range(num_exits):
                 self.shadow_images.labels(model, version, str(k))
                 self.shadow_agreements.labels(model, version, str(k))
 

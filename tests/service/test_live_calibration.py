@@ -93,9 +93,11 @@ def test_live_calibration_in_the_service_counts_shadow_work_apart(start_client: 
     answers = [client.post("/classify", content=png_bytes(seed), headers=IMAGE).json() for seed in range(30)]
     metrics = samples(client)
     labels = {"model": "tiny", "version": "1"}
-    early = [a for a in answers if a["exit"]["index"] < NUM_EXITS - 1]
-    shadowed = sum(value(metrics, "dynadapter_shadow_images_total", exit=str(k), **labels) for k in range(2))
-    assert shadowed == len(early)  # one request at a time: the queue is empty, every image is shadowed
+    for k in range(NUM_EXITS):  # one request at a time: the queue is empty, every image is shadowed
+        answered_here = sum(a["exit"]["index"] == k for a in answers)
+        assert value(metrics, "dynadapter_shadow_images_total", exit=str(k), **labels) == answered_here
+    last = value(metrics, "dynadapter_shadow_agreements_total", exit=str(NUM_EXITS - 1), **labels)
+    assert last == sum(a["exit"]["index"] == NUM_EXITS - 1 for a in answers)  # the last exit agrees with itself
     saved = sum(a["gflops"]["saved"] for a in answers)
     assert value(metrics, "dynadapter_flops_saved_total", **labels) == pytest.approx(saved * 1e9)  # not inflated
     assert value(metrics, "dynadapter_shadow_flops_total", **labels) == pytest.approx(saved * 1e9)
