@@ -1,4 +1,4 @@
-"""``dynadapter bench adapt``: the service adapting at run time (issue #17), on camera-like photos of test digits.
+"""``dynadapter bench adapt``: the service adapting at run time, on camera-like photos of test digits.
 
 Two scenarios, each against real server processes on loopback, one server awake at a time (the
 others frozen with SIGSTOP, as in ``bench serve``), every request a phone JPEG (``--photo-size``,
@@ -90,9 +90,9 @@ MAX_REQUESTS = 10**9  # steps are bounded by time only
 
 
 def _size(value: object) -> object:
-    """``WxH`` -> (W, H)."""
+    """``WxH`` (or ``W,H``) -> (W, H)."""
     if isinstance(value, str):
-        width, sep, height = value.lower().partition("x")
+        width, sep, height = value.lower().replace(",", "x").partition("x")
         if not sep:
             raise ValueError("expected WIDTHxHEIGHT, e.g. 1600x1200")
         return (width, height)

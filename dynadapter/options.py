@@ -41,7 +41,11 @@ def default_text(field: FieldInfo) -> str:
     if field.is_required():
         return "required"
     default = field.get_default(call_default_factory=True)
-    return "unset" if default in (None, [], {}) else str(default)
+    if default in (None, [], {}):
+        return "unset"
+    if isinstance(default, list | tuple):  # as the flag takes it: comma-separated
+        return ",".join(str(item) for item in default)
+    return str(default)
 
 
 def cli_fields(model: type[BaseModel]) -> Iterable[tuple[str, FieldInfo]]:

@@ -60,7 +60,7 @@ class Engine:
         self._decoder = decoder  # the process's bounded decode pool, shared by every model
         self._warm_batch_sizes = {1, settings.max_batch_size}
         self.live = _live_calibrator(model.manifest, settings)
-        self.controller = _latency_controller(model.manifest, settings)
+        self.controller = latency_controller(model.manifest, settings)
         self._control_task: asyncio.Task[None] | None = None
         self._batcher = MicroBatcher(
             runner,
@@ -164,13 +164,20 @@ class Engine:
         if threshold is None and budget is None and mode is None:
             point = self.controller.point if self.controller is not None else None
             if point is not None and point.threshold is not None:
-                return ExitPolicy.uniform(point.threshold, self.manifest.num_exits)
+                return self._degraded_policy(point.threshold)
             mode = DEFAULT_MODE
         policy = resolve_policy(self.manifest, threshold=threshold, mode=mode, budget=budget)
         if mode is not None and self.live is not None:
-            live = self.live.thresholds(mode)
-            return ExitPolicy(live, live)
+            return _live_policy(self.live.thresholds(mode))
         return policy
+
+    def _degraded_policy(self, threshold: float) -> ExitPolicy:
+        """The controller's cheaper point; with live calibration, kept between the live `fast` and the live
+        default mode per exit, so that load does not undo what drift made the modes raise."""
+        if self.live is None or "fast" not in self.manifest.modes:
+            return ExitPolicy.uniform(threshold, self.manifest.num_exits)
+        fast, default = self.live.thresholds("fast"), self.live.thresholds(DEFAULT_MODE)
+        return _live_policy(tuple(min(top, max(threshold, low)) for low, top in zip(fast, default, strict=True)))
 
     def observe_latency(self, seconds: float) -> None:
         """One request's time from arrival to answer (or to 504): what the latency target is about."""
@@ -238,6 +245,12 @@ class Engine:
             self._metrics.record_live_calibration(self.name, self.version, thresholds, agreement)
 
 
+def _live_policy(thresholds: tuple[float, ...]) -> ExitPolicy:
+    """A per-exit vector, reported as one number when every exit has the same threshold."""
+    uniform = len(set(thresholds)) == 1
+    return ExitPolicy(thresholds, thresholds[0] if uniform else thresholds)
+
+
 def _live_calibrator(manifest: Manifest, settings: Settings) -> LiveCalibrator | None:
     if settings.live_calibration <= 0:
         return None
@@ -250,7 +263,7 @@ def _live_calibrator(manifest: Manifest, settings: Settings) -> LiveCalibrator |
     )
 
 
-def _latency_controller(manifest: Manifest, settings: Settings) -> LatencyController | None:
+def latency_controller(manifest: Manifest, settings: Settings) -> LatencyController | None:
     """The latency controller of one model version; `ModelLoadError` when its floor means nothing for it."""
     if settings.target_p95_ms is None:
         return None

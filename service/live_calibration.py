@@ -7,15 +7,21 @@ run on, when there is spare capacity, through the remaining segments with every 
 exit's answer stands in for the label: for every exit k the service collects (confidence at k, whether
 exit k's answer agrees with the last exit's) in a sliding window.
 
-Every `every` shadowed images, each mode's threshold at each early exit is chosen anew: the smallest
-threshold t on a 0.005 grid that is *certified*: among the window's images with confidence >= t (at
-least `MIN_SAMPLES` of them) the Wilson lower confidence bound (one-sided 95%) of the agreement is at
-least the mode's target, min(1 - epsilon, the agreement the mode had on the validation split). When
-that is above the live threshold, the live one is no longer certified (a violation) and is raised at
-once; when below, it is lowered only after `PATIENCE` consecutive re-choices propose lower, and then to
-the highest of them. When no threshold is certified, nothing moves, unless the live threshold's upper
-bound is below the target (clearly violated with nothing to fall back on): then the exit closes (1.0)
-until the evidence certifies a threshold again.
+Every `every` shadowed images, each mode's threshold at each early exit is chosen anew from the window,
+against the mode's target, min(1 - epsilon, the agreement the mode had on the validation split),
+with Wilson confidence bounds (one-sided 95%) over the images with confidence >= t:
+
+- **violation**: at the live threshold (at least `MIN_SAMPLES` images above it) even the upper bound
+  of the agreement is below the target: raised at once to the smallest *certified* threshold above it
+  (lower bound >= target, at least `MIN_SAMPLES` images), or, with none, to 1 (the exit closes until
+  the evidence certifies one again);
+- **sustained evidence**: a certified threshold below the live one proposed `PATIENCE` re-choices in a
+  row: lowered to the highest of those proposals;
+- otherwise (too few images, or an agreement the bounds cannot place) nothing moves: a fresh server
+  keeps the validation thresholds until the traffic says otherwise.
+
+An image already in the window is not counted again (`image_digest`): the bounds assume independent
+images.
 """
 
 import math
@@ -69,6 +75,8 @@ class LiveCalibrator:
         # per early exit: agreement of the images answered there (what a client actually got)
         self._answered = [deque[bool](maxlen=window) for _ in range(self.num_exits - 1)]
         self._seen = 0
+        self._digests: deque[bytes] = deque(maxlen=window)  # the window's images, so a repeat is not counted
+        self._recent: set[bytes] = set()
         self.modes = {name: self._mode_state(manifest, choice) for name, choice in manifest.modes.items()}
 
     def _mode_state(self, manifest: Manifest, choice: ThresholdChoice) -> _ModeState:
@@ -82,7 +90,18 @@ class LiveCalibrator:
         return self._rng.random(batch) < self.fraction
 
     def observe(self, trace: ShadowTrace) -> bool:
-        """One shadowed image; True when this sample triggered a re-choice of the thresholds."""
+        """One shadowed image; True when this sample triggered a re-choice of the thresholds.
+
+        An image already in the window (the same input tensor: a retry, a health probe, a cached
+        duplicate) is ignored: the bound assumes independent images, and one image sent a thousand
+        times would otherwise certify any threshold."""
+        if trace.image_digest:
+            if trace.image_digest in self._recent:
+                return False
+            if len(self._digests) == self._digests.maxlen:
+                self._recent.discard(self._digests[0])
+            self._digests.append(trace.image_digest)
+            self._recent.add(trace.image_digest)
         final = trace.predictions[-1]
         for k in range(self.num_exits - 1):
             if not math.isnan(trace.confidences[k]):
@@ -132,28 +151,26 @@ class _Evidence:
 
 
 def _next_threshold(state: _ModeState, k: int, evidence: _Evidence) -> float:
-    """The mode's next threshold at exit k (module docstring: raise at once, lower on sustained evidence)."""
+    """The mode's next threshold at exit k (module docstring): raised at once on clear evidence of a
+    violation, lowered only on sustained evidence that a lower one is safe, else kept."""
     current = state.live[k]
     certified = (evidence.lower >= state.target) & (evidence.counts >= MIN_SAMPLES)
     proposals = state.proposals[k]
-    if not certified.any():
+    at = min(int(np.searchsorted(GRID, current - 1e-9)), len(GRID) - 1)
+    if evidence.counts[at] >= MIN_SAMPLES and evidence.upper[at] < state.target:  # violated: raise at once
         proposals.clear()
-        at = min(int(np.searchsorted(GRID, current - 1e-9)), len(GRID) - 1)
-        clearly_below = evidence.counts[at] >= MIN_SAMPLES and evidence.upper[at] < state.target
-        return 1.0 if clearly_below else current  # a violation no threshold fixes: the exit closes
-    proposed = float(GRID[np.flatnonzero(certified)[0]])
-    if proposed > current:  # the current one is no longer certified: raise at once
+        above = np.flatnonzero(certified & (GRID > current))
+        return float(GRID[above[0]]) if above.size else 1.0  # nothing certified above: the exit closes
+    lower = np.flatnonzero(certified & (GRID < current))
+    if lower.size == 0:
         proposals.clear()
-        return proposed
-    if proposed < current:
-        proposals.append(proposed)
-        if len(proposals) >= PATIENCE:  # sustained evidence: lower, to the most cautious proposal
-            lowered = max(proposals)
-            proposals.clear()
-            return lowered
         return current
+    proposals.append(float(GRID[lower[0]]))
+    if len(proposals) < PATIENCE:
+        return current
+    lowered = max(proposals)  # sustained evidence: lower, to the most cautious proposal
     proposals.clear()
-    return current
+    return lowered
 
 
 def _calibrated_agreement(manifest: Manifest, choice: ThresholdChoice) -> float:

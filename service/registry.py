@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dynadapter.contract.model_repository import ModelLoadError, load_model
 from dynadapter.service.decoding import DecodePool
-from dynadapter.service.engine import Engine
+from dynadapter.service.engine import Engine, latency_controller
 from dynadapter.service.errors import model_not_found, not_ready
 from dynadapter.service.metrics import ServiceMetrics
 from dynadapter.service.settings import Settings
@@ -252,7 +252,8 @@ def model_names(settings: Settings) -> list[str]:
 
 
 def check_repository(settings: Settings) -> None:
-    """Verify every model version the settings select (files, sha256); `ModelLoadError` on the first bad one."""
+    """Verify every model version the settings select (files, sha256, the latency controller's floor);
+    `ModelLoadError` on the first bad one."""
     policy = VersionPolicy.parse(settings.version_policy)
     names = model_names(settings)
     if not names:
@@ -264,4 +265,6 @@ def check_repository(settings: Settings) -> None:
                 f"model {name!r}: no version in {settings.model_repo} matches {settings.version_policy}"
             )
         for version in versions:
-            load_model(settings.model_repo, name, version)
+            model = load_model(settings.model_repo, name, version)
+            if settings.target_p95_ms is not None:
+                latency_controller(model.manifest, settings)  # a floor the model cannot honour

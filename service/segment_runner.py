@@ -19,6 +19,7 @@ gate's rule and the FLOPs bookkeeping are this module's, the same for every back
 import base64
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -73,6 +74,7 @@ class ShadowTrace:
     answered_exit: int  # the exit whose answer was sent
     confidences: tuple[float, ...]  # max softmax at each exit, first to last
     predictions: tuple[int, ...]  # argmax at each exit, first to last
+    image_digest: bytes = b""  # BLAKE2b of the input tensor: the same image sent again is no new evidence
 
 
 @dataclass(frozen=True)
@@ -294,7 +296,7 @@ class SegmentRunner:
         per_exit = self._per_exit(np.asarray(thresholds, dtype=np.float64), batch)
         deadlines = np.full(batch, NO_DEADLINE) if deadlines is None else np.asarray(deadlines, dtype=np.float64)
         shadow = np.zeros(batch, dtype=bool) if shadow is None else np.asarray(shadow, dtype=bool)
-        trace = _Trace(batch, self.num_exits) if shadow.any() else None
+        trace = _Trace(images, self.num_exits) if shadow.any() else None
         alive = np.arange(batch)  # input positions of the images still running
         answered = np.zeros(batch, dtype=bool)  # shadowed images already answered, running on
         skipped: tuple[int, ...] = ()  # exits whose gated head did not run (the same for every image alive)
@@ -383,7 +385,9 @@ class SegmentRunner:
 class _Trace:
     """What every exit said for each image of a batch; kept only when some of its images are shadowed."""
 
-    def __init__(self, batch: int, num_exits: int) -> None:
+    def __init__(self, images: np.ndarray, num_exits: int) -> None:
+        batch = len(images)
+        self.images = images
         self.confidences = np.full((batch, num_exits), np.nan)
         self.predictions = np.full((batch, num_exits), -1, dtype=np.int64)
         self.answered_exit = np.full(batch, -1, dtype=np.int64)
@@ -399,6 +403,7 @@ class _Trace:
                 int(self.answered_exit[p]),
                 tuple(float(c) for c in self.confidences[p]),
                 tuple(int(c) for c in self.predictions[p]),
+                hashlib.blake2b(np.ascontiguousarray(self.images[p]).tobytes(), digest_size=16).digest(),
             )
             for p in positions
         }

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dynadapter import options
@@ -23,6 +23,19 @@ ENV_PREFIX = "DYNADAPTER_"
 
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
+
+
+def _floor(value: str) -> str:
+    """A mode name, or an accuracy in (0, 1]; whether the model has that mode is checked when it loads."""
+    try:
+        accuracy = float(value)
+    except ValueError:
+        if not value.isidentifier():
+            raise ValueError(f"{value!r} is neither a mode name nor an accuracy in (0, 1]") from None
+        return value
+    if not 0 < accuracy <= 1:
+        raise ValueError(f"{value!r}: an accuracy must be in (0, 1]")
+    return value
 
 
 class Settings(BaseSettings):
@@ -128,9 +141,8 @@ class Settings(BaseSettings):
         "given, or mode=auto) to cheaper calibrated operating points while the p95 latency is above it, never "
         "below accuracy_floor, and back when load falls; unset: off.",
     )
-    accuracy_floor: str = Field(
+    accuracy_floor: Annotated[str, AfterValidator(_floor)] = Field(
         "fast",
-        min_length=1,
         description="Lowest operating point the latency controller may use: a mode name (its validation "
         "accuracy) or a validation accuracy in (0, 1].",
     )

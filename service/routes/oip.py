@@ -33,9 +33,10 @@ PLATFORM = "dynadapter_onnx_cascade"
 _VERSIONED = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
 
 
-class InferParameters(Knob, extra="forbid"):
+class InferParameters(Knob, extra="forbid", strict=True):
     """The request's `parameters`: the knob, Triton's `timeout` (microseconds, 0: the service's own) and
-    `binary_data_output` (every output in binary unless an output says otherwise)."""
+    `binary_data_output` (every output in binary unless an output says otherwise). Strict: JSON types as
+    given, so `true` is no number and `"1"` no boolean."""
 
     timeout: int = Field(default=0, ge=0)
     binary_data_output: bool = False

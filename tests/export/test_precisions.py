@@ -11,7 +11,7 @@ from dynadapter.errors import ExportError
 from dynadapter.export.exporter import export_run
 from dynadapter.export.precisions import CALIBRATION_IMAGES, chained_openvino_logits, parse_precisions, split_images
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
-from dynadapter.training.calibration import calibrate, choose_modes
+from dynadapter.training.calibration import calibrate
 from dynadapter.training.run_dir import load_run
 from tests.tiny import train_tiny_run
 
@@ -64,7 +64,12 @@ def test_int8_is_calibrated_on_its_own_validation_logits(exported) -> None:
         assert row["threshold"] == expected["threshold"]
         assert abs(round(row["accuracy"] * n) - round(expected["accuracy"] * n)) <= 2  # in whole images
         assert row["flops_fraction"] == pytest.approx(expected["flops_fraction"], abs=0.02)
-    assert entry["modes"] == choose_modes(entry["calibration"]["table"])  # the modes are read off that table
+    # The modes are rows of that table (the bootstrap's median choice), each with its spread.
+    table = {row["threshold"]: row for row in entry["calibration"]["table"]}
+    for mode in entry["modes"].values():
+        row = table[mode["threshold"]]
+        assert (mode["accuracy"], mode["flops_fraction"]) == (row["accuracy"], row["flops_fraction"])
+        assert mode["spread"]["threshold_low"] <= mode["threshold"] <= mode["spread"]["threshold_high"]
     assert entry["calibration"]["num_samples"] == len(val_targets)
     # Not the fp32 table: int8 confidences differ, so the swept accuracies do too.
     assert [r["accuracy"] for r in entry["calibration"]["table"]] != [

@@ -5,10 +5,12 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from dynadapter.contract.model_repository import Manifest, ModelLoadError
-from dynadapter.service import engine
 from dynadapter.service.latency_controller import LatencyController, OperatingPoint, accuracy_floor, operating_curve
+from dynadapter.service.registry import check_repository
+from dynadapter.service.settings import Settings
 from tests.service.helpers import IMAGE, SlowSegments, samples, value
 from tests.service.tiny_onnx_model import png_bytes
 
@@ -90,6 +92,33 @@ def test_under_load_requests_without_a_knob_get_cheaper_and_explicit_ones_do_not
     assert value(metrics, "dynadapter_degraded_seconds_total", **labels) > 0
 
 
-def test_a_floor_the_model_does_not_have_refuses_the_model(make_settings: Callable, manifest: Manifest) -> None:
-    with pytest.raises(ModelLoadError, match="accuracy_floor 'fastest'"):
-        engine._latency_controller(manifest, make_settings(target_p95_ms=20, accuracy_floor="fastest"))
+def test_a_floor_the_model_does_not_have_stops_the_service_before_it_listens(
+    make_settings: Callable, manifest: Manifest
+) -> None:
+    with pytest.raises(ModelLoadError, match="accuracy_floor 'fastest': not a mode of this model"):
+        check_repository(make_settings(target_p95_ms=20, accuracy_floor="fastest"))
+    check_repository(make_settings(accuracy_floor="fastest"))  # no latency target: no floor to honour
+
+
+@pytest.mark.parametrize("floor", ["2", "0", "-0.5", "no such mode"])
+def test_a_floor_that_is_no_mode_name_or_accuracy_is_a_settings_error(floor: str) -> None:
+    with pytest.raises(ValidationError, match="accuracy_floor"):
+        Settings(accuracy_floor=floor)
+
+
+def test_under_load_with_live_calibration_the_cheaper_point_keeps_what_drift_raised(
+    start_client: Callable[..., TestClient],
+) -> None:
+    client = start_client(
+        target_p95_ms=20, control_period_s=0.05, accuracy_floor="0.5", live_calibration=0.01,
+        live_calibration_every=10**6,
+    )  # fmt: skip
+    engine = client.app.state.service.registry.get()  # type: ignore[attr-defined]
+    engine.live.modes["fast"].live[:] = [0.45, 0.5]  # as if drift had made live calibration raise `fast`
+    SlowSegments(engine.runner, {0: 0.05})
+    deadline = time.monotonic() + 10
+    while engine.controller.point.threshold != 0.3:
+        client.post("/classify", content=png_bytes(1), headers=IMAGE)
+        assert time.monotonic() < deadline, "the controller never reached the cheapest point"
+    answer = client.post("/classify", content=png_bytes(1), headers=IMAGE).json()
+    assert answer["threshold"] == [0.45, 0.5]  # the curve's 0.3, held at the live `fast` per exit

@@ -113,3 +113,12 @@ def test_an_exit_clearly_below_its_target_with_nothing_certified_closes(two_exit
         live.observe(trace)
     assert live.thresholds("fast") == (1.0,)  # 200 images at 50%: clearly below; every image goes on
     assert live.thresholds("balanced") == (0.95,)  # only 20 images reach 0.95: too few to call it either way
+
+
+def test_the_same_image_sent_again_is_no_new_evidence(two_exit_manifest: Manifest) -> None:
+    live = LiveCalibrator(two_exit_manifest, fraction=1.0, epsilon=0.02, every=10, window=1000)
+    repeat = ShadowTrace(answered_exit=0, confidences=(0.31, 1.0), predictions=(0, 0), image_digest=b"same")
+    assert [live.observe(repeat) for _ in range(500)] == [False] * 500  # one sample: never a re-choice
+    for _ in range(PATIENCE):
+        live.rechoose()
+    assert live.thresholds("balanced") == (0.95,)  # 500 copies of one agreeing image certify nothing

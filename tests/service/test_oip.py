@@ -189,6 +189,9 @@ def one_image(**parameters: object) -> dict:
         (one_image(threshold=2), "tiny", 400, "threshold"),
         (one_image(mode="fast", budget=0.5), "tiny", 400, "at most one"),
         (one_image(timeout=-1), "tiny", 400, "timeout"),
+        (one_image(timeout=True), "tiny", 400, "timeout"),  # JSON true is no number of microseconds
+        (one_image(threshold=True), "tiny", 400, "threshold"),
+        (one_image(binary_data_output="yes"), "tiny", 400, "binary_data_output"),
         (one_image(tiemout=5), "tiny", 400, "tiemout"),
         (one_image() | {"outputs": [{"name": "logits"}]}, "tiny", 400, "unknown output"),
         (

@@ -116,3 +116,14 @@ def test_configuration_doc_lists_every_setting() -> None:
         _, flag, default, meaning = rows[f"`{env_name(name)}`"]
         assert (flag, default) == (f"`{flag_name(name)}`", f"`{default_text(field)}`")
         assert meaning
+
+
+def test_a_bad_environment_variable_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynadapter import cli
+
+    monkeypatch.setenv("DYNADAPTER_TARGET_P95_MS", "abc")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["serve", "--model-repo", "nowhere"])
+    message = str(stop.value.code)
+    assert message.startswith("dynadapter serve: error: DYNADAPTER_TARGET_P95_MS / --target-p95-ms: ")
+    assert "'abc'" in message and "\n" not in message
