@@ -400,16 +400,14 @@ async def references(server: ServerProcess, inputs: AdaptInputs, floor: str) -> 
 
 def _floor_number(floor: str, modes: dict[str, Any]) -> float | None:
     """A numeric floor, or None for a mode name of the model."""
+    from dynadapter.service.settings import floor_accuracy  # the service's own reading of the setting
+
     try:
-        value = float(floor)
-    except ValueError:
-        if floor not in modes:
-            raise ConfigError(
-                f"--accuracy-floor {floor!r}: not a mode of the model ({sorted(modes)}) nor a number"
-            ) from None
-        return None
-    if not 0 < value <= 1:
-        raise ConfigError(f"--accuracy-floor {floor}: an accuracy must be in (0, 1]")
+        value = floor_accuracy(floor)
+    except ValueError as err:
+        raise ConfigError(f"--accuracy-floor: {err}") from None
+    if value is None and floor not in modes:
+        raise ConfigError(f"--accuracy-floor {floor!r}: not a mode of the model ({sorted(modes)}) nor a number")
     return value
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dynadapter.contract.model_repository import Manifest, ThresholdChoice
+from dynadapter.service.settings import floor_accuracy
 
 DECREASE = 0.85  # multiplicative decrease of the expected FLOPs per image, per period over the target
 INCREASE = 0.02  # additive increase, as a fraction of the full model's FLOPs, per period well under it
@@ -43,15 +44,12 @@ class OperatingPoint:
 
 def accuracy_floor(manifest: Manifest, floor: str) -> float:
     """The floor as a validation accuracy: a mode name (that mode's accuracy) or a number in (0, 1]."""
-    if floor in manifest.modes:
-        return manifest.modes[floor].accuracy
-    try:
-        value = float(floor)
-    except ValueError:
-        raise ValueError(f"accuracy_floor {floor!r}: not a mode of this model ({', '.join(manifest.modes)})") from None
-    if not 0 < value <= 1:
-        raise ValueError(f"accuracy_floor {floor!r}: an accuracy must be in (0, 1]")
-    return value
+    value = floor_accuracy(floor)
+    if value is not None:
+        return value
+    if floor not in manifest.modes:
+        raise ValueError(f"accuracy_floor {floor!r}: not a mode of this model ({', '.join(manifest.modes)})")
+    return manifest.modes[floor].accuracy
 
 
 def operating_curve(manifest: Manifest, default: ThresholdChoice, floor: float) -> list[OperatingPoint]:

@@ -25,16 +25,22 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
-def _floor(value: str) -> str:
-    """A mode name, or an accuracy in (0, 1]; whether the model has that mode is checked when it loads."""
+def floor_accuracy(floor: str) -> float | None:
+    """The accuracy a latency floor gives as a number in (0, 1], or None when it names a mode (whether the
+    model has that mode is checked when it loads); `ValueError` when it is neither."""
     try:
-        accuracy = float(value)
+        value = float(floor)
     except ValueError:
-        if not value.isidentifier():
-            raise ValueError(f"{value!r} is neither a mode name nor an accuracy in (0, 1]") from None
-        return value
-    if not 0 < accuracy <= 1:
-        raise ValueError(f"{value!r}: an accuracy must be in (0, 1]")
+        if not floor.isidentifier():
+            raise ValueError(f"accuracy_floor {floor!r}: neither a mode name nor an accuracy in (0, 1]") from None
+        return None
+    if not 0 < value <= 1:
+        raise ValueError(f"accuracy_floor {floor!r}: an accuracy must be in (0, 1]")
+    return value
+
+
+def _floor(value: str) -> str:
+    floor_accuracy(value)
     return value
 
 
