@@ -164,7 +164,7 @@ class MicroBatcher:
         images = np.stack([job.image for job in jobs])
         thresholds = np.stack([job.thresholds for job in jobs])
         deadlines = np.array([job.deadline for job in jobs])
-        spare = self._shadow_sampler is not None and self._queue.empty()
+        spare = self._queue.empty()  # shadow work only when nothing else waits
         shadow = self._shadow_sampler(len(jobs)) if self._shadow_sampler is not None and spare else None
         for job in jobs:
             job.started = True

@@ -168,7 +168,7 @@ class Engine:
             mode = DEFAULT_MODE
         policy = resolve_policy(self.manifest, threshold=threshold, mode=mode, budget=budget)
         if mode is not None and self.live is not None:
-            return _live_policy(self.live.thresholds(mode))
+            return ExitPolicy.per_exit(self.live.thresholds(mode))
         return policy
 
     def _degraded_policy(self, threshold: float) -> ExitPolicy:
@@ -177,7 +177,7 @@ class Engine:
         if self.live is None or "fast" not in self.manifest.modes:
             return ExitPolicy.uniform(threshold, self.manifest.num_exits)
         fast, default = self.live.thresholds("fast"), self.live.thresholds(DEFAULT_MODE)
-        return _live_policy(tuple(min(top, max(threshold, low)) for low, top in zip(fast, default, strict=True)))
+        return ExitPolicy.per_exit(tuple(min(top, max(threshold, low)) for low, top in zip(fast, default, strict=True)))
 
     def observe_latency(self, seconds: float) -> None:
         """One request's time from arrival to answer (or to 504): what the latency target is about."""
@@ -243,12 +243,6 @@ class Engine:
             thresholds = {mode: live.thresholds(mode) for mode in self.manifest.modes}
             agreement = [live.agreement(k) for k in range(self.manifest.num_exits - 1)]
             self._metrics.record_live_calibration(self.name, self.version, thresholds, agreement)
-
-
-def _live_policy(thresholds: tuple[float, ...]) -> ExitPolicy:
-    """A per-exit vector, reported as one number when every exit has the same threshold."""
-    uniform = len(set(thresholds)) == 1
-    return ExitPolicy(thresholds, thresholds[0] if uniform else thresholds)
 
 
 def _live_calibrator(manifest: Manifest, settings: Settings) -> LiveCalibrator | None:

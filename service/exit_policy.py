@@ -29,6 +29,11 @@ class ExitPolicy:
         return cls((float(threshold),) * (num_exits - 1), float(threshold))
 
     @classmethod
+    def per_exit(cls, thresholds: tuple[float, ...]) -> "ExitPolicy":
+        """A per-exit vector, reported as one number when every exit has the same threshold."""
+        return cls(thresholds, thresholds[0] if len(set(thresholds)) == 1 else thresholds)
+
+    @classmethod
     def from_choice(cls, choice: ThresholdChoice, num_exits: int) -> "ExitPolicy":
         if choice.thresholds is not None:  # a calibrated per-exit vector wins over the scalar
             vector = tuple(float(t) for t in choice.thresholds)

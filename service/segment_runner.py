@@ -312,12 +312,13 @@ class SegmentRunner:
             seconds = perf_counter() - start
             self.times.record(k, len(alive), seconds)
             reasons = np.full(len(alive), None, dtype=object)  # why each image leaves here, None: it goes on
-            if not need_logits:
+            confidences = confidence(logits) if need_logits else None
+            if confidences is None:
                 skipped += (k,) if segment.gated else ()
             elif last:
                 reasons[pending] = "last"
             else:
-                confident = may_leave & (confidence(logits) >= per_exit[alive, k])
+                confident = may_leave & (confidences >= per_exit[alive, k])
                 reasons[pending & self._late(k, deadlines[alive], perf_counter())] = "deadline"
                 reasons[confident] = "confident"
             leaving = np.array([reason is not None for reason in reasons], dtype=bool)
@@ -326,8 +327,8 @@ class SegmentRunner:
                 for row in np.flatnonzero(leaving)
             }
             shadows: dict[int, ShadowTrace] = {}
-            if trace is not None:
-                trace.record(k, alive, logits, alive[leaving])
+            if trace is not None and confidences is not None:  # a shadowed batch runs every head
+                trace.record(k, alive, confidences, logits, alive[leaving])
                 shadows = trace.finish(np.flatnonzero(shadow)) if last else {}
             yield StageOutput(k, len(alive), seconds, exits, shadows)
             answered[alive[leaving]] = True
@@ -392,8 +393,10 @@ class _Trace:
         self.predictions = np.full((batch, num_exits), -1, dtype=np.int64)
         self.answered_exit = np.full(batch, -1, dtype=np.int64)
 
-    def record(self, k: int, alive: np.ndarray, logits: np.ndarray, answered_now: np.ndarray) -> None:
-        self.confidences[alive, k] = confidence(logits)
+    def record(
+        self, k: int, alive: np.ndarray, confidences: np.ndarray, logits: np.ndarray, answered_now: np.ndarray
+    ) -> None:
+        self.confidences[alive, k] = confidences
         self.predictions[alive, k] = logits.argmax(axis=1)
         self.answered_exit[answered_now] = k
 
