@@ -58,6 +58,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from dynadapter import options
 from dynadapter.bench import serve
+from dynadapter.bench.results import fmt
 from dynadapter.bench.serve import BenchImages, Sample, ServerOptions, ServerProcess, Variant
 from dynadapter.errors import ConfigError, DataError
 
@@ -718,10 +719,6 @@ def _accuracy(answers: Sequence[int | None], targets: Sequence[int]) -> float | 
     return _mean([a == t for a, t in zip(answers, targets, strict=True) if a is not None])
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 RAMP_HEADER = [
     "configuration",
     "clients",
@@ -750,12 +747,12 @@ def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
         [
             name,
             str(s["clients"]),
-            _fmt(s["p95_ms"]),
-            _fmt(s["throughput_rps"]),
-            _fmt(s["accuracy"], 3),
-            _fmt(s.get("floor_accuracy"), 3),
-            _fmt(s["agreement"], 3),
-            _fmt(s["threshold"], 3),
+            fmt(s["p95_ms"]),
+            fmt(s["throughput_rps"]),
+            fmt(s["accuracy"], 3),
+            fmt(s.get("floor_accuracy"), 3),
+            fmt(s["agreement"], 3),
+            fmt(s["threshold"], 3),
             str(s["exit_reasons"].get("deadline", 0)),
             _answered(s),
         ]
@@ -775,8 +772,8 @@ def _ramp_target(ramp: dict[str, Any]) -> str:
         f"{head}, with accuracy >= the floor ({ramp['accuracy_floor']}): balanced exceeds it at "
         f"{v['balanced_exceeds_at']} clients, so the controller must hold to {v['required_clients']}; it holds up to "
         f"{v['controller_holds_up_to']}; its worst p95 up to {v['required_clients']} clients is "
-        f"{_fmt(v['worst_p95_ms'])} ms ({_fmt(v['worst_p95_over_target'], 2)}x the target), its lowest accuracy "
-        f"margin over the floor {_fmt(v['lowest_accuracy_margin'], 3)}"
+        f"{fmt(v['worst_p95_ms'])} ms ({fmt(v['worst_p95_over_target'], 2)}x the target), its lowest accuracy "
+        f"margin over the floor {fmt(v['lowest_accuracy_margin'], 3)}"
     )
     return text + (f" ({v['why']})" if v["why"] else "")
 
@@ -818,9 +815,9 @@ def _drift_cost_text(drift: dict[str, Any]) -> str:
     live, fixed = (drift["phases"][name][1] for name in ("live", "fixed"))
     ratio = live["throughput_rps"] / fixed["throughput_rps"]
     return (
-        f"In the drifted phase the live server answered at a mean threshold of {_fmt(live['threshold'], 3)} "
-        f"(fixed: {_fmt(fixed['threshold'], 3)}) and served {_fmt(live['throughput_rps'])} requests/s against "
-        f"{_fmt(fixed['throughput_rps'])} without live calibration ({ratio:.2f}x): "
+        f"In the drifted phase the live server answered at a mean threshold of {fmt(live['threshold'], 3)} "
+        f"(fixed: {fmt(fixed['threshold'], 3)}) and served {fmt(live['throughput_rps'])} requests/s against "
+        f"{fmt(fixed['throughput_rps'])} without live calibration ({ratio:.2f}x): "
         "agreement is bought by sending more images to later exits, and by the shadow work."
     )
 
@@ -830,10 +827,10 @@ def _drift_lines(drift: dict[str, Any]) -> list[str]:
         [
             f"{name} ({DRIFT[name]})",
             phase,
-            _fmt(s["agreement"], 3),
-            _fmt(s["accuracy"], 3),
-            _fmt(s["threshold"], 3),
-            _fmt(s["throughput_rps"]),
+            fmt(s["agreement"], 3),
+            fmt(s["accuracy"], 3),
+            fmt(s["threshold"], 3),
+            fmt(s["throughput_rps"]),
             _answered(s),
         ]
         for name, phases in drift["phases"].items()
@@ -846,8 +843,8 @@ def _drift_target(drift: dict[str, Any]) -> str:
     v = drift["verdict"]
     return (
         f"{'met' if v['met'] else 'MISSED'}: agreement with the last exit over the last {drift['judge_fraction']:.0%} "
-        f"of the drifted phase >= {v['bound']:.3f} with live calibration ({_fmt(v['live'], 3)}: "
-        f"{'met' if v['live_ok'] else 'missed'}) and below it without ({_fmt(v['fixed'], 3)}: "
+        f"of the drifted phase >= {v['bound']:.3f} with live calibration ({fmt(v['live'], 3)}: "
+        f"{'met' if v['live_ok'] else 'missed'}) and below it without ({fmt(v['fixed'], 3)}: "
         f"{'yes' if v['fixed_below'] else 'no'})"
     )
 
@@ -875,7 +872,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             f"### Load ramp\n\nClient counts {s['clients']}, {s['step_s']:g} s each per configuration, interleaved. "
             f"Target p95 {ramp['target_p95_ms']:.1f} ms ({ramp['target_source']}; fixed balanced at 1 client: "
-            f"p95 {_fmt(ramp['probe']['p95_ms'])} ms). Accuracy floor `{ramp['accuracy_floor']}`: "
+            f"p95 {fmt(ramp['probe']['p95_ms'])} ms). Accuracy floor `{ramp['accuracy_floor']}`: "
             "`floor accuracy` is the floor's accuracy on exactly the photos that step sent.",
             "",
             *_ramp_lines(ramp),
@@ -891,15 +888,15 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"bench/corruptions.py). Live calibration shadows {s['live_calibration']:g} of the images, re-chooses "
             f"every {s['calibration_every']} shadows over a window of {s['calibration_window']}, epsilon "
             f"{drift['epsilon']:g}; before the judged part began it had shadowed at least "
-            f"{_fmt(drift['shadowed_before_judged'], 0)} drifted images. "
+            f"{fmt(drift['shadowed_before_judged'], 0)} drifted images. "
             "Last-exit accuracy on these photos: "
-            f"{_fmt(last['clean'], 3)} clean, {_fmt(last['drifted'], 3)} corrupted.",
+            f"{fmt(last['clean'], 3)} clean, {fmt(last['drifted'], 3)} corrupted.",
             "",
             *_drift_lines(drift),
             "",
             "Agreement with the last exit over the judged part of the drifted phase, by corruption: "
             + "; ".join(
-                f"{name}: " + ", ".join(f"{kind} {_fmt(value, 3)}" for kind, value in kinds.items())
+                f"{name}: " + ", ".join(f"{kind} {fmt(value, 3)}" for kind, value in kinds.items())
                 for name, kinds in drift["judged_agreement_by_corruption"].items()
             )
             + ".",

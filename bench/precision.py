@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dynadapter.bench import serve as bs
+from dynadapter.bench.results import fmt
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +246,6 @@ def _read(path: str) -> str:
         return ""
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def render_markdown(results: dict[str, Any]) -> str:
     section = results.get(RESULT_KEY)
     if not section:
@@ -270,9 +267,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     for r in sorted(section["results"], key=lambda r: (r["mode"], r["concurrency"], r["server"])):
         lines.append(
-            f"| {r['server']} | {r['mode']} | {r['concurrency']} | {_fmt(r['p50_ms'], 2)} | {_fmt(r['p95_ms'], 2)} | "
-            f"{_fmt(r['throughput_rps'])} | {_fmt(100 * r['accuracy'] if r['accuracy'] is not None else None)}% | "
-            f"{_fmt(r['gflops_per_image'], 3)} | {_fmt(r['effective_gflops_s'])} | {100 * r['of_peak']:.0f}% |"
+            f"| {r['server']} | {r['mode']} | {r['concurrency']} | {fmt(r['p50_ms'], 2)} | {fmt(r['p95_ms'], 2)} | "
+            f"{fmt(r['throughput_rps'])} | {fmt(100 * r['accuracy'] if r['accuracy'] is not None else None)}% | "
+            f"{fmt(r['gflops_per_image'], 3)} | {fmt(r['effective_gflops_s'])} | {100 * r['of_peak']:.0f}% |"
         )
     lines += ["", "Targets (baseline: the faster onnxruntime setting, spinning on or off, at each cell):", ""]
     for t in section["targets"]:

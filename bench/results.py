@@ -22,6 +22,11 @@ FALLBACK_HEADINGS = {"serve": "Serving"}
 TITLE = "# Benchmark results\n\nWritten by `dynadapter bench`; regenerated from results.json beside this page."
 
 
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number for a results table: `digits` decimals, "-" where there is none."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def update_results(docs: Path, sections: dict[str, Any]) -> dict[str, Any]:
     """Merge ``sections`` into ``docs/results.json`` (other keys kept) and rewrite ``docs/results.md``."""
     docs.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from dynadapter import options
+from dynadapter.bench.results import fmt
 from dynadapter.errors import DataError, RunDirError
 from dynadapter.options import comma_separated
 
@@ -752,10 +753,6 @@ def machine(providers: str, load_before: float) -> dict[str, Any]:
     }
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _ratio(row: dict[str, Any] | None, base: dict[str, Any] | None, key: str) -> float | None:
     if not row or not base or not row[key] or not base[key]:
         return None
@@ -776,14 +773,14 @@ def _table_rows(section: dict[str, Any]) -> list[list[str]]:
             [
                 name,
                 str(clients),
-                _fmt(row["p50_ms"], 2),
-                _fmt(row["p95_ms"], 2),
-                _fmt(row["throughput_rps"]),
+                fmt(row["p50_ms"], 2),
+                fmt(row["p95_ms"], 2),
+                fmt(row["throughput_rps"]),
                 _spread(row["throughput_rps_rounds"]),
-                _fmt(_ratio(row, by.get(("threshold-1", clients)), "p50_ms"), 2),
-                _fmt(_ratio(row, by.get(("static", clients)), "throughput_rps"), 2),
-                _fmt(answers["gflops_per_image"], 4),
-                _fmt(answers["accuracy"], 3),
+                fmt(_ratio(row, by.get(("threshold-1", clients)), "p50_ms"), 2),
+                fmt(_ratio(row, by.get(("static", clients)), "throughput_rps"), 2),
+                fmt(answers["gflops_per_image"], 4),
+                fmt(answers["accuracy"], 3),
                 f"{row['requests'] - row['errors']}/{row['requests']}",
             ]
         )
@@ -828,8 +825,8 @@ def _equal_accuracy_text(section: dict[str, Any]) -> str:
         f"{100 * point['accuracy']:.2f}% against {100 * point['static_accuracy']:.2f}% (PyTorch), "
         f"{point['gflops']:.4g} GFLOPs/img ({point['flops_fraction']:.0%} of full depth)"
         + ("" if point["within_tolerance"] else "; no threshold is that accurate, so the most accurate one")
-        + f"; served: {_fmt(_pct_or_none(served['accuracy']), 2)}% against the static graph's "
-        f"{_fmt(_pct_or_none(served['static_accuracy']), 2)}%."
+        + f"; served: {fmt(_pct_or_none(served['accuracy']), 2)}% against the static graph's "
+        f"{fmt(_pct_or_none(served['static_accuracy']), 2)}%."
     )
 
 

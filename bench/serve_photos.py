@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from dynadapter.bench import serve
+from dynadapter.bench.results import fmt
 from dynadapter.bench.serve import BenchImages, Measured, ServerProcess
 
 log = logging.getLogger(__name__)
@@ -408,8 +409,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     for r in section["servers"]:
         lines.append(
-            f"| {r['workload']} | {r['variant']} | {r['concurrency']} | {serve._fmt(r['p50_ms'])} | "
-            f"{serve._fmt(r['p95_ms'])} | {serve._fmt(r['throughput_rps'], 2)} | "
+            f"| {r['workload']} | {r['variant']} | {r['concurrency']} | {fmt(r['p50_ms'])} | "
+            f"{fmt(r['p95_ms'])} | {fmt(r['throughput_rps'], 2)} | "
             f"{r['requests'] - r['errors']}/{r['requests']} |"
         )
     peaks = ", ".join(
@@ -422,8 +423,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Peak RSS over the run: {peaks}; the decode budget at the default settings (docs/images.md#memory): "
         f"{section['decode_budget_bytes'] / 2**30:.2f} GiB above ready.",
         "",
-        f"Accuracy at balanced on {acc['images']} test images: {serve._fmt(acc['small-png'], 3)} sent small (PNG), "
-        f"{serve._fmt(acc['camera-jpeg-12mp'], 3)} sent as 4032x3024 JPEGs.",
+        f"Accuracy at balanced on {acc['images']} test images: {fmt(acc['small-png'], 3)} sent small (PNG), "
+        f"{fmt(acc['camera-jpeg-12mp'], 3)} sent as 4032x3024 JPEGs.",
         "",
         "Targets:",
         "",

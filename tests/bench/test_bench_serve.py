@@ -31,6 +31,28 @@ def bench(*argv: str) -> None:
     run_bench(parser.parse_args(["bench", *argv]))
 
 
+def serve_args(run: Path, docs: Path, concurrency: tuple[int, ...], requests: int, images: int) -> list[str]:
+    """`bench serve` on a tiny run, one round, `requests` per measurement (the duration is generous so
+    that the request count bounds each one)."""
+    return [
+        "serve",
+        "--run-dir",
+        str(run),
+        "--concurrency",
+        ",".join(map(str, concurrency)),
+        "--requests",
+        str(requests),
+        "--duration",
+        "60",
+        "--rounds",
+        "1",
+        "--images",
+        str(images),
+        "--docs",
+        str(docs),
+    ]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_run(tmp_path_factory.mktemp("bench_serve_run") / "run")
@@ -40,24 +62,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def serve_results(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> tuple[dict[str, Any], Path]:
     root, run = tmp_path_factory.mktemp("bench_serve"), tiny_run
     docs = root / "docs"
-    # --duration is generous so that --requests bounds every measurement: each must answer exactly that many.
-    bench(
-        "serve",
-        "--run-dir",
-        str(run),
-        "--concurrency",
-        ",".join(map(str, CONCURRENCY)),
-        "--requests",
-        str(REQUESTS),
-        "--duration",
-        "60",
-        "--rounds",
-        "1",
-        "--images",
-        str(IMAGES),
-        "--docs",
-        str(docs),
-    )
+    bench(*serve_args(run, docs, CONCURRENCY, REQUESTS, IMAGES))
     return json.loads((docs / "results.json").read_text())["serve"], docs
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from dynadapter.bench import serve_photos
 from dynadapter.bench.photos import camera_set
-from tests.bench.test_bench_serve import bench
+from tests.bench.test_bench_serve import bench, serve_args
 from tests.tiny import train_tiny_run
 
 CONCURRENCY = (1, 2)
@@ -26,24 +26,7 @@ def photo_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, A
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(serve_photos, "camera_photos", lambda: camera_set(scale=0.05))
         patch.setattr(serve_photos, "CAMERA_SIZE", (200, 150))
-        bench(
-            "serve",
-            "--photos",
-            "--run-dir",
-            str(run),
-            "--concurrency",
-            ",".join(map(str, CONCURRENCY)),
-            "--requests",
-            str(REQUESTS),
-            "--duration",
-            "60",
-            "--rounds",
-            "1",
-            "--images",
-            "8",
-            "--docs",
-            str(docs),
-        )
+        bench(*serve_args(run, docs, CONCURRENCY, REQUESTS, images=8), "--photos")
     return json.loads((docs / "results.json").read_text())["serve_photos"], docs
 
 
