@@ -69,11 +69,11 @@ def simulate(
     the exit heads before the last, which threshold 1 skips."""
     k, n = confidence.shape
     exits = exit_indices(confidence, threshold)
-    answers = predicted[exits, np.arange(n)]
-    accuracy = float((answers == targets).mean())
-    differ = int((answers != predicted[-1]).sum())
+    correct, differs, cost = _image_outcomes(predicted, targets, cumulative_gflops, exits)
+    accuracy = float(correct.mean())
+    differ = int(differs.sum())
     cum = np.asarray(cumulative_gflops, dtype=np.float64)
-    gflops = float(cum[exits].mean()) - (early_heads_gflops if threshold >= 1.0 else 0.0)
+    gflops = float(cost.mean()) - (early_heads_gflops if threshold >= 1.0 else 0.0)
     return {
         "threshold": float(threshold),
         "accuracy": accuracy,
@@ -151,16 +151,20 @@ def grid_outcomes(
     """Per threshold and image [T, N]: answered correctly (0/1), answer differs from the last exit's
     (0/1), GFLOPs spent -- what ``simulate`` averages, kept per image so that any weighting of the
     images (a bootstrap resample) is one matrix product."""
-    n = confidence.shape[1]
     exits = np.stack([exit_indices(confidence, t) for t in thresholds])
-    answers = predicted[exits, np.arange(n)]
-    cum = np.asarray(cumulative_gflops, dtype=np.float64)
+    correct, differs, cost = _image_outcomes(predicted, targets, cumulative_gflops, exits)
     skipped = np.where(np.asarray(thresholds, dtype=np.float64) >= 1.0, early_heads_gflops, 0.0)
-    return (
-        (answers == targets).astype(np.float64),
-        (answers != predicted[-1]).astype(np.float64),
-        cum[exits] - skipped[:, None],
-    )
+    return correct.astype(np.float64), differs.astype(np.float64), cost - skipped[:, None]
+
+
+def _image_outcomes(
+    predicted: np.ndarray, targets: np.ndarray, cumulative_gflops: Sequence[float], exits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image (``exits`` [N], or [T, N] for several thresholds): answered correctly, answer differs
+    from the last exit's, GFLOPs up to its exit (every head run)."""
+    answers = predicted[exits, np.arange(predicted.shape[1])]
+    cum = np.asarray(cumulative_gflops, dtype=np.float64)
+    return answers == targets, answers != predicted[-1], cum[exits]
 
 
 def resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
