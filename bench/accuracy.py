@@ -2,7 +2,8 @@
 
 Every task x every PETL method x {static, Dyn-Adapter} (and, with ``--ablation``, Dyn-Adapter with one
 part switched off at a time), and the frozen probe of every task, is one cached training run per seed
-(``--seeds``, default 0,1,2); each is evaluated on the test split and on its shifted copy. The
+(``--seeds``, default 0,1,2); each is evaluated on the test split and on its shifted copy, and each
+Dyn-Adapter cell is also served in int8 (``--int8``, ``dynadapter.bench.int8_column``). The
 results (means over the seeds ± std) go to docs/results.json, docs/results.md and one figure per
 task in docs/results/. See ``dynadapter.bench.cells`` for the cache
 and ``dynadapter.bench.summary`` for what the page states.
@@ -94,6 +95,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also train the ablation cells (Dyn-Adapter with adapter, one part off at a time)",
     )
+    p.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also export every Dyn-Adapter cell in int8 (NNCF, OpenVINO) and serve its test split at the int8 "
+        "modes: the results' int8 column (default: on)",
+    )
     add_recipe_arguments(p)
 
 
@@ -138,8 +146,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def suite_config(args: argparse.Namespace, epochs: int, steps: int | None = None) -> Any:
-    """The `cells.SuiteConfig` of the recipe flags (`add_recipe_arguments`)."""
+def suite_config(args: argparse.Namespace, epochs: int, steps: int | None = None, int8: bool = False) -> Any:
+    """The `cells.SuiteConfig` of the recipe flags (`add_recipe_arguments`); ``int8``: the int8 column."""
     from dynadapter.bench import cells
 
     return cells.SuiteConfig(
@@ -155,6 +163,7 @@ def suite_config(args: argparse.Namespace, epochs: int, steps: int | None = None
         steps=steps,
         workers=args.workers,
         recipe=cells.recipe_options(args.train_arg),
+        int8=int8,
     )
 
 
@@ -167,7 +176,7 @@ def run(args: argparse.Namespace) -> None:
     unknown = sorted(set(args.tasks) - set(BUILTIN_DATASETS))
     if unknown:
         raise ConfigError(f"unknown tasks {unknown}; the builtin data sets are {sorted(BUILTIN_DATASETS)}")
-    config = suite_config(args, args.epochs)
+    config = suite_config(args, args.epochs, int8=args.int8)
     main = cells.main_cells(args.tasks, args.methods, args.seeds)
     ablation = cells.ablation_cells(args.tasks, args.seeds)
     trainable = set() if args.report_only else set(main) | (set(ablation) if args.ablation else set())

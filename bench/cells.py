@@ -15,7 +15,8 @@ detected otherwise: after one that matters, train again into a fresh ``--root``.
 
 Every cell is evaluated on the test split and on its shifted copy (``ShiftedSource``: each image
 corrupted by one kind and severity of ``dynadapter.bench.corruptions``, at the model's input
-resolution as ImageNet-C corrupts at 224 px, seeded by the cell's seed).
+resolution as ImageNet-C corrupts at 224 px, seeded by the cell's seed). With ``SuiteConfig.int8``
+every Dyn-Adapter cell is also served in int8 (``dynadapter.bench.int8_column``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from dynadapter.bench.corruptions import assign, corrupt, image_seed
+from dynadapter.bench.int8_column import int8_result
 from dynadapter.contract import Preprocessing
 from dynadapter.errors import ConfigError
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops, exit_head_gflops
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 BENCH_FILE = "bench.json"
 #: ``static``: the PETL baseline, final head only; ``dyn``: Dyn-Adapter (exits, all parts on).
 VARIANTS = ("static", "dyn")
+DYN = VARIANTS[1]
 #: The frozen probe: ``--petl none`` (heads on the frozen backbone) with a linear head after every
 #: block, trained jointly with equal weights and no sparsity (the heads share no parameter, so each
 #: is its own linear probe); the block is chosen on the validation split.
@@ -190,6 +193,8 @@ class SuiteConfig:
     img_size, backbone: None keeps ``dynadapter train``'s defaults.
     recipe: further training options of every cell (`recipe_options`: augmentation, regularisation);
         a cell's own overrides (the probe's, the ablations') take precedence.
+    int8: also serve every Dyn-Adapter cell (variant ``dyn``) in int8 on OpenVINO (`int8_column`);
+        an evaluation, not a training option: a cached cell gets it without training.
     backbone_kwargs: extra ``timm.create_model`` arguments (tests use tiny random ViTs).
     workers: DataLoader workers of every cell (None: ``dynadapter train``'s default).
     steps: for few-shot cells, train this many optimizer steps whatever K (epochs follow from it);
@@ -208,6 +213,7 @@ class SuiteConfig:
     steps: int | None = None
     workers: int | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
+    int8: bool = False
 
     def epochs_for(self, cell: Cell) -> int:
         """``epochs``; for a few-shot cell with ``steps`` set, the epochs that make about that many steps."""
@@ -310,6 +316,10 @@ def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:
         log.info("%s: evaluating the parts added since it ran (no training)", cell.name)
         result.update(extra_evaluations(config.options(cell), cell.variant, result["exit_accuracy"]))
         path.write_text(json.dumps({**stored, "result": result}, indent=2))
+    if wants_int8(cell, config, result):
+        log.info("%s: serving it in int8 (no training)", cell.name)
+        result["int8"] = int8_result(config.cell_dir(cell), result["reference_gflops"])
+        path.write_text(json.dumps({**stored, "result": result}, indent=2))
     return result
 
 
@@ -322,9 +332,16 @@ def run_cell(cell: Cell, config: SuiteConfig) -> dict[str, Any]:
     reference = report["cumulative_gflops"][-1] if opts.static else static_gflops(opts, opts.out)
     result = summarize_run(report, reference, time.perf_counter() - start)
     result |= extra_evaluations(opts, cell.variant, result["exit_accuracy"])
+    if wants_int8(cell, config, result):
+        result["int8"] = int8_result(opts.out, reference)
     (opts.out / BENCH_FILE).write_text(json.dumps({"options": options_record(opts), "result": result}, indent=2))
     log.info("%s finished in %.0f s: test accuracy %.4f", cell.name, result["seconds"], result["acc"])
     return result
+
+
+def wants_int8(cell: Cell, config: SuiteConfig, result: dict[str, Any]) -> bool:
+    """Whether a Dyn-Adapter cell still lacks the int8 column that ``config`` asks for."""
+    return config.int8 and cell.variant == DYN and "int8" not in result
 
 
 def extra_evaluations(opts: TrainOptions, variant: str, test_exit_accuracy: list[float]) -> dict[str, Any]:

@@ -84,6 +84,8 @@ def cell_row(task: str, petl: str, static: dict | None, dyn: dict | None) -> dic
         "dyn_acc_std": {m: _get(dyn, "std", "modes", m, "acc") for m in MODES},
         "dyn_shifted": {m: _get(dyn, "shifted", "modes", m) for m in MODES} if dyn else None,
         "dyn_shifted_acc_std": {m: _get(dyn, "std", "shifted", "modes", m, "acc") for m in MODES},
+        "dyn_int8": _int8_modes(dyn),
+        "dyn_int8_acc_std": {m: _get(dyn, "std", "int8", "modes", m, "acc") for m in MODES},
         "dyn_val": {m: _get(dyn, "val_modes", m, "acc") for m in MODES} if dyn else None,
         "dyn_val_acc_std": {m: _get(dyn, "std", "val_modes", m, "acc") for m in MODES},
         "balanced_threshold": _get(dyn, "modes", "balanced", "threshold"),
@@ -94,6 +96,13 @@ def cell_row(task: str, petl: str, static: dict | None, dyn: dict | None) -> dic
         "dyn_best_at_target": best_at_target(dyn) if dyn else None,
         "seconds": {"static": static["seconds"] if static else None, "dyn": dyn["seconds"] if dyn else None},
     }
+
+
+def _int8_modes(dyn: dict | None) -> dict[str, dict[str, float]] | None:
+    """Each mode's test accuracy, GFLOPs and FLOPs saved served in int8 at int8's own thresholds
+    (``int8_column``); None where the cell has no int8 numbers."""
+    modes = _get(dyn, "int8", "modes")
+    return {m: {k: modes[m][k] for k in ("acc", "gflops", "saved")} for m in MODES} if modes else None
 
 
 def _interval(val_mode: dict[str, Any] | None) -> list[float] | None:
@@ -149,6 +158,7 @@ def mean_row(petl: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "dyn_best_at_target": None,
         "static_shifted_acc": None,
         "dyn_shifted": None,
+        "dyn_int8": None,
     }
     if done:
         best = [r["dyn_best_at_target"] for r in done]
@@ -158,14 +168,20 @@ def mean_row(petl: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             dyn_shifted={m: {k: fmean(r["dyn_shifted"][m][k] for r in done) for k in ("acc", "gflops")} for m in MODES}
             if len(shifted) == len(done)
             else None,
+            dyn_int8=_mode_means(done, "dyn_int8") if all(r.get("dyn_int8") for r in done) else None,
             static_acc=fmean(r["static_acc"] for r in done),
             static_gflops=fmean(r["static_gflops"] for r in done),
             dyn_full_acc=fmean(r["dyn_full_acc"] for r in done),
             dyn_exit_acc=[fmean(accs) for accs in zip(*(r["dyn_exit_acc"] for r in done), strict=True)],
             dyn_best_at_target=fmean(best) if None not in best else None,
-            dyn={m: {k: fmean(r["dyn"][m][k] for r in done) for k in ("acc", "gflops", "saved")} for m in MODES},
+            dyn=_mode_means(done, "dyn"),
         )
     return row
+
+
+def _mode_means(rows: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    """Each mode's accuracy, GFLOPs and FLOPs saved under ``key``, averaged over ``rows``."""
+    return {m: {k: fmean(r[key][m][k] for r in rows) for k in ("acc", "gflops", "saved")} for m in MODES}
 
 
 def target(row: dict[str, Any], num_tasks: int) -> dict[str, Any]:
@@ -308,6 +324,17 @@ def _shifted_cell(row: dict[str, Any]) -> str:
     return _pm(shifted["balanced"]["acc"], (row.get("dyn_shifted_acc_std") or {}).get("balanced"))
 
 
+def _int8_cell(row: dict[str, Any]) -> str:
+    """``balanced`` served in int8: accuracy (± std) and its difference from fp32's, in points."""
+    int8 = row.get("dyn_int8")
+    if row["dyn"] is None:
+        return "missing"
+    if not int8:
+        return "—"
+    delta = 100 * (int8["balanced"]["acc"] - row["dyn"]["balanced"]["acc"])
+    return f"{_pm(int8['balanced']['acc'], (row.get('dyn_int8_acc_std') or {}).get('balanced'))} ({delta:+.1f})"
+
+
 def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
     rows = [header, ["---"] * len(header), *lines]
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
@@ -367,16 +394,13 @@ def _probe_line(p: dict[str, Any]) -> list[str]:
     """The frozen probe as a row of a task's table (block(s) chosen on validation, one per seed)."""
     where = f"block {'/'.join(map(str, p['blocks']))}" if p.get("blocks") else f"{p.get('tasks', 0)} tasks"
     if p["acc"] is None:
-        return ["frozen probe", "missing", "missing", "—", "—", "—", "—", "—"]
+        return ["frozen probe", "missing", "missing", *["—"] * 6]
     return [
         f"frozen probe ({where})",
         _pm(p["acc"], p.get("acc_std")),
         _pm(p["shifted_acc"], p.get("shifted_acc_std")),
         f"{p['gflops']:.3g}",
-        "—",
-        "—",
-        "—",
-        "—",
+        *["—"] * 5,
     ]
 
 
@@ -388,10 +412,22 @@ def render_tasks(results: dict[str, Any]) -> str:
         "(`dynadapter.bench.corruptions`: translation, scale, rotation, blur, noise, contrast, JPEG at "
         "severities 1-5, each kind and severity an equal share of the images), with the thresholds "
         "calibrated on the clean validation split. `frozen probe`: a linear head on the frozen backbone "
-        "at the block that is best on the validation split (its GFLOPs: the blocks up to it and the head)."
+        "at the block that is best on the validation split (its GFLOPs: the blocks up to it and the head). "
+        "`balanced int8`: the Dyn-Adapter cell exported in int8 (`dynadapter export --precision int8`: NNCF "
+        "post-training quantization, OpenVINO) and served by the service's OpenVINO segment runner at int8's "
+        "own `balanced` threshold, calibrated on int8's validation logits; in brackets its difference from "
+        "fp32 `balanced`, in points."
     ]
     probes = {p["task"]: p for p in results.get("probe", [])}
-    header = ["PETL", "static acc (%)", "static shifted (%)", "static GFLOPs", *MODES, "balanced shifted (%)"]
+    header = [
+        "PETL",
+        "static acc (%)",
+        "static shifted (%)",
+        "static GFLOPs",
+        *MODES,
+        "balanced shifted (%)",
+        "balanced int8 (%)",
+    ]
     for task in [*results["tasks"], "mean"]:
         rows = [r for r in results["rows"] if r["task"] == task]
         title = f"### {task}" if task != "mean" else "### Suite mean (over the tasks where both cells finished)"
@@ -403,6 +439,7 @@ def render_tasks(results: dict[str, Any]) -> str:
                 f"{r['static_gflops']:.3g}" if r["static_gflops"] is not None else "—",
                 *_mode_cells(r),
                 _shifted_cell(r),
+                _int8_cell(r),
             ]
             for r in rows
         ]

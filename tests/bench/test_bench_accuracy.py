@@ -115,12 +115,58 @@ def test_frozen_probe_picks_its_block_on_validation(suite: tuple[Path, Path, str
     assert mean["tasks"] == 1
 
 
+def test_int8_column_is_the_cell_served_in_int8(suite: tuple[Path, Path, str]) -> None:
+    """The Dyn-Adapter cell exported at int8 and served by the service's OpenVINO runner at int8's own
+    modes; the fp32 IR served the same way reproduces the PyTorch-evaluated modes exactly."""
+    docs, root, _ = suite
+    result = json.loads((root / "digits" / "adapter-dyn" / BENCH_FILE).read_text())["result"]
+    int8 = result["int8"]
+    for mode in MODES:
+        fp32, served = result["modes"][mode], int8["fp32_openvino"][mode]
+        assert served["threshold"] == fp32["threshold"]
+        assert served["acc"] == pytest.approx(fp32["acc"], abs=1e-12)
+        assert served["gflops"] == pytest.approx(fp32["gflops"], rel=1e-9)
+        m = int8["modes"][mode]
+        assert 0.0 <= m["acc"] <= 1.0 and 0.0 <= m["threshold"] <= 1.0
+        assert m["saved"] == pytest.approx(1.0 - m["gflops"] / result["reference_gflops"])
+    gflops = [int8["modes"][m]["gflops"] for m in MODES]
+    assert gflops == sorted(gflops)  # int8's own modes, ordered by cost as calibration chose them
+    assert len(int8["argmax_agreement"]) == 4 and all(0.0 <= a <= 1.0 for a in int8["argmax_agreement"])
+    assert int8["accepted"] == (int8["pytorch_val_acc"] - int8["val_acc"] <= 0.01)
+    # The static and probe cells have no int8 column; the results row carries the cell's numbers.
+    assert "int8" not in json.loads((root / "digits" / "adapter-static" / BENCH_FILE).read_text())["result"]
+    rows = {(r["task"], r["petl"]): r for r in json.loads((docs / "results.json").read_text())["rows"]}
+    expected = {m: {k: int8["modes"][m][k] for k in ("acc", "gflops", "saved")} for m in MODES}
+    assert rows["digits", "adapter"]["dyn_int8"] == expected
+    assert rows["mean", "adapter"]["dyn_int8"] == expected  # one task: its mean is itself
+    delta = 100 * (expected["balanced"]["acc"] - result["modes"]["balanced"]["acc"])
+    assert f"{100 * expected['balanced']['acc']:.1f} ({delta:+.1f}) |" in (docs / "results.md").read_text()
+
+
+def test_a_cached_cell_without_int8_numbers_is_served_not_trained(suite: tuple[Path, Path, str]) -> None:
+    docs, root, argv = suite
+    cell = root / "digits" / "adapter-dyn"
+    stored = json.loads((cell / BENCH_FILE).read_text())
+    old = {**stored, "result": {k: v for k, v in stored["result"].items() if k != "int8"}}
+    (cell / BENCH_FILE).write_text(json.dumps(old))
+    checkpoint = (cell / "checkpoint.safetensors").stat().st_mtime_ns
+    bench("accuracy", *argv.split(), "--no-int8")
+    assert "int8" not in json.loads((cell / BENCH_FILE).read_text())["result"]  # not asked for: not added
+    bench("accuracy", *argv.split())
+    assert (cell / "checkpoint.safetensors").stat().st_mtime_ns == checkpoint
+    again = json.loads((cell / BENCH_FILE).read_text())["result"]["int8"]
+    # fp32 is reproducible bit for bit; OpenVINO's int8 kernels are not across compilations.
+    assert again["fp32_openvino"] == stored["result"]["int8"]["fp32_openvino"]
+    assert set(again["modes"]) == set(MODES)
+
+
 def test_markdown_and_figure(suite: tuple[Path, Path, str]) -> None:
     docs, _, _ = suite
     page = (docs / "results.md").read_text()
     assert "## Target" in page and "### digits" in page and "![digits" in page
     assert "## Notes" in page and '"machine": "2 cores"' in page
     assert "static shifted (%)" in page and "balanced shifted (%)" in page and "| frozen probe (block " in page
+    assert "balanced int8 (%)" in page
     assert "## Calibration: validation against test" in page and "| digits | adapter |" in page
     assert (docs / "results" / "digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

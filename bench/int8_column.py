@@ -1,0 +1,89 @@
+"""The accuracy suite's int8 column: a Dyn-Adapter cell as it would be served in int8 on a CPU.
+
+Each dynamic cell's run directory is exported as ``dynadapter export --precision int8`` exports it
+(export/precisions.py: OpenVINO IR, NNCF post-training int8 on 64 train images, the int8 precision's
+own calibration and modes chosen on its own validation logits), and its test split is then classified
+by the service's own segment runner on the OpenVINO backend, at each mode's int8 thresholds. So the
+column is what a server would answer, exits, skipped heads and FLOPs included, not a re-computation.
+
+The fp32 OpenVINO IR of the same export is classified the same way: its numbers must equal the cell's
+PyTorch-evaluated modes (the IR matches PyTorch to 1e-4), which checks this path end to end.
+
+The export here allows any int8 accuracy drop, so that the column shows the number; ``accepted`` says
+whether ``dynadapter export``'s default bound (``INT8_MAX_ACCURACY_DROP`` of last-exit validation
+accuracy) would have let the int8 segments out.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import numpy as np
+
+from dynadapter.contract import load_model, precision_key
+from dynadapter.export.exporter import export_run
+from dynadapter.export.precisions import INT8_MAX_ACCURACY_DROP, split_images
+from dynadapter.service.exit_policy import ExitPolicy
+from dynadapter.service.segment_runner import SegmentRunner
+from dynadapter.training.run_dir import load_run
+
+#: Images per runner call (the service batches at most 16 by default; the answers do not depend on it).
+BATCH = 64
+
+
+def int8_result(run_dir: Path, reference_gflops: float) -> dict[str, Any]:
+    """The int8 column of one dynamic cell, and the fp32-IR check beside it.
+
+    Returns ``{"modes": {mode: {threshold, acc, gflops, saved}}, "fp32_openvino": {the same}, "val_acc",
+    "pytorch_val_acc", "argmax_agreement": [per exit, on val], "accepted": bool}``; accuracies are
+    fractions of the test split, GFLOPs per image (one multiply-add = one FLOP), ``saved`` against
+    ``reference_gflops`` (the static baseline's). Raises ``ExportError`` where the export fails.
+    """
+    run = load_run(run_dir)
+    images, targets = split_images(run, "test")
+    with tempfile.TemporaryDirectory(prefix="int8-cell-") as tmp:
+        export_run(Path(run_dir), Path(tmp), "cell", "1", ["fp32", "int8"], int8_max_accuracy_drop=1.0)
+        served = {
+            precision: served_modes(Path(tmp), precision, images, targets, reference_gflops)
+            for precision in ("int8", "fp32")
+        }
+        parity = load_model(Path(tmp), "cell", "1", precision_key("int8", "openvino")).manifest.parity
+    drop = parity["pytorch_val_accuracy_last_exit"] - parity["val_accuracy_last_exit"]
+    return {
+        "modes": served["int8"],
+        "fp32_openvino": served["fp32"],
+        "val_acc": parity["val_accuracy_last_exit"],
+        "pytorch_val_acc": parity["pytorch_val_accuracy_last_exit"],
+        "argmax_agreement": parity["argmax_agreement"],
+        "accepted": drop <= INT8_MAX_ACCURACY_DROP,
+    }
+
+
+def served_modes(
+    repo: Path, precision: str, images: np.ndarray, targets: np.ndarray, reference_gflops: float
+) -> dict[str, dict[str, float]]:
+    """Every mode of the exported ``precision`` (OpenVINO IR) run by the service's segment runner on
+    ``images`` float32 [N, 3, H, W]: its thresholds, accuracy on ``targets`` [N] and mean GFLOPs."""
+    model = load_model(repo, "cell", "1", precision_key(precision, "openvino"))
+    manifest = model.manifest
+    runner = SegmentRunner(model.segment_paths, backend="openvino", num_classes=manifest.num_classes)
+    out = {}
+    for name, choice in manifest.modes.items():
+        thresholds = ExitPolicy.from_choice(choice, manifest.num_exits).as_array()
+        results = [
+            result
+            for batch in np.array_split(images, range(BATCH, len(images), BATCH))
+            for result in runner.run(batch, np.broadcast_to(thresholds, (len(batch), len(thresholds)))).results
+        ]
+        correct = [int(r.logits.argmax()) == int(t) for r, t in zip(results, targets, strict=True)]
+        gflops = fmean(manifest.used_gflops(r.exit_index, r.skipped_heads) for r in results)
+        out[name] = {
+            "threshold": choice.threshold,
+            "acc": fmean(correct),
+            "gflops": gflops,
+            "saved": 1.0 - gflops / reference_gflops,
+        }
+    return out
