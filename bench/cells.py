@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from dynadapter.bench.corruptions import assign, corrupt, image_seed
+from dynadapter.bench.frozen_probe import fit_probe_heads
 from dynadapter.bench.int8_column import int8_result
 from dynadapter.contract import Preprocessing
 from dynadapter.errors import ConfigError
@@ -63,9 +64,11 @@ BENCH_FILE = "bench.json"
 VARIANTS = ("static", "dyn")
 DYN = VARIANTS[1]
 #: The frozen probe: ``--petl none`` (heads on the frozen backbone) with a linear head after every
-#: block, trained jointly with equal weights and no sparsity (the heads share no parameter, so each
-#: is its own linear probe); the block is chosen on the validation split.
+#: block; the block is chosen on the validation split. One SGD epoch (equal weights, no sparsity) lays
+#: out its run directory; its heads are then fitted by logistic regression on the frozen features
+#: (``frozen_probe``), which SGD in the suite's budget comes nowhere near.
 PROBE_PETL, PROBE = "none", "probe"
+PROBE_EPOCHS = 1
 #: Validations of a few-shot cell (``--val-every``): at 1-shot an epoch is one step, and validating
 #: after each would cost far more than the training.
 FEWSHOT_VALIDATIONS = 8
@@ -216,7 +219,10 @@ class SuiteConfig:
     int8: bool = False
 
     def epochs_for(self, cell: Cell) -> int:
-        """``epochs``; for a few-shot cell with ``steps`` set, the epochs that make about that many steps."""
+        """``epochs``; for a few-shot cell with ``steps`` set, the epochs that make about that many steps;
+        ``PROBE_EPOCHS`` for the frozen probe."""
+        if cell.variant == PROBE:
+            return PROBE_EPOCHS
         if not (cell.shots and self.steps):
             return self.epochs
         steps_per_epoch = math.ceil(cell.shots * num_classes(cell.task) / self.batch_size)
@@ -328,10 +334,13 @@ def run_cell(cell: Cell, config: SuiteConfig) -> dict[str, Any]:
     opts = config.options(cell)
     start = time.perf_counter()
     train(opts)
+    fits = fit_probe_heads(opts.out) if cell.variant == PROBE else None
     report = evaluate_run(opts.out)
     reference = report["cumulative_gflops"][-1] if opts.static else static_gflops(opts, opts.out)
     result = summarize_run(report, reference, time.perf_counter() - start)
     result |= extra_evaluations(opts, cell.variant, result["exit_accuracy"])
+    if fits is not None:
+        result["probe"]["heads"] = fits
     if wants_int8(cell, config, result):
         result["int8"] = int8_result(opts.out, reference)
     (opts.out / BENCH_FILE).write_text(json.dumps({"options": options_record(opts), "result": result}, indent=2))

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynadapter.bench.cells import BENCH_FILE
+from dynadapter.bench.cells import BENCH_FILE, PROBE_EPOCHS
 from dynadapter.bench.commands import add_bench, run_bench
+from dynadapter.bench.frozen_probe import C_GRID
 from tests.tiny import TINY_BACKBONE
 
 MODES = ("fast", "balanced", "accurate")
@@ -107,6 +108,14 @@ def test_frozen_probe_picks_its_block_on_validation(suite: tuple[Path, Path, str
     assert probe["probe"]["block"] == best + 1
     assert probe["probe"]["acc"] == probe["exit_accuracy"][best]
     assert probe["probe"]["shifted_acc"] == probe["shifted"]["exit_accuracy"][best]
+    # Its heads are logistic regressions fitted on the frozen features after one SGD epoch: what the
+    # fit saw on validation is what the saved checkpoint answers there (float64 against float32: one
+    # image of the 200 may fall the other way).
+    heads = probe["probe"]["heads"]
+    assert len(heads) == len(val) and all(h["C"] in C_GRID for h in heads)
+    assert [h["val_acc"] for h in heads] == pytest.approx(val, abs=1 / 200 + 1e-9)
+    stored = json.loads((root / "digits" / "none-probe" / BENCH_FILE).read_text())
+    assert stored["options"]["epochs"] == PROBE_EPOCHS
     # Its cost: the blocks up to the chosen one and one linear head, never more than the static model's.
     static = json.loads((root / "digits" / "adapter-static" / BENCH_FILE).read_text())["result"]
     assert 0 < probe["probe"]["gflops"] <= static["gflops"]
