@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "data": "dynadapter.bench.data",
     "adapt": "dynadapter.bench.adapt",
     "fewshot": "dynadapter.bench.fewshot",
+    "recipes": "dynadapter.bench.recipes",
 }
 
 

@@ -1,0 +1,166 @@
+"""``dynadapter bench recipes``: which training recipe generalises, chosen on the validation splits.
+
+Each candidate recipe (``RECIPES``, or ``--train-arg KEY=VALUE`` for one of your own, named
+``custom``) trains the Dyn-Adapter cell of ``--petl`` on every task and seed: cells of the accuracy
+suite's cache (``dynadapter.bench.cells``; the default recipe shares the suite's own cells, any other
+gets cells of its own, ``-r<hash>``). The recipe chosen is the one with the best mean accuracy at
+``balanced`` on the validation splits (where the modes are calibrated; the test splits never choose).
+For every recipe the page also gives clean and shifted test accuracy at ``balanced`` and the FLOPs
+saved, so that one sees whether the choice on validation carried over to test and to shifted images.
+Flips are in no candidate: digits are not mirror-symmetric (a mirrored 2 is no 2), so ``hflip`` is a
+per-task choice (``--train-arg hflip=0.5``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from statistics import fmean
+from typing import Any
+
+from dynadapter.bench.accuracy import DEFAULT_EPOCHS, DEFAULT_TASKS, add_recipe_arguments, seed_list, suite_config
+from dynadapter.errors import ConfigError
+
+RESULT_KEYS = ("recipes",)
+#: name -> ``dynadapter train`` options; "default" is dynadapter train's own recipe.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # timm's ImageNet-style augmentation, lightened for 8 epochs: crop scale from 35%, RandAugment
+    # magnitude 9, label smoothing.
+    "augment": {"crop_scale": "0.35,1", "auto_augment": "rand-m9-mstd0.5", "smoothing": 0.1},
+    # regularisation of what trains (PETL branches and heads) without touching the images.
+    "regularise": {"smoothing": 0.1, "head_dropout": 0.1, "petl_dropout": 0.1},
+}
+CUSTOM = "custom"
+
+
+def _recipe_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown recipe(s) {unknown or [text]}; choose from {', '.join(RECIPES)}")
+    return list(dict.fromkeys(names))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "recipes",
+        help="candidate training recipes on the suite's Dyn-Adapter cells, chosen on validation",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"(default: {','.join(DEFAULT_TASKS)})")
+    p.add_argument(
+        "--recipes",
+        type=_recipe_names,
+        default=list(RECIPES),
+        help=f"candidates (default: {','.join(RECIPES)}); --train-arg adds one more, '{CUSTOM}'",
+    )
+    p.add_argument("--petl", choices=["adapter", "lora", "repadapter"], default="adapter", help="(default: adapter)")
+    p.add_argument("--seeds", type=seed_list, default=[0], help="training seeds (default: 0)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"per cell (default: {DEFAULT_EPOCHS})")
+    add_recipe_arguments(p)
+
+
+def candidates(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """name -> the recipe's options as the cells record them (`cells.recipe_options`)."""
+    from dynadapter.bench import cells
+
+    chosen = {name: cells.recipe_options(RECIPES[name].items()) for name in args.recipes}
+    if args.train_arg:
+        chosen[CUSTOM] = cells.recipe_options(args.train_arg)
+    return chosen
+
+
+def run(args: argparse.Namespace) -> None:
+    from dynadapter.bench import cells
+    from dynadapter.bench.results import update_results
+    from dynadapter.training.data import BUILTIN_DATASETS
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = sorted(set(tasks) - set(BUILTIN_DATASETS))
+    if unknown or not tasks:
+        raise ConfigError(f"--tasks {args.tasks}: the builtin data sets are {sorted(BUILTIN_DATASETS)}")
+    base = suite_config(args, args.epochs)
+    recipes = candidates(args)
+    todo = [cells.Cell(t, args.petl, cells.DYN, s) for s in args.seeds for t in tasks]
+    results: dict[str, dict[tuple[str, int], dict[str, Any] | None]] = {}
+    for name, recipe in recipes.items():
+        config = dataclasses.replace(base, recipe=recipe)
+        found = cells.run_suite(todo, config, set() if args.report_only else set(todo))
+        results[name] = {(c.task, c.seed): r for c, r in found.items()}
+        section = recipes_section(results, recipes, tasks, args, base.record(todo[0]))
+        update_results(args.docs, {"recipes": section})
+    print(render_markdown({"recipes": section}))
+
+
+def recipe_point(result: dict[str, Any]) -> dict[str, float]:
+    """A Dyn-Adapter cell at ``balanced``: validation, test and shifted-test accuracy, FLOPs saved."""
+    return {
+        "val_acc": result["val_modes"]["balanced"]["acc"],
+        "acc": result["modes"]["balanced"]["acc"],
+        "shifted_acc": result["shifted"]["modes"]["balanced"]["acc"],
+        "saved": result["modes"]["balanced"]["saved"],
+    }
+
+
+def recipes_section(
+    results: dict[str, dict[tuple[str, int], dict[str, Any] | None]],
+    recipes: dict[str, dict[str, Any]],
+    tasks: list[str],
+    args: argparse.Namespace,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """``recipes`` of results.json: per recipe the mean over tasks of the means over seeds, and the
+    recipe chosen on validation among those whose every cell finished (None until one has)."""
+    rows = []
+    for name, per_cell in results.items():
+        per_task = {}
+        for task in tasks:
+            points = [recipe_point(r) for (t, _), r in per_cell.items() if t == task and r is not None]
+            per_task[task] = {k: fmean(p[k] for p in points) for k in points[0]} if points else None
+        done = [p for p in per_task.values() if p is not None]
+        complete = len(done) == len(tasks)
+        means = {k: fmean(p[k] for p in done) for k in done[0]} if complete else None
+        rows.append({"recipe": name, "options": recipes[name], "complete": complete, "mean": means, "tasks": per_task})
+    finished = [r for r in rows if r["complete"]]
+    chosen = max(finished, key=lambda r: r["mean"]["val_acc"])["recipe"] if finished else None
+    return {
+        "tasks": tasks,
+        "petl": args.petl,
+        "seeds": list(args.seeds),
+        "config": config,
+        "rows": rows,
+        "chosen": chosen,
+    }
+
+
+def _point(p: dict[str, float] | None) -> list[str]:
+    if p is None:
+        return ["missing"] * 4
+    return [f"{100 * p[k]:.1f}" for k in ("val_acc", "acc", "shifted_acc")] + [f"{100 * p['saved']:.0f}%"]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The recipes section of docs/results.md (empty when results.json has none)."""
+    section = results.get("recipes")
+    if not section:
+        return ""
+    c = section["config"]
+    lines = ["| recipe | options | task | balanced val (%) | balanced test (%) | balanced shifted (%) | FLOPs saved |"]
+    lines.append("|" + " --- |" * 7)
+    for r in section["rows"]:
+        options = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "dynadapter train's defaults"
+        lines.append(f"| **{r['recipe']}** | {options} | mean | " + " | ".join(_point(r["mean"])) + " |")
+        lines += [f"| | | {t} | " + " | ".join(_point(p)) + " |" for t, p in r["tasks"].items()]
+    chosen = section["chosen"]
+    verdict = (
+        f"Chosen on validation: **{chosen}**." if chosen else "No recipe has finished every task yet: none is chosen."
+    )
+    return (
+        "## Training recipes\n\n"
+        f"`dynadapter bench recipes`: Dyn-Adapter with `{section['petl']}`, backbone `{c['backbone']}` at "
+        f"{c['img_size']} px, {c['epochs']} epochs, seeds {', '.join(map(str, section['seeds']))} (means), the "
+        "same cells as the accuracy suite's under each recipe. `balanced` on the validation split (where its "
+        "threshold is calibrated; the only split that chooses), the test split and its shifted copy. "
+        f"{verdict}\n\n" + "\n".join(lines)
+    )

@@ -1,0 +1,64 @@
+"""``dynadapter bench recipes`` on a tiny random ViT: the candidates' cells, the choice on validation,
+the page. A benchmark, not a test of accuracy: nothing here asserts a learned number."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynadapter.bench.cells import BENCH_FILE
+from tests.bench.test_bench_accuracy import TINY, bench
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("recipes")
+    docs, root = tmp / "docs", tmp / "cells"
+    tiny = [a for a in TINY if a not in ("--methods", "adapter")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bench("recipes", *tiny, "--recipes", "default", "--train-arg", "smoothing=0.1", "--root", str(root),
+              "--docs", str(docs))  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return docs, root
+
+
+def test_each_recipe_has_its_cells_and_the_default_shares_the_suites(recipes: tuple[Path, Path]) -> None:
+    _, root = recipes
+    cells = sorted(p.parent.name for p in (root / "digits").glob(f"*/{BENCH_FILE}"))
+    assert len(cells) == 2 and cells[0] == "adapter-dyn" and cells[1].startswith("adapter-dyn-r")
+    custom = json.loads((root / "digits" / cells[1] / BENCH_FILE).read_text())["options"]
+    assert custom["smoothing"] == 0.1
+    assert json.loads((root / "digits" / cells[0] / BENCH_FILE).read_text())["options"]["smoothing"] == 0.0
+
+
+def test_the_choice_is_the_best_balanced_accuracy_on_validation(recipes: tuple[Path, Path]) -> None:
+    docs, root = recipes
+    section = json.loads((docs / "results.json").read_text())["recipes"]
+    rows = {r["recipe"]: r for r in section["rows"]}
+    assert set(rows) == {"default", "custom"} and rows["custom"]["options"] == {"smoothing": 0.1}
+    for name, row in rows.items():
+        cell = "adapter-dyn" if name == "default" else next((root / "digits").glob("adapter-dyn-r*")).name
+        result = json.loads((root / "digits" / cell / BENCH_FILE).read_text())["result"]
+        assert row["complete"] and row["mean"] == row["tasks"]["digits"]  # one task, one seed
+        assert row["mean"] == {
+            "val_acc": result["val_modes"]["balanced"]["acc"],
+            "acc": result["modes"]["balanced"]["acc"],
+            "shifted_acc": result["shifted"]["modes"]["balanced"]["acc"],
+            "saved": result["modes"]["balanced"]["saved"],
+        }
+    best = max(rows.values(), key=lambda r: r["mean"]["val_acc"])["recipe"]
+    assert section["chosen"] == best
+    page = (docs / "results.md").read_text()
+    assert "## Training recipes" in page and f"Chosen on validation: **{best}**." in page
+    assert "| **custom** | smoothing=0.1 | mean |" in page
+
+
+def test_an_unknown_recipe_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit):
+        bench("recipes", "--recipes", "default,heavy")
