@@ -178,9 +178,54 @@ def test_page_reports_mean_std_shifted_and_probe(seeded: dict) -> None:
     line = next(x for x in page.splitlines() if x.startswith("| adapter |") and "±" in x)  # the task table
     # static 82.0 ± 2.0, shifted 72.0 ± 2.0; balanced 81.0 ± 2.0 at 0.4 GFLOPs, shifted 51.0 ± 2.0
     assert (
-        "| 82.0 ± 2.0 | 72.0 ± 2.0 | 1 |" in line and "81.0 ± 2.0 / 0.4 / 60%" in line and line.endswith("51.0 ± 2.0 |")
+        "| 82.0 ± 2.0 | 72.0 ± 2.0 | 1 |" in line
+        and "81.0 ± 2.0 / 0.4 / 60%" in line
+        and line.endswith("51.0 ± 2.0 | — |")  # no int8 numbers in these cells
     )
     assert "| frozen probe (block 3/4) | 72.0 ± 2.8 | 52.0 ± 2.8 | 0.275 |" in page
+
+
+def test_shift_target_is_judged_on_the_suite_means(seeded: dict) -> None:
+    """balanced shifted 0.51 against the probe's 0.52 (seeds 0 and 1: 0.50, 0.54); balanced loses 0.30
+    from clean to shifted where static loses 0.10."""
+    [t] = seeded["shift_target"]
+    assert t["dyn_shifted"] == pytest.approx(0.51) and t["probe_shifted"] == pytest.approx(0.52)
+    assert t["over_probe"] == pytest.approx(-0.01) and t["extra_loss"] == pytest.approx(0.20)
+    assert t["met"] is False
+    page = render_markdown(seeded)
+    assert "## Target: shifted test data" in page and "| adapter | 51.0 | 52.0 | -1.00 | +20.00 | missed |" in page
+
+
+def test_shift_target_met_and_not_judged_before_the_probe() -> None:
+    runs = {
+        ("a", "adapter", "static", 0): with_shifted(static(0.9), 0.8),
+        ("a", "adapter", "dyn", 0): with_shifted(dyn(0.9, 0.4), 0.795),
+        ("a", "none", "probe", 0): probe(0.97, 6, 0.7),  # shifted 0.77
+    }
+    [t] = sections(runs, ["a"], ["adapter"], {}, "adapter", CONFIG)["shift_target"]
+    assert t["over_probe"] == pytest.approx(0.025) and t["extra_loss"] == pytest.approx(0.005) and t["met"] is True
+    runs["a", "none", "probe", 0] = None
+    results = sections(runs, ["a"], ["adapter"], {}, "adapter", CONFIG)
+    assert results["shift_target"] == [{"petl": "adapter", "met": None}]
+    assert "## Target: shifted test data" not in render_markdown(results)
+
+
+def test_int8_column_over_the_seeds() -> None:
+    def with_int8(result: dict, acc: float) -> dict:
+        modes = {m: {**v, "acc": acc} for m, v in result["modes"].items()}
+        return {**result, "int8": {"modes": modes, "fp32_openvino": result["modes"], "accepted": True}}
+
+    runs = {
+        **{("a", "adapter", "static", s): static(0.9) for s in (0, 1)},
+        ("a", "adapter", "dyn", 0): with_int8(dyn(0.80, 0.4), 0.79),
+        ("a", "adapter", "dyn", 1): with_int8(dyn(0.84, 0.4), 0.81),
+    }
+    results = sections(runs, ["a"], ["adapter"], {}, "adapter", CONFIG)
+    row, mean = results["rows"]
+    assert row["dyn_int8"]["balanced"]["acc"] == pytest.approx(0.80) and row["dyn_int8_acc_std"]["balanced"] > 0
+    assert mean["dyn_int8"]["balanced"]["acc"] == pytest.approx(0.80)
+    # 80.0 ± 1.4 in int8 against fp32's 82.0: -2.0 points
+    assert "| 80.0 ± 1.4 (-2.0) |" in render_markdown(results)
 
 
 def with_val(result: dict, val_acc: float, threshold: float, interval: tuple[float, float] | None) -> dict:
