@@ -121,7 +121,10 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=int, help="DataLoader workers per cell (default: dynadapter train's; 0 suits builtin data)"
     )
     p.add_argument(
-        "--report-only", action="store_true", help="train nothing: rewrite the results page from the finished cells"
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite the results page from the finished cells (a finished cell still gets "
+        "what the code has added since it ran, e.g. the shifted split or the int8 column, evaluated without training)",
     )
     p.add_argument("--root", type=Path, default=Path("var/bench"), help="cell cache (default: var/bench)")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")

@@ -100,14 +100,14 @@ def recipe_options(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     """``--train-arg KEY=VALUE`` pairs -> the training options of every cell that differ from
     ``dynadapter train``'s defaults, validated and normalised as the run records them (so that
     ``hflip=0`` is no recipe at all and ``crop_scale=0.5,1`` equals ``[0.5, 1.0]``)."""
-    given = dict(pairs)
+    given = {key.replace("-", "_"): value for key, value in pairs}  # crop-scale, as on the command line
     reserved = sorted(set(given) & SUITE_OPTIONS)
     unknown = sorted(set(given) - set(TrainOptions.model_fields))
-    if reserved or unknown:
-        raise ConfigError(
-            f"--train-arg {', '.join(reserved + unknown)}: not a recipe option; the suite sets "
-            f"{', '.join(sorted(SUITE_OPTIONS))} itself, and the others are dynadapter train's options"
-        )
+    if unknown:
+        recipe = sorted(set(TrainOptions.model_fields) - SUITE_OPTIONS)
+        raise ConfigError(f"--train-arg {', '.join(unknown)}: unknown option; recipe options: {', '.join(recipe)}")
+    if reserved:
+        raise ConfigError(f"--train-arg {', '.join(reserved)}: the suite sets this itself, per cell or by its own flag")
     try:
         recorded = TrainOptions(data="-", out=Path("-"), **given).record()
     except ValidationError as err:

@@ -28,8 +28,9 @@ from dynadapter.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
-#: Inverse L2 strengths tried per head (scikit-learn's C, on standardised features).
-C_GRID = (0.01, 0.1, 1.0, 10.0)
+#: Inverse L2 strengths tried per head (scikit-learn's C, on standardised features); a choice at
+#: either end is logged as a warning (the best may lie beyond).
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 MAX_ITER = 1000
 #: How far below every fitted bias an absent class's bias sits (its weights are zero).
 ABSENT_CLASS_MARGIN = 1e4
@@ -53,6 +54,8 @@ def fit_probe_heads(run_dir: Path) -> list[dict[str, Any]]:
             head.fc.bias.copy_(torch.from_numpy(bias))
         fits.append(choice)
         log.info("probe head %d: C=%g, validation accuracy %.4f", k, choice["C"], choice["val_acc"])
+        if choice["C"] in (C_GRID[0], C_GRID[-1]):
+            log.warning("probe head %d chose C=%g, at the end of the grid %s", k, choice["C"], C_GRID)
     rd.save_checkpoint(run_dir, model)
     recalibrate_run(run_dir)
     return fits

@@ -53,7 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--recipes",
         type=_recipe_names,
         default=list(RECIPES),
-        help=f"candidates (default: {','.join(RECIPES)}); --train-arg adds one more, '{CUSTOM}'",
+        help=f"candidates (default: {','.join(RECIPES)}): "
+        + "; ".join(f"{name}: {_options(options)}" for name, options in RECIPES.items())
+        + f"; --train-arg adds one more, '{CUSTOM}'",
     )
     p.add_argument("--petl", choices=["adapter", "lora", "repadapter"], default="adapter", help="(default: adapter)")
     p.add_argument("--seeds", type=seed_list, default=[0], help="training seeds (default: 0)")
@@ -67,7 +69,11 @@ def candidates(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
     chosen = {name: cells.recipe_options(RECIPES[name].items()) for name in args.recipes}
     if args.train_arg:
-        chosen[CUSTOM] = cells.recipe_options(args.train_arg)
+        custom = cells.recipe_options(args.train_arg)
+        same = [name for name, recipe in chosen.items() if recipe == custom]
+        if same:
+            raise ConfigError(f"--train-arg gives the same recipe as {same[0]!r}: nothing to compare")
+        chosen[CUSTOM] = custom
     return chosen
 
 
@@ -111,17 +117,27 @@ def recipes_section(
     config: dict[str, Any],
 ) -> dict[str, Any]:
     """``recipes`` of results.json: per recipe the mean over tasks of the means over seeds, and the
-    recipe chosen on validation among those whose every cell finished (None until one has)."""
+    recipe chosen on validation among those whose every cell (task x seed) finished (None until one
+    has). A task's numbers are shown once one seed has finished; ``missing`` lists the cells that have not."""
     rows = []
     for name, per_cell in results.items():
         per_task = {}
         for task in tasks:
             points = [recipe_point(r) for (t, _), r in per_cell.items() if t == task and r is not None]
             per_task[task] = {k: fmean(p[k] for p in points) for k in points[0]} if points else None
+        missing = [f"{t}-seed{s}" for (t, s), r in per_cell.items() if r is None]
         done = [p for p in per_task.values() if p is not None]
-        complete = len(done) == len(tasks)
-        means = {k: fmean(p[k] for p in done) for k in done[0]} if complete else None
-        rows.append({"recipe": name, "options": recipes[name], "complete": complete, "mean": means, "tasks": per_task})
+        means = {k: fmean(p[k] for p in done) for k in done[0]} if done and not missing else None
+        rows.append(
+            {
+                "recipe": name,
+                "options": recipes[name],
+                "complete": not missing,
+                "missing": missing,
+                "mean": means,
+                "tasks": per_task,
+            }
+        )
     finished = [r for r in rows if r["complete"]]
     chosen = max(finished, key=lambda r: r["mean"]["val_acc"])["recipe"] if finished else None
     return {
@@ -132,6 +148,14 @@ def recipes_section(
         "rows": rows,
         "chosen": chosen,
     }
+
+
+def _options(options: dict[str, Any]) -> str:
+    """A recipe's options as ``--train-arg`` takes them (lists comma-separated)."""
+    if not options:
+        return "dynadapter train's defaults"
+    text = {k: ",".join(f"{x:g}" for x in v) if isinstance(v, list) else v for k, v in options.items()}
+    return ", ".join(f"{k}={v}" for k, v in text.items())
 
 
 def _point(p: dict[str, float] | None) -> list[str]:
@@ -148,19 +172,21 @@ def render_markdown(results: dict[str, Any]) -> str:
     c = section["config"]
     lines = ["| recipe | options | task | balanced val (%) | balanced test (%) | balanced shifted (%) | FLOPs saved |"]
     lines.append("|" + " --- |" * 7)
-    for r in section["rows"]:
-        options = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "dynadapter train's defaults"
-        lines.append(f"| **{r['recipe']}** | {options} | mean | " + " | ".join(_point(r["mean"])) + " |")
-        lines += [f"| | | {t} | " + " | ".join(_point(p)) + " |" for t, p in r["tasks"].items()]
     chosen = section["chosen"]
+    for r in section["rows"]:
+        name = f"**{r['recipe']}** (chosen)" if r["recipe"] == chosen else r["recipe"]
+        lines.append(f"| {name} | {_options(r['options'])} | mean | " + " | ".join(_point(r["mean"])) + " |")
+        lines += [f"| | | {t} | " + " | ".join(_point(p)) + " |" for t, p in r["tasks"].items()]
+    missing = [f"{r['recipe']}: {', '.join(r['missing'])}" for r in section["rows"] if r["missing"]]
     verdict = (
         f"Chosen on validation: **{chosen}**." if chosen else "No recipe has finished every task yet: none is chosen."
     )
     return (
         "## Training recipes\n\n"
         f"`dynadapter bench recipes`: Dyn-Adapter with `{section['petl']}`, backbone `{c['backbone']}` at "
-        f"{c['img_size']} px, {c['epochs']} epochs, seeds {', '.join(map(str, section['seeds']))} (means), the "
+        f"{c['img_size']} px, {c['epochs']} epoch{'s' if c['epochs'] != 1 else ''}, seeds "
+        f"{', '.join(map(str, section['seeds']))} (means), the "
         "same cells as the accuracy suite's under each recipe. `balanced` on the validation split (where its "
         "threshold is calibrated; the only split that chooses), the test split and its shifted copy. "
-        f"{verdict}\n\n" + "\n".join(lines)
+        f"{verdict}\n\n" + "\n".join(lines) + ("\n\nCells not finished: " + "; ".join(missing) if missing else "")
     )

@@ -101,6 +101,7 @@ def cell_row(task: str, petl: str, static: dict | None, dyn: dict | None) -> dic
         "dyn_shifted_acc_std": {m: _get(dyn, "std", "shifted", "modes", m, "acc") for m in MODES},
         "dyn_int8": _int8_modes(dyn),
         "dyn_int8_acc_std": {m: _get(dyn, "std", "int8", "modes", m, "acc") for m in MODES},
+        "int8_refused": _int8_refused(dyn),
         "dyn_val": {m: _get(dyn, "val_modes", m, "acc") for m in MODES} if dyn else None,
         "dyn_val_acc_std": {m: _get(dyn, "std", "val_modes", m, "acc") for m in MODES},
         "balanced_threshold": _get(dyn, "modes", "balanced", "threshold"),
@@ -118,6 +119,13 @@ def _int8_modes(dyn: dict | None) -> dict[str, dict[str, float]] | None:
     (``int8_column``); None where the cell has no int8 numbers."""
     modes = _get(dyn, "int8", "modes")
     return {m: {k: modes[m][k] for k in ("acc", "gflops", "saved")} for m in MODES} if modes else None
+
+
+def _int8_refused(dyn: dict | None) -> bool | None:
+    """Whether ``dynadapter export`` would refuse the int8 segments: their last exit's validation
+    accuracy drop (mean over the seeds) beyond the export's bound; None without int8 numbers."""
+    drop, allowed = _get(dyn, "int8", "val_acc_drop"), _get(dyn, "int8", "allowed_drop")
+    return None if drop is None or allowed is None else drop > allowed
 
 
 def _interval(val_mode: dict[str, Any] | None) -> list[float] | None:
@@ -333,11 +341,13 @@ def sections(
 
 
 def timing(runs: RunResults) -> dict[str, Any]:
-    """Wall-clock seconds per finished cell (training, calibration and test evaluation), by variant."""
+    """Wall-clock seconds per finished cell (training, calibration, test evaluation and the int8
+    column where there is one), by variant (the frozen probe apart)."""
     seconds: dict[str, list[float]] = {}
     for (_, _, variant, _), r in runs.items():
         if r is not None:
-            seconds.setdefault("static" if variant == "static" else "dynamic", []).append(r["seconds"])
+            kind = variant if variant in ("static", "probe") else "dynamic"
+            seconds.setdefault(kind, []).append(r["seconds"] + (_get(r, "int8", "seconds") or 0.0))
     return {kind: {"cells": len(s), "mean_s": fmean(s), "total_s": sum(s)} for kind, s in seconds.items()}
 
 
@@ -372,7 +382,9 @@ def _int8_cell(row: dict[str, Any]) -> str:
     if not int8:
         return "—"
     delta = 100 * (int8["balanced"]["acc"] - row["dyn"]["balanced"]["acc"])
-    return f"{_pm(int8['balanced']['acc'], (row.get('dyn_int8_acc_std') or {}).get('balanced'))} ({delta:+.1f})"
+    refused = "; export would refuse" if row.get("int8_refused") else ""
+    acc = _pm(int8["balanced"]["acc"], (row.get("dyn_int8_acc_std") or {}).get("balanced"))
+    return f"{acc} ({delta:+.1f}{refused})"
 
 
 def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
@@ -488,11 +500,13 @@ def render_tasks(results: dict[str, Any]) -> str:
         "(`dynadapter.bench.corruptions`: translation, scale, rotation, blur, noise, contrast, JPEG at "
         "severities 1-5, each kind and severity an equal share of the images), with the thresholds "
         "calibrated on the clean validation split. `frozen probe`: a linear head on the frozen backbone "
-        "at the block that is best on the validation split (its GFLOPs: the blocks up to it and the head). "
+        "at the block that is best on the validation split, fitted by logistic regression with its L2 "
+        "strength chosen on validation (its GFLOPs: the blocks up to it and the head). "
         "`balanced int8`: the Dyn-Adapter cell exported in int8 (`dynadapter export --precision int8`: NNCF "
         "post-training quantization, OpenVINO) and served by the service's OpenVINO segment runner at int8's "
         "own `balanced` threshold, calibrated on int8's validation logits; in brackets its difference from "
-        "fp32 `balanced`, in points."
+        'fp32 `balanced`, in points, and "export would refuse" where int8 loses more last-exit validation '
+        "accuracy than `dynadapter export` allows; — where the cell was not exported (`--no-int8`)."
     ]
     probes = {p["task"]: p for p in results.get("probe", [])}
     header = [
@@ -606,7 +620,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         parts.append(render_ablation(results))
     if results["timing"]:
         parts.append(
-            "## Time per cell\n\nWall-clock seconds of training, calibration and test evaluation, "
+            "## Time per cell\n\nWall-clock seconds of training, calibration, test evaluation and the int8 column, "
             "as measured on the machine that ran the cell:\n\n"
             + _table(
                 ["cells", "finished", "mean (s)", "total (s)"],

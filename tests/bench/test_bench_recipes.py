@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dynadapter.bench.cells import BENCH_FILE
+from dynadapter.errors import ConfigError
 from tests.bench.test_bench_accuracy import TINY, bench
 
 
@@ -56,7 +57,32 @@ def test_the_choice_is_the_best_balanced_accuracy_on_validation(recipes: tuple[P
     assert section["chosen"] == best
     page = (docs / "results.md").read_text()
     assert "## Training recipes" in page and f"Chosen on validation: **{best}**." in page
-    assert "| **custom** | smoothing=0.1 | mean |" in page
+    chosen = f"**{best}** (chosen)"
+    assert f"| {chosen if best == 'custom' else 'custom'} | smoothing=0.1 | mean |" in page
+    assert f"| {chosen if best == 'default' else 'default'} | dynadapter train's defaults | mean |" in page
+
+
+def test_a_seed_not_finished_means_no_choice(recipes: tuple[Path, Path], tmp_path: Path) -> None:
+    """Seed 1 never ran: the recipes are not complete, none is chosen, the missing cells are named."""
+    _, root = recipes
+    tiny = [a for a in TINY if a not in ("--methods", "adapter", "--seeds", "0")]
+    bench("recipes", *tiny, "--seeds", "0,1", "--recipes", "default", "--report-only", "--root", str(root),
+          "--docs", str(tmp_path))  # fmt: skip
+    section = json.loads((tmp_path / "results.json").read_text())["recipes"]
+    [row] = section["rows"]
+    assert row["complete"] is False and row["missing"] == ["digits-seed1"] and row["mean"] is None
+    assert row["tasks"]["digits"] is not None  # seed 0's numbers are still shown
+    assert section["chosen"] is None
+    assert "Cells not finished: default: digits-seed1" in (tmp_path / "results.md").read_text()
+
+
+def test_a_custom_recipe_equal_to_a_candidate_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="same recipe as 'default'"):
+        bench("recipes", *TINY[:-4], "--recipes", "default", "--train-arg", "hflip=0", "--root", str(tmp_path))
+    # Hyphens as on dynadapter train's command line name the same option.
+    with pytest.raises(ConfigError, match="same recipe as 'augment'"):
+        bench("recipes", "--recipes", "augment", "--train-arg", "crop-scale=0.35,1", "--train-arg",
+              "auto-augment=rand-m9-mstd0.5", "--train-arg", "smoothing=0.1", "--root", str(tmp_path))  # fmt: skip
 
 
 def test_an_unknown_recipe_is_a_usage_error() -> None:
