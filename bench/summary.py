@@ -31,6 +31,7 @@ RESULT_KEYS = (
     "probe",
     "target",
     "shift_target",
+    "int8_target",
     "ablation",
     "missing",
     "timing",
@@ -39,6 +40,8 @@ RESULT_KEYS = (
 #: far above the frozen probe, and losing at most this much more from clean to shifted than static.
 SHIFT_MARGIN_OVER_PROBE = 0.02
 SHIFT_EXTRA_LOSS = 0.01
+#: Issue 18's bound: int8 ``balanced`` at most this far below fp32 ``balanced`` (test accuracy).
+INT8_MAX_TEST_DROP = 0.003
 #: (task, petl, variant, seed) -> a cell's result, None where it has not finished
 RunResults = dict[tuple[str, str, str, int], "dict[str, Any] | None"]
 
@@ -102,6 +105,7 @@ def cell_row(task: str, petl: str, static: dict | None, dyn: dict | None) -> dic
         "dyn_int8": _int8_modes(dyn),
         "dyn_int8_acc_std": {m: _get(dyn, "std", "int8", "modes", m, "acc") for m in MODES},
         "int8_refused": _int8_refused(dyn),
+        "int8_agreement": _get(dyn, "int8", "argmax_agreement"),
         "dyn_val": {m: _get(dyn, "val_modes", m, "acc") for m in MODES} if dyn else None,
         "dyn_val_acc_std": {m: _get(dyn, "std", "val_modes", m, "acc") for m in MODES},
         "balanced_threshold": _get(dyn, "modes", "balanced", "threshold"),
@@ -257,6 +261,23 @@ def shift_target(row: dict[str, Any], probes: Sequence[dict[str, Any]], num_task
     }
 
 
+def int8_target(petl: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 18's accuracy bound per task and on the mean over the tasks with int8 numbers: int8
+    ``balanced`` within ``INT8_MAX_TEST_DROP`` of fp32 ``balanced``; with each exit's argmax agreement
+    of int8 with PyTorch on validation (where quantization changes answers). ``met`` None without any."""
+    done = [r for r in rows if r.get("dyn_int8")]
+    deltas = {r["task"]: r["dyn_int8"]["balanced"]["acc"] - r["dyn"]["balanced"]["acc"] for r in done}
+    agreement = [r["int8_agreement"] for r in done if r.get("int8_agreement")]
+    return {
+        "petl": petl,
+        "tasks": len(done),
+        "deltas": deltas,
+        "mean_delta": fmean(deltas.values()) if deltas else None,
+        "agreement": [fmean(a) for a in zip(*agreement, strict=True)] if agreement else None,
+        "met": all(d >= -INT8_MAX_TEST_DROP for d in deltas.values()) if deltas else None,
+    }
+
+
 def why_missed(row: dict[str, Any]) -> str:
     """Whether the model or its calibration falls short: the best threshold on the test split that
     saves enough, against the one calibrated on the validation split."""
@@ -334,6 +355,7 @@ def sections(
         "probe": [*probes, probe_mean(probes)],
         "target": [target(m, len(tasks)) for m in means],
         "shift_target": [shift_target(m, probes, len(tasks)) for m in means if m["petl"] != probe[0]],
+        "int8_target": [int8_target(petl, [r for r in rows if r["petl"] == petl]) for petl in methods],
         "ablation": ablation,
         "missing": missing,
         "timing": timing(runs),
@@ -478,6 +500,31 @@ def render_shift_target(results: dict[str, Any]) -> str:
     )
 
 
+def render_int8_target(results: dict[str, Any]) -> str:
+    """Issue 18's int8 accuracy bound, one line per method with int8 numbers (empty without any)."""
+    judged = [t for t in results.get("int8_target", []) if t["met"] is not None]
+    if not judged:
+        return ""
+    lines = [
+        [
+            t["petl"],
+            f"{100 * t['mean_delta']:+.2f}",
+            ", ".join(f"{task} {100 * d:+.1f}" for task, d in t["deltas"].items()),
+            " / ".join(f"{a:.3f}" for a in t["agreement"]) if t["agreement"] else "—",
+            "**met**" if t["met"] else "missed",
+        ]
+        for t in judged
+    ]
+    return (
+        "## Target: int8 accuracy\n\n"
+        f"On every task, int8 `balanced` (its own thresholds) at most {100 * INT8_MAX_TEST_DROP:.1f} points below "
+        "fp32 `balanced` on the test split. Argmax agreement: how often each exit's int8 answer equals "
+        "PyTorch's on the validation split, mean over the tasks; an exit well below 1 is where quantization "
+        "changes answers.\n\n"
+        + _table(["PETL", "mean Δ (points)", "Δ per task (points)", "argmax agreement per exit", "target"], lines)
+    )
+
+
 def _probe_line(p: dict[str, Any]) -> list[str]:
     """The frozen probe as a row of a task's table (block(s) chosen on validation, one per seed)."""
     where = f"block {'/'.join(map(str, p['blocks']))}" if p.get("blocks") else f"{p.get('tasks', 0)} tasks"
@@ -612,7 +659,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         "multiply-add = one FLOP. The paper trains 100 epochs: with fewer, these numbers compare the "
         "methods under one short budget, in which the early exits have learnt least."
     )
-    parts = [intro, render_target(results), render_shift_target(results), render_tasks(results)]
+    parts = [
+        intro,
+        render_target(results),
+        render_shift_target(results),
+        render_int8_target(results),
+        render_tasks(results),
+    ]
     parts = [part for part in parts if part]
     if calibration_lines(results["rows"]):
         parts.append(render_calibration(results))

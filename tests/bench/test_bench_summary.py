@@ -214,6 +214,7 @@ def test_int8_column_over_the_seeds() -> None:
     def with_int8(result: dict, acc: float, drop: float) -> dict:
         modes = {m: {**v, "acc": acc} for m, v in result["modes"].items()}
         int8 = {"modes": modes, "fp32_openvino": result["modes"], "val_acc_drop": drop, "allowed_drop": 0.01}
+        int8["argmax_agreement"] = [1.0, 1.0 - drop]
         return {**result, "int8": {**int8, "accepted": drop <= 0.01, "seconds": 5.0}}
 
     runs = {
@@ -229,6 +230,12 @@ def test_int8_column_over_the_seeds() -> None:
     # the export's 1-point bound
     assert row["int8_refused"] is True
     assert "| 80.0 ± 1.4 (-2.0; export would refuse) |" in render_markdown(results)
+    # Issue 18's bound: -2.0 points is more than 0.3 below fp32.
+    [t] = results["int8_target"]
+    assert t["deltas"] == {"a": pytest.approx(-0.02)} and t["met"] is False and t["tasks"] == 1
+    page = render_markdown(results)
+    # per-exit agreement, mean over the seeds: [1.0, 1.0] and [1.0, 0.97]
+    assert "## Target: int8 accuracy" in page and "| adapter | -2.00 | a -2.0 | 1.000 / 0.985 | missed |" in page
     # The int8 column's time counts in the cell's: 20 s + 5 s, each seed.
     assert results["timing"]["dynamic"] == {"cells": 2, "mean_s": 25.0, "total_s": 50.0}
 
