@@ -59,6 +59,10 @@ INT8_MAX_ACCURACY_DROP = 0.01
 # OpenVINO picks bf16 by default on CPUs that have it, which is slower than fp32 without AMX and
 # changes the numbers: every precision here is compiled as written.
 OV_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+#: Logits that calibration and parity read: one thread, so that they do not depend on how the work
+#: was split. With the machine's threads, int8 logits moved between compilations under load (5 of 200
+#: validation answers of a near-chance test model at one threshold), and so would the int8 modes.
+REPRODUCIBLE_CONFIG = {**OV_CONFIG, "INFERENCE_NUM_THREADS": 1}
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -141,7 +145,7 @@ def chained_openvino_logits(xml_paths: Sequence[Path], images: np.ndarray, batch
     import openvino as ov
 
     core = ov.Core()
-    compiled = [core.compile_model(str(path), "CPU", OV_CONFIG) for path in xml_paths]
+    compiled = [core.compile_model(str(path), "CPU", REPRODUCIBLE_CONFIG) for path in xml_paths]
     chunks = []
     for start in range(0, len(images), batch):
         x, logits = images[start : start + batch], []
