@@ -93,8 +93,9 @@ def fit_head(
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(x)
-    fits = [LogisticRegression(C=c, max_iter=MAX_ITER).fit(scaler.transform(x), y) for c in C_GRID]
-    accs = [float((clf.predict(scaler.transform(val_x)) == val_y).mean()) for clf in fits]
+    x_std, val_std = scaler.transform(x), scaler.transform(val_x)
+    fits = [LogisticRegression(C=c, max_iter=MAX_ITER).fit(x_std, y) for c in C_GRID]
+    accs = [float((clf.predict(val_std) == val_y).mean()) for clf in fits]
     best = int(np.argmax(accs))
     clf = fits[best]
     coef, intercept = clf.coef_, clf.intercept_

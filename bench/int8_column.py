@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dynadapter.contract import load_model, precision_key
+from dynadapter.contract import ModelVersion, load_model, precision_key
 from dynadapter.export.exporter import export_run
 from dynadapter.export.precisions import INT8_MAX_ACCURACY_DROP, split_images
 from dynadapter.service.exit_policy import ExitPolicy
@@ -50,11 +50,9 @@ def int8_result(run_dir: Path, reference_gflops: float) -> dict[str, Any]:
     images, targets = split_images(run, "test")
     with tempfile.TemporaryDirectory(prefix="int8-cell-") as tmp:
         export_run(Path(run_dir), Path(tmp), "cell", "1", ["fp32", "int8"], int8_max_accuracy_drop=1.0)
-        served = {
-            precision: served_modes(Path(tmp), precision, images, targets, reference_gflops)
-            for precision in ("int8", "fp32")
-        }
-        parity = load_model(Path(tmp), "cell", "1", precision_key("int8", "openvino")).manifest.parity
+        models = {p: load_model(Path(tmp), "cell", "1", precision_key(p, "openvino")) for p in ("int8", "fp32")}
+        served = {p: served_modes(model, images, targets, reference_gflops) for p, model in models.items()}
+    parity = models["int8"].manifest.parity
     drop = parity["pytorch_val_accuracy_last_exit"] - parity["val_accuracy_last_exit"]
     return {
         "modes": served["int8"],
@@ -70,11 +68,10 @@ def int8_result(run_dir: Path, reference_gflops: float) -> dict[str, Any]:
 
 
 def served_modes(
-    repo: Path, precision: str, images: np.ndarray, targets: np.ndarray, reference_gflops: float
+    model: ModelVersion, images: np.ndarray, targets: np.ndarray, reference_gflops: float
 ) -> dict[str, dict[str, float]]:
-    """Every mode of the exported ``precision`` (OpenVINO IR) run by the service's segment runner on
+    """Every mode of an exported OpenVINO IR precision, run by the service's segment runner on
     ``images`` float32 [N, 3, H, W]: its thresholds, accuracy on ``targets`` [N] and mean GFLOPs."""
-    model = load_model(repo, "cell", "1", precision_key(precision, "openvino"))
     manifest = model.manifest
     runner = SegmentRunner(model.segment_paths, backend="openvino", num_classes=manifest.num_classes)
     out = {}
