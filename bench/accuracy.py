@@ -121,6 +121,12 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=int, help="DataLoader workers per cell (default: dynadapter train's; 0 suits builtin data)"
     )
     p.add_argument(
+        "--device",
+        default="auto",
+        help="where cells train: auto (the GPU when CUDA is usable), cpu, cuda or cuda:N; cells finished "
+        "elsewhere are kept, and the page names each cell's device (default: auto)",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="train nothing: rewrite the results page from the finished cells (a finished cell still gets "
@@ -167,6 +173,7 @@ def suite_config(args: argparse.Namespace, epochs: int, steps: int | None = None
         workers=args.workers,
         recipe=cells.recipe_options(args.train_arg),
         int8=int8,
+        device=args.device,
     )
 
 
@@ -183,6 +190,9 @@ def run(args: argparse.Namespace) -> None:
     main = cells.main_cells(args.tasks, args.methods, args.seeds)
     ablation = cells.ablation_cells(args.tasks, args.seeds)
     trainable = set() if args.report_only else set(main) | (set(ablation) if args.ablation else set())
+    # The page's recipe is the trained cells' one: the frozen probe's cells (first in `main`) lay out
+    # their run in PROBE_EPOCHS and would misreport the epochs.
+    trained_cell = next(c for c in main if c.variant != cells.PROBE)
 
     def publish(results: cells.Results) -> dict[str, Any]:
         runs = {(*c.key, c.seed): r for c, r in results.items()}
@@ -201,7 +211,7 @@ def run(args: argparse.Namespace) -> None:
                 args.methods,
                 {v: label for v, (label, _) in cells.ABLATIONS.items()},
                 cells.ABLATION_PETL,
-                {**config.record(main[0]), "seeds": list(args.seeds)},
+                {**config.record(trained_cell), "seeds": list(args.seeds)},
                 (cells.PROBE_PETL, cells.PROBE),
             ),
         )

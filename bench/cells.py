@@ -200,6 +200,8 @@ class SuiteConfig:
         an evaluation, not a training option: a cached cell gets it without training.
     backbone_kwargs: extra ``timm.create_model`` arguments (tests use tiny random ViTs).
     workers: DataLoader workers of every cell (None: ``dynadapter train``'s default).
+    device: where cells train (``dynadapter train --device``); not part of a cell's identity, so that a
+        suite begun on one machine continues on another. Each cell records the device it ran on.
     steps: for few-shot cells, train this many optimizer steps whatever K (epochs follow from it);
         None: ``epochs`` for every cell.
     """
@@ -217,6 +219,7 @@ class SuiteConfig:
     workers: int | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     int8: bool = False
+    device: str = "auto"
 
     def epochs_for(self, cell: Cell) -> int:
         """``epochs``; for a few-shot cell with ``steps`` set, the epochs that make about that many steps;
@@ -251,6 +254,7 @@ class SuiteConfig:
             progress=False,
             seed=cell.seed,
             shots=cell.shots,
+            device=self.device,
             **defaults,
             **(self.recipe | cell.overrides()),
         )
@@ -294,8 +298,16 @@ def backbone_depth(backbone: str, img_size: int, kwargs_json: str) -> int:
 
 
 def options_record(opts: TrainOptions) -> dict[str, Any]:
-    """What makes a cell's result: the training options, as JSON (without the output path)."""
-    return {k: v for k, v in opts.record().items() if k not in ("out", "progress")}
+    """What makes a cell's result: the training options, as JSON (without the output path, the progress
+    bar and the device, which the result records as ``device``)."""
+    return {k: v for k, v in opts.record().items() if k not in ("out", "progress", "device")}
+
+
+def cell_device(run_dir: Path) -> str:
+    """The device a run trained on, as its config.json names it (a run written before device names
+    were recorded: its torch device, e.g. "cpu (model not recorded)")."""
+    config = read_config(run_dir)
+    return str(config.get("device_name") or f"{config['device']} (model not recorded)")
 
 
 def same_options(stored: dict[str, Any], current: dict[str, Any]) -> bool:
@@ -315,6 +327,9 @@ def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:
         log.info("%s was run with other options: it will be trained again", cell.name)
         return None
     result = stored["result"]
+    if "device" not in result:
+        result["device"] = cell_device(config.cell_dir(cell))
+        path.write_text(json.dumps({**stored, "result": result}, indent=2))
     if "modes" in result and "val_modes" not in result and has_calibration(config.cell_dir(cell)):
         result["val_modes"] = val_modes(read_calibration(config.cell_dir(cell))["modes"])  # read, not evaluated
         path.write_text(json.dumps({**stored, "result": result}, indent=2))
@@ -337,7 +352,7 @@ def run_cell(cell: Cell, config: SuiteConfig) -> dict[str, Any]:
     fits = fit_probe_heads(opts.out) if cell.variant == PROBE else None
     report = evaluate_run(opts.out)
     reference = report["cumulative_gflops"][-1] if opts.static else static_gflops(opts, opts.out)
-    result = summarize_run(report, reference, time.perf_counter() - start)
+    result = summarize_run(report, reference, time.perf_counter() - start) | {"device": cell_device(opts.out)}
     result |= extra_evaluations(opts, cell.variant, result["exit_accuracy"])
     if fits is not None:
         result["probe"]["heads"] = fits

@@ -32,6 +32,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "regularise": {"smoothing": 0.1, "head_dropout": 0.1, "petl_dropout": 0.1},
 }
 CUSTOM = "custom"
+#: Mean validation accuracies closer than this are a tie (far below one image in a suite's splits).
+TIE = 1e-9
 
 
 def _recipe_names(text: str) -> list[str]:
@@ -139,14 +141,18 @@ def recipes_section(
             }
         )
     finished = [r for r in rows if r["complete"]]
-    chosen = max(finished, key=lambda r: r["mean"]["val_acc"])["recipe"] if finished else None
+    # The first listed of the best: equal image counts can average to floats 1e-16 apart
+    # (0.9099999999999999 against 0.91), which must not break a tie against the default.
+    best = max((r["mean"]["val_acc"] for r in finished), default=None)
+    tied = [r["recipe"] for r in finished if best is not None and r["mean"]["val_acc"] >= best - TIE]
     return {
         "tasks": tasks,
         "petl": args.petl,
         "seeds": list(args.seeds),
         "config": config,
         "rows": rows,
-        "chosen": chosen,
+        "chosen": tied[0] if tied else None,
+        "tied": tied[1:],
     }
 
 
@@ -178,8 +184,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_options(r['options'])} | mean | " + " | ".join(_point(r["mean"])) + " |")
         lines += [f"| | | {t} | " + " | ".join(_point(p)) + " |" for t, p in r["tasks"].items()]
     missing = [f"{r['recipe']}: {', '.join(r['missing'])}" for r in section["rows"] if r["missing"]]
+    tied = section.get("tied") or []
+    tie = f" (tied with {', '.join(tied)}; a tie goes to the first listed)" if tied else ""
     verdict = (
-        f"Chosen on validation: **{chosen}**." if chosen else "No recipe has finished every task yet: none is chosen."
+        f"Chosen on validation: **{chosen}**{tie}."
+        if chosen
+        else "No recipe has finished every task yet: none is chosen."
     )
     return (
         "## Training recipes\n\n"

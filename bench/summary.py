@@ -15,6 +15,7 @@ on those means. Every accuracy is given on the clean test split and on its shift
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from statistics import fmean, stdev
 from typing import Any
@@ -35,6 +36,7 @@ RESULT_KEYS = (
     "ablation",
     "missing",
     "timing",
+    "devices",
 )
 #: Issue 19's targets on the shifted split, suite means at ``balanced``: Dyn-Adapter at least this
 #: far above the frozen probe, and losing at most this much more from clean to shifted than static.
@@ -359,6 +361,7 @@ def sections(
         "ablation": ablation,
         "missing": missing,
         "timing": timing(runs),
+        "devices": devices(runs),
     }
 
 
@@ -371,6 +374,11 @@ def timing(runs: RunResults) -> dict[str, Any]:
             kind = variant if variant in ("static", "probe") else "dynamic"
             seconds.setdefault(kind, []).append(r["seconds"] + (_get(r, "int8", "seconds") or 0.0))
     return {kind: {"cells": len(s), "mean_s": fmean(s), "total_s": sum(s)} for kind, s in seconds.items()}
+
+
+def devices(runs: RunResults) -> dict[str, int]:
+    """Finished cells per device they trained on (``cells.cell_device``: a GPU's or CPU's name)."""
+    return dict(Counter(r["device"] for r in runs.values() if r is not None and "device" in r))
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -674,7 +682,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     if results["timing"]:
         parts.append(
             "## Time per cell\n\nWall-clock seconds of training, calibration, test evaluation and the int8 column, "
-            "as measured on the machine that ran the cell:\n\n"
+            f"as measured on the machine that ran the cell{_devices(results.get('devices'))}:\n\n"
             + _table(
                 ["cells", "finished", "mean (s)", "total (s)"],
                 [
@@ -686,6 +694,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     if results["missing"]:
         parts.append("## Cells not finished\n\n" + ", ".join(f"`{m}`" for m in results["missing"]))
     return "\n\n".join(parts)
+
+
+def _devices(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return ""
+    return " (trained on " + "; ".join(f"{name}: {n} cell{'s' if n != 1 else ''}" for name, n in counts.items()) + ")"
 
 
 def _seeds(config: dict[str, Any]) -> str:

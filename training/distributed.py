@@ -9,7 +9,9 @@ writes the run directory.
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,6 +75,22 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
     return device
+
+
+def device_name(device: torch.device, cpuinfo: str | None = None) -> str:
+    """What ``device`` is, for results pages: the GPU's name (``torch.cuda.get_device_name``), or the
+    CPU's model name (/proc/cpuinfo) with the threads torch uses, e.g. "AMD EPYC, 2 threads"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    model = models[0] if models else platform.processor() or platform.machine() or "CPU"
+    threads = torch.get_num_threads()
+    return f"{model}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:

@@ -229,6 +229,7 @@ def write_run_start(
         "data_summary": table,
         "world_size": world.size,
         "device": str(device),
+        "device_name": distributed.device_name(device),
     }
     rd.write_config(out, config)
     rd.reset_metrics(out)

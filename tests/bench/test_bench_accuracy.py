@@ -15,6 +15,7 @@ import torch
 from dynadapter.bench.cells import BENCH_FILE, PROBE_EPOCHS
 from dynadapter.bench.commands import add_bench, run_bench
 from dynadapter.bench.frozen_probe import C_GRID
+from dynadapter.training.distributed import device_name
 from tests.tiny import TINY_BACKBONE
 
 MODES = ("fast", "balanced", "accurate")
@@ -25,7 +26,7 @@ TINY = [
     "--img-size",
     "16",
     "--epochs",
-    "1",
+    "2",
     "--tasks",
     "digits",
     "--methods",
@@ -65,7 +66,11 @@ def test_results_json_schema(suite: tuple[Path, Path, str]) -> None:
     docs, _, _ = suite
     results = json.loads((docs / "results.json").read_text())
     assert results["tasks"] == ["digits"]
+    # The recipe on the page is the trained cells' (the probe's cells run PROBE_EPOCHS, not --epochs).
+    assert results["config"]["epochs"] == 2 != PROBE_EPOCHS
     assert results["notes"] == {"machine": "2 cores"}
+    # Each cell names the device it trained on: here the CPU, on the fixture's one thread.
+    assert results["devices"] == {device_name(torch.device("cpu")).rsplit(", ", 1)[0] + ", 1 thread": 3}
     rows = {(r["task"], r["petl"]): r for r in results["rows"]}
     assert set(rows) == {("digits", "adapter"), ("mean", "adapter")}
     for row in rows.values():
@@ -174,6 +179,8 @@ def test_markdown_and_figure(suite: tuple[Path, Path, str]) -> None:
     page = (docs / "results.md").read_text()
     assert "## Target" in page and "### digits" in page and "![digits" in page
     assert "## Notes" in page and '"machine": "2 cores"' in page
+    [device] = json.loads((docs / "results.json").read_text())["devices"]
+    assert f"as measured on the machine that ran the cell (trained on {device}: 3 cells):" in page
     assert "static shifted (%)" in page and "balanced shifted (%)" in page and "| frozen probe (block " in page
     assert "balanced int8 (%)" in page
     assert "## Calibration: validation against test" in page and "| digits | adapter |" in page
@@ -185,7 +192,8 @@ def test_a_second_run_trains_nothing(suite: tuple[Path, Path, str]) -> None:
     finished = {p: p.stat().st_mtime_ns for p in root.rglob(BENCH_FILE)}
     assert {p.parent.name for p in finished} == {"adapter-static", "adapter-dyn", "none-probe"}
     before = json.loads((docs / "results.json").read_text())
-    bench("accuracy", *argv.split())
+    # The device is not part of a cell's identity: a suite begun with `auto` continues with `--device cpu`.
+    bench("accuracy", *argv.split(), "--device", "cpu")
     assert {p: p.stat().st_mtime_ns for p in root.rglob(BENCH_FILE)} == finished
     assert json.loads((docs / "results.json").read_text()) == before
 

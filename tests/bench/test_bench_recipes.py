@@ -3,13 +3,16 @@ the page. A benchmark, not a test of accuracy: nothing here asserts a learned nu
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from dynadapter.bench.cells import BENCH_FILE
+from dynadapter.bench.recipes import recipes_section, render_markdown
 from dynadapter.errors import ConfigError
 from tests.bench.test_bench_accuracy import TINY, bench
 
@@ -60,6 +63,33 @@ def test_the_choice_is_the_best_balanced_accuracy_on_validation(recipes: tuple[P
     chosen = f"**{best}** (chosen)"
     assert f"| {chosen if best == 'custom' else 'custom'} | smoothing=0.1 | mean |" in page
     assert f"| {chosen if best == 'default' else 'default'} | dynadapter train's defaults | mean |" in page
+
+
+def test_a_tie_on_validation_keeps_the_first_listed_recipe() -> None:
+    """Measured on the suite: default and regularise reached the same validation images on the four
+    tasks (98.5/94.0/71.5/100 against 99.5/93.0/71.5/100), whose means differ as floats only
+    (0.9099999999999999 against 0.91); the tie goes to the first listed, the default."""
+
+    def cell(val_acc: float) -> dict[str, Any]:
+        balanced = {"balanced": {"acc": val_acc, "saved": 0.5}}
+        return {"val_modes": balanced, "modes": balanced, "shifted": {"modes": balanced}}
+
+    tasks = ["digits", "mnist", "elpv", "elpv-type"]
+    measured = {"default": [0.985, 0.94, 0.715, 1.0], "regularise": [0.995, 0.93, 0.715, 1.0]}
+    results = {name: {(t, 0): cell(v) for t, v in zip(tasks, vals, strict=True)} for name, vals in measured.items()}
+    args = argparse.Namespace(petl="adapter", seeds=[0])
+    section = recipes_section(results, {name: {} for name in measured}, tasks, args, {})
+    assert [r["mean"]["val_acc"] for r in section["rows"]] == [0.9099999999999999, 0.91]
+    assert section["chosen"] == "default" and section["tied"] == ["regularise"]
+    assert "Chosen on validation: **default** (tied with regularise; a tie goes to the first listed)." in (
+        render_markdown({"recipes": {**section, "config": {"backbone": "b", "img_size": 112, "epochs": 8}}})
+    )
+    flipped = recipes_section(dict(reversed(results.items())), {name: {} for name in measured}, tasks, args, {})
+    assert flipped["chosen"] == "regularise"
+    # A real difference still decides: one more validation image on one task.
+    results["regularise"]["mnist", 0] = cell(0.935)
+    decided = recipes_section(results, {name: {} for name in measured}, tasks, args, {})
+    assert decided["chosen"] == "regularise" and decided["tied"] == []
 
 
 def test_a_seed_not_finished_means_no_choice(recipes: tuple[Path, Path], tmp_path: Path) -> None:

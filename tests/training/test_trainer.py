@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dynadapter.training.distributed import resolve_device
+from dynadapter.training.distributed import device_name, resolve_device
 from dynadapter.training.evaluate import evaluate_run
 from dynadapter.training.run_dir import load_run
 from dynadapter.training.trainer import TrainOptions
@@ -80,6 +80,23 @@ def test_devices_resolve_or_are_refused_clearly(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")  # under torchrun, each process takes its own GPU
     assert resolve_device("auto") == torch.device("cuda:3")
+
+
+def test_the_device_is_named_for_results_pages(monkeypatch) -> None:
+    cpuinfo = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n" * 2
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert device_name(torch.device("cpu"), cpuinfo) == "AMD EPYC 7B13, 2 threads"
+        torch.set_num_threads(1)
+        assert device_name(torch.device("cpu"), cpuinfo) == "AMD EPYC 7B13, 1 thread"
+        monkeypatch.setattr("platform.processor", lambda: "")
+        monkeypatch.setattr("platform.machine", lambda: "aarch64")  # no "model name" line on many ARM kernels
+        assert device_name(torch.device("cpu"), "processor\t: 0\n") == "aarch64, 1 thread"
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"NVIDIA H200 ({device})")
+    assert device_name(torch.device("cuda:1")) == "NVIDIA H200 (cuda:1)"
 
 
 def test_unknown_amp_dtype_is_refused(tmp_path) -> None:
