@@ -595,4 +595,7 @@ def run_split(run_dir: Path, config: dict[str, Any], split: str, data: str | Non
             return FileSplit([Path(p) for p, _ in rows], np.array([index[c] for _, c in rows], np.int64))
     t = config["train"]
     sizes = SplitSizes(t.get("val_size", SplitSizes.val), t.get("test_size", SplitSizes.test))
-    return load_raw(data or config["data"], t["seed"], sizes).splits[split]
+    raw = load_raw(data or config["data"], t["seed"], sizes)
+    if t.get("shots") and (data is None or data == config["data"]):
+        raw = few_shot(raw, t["shots"], t["seed"])  # a few-shot run's train split is its K images a class
+    return raw.splits[split]

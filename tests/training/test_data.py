@@ -113,3 +113,23 @@ def test_few_shot_refuses_more_shots_than_a_class_has() -> None:
     smallest = int(np.bincount(raw.splits["train"].targets).min())
     with pytest.raises(DataError, match=f"class 'defect 2/3' has only {smallest} training images"):
         few_shot(raw, smallest + 1, seed=0)
+
+
+def test_a_few_shot_runs_recorded_train_split_is_its_k_images_a_class(tmp_path) -> None:
+    """What reads a run's train split afterwards (the frozen probe's fit, int8 calibration) sees the
+    images the run trained on. It had read the whole builtin train split of a few-shot run: the
+    1-shot frozen probe on digits was fitted on all 800 images and scored 93.9%."""
+    from dynadapter.training.data import run_split
+    from dynadapter.training.options import TrainOptions
+    from dynadapter.training.trainer import dataset_for
+
+    opts = TrainOptions(data="builtin:digits", out=tmp_path, shots=2, seed=3)
+    trained = dataset_for(opts, None)
+    config = {"data": opts.data, "labels": trained.labels, "train": opts.record()}  # no split files: builtin
+    for split in SPLITS:
+        recorded, used = run_split(tmp_path, config, split), trained.splits[split]
+        assert recorded.targets.tolist() == used.targets.tolist()
+        assert [x.tobytes() for x in recorded.pixels] == [x.tobytes() for x in used.pixels]
+    assert np.bincount(run_split(tmp_path, config, "train").targets).tolist() == [2] * 10
+    # Evaluated on another data set, nothing of the run's K-shot draw applies.
+    assert len(run_split(tmp_path, config, "train", data="builtin:mnist").targets) == 800
