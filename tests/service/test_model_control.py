@@ -137,14 +137,21 @@ def test_repository_routes_need_the_api_key(start_client: Callable[..., TestClie
 
 
 def test_the_repository_poll_brings_in_new_versions_and_drops_gone_ones(
-    start_client: Callable[..., TestClient], repo: Path, weights: TinyWeights
+    start_client: Callable[..., TestClient],
+    repo: Path,
+    weights: TinyWeights,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     client = start_client(model_repo=repo, models="tiny", repository_poll_s=0.05)
     write_model_version(repo, weights, "tiny", "5")
     wait_for(lambda: client.get("/v2/models/tiny").json()["versions"] == ["5"])
     shutil.rmtree(repo / "tiny" / "5")
     wait_for(lambda: client.get("/v2/models/tiny").json()["versions"] == ["2"])
-    corrupt(write_model_version(repo, weights, "tiny", "6"))
+    # Corrupted before it enters the repository, as a bad copy would: corrupted in place, the poll
+    # could load the intact files first (a fresh-clone run did) and never see the bad sha256.
+    staged = write_model_version(tmp_path_factory.mktemp("staging"), weights, "tiny", "6")  # outside the repo
+    corrupt(staged)
+    staged.rename(repo / "tiny" / "6")
     wait_for(lambda: "sha256" in str(client.post("/v2/repository/index").json()))
     assert client.get("/v2/models/tiny").json()["versions"] == ["2"]
 
