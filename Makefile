@@ -44,7 +44,7 @@ docker-smoke:
 # an installed copy: the checkout's folders become dynadapter.* only when installed, and neither
 # tool follows the editable install's import hook (docs/architecture.md).
 LINT_SITE := build/lint-site
-TYPED := dynadapter.service dynadapter.contract dynadapter.options dynadapter.errors
+TYPED := dynadapter.service dynadapter.contract dynadapter.options dynadapter.errors dynadapter.cpu
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

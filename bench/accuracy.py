@@ -41,6 +41,15 @@ DEFAULT_BATCH_SIZE, DEFAULT_LR, WARMUP_EPOCHS = (
 )
 
 
+def suite_plan(probe_petl: str) -> dict[str, int]:
+    """Cells of each kind in the default suite (every default task, PETL method and seed; no
+    ablation), whose projected time the page sets against issue 19's 4-hour budget; ``probe_petl``:
+    the method that stands for the frozen probe, which has no static and dynamic cells."""
+    runs = len(DEFAULT_TASKS) * len(DEFAULT_SEEDS)
+    adapted = sum(m != probe_petl for m in METHODS)
+    return {"probe": runs, "static": runs * adapted, "dynamic": runs * adapted}
+
+
 def _names(choices: Sequence[str] | None = None) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
@@ -213,6 +222,7 @@ def run(args: argparse.Namespace) -> None:
                 cells.ABLATION_PETL,
                 {**config.record(trained_cell), "seeds": list(args.seeds)},
                 (cells.PROBE_PETL, cells.PROBE),
+                suite_plan(cells.PROBE_PETL),
             ),
         )
 

@@ -41,6 +41,7 @@ from dynadapter.bench.corruptions import assign, corrupt, image_seed
 from dynadapter.bench.frozen_probe import fit_probe_heads
 from dynadapter.bench.int8_column import int8_result
 from dynadapter.contract import Preprocessing
+from dynadapter.cpu import this_cpu
 from dynadapter.errors import ConfigError
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops, exit_head_gflops
 from dynadapter.training.calibration import sweep
@@ -181,11 +182,7 @@ def bf16_autocast_is_fast() -> bool:
 
     if torch.cuda.is_available():
         return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(this_cpu().flags & {"avx512_bf16", "amx_bf16"})
 
 
 @dataclass
@@ -297,10 +294,16 @@ def backbone_depth(backbone: str, img_size: int, kwargs_json: str) -> int:
     return len(BackboneSpec(backbone, img_size, kwargs=json.loads(kwargs_json) or None).build().blocks)
 
 
+# Options that change where or how fast a cell runs, not what it learns: a cell finished with other values
+# is reused. Workers draw no randomness of their own (augmentation is seeded per image and epoch); the device
+# changes float rounding, and the result records it as ``device``.
+NOT_IDENTITY = ("out", "progress", "device", "workers")
+
+
 def options_record(opts: TrainOptions) -> dict[str, Any]:
-    """What makes a cell's result: the training options, as JSON (without the output path, the progress
-    bar and the device, which the result records as ``device``)."""
-    return {k: v for k, v in opts.record().items() if k not in ("out", "progress", "device")}
+    """What makes a cell's result: the training options, as JSON, without ``NOT_IDENTITY`` (the output
+    path, the progress bar, the device and the DataLoader workers)."""
+    return {k: v for k, v in opts.record().items() if k not in NOT_IDENTITY}
 
 
 def cell_device(run_dir: Path) -> str:

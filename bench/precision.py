@@ -25,13 +25,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from dynadapter.bench import serve as bs
 from dynadapter.bench.results import fmt
+from dynadapter.cpu import parse_cpuinfo, this_cpu
 
 log = logging.getLogger(__name__)
 
@@ -218,16 +218,14 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cpu_peak(cores: int, cpuinfo: str | None = None) -> dict[str, Any]:
     """This CPU's fp32 and int8 peak GFLOP/s on ``cores`` cores, from /proc/cpuinfo (module docstring)."""
-    text = cpuinfo if cpuinfo is not None else _read("/proc/cpuinfo")
-    flags = set(re.search(r"^flags\s*:\s*(.*)$", text, re.M).group(1).split()) if "flags" in text else set()
-    mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)]
-    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-    ghz = (max(mhz) if mhz else 0.0) / 1000
+    cpu = this_cpu() if cpuinfo is None else parse_cpuinfo(cpuinfo)
+    flags = cpu.flags
+    ghz = max(cpu.mhz, default=0.0) / 1000
     lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4
     vnni = bool(flags & {"avx512_vnni", "avx_vnni"})
     fp32 = cores * ghz * lanes * 2 * 2
     return {
-        "model": model.group(1).strip() if model else None,
+        "model": cpu.model,
         "cores_used": cores,
         "ghz": ghz,
         "fp32_lanes": lanes,
@@ -237,13 +235,6 @@ def cpu_peak(cores: int, cpuinfo: str | None = None) -> dict[str, Any]:
         "fp32_gflops": fp32,
         "int8_gflops": fp32 * (4 if vnni else 2),
     }
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
 
 
 def render_markdown(results: dict[str, Any]) -> str:

@@ -36,12 +36,15 @@ RESULT_KEYS = (
     "ablation",
     "missing",
     "timing",
+    "budget",
     "devices",
 )
 #: Issue 19's targets on the shifted split, suite means at ``balanced``: Dyn-Adapter at least this
 #: far above the frozen probe, and losing at most this much more from clean to shifted than static.
 SHIFT_MARGIN_OVER_PROBE = 0.02
 SHIFT_EXTRA_LOSS = 0.01
+#: Issue 19's budget: the whole default suite (every task, PETL method and seed) within 4 hours.
+SUITE_BUDGET_S = 4 * 3600
 #: Issue 18's bound: int8 ``balanced`` at most this far below fp32 ``balanced`` (test accuracy).
 INT8_MAX_TEST_DROP = 0.003
 #: (task, petl, variant, seed) -> a cell's result, None where it has not finished
@@ -334,9 +337,11 @@ def sections(
     ablation_petl: str,
     config: dict[str, Any],
     probe: tuple[str, str] = ("none", "probe"),
+    suite_plan: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The accuracy sections of results.json from ``(task, petl, variant, seed) -> result or None``;
-    ``probe``: the (petl, variant) of the frozen-probe cells."""
+    ``probe``: the (petl, variant) of the frozen-probe cells; ``suite_plan``: cells of each kind
+    ("probe", "static", "dynamic") in the whole default suite, which ``budget`` projects."""
     lookup = by_cell(runs)
     probes = [probe_row(t, lookup.get((t, *probe))) for t in tasks]
     rows, means = [], []
@@ -361,6 +366,7 @@ def sections(
         "ablation": ablation,
         "missing": missing,
         "timing": timing(runs),
+        "budget": budget(timing(runs), suite_plan or {}),
         "devices": devices(runs),
     }
 
@@ -374,6 +380,16 @@ def timing(runs: RunResults) -> dict[str, Any]:
             kind = variant if variant in ("static", "probe") else "dynamic"
             seconds.setdefault(kind, []).append(r["seconds"] + (_get(r, "int8", "seconds") or 0.0))
     return {kind: {"cells": len(s), "mean_s": fmean(s), "total_s": sum(s)} for kind, s in seconds.items()}
+
+
+def budget(times: dict[str, Any], plan: dict[str, int]) -> dict[str, Any] | None:
+    """The whole suite's wall-clock time projected from the finished cells: ``plan``'s count of each
+    kind of cell times that kind's mean seconds, against ``SUITE_BUDGET_S``. None until every kind in
+    the plan has a finished cell."""
+    if not plan or any(kind not in times for kind in plan):
+        return None
+    projected = sum(n * times[kind]["mean_s"] for kind, n in plan.items())
+    return {"plan": plan, "projected_s": projected, "bound_s": SUITE_BUDGET_S, "met": projected <= SUITE_BUDGET_S}
 
 
 def devices(runs: RunResults) -> dict[str, int]:
@@ -691,9 +707,31 @@ def render_markdown(results: dict[str, Any]) -> str:
                 ],
             )
         )
+        if results.get("budget"):
+            parts.append(render_budget(results["budget"], c))
     if results["missing"]:
         parts.append("## Cells not finished\n\n" + ", ".join(f"`{m}`" for m in results["missing"]))
     return "\n\n".join(parts)
+
+
+def render_budget(b: dict[str, Any], config: dict[str, Any]) -> str:
+    """The suite's projected wall-clock time against the 4-hour budget, with what set it."""
+    cells = ", ".join(f"{n} {kind}" for kind, n in b["plan"].items())
+    precision = f"{config['amp']} autocast" if config.get("amp") else "float32 (no bfloat16 autocast)"
+    hours, bound = b["projected_s"] / 3600, b["bound_s"] / 3600
+    faster = ("bfloat16 autocast on a CPU with bfloat16 instructions, or " if not config.get("amp") else "") + (
+        "a GPU (`--device cuda`)"
+    )
+    verdict = (
+        "**met**"
+        if b["met"]
+        else f"missed by {hours - bound:.1f} h ({hours / bound:.1f}x the budget). A cell's time is its training "
+        f"steps, compute-bound: the suite fits where a step runs {hours / bound:.1f}x faster: {faster}"
+    )
+    return (
+        f"Whole default suite ({cells} cells) at these means, trained in {precision}: "
+        f"**{hours:.1f} h** against a budget of {bound:.0f} h: {verdict}."
+    )
 
 
 def _devices(counts: dict[str, int] | None) -> str:

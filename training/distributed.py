@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from dynadapter.cpu import parse_cpuinfo, this_cpu
 from dynadapter.errors import ConfigError
 
 
@@ -82,13 +82,8 @@ def device_name(device: torch.device, cpuinfo: str | None = None) -> str:
     CPU's model name (/proc/cpuinfo) with the threads torch uses, e.g. "AMD EPYC, 2 threads"."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    model = models[0] if models else platform.processor() or platform.machine() or "CPU"
+    cpu = this_cpu() if cpuinfo is None else parse_cpuinfo(cpuinfo)
+    model = cpu.model or platform.processor() or platform.machine() or "CPU"
     threads = torch.get_num_threads()
     return f"{model}, {threads} thread{'s' if threads != 1 else ''}"
 

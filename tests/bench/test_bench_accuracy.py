@@ -276,6 +276,9 @@ def test_a_recipe_gets_cells_of_its_own_and_the_default_recipe_keeps_todays(tmp_
     today = options_record(default.options(cell))
     new = ("crop_scale", "hflip", "auto_augment", "mixup", "cutmix", "smoothing", "head_dropout", "petl_dropout")
     assert same_options({k: v for k, v in today.items() if k not in new}, today)
+    # where and how fast a cell ran is not what it learnt: a cell trained by 2 workers on a GPU is reused
+    elsewhere = default.options(cell).model_copy(update={"workers": 2, "device": "cuda"})
+    assert same_options(elsewhere.record(), today) and options_record(elsewhere) == today
 
     flip = config("hflip=0.5", "crop_scale=0.5,1")
     assert flip.recipe == {"crop_scale": [0.5, 1.0], "hflip": 0.5}

@@ -285,3 +285,37 @@ def test_a_seed_without_a_bootstrap_interval_leaves_the_interval_out() -> None:
     row = next(r for r in results["rows"] if r["task"] == "a")
     assert row["balanced_interval"] is None and row["dyn_val"]["balanced"] == pytest.approx(0.9)
     assert "| a | adapter | 90.0 / 70.0 | 90.0 / 80.0 | 90.0 / 90.0 | 0.700 ± 0.000 | — |" in render_markdown(results)
+
+
+def test_the_whole_suites_time_is_projected_from_each_kinds_mean_against_the_budget() -> None:
+    timed = {
+        ("a", "none", "probe", 0): {**probe(0.7, 3, 0.25), "seconds": 100.0},
+        ("a", "adapter", "static", 0): {**static(0.9), "seconds": 300.0},
+        ("a", "adapter", "dyn", 0): {**dyn(0.9, 0.4), "seconds": 500.0},
+        ("a", "adapter", "dyn", 1): {**dyn(0.9, 0.4), "seconds": 700.0},
+    }
+    plan = {"probe": 12, "static": 36, "dynamic": 36}
+    results = sections(timed, ["a"], ["adapter"], {}, "adapter", CONFIG, suite_plan=plan)
+    # 12 x 100 s + 36 x 300 s + 36 x 600 s (the dynamic cells' mean) = 33600 s = 9.33 h
+    assert results["budget"] == {"plan": plan, "projected_s": 33600.0, "bound_s": 4 * 3600, "met": False}
+    page = render_markdown(results)
+    assert "(12 probe, 36 static, 36 dynamic cells)" in page
+    assert "trained in float32 (no bfloat16 autocast): **9.3 h** against a budget of 4 h: missed by 5.3 h" in page
+    assert "a step runs 2.3x faster: bfloat16 autocast on a CPU with bfloat16 instructions, or a GPU" in page
+    # a fifth of the plan fits in 4 hours; with bfloat16 already on, only the GPU is left to suggest
+    small = sections(
+        timed,
+        ["a"],
+        ["adapter"],
+        {},
+        "adapter",
+        {**CONFIG, "amp": "bfloat16"},
+        suite_plan={k: n // 5 for k, n in plan.items()},
+    )
+    assert small["budget"]["met"] is True and "in bfloat16 autocast: **1.8 h** against a budget of 4 h: **met**." in (
+        render_markdown(small)
+    )
+    # nothing is projected before every kind of cell has one finished, nor without a plan
+    no_probe = {k: v for k, v in timed.items() if k[1] != "none"}
+    assert sections(no_probe, ["a"], ["adapter"], {}, "adapter", CONFIG, suite_plan=plan)["budget"] is None
+    assert sections(timed, ["a"], ["adapter"], {}, "adapter", CONFIG)["budget"] is None
