@@ -354,6 +354,7 @@ def sections(
         for v, label in {"dyn": "Dyn-Adapter, every part on", **ablations}.items()
     ]
     missing = [f"{t}/{p}-{v}" + (f"-seed{s}" if s else "") for (t, p, v, s), r in runs.items() if r is None]
+    times = timing(runs)
     return {
         "config": config,
         "tasks": list(tasks),
@@ -365,8 +366,8 @@ def sections(
         "int8_target": [int8_target(petl, [r for r in rows if r["petl"] == petl]) for petl in methods],
         "ablation": ablation,
         "missing": missing,
-        "timing": timing(runs),
-        "budget": budget(timing(runs), suite_plan or {}),
+        "timing": times,
+        "budget": budget(times, suite_plan or {}),
         "devices": devices(runs),
     }
 
