@@ -31,7 +31,7 @@ from typing import Any
 
 from dynadapter.bench import serve as bs
 from dynadapter.bench.results import fmt
-from dynadapter.cpu import parse_cpuinfo, this_cpu
+from dynadapter.cpu import cpu_info
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cpu_peak(cores: int, cpuinfo: str | None = None) -> dict[str, Any]:
     """This CPU's fp32 and int8 peak GFLOP/s on ``cores`` cores, from /proc/cpuinfo (module docstring)."""
-    cpu = this_cpu() if cpuinfo is None else parse_cpuinfo(cpuinfo)
+    cpu = cpu_info(cpuinfo)
     flags = cpu.flags
     ghz = max(cpu.mhz, default=0.0) / 1000
     lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4

@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuInfo", "parse_cpuinfo", "this_cpu"]
+__all__ = ["CpuInfo", "cpu_info", "parse_cpuinfo", "this_cpu"]
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -59,3 +59,8 @@ def this_cpu() -> CpuInfo:
         return parse_cpuinfo(CPUINFO.read_text())
     except OSError:
         return CpuInfo(None, frozenset(), (), readable=False)
+
+
+def cpu_info(cpuinfo: str | None = None) -> CpuInfo:
+    """``cpuinfo`` (a /proc/cpuinfo text, as tests pass one) parsed, or this machine's CPU when None."""
+    return this_cpu() if cpuinfo is None else parse_cpuinfo(cpuinfo)

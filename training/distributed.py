@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dynadapter.cpu import parse_cpuinfo, this_cpu
+from dynadapter.cpu import cpu_info
 from dynadapter.errors import ConfigError
 
 
@@ -82,7 +82,7 @@ def device_name(device: torch.device, cpuinfo: str | None = None) -> str:
     CPU's model name (/proc/cpuinfo) with the threads torch uses, e.g. "AMD EPYC, 2 threads"."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = this_cpu() if cpuinfo is None else parse_cpuinfo(cpuinfo)
+    cpu = cpu_info(cpuinfo)
     model = cpu.model or platform.processor() or platform.machine() or "CPU"
     threads = torch.get_num_threads()
     return f"{model}, {threads} thread{'s' if threads != 1 else ''}"

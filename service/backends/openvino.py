@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dynadapter.contract.model_repository import HIDDEN_OUTPUT, LOGITS_OUTPUT, ModelLoadError
-from dynadapter.cpu import parse_cpuinfo, this_cpu
+from dynadapter.cpu import cpu_info
 
 DEVICE = "CPU"
 
@@ -41,7 +41,7 @@ INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 def int8_accelerated(cpuinfo: str | None = None) -> bool:
     """True when this CPU has int8 dot-product instructions (from /proc/cpuinfo's flags; True where
     that file cannot be read, e.g. not Linux, so a model's int8 segments are not passed over blindly)."""
-    cpu = this_cpu() if cpuinfo is None else parse_cpuinfo(cpuinfo)
+    cpu = cpu_info(cpuinfo)
     return bool(cpu.flags & INT8_FLAGS) or not cpu.readable
 
 
