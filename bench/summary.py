@@ -216,13 +216,31 @@ def _mode_means(rows: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str,
     return {m: {k: fmean(r[key][m][k] for r in rows) for k in ("acc", "gflops", "saved")} for m in MODES}
 
 
-def target(row: dict[str, Any], num_tasks: int) -> dict[str, Any]:
-    """Whether a method's suite mean meets the paper's claim at ``balanced``, and by how much it misses."""
+def seed_deltas(runs: RunResults, petl: str, tasks: Sequence[str]) -> dict[int, float]:
+    """seed -> that seed's suite-mean accuracy difference, ``balanced`` minus static, for every seed
+    whose static and Dyn-Adapter cells finished on every task: the target's spread over seeds."""
+    seeds = sorted({seed for (_, p, _, seed) in runs if p == petl})
+    deltas = {}
+    for seed in seeds:
+        cells = [(runs.get((t, petl, "static", seed)), runs.get((t, petl, "dyn", seed))) for t in tasks]
+        done = [(static, dyn) for static, dyn in cells if static is not None and dyn is not None]
+        if len(done) == len(tasks):
+            deltas[seed] = fmean(dyn["modes"]["balanced"]["acc"] - static["acc"] for static, dyn in done)
+    return deltas
+
+
+def target(row: dict[str, Any], num_tasks: int, per_seed: dict[int, float] | None = None) -> dict[str, Any]:
+    """Whether a method's suite mean meets the paper's claim at ``balanced``, and by how much it misses;
+    ``per_seed`` (``seed_deltas``): each complete seed's accuracy difference, whose sample standard
+    deviation says how far the verdict is from noise."""
+    per_seed = per_seed or {}
     out: dict[str, Any] = {
         "petl": row["petl"],
         "tasks": row["tasks"],
         "of": num_tasks,
         "complete": row["tasks"] == num_tasks,
+        "seed_deltas": {str(seed): d for seed, d in per_seed.items()},
+        "acc_delta_std": stdev(per_seed.values()) if len(per_seed) > 1 else None,
     }
     if row["dyn"] is None:
         return {**out, "met": None}
@@ -361,7 +379,7 @@ def sections(
         "methods": list(methods),
         "rows": rows + means,
         "probe": [*probes, probe_mean(probes)],
-        "target": [target(m, len(tasks)) for m in means],
+        "target": [target(m, len(tasks), seed_deltas(runs, m["petl"], tasks)) for m in means],
         "shift_target": [shift_target(m, probes, len(tasks)) for m in means if m["petl"] != probe[0]],
         "int8_target": [int8_target(petl, [r for r in rows if r["petl"] == petl]) for petl in methods],
         "ablation": ablation,
@@ -414,6 +432,18 @@ def _mode_cells(row: dict[str, Any]) -> list[str]:
     return [f"{_pm(dyn[m]['acc'], std.get(m))} / {dyn[m]['gflops']:.3g} / {_pct(dyn[m]['saved'], 0)}%" for m in MODES]
 
 
+def _seeds_short(row: dict[str, Any], planned: int) -> str:
+    """A label such as ``(1 of 3 seeds)`` where a row's mean covers fewer seeds than the run asked for,
+    so that a mean over one seed is not read as one over three; empty where every seed finished."""
+    counts = {k: n for k, n in (row.get("seeds") or {}).items() if n is not None}
+    if not counts or min(counts.values()) >= planned:
+        return ""
+    if len(set(counts.values())) == 1:
+        return f" ({min(counts.values())} of {planned} seeds)"
+    names = {"static": "static", "dyn": "Dyn-Adapter"}
+    return " (" + ", ".join(f"{names[kind]} {n}" for kind, n in counts.items()) + f" of {planned} seeds)"
+
+
 def _shifted_cell(row: dict[str, Any]) -> str:
     shifted = row.get("dyn_shifted") or {}
     if row["dyn"] is None or not shifted.get("balanced"):
@@ -453,6 +483,14 @@ def _verdict(t: dict[str, Any]) -> str:
     return "missed: " + "; ".join(misses) + partial
 
 
+def _delta_cell(t: dict[str, Any]) -> str:
+    """The target's accuracy difference in points, ± its standard deviation over seeds where known."""
+    if t["met"] is None:
+        return "—"
+    std = t.get("acc_delta_std")
+    return f"{100 * t['acc_delta']:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
 def render_target(results: dict[str, Any]) -> str:
     means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
     lines = [
@@ -460,7 +498,8 @@ def render_target(results: dict[str, Any]) -> str:
             t["petl"],
             _pct(means[t["petl"]]["static_acc"]),
             _pct(means[t["petl"]]["dyn"]["balanced"]["acc"]) if t["met"] is not None else "—",
-            f"{100 * t['acc_delta']:+.2f}" if t["met"] is not None else "—",
+            _delta_cell(t),
+            str(len(t.get("seed_deltas", {}))),
             f"{_pct(t['saved'])}%" if t["met"] is not None else "—",
             _pct(t["best_at_target"]) if t.get("best_at_target") is not None else "—",
             _verdict(t),
@@ -472,13 +511,15 @@ def render_target(results: dict[str, Any]) -> str:
         f"At least {TARGET_SAVED:.0%} of the static baseline's FLOPs saved, with the suite-mean accuracy "
         "(the mean over tasks of the means over seeds) "
         f"within {100 * TARGET_ACC_DROP:.1f} points of the static baseline of the same PETL method "
-        "(`none`: the linear probe on the frozen backbone).\n\n"
+        "(`none`: the linear probe on the frozen backbone). Δ acc: ± the standard deviation, over the seeds "
+        "whose cells all finished, of each seed's own suite-mean Δ: the noise the verdict stands against.\n\n"
         + _table(
             [
                 "PETL",
                 "static acc (%)",
                 "balanced acc (%)",
                 "Δ acc (points)",
+                "seeds with every cell",
                 "FLOPs saved",
                 f"best on test at {TARGET_SAVED:.0%} saved (%)",
                 "target",
@@ -581,6 +622,7 @@ def render_tasks(results: dict[str, Any]) -> str:
         "accuracy than `dynadapter export` allows; — where the cell was not exported (`--no-int8`)."
     ]
     probes = {p["task"]: p for p in results.get("probe", [])}
+    planned = len(results["config"].get("seeds", [0]))
     header = [
         "PETL",
         "static acc (%)",
@@ -595,7 +637,7 @@ def render_tasks(results: dict[str, Any]) -> str:
         title = f"### {task}" if task != "mean" else "### Suite mean (over the tasks where both cells finished)"
         lines = [
             [
-                r["petl"] + (f" ({r['tasks']} tasks)" if task == "mean" else ""),
+                r["petl"] + (f" ({r['tasks']} tasks)" if task == "mean" else _seeds_short(r, planned)),
                 _pm(r["static_acc"], r.get("static_acc_std")) if r["static_acc"] is not None else "missing",
                 _pm(r.get("static_shifted_acc"), r.get("static_shifted_acc_std")),
                 f"{r['static_gflops']:.3g}" if r["static_gflops"] is not None else "—",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import fmean
 
 import pytest
 
@@ -93,7 +94,7 @@ def test_missing_cells_and_ablation_are_marked(results: dict) -> None:
 
 def test_markdown_states_the_verdict(results: dict) -> None:
     page = render_markdown(results)
-    assert "| adapter | 80.0 | 79.9 | -0.10 | 55.0% | 50.0 | **met** |" in page
+    assert "| adapter | 80.0 | 79.9 | -0.10 | 1 | 55.0% | 50.0 | **met** |" in page
     assert "Why lora misses: the exits are not accurate enough" in page and "Why adapter" not in page
     assert (
         "missed: saves 10.0 points of FLOPs too few; accuracy 4.50 points below the 0.5-point margin "
@@ -163,6 +164,40 @@ def test_seeds_give_mean_and_sample_std(seeded: dict) -> None:
     assert target["acc_delta"] == pytest.approx(-0.01) and target["met"] is False
 
 
+def test_the_targets_spread_is_each_complete_seeds_suite_mean() -> None:
+    """Two tasks; adapter: seed 0 Δ -0.2 and -0.4 points (mean -0.3), seed 1 -0.6 and -0.8 (-0.7),
+    seed 2 has only task a; lora: seed 0 alone."""
+    runs = {
+        **{(t, "adapter", "static", s): static(0.9) for t in "ab" for s in (0, 1, 2)},
+        ("a", "adapter", "dyn", 0): dyn(0.898, 0.4),
+        ("b", "adapter", "dyn", 0): dyn(0.896, 0.4),
+        ("a", "adapter", "dyn", 1): dyn(0.894, 0.4),
+        ("b", "adapter", "dyn", 1): dyn(0.892, 0.4),
+        ("a", "adapter", "dyn", 2): dyn(0.890, 0.4),
+        ("b", "adapter", "dyn", 2): None,
+        **{(t, "lora", v, 0): static(0.9) if v == "static" else dyn(0.9, 0.4) for t in "ab" for v in ("static", "dyn")},
+        **{(t, "lora", v, 1): None for t in "ab" for v in ("static", "dyn")},
+    }
+    results = sections(runs, ["a", "b"], ["adapter", "lora"], {}, "adapter", {**CONFIG, "seeds": [0, 1, 2]})
+    adapter, lora = results["target"]
+    assert adapter["seed_deltas"] == {"0": pytest.approx(-0.003), "1": pytest.approx(-0.007)}
+    assert adapter["acc_delta_std"] == pytest.approx(0.004 / 2**0.5)
+    # the verdict is on the means over whatever seeds finished: task a over 3 seeds, b over 2
+    assert adapter["acc_delta"] == pytest.approx(fmean([0.894 - 0.9, 0.894 - 0.9]))
+    assert lora["seed_deltas"] == {"0": pytest.approx(0.0)} and lora["acc_delta_std"] is None
+    page = render_markdown(results)
+    assert "| adapter | 90.0 | 89.4 | -0.60 ± 0.28 | 2 | 60.0% |" in page
+    assert "| lora | 90.0 | 90.0 | +0.00 | 1 | 60.0% |" in page
+    # rows whose means cover fewer seeds than asked say so; adapter on task a has all three
+    task_b = page[page.index("### b") : page.index("### Suite mean")]
+    assert (
+        "| adapter (static 3, Dyn-Adapter 2 of 3 seeds) | 90.0 ± 0.0 |" in task_b
+        and "| lora (1 of 3 seeds) |" in task_b
+    )
+    task_a = page[page.index("### a") : page.index("### b")]
+    assert "| adapter | 90.0 ± 0.0 |" in task_a
+
+
 def test_probe_row_over_the_seeds_that_finished(seeded: dict) -> None:
     probe_row, mean = seeded["probe"]
     assert probe_row["seeds"] == 2 and probe_row["blocks"] == [3, 4]
@@ -175,7 +210,7 @@ def test_probe_row_over_the_seeds_that_finished(seeded: dict) -> None:
 def test_page_reports_mean_std_shifted_and_probe(seeded: dict) -> None:
     page = render_markdown(seeded)
     assert "seeds 0, 1, 2: mean ± std" in page
-    line = next(x for x in page.splitlines() if x.startswith("| adapter |") and "±" in x)  # the task table
+    line = next(x for x in page.splitlines() if x.startswith("| adapter | 82.0 ±"))  # the task table
     # static 82.0 ± 2.0, shifted 72.0 ± 2.0; balanced 81.0 ± 2.0 at 0.4 GFLOPs, shifted 51.0 ± 2.0
     assert (
         "| 82.0 ± 2.0 | 72.0 ± 2.0 | 1 |" in line
