@@ -622,7 +622,7 @@ def render_tasks(results: dict[str, Any]) -> str:
         "accuracy than `dynadapter export` allows; — where the cell was not exported (`--no-int8`)."
     ]
     probes = {p["task"]: p for p in results.get("probe", [])}
-    planned = len(results["config"].get("seeds", [0]))
+    planned = len(_config_seeds(results["config"]))
     header = [
         "PETL",
         "static acc (%)",
@@ -783,8 +783,13 @@ def _devices(counts: dict[str, int] | None) -> str:
     return " (trained on " + "; ".join(f"{name}: {n} cell{'s' if n != 1 else ''}" for name, n in counts.items()) + ")"
 
 
+def _config_seeds(config: dict[str, Any]) -> list[int]:
+    """The seeds a run asked for (``seed`` alone in configs written before ``--seeds``)."""
+    return list(config.get("seeds", [config.get("seed", 0)]))
+
+
 def _seeds(config: dict[str, Any]) -> str:
-    seeds = config.get("seeds", [config.get("seed", 0)])
+    seeds = _config_seeds(config)
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}: mean ± std"
 
 
