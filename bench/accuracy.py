@@ -143,6 +143,13 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--root", type=Path, default=Path("var/bench"), help="cell cache (default: var/bench)")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.{json,md} go (default: docs)")
+    p.add_argument(
+        "--records",
+        type=Path,
+        help="where each finished cell's result is also kept, to be committed: a cell found there counts as "
+        "finished where its run directory under --root is absent, so a fresh clone re-renders the page and "
+        "a suite continues on another machine (default: DOCS/results/cells)",
+    )
     p.add_argument("--backbone", help="timm ViT name or builtin:<name> (default: dynadapter train's)")
     p.add_argument(
         "--backbone-arg",
@@ -183,6 +190,7 @@ def suite_config(args: argparse.Namespace, epochs: int, steps: int | None = None
         recipe=cells.recipe_options(args.train_arg),
         int8=int8,
         device=args.device,
+        records=args.records or args.docs / "results" / "cells",
     )
 
 

@@ -13,6 +13,14 @@ finished cell whose results lack a part added since (the shifted test split, the
 block) gets it evaluated from its run directory, without training. Changes to the code are not
 detected otherwise: after one that matters, train again into a fresh ``--root``.
 
+The run directories (checkpoints, a few MB each) stay on the machine that trained them; each finished
+cell's ``bench.json`` is also kept as a *record*, ``RECORDS/<task>/<cell>.json`` (``SuiteConfig.records``;
+``bench accuracy`` keeps them under ``docs/results/cells/``, in the repository), the way asv keeps its
+results beside the code. A record counts as a finished cell where its run directory is absent, so a
+fresh clone re-renders the results page and a suite spread over machines or sessions adds seeds to it
+instead of training again; such a cell cannot get the parts added since it ran (they stay missing,
+and the log says so).
+
 Every cell is evaluated on the test split and on its shifted copy (``ShiftedSource``: each image
 corrupted by one kind and severity of ``dynadapter.bench.corruptions``, at the model's input
 resolution as ImageNet-C corrupts at 224 px, seeded by the cell's seed). With ``SuiteConfig.int8``
@@ -199,6 +207,8 @@ class SuiteConfig:
     workers: DataLoader workers of every cell (None: ``dynadapter train``'s default).
     device: where cells train (``dynadapter train --device``); not part of a cell's identity, so that a
         suite begun on one machine continues on another. Each cell records the device it ran on.
+    records: where each finished cell's result is also kept (``record_path``), read where its run
+        directory is absent; None: the run directories only.
     steps: for few-shot cells, train this many optimizer steps whatever K (epochs follow from it);
         None: ``epochs`` for every cell.
     """
@@ -217,6 +227,7 @@ class SuiteConfig:
     recipe: dict[str, Any] = field(default_factory=dict)
     int8: bool = False
     device: str = "auto"
+    records: Path | None = None
 
     def epochs_for(self, cell: Cell) -> int:
         """``epochs``; for a few-shot cell with ``steps`` set, the epochs that make about that many steps;
@@ -230,6 +241,12 @@ class SuiteConfig:
 
     def cell_dir(self, cell: Cell) -> Path:
         return Path(self.root) / cell.task / f"{cell.petl}-{cell.variant}{cell.suffix}{recipe_suffix(self.recipe)}"
+
+    def record_path(self, cell: Cell) -> Path | None:
+        """``records/<task>/<cell directory>.json``: the cell's ``bench.json``, kept apart from its run."""
+        if self.records is None:
+            return None
+        return Path(self.records) / cell.task / f"{self.cell_dir(cell).name}.json"
 
     def options(self, cell: Cell) -> TrainOptions:
         given = {"img_size": self.img_size, "backbone": self.backbone, "workers": self.workers}
@@ -320,31 +337,74 @@ def same_options(stored: dict[str, Any], current: dict[str, Any]) -> bool:
 
 
 def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:
-    """The cached result of a finished cell (None if it must be trained), completed with any part that
-    the code has added since it ran (evaluated on its run directory, no training)."""
-    path = config.cell_dir(cell) / BENCH_FILE
-    if not path.is_file():
+    """The cached result of a finished cell (None if it must be trained): its run directory's
+    ``bench.json``, else its record (`SuiteConfig.record_path`). A cell with its run directory is
+    completed with any part that the code has added since it ran (evaluated there, no training)."""
+    run_dir, record = config.cell_dir(cell), config.record_path(cell)
+    if (run_dir / BENCH_FILE).is_file():
+        stored = json.loads((run_dir / BENCH_FILE).read_text())
+    elif record is not None and record.is_file():
+        stored = json.loads(record.read_text())
+    else:
         return None
-    stored = json.loads(path.read_text())
     if not same_options(stored.get("options", {}), options_record(config.options(cell))):
         log.info("%s was run with other options: it will be trained again", cell.name)
         return None
-    result = stored["result"]
-    if "device" not in result:
-        result["device"] = cell_device(config.cell_dir(cell))
-        path.write_text(json.dumps({**stored, "result": result}, indent=2))
-    if "modes" in result and "val_modes" not in result and has_calibration(config.cell_dir(cell)):
-        result["val_modes"] = val_modes(read_calibration(config.cell_dir(cell))["modes"])  # read, not evaluated
-        path.write_text(json.dumps({**stored, "result": result}, indent=2))
-    if "shifted" not in result or (cell.variant == PROBE and "probe" not in result):
+    missing = missing_parts(cell, config, stored["result"])
+    if not (run_dir / BENCH_FILE).is_file():
+        if missing:
+            log.warning(
+                "%s: only its record %s is here, not its run directory: its %s stay missing "
+                "(train it again into an empty --root to get them)",
+                cell.name,
+                record,
+                ", ".join(missing),
+            )
+        return stored["result"]
+    if missing or (record is not None and not record.is_file()):
+        stored["result"] = complete(cell, config, stored["result"], missing)
+        save(cell, config, stored)
+    return stored["result"]
+
+
+def missing_parts(cell: Cell, config: SuiteConfig, result: dict[str, Any]) -> list[str]:
+    """The parts that the code has added since the cell ran and that ``complete`` can add."""
+    parts = {
+        "device": "device" not in result,
+        # read from the run's calibration.json, where there is one
+        "validation numbers": "modes" in result
+        and "val_modes" not in result
+        and has_calibration(config.cell_dir(cell)),
+        "shifted numbers": "shifted" not in result or (cell.variant == PROBE and "probe" not in result),
+        "int8 numbers": wants_int8(cell, config, result),
+    }
+    return [name for name, is_missing in parts.items() if is_missing]
+
+
+def complete(cell: Cell, config: SuiteConfig, result: dict[str, Any], missing: list[str]) -> dict[str, Any]:
+    """``result`` with the ``missing`` parts (`missing_parts`), from its run directory (no training)."""
+    run_dir, result = config.cell_dir(cell), dict(result)
+    if "device" in missing:
+        result["device"] = cell_device(run_dir)
+    if "validation numbers" in missing:
+        result["val_modes"] = val_modes(read_calibration(run_dir)["modes"])  # read, not evaluated
+    if "shifted numbers" in missing:
         log.info("%s: evaluating the parts added since it ran (no training)", cell.name)
         result.update(extra_evaluations(config.options(cell), cell.variant, result["exit_accuracy"]))
-        path.write_text(json.dumps({**stored, "result": result}, indent=2))
-    if wants_int8(cell, config, result):
+    if "int8 numbers" in missing:
         log.info("%s: serving it in int8 (no training)", cell.name)
-        result["int8"] = int8_result(config.cell_dir(cell), result["reference_gflops"])
-        path.write_text(json.dumps({**stored, "result": result}, indent=2))
+        result["int8"] = int8_result(run_dir, result["reference_gflops"])
     return result
+
+
+def save(cell: Cell, config: SuiteConfig, stored: dict[str, Any]) -> None:
+    """Write a finished cell's options and result to its run directory's ``bench.json`` and to its
+    record (compact: a record holds the threshold sweep, and the records are kept in git)."""
+    (config.cell_dir(cell) / BENCH_FILE).write_text(json.dumps(stored, indent=2))
+    record = config.record_path(cell)
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(stored, sort_keys=True, separators=(",", ":")) + "\n")
 
 
 def run_cell(cell: Cell, config: SuiteConfig) -> dict[str, Any]:
@@ -361,7 +421,7 @@ def run_cell(cell: Cell, config: SuiteConfig) -> dict[str, Any]:
         result["probe"]["heads"] = fits
     if wants_int8(cell, config, result):
         result["int8"] = int8_result(opts.out, reference)
-    (opts.out / BENCH_FILE).write_text(json.dumps({"options": options_record(opts), "result": result}, indent=2))
+    save(cell, config, {"options": options_record(opts), "result": result})
     log.info("%s finished in %.0f s: test accuracy %.4f", cell.name, result["seconds"], result["acc"])
     return result
 

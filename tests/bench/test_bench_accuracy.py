@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -232,6 +233,39 @@ def test_a_cached_cell_without_validation_numbers_gets_them_from_its_calibration
     bench("accuracy", *argv.split())
     assert (cell / "checkpoint.safetensors").stat().st_mtime_ns == checkpoint
     assert json.loads((cell / BENCH_FILE).read_text())["result"]["val_modes"] == stored["result"]["val_modes"]
+
+
+def test_a_fresh_clone_renders_the_page_from_the_records_and_trains_nothing(
+    suite: tuple[Path, Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run directories stay on the machine that trained them; the records under
+    ``DOCS/results/cells/`` (committed) are enough to render the same page elsewhere."""
+    docs, root, argv = suite
+    bench("accuracy", *argv.split(), "--report-only")  # the page of the cells as they are now
+    records = docs / "results" / "cells"
+    for cell in ("none-probe", "adapter-static", "adapter-dyn"):
+        record = json.loads((records / "digits" / f"{cell}.json").read_text())
+        assert record == json.loads((root / "digits" / cell / BENCH_FILE).read_text())
+    clone = tmp_path / "clone"
+    shutil.copytree(records, clone / "docs" / "results" / "cells")
+    # Not --report-only: a cell missing from the records would be trained into the empty root.
+    empty = clone / "var" / "bench"
+    argv_clone = [*TINY, "--root", str(empty), "--docs", str(clone / "docs")]
+    bench("accuracy", *argv_clone)
+    assert not list(empty.rglob(BENCH_FILE))
+    before, after = (json.loads((d / "results.json").read_text()) for d in (docs, clone / "docs"))
+    for key in ("rows", "target", "probe", "shift_target", "int8_target", "devices", "missing"):
+        assert after[key] == before[key], key
+    # A record lacking a part added since it ran cannot get it without its run: the log says which.
+    dyn = clone / "docs" / "results" / "cells" / "digits" / "adapter-dyn.json"
+    stored = json.loads(dyn.read_text())
+    dyn.write_text(json.dumps({**stored, "result": {k: v for k, v in stored["result"].items() if k != "int8"}}))
+    with caplog.at_level("WARNING", logger="dynadapter.bench.cells"):
+        bench("accuracy", *argv_clone)
+    assert "digits/adapter-dyn: only its record" in caplog.text and "int8 numbers stay missing" in caplog.text
+    assert not list(empty.rglob(BENCH_FILE))
+    rows = {(r["task"], r["petl"]): r for r in json.loads((clone / "docs" / "results.json").read_text())["rows"]}
+    assert rows["digits", "adapter"]["dyn_int8"] is None
 
 
 def test_cells_per_seed_and_shots_have_their_own_directories(tmp_path: Path) -> None:
