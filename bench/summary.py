@@ -391,8 +391,9 @@ def sections(
 
 
 def timing(runs: RunResults) -> dict[str, Any]:
-    """Wall-clock seconds per finished cell (training, calibration, test evaluation and the int8
-    column where there is one), by variant (the frozen probe apart)."""
+    """Wall-clock seconds per finished cell (training, calibration, evaluation on the test split and,
+    for cells finished since 2026-12-01, its shifted copy, and the int8 column where there is one), by
+    variant (the frozen probe apart)."""
     seconds: dict[str, list[float]] = {}
     for (_, _, variant, _), r in runs.items():
         if r is not None:
