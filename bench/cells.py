@@ -341,7 +341,8 @@ def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:
     ``bench.json``, else its record (`SuiteConfig.record_path`). A cell with its run directory is
     completed with any part that the code has added since it ran (evaluated there, no training)."""
     run_dir, record = config.cell_dir(cell), config.record_path(cell)
-    if (run_dir / BENCH_FILE).is_file():
+    has_run = (run_dir / BENCH_FILE).is_file()
+    if has_run:
         stored = json.loads((run_dir / BENCH_FILE).read_text())
     elif record is not None and record.is_file():
         stored = json.loads(record.read_text())
@@ -351,7 +352,7 @@ def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:
         log.info("%s was run with other options: it will be trained again", cell.name)
         return None
     missing = missing_parts(cell, config, stored["result"])
-    if not (run_dir / BENCH_FILE).is_file():
+    if not has_run:
         if missing:
             log.warning(
                 "%s: only its record %s is here, not its run directory: its %s stay missing "
