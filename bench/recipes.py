@@ -30,6 +30,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "augment": {"crop_scale": "0.35,1", "auto_augment": "rand-m9-mstd0.5", "smoothing": 0.1},
     # regularisation of what trains (PETL branches and heads) without touching the images.
     "regularise": {"smoothing": 0.1, "head_dropout": 0.1, "petl_dropout": 0.1},
+    # the learning rate a factor of ~3 either side of the default 1e-3. Epochs are not a candidate:
+    # the suite's 4-hour budget holds 8 (docs/results.md, "Time per cell").
+    "lr-low": {"lr": 3e-4},
+    "lr-high": {"lr": 3e-3},
 }
 CUSTOM = "custom"
 #: Mean validation accuracies closer than this are a tie (far below one image in a suite's splits).
