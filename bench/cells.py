@@ -4,9 +4,9 @@ A cell is a run directory ``ROOT/<task>/<petl>-<variant>[-seed<S>][-k<K>][-r<R>]
 train`` writes, plus ``eval_test.json`` / ``.png`` from ``dynadapter eval``) and ``bench.json``,
 written last: the cell's training options and its results. Seed 0 and all training images keep the
 plain name, so caches written before seeds and shots existed are reused. A recipe given with
-``--train-arg`` (augmentation, regularisation: `recipe_options`) adds ``-r<R>``, a hash of the
-options that differ from ``dynadapter train``'s defaults, so that recipes never share a cell; the
-default recipe keeps the plain names. A cell whose
+``--train-arg`` (augmentation, regularisation: `recipe_options`) or a learning rate other than
+``dynadapter train``'s adds ``-r<R>``, a hash of the options that differ from its defaults, so that
+recipes never share a cell; the default recipe keeps the plain names. A cell whose
 ``bench.json`` holds the same options is finished and is reused, so an interrupted suite continues
 where it stopped; a cell run with other options (another ``--epochs``, say) is trained again. A
 finished cell whose results lack a part added since (the shifted test split, the probe's choice of
@@ -240,7 +240,10 @@ class SuiteConfig:
         return math.ceil(self.steps / steps_per_epoch)
 
     def cell_dir(self, cell: Cell) -> Path:
-        return Path(self.root) / cell.task / f"{cell.petl}-{cell.variant}{cell.suffix}{recipe_suffix(self.recipe)}"
+        # A learning rate of its own names the cell too: otherwise it would retrain the default's cells.
+        default_lr = TrainOptions.model_fields["lr"].default
+        identity = self.recipe | ({"lr": self.lr} if self.lr != default_lr else {})
+        return Path(self.root) / cell.task / f"{cell.petl}-{cell.variant}{cell.suffix}{recipe_suffix(identity)}"
 
     def record_path(self, cell: Cell) -> Path | None:
         """``records/<task>/<cell directory>.json``: the cell's ``bench.json``, kept apart from its run."""

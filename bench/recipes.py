@@ -35,8 +35,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lr-low": {"lr": 3e-4},
     "lr-high": {"lr": 3e-3},
 }
+#: Options of a recipe that the suite sets by its own flag (``--lr``), not by ``--train-arg``.
+SUITE_FIELDS = ("lr",)
 CUSTOM = "custom"
-#: Mean validation accuracies closer than this are a tie (far below one image in a suite's splits).
+#: Standard errors of the difference by which a recipe must beat the first listed (the default) on
+#: validation to be chosen: with 200 validation images a task, half a point on the suite mean is a
+#: handful of images, which did not carry over to test (docs/results.md, "Training recipes").
+CHOICE_Z = 1.0
+#: Mean validation accuracies closer than this are a tie even without noise (every task at 100%):
+#: equal image counts can average to floats 1e-16 apart (0.9099999999999999 against 0.91).
 TIE = 1e-9
 
 
@@ -70,10 +77,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def candidates(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """name -> the recipe's options as the cells record them (`cells.recipe_options`)."""
+    """name -> the recipe's options as the cells record them (`cells.recipe_options`; ``lr`` as given)."""
     from dynadapter.bench import cells
 
-    chosen = {name: cells.recipe_options(RECIPES[name].items()) for name in args.recipes}
+    chosen = {
+        name: {**cells.recipe_options(_train_args(RECIPES[name]).items()), **_suite_fields(RECIPES[name])}
+        for name in args.recipes
+    }
     if args.train_arg:
         custom = cells.recipe_options(args.train_arg)
         same = [name for name, recipe in chosen.items() if recipe == custom]
@@ -86,7 +96,7 @@ def candidates(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def run(args: argparse.Namespace) -> None:
     from dynadapter.bench import cells
     from dynadapter.bench.results import update_results
-    from dynadapter.training.data import BUILTIN_DATASETS
+    from dynadapter.training.data import BUILTIN_DATASETS, BUILTIN_VAL_IMAGES
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(BUILTIN_DATASETS))
@@ -97,12 +107,22 @@ def run(args: argparse.Namespace) -> None:
     todo = [cells.Cell(t, args.petl, cells.DYN, s) for s in args.seeds for t in tasks]
     results: dict[str, dict[tuple[str, int], dict[str, Any] | None]] = {}
     for name, recipe in recipes.items():
-        config = dataclasses.replace(base, recipe=recipe)
+        config = dataclasses.replace(base, recipe=_train_args(recipe), **_suite_fields(recipe))
         found = cells.run_suite(todo, config, set() if args.report_only else set(todo))
         results[name] = {(c.task, c.seed): r for c, r in found.items()}
-        section = recipes_section(results, recipes, tasks, args, base.record(todo[0]))
+        section = recipes_section(results, recipes, tasks, args, base.record(todo[0]), BUILTIN_VAL_IMAGES)
         update_results(args.docs, {"recipes": section})
     print(render_markdown({"recipes": section}))
+
+
+def _suite_fields(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's options that the suite sets by its own flags (``SUITE_FIELDS``: `SuiteConfig` fields)."""
+    return {k: v for k, v in recipe.items() if k in SUITE_FIELDS}
+
+
+def _train_args(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The rest: options as ``--train-arg`` gives them."""
+    return {k: v for k, v in recipe.items() if k not in SUITE_FIELDS}
 
 
 def recipe_point(result: dict[str, Any]) -> dict[str, float]:
@@ -121,10 +141,13 @@ def recipes_section(
     tasks: list[str],
     args: argparse.Namespace,
     config: dict[str, Any],
+    val_images: int,
 ) -> dict[str, Any]:
-    """``recipes`` of results.json: per recipe the mean over tasks of the means over seeds, and the
+    """``recipes`` of results.json: per recipe the mean over tasks of the means over seeds (with
+    ``val_se``, its validation accuracy's standard error on ``val_images`` a task and seed), and the
     recipe chosen on validation among those whose every cell (task x seed) finished (None until one
-    has). A task's numbers are shown once one seed has finished; ``missing`` lists the cells that have not."""
+    has): the first listed of those within noise of the best (``within_noise_of_best``). A task's
+    numbers are shown once one seed has finished; ``missing`` lists the cells that have not."""
     rows = []
     for name, per_cell in results.items():
         per_task = {}
@@ -144,20 +167,46 @@ def recipes_section(
                 "tasks": per_task,
             }
         )
-    finished = [r for r in rows if r["complete"]]
-    # The first listed of the best: equal image counts can average to floats 1e-16 apart
-    # (0.9099999999999999 against 0.91), which must not break a tie against the default.
-    best = max((r["mean"]["val_acc"] for r in finished), default=None)
-    tied = [r["recipe"] for r in finished if best is not None and r["mean"]["val_acc"] >= best - TIE]
+    for row in rows:
+        row["val_se"] = val_standard_error(row["tasks"], len(args.seeds), val_images) if row["complete"] else None
+    tied, margin = within_noise_of_best([r for r in rows if r["complete"]])
     return {
         "tasks": tasks,
         "petl": args.petl,
         "seeds": list(args.seeds),
         "config": config,
         "rows": rows,
+        "val_images": val_images,
         "chosen": tied[0] if tied else None,
         "tied": tied[1:],
+        "margin": margin,
     }
+
+
+def val_standard_error(per_task: dict[str, dict[str, float] | None], seeds: int, val_images: int) -> float:
+    """Binomial standard error of a recipe's suite-mean validation accuracy (a fraction): the mean over
+    T tasks of accuracies p_t on ``val_images`` x ``seeds`` images each, sqrt(sum p_t (1 - p_t) / (n S)) / T."""
+    accs = [p["val_acc"] for p in per_task.values() if p is not None]
+    return (sum(a * (1.0 - a) for a in accs) / (val_images * seeds)) ** 0.5 / len(accs)
+
+
+def within_noise_of_best(finished: list[dict[str, Any]]) -> tuple[list[str], dict[str, float]]:
+    """The recipes whose suite-mean validation accuracy is within ``CHOICE_Z`` standard errors of the
+    difference to the best one's (in the order listed, so that the first listed -- the default --
+    wins unless another beats it beyond the noise of the validation images), and ``margin``: the
+    recipe just outside or at the edge of that band, with its difference and standard error."""
+    if not finished:
+        return [], {}
+    best = max(finished, key=lambda r: r["mean"]["val_acc"])
+
+    def gap(r: dict[str, Any]) -> tuple[float, float]:
+        se = (best["val_se"] ** 2 + r["val_se"] ** 2) ** 0.5
+        return best["mean"]["val_acc"] - r["mean"]["val_acc"], max(CHOICE_Z * se, TIE)
+
+    tied = [r["recipe"] for r in finished if gap(r)[0] <= gap(r)[1]]
+    first = next(r for r in finished if r["recipe"] == tied[0])
+    difference, band = gap(first)
+    return tied, {"best": best["recipe"], "difference": difference, "band": band}
 
 
 def _options(options: dict[str, Any]) -> str:
@@ -174,6 +223,21 @@ def _point(p: dict[str, float] | None) -> list[str]:
     return [f"{100 * p[k]:.1f}" for k in ("val_acc", "acc", "shifted_acc")] + [f"{100 * p['saved']:.0f}%"]
 
 
+def _noise_note(section: dict[str, Any]) -> str:
+    """Why the chosen recipe is chosen where another one is as good or better on validation."""
+    tied, margin = section.get("tied") or [], section.get("margin") or {}
+    if not tied:
+        return ""
+    if margin.get("best") == section["chosen"] or not margin:
+        return f" (tied with {', '.join(tied)}; the first listed is kept)"
+    return (
+        f" (within noise of {', '.join(tied)}: {margin['best']} leads it by {100 * margin['difference']:.2f} "
+        f"points of suite-mean validation accuracy, within {CHOICE_Z:g} standard error of the difference, "
+        f"{100 * margin['band']:.2f} points on {section['val_images']} validation images a task and seed; "
+        "the first listed is kept unless another beats it beyond that)"
+    )
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The recipes section of docs/results.md (empty when results.json has none)."""
     section = results.get("recipes")
@@ -188,10 +252,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_options(r['options'])} | mean | " + " | ".join(_point(r["mean"])) + " |")
         lines += [f"| | | {t} | " + " | ".join(_point(p)) + " |" for t, p in r["tasks"].items()]
     missing = [f"{r['recipe']}: {', '.join(r['missing'])}" for r in section["rows"] if r["missing"]]
-    tied = section.get("tied") or []
-    tie = f" (tied with {', '.join(tied)}; a tie goes to the first listed)" if tied else ""
     verdict = (
-        f"Chosen on validation: **{chosen}**{tie}."
+        f"Chosen on validation: **{chosen}**{_noise_note(section)}."
         if chosen
         else "No recipe has finished every task yet: none is chosen."
     )

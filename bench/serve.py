@@ -807,9 +807,11 @@ def _target_lines(section: dict[str, Any]) -> list[str]:
     for check in section["targets"]:
         ratio, bound = check["ratio"], check["bound"]
         side = "over" if ratio > bound else "under"
+        clients = f"{check['concurrency']} client{'s' if check['concurrency'] != 1 else ''}"
+        # Four decimals: a ratio a hair over its bound (1.0504 against 1.05) must not print as equal to it.
         lines.append(
-            f"{'met   ' if check['met'] else 'MISSED'} {check['target']} at {check['concurrency']} clients: "
-            f"{ratio:.3f}, {abs(ratio / bound - 1):.1%} {side} the bound"
+            f"{'met   ' if check['met'] else 'MISSED'} {check['target']} at {clients}: "
+            f"{ratio:.4f}, {abs(ratio / bound - 1):.2%} {side} the bound"
         )
     return lines
 

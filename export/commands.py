@@ -10,8 +10,16 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="per-stage ONNX segments + manifest into a model repository")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", required=True, type=Path, help="model repository root")
-    p.add_argument("--name", default="model")
-    p.add_argument("--version", default="1")
+    p.add_argument("--name", default="model", help="the model's name in the repository and the API (default: model)")
+    p.add_argument(
+        "--version",
+        help="a positive integer (default: one above the highest version of NAME in the repository, 1 in a new one)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --version (a server that holds it keeps the old one until it reloads)",
+    )
     p.add_argument(
         "--precision",
         default="fp32",
@@ -32,8 +40,31 @@ def run_export(args: argparse.Namespace) -> None:
     from dynadapter.export.precisions import parse_precisions
 
     precisions = parse_precisions(args.precision)
-    folder = export_run(args.run_dir, args.out, args.name, args.version, precisions, args.int8_max_accuracy_drop)
+    version = export_version(args.out / args.name, args.version, args.overwrite)
+    folder = export_run(args.run_dir, args.out, args.name, version, precisions, args.int8_max_accuracy_drop)
     print(f"exported to {folder}")
+
+
+def export_version(model_dir: Path, version: str | None, overwrite: bool) -> str:
+    """The version folder to write under ``model_dir``: ``version``, or the next free one.
+
+    Raises ``ExportError`` for a version that is no positive integer (the repository's folders are
+    numbered), or one that exists without ``overwrite``: replacing it silently would leave a server
+    that holds it answering with the old model while its files say otherwise.
+    """
+    from dynadapter.errors import ExportError
+
+    existing = sorted(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit())
+    if version is None:
+        return str(existing[-1] + 1 if existing else 1)
+    if not version.isdigit() or int(version) < 1:
+        raise ExportError(f"--version {version!r}: versions are positive integers (folders 1, 2, ...)")
+    if int(version) in existing and not overwrite:
+        raise ExportError(
+            f"{model_dir / version} exists: pass --overwrite to replace it, or leave --version out for the "
+            f"next one ({existing[-1] + 1})"
+        )
+    return str(int(version))
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:

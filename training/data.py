@@ -183,6 +183,11 @@ def _package_dir(package: str, dataset: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
+#: Validation images of every builtin data set (its train split: 800): what one choice on validation
+#: stands on (bench/recipes.py sizes its noise margin by it).
+BUILTIN_VAL_IMAGES = 200
+
+
 def _digits(seed: int) -> RawDataset:
     """scikit-learn's 1797 handwritten digits, 8x8, 17 grey levels (shipped with the package)."""
     from sklearn.datasets import load_digits
@@ -190,7 +195,8 @@ def _digits(seed: int) -> RawDataset:
     d = load_digits()
     pixels = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
     return RawDataset(
-        [str(c) for c in range(10)], _shuffled_splits(pixels, d.target, {"train": 800, "val": 200, "test": None}, seed)
+        [str(c) for c in range(10)],
+        _shuffled_splits(pixels, d.target, {"train": 800, "val": BUILTIN_VAL_IMAGES, "test": None}, seed),
     )
 
 
@@ -201,14 +207,15 @@ def _mnist(seed: int) -> RawDataset:
         table = np.loadtxt(f, delimiter=",")
     pixels, targets = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
     return RawDataset(
-        [str(c) for c in range(10)], _shuffled_splits(pixels, targets, {"train": 800, "val": 200, "test": 1000}, seed)
+        [str(c) for c in range(10)],
+        _shuffled_splits(pixels, targets, {"train": 800, "val": BUILTIN_VAL_IMAGES, "test": 1000}, seed),
     )
 
 
 #: ELPV's four defect-probability grades (0, 1/3, 2/3, 1), as its authors' experts voted.
 ELPV_GRADES = ["functional", "defect 1/3", "defect 2/3", "defective"]
 #: Test split of the ELPV tasks: 500 of the 1624 images left after train and val, to bound evaluation time.
-ELPV_SIZES = {"train": 800, "val": 200, "test": 500}
+ELPV_SIZES = {"train": 800, "val": BUILTIN_VAL_IMAGES, "test": 500}
 
 
 def _elpv_table() -> tuple[Path, list[str], np.ndarray, np.ndarray]:

@@ -105,8 +105,17 @@ def checkpoint_path(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT
 
 
-def reset_metrics(run_dir: Path) -> None:
-    (Path(run_dir) / METRICS).unlink(missing_ok=True)
+def clear_earlier_run(run_dir: Path) -> bool:
+    """Remove what an earlier run in ``run_dir`` produced (metrics, checkpoint, calibration, the
+    ``eval_<split>`` reports and plots), so that a new run there mixes nothing of it; config.json and
+    the split files are rewritten by the new run. Returns whether ``run_dir`` held a run."""
+    run_dir = Path(run_dir)
+    held = (run_dir / CONFIG).is_file()
+    for name in (METRICS, CHECKPOINT, CALIBRATION):
+        (run_dir / name).unlink(missing_ok=True)
+    for report in [*run_dir.glob("eval_*.json"), *run_dir.glob("eval_*.png")]:
+        report.unlink()
+    return held
 
 
 def truncate_metrics(run_dir: Path, epochs: int) -> None:

@@ -231,8 +231,9 @@ def write_run_start(
         "device": str(device),
         "device_name": distributed.device_name(device),
     }
+    if rd.clear_earlier_run(out):
+        log.warning("%s held an earlier run: it is replaced (its checkpoint, metrics and eval reports removed)", out)
     rd.write_config(out, config)
-    rd.reset_metrics(out)
     for name, source in raw.splits.items():
         if isinstance(source, FileSplit):
             rd.write_split(out, name, source.files, [raw.labels[t] for t in source.targets])

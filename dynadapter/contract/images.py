@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import pillow_heif
-from PIL import ExifTags, Image, ImageCms, JpegImagePlugin
+from PIL import ExifTags, Image, ImageCms, JpegImagePlugin, UnidentifiedImageError
 
 Interpolation = Literal["bicubic", "bilinear", "nearest"]
 
@@ -122,6 +122,8 @@ def decode_image(data: bytes, max_pixels: int, target_size: Sequence[int] | None
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageTooLargeError(f"image exceeds the limit of {max_pixels} pixels") from err
+    except UnidentifiedImageError as err:  # its message names a BytesIO object, nothing the client sent
+        raise ImageDecodeError(f"cannot decode image: not an image of {', '.join(ACCEPTED_FORMATS)}") from err
     except Exception as err:  # PIL's decoders raise many types (OSError, SyntaxError, struct.error, ...)
         raise ImageDecodeError(f"cannot decode image: {err}") from err
 

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -42,6 +42,9 @@ _REQUEST_BODY: dict[str, Any] = {
 class ClassifyParams(Knob):
     """Query parameters: the knob, `top_k`, `deadline_ms` (at most the setting request_timeout_s), and which
     model answers: `model` (none: the default model) at `version` (none: its highest served one)."""
+
+    # A misspelled knob (`treshold=0.5`) must not be answered at the default one, as OIP refuses it too.
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(default=None, min_length=1)
     version: str | None = Field(default=None, pattern=r"^[0-9]+$")

@@ -92,6 +92,20 @@ def test_missing_cells_and_ablation_are_marked(results: dict) -> None:
     assert linear["tasks"] == 1 and linear["missing"] == ["b"] and linear["accurate"]["acc"] == 0.9
 
 
+def test_an_ablation_not_run_is_said_so_not_listed_as_unfinished() -> None:
+    runs = {
+        ("a", "adapter", "static", 0): static(0.9),
+        ("a", "adapter", "dyn", 0): dyn(0.9, 0.4),
+        ("a", "adapter", "linear-heads", 0): None,
+        ("a", "lora", "dyn", 0): None,
+    }
+    results = sections(runs, ["a"], ["adapter", "lora"], {"linear-heads": "balanced heads off"}, "adapter", CONFIG)
+    assert results["missing"] == ["a/lora-dyn"]
+    page = render_markdown(results)
+    assert "Not run for this page: `dynadapter bench accuracy --ablation` trains its cells." in page
+    assert "linear-heads" not in page
+
+
 def test_markdown_states_the_verdict(results: dict) -> None:
     page = render_markdown(results)
     assert "| adapter | 80.0 | 79.9 | -0.10 | 1 | 55.0% | 50.0 | **met** |" in page
@@ -280,14 +294,20 @@ def test_a_missed_shift_target_is_split_into_the_models_and_early_exitings_part(
                         "validation images still let shifted images out there.")  # fmt: skip
 
 
-def test_a_shift_miss_of_the_model_itself_blames_the_model() -> None:
-    """The last exit loses 0.20 where static loses 0.10; balanced stays 0.01 behind it on both splits."""
+def one_task_shift_target(dyn_result: dict) -> dict:
+    """The shifted target of one task: static 0.90 -> 0.80, the probe 0.50 on shifted, ``dyn_result``."""
     runs = {
         ("a", "adapter", "static", 0): with_shifted(static(0.9), 0.8),
-        ("a", "adapter", "dyn", 0): shifted_dyn(0.69, 0.70, [0.5, 0.7], 0.45),
+        ("a", "adapter", "dyn", 0): dyn_result,
         ("a", "none", "probe", 0): probe(0.7, 6, 0.5),
     }
     [t] = sections(runs, ["a"], ["adapter"], {}, "adapter", CONFIG)["shift_target"]
+    return t
+
+
+def test_a_shift_miss_of_the_model_itself_blames_the_model() -> None:
+    """The last exit loses 0.20 where static loses 0.10; balanced stays 0.01 behind it on both splits."""
+    t = one_task_shift_target(shifted_dyn(0.69, 0.70, [0.5, 0.7], 0.45))
     assert t["per_task"]["a"] == {
         "extra_loss": pytest.approx(0.1),
         "model": pytest.approx(0.1),
@@ -297,12 +317,7 @@ def test_a_shift_miss_of_the_model_itself_blames_the_model() -> None:
 
 
 def test_a_met_shift_target_has_no_why() -> None:
-    runs = {
-        ("a", "adapter", "static", 0): with_shifted(static(0.9), 0.8),
-        ("a", "adapter", "dyn", 0): shifted_dyn(0.79, 0.80, [0.6, 0.8], 0.45),
-        ("a", "none", "probe", 0): probe(0.7, 6, 0.5),
-    }
-    [t] = sections(runs, ["a"], ["adapter"], {}, "adapter", CONFIG)["shift_target"]
+    t = one_task_shift_target(shifted_dyn(0.79, 0.80, [0.6, 0.8], 0.45))
     assert t["met"] is True and t["why"] == ""
 
 

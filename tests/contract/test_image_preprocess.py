@@ -49,6 +49,12 @@ def test_undecodable_data_raises_decode_error(data: bytes) -> None:
         decode_image(data, MAX_PIXELS)
 
 
+def test_data_of_no_image_format_says_so_without_python_internals() -> None:
+    with pytest.raises(ImageDecodeError) as raised:
+        decode_image(b"not an image", MAX_PIXELS)
+    assert str(raised.value) == "cannot decode image: not an image of JPEG, PNG, WEBP, GIF, BMP, TIFF, HEIF, AVIF"
+
+
 def test_pixel_limit_is_checked_from_the_header() -> None:
     with pytest.raises(ImageTooLargeError, match="exceeds the limit of 1000000 pixels"):
         decode_image(png_header_claiming(100_000, 100_000), MAX_PIXELS)

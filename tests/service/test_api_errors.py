@@ -63,6 +63,13 @@ def test_parameter_errors_name_the_parameter(client: TestClient) -> None:
     assert "at most one of threshold, mode and budget" in message
 
 
+def test_an_unknown_parameter_is_refused_not_ignored(client: TestClient) -> None:
+    """A misspelled knob would otherwise be answered at the default mode, as if it had been read."""
+    response = client.post("/classify?treshold=0.5", content=PNG, headers=IMAGE)
+    message = assert_error(response, 422, "invalid_parameter")["error"]["message"]
+    assert message.startswith("treshold:") and "Extra inputs are not permitted" in message
+
+
 def test_body_over_the_limit(start_client: Callable[..., TestClient]) -> None:
     client = start_client(max_body_bytes=1000)
     big = png_bytes(0, (64, 64))

@@ -111,6 +111,40 @@ def test_a_bug_is_not_dressed_as_a_user_error(tmp_path: Path, monkeypatch: pytes
         cli.main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "repo")])
 
 
+def test_export_writes_the_next_version_and_never_replaces_one_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dynadapter.export import exporter
+
+    written: list[str] = []
+
+    def export_run(run_dir: Path, repo: Path, name: str, version: str, *args: object) -> Path:
+        (repo / name / version).mkdir(parents=True)
+        written.append(version)
+        return repo / name / version
+
+    monkeypatch.setattr(exporter, "export_run", export_run)
+    repo = tmp_path / "repo"
+    export = ["export", str(tmp_path / "run"), "--out", str(repo), "--name", "m"]
+    cli.main(export)
+    cli.main(export)
+    (repo / "m" / "notes").mkdir()  # not a version folder
+    cli.main(export)
+    assert written == ["1", "2", "3"]
+    with pytest.raises(SystemExit) as err:
+        cli.main([*export, "--version", "2"])
+    assert "m/2 exists: pass --overwrite to replace it, or leave --version out for the next one (4)" in str(
+        err.value.code
+    )
+    with pytest.raises(SystemExit) as err:
+        cli.main([*export, "--version", "v2"])
+    assert "versions are positive integers" in str(err.value.code)
+    (repo / "m" / "2").rmdir()  # the stub's export_run writes a fresh folder, as the real one replaces it
+    cli.main([*export, "--version", "2", "--overwrite"])
+    cli.main([*export, "--version", "7"])
+    assert written == ["1", "2", "3", "2", "7"]
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [

@@ -59,6 +59,19 @@ def test_training_is_reproducible_with_the_same_seed(run, tmp_path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_training_into_an_earlier_run_replaces_all_of_it(tmp_path, caplog) -> None:
+    """The earlier run's eval report and plot must not sit beside the new run's checkpoint."""
+    out = train_tiny_run(tmp_path / "r", epochs=2)
+    evaluate_run(out)
+    assert (out / "eval_test.json").is_file() and (out / "eval_test.png").is_file()
+    with caplog.at_level("WARNING"):
+        train_tiny_run(out, epochs=1)
+    assert f"{out} held an earlier run: it is replaced" in caplog.text
+    assert not (out / "eval_test.json").exists() and not (out / "eval_test.png").exists()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1]
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_mixed_precision_training_learns_and_keeps_float32_outputs(run, tmp_path, dtype) -> None:
     amp = train_tiny_run(tmp_path / dtype, epochs=2, amp=True, amp_dtype=dtype)
