@@ -48,6 +48,17 @@ def default_text(field: FieldInfo) -> str:
     return str(default)
 
 
+def _default_note(field: FieldInfo) -> str:
+    """`(required)`, `(default: X)`, or nothing where the description says its default in words already
+    or there is none to say."""
+    text = default_text(field)
+    if text == "required":
+        return "(required)"
+    if "(default" in (field.description or "") or text == "unset":
+        return ""
+    return f"(default: {text})"
+
+
 def cli_fields(model: type[BaseModel]) -> Iterable[tuple[str, FieldInfo]]:
     return ((name, field) for name, field in model.model_fields.items() if _extra(field, "cli") is not False)
 
@@ -55,9 +66,9 @@ def cli_fields(model: type[BaseModel]) -> Iterable[tuple[str, FieldInfo]]:
 def add_arguments(
     parser: argparse.ArgumentParser, model: type[BaseModel], help_suffix: Callable[[str, FieldInfo], str] | None = None
 ) -> None:
-    """One flag per field of `model`; `help_suffix(name, field)` replaces the `[default ...]` note."""
+    """One flag per field of `model`; `help_suffix(name, field)` replaces the default note (`_default_note`)."""
     for name, field in cli_fields(model):
-        note = help_suffix(name, field) if help_suffix else f"[default {default_text(field)}]"
+        note = help_suffix(name, field) if help_suffix else _default_note(field)
         kwargs: dict[str, Any] = {
             "dest": name,
             "default": argparse.SUPPRESS,

@@ -205,3 +205,11 @@ def test_resume_of_a_finished_run_is_refused_in_one_line(tmp_path: Path) -> None
     with pytest.raises(SystemExit) as err:
         cli.main(["train", "--resume", str(run)])
     assert "has nothing to resume" in str(err.value.code)
+
+
+def test_train_help_says_each_default_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "run directory to write (required)" in text and "[default" not in text
+    assert "(default: 0.15)" in text and "(default: all)" in text and "(default: all) (default" not in text
