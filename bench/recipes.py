@@ -193,8 +193,9 @@ def val_standard_error(per_task: dict[str, dict[str, float] | None], seeds: int,
 def within_noise_of_best(finished: list[dict[str, Any]]) -> tuple[list[str], dict[str, float]]:
     """The recipes whose suite-mean validation accuracy is within ``CHOICE_Z`` standard errors of the
     difference to the best one's (in the order listed, so that the first listed -- the default --
-    wins unless another beats it beyond the noise of the validation images), and ``margin``: the
-    recipe just outside or at the edge of that band, with its difference and standard error."""
+    wins unless another beats it beyond the noise of the validation images), and ``margin``: the best
+    recipe, the first listed one's ``difference`` to it and the ``band`` that difference is judged
+    against (fractions)."""
     if not finished:
         return [], {}
     best = max(finished, key=lambda r: r["mean"]["val_acc"])
