@@ -43,7 +43,7 @@ def test_each_recipe_has_its_cells_and_the_default_shares_the_suites(recipes: tu
     assert json.loads((root / "digits" / cells[0] / BENCH_FILE).read_text())["options"]["smoothing"] == 0.0
 
 
-def test_the_choice_is_the_best_balanced_accuracy_on_validation(recipes: tuple[Path, Path]) -> None:
+def test_the_choice_is_the_best_balanced_accuracy_on_validation_beyond_its_noise(recipes: tuple[Path, Path]) -> None:
     docs, root = recipes
     section = json.loads((docs / "results.json").read_text())["recipes"]
     rows = {r["recipe"]: r for r in section["rows"]}
@@ -58,10 +58,13 @@ def test_the_choice_is_the_best_balanced_accuracy_on_validation(recipes: tuple[P
             "shifted_acc": result["shifted"]["modes"]["balanced"]["acc"],
             "saved": result["modes"]["balanced"]["saved"],
         }
-    best = max(rows.values(), key=lambda r: r["mean"]["val_acc"])["recipe"]
+    # custom replaces the default only beyond one binomial standard error of the difference (200 images).
+    default, custom = rows["default"]["mean"]["val_acc"], rows["custom"]["mean"]["val_acc"]
+    band = max((default * (1 - default) / 200 + custom * (1 - custom) / 200) ** 0.5, 1e-9)
+    best = "custom" if custom - default > band else "default"
     assert section["chosen"] == best
     page = (docs / "results.md").read_text()
-    assert "## Training recipes" in page and f"Chosen on validation: **{best}**." in page
+    assert "## Training recipes" in page and f"Chosen on validation: **{best}**" in page
     chosen = f"**{best}** (chosen)"
     assert f"| {chosen if best == 'custom' else 'custom'} | smoothing=0.1 | mean |" in page
     assert f"| {chosen if best == 'default' else 'default'} | dynadapter train's defaults | mean |" in page
