@@ -9,4 +9,4 @@ run=$(mktemp -d)/run
   --backbone-arg depth=4 --backbone-arg embed_dim=64 --backbone-arg num_heads=2 --backbone-arg patch_size=4 \
   --backbone-arg global_pool=avg --img-size 16 --exits 1,2,3,4 --epochs 100 --lr 1e-2 --petl-arg dim=16 --seed 0
 .venv/bin/dynadapter eval "$run"
-.venv/bin/dynadapter export "$run" --out demo/model_repo --name digits-tiny --version 1
+.venv/bin/dynadapter export "$run" --out demo/model_repo --name digits-tiny --version 1 --overwrite
