@@ -356,9 +356,7 @@ def int8_seed_deltas(runs: RunResults, petl: str, tasks: Sequence[str]) -> dict[
     return out
 
 
-def int8_target(
-    petl: str, rows: Sequence[dict[str, Any]], per_seed: dict[str, list[float]] | None = None
-) -> dict[str, Any]:
+def int8_target(petl: str, rows: Sequence[dict[str, Any]], per_seed: dict[str, list[float]]) -> dict[str, Any]:
     """Issue 18's accuracy bound per task and on the mean over the tasks with int8 numbers: int8
     ``balanced`` within ``INT8_MAX_TEST_DROP`` of fp32 ``balanced``; with each exit's argmax agreement
     of int8 with PyTorch on validation (where quantization changes answers). ``met`` None without any.
@@ -371,11 +369,11 @@ def int8_target(
         "petl": petl,
         "tasks": len(done),
         "deltas": deltas,
-        "seed_deltas": per_seed or {},
+        "seed_deltas": per_seed,
         "mean_delta": fmean(deltas.values()) if deltas else None,
         "agreement": [fmean(a) for a in zip(*agreement, strict=True)] if agreement else None,
         "met": met,
-        "why": why_int8_missed(deltas, per_seed or {}, done) if met is False else "",
+        "why": why_int8_missed(deltas, per_seed, done) if met is False else "",
     }
 
 
@@ -394,8 +392,9 @@ def why_int8_missed(deltas: dict[str, float], per_seed: dict[str, list[float]], 
         saved = f"{_pct(int8_saved)}% of FLOPs saved against fp32's {_pct(fp32_saved)}%"
         details = [" / ".join(f"{100 * d:+.1f}" for d in seeds)] if seeds else []
         if len(seeds) > 1:
-            details.append(f"std {100 * stdev(seeds):.1f}")
-            within += [task] if stdev(seeds) >= INT8_MAX_TEST_DROP else []
+            spread = stdev(seeds)
+            details.append(f"std {100 * spread:.1f}")
+            within += [task] if spread >= INT8_MAX_TEST_DROP else []
         if row.get("int8_agreement"):
             details.append(f"last-exit agreement {row['int8_agreement'][-1]:.3f}")
         parts.append(
@@ -475,11 +474,12 @@ def sections(
     ("probe", "static", "dynamic") in the whole default suite, which ``budget`` projects."""
     lookup = by_cell(runs)
     probes = [probe_row(t, lookup.get((t, *probe))) for t in tasks]
-    rows, means = [], []
-    for petl in methods:
-        per_task = [cell_row(t, petl, lookup.get((t, petl, "static")), lookup.get((t, petl, "dyn"))) for t in tasks]
-        rows += per_task
-        means.append(mean_row(petl, per_task))
+    by_method = {
+        petl: [cell_row(t, petl, lookup.get((t, petl, "static")), lookup.get((t, petl, "dyn"))) for t in tasks]
+        for petl in methods
+    }
+    rows = [row for per_task in by_method.values() for row in per_task]
+    means = [mean_row(petl, per_task) for petl, per_task in by_method.items()]
     ablation = [
         ablation_row(v, label, {t: lookup.get((t, ablation_petl, v)) for t in tasks})
         for v, label in {"dyn": "Dyn-Adapter, every part on", **ablations}.items()
@@ -500,14 +500,9 @@ def sections(
         "probe": [*probes, probe_mean(probes)],
         "target": [target(m, len(tasks), seed_deltas(runs, m["petl"], tasks)) for m in means],
         "shift_target": [
-            shift_target(m, probes, len(tasks), [r for r in rows if r["petl"] == m["petl"]])
-            for m in means
-            if m["petl"] != probe[0]
+            shift_target(m, probes, len(tasks), by_method[m["petl"]]) for m in means if m["petl"] != probe[0]
         ],
-        "int8_target": [
-            int8_target(petl, [r for r in rows if r["petl"] == petl], int8_seed_deltas(runs, petl, tasks))
-            for petl in methods
-        ],
+        "int8_target": [int8_target(petl, by_method[petl], int8_seed_deltas(runs, petl, tasks)) for petl in methods],
         "ablation": ablation,
         "missing": missing,
         "timing": times,
