@@ -27,27 +27,27 @@ ENV ORT_DISABLE_TELEMETRY=1 \
     PIP_ROOT_USER_ACTION=ignore \
     LANG=C.UTF-8
 
-# Only pyproject.toml decides the dependency layers: the requirement lists are files that stay
+# Only pyproject.toml and docker/serve.lock decide the dependency layers: the requirement lists are files that stay
 # byte-identical when anything else in pyproject.toml (version, dev extra) changes, so the
 # COPY --from below hits the cache and the large pip install layers are reused.
 FROM base AS requirements
 ARG WITH_CUDA_LIBS=1
-COPY pyproject.toml docker/requirements.py /build/
+COPY pyproject.toml docker/requirements.py docker/serve.lock /build/
 RUN cd /build \
  && python3 requirements.py pyproject.toml --extras serve $([ "$WITH_CUDA_LIBS" = 1 ] && echo --cuda-libs) > serve.txt \
  && python3 requirements.py pyproject.toml --extras serve,train > train.txt \
  && python3 requirements.py pyproject.toml --build-system > build.txt \
  && rm pyproject.toml requirements.py
 
-# The runtime venv: third-party wheels only, from the serve extra.
+# The runtime venv: third-party wheels only, from the serve extra, each at its version in docker/serve.lock.
 FROM base AS builder
 # Set where TLS to the package index is intercepted, with the proxy's CA bundle mounted into the
 # build (docker/smoke.sh does this); unset, pip uses its own CA bundle.
 ARG PIP_CERT
-COPY --from=requirements /build/serve.txt /build/
+COPY --from=requirements /build/serve.txt /build/serve.lock /build/
 RUN --mount=type=cache,target=/root/.cache \
     python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --requirement /build/serve.txt
+ && /opt/venv/bin/pip install --requirement /build/serve.txt --constraint /build/serve.lock
 
 # The project itself as a wheel, rebuilt on every code change (seconds). Apart from the runtime
 # venv, so BuildKit builds the two in parallel and the build backend stays out of the image.

@@ -11,7 +11,7 @@ MODEL_REPO ?= var/model_repo
 # The DINOv2 demo by default; the repository also holds the tiny fixture (MODEL=digits-tiny).
 MODEL ?= $(if $(filter var/model_repo,$(MODEL_REPO)),mnist,)
 
-.PHONY: install promtool serve test lint clean docker-smoke
+.PHONY: install promtool serve test lint clean docker-smoke lock
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ lint: $(STAMP)
 	rm -rf $(LINT_SITE) && $(BIN)/python -m pip install --quiet --no-deps --target $(LINT_SITE) .
 	cd $(LINT_SITE) && $(CURDIR)/$(BIN)/lint-imports --no-cache $(CURDIR)/pyproject.toml
 	cd $(LINT_SITE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir /dev/null $(addprefix -p ,$(TYPED))
+
+# docker/serve.lock: the serving image's pins, re-resolved from pyproject.toml's serve extra today.
+lock: $(STAMP)
+	mkdir -p build && $(PYTHON) docker/requirements.py pyproject.toml --extras serve --cuda-libs > build/serve-cuda.txt
+	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report build/serve-report.json \
+	  --requirement build/serve-cuda.txt
+	$(PYTHON) docker/requirements.py --lock-from build/serve-report.json > docker/serve.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,6 +130,53 @@ def test_serve_requirements_come_from_pyproject_without_torch() -> None:
     assert len(with_cuda) == len(serve)
 
 
+#: The releases that fixed advisories of the HTTP stack (CHANGELOG "Security"): neither the lower bounds
+#: of pyproject.toml nor the image's pins may fall below them.
+PATCHED = {"starlette": "0.47.2", "python-multipart": "0.0.18", "h11": "0.16.0"}
+
+
+def _lock() -> dict[str, Version]:
+    pins = {}
+    for line in (ROOT / "docker" / "serve.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+def test_lower_bounds_exclude_the_releases_with_published_advisories() -> None:
+    serve = [Requirement(r) for r in requirements_script.requirements(_read_pyproject(), ["serve"])]
+    bounds = {canonicalize_name(r.name): r.specifier for r in serve}
+    for name, fixed in PATCHED.items():
+        assert name in bounds, f"{name} has no lower bound in the serve extra"
+        # A lower bound at or above the fixed release: nothing before it is admitted.
+        lower = [Version(s.version) for s in bounds[name] if s.operator in (">=", ">", "==", "~=")]
+        assert lower and max(lower) >= Version(fixed), f"{name}: {bounds[name]} admits releases before {fixed}"
+
+
+def test_the_image_pins_every_package_it_installs_within_pyproject() -> None:
+    """docker/serve.lock pins the whole serve closure (a pin per requirement, each inside its range)."""
+    pins = _lock()
+    for requirement in map(Requirement, requirements_script.requirements(_read_pyproject(), ["serve"], cuda_libs=True)):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is installed by the image but not pinned in docker/serve.lock"
+        assert pins[name] in requirement.specifier, f"{name}=={pins[name]} is outside {requirement.specifier}"
+    for name, fixed in PATCHED.items():
+        assert pins[name] >= Version(fixed), f"the image pins {name}=={pins[name]}, before the fix {fixed}"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "--requirement /build/serve.txt --constraint /build/serve.lock" in dockerfile
+
+
+def test_lock_pins_a_pip_report_sorted_by_normalised_name() -> None:
+    report = {
+        "install": [
+            {"metadata": {"name": "Pillow_Heif", "version": "1.9.0"}},
+            {"metadata": {"name": "fastapi", "version": "0.165.0"}},
+        ]
+    }
+    assert requirements_script.lock(report) == ["fastapi==0.165.0", "pillow-heif==1.9.0"]
+
+
 def test_requirements_script_merges_extras_and_rejects_unknown_ones() -> None:
     pyproject = {
         "project": {
@@ -183,6 +233,7 @@ def test_every_copied_path_is_in_the_build_context() -> None:
         "bench",
         "demo",
         "docker/requirements.py",
+        "docker/serve.lock",
     } <= sources
     for source in sorted(sources):
         if any(c in source for c in "*?["):  # an optional file, e.g. README.m[d]
