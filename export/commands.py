@@ -64,9 +64,8 @@ def export_version(model_dir: Path, version: str | None, overwrite: bool) -> str
     numbered), or one that exists without ``overwrite``: replacing it silently would leave a server
     that holds it answering with the old model while its files say otherwise.
     """
-    from dynadapter.errors import ExportError
-
     from dynadapter.contract.model_repository import is_version
+    from dynadapter.errors import ExportError
 
     existing = sorted(int(p.name) for p in model_dir.glob("*") if p.is_dir() and is_version(p.name))
     if version is None:

@@ -78,7 +78,7 @@ def versions_on_disk(repo: Path, name: str) -> list[str]:
 
 
 def invalid_name(err: InvalidModelName) -> ApiError:
-    """400 for a model name or version that is no folder of the repository (routes answer it before any file is read)."""
+    """400 for a name or version that is no folder of the repository (answered before any file is read)."""
     return ApiError(400, "invalid_model_name", str(err))
 
 

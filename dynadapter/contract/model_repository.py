@@ -102,7 +102,9 @@ def model_folders(repo: Path) -> list[str]:
     lie inside it (symlinks followed)."""
     if not Path(repo).is_dir():
         return []
-    return sorted(child.name for child in Path(repo).iterdir() if is_model_name(child.name) and _confined_dir(repo, child.name))
+    return sorted(
+        child.name for child in Path(repo).iterdir() if is_model_name(child.name) and _confined_dir(repo, child.name)
+    )
 
 
 def _confined_dir(repo: Path, name: str, version: str | None = None) -> bool:

@@ -95,7 +95,7 @@ async def _parameters(request: Request, route: str, allowed: dict[str, object]) 
     try:
         message: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise bad_request(f"{route}: the body must be JSON: {{}} or {{\"parameters\": {{}}}}") from None
+        raise bad_request(f'{route}: the body must be JSON: {{}} or {{"parameters": {{}}}}') from None
     if not isinstance(message, dict) or set(message) - {"parameters"}:
         raise bad_request(f"{route}: the body may only hold 'parameters'")
     parameters = message.get("parameters", {})

@@ -222,9 +222,7 @@ def test_a_load_reopens_a_version_whose_files_were_replaced(
     assert client.app.state.service.registry.get("tiny") is engine  # type: ignore[attr-defined]
 
 
-def test_a_copy_of_a_model_is_served_under_its_folder_name(
-    start_client: Callable[..., TestClient], repo: Path
-) -> None:
+def test_a_copy_of_a_model_is_served_under_its_folder_name(start_client: Callable[..., TestClient], repo: Path) -> None:
     shutil.copytree(repo / "tiny", repo / "canary")  # an A/B copy: its manifest still says "tiny"
     client = start_client(model_repo=repo)
     assert client.post("/classify?model=canary", content=PNG, headers=IMAGE).json()["model"] == "canary"

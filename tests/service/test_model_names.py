@@ -168,7 +168,10 @@ def test_load_errors_name_the_model_never_a_server_path(server: ServiceProcess, 
     ("body", "expected"),
     [
         (b'{"parameters": {"config": "{}"}}', "load: parameter 'config' is not supported"),
-        (b'{"parameters": {"file:1/segment_0.onnx": "AAAA"}}', "load: parameter 'file:1/segment_0.onnx' is not supported"),
+        (
+            b'{"parameters": {"file:1/segment_0.onnx": "AAAA"}}',
+            "load: parameter 'file:1/segment_0.onnx' is not supported",
+        ),
         (b'{"parameters": []}', "load: 'parameters' must be an object"),
         (b'{"config": {}}', "load: the body may only hold 'parameters'"),
         (b"[1]", "load: the body may only hold 'parameters'"),
@@ -188,7 +191,9 @@ def test_load_accepts_an_empty_body(server: ServiceProcess, body: bytes) -> None
 
 def test_unload_takes_unload_dependents_false_only(layout: Path) -> None:
     with serving(layout / "repo") as server:
-        refused = send(server, "POST", "/v2/repository/models/tiny/unload", b'{"parameters": {"unload_dependents": true}}')
+        refused = send(
+            server, "POST", "/v2/repository/models/tiny/unload", b'{"parameters": {"unload_dependents": true}}'
+        )
         assert (refused[0], json.loads(refused[1])) == (
             400,
             {"error": "unload: parameter 'unload_dependents' can only be false"},
