@@ -17,6 +17,7 @@ from dynadapter.contract.model_repository import (
     ModelLoadError,
     check_model_name,
     check_version,
+    load_model,
     model_folders,
     model_path,
     version_folders,
@@ -332,6 +333,7 @@ def check_repository(settings: Settings) -> None:
                 f"model {name!r}: no version in {settings.model_repo} matches {settings.version_policy}"
             )
         for version in versions:
-            model, _ = check_choice(settings, name, version)
+            model = load_model(settings.model_repo, name, version)  # the portable fp32 ONNX segments, always
+            check_choice(settings, name, version)  # and the precision these settings serve here
             if settings.target_p95_ms is not None:
                 latency_controller(model.manifest, settings)  # a floor the model cannot honour
