@@ -70,9 +70,14 @@ class Engine:
             on_stage=self._record_stage,
             shadow_sampler=self.live.sample if self.live is not None else None,
         )
-        metrics.declare_model(self.name, self.version, self.manifest.num_exits, memory_bytes, owner=self)
-        metrics.declare_serving(self.name, self.version, runner.backend, model.precision, runner.device)
-        modes = list(self.manifest.modes)
+        self.declare_metrics()
+
+    def declare_metrics(self) -> None:
+        """Create this version's series and make this engine their owner (`ServiceMetrics.forget_model`):
+        at load, and again when a replacement of the same version failed and this engine serves on."""
+        metrics, modes = self._metrics, list(self.manifest.modes)
+        metrics.declare_model(self.name, self.version, self.manifest.num_exits, self.memory_bytes, owner=self)
+        metrics.declare_serving(self.name, self.version, self.runner.backend, self.model.precision, self.runner.device)
         metrics.declare_adaptation(self.name, self.version, self.manifest.num_exits, modes, self.live is not None)
         if self.controller is not None:
             point = self.controller.point
@@ -80,6 +85,11 @@ class Engine:
         if self.live is not None:
             thresholds = {mode: self.live.thresholds(mode) for mode in modes}
             metrics.record_live_calibration(self.name, self.version, thresholds, [])
+
+    async def discard(self) -> None:
+        """Stop an engine that never served (its load was refused) and drop the series it declared."""
+        await self.stop()
+        self._metrics.forget_model(self.name, self.version, owner=self)
 
     @classmethod
     def load(

@@ -253,7 +253,7 @@ class ModelRegistry:
             for version, engine in fresh.items():
                 if engine is not current.get(version):
                     self._identity.pop(engine, None)
-                    await engine.stop()
+                    await self._discard(engine)
             raise
         # The swap, in one step: new requests see the new engines from here on, those in flight finish
         # on the engine they were admitted on (a changed version's old engine retires like a gone one).
@@ -287,10 +287,17 @@ class ModelRegistry:
         try:
             await asyncio.to_thread(engine.warm_up)
         except Exception as err:  # the version cannot run: refused, never served
-            await engine.stop()
+            await self._discard(engine)
             raise ModelLoadError(f"{path}: warm-up failed: {err}") from err
         self._identity[engine] = identity
         return engine
+
+    async def _discard(self, engine: Engine) -> None:
+        """Drop an engine that never served; the engine it was to replace, if any, owns its series again."""
+        await engine.discard()
+        serving = self._models.get(engine.name, {}).get(engine.version)
+        if serving is not None:
+            serving.declare_metrics()
 
     def _retire(self, engine: Engine) -> None:
         self._identity.pop(engine, None)

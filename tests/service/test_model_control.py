@@ -336,3 +336,46 @@ def test_serve_refuses_a_precision_one_model_cannot_serve_with_one_line(repo: Pa
     message = str(exit_.value.code)
     assert message.startswith("dynadapter serve: cannot load the model: model 'other' version 1: no int8-")
     assert "\n" not in message
+
+
+def test_a_refused_replacement_leaves_the_serving_engine_its_series(
+    start_client: Callable[..., TestClient],
+    repo: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dynadapter.service.engine import Engine
+
+    client = start_client(model_repo=repo, models="tiny")
+    before = client.post("/classify?top_k=2", content=PNG, headers=IMAGE).json()["top_k"]
+    replace_version(repo, "tiny", "2", TinyWeights.random(seed=1), tmp_path_factory.mktemp("staging"))
+
+    def broken(self: Engine) -> None:
+        raise RuntimeError("no warm-up today")
+
+    monkeypatch.setattr(Engine, "warm_up", broken)
+    response = client.post("/v2/repository/models/tiny/load")
+    assert response.status_code == 400
+    assert response.json() == {"error": "failed to load 'tiny': tiny/2: warm-up failed: no warm-up today"}
+    assert client.post("/classify?top_k=2", content=PNG, headers=IMAGE).json()["top_k"] == before  # the old files
+    assert ("dynadapter_model_memory_bytes", tiny_2) in samples(client)
+    assert client.post("/v2/repository/models/tiny/unload").status_code == 200  # the old engine retires...
+    wait_for(lambda: not client.app.state.service.registry._retiring)  # type: ignore[attr-defined]
+    assert ("dynadapter_model_memory_bytes", tiny_2) not in samples(client)  # ...and its series go with it
+
+
+def test_readiness_and_polled_control_on_a_real_server(repo: Path) -> None:
+    with serving(repo, models="tiny") as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.post("/v2/repository/models/tiny/unload").status_code == 200
+        assert http.get("/readyz").status_code == 503
+        assert (http.get("/v2/health/ready").status_code, http.get("/v2/health/ready").json()["ready"]) == (503, False)
+        assert http.post("/v2/repository/models/tiny/load").status_code == 200
+        assert http.get("/readyz").status_code == 200 and http.get("/v2/health/ready").json() == {"ready": True}
+    with serving(repo, models="tiny", repository_poll_s="0.05") as server, httpx.Client(base_url=server.url) as http:
+        refused = http.post("/v2/repository/models/tiny/unload")
+        assert (refused.status_code, refused.json()["error"].split(" (")[0]) == (
+            400,
+            "explicit model load and unload are off while the repository is polled",
+        )
+        assert http.get("/v2/models/tiny/ready").json()["ready"] is True
+    assert "Traceback" not in server.output
