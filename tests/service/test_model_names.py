@@ -225,3 +225,15 @@ def test_the_contract_lists_only_folders_inside_the_repository(layout: Path) -> 
     assert model_path(repo, "tiny", "1") == repo / "tiny" / "1"
     with pytest.raises(InvalidModelName, match="lies outside the model repository"):
         model_path(repo, "escape")
+
+
+def test_a_segment_that_links_outside_the_repository_is_refused(tmp_path: Path, weights: TinyWeights) -> None:
+    """A manifest's file names are plain names, but the file itself may be a link: it is not followed out."""
+    from dynadapter.contract.model_repository import ModelLoadError, load_model
+
+    outside = write_model_version(tmp_path / "outside", weights, "tiny", "1")
+    inside = write_model_version(tmp_path / "repo", weights, "tiny", "1")
+    (inside / "segment_0.onnx").unlink()
+    (inside / "segment_0.onnx").symlink_to(outside / "segment_0.onnx")
+    with pytest.raises(ModelLoadError, match=r"segment_0\.onnx: links outside the model repository"):
+        load_model(tmp_path / "repo", "tiny", "1")
