@@ -40,9 +40,21 @@ def run_export(args: argparse.Namespace) -> None:
     from dynadapter.export.precisions import parse_precisions
 
     precisions = parse_precisions(args.precision)
+    check_export_name(args.name)
     version = export_version(args.out / args.name, args.version, args.overwrite)
     folder = export_run(args.run_dir, args.out, args.name, version, precisions, args.int8_max_accuracy_drop)
     print(f"exported to {folder}")
+
+
+def check_export_name(name: str) -> None:
+    """``ExportError`` for a --name the service would refuse (the repository's one rule for model names)."""
+    from dynadapter.contract.model_repository import InvalidModelName, check_model_name
+    from dynadapter.errors import ExportError
+
+    try:
+        check_model_name(name)
+    except InvalidModelName as err:
+        raise ExportError(f"--name: {err}") from None
 
 
 def export_version(model_dir: Path, version: str | None, overwrite: bool) -> str:
@@ -52,12 +64,13 @@ def export_version(model_dir: Path, version: str | None, overwrite: bool) -> str
     numbered), or one that exists without ``overwrite``: replacing it silently would leave a server
     that holds it answering with the old model while its files say otherwise.
     """
+    from dynadapter.contract.model_repository import is_version
     from dynadapter.errors import ExportError
 
-    existing = sorted(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit())
+    existing = sorted(int(p.name) for p in model_dir.glob("*") if p.is_dir() and is_version(p.name))
     if version is None:
         return str(existing[-1] + 1 if existing else 1)
-    if not version.isdigit() or int(version) < 1:
+    if not is_version(version) or int(version) < 1:
         raise ExportError(f"--version {version!r}: versions are positive integers (folders 1, 2, ...)")
     if int(version) in existing and not overwrite:
         raise ExportError(

@@ -70,9 +70,14 @@ class Engine:
             on_stage=self._record_stage,
             shadow_sampler=self.live.sample if self.live is not None else None,
         )
-        metrics.declare_model(self.name, self.version, self.manifest.num_exits, memory_bytes)
-        metrics.declare_serving(self.name, self.version, runner.backend, model.precision, runner.device)
-        modes = list(self.manifest.modes)
+        self.declare_metrics()
+
+    def declare_metrics(self) -> None:
+        """Create this version's series and make this engine their owner (`ServiceMetrics.forget_model`):
+        at load, and again when a replacement of the same version failed and this engine serves on."""
+        metrics, modes = self._metrics, list(self.manifest.modes)
+        metrics.declare_model(self.name, self.version, self.manifest.num_exits, self.memory_bytes, owner=self)
+        metrics.declare_serving(self.name, self.version, self.runner.backend, self.model.precision, self.runner.device)
         metrics.declare_adaptation(self.name, self.version, self.manifest.num_exits, modes, self.live is not None)
         if self.controller is not None:
             point = self.controller.point
@@ -80,6 +85,11 @@ class Engine:
         if self.live is not None:
             thresholds = {mode: self.live.thresholds(mode) for mode in modes}
             metrics.record_live_calibration(self.name, self.version, thresholds, [])
+
+    async def discard(self) -> None:
+        """Stop an engine that never served (its load was refused) and drop the series it declared."""
+        await self.stop()
+        self._metrics.forget_model(self.name, self.version, owner=self)
 
     @classmethod
     def load(
@@ -92,7 +102,7 @@ class Engine:
         memory = max(_rss_bytes() - before, 0)
         logger.info(
             "loaded model %s version %s from %s: %d exits, %s on %s, providers %s, memory %.1f MiB",
-            model.manifest.name,
+            name,
             model.path.name,
             model.path,
             runner.num_exits,
@@ -109,7 +119,9 @@ class Engine:
 
     @property
     def name(self) -> str:
-        return self.manifest.name
+        """The model folder's name: what routes, answers and metrics call this model (as Triton does; the
+        manifest's own `name` stays metadata, so that an A/B copy `canary/` of a model is `canary`)."""
+        return self.model.path.parent.name
 
     @property
     def version(self) -> str:
@@ -132,7 +144,7 @@ class Engine:
         """Stop once the requests admitted on this version have finished (new ones go elsewhere)."""
         await self._idle.wait()
         await self.stop()
-        self._metrics.forget_model(self.name, self.version)
+        self._metrics.forget_model(self.name, self.version, owner=self)
 
     def warm_up(self) -> None:
         self.runner.warm_up(self.manifest.preprocessing.size, self._warm_batch_sizes)

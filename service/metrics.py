@@ -25,6 +25,9 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._serving: dict[tuple[str, str], tuple[str, str, str]] = {}  # (model, version) -> its serving labels
+        # (model, version) -> the engine whose series these are: a reload declares the same labels before
+        # the engine it replaces retires, and that retirement must not remove its successor's series.
+        self._owners: dict[tuple[str, str], object] = {}
         self._adaptation: dict[tuple[str, str], tuple[list[str], int]] = {}  # (model, version) -> (modes, exits)
         r = self.registry
         self.requests = Counter(
@@ -146,8 +149,12 @@ class ServiceMetrics:
             registry=r,
         )
 
-    def declare_model(self, model: str, version: str, num_exits: int, memory_bytes: int) -> None:
-        """Create every series of a model version at 0, so that rate() works from the first scrape."""
+    def declare_model(
+        self, model: str, version: str, num_exits: int, memory_bytes: int, owner: object | None = None
+    ) -> None:
+        """Create every series of a model version at 0, so that rate() works from the first scrape;
+        `owner` (the engine) owns its gauges from now on (`forget_model`)."""
+        self._owners[model, version] = owner
         for family in (self.flops_used, self.flops_saved, self.batch_size, self.request_duration, self.inflight):
             family.labels(model, version)
         for k in range(num_exits):
@@ -163,8 +170,12 @@ class ServiceMetrics:
         self._serving[model, version] = (backend, precision, device)
         self.serving.labels(model, version, backend, precision, device).set(1)
 
-    def forget_model(self, model: str, version: str) -> None:
-        """An unloaded version: its memory and serving gauges go (its counters stay, for rate() over the past)."""
+    def forget_model(self, model: str, version: str, owner: object | None = None) -> None:
+        """An unloaded version: its memory and serving gauges go (its counters stay, for rate() over the past).
+        Nothing goes when the series belong to another `owner` now (a successor declared them again)."""
+        if self._owners.get((model, version)) is not owner:
+            return
+        del self._owners[model, version]
         serving = self._serving.pop((model, version), None)
         with contextlib.suppress(KeyError):  # never declared (a load that failed half-way)
             self.model_memory.remove(model, version)

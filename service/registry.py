@@ -9,20 +9,30 @@ refuses) is refused as a whole and whatever served before keeps serving.
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynadapter.contract.model_repository import ModelLoadError, load_model
+from dynadapter.contract.model_repository import (
+    InvalidModelName,
+    ModelLoadError,
+    check_model_name,
+    check_version,
+    load_model,
+    model_folders,
+    model_path,
+    version_folders,
+    version_identity,
+)
+from dynadapter.service.backends.choice import check_choice
 from dynadapter.service.decoding import DecodePool
 from dynadapter.service.engine import Engine, latency_controller
-from dynadapter.service.errors import model_not_found, not_ready
+from dynadapter.service.errors import ApiError, model_not_found, not_ready
 from dynadapter.service.metrics import ServiceMetrics
 from dynadapter.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+Identity = tuple[tuple[str, int, int, int, int], ...] | None
 
 
 @dataclass(frozen=True)
@@ -61,10 +71,26 @@ class VersionPolicy:
 
 
 def versions_on_disk(repo: Path, name: str) -> list[str]:
-    folder = repo / name
-    if not folder.is_dir():
+    """The version folders of `name` inside the repository; none for a name that is no model folder."""
+    try:
+        return version_folders(repo, name)
+    except InvalidModelName:
         return []
-    return [child.name for child in folder.iterdir() if child.is_dir() and child.name.isdigit()]
+
+
+def invalid_name(err: InvalidModelName) -> ApiError:
+    """400 for a name or version that is no folder of the repository (answered before any file is read)."""
+    return ApiError(400, "invalid_model_name", str(err))
+
+
+def checked(name: str, version: str | None = None) -> None:
+    """`invalid_name` (400) unless `name` (and `version`) follow the repository's rules."""
+    try:
+        check_model_name(name)
+        if version is not None:
+            check_version(version)
+    except InvalidModelName as err:
+        raise invalid_name(err) from None
 
 
 class ModelRegistry:
@@ -78,6 +104,7 @@ class ModelRegistry:
         self._lock = asyncio.Lock()  # one load or unload at a time
         self._retiring: dict[asyncio.Task[None], Engine] = {}  # replaced versions waiting for their requests
         self._refused: dict[str, str] = {}  # name -> why its last load failed (the repository index shows it)
+        self._identity: dict[Engine, Identity] = {}  # served engine -> its folder's files when it was opened
 
     # Reading: what routes use. None of these await, so a swap is never seen half-done.
 
@@ -86,6 +113,7 @@ class ModelRegistry:
 
     def engines(self, name: str) -> list[Engine]:
         """Every served version of `name`, highest first; `model_not_found` when none."""
+        checked(name)
         versions = self._models.get(name)
         if not versions:
             raise model_not_found(name, None)
@@ -95,6 +123,7 @@ class ModelRegistry:
         """The engine for `name` (None: the default model) at `version` (None: its highest served one)."""
         if name is None:
             name = self.default_name()
+        checked(name, version)  # 400 for '..', 'a/b', '１', ...: never looked up, never a file
         versions = self._models.get(name)
         if not versions:
             raise model_not_found(name, None)
@@ -110,6 +139,12 @@ class ModelRegistry:
         if not self._models:
             raise not_ready()
         return min(self._models)
+
+    def ready(self) -> bool:
+        """Readiness: at least one model serves, and the default model (setting `model_name`) if set."""
+        if not self._models:
+            return False
+        return self.settings.model_name is None or self.settings.model_name in self._models
 
     def index(self) -> list[dict[str, str]]:
         """Triton's repository index: every model folder with the state of its versions.
@@ -140,19 +175,21 @@ class ModelRegistry:
             raise ModelLoadError(f"the default model {self.settings.model_name!r} is not among those loaded")
 
     async def load(self, name: str) -> None:
-        """(Re)load `name` in the versions its policy picks now; `ModelLoadError` leaves it as it was."""
-        if not _MODEL_NAME.match(name):
-            raise ModelLoadError(f"{name!r} is not a model name (letters, digits, '_', '.', '-')")
+        """(Re)load `name` in the versions its policy picks now, reopening any whose files changed on disk;
+        `ModelLoadError` (`InvalidModelName` for a name outside the repository) leaves it as it was."""
+        model_path(self.settings.model_repo, name)  # confined, before anything else is read
         async with self._lock:
             try:
                 await self._load(name)
             except ModelLoadError as err:
-                self._refused[name] = str(err)
+                if name in self.candidates():  # only model folders: a name tried is not kept
+                    self._refused[name] = self.public(err)
                 raise
             self._refused.pop(name, None)
 
     async def unload(self, name: str) -> None:
         """Take `name` out of service; requests already admitted on it finish first."""
+        checked(name)
         async with self._lock:
             if name not in self._models:
                 raise model_not_found(name, None)
@@ -163,8 +200,11 @@ class ModelRegistry:
         """Forever: bring every model in step with the repository folder (new versions in, gone ones out)."""
         while True:
             await asyncio.sleep(period_s)
-            for name in sorted(set(self.candidates()) | set(self._models)):
-                await self._sync(name)
+            try:
+                for name in sorted(set(self.candidates()) | set(self._models)):
+                    await self._sync(name)
+            except Exception:  # nothing may end the poll: logged with its traceback, the next poll runs
+                logger.exception("repository poll failed; polling again in %g s", period_s)
 
     async def stop(self) -> None:
         """Stop everything now (shutdown): the batchers fail what still waits."""
@@ -175,12 +215,14 @@ class ModelRegistry:
             for engine in versions.values():
                 await engine.stop()
         self._models.clear()
+        self._identity.clear()
         self.decoder.shutdown()
 
     async def _sync(self, name: str) -> None:
         wanted = self.policy.select(versions_on_disk(self.settings.model_repo, name))
-        served = sorted(self._models.get(name, {}), key=int, reverse=True)
-        if wanted == served:
+        current = self._models.get(name, {})
+        served = sorted(current, key=int, reverse=True)
+        if wanted == served and not any(self._changed(name, v, e) for v, e in current.items()):
             return
         previous = self._refused.get(name)
         try:
@@ -203,20 +245,38 @@ class ModelRegistry:
         fresh: dict[str, Engine] = {}
         try:
             for version in wanted:
-                fresh[version] = current.get(version) or await self._open(name, version)
+                engine = current.get(version)
+                if engine is None or self._changed(name, version, engine):  # new, or its files were replaced
+                    engine = await self._open(name, version)
+                fresh[version] = engine
         except BaseException:
             for version, engine in fresh.items():
-                if version not in current:
-                    await engine.stop()
+                if engine is not current.get(version):
+                    self._identity.pop(engine, None)
+                    await self._discard(engine)
             raise
-        self._models[name] = fresh  # the swap: new requests see the new versions from here on
-        for version, engine in current.items():
-            if version not in fresh:
+        # The swap, in one step: new requests see the new engines from here on, those in flight finish
+        # on the engine they were admitted on (a changed version's old engine retires like a gone one).
+        self._models[name] = fresh
+        kept = {id(engine) for engine in fresh.values()}
+        for engine in current.values():
+            if id(engine) not in kept:
                 self._retire(engine)
+
+    def _changed(self, name: str, version: str, engine: Engine) -> bool:
+        """Whether the files of a served version differ from those it was opened from."""
+        return self._identity.get(engine) != self._disk_identity(name, version)
+
+    def _disk_identity(self, name: str, version: str) -> Identity:
+        try:
+            return version_identity(model_path(self.settings.model_repo, name, version))
+        except (OSError, ModelLoadError):  # gone or unreadable: differs from anything served
+            return None
 
     async def _open(self, name: str, version: str) -> Engine:
         """Verify, open and warm one version, off the event loop; started, ready for traffic."""
         path = Path(self.settings.model_repo) / name / version
+        identity = self._disk_identity(name, version)  # before reading: a change during the load is seen next time
         try:
             engine = await asyncio.to_thread(Engine.load, self.settings, name, version, self._metrics, self.decoder)
         except ModelLoadError:
@@ -227,11 +287,20 @@ class ModelRegistry:
         try:
             await asyncio.to_thread(engine.warm_up)
         except Exception as err:  # the version cannot run: refused, never served
-            await engine.stop()
+            await self._discard(engine)
             raise ModelLoadError(f"{path}: warm-up failed: {err}") from err
+        self._identity[engine] = identity
         return engine
 
+    async def _discard(self, engine: Engine) -> None:
+        """Drop an engine that never served; the engine it was to replace, if any, owns its series again."""
+        await engine.discard()
+        serving = self._models.get(engine.name, {}).get(engine.version)
+        if serving is not None:
+            serving.declare_metrics()
+
     def _retire(self, engine: Engine) -> None:
+        self._identity.pop(engine, None)
         task = asyncio.get_running_loop().create_task(engine.retire(), name=f"retire-{engine.name}-{engine.version}")
         self._retiring[task] = engine
         task.add_done_callback(lambda done: self._retiring.pop(done, None))
@@ -240,20 +309,26 @@ class ModelRegistry:
     def candidates(self) -> list[str]:
         return model_names(self.settings)
 
+    def public(self, err: Exception) -> str:
+        """`err`'s message as clients may see it: paths relative to the model repository, whose own
+        location is never shown (the server log keeps the full message)."""
+        message = str(err)
+        repo = Path(self.settings.model_repo)
+        for root in sorted({str(repo.resolve()), str(repo.absolute()), str(repo)}, key=len, reverse=True):
+            message = message.replace(root + "/", "").replace(root, "the model repository")
+        return message
+
 
 def model_names(settings: Settings) -> list[str]:
     """The models to serve: those listed in the settings, else every model folder of the repository."""
     if settings.models:
         return list(settings.models)
-    repo = settings.model_repo
-    if not repo.is_dir():
-        return []
-    return sorted(child.name for child in repo.iterdir() if child.is_dir() and _MODEL_NAME.match(child.name))
+    return model_folders(settings.model_repo)
 
 
 def check_repository(settings: Settings) -> None:
-    """Verify every model version the settings select (files, sha256, the latency controller's floor);
-    `ModelLoadError` on the first bad one."""
+    """Verify every model version the settings select (files, sha256, that the backend and precision
+    settings can serve it here, the latency controller's floor); `ModelLoadError` naming the first bad one."""
     policy = VersionPolicy.parse(settings.version_policy)
     names = model_names(settings)
     if not names:
@@ -265,6 +340,7 @@ def check_repository(settings: Settings) -> None:
                 f"model {name!r}: no version in {settings.model_repo} matches {settings.version_policy}"
             )
         for version in versions:
-            model = load_model(settings.model_repo, name, version)
+            model = load_model(settings.model_repo, name, version)  # the portable fp32 ONNX segments, always
+            check_choice(settings, name, version)  # and the precision these settings serve here
             if settings.target_p95_ms is not None:
                 latency_controller(model.manifest, settings)  # a floor the model cannot honour

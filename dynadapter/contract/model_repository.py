@@ -10,6 +10,7 @@ version -- a missing field, a segment whose sha256 differs from the manifest -- 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,85 @@ HEAD_GATE_INPUT = "need_logits"
 #: ONNX names are single-assignment, so a middle segment's input cannot also be called "hidden".
 IMAGE_INPUT, HIDDEN_INPUT = "image", "hidden_in"
 HIDDEN_OUTPUT, LOGITS_OUTPUT = "hidden", "logits"
+
+
+#: A model name: one folder of the repository. ASCII letters, digits, '_', '.', '-', not starting with
+#: '.' or '-' (so never '.', '..' or a hidden folder), at most 128 characters: no separator ('/',
+#: '\\'), no control or non-ASCII character can pass, whatever percent-decoding made of a URL.
+MODEL_NAME_RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+#: A version: a version folder's name, ASCII decimal digits only (`str.isdigit` accepts '²' and '٣').
+VERSION_RULE = re.compile(r"[0-9]{1,18}")
+
+
+class InvalidModelName(ModelLoadError):
+    """A model name or version that is not one folder inside the model repository (the message names
+    what was given, never a server path)."""
+
+
+def is_model_name(name: str) -> bool:
+    return MODEL_NAME_RULE.fullmatch(name) is not None  # fullmatch: `$` would let a trailing newline in
+
+
+def is_version(version: str) -> bool:
+    return VERSION_RULE.fullmatch(version) is not None
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is a model name, else `InvalidModelName` (the rule: `MODEL_NAME_RULE`)."""
+    if not is_model_name(name):
+        raise InvalidModelName(
+            f"{name[:140]!r} is not a model name: 1 to 128 of letters, digits, '_', '.', '-', "
+            "not starting with '.' or '-'"
+        )
+    return name
+
+
+def check_version(version: str) -> str:
+    """`version` if it is a version (ASCII decimal digits), else `InvalidModelName`."""
+    if not is_version(version):
+        raise InvalidModelName(f"{version[:40]!r} is not a model version: ASCII decimal digits (1, 2, ...)")
+    return version
+
+
+def model_path(repo: Path, name: str, version: str | None = None) -> Path:
+    """`repo/name` (or `repo/name/version`), checked to be confined to the repository: the name and
+    version follow their rules, and the path with every symlink followed lies inside `repo` (a model
+    folder that links outside it is refused). `InvalidModelName` otherwise; the path need not exist."""
+    check_model_name(name)
+    path = Path(repo) / name
+    if version is not None:
+        path = path / check_version(version)
+    root = Path(repo).resolve()
+    resolved = path.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise InvalidModelName(f"model {name!r} lies outside the model repository (a link?)")
+    return path
+
+
+def version_folders(repo: Path, name: str) -> list[str]:
+    """The version folders of model `name` (unordered); none for a name that is no model folder."""
+    folder = model_path(repo, name)
+    if not folder.is_dir():
+        return []
+    names = [child.name for child in folder.iterdir() if is_version(child.name)]
+    return [version for version in names if _confined_dir(repo, name, version)]
+
+
+def model_folders(repo: Path) -> list[str]:
+    """Every model folder of the repository, by name: folders whose name is a model name and that
+    lie inside it (symlinks followed)."""
+    if not Path(repo).is_dir():
+        return []
+    return sorted(
+        child.name for child in Path(repo).iterdir() if is_model_name(child.name) and _confined_dir(repo, child.name)
+    )
+
+
+def _confined_dir(repo: Path, name: str, version: str | None = None) -> bool:
+    try:
+        return model_path(repo, name, version).is_dir()
+    except InvalidModelName:
+        return False
 
 
 def segment_io(k: int, last: bool) -> tuple[list[str], list[str]]:
@@ -360,14 +440,32 @@ def load_model(
     at ``precision`` (a key of `Manifest.precision_keys`; default the fp32 ONNX segments). Only the
     files of that precision are read and checked."""
     folder = _model_folder(Path(repo), name, version)
-    manifest = read_manifest(folder / "manifest.json").at_precision(precision)
+    manifest = read_manifest(_confined_file(repo, folder / "manifest.json")).at_precision(precision)
     for segment in manifest.segments:
-        _check_sha256(folder / segment.file, segment.sha256)
+        _check_sha256(_confined_file(repo, folder / segment.file), segment.sha256)
     export = (manifest.precisions or {}).get(precision)
     for variant in export.segments if export is not None else ():
         if variant.weights is not None:
-            _check_sha256(folder / variant.weights, variant.weights_sha256 or "")
+            _check_sha256(_confined_file(repo, folder / variant.weights), variant.weights_sha256 or "")
     return ModelVersion(folder, manifest, precision)
+
+
+def version_identity(folder: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+    """What a version folder holds now, cheaply: (name, device, inode, size, mtime ns) of each file.
+    Rewriting a file in place or replacing it (`dynadapter export --overwrite`) changes it; a load
+    compares it with the identity of the version it serves to decide whether to reopen it."""
+    entries = []
+    for child in sorted(Path(folder).iterdir()):
+        info = child.stat()  # follows links: a replaced link target counts as a change
+        entries.append((child.name, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(entries)
+
+
+def _confined_file(repo: Path, path: Path) -> Path:
+    """`path`, if it lies inside the repository with links followed; `ModelLoadError` otherwise."""
+    if not path.resolve().is_relative_to(Path(repo).resolve()):
+        raise ModelLoadError(f"{path}: links outside the model repository")
+    return path
 
 
 def model_precisions(repo: Path, name: str | None = None, version: str | None = None) -> list[str]:
@@ -400,19 +498,19 @@ def _model_folder(repo: Path, name: str | None, version: str | None) -> Path:
     if not repo.is_dir():
         raise ModelLoadError(f"model repository {repo} does not exist or is not a directory")
     if name is None:
-        names = sorted(child.name for child in repo.iterdir() if child.is_dir())
+        names = model_folders(repo)
         if not names:
             raise ModelLoadError(f"model repository {repo} holds no model")
         name = names[0]
-    model_dir = repo / name
+    model_dir = model_path(repo, name)  # confined: `InvalidModelName` for '..', a link outside, ...
     if not model_dir.is_dir():
         raise ModelLoadError(f"model {name!r} not found in {repo}")
     if version is None:
-        numeric = [child.name for child in model_dir.iterdir() if child.is_dir() and child.name.isdigit()]
+        numeric = version_folders(repo, name)
         if not numeric:
             raise ModelLoadError(f"model {name!r} in {repo} has no numeric version folder")
         version = max(numeric, key=int)
-    folder = model_dir / version
+    folder = model_path(repo, name, version)
     if not folder.is_dir():
         raise ModelLoadError(f"version {version!r} of model {name!r} not found in {repo}")
     return folder

@@ -64,12 +64,22 @@ def choose(settings: Settings, offered: list[str], gpu: bool, openvino_present: 
     return Choice("openvino" if key.endswith("-openvino") else "onnxruntime", key)
 
 
-def open_runner(settings: Settings, name: str, version: str) -> tuple[ModelVersion, SegmentRunner]:
-    """Load a model version at the precision chosen for it and open its runner (what `Engine.load` serves)."""
+def check_choice(settings: Settings, name: str, version: str) -> tuple[ModelVersion, Choice]:
+    """The model version verified at the precision chosen for it on this machine, and that choice;
+    `ModelLoadError` naming the model and version when the settings cannot serve it (what `dynadapter
+    serve` checks for every model before it starts, so a forced backend fails as one line)."""
     offered = model_precisions(settings.model_repo, name, version)
     gpu = settings.providers != "cpu" and settings.backend != "openvino" and cuda_usable()
-    choice = choose(settings, offered, gpu, openvino.available(), openvino.int8_accelerated())
-    model = load_model(settings.model_repo, name, version, choice.precision_key)
+    try:
+        choice = choose(settings, offered, gpu, openvino.available(), openvino.int8_accelerated())
+    except ModelLoadError as err:
+        raise ModelLoadError(f"model {name!r} version {version}: {err}") from None
+    return load_model(settings.model_repo, name, version, choice.precision_key), choice
+
+
+def open_runner(settings: Settings, name: str, version: str) -> tuple[ModelVersion, SegmentRunner]:
+    """Load a model version at the precision chosen for it and open its runner (what `Engine.load` serves)."""
+    model, choice = check_choice(settings, name, version)
     providers = select_providers(settings.providers) if choice.backend == "onnxruntime" else []
     runner = SegmentRunner(
         model.segment_paths,

@@ -130,7 +130,7 @@ def _response(engine: Engine, result: ExitResult, policy: ExitPolicy, top_k: int
     segment = manifest.segments[result.exit_index]
     used, full = engine.used_gflops(result), manifest.gflops_full
     return ClassifyResponse(
-        model=manifest.name,
+        model=engine.name,
         version=engine.version,
         label=scores[0].label,
         class_id=scores[0].class_id,

@@ -17,7 +17,8 @@ async def healthz() -> Status:
 
 @router.get("/readyz", responses={503: {"description": "Model not loaded or not warmed yet"}})
 async def readyz(state: StateDep) -> Status:
-    """200 only once the model is loaded and warmed, else 503."""
-    if not state.ready:
+    """200 only once the models of the start are loaded and warm and while one serves (the default
+    model, if set): after the last model is unloaded, 503 as /classify would answer."""
+    if not (state.ready and state.registry.ready()):
         raise not_ready()
     return Status(status="ready")

@@ -18,7 +18,7 @@ async def list_models(registry: RegistryDep) -> ModelList:
 def describe(engine: Engine) -> ModelInfo:
     manifest = engine.manifest
     return ModelInfo(
-        name=manifest.name,
+        name=engine.name,
         version=engine.version,
         num_classes=manifest.num_classes,
         labels=manifest.labels,

@@ -59,9 +59,12 @@ async def live() -> dict[str, bool]:
 
 @health.get("/v2/health/ready", responses={503: {"description": "Models not loaded or not warmed yet"}})
 async def ready(state: StateDep) -> JSONResponse:
-    """200 `{"ready": true}` once every model of the start is loaded and warm; else 503 `{"ready": false}`."""
+    """200 `{"ready": true}` once every model of the start is loaded and warm and while one serves (the
+    default model, if set); else 503 `{"ready": false}`."""
     if not state.ready:
         return JSONResponse({"ready": False, "error": "the models are not loaded and warmed yet"}, status_code=503)
+    if not state.registry.ready():
+        return JSONResponse({"ready": False, "error": "no model is served"}, status_code=503)
     return JSONResponse({"ready": True})
 
 

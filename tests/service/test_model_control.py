@@ -1,6 +1,7 @@
 """Many models and versions, and model control without downtime: Triton's repository extension, the
 version policy, the repository poll, requests in flight finishing on their version, corrupt versions refused."""
 
+import base64
 import re
 import shutil
 import threading
@@ -192,4 +193,189 @@ def test_versions_swap_under_concurrent_load_with_zero_errors(repo: Path, weight
     assert versions[-1] == "4" and {"1", "4"} <= set(versions)
     counted = sum(value(metrics, "dynadapter_requests_total", model="tiny", version=v, code="200") for v in "1234")
     assert counted == len(statuses)
+    assert "Traceback" not in server.output
+
+
+def replace_version(repo: Path, name: str, version: str, weights: TinyWeights, staging: Path) -> None:
+    """What `dynadapter export --version V --overwrite` does: the version folder's files replaced."""
+    fresh = write_model_version(staging, weights, name, version)
+    shutil.rmtree(repo / name / version)
+    shutil.move(fresh, repo / name / version)
+
+
+def test_a_load_reopens_a_version_whose_files_were_replaced(
+    start_client: Callable[..., TestClient], repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    client = start_client(model_repo=repo)
+    other = client.post("/classify?model=other&top_k=2", content=PNG, headers=IMAGE).json()["top_k"]
+    assert client.post("/classify?model=tiny&top_k=2", content=PNG, headers=IMAGE).json()["top_k"] != other
+    replace_version(repo, "tiny", "2", TinyWeights.random(seed=1), tmp_path_factory.mktemp("staging"))
+    assert client.post("/v2/repository/models/tiny/load").status_code == 200
+    answer = client.post("/classify?model=tiny&top_k=2", content=PNG, headers=IMAGE).json()
+    assert (answer["version"], answer["top_k"]) == ("2", other)  # the new files: other's weights
+    # The old engine retired after the swap; the series of tiny 2 are its successor's and stay.
+    wait_for(lambda: not client.app.state.service.registry._retiring)  # type: ignore[attr-defined]
+    assert ("dynadapter_model_memory_bytes", frozenset({("model", "tiny"), ("version", "2")})) in samples(client)
+    # Unchanged files: the same engine keeps serving (a load of an unchanged model opens nothing).
+    engine = client.app.state.service.registry.get("tiny")  # type: ignore[attr-defined]
+    assert client.post("/v2/repository/models/tiny/load").status_code == 200
+    assert client.app.state.service.registry.get("tiny") is engine  # type: ignore[attr-defined]
+
+
+def test_a_copy_of_a_model_is_served_under_its_folder_name(start_client: Callable[..., TestClient], repo: Path) -> None:
+    shutil.copytree(repo / "tiny", repo / "canary")  # an A/B copy: its manifest still says "tiny"
+    client = start_client(model_repo=repo)
+    assert client.post("/classify?model=canary", content=PNG, headers=IMAGE).json()["model"] == "canary"
+    image = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(PNG).decode()]}
+    answer = client.post("/v2/models/canary/infer", json={"inputs": [image]}).json()
+    assert answer["model_name"] == "canary"
+    assert [m["name"] for m in client.get("/v1/models").json()["models"]] == ["canary", "other", "tiny"]
+    metrics = samples(client)
+    assert value(metrics, "dynadapter_requests_total", model="canary", version="2", code="200") == 2
+    assert value(metrics, "dynadapter_requests_total", model="tiny", version="2", code="200") == 0
+    assert client.post("/v2/repository/models/canary/unload").status_code == 200
+    wait_for(lambda: ("dynadapter_model_memory_bytes", canary_2) not in samples(client))
+    assert ("dynadapter_model_memory_bytes", tiny_2) in samples(client)  # tiny's series stay
+    assert client.post("/classify?model=tiny", content=PNG, headers=IMAGE).json()["model"] == "tiny"
+
+
+canary_2 = frozenset({("model", "canary"), ("version", "2")})
+tiny_2 = frozenset({("model", "tiny"), ("version", "2")})
+tiny_1 = frozenset({("model", "tiny"), ("version", "1")})
+
+
+def test_retiring_an_engine_keeps_its_successors_series(
+    start_client: Callable[..., TestClient], repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.rmtree(repo / "tiny" / "2")
+    client = start_client(model_repo=repo, models="tiny")
+    gate = gate_runner(client, monkeypatch)  # the first engine holds a request until the gate opens
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.post, "/classify", content=PNG, headers=IMAGE)
+        assert gate.entered.wait(10)
+        assert client.post("/v2/repository/models/tiny/unload").status_code == 200
+        assert client.post("/v2/repository/models/tiny/load").status_code == 200  # a new engine, same labels
+        gate.open.set()
+        assert held.result().status_code == 200
+    retiring = client.app.state.service.registry._retiring  # type: ignore[attr-defined]
+    wait_for(lambda: not retiring)  # the first engine has retired
+    metrics = samples(client)
+    assert ("dynadapter_model_memory_bytes", tiny_1) in metrics
+    assert any(name == "dynadapter_serving_info" and ("model", "tiny") in labels for name, labels in metrics)
+
+
+def test_explicit_control_is_refused_while_the_repository_is_polled(
+    start_client: Callable[..., TestClient], repo: Path
+) -> None:
+    client = start_client(model_repo=repo, repository_poll_s=0.05)
+    message = (
+        "explicit model load and unload are off while the repository is polled (repository_poll_s > 0): "
+        "add or remove version folders instead"
+    )
+    for action in ("load", "unload"):
+        response = client.post(f"/v2/repository/models/tiny/{action}")
+        assert (response.status_code, response.json()) == (400, {"error": message})
+    assert client.get("/v2/models/tiny/ready").json()["ready"] is True  # the unload did nothing
+
+
+def test_the_poll_survives_an_unexpected_error_and_picks_up_replaced_files(
+    start_client: Callable[..., TestClient],
+    repo: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = start_client(model_repo=repo, models="tiny", repository_poll_s=0.05)
+    registry = client.app.state.service.registry  # type: ignore[attr-defined]
+    sync, failures = registry._sync, []
+
+    async def failing_once(name: str) -> None:
+        if not failures:
+            failures.append(name)
+            raise RuntimeError("an unexpected error in the poll")
+        await sync(name)
+
+    monkeypatch.setattr(registry, "_sync", failing_once)
+    wait_for(lambda: bool(failures))
+    other = client.post("/classify?model=other&top_k=2", content=PNG, headers=IMAGE)
+    assert other.status_code == 404  # only tiny is listed
+    before = client.post("/classify?top_k=2", content=PNG, headers=IMAGE).json()["top_k"]
+    replace_version(repo, "tiny", "2", TinyWeights.random(seed=1), tmp_path_factory.mktemp("staging"))
+    wait_for(lambda: client.post("/classify?top_k=2", content=PNG, headers=IMAGE).json()["top_k"] != before)
+    logged = [r for r in caplog.records if r.getMessage().startswith("repository poll failed")]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # with its traceback
+
+
+def test_readiness_follows_the_models_served(start_client: Callable[..., TestClient], repo: Path) -> None:
+    client = start_client(model_repo=repo)
+    for name in ("other", "tiny"):
+        assert client.get("/readyz").status_code == 200
+        assert client.post(f"/v2/repository/models/{name}/unload").status_code == 200
+    readyz, ready = client.get("/readyz"), client.get("/v2/health/ready")
+    assert (readyz.status_code, readyz.json()["error"]["code"]) == (503, "not_ready")
+    assert (ready.status_code, ready.json()) == (503, {"ready": False, "error": "no model is served"})
+    assert client.post("/classify", content=PNG, headers=IMAGE).status_code == 503
+    assert client.post("/v2/repository/models/tiny/load").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+
+
+def test_the_default_model_must_serve_for_readiness(start_client: Callable[..., TestClient], repo: Path) -> None:
+    client = start_client(model_repo=repo, model_name="tiny")
+    assert client.post("/v2/repository/models/tiny/unload").status_code == 200
+    assert client.get("/readyz").status_code == 503  # 'other' still serves, but the default does not
+    assert client.get("/v2/health/ready").status_code == 503
+
+
+def test_serve_refuses_a_precision_one_model_cannot_serve_with_one_line(repo: Path) -> None:
+    from dynadapter.service.main import serve
+    from dynadapter.service.settings import Settings
+
+    with pytest.raises(SystemExit) as exit_:
+        serve(Settings(model_repo=repo, precision="int8", providers="cpu"))
+    message = str(exit_.value.code)
+    assert message.startswith("dynadapter serve: cannot load the model: model 'other' version 1: no int8-")
+    assert "\n" not in message
+
+
+def test_a_refused_replacement_leaves_the_serving_engine_its_series(
+    start_client: Callable[..., TestClient],
+    repo: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dynadapter.service.engine import Engine
+
+    client = start_client(model_repo=repo, models="tiny")
+    before = client.post("/classify?top_k=2", content=PNG, headers=IMAGE).json()["top_k"]
+    replace_version(repo, "tiny", "2", TinyWeights.random(seed=1), tmp_path_factory.mktemp("staging"))
+
+    def broken(self: Engine) -> None:
+        raise RuntimeError("no warm-up today")
+
+    monkeypatch.setattr(Engine, "warm_up", broken)
+    response = client.post("/v2/repository/models/tiny/load")
+    assert response.status_code == 400
+    assert response.json() == {"error": "failed to load 'tiny': tiny/2: warm-up failed: no warm-up today"}
+    assert client.post("/classify?top_k=2", content=PNG, headers=IMAGE).json()["top_k"] == before  # the old files
+    assert ("dynadapter_model_memory_bytes", tiny_2) in samples(client)
+    assert client.post("/v2/repository/models/tiny/unload").status_code == 200  # the old engine retires...
+    wait_for(lambda: not client.app.state.service.registry._retiring)  # type: ignore[attr-defined]
+    assert ("dynadapter_model_memory_bytes", tiny_2) not in samples(client)  # ...and its series go with it
+
+
+def test_readiness_and_polled_control_on_a_real_server(repo: Path) -> None:
+    with serving(repo, models="tiny") as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.post("/v2/repository/models/tiny/unload").status_code == 200
+        assert http.get("/readyz").status_code == 503
+        assert (http.get("/v2/health/ready").status_code, http.get("/v2/health/ready").json()["ready"]) == (503, False)
+        assert http.post("/v2/repository/models/tiny/load").status_code == 200
+        assert http.get("/readyz").status_code == 200 and http.get("/v2/health/ready").json() == {"ready": True}
+    with serving(repo, models="tiny", repository_poll_s="0.05") as server, httpx.Client(base_url=server.url) as http:
+        refused = http.post("/v2/repository/models/tiny/unload")
+        assert (refused.status_code, refused.json()["error"].split(" (")[0]) == (
+            400,
+            "explicit model load and unload are off while the repository is polled",
+        )
+        assert http.get("/v2/models/tiny/ready").json()["ready"] is True
     assert "Traceback" not in server.output
