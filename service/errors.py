@@ -71,8 +71,8 @@ def unsupported_media_type(content_type: str) -> ApiError:
     )
 
 
-def not_ready() -> ApiError:
-    return ApiError(503, "not_ready", "the model is not loaded and warmed yet", {"Retry-After": "1"})
+def not_ready(reason: str = "the model is not loaded and warmed yet") -> ApiError:
+    return ApiError(503, "not_ready", reason, {"Retry-After": "1"})
 
 
 def overloaded(retry_after_s: int) -> ApiError:

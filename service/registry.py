@@ -105,6 +105,7 @@ class ModelRegistry:
         self._retiring: dict[asyncio.Task[None], Engine] = {}  # replaced versions waiting for their requests
         self._refused: dict[str, str] = {}  # name -> why its last load failed (the repository index shows it)
         self._identity: dict[Engine, Identity] = {}  # served engine -> its folder's files when it was opened
+        self._unloaded: set[str] = set()  # explicitly unloaded: not expected to serve (readiness)
 
     # Reading: what routes use. None of these await, so a swap is never seen half-done.
 
@@ -141,10 +142,21 @@ class ModelRegistry:
         return min(self._models)
 
     def ready(self) -> bool:
-        """Readiness: at least one model serves, and the default model (setting `model_name`) if set."""
+        """Readiness, strict as Triton's default (`--strict-readiness`): see `unready_reason`."""
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """Why the service is not ready, or None when it is: some model serves, and so does every model that
+        should, that is each model of the `models` setting (or folder of the repository) that was not
+        explicitly unloaded, and the default model (setting `model_name`) if set."""
         if not self._models:
-            return False
-        return self.settings.model_name is None or self.settings.model_name in self._models
+            return "no model is served"
+        should = {name for name in self.candidates() if name not in self._unloaded}
+        should |= {self.settings.model_name} if self.settings.model_name is not None else set()
+        missing = sorted(should - set(self._models))
+        if missing:
+            return f"model(s) {', '.join(map(repr, missing))} should serve and do not (the repository index says why)"
+        return None
 
     def index(self) -> list[dict[str, str]]:
         """Triton's repository index: every model folder with the state of its versions.
@@ -186,6 +198,7 @@ class ModelRegistry:
                     self._refused[name] = self.public(err)
                 raise
             self._refused.pop(name, None)
+            self._unloaded.discard(name)
 
     async def unload(self, name: str) -> None:
         """Take `name` out of service; requests already admitted on it finish first."""
@@ -193,6 +206,7 @@ class ModelRegistry:
         async with self._lock:
             if name not in self._models:
                 raise model_not_found(name, None)
+            self._unloaded.add(name)
             for engine in self._models.pop(name).values():
                 self._retire(engine)
 

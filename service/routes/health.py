@@ -17,8 +17,12 @@ async def healthz() -> Status:
 
 @router.get("/readyz", responses={503: {"description": "Model not loaded or not warmed yet"}})
 async def readyz(state: StateDep) -> Status:
-    """200 only once the models of the start are loaded and warm and while one serves (the default
-    model, if set): after the last model is unloaded, 503 as /classify would answer."""
-    if not (state.ready and state.registry.ready()):
+    """200 only once the models of the start are loaded and warm, and while every model that should serve
+    does (strict, as Triton's default): each model listed or in the repository that was not explicitly
+    unloaded, and the default model if set; with none served, 503 as /classify would answer."""
+    if not state.ready:
         raise not_ready()
+    reason = state.registry.unready_reason()
+    if reason is not None:
+        raise not_ready(reason)
     return Status(status="ready")

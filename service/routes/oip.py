@@ -59,12 +59,13 @@ async def live() -> dict[str, bool]:
 
 @health.get("/v2/health/ready", responses={503: {"description": "Models not loaded or not warmed yet"}})
 async def ready(state: StateDep) -> JSONResponse:
-    """200 `{"ready": true}` once every model of the start is loaded and warm and while one serves (the
-    default model, if set); else 503 `{"ready": false}`."""
+    """200 `{"ready": true}` once every model of the start is loaded and warm, and while every model that
+    should serve does (as /readyz); else 503 `{"ready": false, "error": why}`."""
     if not state.ready:
         return JSONResponse({"ready": False, "error": "the models are not loaded and warmed yet"}, status_code=503)
-    if not state.registry.ready():
-        return JSONResponse({"ready": False, "error": "no model is served"}, status_code=503)
+    reason = state.registry.unready_reason()
+    if reason is not None:
+        return JSONResponse({"ready": False, "error": reason}, status_code=503)
     return JSONResponse({"ready": True})
 
 

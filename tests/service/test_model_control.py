@@ -320,6 +320,25 @@ def test_readiness_follows_the_models_served(start_client: Callable[..., TestCli
     assert client.get("/v2/health/ready").json() == {"ready": True}
 
 
+def test_readiness_is_strict_every_model_of_the_repository_must_serve(
+    start_client: Callable[..., TestClient], repo: Path
+) -> None:
+    """As Triton's default --strict-readiness: a model folder the poll cannot load makes the service unready
+    (saying which), while the models that load keep answering; ready again once the folder is fixed."""
+    client = start_client(model_repo=repo, repository_poll_s=0.05)
+    shutil.copytree(repo / "other", repo / "broken")
+    corrupt(repo / "broken" / "1")
+    wait_for(lambda: client.get("/readyz").status_code == 503)
+    readyz, ready = client.get("/readyz").json(), client.get("/v2/health/ready").json()
+    why = "model(s) 'broken' should serve and do not (the repository index says why)"
+    assert readyz["error"] == {"code": "not_ready", "message": why}
+    assert ready == {"ready": False, "error": why}
+    assert client.post("/classify?model=tiny", content=PNG, headers=IMAGE).status_code == 200
+    shutil.rmtree(repo / "broken")
+    wait_for(lambda: client.get("/readyz").status_code == 200)
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+
+
 def test_the_default_model_must_serve_for_readiness(start_client: Callable[..., TestClient], repo: Path) -> None:
     client = start_client(model_repo=repo, model_name="tiny")
     assert client.post("/v2/repository/models/tiny/unload").status_code == 200
