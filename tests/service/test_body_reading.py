@@ -3,6 +3,7 @@ before a byte is read, read within the deadline (408 for a client that trickles)
 (gzip, deflate) read as they stream with their decompressed bytes counted (a zip bomb is 413, other
 codings 415), strict length headers, and HEAD on the health and metrics routes."""
 
+import asyncio
 import base64
 import gzip
 import json
@@ -18,9 +19,12 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from fastapi import FastAPI, Request
+from starlette.types import Message
 
 from dynadapter.service.decoding import peak_bytes
-from dynadapter.service.middleware import ascii_length
+from dynadapter.service.errors import install_error_handlers
+from dynadapter.service.middleware import BodyReadingMiddleware, ascii_length
 from tests.service.helpers import IMAGE, ServiceProcess, serving
 from tests.service.tiny_onnx_model import png_bytes
 
@@ -28,7 +32,7 @@ MiB = 1024 * 1024
 MAX_BODY = 4 * MiB
 MAX_PIXELS = 65_536
 WORKERS, QUEUE = 1, 1
-TIMEOUT_S = 2.0
+TIMEOUT_S = 2  # the impatient server's request_timeout_s
 PNG = png_bytes(0)
 BODY_ROUTES = ["/classify", "/v2/models/tiny/infer", "/v2/models/tiny/versions/1/infer"]
 
@@ -41,9 +45,16 @@ def server(model_repo: Path) -> Iterator[ServiceProcess]:
         max_pixels=str(MAX_PIXELS),
         decode_workers=str(WORKERS),
         decode_queue=str(QUEUE),
-        request_timeout_s=str(TIMEOUT_S),
         max_wait_ms="2",
     ) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def impatient_server(model_repo: Path) -> Iterator[ServiceProcess]:
+    """A server whose deadline (request_timeout_s) is short, for the clients that trickle; the wall of
+    stalled uploads needs the default one, so that no stalled upload times out while the wall is built."""
+    with serving(model_repo, request_timeout_s=str(TIMEOUT_S), max_wait_ms="2") as process:
         yield process
 
 
@@ -99,14 +110,8 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
     return int(start.split(b" ")[1]), body
 
 
-def error_code(path: str, body: bytes) -> str:
-    """The error's code (/classify) or message (/v2: the protocol's `{"error": message}`)."""
-    error = json.loads(body)["error"]
-    return error if path.startswith("/v2") else error["code"]
-
-
 def content_type(path: str) -> str:
-    return "image/png" if path == "/classify" else "application/json"
+    return "image/png" if path.startswith("/classify") else "application/json"
 
 
 def oip_body(images: list[bytes]) -> dict:
@@ -117,30 +122,45 @@ def oip_body(images: list[bytes]) -> dict:
 # Reading within the deadline.
 
 
-@pytest.mark.parametrize("path", BODY_ROUTES)
-def test_a_client_trickling_its_body_is_answered_408_before_it_has_sent_it(server: ServiceProcess, path: str) -> None:
-    declared = 1000  # at one byte a tenth of a second: 100 s to send, 50 x the service's deadline
+def trickle(server: ServiceProcess, path: str, declared: int = 1000) -> tuple[int, bytes]:
+    """Send a body one byte a tenth of a second until the server answers; its status and body.
+
+    The server must answer before the body is complete (at this pace 1000 bytes take 100 s)."""
     with connect(server) as sock:
         sock.sendall(head(path, {"Content-Type": content_type(path), "Content-Length": str(declared)}))
         sent, give_up = 0, time.monotonic() + 30
         while not select.select([sock], [], [], 0.1)[0]:
-            assert time.monotonic() < give_up, "the server kept reading a trickling body"
+            assert time.monotonic() < give_up and sent < declared - 1, "the server kept reading a trickling body"
             sock.sendall(b"{" if sent == 0 else b" ")
             sent += 1
-        status, body = read_response(sock)
-    assert sent < declared
+        return read_response(sock)
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+def test_a_client_trickling_its_body_is_answered_408_before_it_has_sent_it(
+    impatient_server: ServiceProcess, path: str
+) -> None:
+    status, body = trickle(impatient_server, path)
     assert status == 408, body
-    assert (
-        error_code(path, body) == "request_timeout"
-        if path == "/classify"
-        else "did not arrive" in error_code(path, body)
-    )
+    message = json.loads(body)["error"]  # the protocol's shape under /v2
+    if path == "/classify":
+        assert message == {"code": "request_timeout", "message": "the request body did not arrive within 2 s"}
+    else:
+        assert message == "the request body did not arrive within 2 s"
 
 
-def test_the_repository_routes_take_small_bodies_only(server: ServiceProcess) -> None:
+def test_a_trickling_client_is_held_to_the_deadline_it_asked_for(server: ServiceProcess) -> None:
+    status, body = trickle(server, "/classify?deadline_ms=1000")  # the service's own deadline is 30 s
+    assert status == 408 and json.loads(body)["error"]["message"] == "the request body did not arrive within 1 s"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v2/repository/index", "/v2/repository/models/tiny/load", "/v2/repository/models/tiny/unload"]
+)
+def test_the_repository_routes_take_small_bodies_only(server: ServiceProcess, path: str) -> None:
     # They take small JSON; a large declared body is refused before a byte of it is read.
     with connect(server) as sock:
-        sock.sendall(head("/v2/repository/models/tiny/load", {"Content-Length": str(1 * MiB)}))
+        sock.sendall(head(path, {"Content-Length": str(1 * MiB)}))
         status, body = read_response(sock)
     assert status == 413 and "larger than 65536 bytes" in json.loads(body)["error"]
 
@@ -352,3 +372,41 @@ def test_malformed_content_type_parameters_are_400(server: ServiceProcess, conte
     response = httpx.post(f"{server.url}/classify", content=form, headers={"Content-Type": content_type})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "bad_request"
+
+
+def test_any_route_that_reads_a_body_reads_it_within_the_deadline() -> None:
+    # The repository routes read small JSON bodies (or none yet); the middleware bounds any route that
+    # reads one, not only the inference routes: here a route of its own, fed by a client that trickles.
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/v2/repository/models/{name}/load")
+    async def load(request: Request) -> dict[str, int]:
+        return {"read": len(await request.body())}
+
+    app.add_middleware(
+        BodyReadingMiddleware, max_bytes=MAX_BODY, small_bytes=1024, timeout_s=0.3, is_large=lambda path: False
+    )
+    sent: list[Message] = []
+    chunks = 0
+
+    async def trickle() -> Message:
+        nonlocal chunks
+        chunks += 1
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v2/repository/models/tiny/load",
+        "raw_path": b"/v2/repository/models/tiny/load",
+        "query_string": b"",
+        "headers": [(b"content-length", b"1000")],
+    }
+    asyncio.run(asyncio.wait_for(app(scope, trickle, send), 30))
+    assert sent[0]["status"] == 408 and chunks < 1000
+    assert b"did not arrive within 0.3 s" in sent[1]["body"]
