@@ -78,7 +78,7 @@ async def run(
                 timeout_s = deadline - start
                 images = await asyncio.wait_for(_decode(engine, job.images), deadline - perf_counter())
             return job, await engine.classify_all(images, job.policy, deadline)
-        except (TimeoutError, DeadlineError):
+        except (asyncio.TimeoutError, DeadlineError):
             raise deadline_exceeded(timeout_s) from None
         except QueueFullError as err:
             raise overloaded(err.retry_after_s) from None
@@ -92,7 +92,7 @@ async def _read(read: Callable[[], Awaitable[J]], timeout_s: float) -> J:
     """`read()` within `timeout_s` seconds, else 408 (the body reading middleware's own bound is the setting's)."""
     try:
         return await asyncio.wait_for(read(), timeout_s)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         raise request_timeout(timeout_s) from None
 
 

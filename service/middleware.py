@@ -116,7 +116,7 @@ class BodyReadingMiddleware:
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), start + self.timeout_s - perf_counter())
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 raise request_timeout(self.timeout_s) from None
             if message["type"] != "http.request":
                 return message

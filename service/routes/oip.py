@@ -123,6 +123,14 @@ for path in _VERSIONED:
     models.add_api_route(path + "/config", _model_config, methods=["GET"])
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Job(inference.Job):
+    """An OIP request once read: its message, and the outputs it wants (name, binary, classification k)."""
+
+    message: oip.InferenceRequest
+    wanted: list[tuple[str, bool, int]]
+
+
 async def infer(
     request: Request, registry: RegistryDep, state: StateDep, name: str, version: str | None = None
 ) -> Response:
@@ -147,14 +155,6 @@ async def infer(
     job, results = await inference.run(request, engine, read, state.settings.request_timeout_s)
     content, headers = _encode(job.message, engine, results, job.wanted)
     return Response(content, headers=headers)
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Job(inference.Job):
-    """An OIP request once read: its message, and the outputs it wants (name, binary, classification k)."""
-
-    message: oip.InferenceRequest
-    wanted: list[tuple[str, bool, int]]
 
 
 # The body is read by hand (JSON, or JSON + binary tensors), so describe it for OpenAPI; its models go
