@@ -24,9 +24,9 @@ from starlette.requests import Request
 from dynadapter.service.batching import BatcherClosedError, QueueFullError
 from dynadapter.service.deadlines import DeadlineError
 from dynadapter.service.engine import Engine
-from dynadapter.service.errors import deadline_exceeded, not_ready, overloaded, request_timeout, too_many_images
+from dynadapter.service.errors import deadline_exceeded, not_ready, overloaded, too_many_images
 from dynadapter.service.exit_policy import ExitPolicy
-from dynadapter.service.middleware import LABEL_KEY
+from dynadapter.service.middleware import LABEL_KEY, read_within
 from dynadapter.service.segment_runner import ExitResult
 
 Images = Sequence[bytes] | np.ndarray  # encoded images, or preprocessed pixels float32 [N, 3, H, W]
@@ -71,7 +71,8 @@ async def run(
     async with engine.admitted():
         try:
             async with engine.admit():
-                job = await _read(read, timeout_s)
+                read_within(request.scope, timeout_s)  # the body middleware answers 408 past it
+                job = await read()
                 deadline = start + timeout_s
                 if job.timeout_s is not None:
                     deadline = min(deadline, perf_counter() + job.timeout_s)
@@ -86,14 +87,6 @@ async def run(
             raise not_ready() from None
         finally:
             engine.observe_latency(perf_counter() - start)
-
-
-async def _read(read: Callable[[], Awaitable[J]], timeout_s: float) -> J:
-    """`read()` within `timeout_s` seconds, else 408 (the body reading middleware's own bound is the setting's)."""
-    try:
-        return await asyncio.wait_for(read(), timeout_s)
-    except asyncio.TimeoutError:
-        raise request_timeout(timeout_s) from None
 
 
 async def _decode(engine: Engine, images: Images) -> list[np.ndarray]:

@@ -29,6 +29,17 @@ _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes "٥" and
 _CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
+# A route that knows a shorter deadline for its body (deadline_ms) puts it in scope["state"] under this:
+# one wait per receive, here, rather than a second asyncio.wait_for around the route's read, whose
+# cancellation Python before 3.12 can lose when a chunk arrives at the same moment.
+READ_DEADLINE_KEY = "dynadapter_read_deadline"
+
+
+def read_within(scope: Scope, timeout_s: float) -> None:
+    """Hold this request's body to `timeout_s` seconds from now (408 past it), if less than the setting's."""
+    scope.setdefault("state", {})[READ_DEADLINE_KEY] = (perf_counter() + timeout_s, timeout_s)
+
+
 def ascii_length(value: str) -> int | None:
     """A header's decimal length (ASCII digits only, no sign or space), or None if it is not one."""
     return int(value) if _DIGITS.fullmatch(value) and len(value) <= 19 else None
@@ -79,8 +90,9 @@ class BodyReadingMiddleware:
       `max_bytes` on the inference routes, `small_bytes` elsewhere (the repository's small JSON bodies).
       A body with `Content-Encoding: gzip` or `deflate` is decompressed as it streams, and its
       *decompressed* bytes count; other codings are 415.
-    - The body must have arrived within `timeout_s` seconds of the request's start, else 408
-      `request_timeout` (a client trickling its body holds nothing for longer).
+    - The body must have arrived within `timeout_s` seconds of the request's start, or the shorter
+      deadline its route set (`read_within`), else 408 `request_timeout` (a client trickling its body
+      holds nothing for longer).
 
     The streaming errors are raised inside the route's body read, so the usual error handlers render
     them; a route that reads no body is not held to them.
@@ -114,10 +126,14 @@ class BodyReadingMiddleware:
             nonlocal received, done
             if done:  # after the body: a disconnect, awaited without a deadline
                 return await receive()
+            deadline, seconds = min(  # the earlier of the setting's and the route's
+                (start + self.timeout_s, self.timeout_s),
+                scope.get("state", {}).get(READ_DEADLINE_KEY, (float("inf"), 0.0)),
+            )
             try:
-                message = await asyncio.wait_for(receive(), start + self.timeout_s - perf_counter())
+                message = await asyncio.wait_for(receive(), deadline - perf_counter())
             except asyncio.TimeoutError:
-                raise request_timeout(self.timeout_s) from None
+                raise request_timeout(seconds) from None
             if message["type"] != "http.request":
                 return message
             body, done = message.get("body", b""), not message.get("more_body", False)

@@ -25,7 +25,7 @@ from starlette.types import Message
 from dynadapter.service.decoding import peak_bytes
 from dynadapter.service.errors import install_error_handlers
 from dynadapter.service.middleware import BodyReadingMiddleware, ascii_length
-from tests.service.helpers import IMAGE, ServiceProcess, serving
+from tests.service.helpers import IMAGE, ServiceProcess, samples, serving, value
 from tests.service.tiny_onnx_model import png_bytes
 
 MiB = 1024 * 1024
@@ -150,8 +150,12 @@ def test_a_client_trickling_its_body_is_answered_408_before_it_has_sent_it(
 
 
 def test_a_trickling_client_is_held_to_the_deadline_it_asked_for(server: ServiceProcess) -> None:
+    before = samples(httpx.Client(base_url=server.url))
     status, body = trickle(server, "/classify?deadline_ms=1000")  # the service's own deadline is 30 s
+    after = samples(httpx.Client(base_url=server.url))
     assert status == 408 and json.loads(body)["error"]["message"] == "the request body did not arrive within 1 s"
+    counted = {"name": "dynadapter_requests_total", "model": "tiny", "version": "1", "code": "408"}
+    assert value(after, **counted) - value(before, **counted) == 1
 
 
 @pytest.mark.parametrize(
@@ -172,6 +176,8 @@ def test_the_repository_routes_take_small_bodies_only(server: ServiceProcess, pa
 def test_a_wall_of_stalled_uploads_holds_at_most_the_documented_memory(server: ServiceProcess, path: str) -> None:
     admitted, excess = WORKERS + QUEUE, 8
     declared = MAX_BODY
+    counted = {"name": "dynadapter_requests_total", "model": "tiny", "version": "1", "code": "503"}
+    refused_before = value(samples(httpx.Client(base_url=server.url)), **counted)
     before = settled_rss(server)
     stalled = [connect(server) for _ in range(admitted)]
     try:
@@ -185,6 +191,7 @@ def test_a_wall_of_stalled_uploads_holds_at_most_the_documented_memory(server: S
                 assert status == 503, body
                 assert "queue is full" in body.decode()
         grown = settled_rss(server) - before
+        assert value(samples(httpx.Client(base_url=server.url)), **counted) - refused_before == excess
         for sock in stalled:
             assert not select.select([sock], [], [], 0)[0], "a stalled upload was answered before its deadline"
     finally:
