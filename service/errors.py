@@ -85,6 +85,22 @@ def deadline_exceeded(timeout_s: float) -> ApiError:
     return ApiError(504, "timeout", f"the request did not finish within {timeout_s:g} s")
 
 
+def request_timeout(timeout_s: float) -> ApiError:
+    """The body did not arrive within the request's deadline (a slow client, as nginx and Triton answer)."""
+    return ApiError(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s")
+
+
+def unsupported_encoding(coding: str) -> ApiError:
+    return ApiError(
+        415, "unsupported_media_type", f"unsupported Content-Encoding {coding!r}: send gzip, deflate or identity"
+    )
+
+
+def bad_header(name: str, rule: str) -> ApiError:
+    """A malformed header (a length that is not one decimal number, ...): 400."""
+    return ApiError(400, "bad_request", f"{name}: {rule}")
+
+
 OIP_PREFIX = "/v2"
 
 

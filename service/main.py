@@ -20,7 +20,7 @@ from dynadapter.contract.model_repository import ModelLoadError
 from dynadapter.service.deps import ServiceState
 from dynadapter.service.errors import ApiError, install_error_handlers
 from dynadapter.service.metrics import ServiceMetrics
-from dynadapter.service.middleware import BodySizeLimitMiddleware, ModelLabel, RequestMetricsMiddleware
+from dynadapter.service.middleware import SMALL_BODY_BYTES, BodyReadingMiddleware, ModelLabel, RequestMetricsMiddleware
 from dynadapter.service.registry import ModelRegistry, check_repository
 from dynadapter.service.routes import classify, health, metrics, models, oip, repository
 from dynadapter.service.segment_runner import select_providers
@@ -44,7 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = state
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyReadingMiddleware,
+        max_bytes=settings.max_body_bytes,
+        small_bytes=min(SMALL_BODY_BYTES, settings.max_body_bytes),
+        timeout_s=settings.request_timeout_s,
+        is_large=_is_inference,
+    )
     # Added last, so outermost: it also sees the 413s answered by the body limit.
     app.add_middleware(
         RequestMetricsMiddleware,

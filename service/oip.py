@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from dynadapter.contract.model_repository import Manifest
 from dynadapter.service.errors import bad_request
+from dynadapter.service.middleware import ascii_length
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -112,9 +113,10 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
     """Split the body into the JSON request and its binary part (empty without the extension); 400 if malformed."""
     split = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        length = ascii_length(header_length)
+        if length is None or length > len(body):
             raise bad_request(f"{HEADER_LENGTH}: {header_length!r} is not a length within the {len(body)}-byte body")
-        split = int(header_length)
+        split = length
     try:
         request = InferenceRequest.model_validate_json(body[:split])
     except ValidationError as err:

@@ -79,21 +79,17 @@ async def classify(
         policy = engine.policy(params.threshold, params.mode, params.budget)
     except PolicyError as err:
         raise bad_parameter(str(err)) from None
-    several = False
 
-    async def read() -> list[bytes]:
-        nonlocal several
-        images = await _read_images(request, state.settings.max_images_per_request)
-        several = len(images) > 1
-        return images
+    async def read() -> inference.Job:
+        return inference.Job(images=await _read_images(request, state.settings.max_images_per_request), policy=policy)
 
     timeout_s = state.settings.request_timeout_s
     if params.deadline_ms is not None:
         timeout_s = min(timeout_s, params.deadline_ms / 1000)
-    results = await inference.run(request, engine, read, policy, timeout_s)
+    _, results = await inference.run(request, engine, read, timeout_s)
     latency_s = perf_counter() - start
     answers = [_response(engine, result, policy, params.top_k, latency_s) for result in results]
-    return answers if several else answers[0]
+    return answers if len(results) > 1 else answers[0]
 
 
 async def _read_images(request: Request, limit: int) -> list[bytes]:

@@ -26,3 +26,8 @@ async def readyz(state: StateDep) -> Status:
     if reason is not None:
         raise not_ready(reason)
     return Status(status="ready")
+
+
+# Uptime probes use HEAD: the GET's status and headers without a body (not in the OpenAPI schema).
+for _path, _probe in (("/healthz", healthz), ("/readyz", readyz)):
+    router.add_api_route(_path, _probe, methods=["HEAD"], include_in_schema=False)

@@ -6,6 +6,7 @@ Errors have the protocol's shape `{"error": "message"}` (dynadapter.service.erro
 docs/protocol-oip.md has curl and tritonclient examples.
 """
 
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -69,6 +70,11 @@ async def ready(state: StateDep) -> JSONResponse:
     return JSONResponse({"ready": True})
 
 
+# Uptime probes use HEAD: the GET's status and headers without a body (not in the OpenAPI schema).
+for _path, _probe in (("/v2", server_metadata), ("/v2/health/live", live), ("/v2/health/ready", ready)):
+    health.add_api_route(_path, _probe, methods=["HEAD"], include_in_schema=False)
+
+
 def _model_metadata(registry: RegistryDep, name: str, version: str | None = None) -> oip.ModelMetadata:
     engine = registry.get(name, version)
     versions = [e.version for e in registry.engines(name)] if version is None else [engine.version]
@@ -121,30 +127,37 @@ for path in _VERSIONED:
     models.add_api_route(path + "/config", _model_config, methods=["GET"])
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Job(inference.Job):
+    """An OIP request once read: its message, and the outputs it wants (name, binary, classification k)."""
+
+    message: oip.InferenceRequest
+    wanted: list[tuple[str, bool, int]]
+
+
 async def infer(
     request: Request, registry: RegistryDep, state: StateDep, name: str, version: str | None = None
 ) -> Response:
     """Classify the images of one OIP request; see the module docstring of dynadapter.service.oip."""
     engine = registry.get(name, version)
-    body = await request.body()
-    message, binary = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH))
-    parameters = _parameters(message)
-    try:
-        policy = engine.policy(parameters.threshold, parameters.mode, parameters.budget)
-    except PolicyError as err:
-        raise bad_request(str(err)) from None
-    images = oip.read_input(message, binary, engine.manifest)
-    inference.check_count(len(images), state.settings.max_images_per_request)
-    wanted = _requested_outputs(message, parameters, engine)
 
-    async def read() -> inference.Images:
-        return images
+    async def read() -> _Job:
+        # The parameters (knob, timeout) are inside the body: read only once admitted, under the deadline.
+        body = await request.body()
+        message, binary = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH))
+        parameters = _parameters(message)
+        try:
+            policy = engine.policy(parameters.threshold, parameters.mode, parameters.budget)
+        except PolicyError as err:
+            raise bad_request(str(err)) from None
+        images = oip.read_input(message, binary, engine.manifest)
+        inference.check_count(len(images), state.settings.max_images_per_request)
+        wanted = _requested_outputs(message, parameters, engine)
+        timeout_s = parameters.timeout / 1e6 if parameters.timeout else None
+        return _Job(images=images, policy=policy, timeout_s=timeout_s, message=message, wanted=wanted)
 
-    timeout_s = state.settings.request_timeout_s
-    if parameters.timeout:
-        timeout_s = min(timeout_s, parameters.timeout / 1e6)
-    results = await inference.run(request, engine, read, policy, timeout_s)
-    content, headers = _encode(message, engine, results, wanted)
+    job, results = await inference.run(request, engine, read, state.settings.request_timeout_s)
+    content, headers = _encode(job.message, engine, results, job.wanted)
     return Response(content, headers=headers)
 
 
