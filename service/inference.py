@@ -14,8 +14,9 @@ from starlette.requests import Request
 
 from dynadapter.service.batching import BatcherClosedError, QueueFullError
 from dynadapter.service.deadlines import DeadlineError
-from dynadapter.service.engine import Engine
-from dynadapter.service.errors import deadline_exceeded, not_ready, overloaded, too_many_images
+from dynadapter.service.disconnect import cancel_on_disconnect
+from dynadapter.service.engine import Engine, NonFiniteOutputError
+from dynadapter.service.errors import deadline_exceeded, non_finite_output, not_ready, overloaded, too_many_images
 from dynadapter.service.exit_policy import ExitPolicy
 from dynadapter.service.middleware import LABEL_KEY
 from dynadapter.service.segment_runner import ExitResult
@@ -35,13 +36,16 @@ async def run(
     read: Callable[[], Awaitable[Images]],
     policy: ExitPolicy,
     timeout_s: float,
+    input_name: str = "image",
 ) -> list[ExitResult]:
     """Read the images (`read`), decode and classify them on `engine`, within `timeout_s`; in input order.
 
     Within the deadline an image may leave with the exit it has (`ExitResult.reason` "deadline"). The
     request is counted in the metrics under `engine`'s model and version, and its latency goes to the
     latency controller. Errors: 504 when reading and decoding do not finish in time or not even the first
-    exit can answer in time, 503 when the queue is full or the service stops, and whatever `read` or
+    exit can answer in time, 503 when the queue is full or the service stops, 400 `non_finite_output`
+    naming `input_name` when an image drives the model to non-finite scores, 499 (ClientDisconnect) when
+    the client goes away while its images are classified (they are cancelled), and whatever `read` or
     decoding raise.
     """
     request.scope.setdefault("state", {})[LABEL_KEY] = (engine.name, engine.version)
@@ -50,7 +54,9 @@ async def run(
     async with engine.admitted():
         try:
             images = await asyncio.wait_for(_prepare(engine, read), timeout_s)
-            return await engine.classify_all(images, policy, deadline)
+            return await cancel_on_disconnect(request.receive, engine.classify_all(images, policy, deadline))
+        except NonFiniteOutputError as err:
+            raise non_finite_output(input_name, err.index) from None
         except (asyncio.TimeoutError, DeadlineError):
             raise deadline_exceeded(timeout_s) from None
         except QueueFullError as err:

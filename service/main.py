@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from urllib.parse import parse_qs
 
 import uvicorn
@@ -25,6 +26,7 @@ from dynadapter.service.registry import ModelRegistry, check_repository
 from dynadapter.service.routes import classify, health, metrics, models, oip, repository
 from dynadapter.service.segment_runner import select_providers
 from dynadapter.service.settings import Settings
+from dynadapter.service.shutdown import ShutdownFlag, ShutdownGuard
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.service = state
+    app.state.shutdown = ShutdownFlag()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Inside the metrics middleware, so that a request cut short by shutdown is counted as its 503.
+    app.add_middleware(ShutdownGuard, flag=app.state.shutdown)
     # Added last, so outermost: it also sees the 413s answered by the body limit.
     app.add_middleware(
         RequestMetricsMiddleware,
@@ -109,7 +114,8 @@ def serve(settings: Settings) -> None:
 
     One worker per container is the supported layout: the metrics, the batch queue and the ONNX
     sessions live in this process, so scale out with more containers, not more workers. On
-    shutdown, requests in flight get `shutdown_timeout_s` to finish.
+    shutdown, requests in flight get `shutdown_timeout_s` to finish; one that does not is answered
+    503 `shutting_down` with `Connection: close` (dynadapter.service.shutdown).
     """
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -119,11 +125,29 @@ def serve(settings: Settings) -> None:
         select_providers(settings.providers)
     except ModelLoadError as err:
         raise SystemExit(f"dynadapter serve: cannot load the model: {err}") from None
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         workers=1,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
+    server = _Server(config, app.state.shutdown)
+    server.run()
+    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
+        raise SystemExit(3)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app when a shutdown begins (so that `ShutdownGuard` knows whose
+    cancellation it sees)."""
+
+    def __init__(self, config: uvicorn.Config, flag: ShutdownFlag) -> None:
+        super().__init__(config)
+        self._flag = flag
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._flag.begun = True
+        super().handle_exit(sig, frame)

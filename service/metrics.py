@@ -139,6 +139,13 @@ class ServiceMetrics:
             _MODEL,
             registry=r,
         )
+        self.cancelled_images = Counter(
+            "dynadapter_cancelled_images_total",
+            "Images whose request was cancelled (the client went away) before they were answered: they left the "
+            "queue, or their batch before its next segment.",
+            _MODEL,
+            registry=r,
+        )
         self.model_memory = Gauge(
             "dynadapter_model_memory_bytes",
             "Resident memory the process grew by while loading each served model version (sessions, weights).",
@@ -148,7 +155,8 @@ class ServiceMetrics:
 
     def declare_model(self, model: str, version: str, num_exits: int, memory_bytes: int) -> None:
         """Create every series of a model version at 0, so that rate() works from the first scrape."""
-        for family in (self.flops_used, self.flops_saved, self.batch_size, self.request_duration, self.inflight):
+        families = (self.flops_used, self.flops_saved, self.batch_size, self.request_duration, self.inflight)
+        for family in (*families, self.cancelled_images):
             family.labels(model, version)
         for k in range(num_exits):
             self.exits.labels(model, version, str(k))

@@ -34,11 +34,12 @@ _VERSIONED = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
 
 
 class InferParameters(Knob, extra="forbid", strict=True):
-    """The request's `parameters`: the knob, Triton's `timeout` (microseconds, 0: the service's own) and
+    """The request's `parameters`: the knob, Triton's `timeout` (microseconds, an unsigned 64-bit integer as
+    in Triton; 0, as in Triton: none of the request's own, so the service's request_timeout_s) and
     `binary_data_output` (every output in binary unless an output says otherwise). Strict: JSON types as
     given, so `true` is no number and `"1"` no boolean."""
 
-    timeout: int = Field(default=0, ge=0)
+    timeout: int = Field(default=0, ge=0, le=2**64 - 1)
     binary_data_output: bool = False
 
 
@@ -139,7 +140,8 @@ async def infer(
     timeout_s = state.settings.request_timeout_s
     if parameters.timeout:
         timeout_s = min(timeout_s, parameters.timeout / 1e6)
-    results = await inference.run(request, engine, read, policy, timeout_s)
+    input_name = message.inputs[0].name  # read_input allows exactly one
+    results = await inference.run(request, engine, read, policy, timeout_s, input_name)
     content, headers = _encode(message, engine, results, wanted)
     return Response(content, headers=headers)
 
@@ -210,10 +212,13 @@ def _requested_outputs(
     """(name, binary, classification k or 0) of each output to send; every output when none is named."""
     if message.outputs is None:
         return [(name, parameters.binary_data_output, 0) for name in oip.OUTPUTS]
-    wanted = []
+    wanted: list[tuple[str, bool, int]] = []
     for output in message.outputs:
         if output.name not in oip.OUTPUTS:
             raise bad_request(f"unknown output {output.name!r}; this model has {', '.join(oip.OUTPUTS)}")
+        if any(name == output.name for name, _, _ in wanted):
+            # One tensor per name in the answer: a second request of it would be answered twice or not at all.
+            raise bad_request(f"output {output.name!r} is requested more than once")
         options = output.parameters or {}
         binary = options.get("binary_data", parameters.binary_data_output)
         k = options.get("classification", 0)
