@@ -236,7 +236,9 @@ class Engine:
         """
         if len(images) > self._batcher.free_slots():
             raise QueueFullError(self._batcher.retry_after_s())
-        return list(await asyncio.gather(*(self._classify_at(i, image, policy, deadline) for i, image in enumerate(images))))
+        return list(
+            await asyncio.gather(*(self._classify_at(i, image, policy, deadline) for i, image in enumerate(images)))
+        )
 
     async def _classify_at(self, index: int, image: np.ndarray, policy: ExitPolicy, deadline: float) -> ExitResult:
         try:
