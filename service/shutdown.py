@@ -50,9 +50,10 @@ class ShutdownGuard:
         except asyncio.CancelledError:
             if started or not self.flag.begun:
                 raise  # not ours to answer: half an answer cannot be mended, and others cancel for a reason
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()  # the cancellation is handled here: the answer below may still be sent
+            # The cancellation is handled here (Python 3.11+ counts it; 3.10 has no count to undo).
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)
+            if uncancel is not None:
+                uncancel()
             logger.info("shutdown timeout: answered %s %s with 503", scope.get("method"), scope.get("path"))
             error = shutting_down()
             response = error_response(error.status_code, error.code, error.message, error.headers, scope["path"])
