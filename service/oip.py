@@ -139,6 +139,10 @@ def read_input(request: InferenceRequest, binary: bytes, manifest: Manifest) -> 
 
 
 def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
+    """The tensor's bytes when it travels in binary, None when in `data`. Other input parameters are
+    ignored, as Triton ignores the ones it does not know; shared memory, which Triton knows, is refused."""
+    if "shared_memory_region" in (tensor.parameters or {}):
+        raise bad_request(f"input {tensor.name!r}: shared memory is not supported here; send data or binary data")
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None and tensor.data is not None:
         # Triton refuses the pair too: which one holds the tensor would be a guess.

@@ -181,12 +181,12 @@ for path in _VERSIONED:
         openapi_extra=_INFER_DOC,
         responses={
             200: {"model": oip.InferenceResponse, "description": "JSON, or JSON + binary outputs"},
-            400: {"description": "Malformed request, tensor or parameter"},
+            400: {"description": "Malformed request, tensor or parameter, or a non-finite-scoring input"},
             401: {"description": "Missing or wrong API key"},
             404: {"description": "Model or version not served"},
             413: {"description": "Body or image too large, or too many images"},
-            499: {"description": "The client closed the connection before the request was read"},
-            503: {"description": "Not ready, or overloaded (see Retry-After)"},
+            499: {"description": "The client closed the connection before its answer (its images are cancelled)"},
+            503: {"description": "Not ready, overloaded, or cut short by shutdown (see Retry-After)"},
             504: {"description": "Deadline passed"},
         },
     )

@@ -338,3 +338,23 @@ def test_data_together_with_binary_data_size_is_a_400(http: httpx.Client) -> Non
     assert response.json() == {
         "error": "input 'pixels' must set only one of 'data' and 'parameters.binary_data_size', not both"
     }
+
+
+@pytest.mark.parametrize(
+    ("parameters", "status", "error"),
+    [
+        (
+            {"shared_memory_region": "r", "shared_memory_byte_size": 768},
+            400,
+            "input 'pixels': shared memory is not supported here; send data or binary data",
+        ),
+        ({"some_client_tag": "x"}, 200, None),  # as Triton: an input parameter it does not know is ignored
+    ],
+)
+def test_input_parameters_as_triton_reads_them(
+    http: httpx.Client, parameters: dict, status: int, error: str | None
+) -> None:
+    response = http.post(INFER, json={"inputs": [pixels_input(**parameters)]})
+    assert response.status_code == status, response.text
+    if error is not None:
+        assert response.json() == {"error": error}
