@@ -8,13 +8,14 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from types import FrameType
 from urllib.parse import parse_qs
 
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import Scope
+from uvicorn.main import STARTUP_FAILURE
 
 from dynadapter.contract.images import pil_pixel_limit
 from dynadapter.contract.model_repository import ModelLoadError
@@ -135,9 +136,10 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
     server = _Server(config, app.state.shutdown)
-    server.run()
+    with suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run()
     if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
-        raise SystemExit(3)
+        raise SystemExit(STARTUP_FAILURE)
 
 
 class _Server(uvicorn.Server):

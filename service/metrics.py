@@ -141,8 +141,8 @@ class ServiceMetrics:
         )
         self.cancelled_images = Counter(
             "dynadapter_cancelled_images_total",
-            "Images whose request was cancelled (the client went away) before they were answered: they left the "
-            "queue, or their batch before its next segment.",
+            "Images whose request was cancelled before they were answered (the client went away, or the shutdown "
+            "timeout passed): they left the queue, or their batch before its next segment.",
             _MODEL,
             registry=r,
         )
