@@ -24,7 +24,7 @@ from fastapi import FastAPI
 
 from dynadapter.service.main import create_app
 from dynadapter.service.settings import Settings
-from tests.service.helpers import Samples, free_port, samples, serving, value
+from tests.service.helpers import Samples, samples, serving, value
 from tests.service.tiny_onnx_model import IMAGE_SIZE, NUM_EXITS, png_bytes
 
 INFER = "/v2/models/tiny/infer"
@@ -62,14 +62,18 @@ class SegmentGate:
 
 @contextmanager
 def uvicorn_thread(app: FastAPI) -> Iterator[str]:
-    """A real uvicorn server for `app` on a loopback port, in a thread of this process; its URL, once ready."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    """A real uvicorn server for `app` on a loopback port, in a thread of this process; its URL, once ready.
+
+    The socket is bound here and handed over, so no other process can take the port in between."""
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{listening.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
+            assert thread.is_alive(), "the server stopped"
             if server.started and httpx.get(f"{url}/readyz").status_code == 200:
                 break
             time.sleep(0.05)
@@ -79,6 +83,7 @@ def uvicorn_thread(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+        listening.close()
 
 
 def counted(snapshot: Samples, name: str, **labels: str) -> float:
