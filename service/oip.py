@@ -33,7 +33,9 @@ _LENGTH = struct.Struct("<I")
 Parameters = dict[str, str | int | float | bool]
 
 
-class RequestInput(BaseModel):
+class RequestInput(BaseModel, strict=True):
+    """Strict, like every part of a request: JSON types as given (a shape of `"1"` or `1.0` is refused)."""
+
     name: str
     shape: list[int]
     datatype: str
@@ -41,12 +43,12 @@ class RequestInput(BaseModel):
     data: list[Any] | None = None  # absent when the tensor travels in binary (parameters.binary_data_size)
 
 
-class RequestOutput(BaseModel):
+class RequestOutput(BaseModel, strict=True):
     name: str
     parameters: Parameters | None = None  # binary_data: bool, classification: k
 
 
-class InferenceRequest(BaseModel):
+class InferenceRequest(BaseModel, strict=True):
     id: str | None = None
     parameters: Parameters | None = None  # threshold | mode | budget, timeout (us), binary_data_output
     inputs: list[RequestInput] = Field(min_length=1)

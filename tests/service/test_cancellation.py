@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from dynadapter.service import main
 from dynadapter.service.main import create_app
 from dynadapter.service.settings import Settings
 from tests.service.helpers import Samples, samples, serving, value
@@ -61,14 +62,16 @@ class SegmentGate:
 
 
 @contextmanager
-def uvicorn_thread(app: FastAPI) -> Iterator[str]:
-    """A real uvicorn server for `app` on a loopback port, in a thread of this process; its URL, once ready.
+def uvicorn_thread(app: FastAPI, shutdown_timeout_s: int | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
+    """A real uvicorn server for `app` (the service's own, as `serve` runs it) on a loopback port, in a
+    thread of this process: its URL and the server, once ready.
 
     The socket is bound here and handed over, so no other process can take the port in between."""
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{listening.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=shutdown_timeout_s)
+    server = main._Server(config, app.state.shutdown)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
     try:
@@ -79,7 +82,7 @@ def uvicorn_thread(app: FastAPI) -> Iterator[str]:
             time.sleep(0.05)
         else:
             raise AssertionError("the server never became ready")
-        yield url
+        yield url, server
     finally:
         server.should_exit = True
         thread.join(30)
@@ -114,7 +117,7 @@ def test_a_client_that_disconnects_leaves_the_batch_before_the_next_segment(mode
     # Three images make a full batch at once (max_batch_size 3); a long max_wait_ms never cuts it short.
     settings = Settings(model_repo=model_repo, providers="cpu", intra_op_threads=1, max_batch_size=3, max_wait_ms=5000)
     app = create_app(settings)
-    with uvicorn_thread(app) as url, ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url) as http:
+    with uvicorn_thread(app) as (url, _), ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url) as http:
         gate = SegmentGate(app.state.service.registry.get().runner)
         before = samples(http)
         host, port = url.removeprefix("http://").split(":")
@@ -147,6 +150,25 @@ def test_a_client_that_disconnects_leaves_the_batch_before_the_next_segment(mode
     }
     assert delta == {"200": 1, "499": 1}
     assert server_errors(after) == 0
+
+
+def test_shutdown_answers_a_request_still_in_the_batch_503(model_repo: Path) -> None:
+    """The shutdown timeout passes while the request's image is still in a segment: 503 shutting_down,
+    Connection: close, not a 500."""
+    settings = Settings(model_repo=model_repo, providers="cpu", intra_op_threads=1, max_wait_ms=1)
+    app = create_app(settings)
+    with uvicorn_thread(app, shutdown_timeout_s=1) as (url, server), ThreadPoolExecutor(1) as pool:
+        gate = SegmentGate(app.state.service.registry.get().runner)
+        try:
+            pending = pool.submit(httpx.post, f"{url}{INFER}", content=infer_body(1), timeout=30)
+            assert gate.entered.wait(20), "the batch never started"
+            server.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls
+            answer = pending.result()
+        finally:
+            gate.open.set()
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["connection"] == "close" and answer.headers["retry-after"] == "1"
+    assert answer.json() == {"error": "the service is shutting down and the request could not finish in time; retry"}
 
 
 def test_the_cancelled_images_counter_is_declared_at_zero(model_repo: Path) -> None:

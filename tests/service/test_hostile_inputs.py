@@ -217,6 +217,11 @@ def test_oip_output_parameters_at_their_boundaries(http: httpx.Client, outputs: 
         (f"[{10**400}, 3, 8, 8]", None, 400),
         ("[-1, 3, 8, 8]", None, 400),
         ("[0, 3, 8, 8]", None, 400),
+        ('["1", 3, 8, 8]', None, 400),
+        ("[1.0, 3, 8, 8]", None, 400),
+        ("[true, 3, 8, 8]", None, 400),
+        ("[1, 3, 8, 8, 1e400]", None, 400),
+        ('"1"', None, 400),
         ("[1, 3, 8, 8]", "[1e400]", 400),
         ("[1, 3, 8, 8]", f"[{10**400}]", 400),
         ("[1, 3, 8, 8]", "[NaN]", 400),
@@ -251,9 +256,17 @@ def test_oip_binary_data_size_at_its_boundaries(http: httpx.Client, size: str, s
     assert response.status_code == status, response.text
 
 
-def test_an_unread_oip_id_of_any_length_is_echoed(http: httpx.Client) -> None:
-    response = http.post(INFER, json={"id": LONG, "inputs": [pixels_input()]})
-    assert response.status_code == 200 and response.json()["id"] == LONG
+@pytest.mark.parametrize("request_id", [LONG, ""])
+def test_an_oip_id_of_any_length_is_echoed(http: httpx.Client, request_id: str) -> None:
+    response = http.post(INFER, json={"id": request_id, "inputs": [pixels_input()]})
+    assert response.status_code == 200 and response.json()["id"] == request_id
+
+
+@pytest.mark.parametrize("request_id", ["5", "true", "[]", "1e400"])
+def test_an_oip_id_that_is_no_string_is_a_400(http: httpx.Client, request_id: str) -> None:
+    response = http.post(INFER, content=raw_json({"id": "@i", "inputs": [pixels_input()]}, i=request_id))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("invalid inference request: id:")
 
 
 # Inputs that drive the model to non-finite scores: the input's fault, a 400 naming it; never a 500.
