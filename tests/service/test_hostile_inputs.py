@@ -76,6 +76,8 @@ CLASSIFY_QUERIES = [
     ("budget=-0", 422),
     ("budget=-1", 422),
     ("budget=1", 200),
+    ("budget=1e-300", 200),  # the cheapest the model can do: its first exit
+    ("budget=5e-324", 200),
     ("budget=1e400", 422),
     ("budget=nan", 422),
     ("budget=Infinity", 422),
@@ -145,6 +147,8 @@ OIP_PARAMETERS = [
     ('{"budget": 0}', 400),
     ('{"budget": -0.0}', 400),
     ('{"budget": 1}', 200),
+    ('{"budget": 1e-300}', 200),
+    ('{"threshold": 5e-324}', 200),
     ('{"budget": 1e400}', 400),
     ('{"budget": NaN}', 400),
     ('{"timeout": 0}', 200),
