@@ -7,6 +7,10 @@ different knobs share a batch. After each segment the images that left there are
 (exit compaction): their futures resolve on the event loop while the thread runs the next segment
 on the images still in flight.
 
+A request that is cancelled (its client went away: dynadapter.service.disconnect) cancels its jobs: a
+queued job is skipped, and a running one leaves the batch before the next segment runs (the cascade
+reads a per-batch array of flags between segments); each such image is counted by `on_cancel`.
+
 Each job carries its deadline (`time.perf_counter()` seconds): a job still queued when its deadline
 passes, or one whose first segment cannot finish in time, fails with `DeadlineError` (504); once
 running, the cascade lets it leave at the exit it has (dynadapter.service.deadlines). When the queue
@@ -30,6 +34,7 @@ from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOu
 logger = logging.getLogger(__name__)
 
 StageCallback = Callable[[StageOutput], None]
+CancelCallback = Callable[[], None]  # one image of a cancelled request left the queue or its batch
 ShadowSampler = Callable[[int], np.ndarray]  # batch size -> [B] bool: which images to shadow
 
 
@@ -52,6 +57,19 @@ class _Job:
     deadline: float  # time.perf_counter() seconds; inf: none
     future: "asyncio.Future[ExitResult]"
     started: bool = False  # in a running batch: it gets an answer at the end of the segment it is in
+    # Set on the event loop when the request is cancelled while this job runs; the inference thread reads
+    # it between segments (one bool of a numpy array: a write and a read under the GIL, no lock needed).
+    flags: np.ndarray | None = None
+    position: int = 0  # this job's row in `flags`
+
+    def cancel(self) -> bool:
+        """The caller gave up: stop the job where it is. True if it had no answer yet (one cancelled image)."""
+        if self.future.done():
+            return False
+        self.future.cancel()
+        if self.flags is not None:
+            self.flags[self.position] = True
+        return True
 
 
 class MicroBatcher:
@@ -63,14 +81,17 @@ class MicroBatcher:
         max_queue: int,
         on_stage: StageCallback | None = None,
         shadow_sampler: ShadowSampler | None = None,
+        on_cancel: CancelCallback | None = None,
     ) -> None:
-        """`on_stage` sees every stage's output on the event loop, just before its leavers are answered."""
+        """`on_stage` sees every stage's output on the event loop, just before its leavers are answered;
+        `on_cancel` is called once per image whose request was cancelled before it was answered."""
         self._runner = runner
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self._on_stage = on_stage
         self._shadow_sampler = shadow_sampler
+        self._on_cancel = on_cancel
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._running: list[_Job] = []
@@ -106,9 +127,19 @@ class MicroBatcher:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFullError(self.retry_after_s()) from None
-        # If the caller gives up, cancelling it cancels `future` and the worker skips the job.
+        # If the caller gives up (its client went away), the job is cancelled: skipped while queued, dropped
+        # from its batch before the next segment while running.
+        try:
+            return await self._wait(job)
+        except asyncio.CancelledError:
+            if job.cancel() and self._on_cancel is not None:
+                self._on_cancel()
+            raise
+
+    async def _wait(self, job: _Job) -> ExitResult:
+        future, deadline = job.future, job.deadline
         if deadline == NO_DEADLINE:
-            return await future
+            return await asyncio.shield(future)
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(deadline - perf_counter(), 0.0))
         except asyncio.TimeoutError:
@@ -166,12 +197,15 @@ class MicroBatcher:
         deadlines = np.array([job.deadline for job in jobs])
         spare = self._queue.empty()  # shadow work only when nothing else waits
         shadow = self._shadow_sampler(len(jobs)) if self._shadow_sampler is not None and spare else None
-        for job in jobs:
-            job.started = True
+        cancelled = np.zeros(len(jobs), dtype=bool)
+        for position, job in enumerate(jobs):
+            job.started, job.flags, job.position = True, cancelled, position
         self._running = jobs
         start = perf_counter()
         try:
-            await loop.run_in_executor(self._executor, self._cascade, loop, jobs, images, thresholds, deadlines, shadow)
+            await loop.run_in_executor(
+                self._executor, self._cascade, loop, jobs, images, thresholds, deadlines, shadow, cancelled
+            )
         except Exception as err:  # a failed batch fails its unanswered requests, never the worker
             logger.exception("inference failed for a batch of %d image(s)", len(jobs))
             self._fail(jobs, err)
@@ -190,9 +224,10 @@ class MicroBatcher:
         thresholds: np.ndarray,
         deadlines: np.ndarray,
         shadow: np.ndarray | None,
+        cancelled: np.ndarray,
     ) -> None:
         """In the inference thread: hand each stage's leavers to the loop and go straight on."""
-        for stage in self._runner.cascade(images, thresholds, deadlines, shadow):
+        for stage in self._runner.cascade(images, thresholds, deadlines, shadow, cancelled):
             loop.call_soon_threadsafe(self._finish_stage, jobs, stage)
 
     def _finish_stage(self, jobs: list[_Job], stage: StageOutput) -> None:

@@ -19,7 +19,6 @@ from dynadapter.service.backends.choice import open_runner
 from dynadapter.service.batching import MicroBatcher, QueueFullError
 from dynadapter.service.deadlines import NO_DEADLINE
 from dynadapter.service.decoding import DecodePool
-from dynadapter.service.errors import ApiError
 from dynadapter.service.exit_policy import DEFAULT_MODE, ExitPolicy, PolicyError, resolve_policy
 from dynadapter.service.latency_controller import LatencyController, accuracy_floor, operating_curve
 from dynadapter.service.live_calibration import LiveCalibrator
@@ -28,6 +27,14 @@ from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOu
 from dynadapter.service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteOutputError(Exception):
+    """The model gave NaN or infinite scores for the image at `index` of a request (its input's fault)."""
+
+    def __init__(self, index: int = 0) -> None:
+        super().__init__(f"the model gave non-finite scores for image {index}")
+        self.index = index
 
 
 def _rss_bytes() -> int:
@@ -69,6 +76,7 @@ class Engine:
             max_queue=settings.max_queue,
             on_stage=self._record_stage,
             shadow_sampler=self.live.sample if self.live is not None else None,
+            on_cancel=metrics.cancelled_images.labels(self.name, self.version).inc,
         )
         self.declare_metrics()
 
@@ -223,11 +231,11 @@ class Engine:
 
         `deadline`: time.perf_counter() seconds; `DeadlineError` when not even its first exit can answer
         by then. A result whose logits are not all finite is never answered (its confidence would be
-        NaN): ApiError 500 ``non_finite_output`` instead.
+        NaN): `NonFiniteOutputError` instead.
         """
         result = await self._batcher.submit(image, policy.as_array(), deadline)
         if not np.isfinite(result.logits).all():
-            raise ApiError(500, "non_finite_output", "the model gave non-finite scores for this image")
+            raise NonFiniteOutputError()
         return result
 
     async def classify_all(
@@ -235,11 +243,20 @@ class Engine:
     ) -> list[ExitResult]:
         """Several prepared images, each its own job (they may leave at different exits); in input order.
 
-        `QueueFullError` when the queue cannot take them all: then none is queued.
+        `QueueFullError` when the queue cannot take them all: then none is queued. `NonFiniteOutputError`
+        (with the image's index) when the model gives non-finite scores for one of them.
         """
         if len(images) > self._batcher.free_slots():
             raise QueueFullError(self._batcher.retry_after_s())
-        return list(await asyncio.gather(*(self.classify(image, policy, deadline) for image in images)))
+        return list(
+            await asyncio.gather(*(self._classify_at(i, image, policy, deadline) for i, image in enumerate(images)))
+        )
+
+    async def _classify_at(self, index: int, image: np.ndarray, policy: ExitPolicy, deadline: float) -> ExitResult:
+        try:
+            return await self.classify(image, policy, deadline)
+        except NonFiniteOutputError:
+            raise NonFiniteOutputError(index) from None
 
     def used_gflops(self, result: ExitResult) -> float:
         """GFLOPs one image cost: up to its exit, less the gated heads it skipped."""

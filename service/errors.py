@@ -81,6 +81,24 @@ def overloaded(retry_after_s: int) -> ApiError:
     )
 
 
+def non_finite_output(input_name: str, image: int) -> ApiError:
+    """400: an input the model turns into NaN or infinite scores (e.g. finite pixels of 3e38). The input is
+    at fault, not the server; a non-finite answer is never sent."""
+    return ApiError(
+        400, "non_finite_output", f"input {input_name!r} (image {image}) drives the model to non-finite scores"
+    )
+
+
+def shutting_down() -> ApiError:
+    """503 for a request the shutdown timeout (setting shutdown_timeout_s) cut short; the connection closes."""
+    return ApiError(
+        503,
+        "shutting_down",
+        "the service is shutting down and the request could not finish in time; retry",
+        {"Retry-After": "1", "Connection": "close"},
+    )
+
+
 def deadline_exceeded(timeout_s: float) -> ApiError:
     return ApiError(504, "timeout", f"the request did not finish within {timeout_s:g} s")
 

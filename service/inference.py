@@ -23,8 +23,9 @@ from starlette.requests import Request
 
 from dynadapter.service.batching import BatcherClosedError, QueueFullError
 from dynadapter.service.deadlines import DeadlineError
-from dynadapter.service.engine import Engine
-from dynadapter.service.errors import deadline_exceeded, not_ready, overloaded, too_many_images
+from dynadapter.service.disconnect import cancel_on_disconnect
+from dynadapter.service.engine import Engine, NonFiniteOutputError
+from dynadapter.service.errors import deadline_exceeded, non_finite_output, not_ready, overloaded, too_many_images
 from dynadapter.service.exit_policy import ExitPolicy
 from dynadapter.service.middleware import LABEL_KEY, read_within
 from dynadapter.service.segment_runner import ExitResult
@@ -42,6 +43,7 @@ class Job:
     images: Images
     policy: ExitPolicy
     timeout_s: float | None = None
+    input_name: str = "image"  # what a non-finite-output error names (OIP: the request's input)
 
 
 J = TypeVar("J", bound=Job)
@@ -64,7 +66,9 @@ async def run(
     under `engine`'s model and version, and its latency goes to the latency controller. Errors: 503 when
     the decode pool or the queue is full (before the body is read) or the service stops, 408 when the body
     does not arrive in time, 504 when decoding does not finish in time or not even the first exit can
-    answer in time, and whatever `read` or decoding raise.
+    answer in time, 400 `non_finite_output` naming the job's input when an image drives the model to
+    non-finite scores, 499 (ClientDisconnect) when the client goes away while its images are classified
+    (they are cancelled), and whatever `read` or decoding raise.
     """
     request.scope.setdefault("state", {})[LABEL_KEY] = (engine.name, engine.version)
     start = perf_counter()
@@ -78,7 +82,11 @@ async def run(
                     deadline = min(deadline, perf_counter() + job.timeout_s)
                 timeout_s = deadline - start
                 images = await asyncio.wait_for(_decode(engine, job.images), deadline - perf_counter())
-            return job, await engine.classify_all(images, job.policy, deadline)
+            # The body is read: the next ASGI message is the client's disconnect, if it goes away.
+            work = engine.classify_all(images, job.policy, deadline)
+            return job, await cancel_on_disconnect(request.receive, work)
+        except NonFiniteOutputError as err:
+            raise non_finite_output(job.input_name, err.index) from None
         except (asyncio.TimeoutError, DeadlineError):
             raise deadline_exceeded(timeout_s) from None
         except QueueFullError as err:

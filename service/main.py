@@ -8,12 +8,14 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from types import FrameType
 from urllib.parse import parse_qs
 
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import Scope
+from uvicorn.main import STARTUP_FAILURE
 
 from dynadapter.contract.images import pil_pixel_limit
 from dynadapter.contract.model_repository import ModelLoadError
@@ -25,6 +27,7 @@ from dynadapter.service.registry import ModelRegistry, check_repository
 from dynadapter.service.routes import classify, health, metrics, models, oip, repository
 from dynadapter.service.segment_runner import select_providers
 from dynadapter.service.settings import Settings
+from dynadapter.service.shutdown import ShutdownFlag, ShutdownGuard
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.service = state
+    app.state.shutdown = ShutdownFlag()
     install_error_handlers(app)
     app.add_middleware(
         BodyReadingMiddleware,
@@ -51,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout_s=settings.request_timeout_s,
         is_large=_is_inference,
     )
+    # Inside the metrics middleware, so that a request cut short by shutdown is counted as its 503.
+    app.add_middleware(ShutdownGuard, flag=app.state.shutdown)
     # Added last, so outermost: it also sees the 413s answered by the body limit.
     app.add_middleware(
         RequestMetricsMiddleware,
@@ -115,7 +121,8 @@ def serve(settings: Settings) -> None:
 
     One worker per container is the supported layout: the metrics, the batch queue and the ONNX
     sessions live in this process, so scale out with more containers, not more workers. On
-    shutdown, requests in flight get `shutdown_timeout_s` to finish.
+    shutdown, requests in flight get `shutdown_timeout_s` to finish; one that does not is answered
+    503 `shutting_down` with `Connection: close` (dynadapter.service.shutdown).
     """
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -125,11 +132,30 @@ def serve(settings: Settings) -> None:
         select_providers(settings.providers)
     except ModelLoadError as err:
         raise SystemExit(f"dynadapter serve: cannot load the model: {err}") from None
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         workers=1,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
+    server = _Server(config, app.state.shutdown)
+    with suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run()
+    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
+        raise SystemExit(STARTUP_FAILURE)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app when a shutdown begins (so that `ShutdownGuard` knows whose
+    cancellation it sees)."""
+
+    def __init__(self, config: uvicorn.Config, flag: ShutdownFlag) -> None:
+        super().__init__(config)
+        self._flag = flag
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._flag.begun = True
+        super().handle_exit(sig, frame)

@@ -142,6 +142,13 @@ class ServiceMetrics:
             _MODEL,
             registry=r,
         )
+        self.cancelled_images = Counter(
+            "dynadapter_cancelled_images_total",
+            "Images whose request was cancelled before they were answered (the client went away, or the shutdown "
+            "timeout passed): they left the queue, or their batch before its next segment.",
+            _MODEL,
+            registry=r,
+        )
         self.model_memory = Gauge(
             "dynadapter_model_memory_bytes",
             "Resident memory the process grew by while loading each served model version (sessions, weights).",
@@ -155,7 +162,8 @@ class ServiceMetrics:
         """Create every series of a model version at 0, so that rate() works from the first scrape;
         `owner` (the engine) owns its gauges from now on (`forget_model`)."""
         self._owners[model, version] = owner
-        for family in (self.flops_used, self.flops_saved, self.batch_size, self.request_duration, self.inflight):
+        families = (self.flops_used, self.flops_saved, self.batch_size, self.request_duration, self.inflight)
+        for family in (*families, self.cancelled_images):
             family.labels(model, version)
         for k in range(num_exits):
             self.exits.labels(model, version, str(k))

@@ -12,6 +12,7 @@ length + bytes. docs/protocol-oip.md is the user's page.
 
 import base64
 import binascii
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +34,9 @@ _LENGTH = struct.Struct("<I")
 Parameters = dict[str, str | int | float | bool]
 
 
-class RequestInput(BaseModel):
+class RequestInput(BaseModel, strict=True):
+    """Strict, like every part of a request: JSON types as given (a shape of `"1"` or `1.0` is refused)."""
+
     name: str
     shape: list[int]
     datatype: str
@@ -41,12 +44,12 @@ class RequestInput(BaseModel):
     data: list[Any] | None = None  # absent when the tensor travels in binary (parameters.binary_data_size)
 
 
-class RequestOutput(BaseModel):
+class RequestOutput(BaseModel, strict=True):
     name: str
     parameters: Parameters | None = None  # binary_data: bool, classification: k
 
 
-class InferenceRequest(BaseModel):
+class InferenceRequest(BaseModel, strict=True):
     id: str | None = None
     parameters: Parameters | None = None  # threshold | mode | budget, timeout (us), binary_data_output
     inputs: list[RequestInput] = Field(min_length=1)
@@ -140,7 +143,16 @@ def read_input(request: InferenceRequest, binary: bytes, manifest: Manifest) -> 
 
 
 def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
+    """The tensor's bytes when it travels in binary, None when in `data`. Other input parameters are
+    ignored, as Triton ignores the ones it does not know; shared memory, which Triton knows, is refused."""
+    if "shared_memory_region" in (tensor.parameters or {}):
+        raise bad_request(f"input {tensor.name!r}: shared memory is not supported here; send data or binary data")
     size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None and tensor.data is not None:
+        # Triton refuses the pair too: which one holds the tensor would be a guess.
+        raise bad_request(
+            f"input {tensor.name!r} must set only one of 'data' and 'parameters.binary_data_size', not both"
+        )
     if size is None:
         if tensor.data is None:
             raise bad_request(f"input {tensor.name!r} has neither data nor parameters.binary_data_size")
@@ -189,19 +201,29 @@ def _pixels(tensor: RequestInput, raw: bytes | None, manifest: Manifest) -> np.n
             f"input {PIXELS_INPUT!r} must be FP32 of shape [N, {', '.join(map(str, expected))}] for this model, "
             f"not {tensor.datatype} {tensor.shape}"
         )
-    count = int(np.prod(tensor.shape))
-    try:
-        if raw is not None:
-            values = np.frombuffer(raw, dtype="<f4")
-        else:
-            values = np.asarray(_flat(tensor.data or []), dtype=np.float32)
-    except (TypeError, ValueError):
-        raise bad_request(f"input {PIXELS_INPUT!r}: the data are not numbers") from None
+    count = math.prod(tensor.shape)  # Python ints: a huge N (2**64) is a count mismatch, not an int64 overflow
+    if raw is not None:
+        values = np.frombuffer(raw, dtype="<f4") if len(raw) % 4 == 0 else np.zeros(0, np.float32)
+    else:
+        values = _json_numbers(_flat(tensor.data or []))
     if values.size != count:
         raise bad_request(f"input {PIXELS_INPUT!r}: shape {tensor.shape} needs {count} values, got {values.size}")
     if not np.isfinite(values).all():
-        raise bad_request(f"input {PIXELS_INPUT!r}: NaN or infinite values")
+        raise bad_request(f"input {PIXELS_INPUT!r}: NaN, infinite or out-of-range (beyond FP32) values")
     return values.astype(np.float32).reshape(tensor.shape)
+
+
+def _json_numbers(items: list[Any]) -> np.ndarray:
+    """JSON numbers as float32, strictly: a string or a boolean is no number, and a value beyond float32
+    (1e400, which JSON parsers read as infinity, or a 400-digit integer) is out of range; 400 otherwise."""
+    if not all(isinstance(item, int | float) and not isinstance(item, bool) for item in items):
+        raise bad_request(f"input {PIXELS_INPUT!r}: the data are not all JSON numbers")
+    try:
+        values = np.asarray(items, dtype=np.float64)
+    except OverflowError:  # an integer past float64's range
+        raise bad_request(f"input {PIXELS_INPUT!r}: a value is out of range for FP32") from None
+    with np.errstate(over="ignore"):
+        return values.astype(np.float32)
 
 
 def _flat(data: Sequence[Any]) -> list[Any]:

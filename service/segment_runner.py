@@ -279,6 +279,7 @@ class SegmentRunner:
         thresholds: np.ndarray,
         deadlines: np.ndarray | None = None,
         shadow: np.ndarray | None = None,
+        cancelled: np.ndarray | None = None,
     ) -> Iterator[StageOutput]:
         """Run a batch stage by stage; each image leaves at its first exit whose confidence reaches its threshold.
 
@@ -291,6 +292,8 @@ class SegmentRunner:
         next segment is not expected to finish before its deadline (`times`) leaves there, reason
         `deadline`. shadow: [B] bool; a shadowed image, once answered, runs on to the last exit with
         every head on, and the last stage's output carries what each exit said for it (live calibration).
+        cancelled: [B] bool that another thread may set while the cascade runs (a request whose client
+        went away); it is read after each segment, and a cancelled image runs no further segment.
         """
         batch = len(images)
         per_exit = self._per_exit(np.asarray(thresholds, dtype=np.float64), batch)
@@ -332,7 +335,9 @@ class SegmentRunner:
                 shadows = trace.finish(np.flatnonzero(shadow)) if last else {}
             yield StageOutput(k, len(alive), seconds, exits, shadows)
             answered[alive[leaving]] = True
-            staying = np.flatnonzero(~answered[alive] | shadow[alive])
+            # Fancy indexing copies: one snapshot of the flags for this step.
+            gone = cancelled[alive] if cancelled is not None else np.zeros(len(alive), dtype=bool)
+            staying = np.flatnonzero((~answered[alive] | shadow[alive]) & ~gone)
             if last or staying.size == 0:
                 return
             alive = alive[staying]

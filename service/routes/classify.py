@@ -56,14 +56,14 @@ class ClassifyParams(Knob):
     "/classify",
     openapi_extra=_REQUEST_BODY,
     responses={
-        400: {"description": "Empty or undecodable image, or a malformed multipart body"},
+        400: {"description": "Empty, undecodable or non-finite-scoring image, or a malformed multipart body"},
         401: {"description": "Missing or wrong API key"},
         404: {"description": "Model or version not served"},
         413: {"description": "Body or image too large, or too many images"},
         415: {"description": "Unsupported content type"},
         422: {"description": "Bad query parameter"},
-        499: {"description": "The client closed the connection before the request was read"},
-        503: {"description": "Not ready, or overloaded (see Retry-After)"},
+        499: {"description": "The client closed the connection before its answer (its images are cancelled)"},
+        503: {"description": "Not ready, overloaded, or cut short by shutdown (see Retry-After)"},
         504: {"description": "Deadline passed before the first exit could answer"},
     },
 )

@@ -35,11 +35,12 @@ _VERSIONED = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
 
 
 class InferParameters(Knob, extra="forbid", strict=True):
-    """The request's `parameters`: the knob, Triton's `timeout` (microseconds, 0: the service's own) and
+    """The request's `parameters`: the knob, Triton's `timeout` (microseconds, an unsigned 64-bit integer as
+    in Triton; 0, as in Triton: none of the request's own, so the service's request_timeout_s) and
     `binary_data_output` (every output in binary unless an output says otherwise). Strict: JSON types as
     given, so `true` is no number and `"1"` no boolean."""
 
-    timeout: int = Field(default=0, ge=0)
+    timeout: int = Field(default=0, ge=0, le=2**64 - 1)
     binary_data_output: bool = False
 
 
@@ -154,7 +155,14 @@ async def infer(
         inference.check_count(len(images), state.settings.max_images_per_request)
         wanted = _requested_outputs(message, parameters, engine)
         timeout_s = parameters.timeout / 1e6 if parameters.timeout else None
-        return _Job(images=images, policy=policy, timeout_s=timeout_s, message=message, wanted=wanted)
+        return _Job(
+            images=images,
+            policy=policy,
+            timeout_s=timeout_s,
+            input_name=message.inputs[0].name,  # read_input allows exactly one
+            message=message,
+            wanted=wanted,
+        )
 
     job, results = await inference.run(request, engine, read, state.settings.request_timeout_s)
     content, headers = _encode(job.message, engine, results, job.wanted)
@@ -196,12 +204,12 @@ for path in _VERSIONED:
         openapi_extra=_INFER_DOC,
         responses={
             200: {"model": oip.InferenceResponse, "description": "JSON, or JSON + binary outputs"},
-            400: {"description": "Malformed request, tensor or parameter"},
+            400: {"description": "Malformed request, tensor or parameter, or a non-finite-scoring input"},
             401: {"description": "Missing or wrong API key"},
             404: {"description": "Model or version not served"},
             413: {"description": "Body or image too large, or too many images"},
-            499: {"description": "The client closed the connection before the request was read"},
-            503: {"description": "Not ready, or overloaded (see Retry-After)"},
+            499: {"description": "The client closed the connection before its answer (its images are cancelled)"},
+            503: {"description": "Not ready, overloaded, or cut short by shutdown (see Retry-After)"},
             504: {"description": "Deadline passed"},
         },
     )
@@ -227,10 +235,13 @@ def _requested_outputs(
     """(name, binary, classification k or 0) of each output to send; every output when none is named."""
     if message.outputs is None:
         return [(name, parameters.binary_data_output, 0) for name in oip.OUTPUTS]
-    wanted = []
+    wanted: list[tuple[str, bool, int]] = []
     for output in message.outputs:
         if output.name not in oip.OUTPUTS:
             raise bad_request(f"unknown output {output.name!r}; this model has {', '.join(oip.OUTPUTS)}")
+        if any(name == output.name for name, _, _ in wanted):
+            # One tensor per name in the answer: a second request of it would be answered twice or not at all.
+            raise bad_request(f"output {output.name!r} is requested more than once")
         options = output.parameters or {}
         binary = options.get("binary_data", parameters.binary_data_output)
         k = options.get("classification", 0)

@@ -25,6 +25,7 @@ DOCUMENTED_METRICS = {
     "dynadapter_stage_duration_seconds": ("histogram", {"model", "version", "stage"}),
     "dynadapter_batch_size": ("histogram", {"model", "version"}),
     "dynadapter_inflight_requests": ("gauge", {"model", "version"}),
+    "dynadapter_cancelled_images_total": ("counter", {"model", "version"}),  # issue #30
     "dynadapter_model_memory_bytes": ("gauge", {"model", "version"}),
     "dynadapter_serving_info": ("gauge", {"model", "version", "backend", "precision", "device"}),
     # runtime adaptation (issue #17)
@@ -107,6 +108,7 @@ def test_the_dashboard_has_the_panels_an_operator_needs() -> None:
     exprs = " ".join(expressions())
     panels = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in DASHBOARD["panels"]}
     assert "rate(dynadapter_requests_total" in panels["Requests/s by status code"]
+    assert "rate(dynadapter_cancelled_images_total" in panels["Requests/s by status code"]
     latency = panels["Request latency p50 / p95"]
     assert "histogram_quantile(0.5," in latency and "histogram_quantile(0.95," in latency
     assert "dynadapter_request_duration_seconds_bucket" in latency

@@ -221,3 +221,21 @@ def test_embedded_gather_model_is_what_onnx_helper_builds() -> None:
     onnx.checker.check_model(model, full_check=True)
     assert segment_runner._GATHER_ROWS_ONNX == model.SerializeToString()
     assert base64.b64encode(model.SerializeToString())  # readable back, as the module stores it
+
+
+def test_a_cancelled_image_runs_no_further_segment(runner: SegmentRunner) -> None:
+    """Flags set while the cascade runs (another thread, a client gone) drop those rows before the next segment."""
+    batch = images(4)
+    cancelled = np.zeros(4, dtype=bool)
+    stages = runner.cascade(batch, np.ones((4, NUM_EXITS - 1)), cancelled=cancelled)  # nobody leaves early
+    first = next(stages)
+    assert first.rows == 4 and first.exits == {}
+    cancelled[[1, 3]] = True
+    rest = list(stages)
+    assert [stage.rows for stage in rest] == [2] * (NUM_EXITS - 1)
+    assert sorted(rest[-1].exits) == [0, 2]
+    flags = np.zeros(4, dtype=bool)
+    stages = runner.cascade(batch, np.ones((4, NUM_EXITS - 1)), cancelled=flags)
+    next(stages)
+    flags[:] = True  # every image gone after the first segment: the cascade stops there
+    assert list(stages) == []

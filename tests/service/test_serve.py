@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 from dynadapter.service import main
@@ -104,9 +105,14 @@ def test_sigterm_lets_the_request_in_flight_finish(model_repo: Path) -> None:
 def test_one_worker_per_process(monkeypatch: pytest.MonkeyPatch, model_repo: Path) -> None:
     # The metrics registry, the batch queue and the sessions live in one process: serve() never forks
     # workers, and hands uvicorn an app object, which uvicorn cannot spread over several workers anyway.
-    calls: list[tuple[object, dict]] = []
-    monkeypatch.setattr(main.uvicorn, "run", lambda app, **options: calls.append((app, options)))
+    configs: list[uvicorn.Config] = []
+
+    def run(server: uvicorn.Server) -> None:
+        configs.append(server.config)
+        server.started = True
+
+    monkeypatch.setattr(main._Server, "run", run)
     serve(Settings(model_repo=model_repo, providers="cpu", shutdown_timeout_s=7))
-    ((app, options),) = calls
-    assert isinstance(app, FastAPI)
-    assert options["workers"] == 1 and options["timeout_graceful_shutdown"] == 7
+    (config,) = configs
+    assert isinstance(config.app, FastAPI)
+    assert config.workers == 1 and config.timeout_graceful_shutdown == 7
