@@ -180,7 +180,10 @@ def test_classes_named_like_splits_inside_split_folders(tmp_path: Path) -> None:
     ("make", "conflict"),
     [
         # class folders beside a split folder of class folders: the classes outside would be dropped
-        (lambda root: (class_folder(root, COUNTS), class_folder(root / "train", COUNTS)), "(train/) with class folders (cat/, dog/, owl/)"),
+        (
+            lambda root: (class_folder(root, COUNTS), class_folder(root / "train", COUNTS)),
+            "(train/) with class folders (cat/, dog/, owl/)",
+        ),
         # a class `train` of images beside a val/ split
         (
             lambda root: (_images(root / "train", "cat", 4), class_folder(root / "val", {"cat": 3, "dog": 3})),
