@@ -186,8 +186,8 @@ class StopRequest:
 
 #: The stop request of the run in progress (one run at a time per process: signals are per process).
 STOP = StopRequest()
-#: Whether this process is forking (a DataLoader worker): SIGTERM's handler does not raise inside the
-#: at-fork hooks (logging's among them), which would print the exception and ignore it.
+#: Whether this process is forking (a DataLoader worker starts): SIGTERM's handler does not raise
+#: inside the at-fork hooks (logging's among them), which would print the exception and ignore it.
 _forking = False
 
 
@@ -238,8 +238,8 @@ def sigterm_raises() -> Iterator[None]:
 
 
 def close_caches(caches: Iterable[PixelCache], out: Path) -> None:
-    """Close the caches (their files and shared memory go) and remove OUT/.cache once it is empty
-    (another rank may still be using it)."""
+    """Close the caches (their files go; shared memory, unlinked as torch makes it, goes with the last
+    process holding it) and remove OUT/.cache once it is empty (another rank may still use it)."""
     for cache in caches:
         cache.close()
     with contextlib.suppress(OSError):
