@@ -7,6 +7,8 @@ what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from dynadapter import options
@@ -20,9 +22,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    """Train; Ctrl-C ends with status 130 and SIGTERM with 143 (as a shell reports them), without a
+    traceback, once the run's pixel caches are removed."""
     from dynadapter.training.trainer import train
 
-    print(f"run written to {train(train_options(args))}")
+    try:
+        out = train(train_options(args))
+    except KeyboardInterrupt:
+        print("dynadapter train: interrupted (SIGINT); the run's pixel caches are removed", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    print(f"run written to {out}")
 
 
 def train_options(args: argparse.Namespace) -> TrainOptions:

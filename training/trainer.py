@@ -6,14 +6,20 @@ Images stream from disk in a DataLoader (training/data.py); under torchrun a Dis
 each process its share of every global batch. After each epoch the validation objective decides
 which checkpoint is kept (`VAL_OBJECTIVE`), the state to ``--resume`` from is written, and a
 non-finite loss stops the run. After the last epoch the kept checkpoint is calibrated on the
-validation split and the run directory is complete.
+validation split and the run directory is complete. However a run stops (an error, Ctrl-C, SIGTERM),
+its pixel caches are removed: SIGTERM is turned into `Terminated` for the duration of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -55,6 +61,8 @@ from dynadapter.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
+#: Where disk caches are kept, inside the run directory (removed when the run stops).
+CACHE_FOLDER = ".cache"
 #: ``--amp-dtype`` choices, as in timm's train.py. bfloat16 needs no loss scaling; float16 does.
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -138,20 +146,104 @@ def train(opts: TrainOptions) -> Path:
     check_classes(raw, opts.data)
     model, spec = build(opts, len(raw.labels))
     pre = preprocessing_for(model, opts.img_size)
-    data, skipped = prepare(raw, pre, opts, out, world)
-    if world.is_main and not resume:
-        write_run_start(out, opts, raw, data, skipped, pre, model, spec, world, device)
-    model.to(device)
-    try:
-        fit(model, data["train"], data["val"], opts, out, world, resume)
-        if world.is_main:
-            finish(model, data["val"], opts, out)
-    finally:
-        for d in data.values():
-            if d.cache:
-                d.cache.close()
+    data: dict[str, ImageDataset] = {}
+    with sigterm_raises():
+        try:
+            data, skipped = prepare(raw, pre, opts, out, world)
+            if world.is_main and not resume:
+                write_run_start(out, opts, raw, data, skipped, pre, model, spec, world, device)
+            model.to(device)
+            fit(model, data["train"], data["val"], opts, out, world, resume)
+            if world.is_main:
+                finish(model, data["val"], opts, out)
+        except Terminated:
+            log.warning("SIGTERM: the run stops; its pixel caches are removed")
+            raise
+        finally:
+            close_caches([d.cache for d in data.values() if d.cache], out)
     distributed.shutdown(world)
     return out
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that the run's ``finally`` blocks run (its pixel caches
+    are removed); the exit status is 128 + 15, what a shell reports for a process SIGTERM ended."""
+
+
+class StopRequest:
+    """Whether SIGTERM came during the run. Its handler raises `Terminated` at once, but Python prints
+    and ignores an exception raised inside an at-fork hook or a ``__del__`` (a signal landing while a
+    DataLoader worker is forked): the training loop calls `check` at each step to raise it again."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def check(self) -> None:
+        """Raise `Terminated` if SIGTERM came."""
+        if self.requested:
+            raise Terminated(128 + signal.SIGTERM)
+
+
+#: The stop request of the run in progress (one run at a time per process: signals are per process).
+STOP = StopRequest()
+#: Whether this process is forking (a DataLoader worker starts): SIGTERM's handler does not raise
+#: inside the at-fork hooks (logging's among them), which would print the exception and ignore it.
+_forking = False
+
+
+def _fork_hook(forking: bool) -> Callable[[], None]:
+    def hook() -> None:
+        global _forking
+        _forking = forking
+
+    return hook
+
+
+# ``before`` hooks run in reverse order of registration, the ``after`` ones in order: these enclose
+# every hook registered before them (logging's, random's, torch's).
+os.register_at_fork(before=_fork_hook(True), after_in_parent=_fork_hook(False), after_in_child=_fork_hook(False))
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises `Terminated` in the main thread (and sets `STOP`); the
+    previous handler is restored after.
+
+    Python's default for SIGTERM ends the process at once, without ``finally`` or atexit: a run's disk
+    cache would stay. Signal handlers can only be set in the main thread: elsewhere this does nothing.
+    A DataLoader worker forked meanwhile inherits the handler; there it takes SIGTERM's default action.
+    A second SIGTERM while the first unwinds is ignored, so that the cleanup finishes.
+    """
+    STOP.requested = False
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != owner:  # a forked worker: as if no handler were installed
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        signal.signal(signum, signal.SIG_IGN)
+        STOP.requested = True
+        if not _forking:  # else the next `STOP.check` raises
+            raise Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def close_caches(caches: Iterable[PixelCache], out: Path) -> None:
+    """Close the caches (their files go; shared memory, unlinked as torch makes it, goes with the last
+    process holding it) and remove OUT/.cache once it is empty (another rank may still use it)."""
+    for cache in caches:
+        cache.close()
+    with contextlib.suppress(OSError):
+        (out / CACHE_FOLDER).rmdir()
 
 
 def dataset_for(opts: TrainOptions, resumed_run: Path | None) -> RawDataset:
@@ -172,9 +264,21 @@ def prepare(
     Returns the datasets and the (path, split, reason) rows of the files skipped.
     """
     caches = make_caches(raw, pre.size, opts, out, world)
+    try:
+        return _screened(raw, pre, opts, world, caches)
+    except BaseException:  # a bad file, a refusal, Ctrl-C or SIGTERM while screening: no cache stays
+        close_caches(caches.values(), out)
+        raise
+
+
+def _screened(
+    raw: RawDataset, pre: Preprocessing, opts: TrainOptions, world: distributed.World, caches: dict[str, PixelCache]
+) -> tuple[dict[str, ImageDataset], list[tuple[str, str, str]]]:
+    """`prepare`'s work once its caches exist."""
     augment = train_augmentation(opts, pre.size[0], pre.mean, pre.interpolation)
     data, skipped = {}, []
     for name in SPLITS:
+        STOP.check()
         source = raw.splits[name]
         data[name] = ImageDataset(source, pre, opts.max_pixels, caches.get(name), seed=opts.seed)
         if not isinstance(source, FileSplit) or not len(source):
@@ -200,8 +304,14 @@ def make_caches(
     n = {s: len(raw.splits[s]) for s in ("train", "val")}
     budget = min(opts.cache_memory_mb * 2**20, available_memory() // 2)
     in_memory = opts.cache == "memory" or (opts.cache == "auto" and cache_bytes(sum(n.values()), size) <= budget)
-    folder = out / ".cache"
-    return {s: PixelCache(k, size, None if in_memory else folder / f"{s}-rank{world.rank}.u8") for s, k in n.items()}
+    caches: dict[str, PixelCache] = {}
+    try:
+        for s, k in n.items():
+            caches[s] = PixelCache(k, size, None if in_memory else out / CACHE_FOLDER / f"{s}-rank{world.rank}.u8")
+    except BaseException:  # the second cache failed (a full disk): the first goes too
+        close_caches(caches.values(), out)
+        raise
+    return caches
 
 
 def write_run_start(
@@ -239,6 +349,8 @@ def write_run_start(
             rd.write_split(out, name, source.files, [raw.labels[t] for t in source.targets])
     rd.write_skipped(out, skipped)
     log.info("data: %s, %d classes", table["layout"], len(raw.labels))
+    if raw.duplicates:
+        log.info("  %d files reached more than once (links) are read once", raw.duplicates)
     for name, per_class in table["images"].items():
         log.info("  %-5s %6d images  %s  (%d skipped)", name, sum(per_class.values()), per_class, counts[name])
     if skipped:
@@ -314,6 +426,7 @@ def fit(
         train_data.set_epoch(epoch)
         start, losses, exit_losses = time.perf_counter(), [], []
         for images, targets in loader:
+            STOP.check()
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             if mixer:
                 with seeded(opts.seed, state["step"]):
@@ -355,6 +468,7 @@ def fit(
             rd.append_metrics(out, record)
             log.info("epoch %d: %s", epoch + 1, record)
             save_resume(out, model, opt, sched, scaler, mask_gen, state)
+        STOP.check()
     bar.close()
 
 
