@@ -1,7 +1,8 @@
 """``dynadapter bench data``: memory and speed of the training data path as the folder grows.
 
-For each count N, a folder of N camera-sized JPEGs in class folders is generated (hard links to a
-few distinct photos: every file is decoded for real, the disk holds only the distinct ones), and a
+For each count N, a folder of N camera-sized JPEGs in class folders is generated (copies of a few
+distinct photos: every file is decoded for real; copies rather than links, since training reads a
+file that links reach several times only once), and a
 fresh process streams it as ``dynadapter train`` does: the screening epoch decodes every file
 through ``Preprocessing.load`` into the uint8 cache, then cached epochs rebuild the model inputs.
 Reported per N: peak resident memory of the main process and of a DataLoader worker, and images/s
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,11 +97,11 @@ def distinct_photos(folder: Path, size: tuple[int, int]) -> list[list[Path]]:
 
 
 def folder_of(root: Path, photos: list[list[Path]], n: int) -> Path:
-    """``root/class_<c>/img_<i>.jpg``, n files in all, hard links to the distinct photos."""
+    """``root/class_<c>/img_<i>.jpg``, n files in all, copies of the distinct photos (each its own file)."""
     for i in range(n):
         c = i % CLASSES
         (root / f"class_{c}").mkdir(parents=True, exist_ok=True)
-        os.link(photos[c][(i // CLASSES) % DISTINCT_PER_CLASS], root / f"class_{c}" / f"img_{i:06d}.jpg")
+        shutil.copyfile(photos[c][(i // CLASSES) % DISTINCT_PER_CLASS], root / f"class_{c}" / f"img_{i:06d}.jpg")
     return root
 
 

@@ -78,9 +78,8 @@ async def run(
                 read_within(request.scope, timeout_s)  # the body middleware answers 408 past it
                 job = await read()
                 deadline = start + timeout_s
-                if job.timeout_s is not None:
-                    deadline = min(deadline, perf_counter() + job.timeout_s)
-                timeout_s = deadline - start
+                if job.timeout_s is not None and perf_counter() + job.timeout_s < deadline:
+                    deadline, timeout_s = perf_counter() + job.timeout_s, job.timeout_s  # the body's own governs
                 images = await asyncio.wait_for(_decode(engine, job.images), deadline - perf_counter())
             # The body is read: the next ASGI message is the client's disconnect, if it goes away.
             work = engine.classify_all(images, job.policy, deadline)

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dynadapter.training.options import TrainOptions
+from tests.tiny import TINY_BACKBONE
+
 #: One colour per class, so that a tiny model learns them in a few steps.
 COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "owl": (40, 40, 220)}
 
@@ -63,3 +66,21 @@ def add_broken(root: Path, label: str) -> dict[str, Path]:
     broken["empty"].write_bytes(b"")
     broken["text"].write_text("shot on a phone\n")
     return broken
+
+
+def tiny_options(data: Path, out: Path, **overrides: object) -> TrainOptions:
+    """`dynadapter train` options for a tiny random ViT on a small folder (2 epochs at 16 px), with overrides."""
+    values: dict[str, object] = dict(
+        data=str(data),
+        out=out,
+        backbone="vit_tiny_patch16_224",
+        backbone_kwargs=TINY_BACKBONE,
+        exits=[2, 4],
+        img_size=16,
+        epochs=2,
+        batch_size=16,
+        lr=1e-2,
+        workers=0,
+        progress=False,
+    )
+    return TrainOptions(**(values | overrides))  # type: ignore[arg-type]

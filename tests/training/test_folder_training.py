@@ -18,27 +18,13 @@ from dynadapter.training import trainer
 from dynadapter.training.data import FileSplit, ImageDataset, PixelCache, load_raw
 from dynadapter.training.evaluate import evaluate_run
 from dynadapter.training.options import TrainOptions
-from tests.tiny import TINY_BACKBONE
-from tests.training.folders import add_broken, add_litter, class_folder
+from tests.training.folders import add_broken, add_litter, class_folder, tiny_options
 
 COUNTS = {"cat": 24, "dog": 24, "owl": 24}
 
 
-def options(data: Path, out: Path, **overrides) -> TrainOptions:
-    values = dict(
-        data=str(data),
-        out=out,
-        backbone="vit_tiny_patch16_224",
-        backbone_kwargs=TINY_BACKBONE,
-        exits=[2, 4],
-        img_size=16,
-        epochs=2,
-        batch_size=16,
-        lr=1e-2,
-        workers=0,
-        progress=False,
-    )
-    return TrainOptions(**(values | overrides))
+def options(data: Path, out: Path, **overrides: object) -> TrainOptions:
+    return tiny_options(data, out, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from dynadapter.errors import DataError
 from dynadapter.training import run_dir as rd
 from dynadapter.training import trainer
 from dynadapter.training.options import TrainOptions
-from tests.tiny import TINY_ARGS, TINY_BACKBONE
-from tests.training.folders import add_broken, class_folder
+from tests.tiny import TINY_ARGS
+from tests.training.folders import add_broken, class_folder, tiny_options
 
 COUNTS = {"cat": 24, "dog": 24, "owl": 24}
 REPO = Path(__file__).parents[2]
@@ -29,21 +29,8 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def options(data: Path, out: Path, **overrides) -> TrainOptions:
-    values = dict(
-        data=str(data),
-        out=out,
-        backbone="vit_tiny_patch16_224",
-        backbone_kwargs=TINY_BACKBONE,
-        exits=[2, 4],
-        img_size=16,
-        epochs=2,
-        batch_size=16,
-        workers=0,
-        progress=False,
-        cache="disk",
-    )
-    return TrainOptions(**(values | overrides))
+def options(data: Path, out: Path, **overrides: object) -> TrainOptions:
+    return tiny_options(data, out, cache="disk", **overrides)
 
 
 def shared_memory_of(pid: int) -> list[str]:
