@@ -3,7 +3,6 @@ before a byte is read, read within the deadline (408 for a client that trickles)
 (gzip, deflate) read as they stream with their decompressed bytes counted (a zip bomb is 413, other
 codings 415), strict length headers, and HEAD on the health and metrics routes."""
 
-import asyncio
 import base64
 import gzip
 import json
@@ -19,12 +18,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from fastapi import FastAPI, Request
-from starlette.types import Message
 
 from dynadapter.service.decoding import peak_bytes
-from dynadapter.service.errors import install_error_handlers
-from dynadapter.service.middleware import BodyReadingMiddleware, ascii_length
+from dynadapter.service.middleware import ascii_length
 from tests.service.helpers import IMAGE, ServiceProcess, samples, serving, value
 from tests.service.tiny_onnx_model import png_bytes
 
@@ -136,7 +132,7 @@ def trickle(server: ServiceProcess, path: str, declared: int = 1000) -> tuple[in
         return read_response(sock)
 
 
-@pytest.mark.parametrize("path", BODY_ROUTES)
+@pytest.mark.parametrize("path", [*BODY_ROUTES, "/v2/repository/models/tiny/load", "/v2/repository/models/tiny/unload"])
 def test_a_client_trickling_its_body_is_answered_408_before_it_has_sent_it(
     impatient_server: ServiceProcess, path: str
 ) -> None:
@@ -379,41 +375,3 @@ def test_malformed_content_type_parameters_are_400(server: ServiceProcess, conte
     response = httpx.post(f"{server.url}/classify", content=form, headers={"Content-Type": content_type})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "bad_request"
-
-
-def test_any_route_that_reads_a_body_reads_it_within_the_deadline() -> None:
-    # The repository routes read small JSON bodies (or none yet); the middleware bounds any route that
-    # reads one, not only the inference routes: here a route of its own, fed by a client that trickles.
-    app = FastAPI()
-    install_error_handlers(app)
-
-    @app.post("/v2/repository/models/{name}/load")
-    async def load(request: Request) -> dict[str, int]:
-        return {"read": len(await request.body())}
-
-    app.add_middleware(
-        BodyReadingMiddleware, max_bytes=MAX_BODY, small_bytes=1024, timeout_s=0.3, is_large=lambda path: False
-    )
-    sent: list[Message] = []
-    chunks = 0
-
-    async def trickle() -> Message:
-        nonlocal chunks
-        chunks += 1
-        await asyncio.sleep(0.05)
-        return {"type": "http.request", "body": b" ", "more_body": True}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v2/repository/models/tiny/load",
-        "raw_path": b"/v2/repository/models/tiny/load",
-        "query_string": b"",
-        "headers": [(b"content-length", b"1000")],
-    }
-    asyncio.run(asyncio.wait_for(app(scope, trickle, send), 30))
-    assert sent[0]["status"] == 408 and chunks < 1000
-    assert b"did not arrive within 0.3 s" in sent[1]["body"]
