@@ -326,7 +326,7 @@ def test_readiness_is_strict_every_model_of_the_repository_must_serve(
     """As Triton's default --strict-readiness: a model folder the poll cannot load makes the service unready
     (saying which), while the models that load keep answering; ready again once the folder is fixed."""
     client = start_client(model_repo=repo, repository_poll_s=0.05)
-    staging = repo.parent / "staging-broken"  # corrupted before it enters the repository, then moved in at once
+    staging = repo / ".staging"  # hidden: no model; corrupted there, then moved in at once
     shutil.copytree(repo / "other", staging)
     corrupt(staging / "1")
     staging.rename(repo / "broken")
