@@ -461,7 +461,7 @@ def server_commands(inputs: BenchInputs, config: ServeBenchConfig) -> dict[str, 
 
 def litserve_accelerator(providers: str) -> str:
     """LitServe on the device the service picks for the same preference, so that both run on the same hardware."""
-    from dynadapter.service.segment_runner import CUDA, select_providers
+    from dynadapter.service.backends.onnxruntime import CUDA, select_providers
 
     return "cuda" if select_providers(providers)[0] == CUDA else "cpu"
 

@@ -15,13 +15,14 @@ Each job carries its deadline (`time.perf_counter()` seconds): a job still queue
 passes, or one whose first segment cannot finish in time, fails with `DeadlineError` (504); once
 running, the cascade lets it leave at the exit it has (dynadapter.service.deadlines). When the queue
 is empty after a batch is formed, `shadow_sampler` may pick images of it to run on past their answer
-(live calibration: spare capacity only).
+(live calibration: spare capacity only). Observers of each stage (metrics, live calibration) subscribe
+to `observers` (dynadapter.service.observers); one that raises fails no request.
 """
 
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
@@ -29,11 +30,11 @@ from time import perf_counter
 import numpy as np
 
 from dynadapter.service.deadlines import NO_DEADLINE, DeadlineError
+from dynadapter.service.observers import StageObserver, StageObservers
 from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput
 
 logger = logging.getLogger(__name__)
 
-StageCallback = Callable[[StageOutput], None]
 CancelCallback = Callable[[], None]  # one image of a cancelled request left the queue or its batch
 ShadowSampler = Callable[[int], np.ndarray]  # batch size -> [B] bool: which images to shadow
 
@@ -73,23 +74,33 @@ class _Job:
 
 
 class MicroBatcher:
+    """One model version's request queue and its worker: batches of queued images through the cascade.
+
+    Owns an asyncio queue of jobs (at most `max_queue`), one worker task on the event loop and one
+    inference thread that runs the cascade. Lifecycle: `start` (inside a running loop), `submit` from
+    any coroutine on that loop, `stop` fails what is still queued or running with `BatcherClosedError`.
+    Everything but the cascade runs on the event loop; the thread hands stage outputs back to it with
+    `call_soon_threadsafe`, so `observers` and the futures are only touched there.
+    """
+
     def __init__(
         self,
         runner: SegmentRunner,
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
-        on_stage: StageCallback | None = None,
+        observers: Sequence[StageObserver] = (),
         shadow_sampler: ShadowSampler | None = None,
         on_cancel: CancelCallback | None = None,
     ) -> None:
-        """`on_stage` sees every stage's output on the event loop, just before its leavers are answered;
-        `on_cancel` is called once per image whose request was cancelled before it was answered."""
+        """`observers` see every stage's output on the event loop, just before its leavers are answered
+        (more may `observers.subscribe`); `on_cancel` is called once per image whose request was cancelled
+        before it was answered."""
+        self.observers = StageObservers(observers)
         self._runner = runner
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
-        self._on_stage = on_stage
         self._shadow_sampler = shadow_sampler
         self._on_cancel = on_cancel
         self._worker: asyncio.Task[None] | None = None
@@ -232,8 +243,7 @@ class MicroBatcher:
 
     def _finish_stage(self, jobs: list[_Job], stage: StageOutput) -> None:
         # Count before answering, in one loop callback: whoever holds an answer finds it in the metrics.
-        if self._on_stage is not None:
-            self._on_stage(stage)
+        self.observers.notify(stage)
         for position, result in stage.exits.items():
             future = jobs[position].future
             if not future.done():  # the caller may have given up (deadline) or the batcher stopped

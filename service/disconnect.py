@@ -17,12 +17,12 @@ from starlette.types import Receive
 T = TypeVar("T")
 
 
-async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
-    """`work`'s result; if the client disconnects first, `work` is cancelled and `ClientDisconnect` raised
-    (answered 499 client_closed_request). Call only once the body has been read: the watcher consumes
-    what `receive` gives."""
+async def cancel_on_disconnect(disconnected: Awaitable[None], work: Awaitable[T]) -> T:
+    """`work`'s result; if `disconnected` (the transport's word that the client went away, e.g.
+    `http_disconnect`) returns first, `work` is cancelled and `ClientDisconnect` raised (answered 499
+    client_closed_request)."""
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(receive))
+    watcher = asyncio.ensure_future(disconnected)
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:  # this request is cancelled itself (server shutdown): so is its work
@@ -38,7 +38,8 @@ async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     raise ClientDisconnect()
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Return once `receive` says the client is gone; any other message (none is expected) is skipped."""
+async def http_disconnect(receive: Receive) -> None:
+    """Return once ASGI's `receive` says the client is gone; any other message (none is expected) is
+    skipped. Await only once the body has been read: it consumes what `receive` gives."""
     while (await receive())["type"] != "http.disconnect":
         pass

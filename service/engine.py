@@ -19,7 +19,7 @@ from dynadapter.service.backends.choice import open_runner
 from dynadapter.service.batching import MicroBatcher, QueueFullError
 from dynadapter.service.deadlines import NO_DEADLINE
 from dynadapter.service.decoding import DecodePool
-from dynadapter.service.exit_policy import DEFAULT_MODE, ExitPolicy, PolicyError, resolve_policy
+from dynadapter.service.exit_policy import DEFAULT_MODE, ExitPolicy, choose_policy
 from dynadapter.service.latency_controller import LatencyController, accuracy_floor, operating_curve
 from dynadapter.service.live_calibration import LiveCalibrator
 from dynadapter.service.metrics import ServiceMetrics
@@ -47,6 +47,16 @@ def _rss_bytes() -> int:
 
 
 class Engine:
+    """One served model version: its verified files, its runner (segment sessions), its micro-batcher, its
+    latency controller and live calibrator, and the metric series named after it.
+
+    Lifecycle (driven by the registry, dynadapter.service.registry): `load` (verify, open the sessions;
+    in a worker thread), `warm_up` (same), `start` on the event loop (batcher and control task), then
+    requests hold it with `admitted`; `retire` waits for them and stops it, `discard` stops one that
+    never served. Apart from `load` and `warm_up`, every method runs on the event loop; the cascade runs
+    in the batcher's inference thread and reports back through the stage observers on the loop.
+    """
+
     def __init__(
         self,
         model: ModelVersion,
@@ -74,7 +84,7 @@ class Engine:
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
-            on_stage=self._record_stage,
+            observers=[self._count_stage, self._calibrate_live],
             shadow_sampler=self.live.sample if self.live is not None else None,
             on_cancel=metrics.cancelled_images.labels(self.name, self.version).inc,
         )
@@ -85,7 +95,9 @@ class Engine:
         at load, and again when a replacement of the same version failed and this engine serves on."""
         metrics, modes = self._metrics, list(self.manifest.modes)
         metrics.declare_model(self.name, self.version, self.manifest.num_exits, self.memory_bytes, owner=self)
-        metrics.declare_serving(self.name, self.version, self.runner.backend, self.model.precision, self.runner.device)
+        metrics.declare_serving(
+            self.name, self.version, self.runner.backend.name, self.model.precision, self.runner.device
+        )
         metrics.declare_adaptation(self.name, self.version, self.manifest.num_exits, modes, self.live is not None)
         if self.controller is not None:
             point = self.controller.point
@@ -115,7 +127,7 @@ class Engine:
             model.path,
             runner.num_exits,
             model.precision,
-            runner.backend,
+            runner.backend.name,
             runner.providers,
             memory / 2**20,
         )
@@ -172,32 +184,17 @@ class Engine:
     def policy(
         self, threshold: float | None = None, mode: str | None = None, budget: float | None = None
     ) -> ExitPolicy:
-        """The thresholds a request's knob asks for (`PolicyError` if it cannot be honoured).
-
-        No knob, or mode `auto`: the latency controller's operating point (the default mode where there
-        is no controller). A named mode: its live thresholds where live calibration is on.
-        """
-        if mode == "auto":
-            if threshold is not None or budget is not None:
-                raise PolicyError("give at most one of threshold, mode and budget")
-            mode = None
-        if threshold is None and budget is None and mode is None:
-            point = self.controller.point if self.controller is not None else None
-            if point is not None and point.threshold is not None:
-                return self._degraded_policy(point.threshold)
-            mode = DEFAULT_MODE
-        policy = resolve_policy(self.manifest, threshold=threshold, mode=mode, budget=budget)
-        if mode is not None and self.live is not None:
-            return ExitPolicy.per_exit(self.live.thresholds(mode))
-        return policy
-
-    def _degraded_policy(self, threshold: float) -> ExitPolicy:
-        """The controller's cheaper point; with live calibration, kept between the live `fast` and the live
-        default mode per exit, so that load does not undo what drift made the modes raise."""
-        if self.live is None or "fast" not in self.manifest.modes:
-            return ExitPolicy.uniform(threshold, self.manifest.num_exits)
-        fast, default = self.live.thresholds("fast"), self.live.thresholds(DEFAULT_MODE)
-        return ExitPolicy.per_exit(tuple(min(top, max(threshold, low)) for low, top in zip(fast, default, strict=True)))
+        """The thresholds a request's knob asks for, now (dynadapter.service.exit_policy.choose_policy with
+        this version's controller point and live thresholds); `PolicyError` if it cannot be honoured."""
+        point = self.controller.point if self.controller is not None else None
+        return choose_policy(
+            self.manifest,
+            threshold,
+            mode,
+            budget,
+            operating_threshold=point.threshold if point is not None else None,
+            live=self.live.thresholds if self.live is not None else None,
+        )
 
     def observe_latency(self, seconds: float) -> None:
         """One request's time from arrival to answer (or to 504): what the latency target is about."""
@@ -262,8 +259,12 @@ class Engine:
         """GFLOPs one image cost: up to its exit, less the gated heads it skipped."""
         return self.manifest.used_gflops(result.exit_index, result.skipped_heads)
 
-    def _record_stage(self, stage: StageOutput) -> None:
+    def _count_stage(self, stage: StageOutput) -> None:
+        """Stage observer: the stage's images, time and exits, in the metrics."""
         self._metrics.record_stage(self.name, self.version, stage, self.manifest)
+
+    def _calibrate_live(self, stage: StageOutput) -> None:
+        """Stage observer: the shadowed images' traces to live calibration, and its thresholds when rechosen."""
         if self.live is None:
             return
         rechosen = [self.live.observe(trace) for trace in stage.shadows.values()]

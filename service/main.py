@@ -6,7 +6,6 @@ open sessions, start a micro-batcher, warm up, per version) while /readyz answer
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from types import FrameType
@@ -19,20 +18,17 @@ from uvicorn.main import STARTUP_FAILURE
 
 from dynadapter.contract.images import pil_pixel_limit
 from dynadapter.contract.model_repository import ModelLoadError
+from dynadapter.service.backends.onnxruntime import select_providers
 from dynadapter.service.deps import ServiceState
 from dynadapter.service.errors import ApiError, install_error_handlers
 from dynadapter.service.metrics import ServiceMetrics
 from dynadapter.service.middleware import SMALL_BODY_BYTES, BodyReadingMiddleware, ModelLabel, RequestMetricsMiddleware
 from dynadapter.service.registry import ModelRegistry, check_repository
 from dynadapter.service.routes import classify, health, metrics, models, oip, repository
-from dynadapter.service.segment_runner import select_providers
 from dynadapter.service.settings import Settings
 from dynadapter.service.shutdown import ShutdownFlag, ShutdownGuard
 
 logger = logging.getLogger(__name__)
-
-
-_OIP_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -71,12 +67,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _is_inference(path: str) -> bool:
-    return path == "/classify" or _OIP_INFER.match(path) is not None
+    return path == "/classify" or oip.INFER_PATH.match(path) is not None
 
 
 def _guess(state: ServiceState, scope: Scope) -> ModelLabel:
     """The served (model, version) a request names, for requests refused before a route picked one."""
-    found = _OIP_INFER.match(scope["path"])
+    found = oip.INFER_PATH.match(scope["path"])
     if found:
         name, version = found.group(1), found.group(2)
     else:

@@ -22,6 +22,15 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class ServiceMetrics:
+    """The service's Prometheus metrics, in a registry of their own (one per app), and which engine owns
+    each model version's series.
+
+    Created with the app and kept for its life; an engine declares its series when it loads
+    (`declare_model`, `declare_serving`, ...) and `forget_model` drops them when it retires, unless a
+    successor has declared them since. Written on the event loop (middleware, stage observers, the
+    latency controller's task); prometheus_client's metrics are themselves thread-safe.
+    """
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._serving: dict[tuple[str, str], tuple[str, str, str]] = {}  # (model, version) -> its serving labels

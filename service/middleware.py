@@ -174,7 +174,12 @@ class BodyReadingMiddleware:
 
 
 ModelLabel = tuple[str, str]  # (model, version) of the metrics
-LABEL_KEY = "dynadapter_model"  # the route puts the (model, version) it ran on in scope["state"] under this
+_LABEL_KEY = "dynadapter_model"  # the (model, version) a request ran on, in scope["state"] under this
+
+
+def label_request(scope: Scope, model: str, version: str) -> None:
+    """Count this request under the model version that serves it (`RequestMetricsMiddleware`)."""
+    scope.setdefault("state", {})[_LABEL_KEY] = (model, version)
 
 
 class RequestMetricsMiddleware:
@@ -211,7 +216,7 @@ class RequestMetricsMiddleware:
             if not recorded:
                 recorded = True
                 inflight.dec()
-                model, version = scope.get("state", {}).get(LABEL_KEY, guessed)
+                model, version = scope.get("state", {}).get(_LABEL_KEY, guessed)
                 self.metrics.record_request(model, version, status, perf_counter() - start)
 
         async def send_and_record(message: Message) -> None:

@@ -94,6 +94,15 @@ def checked(name: str, version: str | None = None) -> None:
 
 
 class ModelRegistry:
+    """Every served model version (an `Engine` each, by name and version), the process's decode pool, and
+    why a model's last load was refused.
+
+    Created with the app; `load_all` at startup, `load`/`unload` from the repository routes and `poll`,
+    `stop` at shutdown. Runs on the event loop: the reading methods (`get`, `engines`, `names`) never
+    await, so a route never sees a swap half-done; loads and unloads take one lock, one at a time, and
+    open sessions in worker threads.
+    """
+
     def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.policy = VersionPolicy.parse(settings.version_policy)

@@ -1,60 +1,31 @@
-"""Chains the per-stage segments of a model and lets images leave early, on onnxruntime or OpenVINO.
+"""The early-exit cascade: chains a model's per-stage segments and lets images leave early.
 
-After each segment the images whose confidence (max softmax of that exit's logits) reaches their
-own threshold leave with that exit's logits; only the others (`hidden[~exited]`) go on to the next
-segment, and the last exit answers for whoever is left. A segment exported with a gated exit head
-(input `need_logits`, export/head_gate.py) skips its head when no image in flight can leave there
-(every threshold >= 1): a request at threshold 1 pays for no early head.
+After each segment the images that the exit rule (dynadapter.contract.exit_rule: confidence = max
+softmax of that exit's logits reaches the image's own threshold) lets go leave with that exit's
+logits; only the others (`hidden[~exited]`) go on to the next segment, and the last exit answers for
+whoever is left. A segment exported with a gated exit head skips its head when no image in flight can
+leave there (every threshold >= 1): a request at threshold 1 pays for no early head.
 
-On CUDA the hidden states stay on the GPU between segments (IOBinding + OrtValue) and only the
-small logits tensors come back to the host; dropping the rows of images that left is a Gather run
-on the GPU too. On CPU everything is plain numpy.
-
-A backend is two calls, `run(segment, x, need_logits) -> (hidden, logits)` and `keep(hidden, rows)`,
-over segments that say whether they have a hidden output and a skippable head (`gated`): onnxruntime
-here (`_HostIO`, `_BoundIO`), OpenVINO in service/backends/openvino.py. Exit compaction, the head
-gate's rule and the FLOPs bookkeeping are this module's, the same for every backend.
+The segments run on a backend (service/backends/base.py: onnxruntime or OpenVINO, one module per
+runtime); exit compaction, the head gate's rule, deadlines and live calibration's shadow traces are
+this module's, the same for every backend.
 """
 
-import base64
-import contextlib
-import functools
 import hashlib
-import io
-import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from dynadapter.contract import confidence
-from dynadapter.contract.model_repository import HEAD_GATE_INPUT, ModelLoadError
-from dynadapter.service.backends.openvino import DEVICE as OPENVINO_DEVICE
-from dynadapter.service.backends.openvino import OpenVinoSegment
-from dynadapter.service.backends.openvino import open_segments as open_openvino
+from dynadapter.contract import confidence, leaves, may_leave
+from dynadapter.contract.model_repository import ModelLoadError
+from dynadapter.service.backends.base import BackendName, SegmentBackend
+from dynadapter.service.backends.onnxruntime import CPU, OnnxRuntimeBackend
+from dynadapter.service.backends.openvino import OpenVinoBackend
 from dynadapter.service.deadlines import NO_DEADLINE, ExitReason, SegmentTimes
-
-logger = logging.getLogger(__name__)
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-ProviderPreference = Literal["auto", "cuda", "cpu"]
-Backend = Literal["onnxruntime", "openvino"]
-
-_ORT_WARNING, _ORT_ERROR, _ORT_FATAL = 2, 3, 4
-
-# Gather(hidden[rows, tokens, dim], indices[kept_rows], axis=0) -> kept, opset 13. Serialized once
-# with onnx.helper because the serving image has no `onnx` package; the test suite rebuilds it and
-# checks these bytes. It drops the rows of images that left, on the device that holds `hidden`.
-_GATHER_ROWS_ONNX = base64.b64decode(
-    "CAgSC2R5bi1hZGFwdGVyOrQBCiwKBmhpZGRlbgoHaW5kaWNlcxIEa2VwdCIGR2F0aGVyKgsKBGF4aXMYAKABAhILZ2F0aGVy"
-    "X3Jvd3NaKQoGaGlkZGVuEh8KHQgBEhkKBhIEcm93cwoIEgZ0b2tlbnMKBRIDZGltWh4KB2luZGljZXMSEwoRCAcSDQoLEglr"
-    "ZXB0X3Jvd3NiLAoEa2VwdBIkCiIIARIeCgsSCWtlcHRfcm93cwoIEgZ0b2tlbnMKBRIDZGltQgQKABAN"
-)
 
 
 @dataclass(frozen=True)
@@ -94,135 +65,13 @@ class RunOutput:
     stage_seconds: list[float]  # wall time of each segment that ran on this batch, stage 0 first
 
 
-def cuda_usable() -> bool:
-    """True when onnxruntime's CUDA provider really runs here, not merely when it is installed.
-
-    onnxruntime-gpu lists CUDAExecutionProvider on machines without a GPU or CUDA libraries, then
-    logs errors and quietly falls back to CPU; so open a tiny session, run it, and check.
-    """
-    if CUDA not in ort.get_available_providers():
-        return False
-    preload_cuda_libraries()
-    ort.set_default_logger_severity(_ORT_FATAL)  # the failed attempt logs errors we expect
-    try:
-        session = ort.InferenceSession(_GATHER_ROWS_ONNX, providers=[CUDA])
-        if CUDA not in session.get_providers():
-            return False
-        feed = {"hidden": np.ones((2, 1, 1), np.float32), "indices": np.array([1], np.int64)}
-        return session.run(None, feed)[0].shape == (1, 1, 1)
-    except Exception:  # onnxruntime's pybind errors share no base class worth naming
-        return False
-    finally:
-        ort.set_default_logger_severity(_ORT_WARNING)
-
-
-@functools.cache
-def preload_cuda_libraries() -> None:
-    """Load the CUDA and cuDNN libraries that pip installed (the nvidia-* wheels) before a CUDA session opens.
-
-    onnxruntime-gpu does not search the nvidia wheels itself (torch, when imported first, would have
-    loaded them; the serving image has no torch). `preload_dlls` exists from onnxruntime 1.21 on and
-    reports with print(), so its words go to the log instead of stdout.
-    """
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return
-    report = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(report):
-            preload()
-    except Exception as err:  # a broken install: the CUDA probe after this finds CUDA unusable and says so
-        logger.warning("onnxruntime.preload_dlls failed: %s", err)
-    if report.getvalue().strip():
-        logger.info("onnxruntime.preload_dlls: %s", " ".join(report.getvalue().split()))
-
-
-def select_providers(preference: ProviderPreference) -> list[str]:
-    """Execution providers for a preference; CPU stays last so unsupported ops still run."""
-    if preference == "cpu":
-        return [CPU]
-    if cuda_usable():
-        return [CUDA, CPU]
-    if preference == "cuda":
-        raise ModelLoadError("CUDA was requested (providers=cuda) but no usable CUDA GPU was found")
-    return [CPU]
-
-
-class SegmentIO(Protocol):
-    """A backend's two calls. `run`: one segment on a batch -> (hidden, kept where the backend keeps
-    it, or None after the last segment; logits [rows, C] numpy, [0, C] where the head was skipped).
-    `keep`: the rows of a hidden state whose images go on."""
-
-    def run(self, segment: Any, x: Any, need_logits: bool) -> tuple[Any, np.ndarray]: ...
-
-    def keep(self, hidden: Any, rows: np.ndarray) -> Any: ...
-
-
-@dataclass(frozen=True)
-class _Segment:
-    session: ort.InferenceSession
-    input_name: str  # "image" for segment 0, the hidden state after
-    has_hidden: bool  # False for the last segment
-    gated: bool  # the exit head runs only when fed need_logits=True
-
-    def feed_flag(self, need_logits: bool) -> dict[str, np.ndarray]:
-        return {HEAD_GATE_INPUT: np.array(need_logits)} if self.gated else {}
-
-
-class _HostIO:
-    """CPU: numpy in, numpy out."""
-
-    def run(self, segment: _Segment, x: np.ndarray, need_logits: bool) -> tuple[np.ndarray | None, np.ndarray]:
-        names = ["logits", "hidden"] if segment.has_hidden else ["logits"]
-        logits, *hidden = segment.session.run(names, {segment.input_name: x, **segment.feed_flag(need_logits)})
-        return (hidden[0] if hidden else None), logits
-
-    def keep(self, hidden: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return hidden[rows]
-
-
-class _BoundIO:
-    """IOBinding: hidden states stay OrtValues on `device` between segments; only logits come back.
-
-    On CUDA this keeps them on the GPU for the whole cascade. On CPU it is the same code path with
-    no copies to save, which lets the tests exercise it on a machine without a GPU.
-    """
-
-    def __init__(self, options: ort.SessionOptions, device: Literal["cuda", "cpu"], device_id: int = 0) -> None:
-        self._device = device
-        self._device_id = device_id
-        provider = (CUDA, {"device_id": device_id}) if device == "cuda" else CPU
-        self._gather = ort.InferenceSession(_GATHER_ROWS_ONNX, options, providers=[provider])
-
-    def run(
-        self, segment: _Segment, x: np.ndarray | ort.OrtValue, need_logits: bool
-    ) -> tuple[ort.OrtValue | None, np.ndarray]:
-        binding = segment.session.io_binding()
-        if isinstance(x, np.ndarray):
-            binding.bind_cpu_input(segment.input_name, x)  # the image batch: one upload
-        else:
-            binding.bind_ortvalue_input(segment.input_name, x)
-        for name, flag in segment.feed_flag(need_logits).items():
-            binding.bind_cpu_input(name, flag)
-        binding.bind_output("logits", "cpu")
-        if segment.has_hidden:
-            binding.bind_output("hidden", self._device, self._device_id)
-        segment.session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        logits, *hidden = binding.get_outputs()
-        return (hidden[0] if hidden else None), logits.numpy()
-
-    def keep(self, hidden: ort.OrtValue, rows: np.ndarray) -> ort.OrtValue:
-        binding = self._gather.io_binding()
-        binding.bind_ortvalue_input("hidden", hidden)
-        binding.bind_cpu_input("indices", rows.astype(np.int64))
-        binding.bind_output("kept", self._device, self._device_id)
-        self._gather.run_with_iobinding(binding)
-        return binding.get_outputs()[0]
-
-
 class SegmentRunner:
-    """One session (compiled model) per segment, run as an early-exit cascade."""
+    """A model's segments, opened on one backend (`backend`), run as an early-exit cascade.
+
+    Opened when a model version loads and kept until it is unloaded. `cascade`, `run` and `warm_up` are
+    called from one thread at a time (the micro-batcher's inference thread); `times` learns each
+    segment's time per batch size as they run, for deadlines.
+    """
 
     def __init__(
         self,
@@ -231,7 +80,7 @@ class SegmentRunner:
         intra_op_threads: int = 0,
         num_classes: int | None = None,
         io_binding: bool | None = None,
-        backend: Backend = "onnxruntime",
+        backend: BackendName = "onnxruntime",
         allow_spinning: bool = True,
     ) -> None:
         """`backend`: onnxruntime (ONNX segments, on `providers`) or openvino (OpenVINO IR segments, CPU).
@@ -239,39 +88,24 @@ class SegmentRunner:
         `intra_op_threads`: threads per segment run, 0 = the runtime's default. `ModelLoadError` when a
         segment cannot be opened or disagrees with the manifest (`num_classes`). `allow_spinning`:
         onnxruntime's idle threads spin (its default); off is faster on shared or small machines."""
-        self.backend: Backend = backend
+        # Public, so that a test can wrap it (a slow or watched model): the cascade reaches segments only here.
+        self.backend: SegmentBackend = open_backend(
+            backend, segment_paths, providers, intra_op_threads, num_classes, io_binding, allow_spinning
+        )
         self.times = SegmentTimes(len(segment_paths))  # for deadlines: each segment's time per batch size
-        self._segments: Sequence[_Segment | OpenVinoSegment]
-        self._io: SegmentIO
-        if backend == "openvino":
-            self._segments, self._io = open_openvino(segment_paths, intra_op_threads, num_classes)
-            self.providers: list[str] = [f"openvino:{OPENVINO_DEVICE}"]
-            return
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1  # a segment is one chain of blocks; no parallel branches
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        options.log_severity_level = _ORT_ERROR
-        segments = [
-            _open_segment(path, options, providers, last=k == len(segment_paths) - 1)
-            for k, path in enumerate(segment_paths)
-        ]
-        if num_classes is not None:
-            _check_classes(segments, segment_paths, num_classes)
-        self._segments = segments
-        self.providers = segments[0].session.get_providers()
-        on_gpu = self.providers[0] == CUDA
-        bound = on_gpu if io_binding is None else io_binding
-        self._io = _BoundIO(options, "cuda" if on_gpu else "cpu") if bound else _HostIO()
+
+    @property
+    def providers(self) -> list[str]:
+        return self.backend.providers
 
     @property
     def device(self) -> str:
         """Where the segments run: "cuda" or "cpu"."""
-        return "cuda" if self.providers[0] == CUDA else "cpu"
+        return self.backend.device
 
     @property
     def num_exits(self) -> int:
-        return len(self._segments)
+        return self.backend.num_segments
 
     def cascade(
         self,
@@ -303,25 +137,25 @@ class SegmentRunner:
         alive = np.arange(batch)  # input positions of the images still running
         answered = np.zeros(batch, dtype=bool)  # shadowed images already answered, running on
         skipped: tuple[int, ...] = ()  # exits whose gated head did not run (the same for every image alive)
-        x: np.ndarray | ort.OrtValue = np.ascontiguousarray(images, dtype=np.float32)
-        for k, segment in enumerate(self._segments):
+        x: Any = np.ascontiguousarray(images, dtype=np.float32)  # then the hidden state, where the backend keeps it
+        for k in range(self.num_exits):
             last = k == self.num_exits - 1
             pending = ~answered[alive]
-            may_leave = pending & self._may_leave(k, per_exit[alive])
+            eligible = pending & self._may_leave(k, per_exit[alive])
             rushed = pending & self._late(k, deadlines[alive], perf_counter() + self.times.estimate(k, len(alive)))
-            need_logits = bool(may_leave.any() or rushed.any() or trace is not None)
+            need_logits = bool(eligible.any() or rushed.any() or trace is not None)
             start = perf_counter()
-            hidden, logits = self._io.run(segment, x, need_logits)
+            hidden, logits = self.backend.run(k, x, need_logits)
             seconds = perf_counter() - start
             self.times.record(k, len(alive), seconds)
             reasons = np.full(len(alive), None, dtype=object)  # why each image leaves here, None: it goes on
             confidences = confidence(logits) if need_logits else None
             if confidences is None:
-                skipped += (k,) if segment.gated else ()
+                skipped += (k,) if self.backend.gated(k) else ()
             elif last:
                 reasons[pending] = "last"
             else:
-                confident = may_leave & (confidences >= per_exit[alive, k])
+                confident = pending & leaves(confidences, per_exit[alive, k])
                 reasons[pending & self._late(k, deadlines[alive], perf_counter())] = "deadline"
                 reasons[confident] = "confident"
             leaving = np.array([reason is not None for reason in reasons], dtype=bool)
@@ -342,7 +176,7 @@ class SegmentRunner:
                 return
             alive = alive[staying]
             assert hidden is not None  # only the last segment has none
-            x = hidden if staying.size == len(leaving) else self._io.keep(hidden, staying)
+            x = hidden if staying.size == len(leaving) else self.backend.keep(hidden, staying)
 
     def _late(self, k: int, deadlines: np.ndarray, ready_at: float) -> np.ndarray:
         """Which images would miss their deadline if, ready at `ready_at`, they ran the segment after exit k."""
@@ -382,10 +216,10 @@ class SegmentRunner:
         return thresholds
 
     def _may_leave(self, k: int, thresholds: np.ndarray) -> np.ndarray:
-        """Which images may leave at exit k: all at the last; elsewhere those whose threshold is < 1."""
+        """Which images may leave at exit k: all at the last; elsewhere as the exit rule says (threshold < 1)."""
         if k == self.num_exits - 1:
             return np.ones(len(thresholds), dtype=bool)
-        return thresholds[:, k] < 1.0
+        return may_leave(thresholds[:, k])
 
 
 class _Trace:
@@ -427,29 +261,16 @@ def _require_finite(output: RunOutput) -> None:
             )
 
 
-def _open_segment(path: Path, options: ort.SessionOptions, providers: Sequence[str], last: bool) -> _Segment:
-    try:
-        session = ort.InferenceSession(str(path), options, providers=list(providers))
-    except Exception as err:  # onnxruntime raises its own pybind types for bad files
-        raise ModelLoadError(f"{path}: onnxruntime cannot load segment: {err}") from err
-    inputs = [arg.name for arg in session.get_inputs() if arg.name != HEAD_GATE_INPUT]
-    gated = len(inputs) < len(session.get_inputs())
-    outputs = {arg.name for arg in session.get_outputs()}
-    expected_outputs = {"logits"} if last else {"logits", "hidden"}
-    # The one data input (besides a head gate's flag) is taken by position, not name: ONNX forbids a
-    # graph input and output of the same name, so a middle segment's "hidden" input gets another
-    # name ("hidden_in" from the exporter, "hidden.1" from torch's default).
-    if len(inputs) != 1 or not expected_outputs <= outputs:
-        raise ModelLoadError(
-            f"{path}: segment has inputs {inputs} and outputs {sorted(outputs)}, "
-            f"expected one input (besides {HEAD_GATE_INPUT}) and outputs {sorted(expected_outputs)}"
-        )
-    return _Segment(session, inputs[0], has_hidden=not last, gated=gated)
-
-
-def _check_classes(segments: list[_Segment], paths: Sequence[Path], num_classes: int) -> None:
-    for segment, path in zip(segments, paths, strict=True):
-        logits = next(arg for arg in segment.session.get_outputs() if arg.name == "logits")
-        width = logits.shape[-1]
-        if isinstance(width, int) and width != num_classes:
-            raise ModelLoadError(f"{path}: logits have {width} classes, the manifest has {num_classes} labels")
+def open_backend(
+    name: BackendName,
+    segment_paths: Sequence[Path],
+    providers: Sequence[str] = (CPU,),
+    intra_op_threads: int = 0,
+    num_classes: int | None = None,
+    io_binding: bool | None = None,
+    allow_spinning: bool = True,
+) -> SegmentBackend:
+    """Open a model's segments on the named backend (`SegmentRunner`'s arguments); `ModelLoadError`."""
+    if name == "openvino":
+        return OpenVinoBackend(segment_paths, intra_op_threads, num_classes)
+    return OnnxRuntimeBackend(segment_paths, providers, intra_op_threads, num_classes, io_binding, allow_spinning)

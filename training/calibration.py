@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dynadapter.contract import softmax
+from dynadapter.contract import exit_indices, softmax
 
 #: Fine near 1: a well-trained exit's confidences crowd there.
 THRESHOLD_GRID = np.unique(np.round(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.logspace(-5, -2, 13)]), 6))
@@ -45,15 +45,6 @@ def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(max softmax probability, argmax) over the last axis, with the service's own softmax."""
     p = softmax(logits)
     return p.max(axis=-1), p.argmax(axis=-1)
-
-
-def exit_indices(confidence: np.ndarray, threshold: float) -> np.ndarray:
-    """Exit taken by each image: confidence [K, N] -> [N] ints."""
-    k = confidence.shape[0]
-    if threshold >= 1.0 or k == 1:  # a single exit (static model) always answers
-        return np.full(confidence.shape[1], k - 1)
-    leaves = confidence[:-1] >= threshold
-    return np.where(leaves.any(axis=0), leaves.argmax(axis=0), k - 1)
 
 
 def simulate(

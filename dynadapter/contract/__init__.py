@@ -1,9 +1,10 @@
 """The one contract between training and serving, torch-free: the model repository's format
 (manifest schema and version, segment input/output names, checksums), image decoding and
-preprocessing, and the numerics both sides share. The exporter writes manifests through
+preprocessing, the numerics both sides share, and the exit rule (`exit_rule`). The exporter writes manifests through
 `Manifest`, the service reads them through it: docs/model-repository.md describes the format.
 """
 
+from dynadapter.contract.exit_rule import exit_indices, leaves, may_leave
 from dynadapter.contract.images import (
     ACCEPTED_FORMATS,
     ImageDecodeError,
@@ -65,7 +66,10 @@ __all__ = [
     "ThresholdSpread",
     "confidence",
     "decode_image",
+    "exit_indices",
+    "leaves",
     "load_model",
+    "may_leave",
     "model_precisions",
     "new_manifest",
     "pil_pixel_limit",

@@ -20,7 +20,9 @@ from dynadapter.contract.model_repository import (
     precision_key,
 )
 from dynadapter.service.backends import openvino
-from dynadapter.service.segment_runner import Backend, SegmentRunner, cuda_usable, select_providers
+from dynadapter.service.backends.base import BackendName
+from dynadapter.service.backends.onnxruntime import cuda_usable, select_providers
+from dynadapter.service.segment_runner import SegmentRunner
 from dynadapter.service.settings import Settings
 
 #: CPU precisions, fastest first (on a CPU with int8 dot-product instructions).
@@ -29,7 +31,7 @@ CPU_ORDER = ("int8-openvino", "fp32-openvino", FP32_ONNX)
 
 @dataclass(frozen=True)
 class Choice:
-    backend: Backend
+    backend: BackendName
     precision_key: str  # a key of Manifest.precision_keys
 
 

@@ -1,7 +1,7 @@
-"""The OpenVINO backend of the segment runner: OpenVINO IR segments (docs/model-repository.md, "Precisions").
+"""The OpenVINO backend of the cascade: OpenVINO IR segments (docs/model-repository.md, "Precisions").
 
-It offers the runner the same two calls as onnxruntime's (`run` a segment on a batch, `keep` the
-rows of the hidden state whose images go on). An IR segment has no head gate inside: OpenVINO
+It offers the cascade the same interface as onnxruntime's (service/backends/base.py: `run` a segment
+on a batch, `keep` the rows of the hidden state whose images go on). An IR segment has no head gate inside: OpenVINO
 refuses the ONNX gate's `If`, so each early segment is compiled twice, with its exit head and as the
 trunk alone (the same IR with the `logits` result left out: OpenVINO compiles only what a result
 needs), and `run` picks one per batch. Hidden states stay numpy arrays in host memory (CPU only).
@@ -20,6 +20,7 @@ import numpy as np
 
 from dynadapter.contract.model_repository import HIDDEN_OUTPUT, LOGITS_OUTPUT, ModelLoadError
 from dynadapter.cpu import cpu_info
+from dynadapter.service.backends.base import BackendName
 
 DEVICE = "CPU"
 
@@ -54,10 +55,30 @@ class OpenVinoSegment:
     gated: bool  # the head can be skipped: `trunk` exists
 
 
-class OpenVinoIO:
-    """numpy in, numpy out; the head-less compilation when no image can leave at this exit."""
+class OpenVinoBackend:
+    """A model's OpenVINO IR segments, compiled for the CPU (`SegmentBackend`); numpy in, numpy out.
 
-    def run(self, segment: OpenVinoSegment, x: np.ndarray, need_logits: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    Compiled once per served model version and kept until it is unloaded; `run` and `keep` are called
+    from one inference thread at a time. `ModelLoadError` as `open_segments`.
+    """
+
+    name: BackendName = "openvino"
+    providers = [f"openvino:{DEVICE}"]
+    device = "cpu"
+
+    def __init__(self, paths: Sequence[Path], threads: int = 0, num_classes: int | None = None) -> None:
+        self._segments = open_segments(paths, threads, num_classes)
+
+    @property
+    def num_segments(self) -> int:
+        return len(self._segments)
+
+    def gated(self, k: int) -> bool:
+        return self._segments[k].gated
+
+    def run(self, k: int, x: np.ndarray, need_logits: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """Segment k on a batch; its head-less compilation when no image can leave at this exit."""
+        segment = self._segments[k]
         skip = segment.gated and not need_logits
         result = (segment.trunk if skip else segment.full)([x])
         logits = np.zeros((0, segment.num_classes), np.float32) if skip else result[LOGITS_OUTPUT]
@@ -67,9 +88,7 @@ class OpenVinoIO:
         return hidden[rows]
 
 
-def open_segments(
-    paths: Sequence[Path], threads: int = 0, num_classes: int | None = None
-) -> tuple[list[OpenVinoSegment], OpenVinoIO]:
+def open_segments(paths: Sequence[Path], threads: int = 0, num_classes: int | None = None) -> list[OpenVinoSegment]:
     """Compile every IR segment (``segment_k.<precision>.xml``); `ModelLoadError` when one cannot be
     read or has other outputs or classes than the manifest says. ``threads``: 0 = OpenVINO's default."""
     import openvino as ov
@@ -101,7 +120,7 @@ def open_segments(
         except Exception as err:  # openvino raises RuntimeError subclasses with the reason inside
             raise ModelLoadError(f"{path}: OpenVINO cannot load segment: {err}") from err
         segments.append(OpenVinoSegment(full, trunk, int(classes or 0), has_hidden=not last, gated=not last))
-    return segments, OpenVinoIO()
+    return segments
 
 
 def _trunk(core: Any, path: Path) -> Any:

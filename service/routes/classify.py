@@ -10,11 +10,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from dynadapter.contract import softmax
-from dynadapter.service import inference
+from dynadapter.service import data_plane
 from dynadapter.service.deps import RegistryDep, StateDep, require_api_key
 from dynadapter.service.engine import Engine
 from dynadapter.service.errors import bad_parameter, too_many_images, unsupported_media_type
 from dynadapter.service.exit_policy import ExitPolicy, PolicyError
+from dynadapter.service.routes.http import channel
 from dynadapter.service.schemas import ClassifyResponse, ClassScore, ExitTaken, GFlops, Knob
 from dynadapter.service.segment_runner import ExitResult
 
@@ -80,13 +81,13 @@ async def classify(
     except PolicyError as err:
         raise bad_parameter(str(err)) from None
 
-    async def read() -> inference.Job:
-        return inference.Job(images=await _read_images(request, state.settings.max_images_per_request), policy=policy)
+    async def read() -> data_plane.Job:
+        return data_plane.Job(images=await _read_images(request, state.settings.max_images_per_request), policy=policy)
 
     timeout_s = state.settings.request_timeout_s
     if params.deadline_ms is not None:
         timeout_s = min(timeout_s, params.deadline_ms / 1000)
-    _, results = await inference.run(request, engine, read, timeout_s)
+    _, results = await data_plane.run(channel(request), engine, read, timeout_s)
     latency_s = perf_counter() - start
     answers = [_response(engine, result, policy, params.top_k, latency_s) for result in results]
     return answers if len(results) > 1 else answers[0]

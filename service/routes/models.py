@@ -46,6 +46,6 @@ def describe(engine: Engine) -> ModelInfo:
         providers=engine.runner.providers,
         memory_bytes=engine.memory_bytes,
         serving=ServingInfo(
-            backend=engine.runner.backend, precision=engine.model.precision, device=engine.runner.device
+            backend=engine.runner.backend.name, precision=engine.model.precision, device=engine.runner.device
         ),
     )

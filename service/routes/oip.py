@@ -6,6 +6,7 @@ Errors have the protocol's shape `{"error": "message"}` (dynadapter.service.erro
 docs/protocol-oip.md has curl and tritonclient examples.
 """
 
+import re
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -17,11 +18,12 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError
 
 from dynadapter.contract import softmax
-from dynadapter.service import inference, oip
+from dynadapter.service import data_plane, oip
 from dynadapter.service.deps import RegistryDep, StateDep, require_api_key
 from dynadapter.service.engine import Engine
 from dynadapter.service.errors import bad_request
 from dynadapter.service.exit_policy import PolicyError
+from dynadapter.service.routes.http import channel
 from dynadapter.service.schemas import Knob
 from dynadapter.service.segment_runner import ExitResult
 
@@ -32,6 +34,10 @@ router = APIRouter()
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "schedule_policy"]
 PLATFORM = "dynadapter_onnx_cascade"
 _VERSIONED = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+
+#: The infer route's path, capturing the model's name and its version (None: the highest served): what
+#: the app's middleware matches before a route runs (body limits, metrics labels).
+INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 
 class InferParameters(Knob, extra="forbid", strict=True):
@@ -129,7 +135,7 @@ for path in _VERSIONED:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Job(inference.Job):
+class _Job(data_plane.Job):
     """An OIP request once read: its message, and the outputs it wants (name, binary, classification k)."""
 
     message: oip.InferenceRequest
@@ -152,7 +158,7 @@ async def infer(
         except PolicyError as err:
             raise bad_request(str(err)) from None
         images = oip.read_input(message, binary, engine.manifest)
-        inference.check_count(len(images), state.settings.max_images_per_request)
+        data_plane.check_count(len(images), state.settings.max_images_per_request)
         wanted = _requested_outputs(message, parameters, engine)
         timeout_s = parameters.timeout / 1e6 if parameters.timeout else None
         return _Job(
@@ -164,7 +170,7 @@ async def infer(
             wanted=wanted,
         )
 
-    job, results = await inference.run(request, engine, read, state.settings.request_timeout_s)
+    job, results = await data_plane.run(channel(request), engine, read, state.settings.request_timeout_s)
     content, headers = _encode(job.message, engine, results, job.wanted)
     return Response(content, headers=headers)
 

@@ -137,18 +137,17 @@ class SlowSegments:
     """
 
     def __init__(self, runner: Any, delays: dict[int, float], rows: tuple[int, ...] = (1,)) -> None:
-        self._io = runner._io
-        self._index = {id(segment): k for k, segment in enumerate(runner._segments)}
+        self._backend = runner.backend
         self.delays = delays
-        runner._io = self
+        runner.backend = self
         for k, delay in delays.items():
             for size in rows:
                 for _ in range(100):  # past the exponential weighting of the fast warm-up runs
                     runner.times.record(k, size, delay)
 
-    def run(self, segment: Any, x: Any, need_logits: bool) -> Any:
-        time.sleep(self.delays.get(self._index[id(segment)], 0.0))
-        return self._io.run(segment, x, need_logits)
+    def __getattr__(self, name: str) -> Any:  # the rest of the backend's interface, as it is
+        return getattr(self._backend, name)
 
-    def keep(self, hidden: Any, rows: Any) -> Any:
-        return self._io.keep(hidden, rows)
+    def run(self, k: int, x: Any, need_logits: bool) -> Any:
+        time.sleep(self.delays.get(k, 0.0))
+        return self._backend.run(k, x, need_logits)

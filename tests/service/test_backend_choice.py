@@ -77,7 +77,7 @@ def test_older_manifest_loads_at_fp32_and_refuses_a_missing_precision(model_repo
 @pytest.mark.skipif(not OPENVINO, reason="openvino is not installed")
 def test_openvino_runner_matches_reference_and_skips_heads(model_repo: Path, weights: TinyWeights) -> None:
     model, runner = open_runner(Settings(model_repo=model_repo, backend="openvino", providers="cpu"), "tiny", "1")
-    assert (model.precision, runner.backend) == ("fp32-openvino", "openvino")
+    assert (model.precision, runner.backend.name) == ("fp32-openvino", "openvino")
     batch = np.random.default_rng(3).normal(0, 1, (32, 3, 8, 8)).astype(np.float32)
     thresholds = np.full((32, NUM_EXITS - 1), 0.6)
     expected = reference_exits(weights, batch, thresholds)

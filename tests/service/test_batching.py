@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from dynadapter.service.backends.onnxruntime import CPU
 from dynadapter.service.batching import BatcherClosedError, MicroBatcher, QueueFullError
-from dynadapter.service.segment_runner import CPU, SegmentRunner, StageOutput
+from dynadapter.service.segment_runner import SegmentRunner, StageOutput
 from tests.service.tiny_onnx_model import NUM_EXITS
 
 IMAGE, RUN_TO_THE_END = np.zeros((3, 8, 8), np.float32), np.ones(NUM_EXITS - 1)
@@ -30,7 +31,7 @@ def test_concurrent_requests_share_batches_and_get_what_they_would_get_alone(run
     stages: list[StageOutput] = []
 
     async def scenario() -> list:
-        batcher = MicroBatcher(runner, max_batch_size=8, max_wait_s=0.05, max_queue=64, on_stage=stages.append)
+        batcher = MicroBatcher(runner, max_batch_size=8, max_wait_s=0.05, max_queue=64, observers=[stages.append])
         batcher.start()
         try:
             return await asyncio.gather(*(batcher.submit(images[i], thresholds[i]) for i in range(32)))
@@ -67,7 +68,7 @@ def test_an_early_leaver_is_answered_while_its_batch_runs_on(runner: SegmentRunn
     stages: list[StageOutput] = []
 
     async def scenario() -> None:
-        batcher = MicroBatcher(held, max_batch_size=2, max_wait_s=1.0, max_queue=4, on_stage=stages.append)  # type: ignore[arg-type]
+        batcher = MicroBatcher(held, max_batch_size=2, max_wait_s=1.0, max_queue=4, observers=[stages.append])  # type: ignore[arg-type]
         batcher.start()
         first_exit = asyncio.create_task(batcher.submit(IMAGE, np.zeros(NUM_EXITS - 1)))
         to_the_end = asyncio.create_task(batcher.submit(IMAGE, RUN_TO_THE_END))
@@ -173,7 +174,7 @@ def test_a_caller_that_gives_up_is_skipped(runner: SegmentRunner) -> None:
     stages: list[StageOutput] = []
 
     async def scenario() -> None:
-        batcher = MicroBatcher(blocked, 4, 0, 4, on_stage=stages.append)  # type: ignore[arg-type]
+        batcher = MicroBatcher(blocked, 4, 0, 4, observers=[stages.append])  # type: ignore[arg-type]
         batcher.start()
         first = asyncio.create_task(batcher.submit(IMAGE, RUN_TO_THE_END))
         await asyncio.to_thread(blocked.entered.wait, 10)
@@ -198,7 +199,7 @@ def test_images_are_shadowed_only_when_nothing_else_waits(runner: SegmentRunner)
         return np.ones(batch, dtype=bool)
 
     async def scenario() -> None:
-        batcher = MicroBatcher(blocked, 1, 0, 4, on_stage=stages.append, shadow_sampler=sampler)  # type: ignore[arg-type]
+        batcher = MicroBatcher(blocked, 1, 0, 4, observers=[stages.append], shadow_sampler=sampler)  # type: ignore[arg-type]
         batcher.start()
         first = asyncio.create_task(batcher.submit(IMAGE, np.zeros(NUM_EXITS - 1)))
         await asyncio.to_thread(blocked.entered.wait, 10)  # the first batch formed with an empty queue

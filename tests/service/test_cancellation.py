@@ -42,23 +42,21 @@ class SegmentGate:
     """Wraps the runner's backend: records the rows each segment runs on; segment 0 waits for `open`."""
 
     def __init__(self, runner: Any) -> None:
-        self._io = runner._io
-        self._index = {id(segment): k for k, segment in enumerate(runner._segments)}
+        self._backend = runner.backend
         self.rows: list[tuple[int, int]] = []  # (segment, rows)
         self.entered = threading.Event()
         self.open = threading.Event()
-        runner._io = self
+        runner.backend = self
 
-    def run(self, segment: Any, x: Any, need_logits: bool) -> Any:
-        k = self._index[id(segment)]
+    def __getattr__(self, name: str) -> Any:  # the rest of the backend's interface, as it is
+        return getattr(self._backend, name)
+
+    def run(self, k: int, x: Any, need_logits: bool) -> Any:
         self.rows.append((k, len(x)))
         if k == 0:
             self.entered.set()
             self.open.wait(20)
-        return self._io.run(segment, x, need_logits)
-
-    def keep(self, hidden: Any, rows: Any) -> Any:
-        return self._io.keep(hidden, rows)
+        return self._backend.run(k, x, need_logits)
 
 
 @contextmanager

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from dynadapter.service.backends.onnxruntime import CPU
 from dynadapter.service.deadlines import NO_DEADLINE, SegmentTimes
-from dynadapter.service.segment_runner import CPU, SegmentRunner
+from dynadapter.service.segment_runner import SegmentRunner
 from tests.service.helpers import IMAGE, SlowSegments, samples, value
 from tests.service.test_api_errors import assert_error
 from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, png_bytes

@@ -9,8 +9,9 @@ from fastapi.testclient import TestClient
 
 from dynadapter.contract import confidence
 from dynadapter.contract.model_repository import Manifest
+from dynadapter.service.backends.onnxruntime import CPU
 from dynadapter.service.live_calibration import PATIENCE, LiveCalibrator, wilson_bounds
-from dynadapter.service.segment_runner import CPU, SegmentRunner, ShadowTrace
+from dynadapter.service.segment_runner import SegmentRunner, ShadowTrace
 from tests.service.helpers import IMAGE, samples, value
 from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, png_bytes
 

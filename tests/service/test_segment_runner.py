@@ -6,10 +6,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dynadapter.contract import confidence
+from dynadapter.contract import confidence, exit_indices
 from dynadapter.contract.model_repository import ModelLoadError
-from dynadapter.service import segment_runner
-from dynadapter.service.segment_runner import CPU, CUDA, SegmentRunner, select_providers
+from dynadapter.service.backends import onnxruntime as ort_backend
+from dynadapter.service.backends.onnxruntime import CPU, CUDA, select_providers
+from dynadapter.service.segment_runner import SegmentRunner
 from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, reference_exits, write_model_version
 
 
@@ -162,7 +163,7 @@ def test_class_count_must_match_labels(model_repo: Path) -> None:
 def test_cpu_is_chosen_without_a_usable_gpu(capfd: pytest.CaptureFixture[str]) -> None:
     # onnxruntime-gpu lists CUDA here although no GPU exists; the probe must see through it, quietly.
     assert select_providers("cpu") == [CPU]
-    if not segment_runner.cuda_usable():
+    if not ort_backend.cuda_usable():
         assert select_providers("auto") == [CPU]
         with pytest.raises(ModelLoadError, match="no usable CUDA GPU"):
             select_providers("cuda")
@@ -172,22 +173,20 @@ def test_cpu_is_chosen_without_a_usable_gpu(capfd: pytest.CaptureFixture[str]) -
 def test_cuda_library_preload_speaks_to_the_log_not_stdout(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(
-        segment_runner.ort, "preload_dlls", lambda: print("Failed to load libcudart.so.13"), raising=False
-    )
-    segment_runner.preload_cuda_libraries.cache_clear()
+    monkeypatch.setattr(ort_backend.ort, "preload_dlls", lambda: print("Failed to load libcudart.so.13"), raising=False)
+    ort_backend.preload_cuda_libraries.cache_clear()
     try:
-        with caplog.at_level("INFO", logger="dynadapter.service.segment_runner"):
-            segment_runner.preload_cuda_libraries()
+        with caplog.at_level("INFO", logger="dynadapter.service.backends.onnxruntime"):
+            ort_backend.preload_cuda_libraries()
     finally:
-        segment_runner.preload_cuda_libraries.cache_clear()
+        ort_backend.preload_cuda_libraries.cache_clear()
     assert capsys.readouterr().out == ""
     assert "preload_dlls: Failed to load libcudart.so.13" in caplog.text
 
 
 @pytest.mark.gpu
 def test_cuda_gives_the_exits_and_logits_of_cpu(model_repo: Path, runner: SegmentRunner, weights: TinyWeights) -> None:
-    if not segment_runner.cuda_usable():
+    if not ort_backend.cuda_usable():
         pytest.skip("no usable CUDA execution provider (no GPU, driver or CUDA libraries here)")
     folder = model_repo / "tiny" / "1"
     cuda = SegmentRunner([folder / f"segment_{k}.onnx" for k in range(NUM_EXITS)], select_providers("auto"))
@@ -219,7 +218,7 @@ def test_embedded_gather_model_is_what_onnx_helper_builds() -> None:
         graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8, producer_name="dyn-adapter"
     )
     onnx.checker.check_model(model, full_check=True)
-    assert segment_runner._GATHER_ROWS_ONNX == model.SerializeToString()
+    assert ort_backend.GATHER_ROWS_ONNX == model.SerializeToString()
     assert base64.b64encode(model.SerializeToString())  # readable back, as the module stores it
 
 
@@ -239,3 +238,48 @@ def test_a_cancelled_image_runs_no_further_segment(runner: SegmentRunner) -> Non
     next(stages)
     flags[:] = True  # every image gone after the first segment: the cascade stops there
     assert list(stages) == []
+
+
+class GivenLogits:
+    """A backend whose exits say given logits [K, B, C]: its hidden state is the rows' input positions."""
+
+    name = "onnxruntime"
+    providers = [CPU]
+    device = "cpu"
+
+    def __init__(self, logits: np.ndarray) -> None:
+        self.logits = logits
+        self.num_segments = len(logits)
+
+    def gated(self, k: int) -> bool:
+        return k < self.num_segments - 1
+
+    def run(self, k: int, x: np.ndarray, need_logits: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        rows = np.arange(len(x)) if k == 0 else x
+        logits = self.logits[k, rows] if need_logits else np.zeros((0, self.logits.shape[2]), np.float32)
+        return (rows if k < self.num_segments - 1 else None), logits
+
+    def keep(self, hidden: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return hidden[rows]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cascade_takes_the_exits_of_the_contracts_exit_rule(model_repo: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    batch, classes = 256, 5
+    logits = (rng.normal(0, 1, (NUM_EXITS, batch, classes)) * rng.uniform(0.1, 6, (NUM_EXITS, batch, 1))).astype(
+        np.float32
+    )
+    logits[:, :8] = np.eye(classes, dtype=np.float32)[0] * 1e4  # confidence exactly 1.0 everywhere
+    thresholds = rng.uniform(0.2, 1.1, (batch, NUM_EXITS - 1))
+    thresholds[:16] = 1.0  # never leave early, even at confidence 1.0
+    folder = model_repo / "tiny" / "1"
+    runner = SegmentRunner([folder / f"segment_{k}.onnx" for k in range(NUM_EXITS)], [CPU])
+    runner.backend = GivenLogits(logits)
+    results = runner.run(np.zeros((batch, 3, 8, 8), np.float32), thresholds).results
+    expected = exit_indices(confidence(logits), thresholds.T)
+    assert [r.exit_index for r in results] == expected.tolist()
+    assert len(set(expected.tolist())) == NUM_EXITS  # every exit taken: the comparison covers each
+    assert {r.exit_index for r in results[:16]} == {NUM_EXITS - 1}
+    for position, result in enumerate(results):
+        np.testing.assert_array_equal(result.logits, logits[result.exit_index, position])

@@ -5,7 +5,6 @@ from dynadapter.training.calibration import (
     budget_curve,
     calibrate,
     choose_modes,
-    exit_indices,
     resample_counts,
     simulate,
     spread_text,
@@ -19,15 +18,6 @@ def one_hot_logits(classes: np.ndarray, confidence_logit: np.ndarray, num_classe
     out = np.zeros((*classes.shape, num_classes))
     np.put_along_axis(out, classes[..., None], confidence_logit[..., None], axis=-1)
     return out
-
-
-def test_exit_rule_first_confident_exit_last_always_answers() -> None:
-    conf = np.array([[0.9, 0.2, 0.2], [0.95, 0.8, 0.1], [0.99, 0.2, 0.3], [0.5, 0.5, 0.5]])
-    assert exit_indices(conf, 0.8).tolist() == [0, 1, 3]
-    assert exit_indices(conf, 0.0).tolist() == [0, 0, 0]
-    assert exit_indices(conf, 1.0).tolist() == [3, 3, 3]
-    # a saturated confidence of exactly 1.0 still does not leave early at threshold 1
-    assert exit_indices(np.ones((4, 2)), 1.0).tolist() == [3, 3]
 
 
 def test_simulate_counts_accuracy_score_flops_and_fractions() -> None:
