@@ -36,5 +36,9 @@ class ExportError(DynAdapterError, RuntimeError):
     """The exported segments would not serve what PyTorch computes (parity, non-finite outputs)."""
 
 
+class MergeError(DynAdapterError, ValueError):
+    """A PETL update cannot be folded into the frozen weights (it is not finite)."""
+
+
 class ModelLoadError(DynAdapterError, RuntimeError):
     """A model version cannot be served; the message is one line fit for a log."""

@@ -4,7 +4,7 @@ Mergeable PETL layers (RepAdapter, LoRA) are folded into the frozen weights firs
 nothing at inference. Every segment but the last gets a gated exit head (export/head_gate.py),
 so that the server can skip a head no image can use. Each segment is checked with
 ``onnx.checker`` (full check), and the chained segments are run with onnxruntime against the
-*unmerged* PyTorch model: that one parity number covers the merge and the export, is stored in
+*unmerged* PyTorch model (export/parity.py): that one parity number covers the merge and the export, is stored in
 the manifest, and a model over tolerance is refused.
 """
 
@@ -13,21 +13,16 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from dynadapter.contract import (
-    HEAD_GATE_INPUT,
-    HIDDEN_OUTPUT,
-    LOGITS_OUTPUT,
     SCHEMA_VERSION,
     Manifest,
     Segment,
@@ -38,6 +33,8 @@ from dynadapter.contract import (
 )
 from dynadapter.errors import ExportError
 from dynadapter.export.head_gate import gate_exit_head
+from dynadapter.export.parity import PARITY_BATCH_SIZES, PARITY_TOLERANCE, parity_error
+from dynadapter.export.precisions import openvino_precisions
 from dynadapter.models.dynamic_vit import DynamicViT
 from dynadapter.models.flops import deployed_cumulative_gflops, exit_head_gflops
 from dynadapter.models.petl import merge_all
@@ -49,8 +46,6 @@ log = logging.getLogger(__name__)
 #: cached exports (``dynadapter demo build``) are redone.
 EXPORTER_REVISION = 2
 OPSET = 18
-PARITY_BATCH_SIZES = (1, 5)
-PARITY_TOLERANCE = 1e-4
 
 
 class SegmentModule(nn.Module):
@@ -98,49 +93,6 @@ def export_segment(
         return model.forward_stage(k, example)[0]
 
 
-def chained_onnx_logits(paths: Sequence[Path], images: np.ndarray) -> list[np.ndarray]:
-    """Run every segment on every image (no early exit): the logits of each exit, every head on."""
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
-    x, out = images, []
-    for sess in sessions:
-        names = [o.name for o in sess.get_outputs()]
-        feed = {i.name: np.array(True) if i.name == HEAD_GATE_INPUT else x for i in sess.get_inputs()}
-        result = dict(zip(names, sess.run(None, feed), strict=True))
-        out.append(result[LOGITS_OUTPUT])
-        x = result.get(HIDDEN_OUTPUT)
-    return out
-
-
-def parity_error(
-    reference: DynamicViT,
-    paths: Sequence[Path],
-    size: tuple[int, int],
-    seed: int = 0,
-    chain: Callable[[Sequence[Path], np.ndarray], Sequence[np.ndarray]] = chained_onnx_logits,
-) -> float:
-    """Max |exported - PyTorch| over every exit's logits, for random images at each parity batch size.
-    ``chain`` runs the exported segments (default: the ONNX ones on onnxruntime).
-
-    Raises ExportError when either side gives a non-finite logit: NaN would compare as no
-    difference at all, and a model that answers NaN cannot be served.
-    """
-    g = torch.Generator().manual_seed(seed)
-    worst = 0.0
-    for b in PARITY_BATCH_SIZES:
-        images = torch.randn(b, 3, *size, generator=g)
-        with torch.no_grad():
-            expected = [t.numpy() for t in reference.eval()(images)]
-        got = chain(paths, images.numpy())
-        for k, (e, o) in enumerate(zip(expected, got, strict=True)):
-            if not (np.isfinite(e).all() and np.isfinite(o).all()):
-                side = "PyTorch" if not np.isfinite(e).all() else "the exported segments"
-                raise ExportError(
-                    f"exit {k} gives non-finite logits ({side}): the checkpoint is broken, retrain with a lower --lr"
-                )
-            worst = max(worst, float(np.abs(e - o).max()))
-    return worst
-
-
 def export_run(
     run_dir: Path,
     model_repo: Path,
@@ -170,8 +122,6 @@ def export_run(
         raise ExportError(f"exported segments differ from PyTorch by {parity:.2e} (> {PARITY_TOLERANCE:g})")
     manifest = build_manifest(run, paths, calibration, parity, name, str(version))
     if extra:
-        from dynadapter.export.precisions import openvino_precisions
-
         ir = openvino_precisions(run, [ungated / p.name for p in paths], tmp, list(precisions), int8_max_accuracy_drop)
         shutil.rmtree(ungated)
         manifest = new_manifest(**{**dict(manifest), "precisions": ir})
@@ -203,7 +153,7 @@ def build_manifest(
     per = [c - p for c, p in zip(cum, [0.0, *cum[:-1]], strict=True)]
     heads = exit_head_gflops(run.model)
     with torch.no_grad():
-        hidden = run.model.embed(torch.zeros(1, 3, *run.preprocessing.size))
+        hidden, _ = run.model.forward_stage(0, torch.zeros(1, 3, *run.preprocessing.size))
     exits = run.model.config.exits
     return new_manifest(
         schema_version=SCHEMA_VERSION,

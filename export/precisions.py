@@ -37,7 +37,7 @@ from dynadapter.contract import (
     sha256_file,
 )
 from dynadapter.errors import ExportError
-from dynadapter.export.exporter import PARITY_BATCH_SIZES, PARITY_TOLERANCE, parity_error
+from dynadapter.export.parity import PARITY_BATCH_SIZES, PARITY_TOLERANCE, parity_error
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
 from dynadapter.training.calibration import calibrate, recorded_resampling
 from dynadapter.training.data import run_split

@@ -11,12 +11,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from timm.layers import global_pool_nlc
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from dynadapter.errors import ConfigError
 
 HEAD_KINDS = ("linear", "mlp", "transformer")
+#: the backbone ``global_pool`` values an exit head can read tokens with (timm's ``global_pool_nlc``);
+#: ``map`` (attention pooling) is a trained module of the backbone's own head, not a pooling rule.
+HEAD_POOLS = ("token", "avg", "max", "avgmax")
 
 
 @dataclass
@@ -76,7 +80,21 @@ def parse_head_spec(spec: str, num_exits: int) -> list[HeadConfig]:
 
 
 class ExitHead(nn.Module):
-    """Pools the tokens of a stage (class token, or mean of patch tokens) and classifies them."""
+    """Pools the tokens of a stage as the backbone does and classifies them: [B, N, D] -> logits [B, C].
+
+    Args:
+        config: the head's kind, width and depth.
+        width: ``D``, the embedding width.
+        num_classes: ``C``.
+        num_heads: attention heads of a ``transformer`` head's blocks.
+        pool: the backbone's ``global_pool``, one of ``HEAD_POOLS``: ``token`` reads the class token,
+            the others reduce the patch tokens, with timm's own ``global_pool_nlc``.
+        num_prefix_tokens: class and register tokens in front of the patch tokens.
+        dropout: dropout before the classifier (and inside an ``mlp``).
+        norm: the norm before pooling; None makes a new LayerNorm.
+
+    Raises ConfigError for a ``pool`` outside ``HEAD_POOLS``.
+    """
 
     def __init__(
         self,
@@ -90,6 +108,8 @@ class ExitHead(nn.Module):
         norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if pool not in HEAD_POOLS:
+            raise ConfigError(f"exit heads pool like the backbone's global_pool, one of {HEAD_POOLS}; got {pool!r}")
         self.pool, self.num_prefix_tokens = pool, num_prefix_tokens
         self.blocks = nn.Sequential(
             *[Block(width, num_heads) for _ in range(config.depth if config.kind == "transformer" else 0)]
@@ -106,8 +126,7 @@ class ExitHead(nn.Module):
             self.fc = nn.Linear(width, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.blocks(tokens))
-        x = x[:, 0] if self.pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
+        x = global_pool_nlc(self.norm(self.blocks(tokens)), self.pool, self.num_prefix_tokens)
         return self.fc(self.drop(x))
 
     def set_dropout(self, p: float) -> None:

@@ -73,6 +73,17 @@ class DynamicViTConfig:
 
 
 class DynamicViT(nn.Module):
+    """A frozen timm ViT cut into stages after ``config.exits``, with a PETL method injected into its
+    blocks and one exit head per stage.
+
+    Stage k runs blocks ``bounds[k]:bounds[k + 1]`` (stage 0 also timm's prelude: patch embedding,
+    class/register tokens, position embedding), then exit head k reads its output. Shapes: images
+    [B, 3, H, W] -> hidden states [B, N, D] between stages (N = prefix + patch tokens, D = the
+    embedding width) -> logits [B, C] per exit. Only the PETL and head parameters train; the last
+    exit's ``linear`` head reuses the backbone's final norm. Raises ConfigError when the last exit
+    does not follow the last block.
+    """
+
     def __init__(self, backbone: VisionTransformer, config: DynamicViTConfig) -> None:
         super().__init__()
         depth = len(backbone.blocks)
@@ -131,19 +142,32 @@ class DynamicViT(nn.Module):
                 m.base_layer.eval()
         return self
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
-        return b.norm_pre(b.patch_drop(b._pos_embed(b.patch_embed(images))))
+    def first_stage(self, images: torch.Tensor) -> torch.Tensor:
+        """Stage 0's hidden state [B, N, D] from images [B, 3, H, W], through timm's public
+        ``forward_intermediates``, so that its prelude (patch and position embedding, class and
+        register tokens, pre-norm) is the backbone's own in every timm release."""
+        (hidden,) = self.backbone.forward_intermediates(
+            images,
+            indices=[self.bounds[1] - 1],
+            norm=False,
+            stop_early=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+            return_prefix_tokens=True,
+        )
+        if self.backbone.num_prefix_tokens == 0:
+            return hidden
+        patches, prefix = hidden  # timm splits off the prefix tokens; the next stage needs them in front
+        return torch.cat([prefix, patches], dim=1)
 
     def forward_stage(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage k: images (k = 0) or the previous stage's hidden state -> (hidden, exit-k logits)."""
-        if k == 0:
-            x = self.embed(x)
-        x = self.stage_blocks(k)(x)
+        """Stage k: images [B, 3, H, W] (k = 0) or the previous stage's hidden state [B, N, D]
+        -> (hidden [B, N, D], exit-k logits [B, C]). Each stage runs alone: export cuts here."""
+        x = self.first_stage(x) if k == 0 else self.stage_blocks(k)(x)
         return x, self.heads[k](x)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of every exit, shallow to deep."""
+        """Logits [B, C] of every exit, shallow to deep, for images [B, 3, H, W]."""
         logits, x = [], images
         for k in range(self.num_exits):
             x, out = self.forward_stage(k, x)

@@ -2,7 +2,9 @@
 
 Methods follow PEFT's shape: a config dataclass validated in ``__post_init__``, wrapper layers that
 hold the frozen ``base_layer`` and are swapped in for named submodules (never by patching
-``forward``), and ``merge()``/``unmerge()`` where the algebra allows it.
+``forward``), and ``merge()``/``unmerge()`` where the algebra allows it. As PEFT's layers, merge and
+unmerge are guarded here, once for every method: each is idempotent (the ``merged`` flag), and
+merge refuses a non-finite update before it touches a weight (PEFT's ``safe_merge``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from dynadapter.errors import ConfigError
+from dynadapter.errors import ConfigError, MergeError
 
 
 @dataclass
@@ -56,11 +58,53 @@ class PetlLayer(nn.Module):
         tokens, as it runs now (0 once merged)."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def merge(self) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot be merged into the backbone")
+        """Fold the update into the frozen base layer, after which it runs as the bare base layer.
 
+        Idempotent: merging a merged layer changes nothing. Raises MergeError, with every weight left
+        as it was, when a parameter of the update is NaN or infinite (it would poison the frozen
+        weight, and unmerge could not undo it), and NotImplementedError for a method that cannot
+        merge.
+        """
+        self.check_mergeable()
+        if self.merged:
+            return
+        self.merge_update()
+        self.merged = True
+
+    @torch.no_grad()
     def unmerge(self) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot be merged into the backbone")
+        """Take a merged update out of the base layer again. Idempotent: a layer that is not merged
+        (never merged, or unmerged already) is left as it is. NotImplementedError as ``merge``."""
+        self.require_mergeable()
+        if not self.merged:
+            return
+        self.unmerge_update()
+        self.merged = False
+
+    def update_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The method's own (trainable) parameters: everything but the frozen base layer's."""
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith("base_layer.")]
+
+    def require_mergeable(self) -> None:
+        if not self.mergeable:
+            raise NotImplementedError(f"{type(self).__name__} cannot be merged into the backbone")
+
+    def check_mergeable(self) -> None:
+        """Raise what ``merge`` would raise before it changes anything (NotImplementedError, MergeError)."""
+        self.require_mergeable()
+        broken = [name for name, p in self.update_parameters() if not torch.isfinite(p).all()]
+        if broken:
+            raise MergeError(f"{type(self).__name__}: non-finite update weights {broken}; refusing to merge them")
+
+    def merge_update(self) -> None:
+        """The method's fold into ``base_layer`` (called once per merge, weights known finite)."""
+        raise NotImplementedError
+
+    def unmerge_update(self) -> None:
+        """The method's inverse of ``merge_update``."""
+        raise NotImplementedError
 
 
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -99,16 +143,18 @@ def petl_layers(model: nn.Module) -> list[PetlLayer]:
     return [m for m in model.modules() if isinstance(m, PetlLayer)]
 
 
-@torch.no_grad()
 def merge_all(model: nn.Module) -> None:
-    """Fold every mergeable PETL layer into its frozen base layer (idempotent)."""
-    for layer in petl_layers(model):
-        if layer.mergeable and not layer.merged:
-            layer.merge()
+    """Fold every mergeable PETL layer into its frozen base layer (idempotent). Every layer is checked
+    first, so a MergeError (as ``merge``) leaves the whole model as it was, not half merged."""
+    layers = [layer for layer in petl_layers(model) if layer.mergeable]
+    for layer in layers:
+        layer.check_mergeable()
+    for layer in layers:
+        layer.merge()
 
 
-@torch.no_grad()
 def unmerge_all(model: nn.Module) -> None:
+    """Undo ``merge_all`` (idempotent)."""
     for layer in petl_layers(model):
-        if layer.mergeable and layer.merged:
+        if layer.mergeable:
             layer.unmerge()

@@ -67,15 +67,11 @@ class LoraLinear(PetlLayer):
         rank = self.lora_A.out_features
         return 0 if self.merged else tokens * rank * (self.in_features + self.out_features)
 
-    @torch.no_grad()
-    def merge(self) -> None:
+    def merge_update(self) -> None:
         self.base_layer.weight += self.get_delta_weight()
-        self.merged = True
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
+    def unmerge_update(self) -> None:
         self.base_layer.weight -= self.get_delta_weight()
-        self.merged = False
 
 
 def inject_lora(blocks: nn.Sequential, config: LoraConfig) -> None:

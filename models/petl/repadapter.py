@@ -89,8 +89,7 @@ class RepAdapterLinear(PetlLayer):
         # one multiply-add per adapter weight per token
         return 0 if self.merged else tokens * (self.down.weight.numel() + self.up.weight.numel())
 
-    @torch.no_grad()
-    def merge(self) -> None:
+    def merge_update(self) -> None:
         base, up = self.base_layer, self.up_matrix()
         shift = self.scale * (up @ self.down.bias + self.up.bias)
         self.original_weight = base.weight.clone()
@@ -99,10 +98,8 @@ class RepAdapterLinear(PetlLayer):
             base.bias = nn.Parameter(torch.zeros_like(base.weight[:, 0]), requires_grad=False)
         base.bias += base.weight @ shift  # before W changes: b' uses the original W
         base.weight += base.weight @ (self.scale * up @ self.down.weight)
-        self.merged = True
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
+    def unmerge_update(self) -> None:
         base = self.base_layer
         base.weight.copy_(self.original_weight)
         if self.original_bias is None:
@@ -110,7 +107,6 @@ class RepAdapterLinear(PetlLayer):
         else:
             base.bias.copy_(self.original_bias)
         self.original_weight = self.original_bias = None
-        self.merged = False
 
 
 def inject_repadapter(blocks: nn.Sequential, config: RepAdapterConfig) -> None:

@@ -7,7 +7,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from dynadapter.export.exporter import chained_onnx_logits, export_run
+from dynadapter.export.exporter import export_run
+from dynadapter.export.parity import chained_onnx_logits
 from dynadapter.models.flops import exit_head_gflops
 from dynadapter.training.run_dir import load_run
 from tests.tiny import train_tiny_run

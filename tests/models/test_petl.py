@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dynadapter.errors import MergeError
 from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
 from dynadapter.models.flops import segment_macs
 from dynadapter.models.petl import PetlLayer, make_petl_config, merge_all, petl_layers, unmerge_all
@@ -85,6 +86,62 @@ def test_merge_and_unmerge_keep_the_logits(case: Case) -> None:
     restored, atol = model.backbone.state_dict(), 0 if case.method == "repadapter" else 1e-6
     assert restored.keys() == frozen.keys()
     assert all(torch.allclose(restored[n], t, rtol=0, atol=atol) for n, t in frozen.items())
+
+
+@pytest.mark.parametrize("case", MERGEABLE)
+def test_merge_twice_and_unmerge_twice_act_once(case: Case) -> None:
+    model = case.build().eval()
+    randomize_trainable(model)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        merge_all(model)
+        once, merged_weights = model(x), {n: t.clone() for n, t in model.state_dict().items()}
+        for layer in petl_layers(model):
+            layer.merge()
+        twice = model(x)
+        assert all(torch.equal(t, merged_weights[n]) for n, t in model.state_dict().items())
+        unmerge_all(model)
+        for layer in petl_layers(model):
+            layer.unmerge()
+        after = model(x)
+    for b, o, t, a in zip(before, once, twice, after, strict=True):
+        torch.testing.assert_close(t, o, rtol=0, atol=0)
+        torch.testing.assert_close(o, b, rtol=0, atol=1e-4)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert not any(layer.merged for layer in petl_layers(model))
+
+
+@pytest.mark.parametrize("case", MERGEABLE)
+def test_unmerge_without_merge_is_a_no_op(case: Case) -> None:
+    model = case.build().eval()
+    randomize_trainable(model)
+    state = {n: t.clone() for n, t in model.state_dict().items()}
+    for layer in petl_layers(model):
+        layer.unmerge()
+    assert not any(layer.merged for layer in petl_layers(model))
+    assert all(torch.equal(t, state[n]) for n, t in model.state_dict().items())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("case", MERGEABLE)
+def test_merge_refuses_a_non_finite_update_and_leaves_every_weight(case: Case, value: float) -> None:
+    model = case.build().eval()
+    randomize_trainable(model)
+    last = petl_layers(model)[-1]  # the earlier layers are fine: none of them may be merged either
+    name, param = last.update_parameters()[0]
+    with torch.no_grad():
+        param.view(-1)[0] = value
+    state = {n: t.clone() for n, t in model.state_dict().items()}
+    with pytest.raises(MergeError, match=rf"non-finite update weights \['{name}'\]"):
+        merge_all(model)
+    with pytest.raises(MergeError, match="refusing to merge"):
+        last.merge()
+    assert not any(layer.merged for layer in petl_layers(model))
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    for n, t in state.items():
+        torch.testing.assert_close(after[n], t, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("case", MERGEABLE)
