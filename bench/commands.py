@@ -54,7 +54,7 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
 def experiment(args: argparse.Namespace) -> str:
     """The module that runs the parsed ``dynadapter bench ...`` command."""
     if args.bench_command == "serve":
-        chosen = [module for flag, module in SERVE_EXPERIMENTS.items() if getattr(args, flag)]
+        chosen = [module for flag, module in SERVE_EXPERIMENTS.items() if getattr(args, flag, None)]
         return chosen[0] if chosen else SUBCOMMANDS["serve"]
     return SUBCOMMANDS[args.bench_command]
 
