@@ -33,11 +33,11 @@ def pct(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f}"
 
 
-def row_ratio(row: dict[str, Any] | None, base: dict[str, Any] | None, key: str) -> float | None:
-    """``row[key] / base[key]`` of two results rows; None where either row or value is missing or zero."""
-    if not row or not base or not row[key] or not base[key]:
+def quotient(value: float | None, base: float | None) -> float | None:
+    """``value / base`` of two results' numbers (a ratio target's, a table's); None where either is missing or zero."""
+    if not value or not base:
         return None
-    return row[key] / base[key]
+    return value / base
 
 
 def update_results(docs: Path, sections: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from dynadapter.bench.lab.images import BenchImages, bench_images
 from dynadapter.bench.lab.load import Measured, Sample
 from dynadapter.bench.lab.machine import machine
 from dynadapter.bench.lab.process import ServerProcess, awake
-from dynadapter.bench.lab.results import fmt, row_ratio
+from dynadapter.bench.lab.results import fmt, quotient
 from dynadapter.bench.lab.servers import DEMO_MODEL_REPO, service_argv
 from dynadapter.bench.serving.config import PRECISION_SERVERS, ServeBenchConfig
 from dynadapter.cpu import cpu_info
@@ -197,7 +197,7 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     checks = []
     for server, metric, at_most, bound, concurrency in TARGETS:
         row, base = by.get((server, "balanced", concurrency)), best_fp32_onnxruntime(rows, "balanced", concurrency)
-        ratio = row_ratio(row, base, metric)
+        ratio = quotient(row[metric], base[metric]) if row and base else None
         if ratio is None:
             continue
         name = "p50" if metric == "p50_ms" else "throughput"

@@ -48,7 +48,8 @@ from dynadapter.bench.lab.images import BenchImages, bench_images
 from dynadapter.bench.lab.load import Measured, Sample, answer_every_image, measure, summarize, summarize_answers
 from dynadapter.bench.lab.machine import machine
 from dynadapter.bench.lab.process import ServerProcess, awake, launch
-from dynadapter.bench.lab.results import fmt, row_ratio
+from dynadapter.bench.lab.results import fmt, quotient
+from dynadapter.bench.lab.rows import AnswersRow, LoadRow, Row, TargetCheck
 from dynadapter.bench.serving.config import VARIANTS, ServeBenchConfig, Variant
 from dynadapter.bench.serving.inputs import BenchInputs, prepare_inputs, server_commands
 
@@ -203,12 +204,13 @@ async def measure_all(
 
 def check_targets(rows: list[dict[str, Any]], concurrencies: Sequence[int]) -> list[dict[str, Any]]:
     """Each target at each concurrency it applies to (the top one: "under load"), where both variants ran."""
-    by = {(row["variant"], row["concurrency"]): row for row in rows}
+    by = {(row.variant, row.concurrency): row for row in map(LoadRow.model_validate, rows)}
     checks = []
     for target in TARGETS:
         for concurrency in [max(concurrencies)] if target.top_only else concurrencies:
-            ratio = row_ratio(
-                by.get((target.numerator, concurrency)), by.get((target.denominator, concurrency)), target.metric
+            ratio = quotient(
+                _metric(by.get((target.numerator, concurrency)), target.metric),
+                _metric(by.get((target.denominator, concurrency)), target.metric),
             )
             if ratio is None:
                 continue
@@ -265,25 +267,39 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.1f}-{max(values):.1f}" if values else "-"
 
 
-def _table_rows(section: dict[str, Any]) -> list[list[str]]:
-    by = {(row["variant"], row["concurrency"]): row for row in section["results"]}
+def _metric(row: LoadRow | None, metric: str) -> float | None:
+    """A row's ``p50_ms`` or ``throughput_rps`` (a ``Target.metric``); None without the row."""
+    return None if row is None else getattr(row, metric)
+
+
+class ServeRows(Row):
+    """The rows of the ``serve`` section that the page tabulates and judges."""
+
+    results: list[LoadRow]
+    answers: dict[str, AnswersRow]
+    targets: list[TargetCheck]
+
+
+def _table_rows(rows: ServeRows) -> list[list[str]]:
+    by = {(row.variant, row.concurrency): row for row in rows.results}
     out = []
-    for row in section["results"]:
-        name, clients = row["variant"], row["concurrency"]
-        answers = section["answers"][name]
+    for row in rows.results:
+        name, clients = row.variant, row.concurrency
+        answers = rows.answers[name]
+        thr1, static = by.get(("threshold-1", clients)), by.get(("static", clients))
         out.append(
             [
                 name,
                 str(clients),
-                fmt(row["p50_ms"], 2),
-                fmt(row["p95_ms"], 2),
-                fmt(row["throughput_rps"]),
-                _spread(row["throughput_rps_rounds"]),
-                fmt(row_ratio(row, by.get(("threshold-1", clients)), "p50_ms"), 2),
-                fmt(row_ratio(row, by.get(("static", clients)), "throughput_rps"), 2),
-                fmt(answers["gflops_per_image"], 4),
-                fmt(answers["accuracy"], 3),
-                f"{row['requests'] - row['errors']}/{row['requests']}",
+                fmt(row.p50_ms, 2),
+                fmt(row.p95_ms, 2),
+                fmt(row.throughput_rps),
+                _spread(row.throughput_rps_rounds),
+                fmt(quotient(row.p50_ms, _metric(thr1, "p50_ms")), 2),
+                fmt(quotient(row.throughput_rps, _metric(static, "throughput_rps")), 2),
+                fmt(answers.gflops_per_image, 4),
+                fmt(answers.accuracy, 3),
+                f"{row.answered}/{row.requests}",
             ]
         )
     return out
@@ -304,15 +320,15 @@ HEADER = [
 ]
 
 
-def _target_lines(section: dict[str, Any]) -> list[str]:
+def _target_lines(rows: ServeRows) -> list[str]:
     lines = []
-    for check in section["targets"]:
-        ratio, bound = check["ratio"], check["bound"]
+    for check in rows.targets:
+        ratio, bound = check.ratio, check.bound
         side = "over" if ratio > bound else "under"
-        clients = f"{check['concurrency']} client{'s' if check['concurrency'] != 1 else ''}"
+        clients = f"{check.concurrency} client{'s' if check.concurrency != 1 else ''}"
         # Four decimals: a ratio a hair over its bound (1.0504 against 1.05) must not print as equal to it.
         lines.append(
-            f"{'met   ' if check['met'] else 'MISSED'} {check['target']} at {clients}: "
+            f"{'met   ' if check.met else 'MISSED'} {check.target} at {clients}: "
             f"{ratio:.4f}, {abs(ratio / bound - 1):.2%} {side} the bound"
         )
     return lines
@@ -339,13 +355,14 @@ def _pct_or_none(value: float | None) -> float | None:
 
 
 def result_table(section: dict[str, Any]) -> str:
-    rows = [HEADER, *_table_rows(section)]
+    parsed = ServeRows.model_validate(section)
+    rows = [HEADER, *_table_rows(parsed)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     lines = [
         "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
         for row in rows
     ]
-    return "\n".join([*lines, "", *filter(None, [_equal_accuracy_text(section)]), *_target_lines(section)])
+    return "\n".join([*lines, "", *filter(None, [_equal_accuracy_text(section)]), *_target_lines(parsed)])
 
 
 def _setup_text(section: dict[str, Any]) -> str:
@@ -372,9 +389,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     if not section:
         return ""
     table = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    table += ["| " + " | ".join(row) + " |" for row in _table_rows(section)]
+    rows = ServeRows.model_validate(section)
+    table += ["| " + " | ".join(row) + " |" for row in _table_rows(rows)]
     variants = "; ".join(f"`{name}`: {text}" for name, text in section["variants"].items())
-    targets = [f"- {line}" for line in _target_lines(section)]
+    targets = [f"- {line}" for line in _target_lines(rows)]
     equal = [_equal_accuracy_text(section), ""] if section.get("equal_accuracy") else []
     return "\n".join(
         [
