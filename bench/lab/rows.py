@@ -43,10 +43,27 @@ class AnswersRow(Row):
 
 
 class TargetCheck(Row):
-    """A ratio target judged at one concurrency: ``ratio`` against ``bound``, ``met`` or not."""
+    """A target judged: its text, the measured ``ratio`` (or difference) and whether it was ``met``."""
 
     target: str
-    concurrency: int
     ratio: float
-    bound: float
     met: bool
+
+
+class RatioCheck(TargetCheck):
+    """A ratio target judged at one concurrency, against ``bound``."""
+
+    concurrency: int
+    bound: float
+
+
+class PrecisionRow(LoadRow):
+    """A ``--precisions`` measurement: a LoadRow of one (server, mode) with that server's answers to every image
+    and its effective rate (GFLOP/s, a multiply-add counted as 2) and share of the CPU's peak (0..1)."""
+
+    server: str
+    mode: str
+    accuracy: float | None
+    gflops_per_image: float | None
+    effective_gflops_s: float
+    of_peak: float

@@ -37,6 +37,7 @@ from dynadapter.bench.lab.load import Measured, Sample
 from dynadapter.bench.lab.machine import machine
 from dynadapter.bench.lab.process import ServerProcess, awake
 from dynadapter.bench.lab.results import fmt, quotient
+from dynadapter.bench.lab.rows import PrecisionRow, TargetCheck
 from dynadapter.bench.lab.servers import DEMO_MODEL_REPO, service_argv
 from dynadapter.bench.serving.config import PRECISION_SERVERS, ServeBenchConfig
 from dynadapter.cpu import cpu_info
@@ -264,15 +265,16 @@ def render_markdown(results: dict[str, Any]) -> str:
         "| server | mode | clients | p50 ms | p95 ms | img/s | test acc | GFLOPs/img | GFLOP/s | of peak |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(section["results"], key=lambda r: (r["mode"], r["concurrency"], r["server"])):
+    rows = [PrecisionRow.model_validate(row) for row in section["results"]]
+    for r in sorted(rows, key=lambda r: (r.mode, r.concurrency, r.server)):
         lines.append(
-            f"| {r['server']} | {r['mode']} | {r['concurrency']} | {fmt(r['p50_ms'], 2)} | {fmt(r['p95_ms'], 2)} | "
-            f"{fmt(r['throughput_rps'])} | {fmt(100 * r['accuracy'] if r['accuracy'] is not None else None)}% | "
-            f"{fmt(r['gflops_per_image'], 3)} | {fmt(r['effective_gflops_s'])} | {100 * r['of_peak']:.0f}% |"
+            f"| {r.server} | {r.mode} | {r.concurrency} | {fmt(r.p50_ms, 2)} | {fmt(r.p95_ms, 2)} | "
+            f"{fmt(r.throughput_rps)} | {fmt(100 * r.accuracy if r.accuracy is not None else None)}% | "
+            f"{fmt(r.gflops_per_image, 3)} | {fmt(r.effective_gflops_s)} | {100 * r.of_peak:.0f}% |"
         )
     lines += ["", "Targets (baseline: the faster onnxruntime setting, spinning on or off, at each cell):", ""]
-    for t in section["targets"]:
-        lines.append(f"- {t['target']}: {t['ratio']:.3f} ({'met' if t['met'] else 'NOT met'})")
+    for t in map(TargetCheck.model_validate, section["targets"]):
+        lines.append(f"- {t.target}: {t.ratio:.3f} ({'met' if t.met else 'NOT met'})")
     if not cpu["vnni"] and not cpu["amx"]:
         lines += ["", NO_INT8_INSTRUCTIONS]
     return "\n".join(lines)

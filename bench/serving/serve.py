@@ -49,7 +49,7 @@ from dynadapter.bench.lab.load import Measured, Sample, answer_every_image, meas
 from dynadapter.bench.lab.machine import machine
 from dynadapter.bench.lab.process import ServerProcess, awake, launch
 from dynadapter.bench.lab.results import fmt, quotient
-from dynadapter.bench.lab.rows import AnswersRow, LoadRow, Row, TargetCheck
+from dynadapter.bench.lab.rows import AnswersRow, LoadRow, RatioCheck, Row
 from dynadapter.bench.serving.config import VARIANTS, ServeBenchConfig, Variant
 from dynadapter.bench.serving.inputs import BenchInputs, prepare_inputs, server_commands
 
@@ -277,7 +277,7 @@ class ServeRows(Row):
 
     results: list[LoadRow]
     answers: dict[str, AnswersRow]
-    targets: list[TargetCheck]
+    targets: list[RatioCheck]
 
 
 def _table_rows(rows: ServeRows) -> list[list[str]]:
