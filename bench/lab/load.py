@@ -1,9 +1,9 @@
 """Load generation: clients sending a benchmark's images (``lab.images``) back to back, and what they saw.
 
-``measure`` runs ``concurrency`` clients
-against one URL until a request or time budget is spent; ``summarize`` and ``summarize_answers`` turn the
-``Sample``s into the rows of results.json (latencies in ms, throughput in requests/s). httpx is imported
-inside functions: the ``dynadapter`` parser imports the benchmarks, also in the serving image.
+``measure`` runs ``concurrency`` clients against one URL until a request or time budget is spent;
+``summarize`` and ``summarize_answers`` turn the ``Sample``s into the rows of results.json (latencies in ms,
+throughput in requests/s; ``lab.rows`` reads them back). httpx is imported inside functions: the
+``dynadapter`` parser imports the benchmarks, also in the serving image.
 """
 
 from __future__ import annotations

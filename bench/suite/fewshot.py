@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from dynadapter.bench.suite.accuracy import add_recipe_arguments, seed_list, suite_config
+from dynadapter.bench.suite.flags import add_recipe_arguments, seed_list, suite_config
 from dynadapter.errors import ConfigError
 
 RESULT_KEYS = ("fewshot",)

@@ -18,7 +18,7 @@ import dataclasses
 from statistics import fmean
 from typing import Any
 
-from dynadapter.bench.suite.accuracy import DEFAULT_EPOCHS, DEFAULT_TASKS, add_recipe_arguments, seed_list, suite_config
+from dynadapter.bench.suite.flags import DEFAULT_EPOCHS, DEFAULT_TASKS, add_recipe_arguments, seed_list, suite_config
 from dynadapter.errors import ConfigError
 
 RESULT_KEYS = ("recipes",)
