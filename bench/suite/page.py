@@ -14,6 +14,7 @@ from dynadapter.bench.suite.targets import (
     SHIFT_MARGIN_OVER_PROBE,
     TARGET_ACC_DROP,
     TARGET_SAVED,
+    ClaimVerdict,
 )
 
 #: top-level keys of results.json that this module writes and renders
@@ -83,42 +84,42 @@ def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
-def _verdict(t: dict[str, Any]) -> str:
-    if t["met"] is None:
+def _verdict(t: ClaimVerdict) -> str:
+    if t.met is None:
         return "no finished task yet"
-    partial = "" if t["complete"] else f" (provisional: {t['tasks']} of {t['of']} tasks)"
-    if t["met"]:
+    partial = "" if t.complete else f" (provisional: {t.tasks} of {t.of} tasks)"
+    if t.met:
         return "**met**" + partial
     misses = []
-    if t["saved_short"] > 0:
-        misses.append(f"saves {pct(t['saved_short'])} points of FLOPs too few")
-    if t["acc_short"] > 0:
-        misses.append(f"accuracy {pct(t['acc_short'], 2)} points below the 0.5-point margin")
+    if t.saved_short:
+        misses.append(f"saves {pct(t.saved_short)} points of FLOPs too few")
+    if t.acc_short:
+        misses.append(f"accuracy {pct(t.acc_short, 2)} points below the 0.5-point margin")
     return "missed: " + "; ".join(misses) + partial
 
 
-def _delta_cell(t: dict[str, Any]) -> str:
+def _delta_cell(t: ClaimVerdict) -> str:
     """The target's accuracy difference in points, ± its standard deviation over seeds where known."""
-    if t["met"] is None:
+    if t.met is None or t.acc_delta is None:
         return "—"
-    std = t.get("acc_delta_std")
-    return f"{100 * t['acc_delta']:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+    std = t.acc_delta_std
+    return f"{100 * t.acc_delta:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
 def render_target(results: dict[str, Any]) -> str:
     means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
     lines = [
         [
-            t["petl"],
-            pct(means[t["petl"]]["static_acc"]),
-            pct(means[t["petl"]]["dyn"]["balanced"]["acc"]) if t["met"] is not None else "—",
+            t.petl,
+            pct(means[t.petl]["static_acc"]),
+            pct(means[t.petl]["dyn"]["balanced"]["acc"]) if t.met is not None else "—",
             _delta_cell(t),
-            str(len(t.get("seed_deltas", {}))),
-            f"{pct(t['saved'])}%" if t["met"] is not None else "—",
-            pct(t["best_at_target"]) if t.get("best_at_target") is not None else "—",
+            str(len(t.seed_deltas)),
+            f"{pct(t.saved)}%" if t.met is not None else "—",
+            pct(t.best_at_target) if t.best_at_target is not None else "—",
             _verdict(t),
         ]
-        for t in results["target"]
+        for t in map(ClaimVerdict.model_validate, results["target"])
     ]
     return (
         "## Target: the paper's claim at `balanced`\n\n"
@@ -420,13 +421,13 @@ def result_table(results: dict[str, Any]) -> str:
     """The plain-text table ``dynadapter bench accuracy`` prints: suite means and the target."""
     means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
     lines = [f"{'PETL':<11} {'tasks':>5} {'static':>7} {'fast':>14} {'balanced':>14} {'accurate':>14}  target"]
-    for t in results["target"]:
-        row = means[t["petl"]]
+    for t in map(ClaimVerdict.model_validate, results["target"]):
+        row = means[t.petl]
         modes = [
             f"{pct(row['dyn'][m]['acc'])}%/{pct(row['dyn'][m]['saved'], 0)}%" if row["dyn"] else "—" for m in MODES
         ]
         lines.append(
-            f"{t['petl']:<11} {row['tasks']:>5} {pct(row['static_acc']):>7} "
+            f"{t.petl:<11} {row['tasks']:>5} {pct(row['static_acc']):>7} "
             + " ".join(f"{m:>14}" for m in modes)
             + "  "
             + _verdict(t).replace("**", "")

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from statistics import fmean, stdev
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from dynadapter.bench.lab.results import pct
 
 TARGET_SAVED = 0.50
@@ -29,6 +31,29 @@ def best_at_target(dyn: dict[str, Any]) -> float | None:
     limit = (1.0 - TARGET_SAVED) * dyn["reference_gflops"] + 1e-12
     fits = [acc for gflops, acc in dyn["sweep"] if gflops <= limit]
     return max(fits) if fits else None
+
+
+class ClaimVerdict(BaseModel):
+    """A ``target`` row of results.json, read back for the page: the paper's claim for one PETL method over
+    ``tasks`` of ``of`` tasks. ``met`` is None before any task finished (and the numbers with it); fractions
+    in [0, 1] (``saved``, the shortfalls), accuracy differences as fractions (``acc_delta``, balanced minus
+    static), ``seed_deltas`` by seed as written (a string key)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    petl: str
+    tasks: int
+    of: int
+    complete: bool
+    met: bool | None
+    seed_deltas: dict[str, float] = {}
+    acc_delta_std: float | None = None
+    saved: float | None = None
+    acc_delta: float | None = None
+    saved_short: float | None = None
+    acc_short: float | None = None
+    best_at_target: float | None = None
+    why: str = ""
 
 
 def target(row: dict[str, Any], num_tasks: int, per_seed: dict[int, float] | None = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The serving rows of the committed docs/results.json read into their models: every field as written, and the
+"""The rows of the committed docs/results.json read into their models: every field as written, and the
 page rendered from the models is the committed page."""
 
 from __future__ import annotations
@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from dynadapter.bench.lab.results import render_markdown
-from dynadapter.bench.lab.rows import AnswersRow, LoadRow, PrecisionRow, RatioCheck, Row, TargetCheck
+from dynadapter.bench.lab.rows import AnswersRow, LoadRow, PrecisionRow, RatioCheck, TargetCheck
+from dynadapter.bench.suite.targets import ClaimVerdict
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 RESULTS = json.loads((DOCS / "results.json").read_text())
@@ -23,9 +25,10 @@ RESULTS = json.loads((DOCS / "results.json").read_text())
         (RatioCheck, RESULTS["serve"]["targets"]),
         (PrecisionRow, RESULTS["serve_precision"]["results"]),
         (TargetCheck, RESULTS["serve_precision"]["targets"]),
+        (ClaimVerdict, RESULTS["target"]),
     ],
 )
-def test_a_row_model_keeps_every_field_it_names(model: type[Row], rows: list[dict]) -> None:
+def test_a_row_model_keeps_every_field_it_names(model: type[BaseModel], rows: list[dict]) -> None:
     assert rows
     for row in rows:
         assert model.model_validate(row).model_dump() == {name: row[name] for name in model.model_fields}
