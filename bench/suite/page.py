@@ -15,6 +15,9 @@ from dynadapter.bench.suite.targets import (
     TARGET_ACC_DROP,
     TARGET_SAVED,
     ClaimVerdict,
+    Int8Verdict,
+    ShiftVerdict,
+    Verdict,
 )
 
 #: top-level keys of results.json that this module writes and renders
@@ -107,6 +110,7 @@ def _delta_cell(t: ClaimVerdict) -> str:
 
 
 def render_target(results: dict[str, Any]) -> str:
+    verdicts = [ClaimVerdict.model_validate(t) for t in results["target"]]
     means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
     lines = [
         [
@@ -119,7 +123,7 @@ def render_target(results: dict[str, Any]) -> str:
             pct(t.best_at_target) if t.best_at_target is not None else "—",
             _verdict(t),
         ]
-        for t in map(ClaimVerdict.model_validate, results["target"])
+        for t in verdicts
     ]
     return (
         "## Target: the paper's claim at `balanced`\n\n"
@@ -141,23 +145,23 @@ def render_target(results: dict[str, Any]) -> str:
             ],
             lines,
         )
-        + _why_lines(results["target"])
+        + _why_lines(verdicts)
     )
 
 
 def render_shift_target(results: dict[str, Any]) -> str:
     """Issue 19's shifted-split targets, one line per method (empty before any is judged)."""
-    judged = [t for t in results.get("shift_target", []) if t["met"] is not None]
+    judged = [t for t in map(ShiftVerdict.model_validate, results.get("shift_target", [])) if t.met is not None]
     if not judged:
         return ""
     lines = [
         [
-            t["petl"],
-            pct(t["dyn_shifted"]),
-            pct(t["probe_shifted"]),
-            f"{100 * t['over_probe']:+.2f}",
-            f"{100 * t['extra_loss']:+.2f}",
-            "**met**" if t["met"] else "missed",
+            t.petl,
+            pct(t.dyn_shifted),
+            pct(t.probe_shifted),
+            f"{100 * t.over_probe:+.2f}",
+            f"{100 * t.extra_loss:+.2f}",
+            "**met**" if t.met else "missed",
         ]
         for t in judged
     ]
@@ -184,16 +188,16 @@ def render_shift_target(results: dict[str, Any]) -> str:
 
 def render_int8_target(results: dict[str, Any]) -> str:
     """Issue 18's int8 accuracy bound, one line per method with int8 numbers (empty without any)."""
-    judged = [t for t in results.get("int8_target", []) if t["met"] is not None]
+    judged = [t for t in map(Int8Verdict.model_validate, results.get("int8_target", [])) if t.met is not None]
     if not judged:
         return ""
     lines = [
         [
-            t["petl"],
-            f"{100 * t['mean_delta']:+.2f}",
-            ", ".join(f"{task} {100 * d:+.1f}" for task, d in t["deltas"].items()),
-            " / ".join(f"{a:.3f}" for a in t["agreement"]) if t["agreement"] else "—",
-            "**met**" if t["met"] else "missed",
+            t.petl,
+            f"{100 * t.mean_delta:+.2f}",
+            ", ".join(f"{task} {100 * d:+.1f}" for task, d in t.deltas.items()),
+            " / ".join(f"{a:.3f}" for a in t.agreement) if t.agreement else "—",
+            "**met**" if t.met else "missed",
         ]
         for t in judged
     ]
@@ -208,9 +212,9 @@ def render_int8_target(results: dict[str, Any]) -> str:
     )
 
 
-def _why_lines(targets: Iterable[dict[str, Any]]) -> str:
+def _why_lines(targets: Iterable[Verdict]) -> str:
     """A paragraph per missed target that says why (``why`` of ``target``, ``shift_target``, ``int8_target``)."""
-    return "".join(f"\n\nWhy {t['petl']} misses: {t['why']}" for t in targets if t.get("why"))
+    return "".join(f"\n\nWhy {t.petl} misses: {t.why}" for t in targets if t.why)
 
 
 def _probe_line(p: dict[str, Any]) -> list[str]:

@@ -33,19 +33,25 @@ def best_at_target(dyn: dict[str, Any]) -> float | None:
     return max(fits) if fits else None
 
 
-class ClaimVerdict(BaseModel):
-    """A ``target`` row of results.json, read back for the page: the paper's claim for one PETL method over
-    ``tasks`` of ``of`` tasks. ``met`` is None before any task finished (and the numbers with it); fractions
-    in [0, 1] (``saved``, the shortfalls), accuracy differences as fractions (``acc_delta``, balanced minus
-    static), ``seed_deltas`` by seed as written (a string key)."""
+class Verdict(BaseModel):
+    """A target row of results.json read back for the page: one PETL method's verdict, ``met`` None before it
+    could be judged, and ``why`` it missed (empty where it did not)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     petl: str
+    met: bool | None
+    why: str = ""
+
+
+class ClaimVerdict(Verdict):
+    """A ``target`` row (``target``): the paper's claim over ``tasks`` of ``of`` tasks; fractions in [0, 1]
+    (``saved``, the shortfalls), accuracy differences as fractions (``acc_delta``: balanced minus static),
+    ``seed_deltas`` by seed as written (a string key); the numbers are None before any task finished."""
+
     tasks: int
     of: int
     complete: bool
-    met: bool | None
     seed_deltas: dict[str, float] = {}
     acc_delta_std: float | None = None
     saved: float | None = None
@@ -53,7 +59,25 @@ class ClaimVerdict(BaseModel):
     saved_short: float | None = None
     acc_short: float | None = None
     best_at_target: float | None = None
-    why: str = ""
+
+
+class ShiftVerdict(Verdict):
+    """A ``shift_target`` row (``shift_target``): suite-mean accuracies on the shifted split and the two
+    margins, as fractions; None until judged."""
+
+    dyn_shifted: float | None = None
+    probe_shifted: float | None = None
+    over_probe: float | None = None
+    extra_loss: float | None = None
+
+
+class Int8Verdict(Verdict):
+    """An ``int8_target`` row (``int8_target``): int8 minus fp32 ``balanced`` test accuracy per task and its mean
+    (fractions), and the mean argmax agreement with PyTorch per exit (None without int8 numbers)."""
+
+    deltas: dict[str, float] = {}
+    mean_delta: float | None = None
+    agreement: list[float] | None = None
 
 
 def target(row: dict[str, Any], num_tasks: int, per_seed: dict[int, float] | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from dynadapter.bench.lab.results import render_markdown
 from dynadapter.bench.lab.rows import AnswersRow, LoadRow, PrecisionRow, RatioCheck, TargetCheck
-from dynadapter.bench.suite.targets import ClaimVerdict
+from dynadapter.bench.suite.targets import ClaimVerdict, Int8Verdict, ShiftVerdict
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 RESULTS = json.loads((DOCS / "results.json").read_text())
@@ -26,6 +26,8 @@ RESULTS = json.loads((DOCS / "results.json").read_text())
         (PrecisionRow, RESULTS["serve_precision"]["results"]),
         (TargetCheck, RESULTS["serve_precision"]["targets"]),
         (ClaimVerdict, RESULTS["target"]),
+        (ShiftVerdict, RESULTS["shift_target"]),
+        (Int8Verdict, RESULTS["int8_target"]),
     ],
 )
 def test_a_row_model_keeps_every_field_it_names(model: type[BaseModel], rows: list[dict]) -> None:
