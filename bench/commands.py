@@ -43,6 +43,7 @@ PAGE_SECTIONS = (
 
 
 def add_bench(subparsers: argparse._SubParsersAction) -> None:
+    """``dynadapter bench`` and every subcommand's parser."""
     parser = subparsers.add_parser(
         "bench", help="benchmarks: accuracy and FLOPs on the downstream suite, serving, runtime adaptation, ..."
     )
@@ -60,6 +61,7 @@ def experiment(args: argparse.Namespace) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> None:
+    """Run the experiment the parsed command names (``experiment``)."""
     importlib.import_module(experiment(args)).run(args)
 
 

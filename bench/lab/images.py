@@ -39,6 +39,7 @@ def bench_images(run_dir: Path, count: int | None) -> BenchImages:
 
 
 def multipart_body(png: bytes) -> bytes:
+    """An image's bytes as a multipart/form-data body with one field, ``file`` (``HEADERS`` names the boundary)."""
     # Encoded once, up front: the load generator shares the CPU with the servers and should spend
     # as little of it as possible per request.
     head = (

@@ -129,6 +129,7 @@ async def answer_every_image(url: str, images: BenchImages, concurrency: int) ->
 
 
 def summarize(name: str, concurrency: int, measured: Measured) -> dict[str, Any]:
+    """A results row of one (variant, concurrency) over its rounds (``lab.rows.LoadRow`` reads it back)."""
     ok = [s for s in measured.samples if s.ok]
     latencies = np.array([s.seconds for s in ok]) * 1000
     seconds = sum(seconds for _, seconds in measured.rounds)
@@ -146,6 +147,7 @@ def summarize(name: str, concurrency: int, measured: Measured) -> dict[str, Any]
 
 
 def summarize_answers(samples: list[Sample]) -> dict[str, Any]:
+    """Accuracy and GFLOPs per image of every image classified once (``lab.rows.AnswersRow`` reads it back)."""
     ok = [s for s in samples if s.ok]
     gflops = [s.gflops for s in ok if s.gflops is not None]
     return {

@@ -52,6 +52,7 @@ def update_results(docs: Path, sections: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
+    """The whole page: each ``PAGE_SECTIONS`` module's part, then any key no module owns, as JSON."""
     parts, owned = [TITLE], set()
     for module_name in PAGE_SECTIONS:
         module = importlib.import_module(module_name)

@@ -104,6 +104,8 @@ class AdaptBenchConfig(ServerOptions):
 
 @dataclass(frozen=True)
 class AdaptInputs:
+    """The model the adapt benchmark serves and its test digits as phone-JPEG uploads, clean and corrupted."""
+
     model_repo: Path
     model_name: str
     manifest: Any  # dynadapter.contract.Manifest

@@ -18,6 +18,8 @@ from dynadapter.bench.lab.servers import CommaList, ServerOptions, subset
 
 @dataclass(frozen=True)
 class Variant:
+    """A measured configuration: the server that answers it and the query string it adds to each request."""
+
     server: str  # key of the server process that answers it
     query: str
     description: str

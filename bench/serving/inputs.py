@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BenchInputs:
+    """The run, the model repository and model name serving it, and the static baseline built from the run."""
+
     run_dir: Path
     model_repo: Path
     model_name: str
