@@ -42,7 +42,7 @@ def unreadable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 def test_a_machine_without_proc_cpuinfo_is_unknown_and_each_choice_takes_its_safe_side() -> None:
     import torch
 
-    from dynadapter.bench.cells import bf16_autocast_is_fast
+    from dynadapter.bench.suite.cells import bf16_autocast_is_fast
     from dynadapter.service.backends.openvino import int8_accelerated
     from dynadapter.training.distributed import device_name
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +14,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from dynadapter.bench.lab.process import ServerProcess
 from dynadapter.export.exporter import export_run
 from dynadapter.training.data import load_raw
 from tests.tiny import train_tiny_run
@@ -25,52 +22,21 @@ from tests.tiny import train_tiny_run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("e2e")
     run = train_tiny_run(root / "run", epochs=3)
     export_run(run, root / "repo", name="demo", version="1")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DYNADAPTER_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dynadapter",
-            "serve",
-            "--model-repo",
-            str(root / "repo"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+    server = ServerProcess(
+        "end-to-end",
+        [sys.executable, "-m", "dynadapter", "serve", "--model-repo", str(root / "repo"), "--host", "127.0.0.1"],
         cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline, "the server never became ready"
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        server.wait_ready(timeout_s=90)
+        yield server.url
+    finally:
+        server.stop()
 
 
 def digit_images(n: int) -> list[Image.Image]:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynadapter.bench.cells import BENCH_FILE, PROBE_EPOCHS
 from dynadapter.bench.commands import add_bench, run_bench
-from dynadapter.bench.frozen_probe import C_GRID
+from dynadapter.bench.suite.cells import BENCH_FILE, PROBE_EPOCHS
+from dynadapter.bench.suite.probe import C_GRID
 from dynadapter.training.distributed import device_name
 from tests.tiny import TINY_BACKBONE
 
@@ -260,7 +260,7 @@ def test_a_fresh_clone_renders_the_page_from_the_records_and_trains_nothing(
     dyn = clone / "docs" / "results" / "cells" / "digits" / "adapter-dyn.json"
     stored = json.loads(dyn.read_text())
     dyn.write_text(json.dumps({**stored, "result": {k: v for k, v in stored["result"].items() if k != "int8"}}))
-    with caplog.at_level("WARNING", logger="dynadapter.bench.cells"):
+    with caplog.at_level("WARNING", logger="dynadapter.bench.suite.cells"):
         bench("accuracy", *argv_clone)
     assert "digits/adapter-dyn: only its record" in caplog.text and "int8 numbers stay missing" in caplog.text
     assert not list(empty.rglob(BENCH_FILE))
@@ -269,7 +269,7 @@ def test_a_fresh_clone_renders_the_page_from_the_records_and_trains_nothing(
 
 
 def test_cells_per_seed_and_shots_have_their_own_directories(tmp_path: Path) -> None:
-    from dynadapter.bench.cells import Cell, SuiteConfig, main_cells
+    from dynadapter.bench.suite.cells import Cell, SuiteConfig, main_cells
 
     cells = main_cells(["digits"], ["adapter"], seeds=[0, 1])
     assert [c.name for c in cells] == [
@@ -292,8 +292,8 @@ def test_cells_per_seed_and_shots_have_their_own_directories(tmp_path: Path) -> 
 
 
 def test_a_recipe_gets_cells_of_its_own_and_the_default_recipe_keeps_todays(tmp_path: Path) -> None:
-    from dynadapter.bench.accuracy import suite_config
-    from dynadapter.bench.cells import Cell, options_record, same_options
+    from dynadapter.bench.suite.cells import Cell, options_record, same_options
+    from dynadapter.bench.suite.flags import suite_config
 
     parser = argparse.ArgumentParser(prog="dynadapter")
     add_bench(parser.add_subparsers(dest="command", required=True))
@@ -333,7 +333,7 @@ def test_a_recipe_gets_cells_of_its_own_and_the_default_recipe_keeps_todays(tmp_
     [("lr=0.1", "--train-arg lr: the suite sets this"), ("colour=red", "colour: unknown option"), ("hflip=2", "hflip")],
 )
 def test_a_train_arg_the_suite_cannot_take_is_a_config_error(train_arg: str, message: str) -> None:
-    from dynadapter.bench.cells import recipe_options
+    from dynadapter.bench.suite.cells import recipe_options
     from dynadapter.errors import ConfigError
     from dynadapter.options import key_value
 

@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dynadapter.bench import adapt
-from dynadapter.bench.adapt import AdaptBenchConfig, Run, ramp_verdict
-from dynadapter.bench.serve import BenchImages, Sample
+from dynadapter.bench.lab.images import BenchImages
+from dynadapter.bench.lab.load import Sample
+from dynadapter.bench.serving import adapt, adapt_report, adapt_setup
+from dynadapter.bench.serving.adapt_report import ramp_verdict
+from dynadapter.bench.serving.adapt_setup import AdaptBenchConfig, Run
 from dynadapter.errors import ConfigError, DataError
 
 
@@ -96,7 +98,7 @@ def test_a_failed_request_is_no_latency_kept() -> None:
 def test_drift_target_bound_is_one_minus_epsilon_inclusive(
     live: float, fixed: float, live_ok: bool, fixed_below: bool
 ) -> None:
-    verdict = adapt.drift_verdict({"live": live, "fixed": fixed}, epsilon=0.02)
+    verdict = adapt_report.drift_verdict({"live": live, "fixed": fixed}, epsilon=0.02)
     assert verdict == {
         "bound": 0.98,
         "live": live,
@@ -119,7 +121,7 @@ def test_stats_agreement_and_floor_are_judged_on_the_images_each_request_sent() 
         sample(0.2, 30, class_id=3, target=3, image=1, threshold=[0.6, 0.8]),  # a per-exit vector: 0.7
         Sample(0.5, False, at=0.3, image=0),
     ]
-    row = adapt.stats(samples, last=[1, 3], floor=[True, False])
+    row = adapt_report.stats(samples, last=[1, 3], floor=[True, False])
     assert row["requests"] == 4 and row["errors"] == 1
     assert row["p95_ms"] == pytest.approx(29.0)  # numpy's linear interpolation of 10, 20, 30
     assert row["accuracy"] == pytest.approx(2 / 3) and row["agreement"] == pytest.approx(2 / 3)
@@ -131,7 +133,7 @@ def test_stats_agreement_and_floor_are_judged_on_the_images_each_request_sent() 
 def test_buckets_count_requests_by_completion_time() -> None:
     # done at 0.5, 1.5, 1.9 and 2.4 s of a 2.4 s run: buckets [0, 1) and [1, 2.4] (the 0.4 s tail joins the last)
     samples = [sample(at, 500, 0, 0, 0) for at in (10.0, 11.0, 11.4, 11.9)]
-    rows = adapt.buckets(Run(4, samples, start=10.0, seconds=2.4), offset=100.0, bucket_s=1.0)
+    rows = adapt_report.buckets(Run(4, samples, start=10.0, seconds=2.4), offset=100.0, bucket_s=1.0)
     assert [row["t"] for row in rows] == pytest.approx([100.5, 101.7])
     assert [row["requests"] for row in rows] == [1, 3]
     assert [row["throughput_rps"] for row in rows] == pytest.approx([1.0, 3 / 1.4])
@@ -141,7 +143,7 @@ def test_buckets_count_requests_by_completion_time() -> None:
 def test_timeline_lays_runs_end_to_end_with_their_scrapes() -> None:
     first = Run(1, [sample(5.0, 100, 0, 0, 0)], start=5.0, seconds=2.0, scrapes=[(4.0, {"a": 1.0}), (6.0, {"a": 2.0})])
     second = Run(2, [sample(50.0, 100, 0, 0, 0)], start=50.0, seconds=3.0, scrapes=[(51.5, {"a": 3.0})])
-    line = adapt.timeline([first, second], bucket_s=1.0, yardsticks=[{}, {}])
+    line = adapt_report.timeline([first, second], bucket_s=1.0, yardsticks=[{}, {}])
     assert (line["starts"], line["seconds"]) == ([0.0, 2.0], [2.0, 3.0])
     assert line["scrapes"] == [{"t": 1.0, "a": 2.0}, {"t": 3.5, "a": 3.0}]  # the warm-up's scrape left out
     assert [(row["t"], row["clients"]) for row in line["series"]] == [(0.5, 1), (1.5, 1), (2.5, 2), (3.5, 2), (4.5, 2)]
@@ -153,8 +155,10 @@ def test_shadowed_before_the_judged_part_counts_every_exit_from_the_phase_start(
 
     scrapes = [shadowed(9.5, (10, 5)), shadowed(10.0, (12, 5)), shadowed(14.0, (40, 20)), shadowed(16.0, (60, 30))]
     run = Run(8, [], start=10.0, seconds=10.0, scrapes=scrapes)
-    assert adapt.shadowed_before(run, fraction=0.5) == 60 - 17  # from the scrape at the start to the last by 15 s
-    assert adapt.shadowed_before(Run(8, [], start=10.0, seconds=10.0, scrapes=scrapes[2:]), 0.5) is None
+    assert (
+        adapt_report.shadowed_before(run, fraction=0.5) == 60 - 17
+    )  # from the scrape at the start to the last by 15 s
+    assert adapt_report.shadowed_before(Run(8, [], start=10.0, seconds=10.0, scrapes=scrapes[2:]), 0.5) is None
 
 
 def test_adaptation_series_keeps_the_adaptation_metrics_and_their_labels() -> None:
@@ -212,7 +216,7 @@ def test_ramp_and_drift_schedules(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     assert {(images, seconds) for _, _, images, _, seconds in calls} == {("clean", 3)}
     calls.clear()
-    inputs = adapt.AdaptInputs(Path("repo"), "m", None, "builtin:digits", 0, clean, drifted, ["rotate"])
+    inputs = adapt_setup.AdaptInputs(Path("repo"), "m", None, "builtin:digits", 0, clean, drifted, ["rotate"])
     runs = adapt.asyncio.run(adapt.drift(servers, inputs, config))
     assert calls == [
         ("live", "", "clean", 5, 10),
@@ -238,7 +242,7 @@ def test_config_flags_parse_and_refuse() -> None:
 
 def test_the_controller_and_live_servers_get_their_flags() -> None:
     config = AdaptBenchConfig(accuracy_floor="0.93", control_period_s=0.25, live_calibration=0.2, epsilon=0.01)
-    inputs = adapt.AdaptInputs(Path("repo"), "m", None, "builtin:digits", 0, None, None, [])
+    inputs = adapt_setup.AdaptInputs(Path("repo"), "m", None, "builtin:digits", 0, None, None, [])
     argvs = adapt.server_argvs(inputs, config, target_ms=123.4567)
     fixed = argvs["fixed"]
     assert fixed[fixed.index("--model-repo") + 1] == "repo" and fixed[fixed.index("--model-name") + 1] == "m"
@@ -254,10 +258,10 @@ def test_the_controller_and_live_servers_get_their_flags() -> None:
 
 
 def test_photo_inputs_come_from_the_models_builtin_data_set() -> None:
-    assert adapt._data_source(None, {"data": "builtin:digits", "petl": "adapter"}) == ("builtin:digits", 0)
+    assert adapt_setup._data_source(None, {"data": "builtin:digits", "petl": "adapter"}) == ("builtin:digits", 0)
     for training in (None, {"data": "/photos/train"}):
         with pytest.raises(DataError, match="--run-dir"):
-            adapt._data_source(None, training)
+            adapt_setup._data_source(None, training)
 
 
 # -- one short run against real servers (the committed fixture model) ---------------------------------------------

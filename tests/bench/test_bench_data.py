@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from dynadapter import cli
-from dynadapter.bench.data import CLASSES
+from dynadapter.bench.suite.data import CLASSES
 
 
 def test_bench_data_streams_each_folder_and_writes_its_section(tmp_path: Path) -> None:

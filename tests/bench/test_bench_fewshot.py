@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dynadapter.bench.cells import BENCH_FILE
+from dynadapter.bench.suite.cells import BENCH_FILE
 from tests.bench.test_bench_accuracy import bench
 from tests.tiny import TINY_BACKBONE
 

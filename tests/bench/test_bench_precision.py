@@ -2,7 +2,7 @@
 
 import pytest
 
-from dynadapter.bench.precision import check_targets, cpu_peak, render_markdown
+from dynadapter.bench.serving.precisions import check_targets, cpu_peak, render_markdown
 
 XEON = "model name\t: Intel Xeon\ncpu MHz\t\t: 2300.000\nflags\t\t: fpu avx2 fma avx512f avx512_vnni\n"
 EPYC = "model name\t: AMD EPYC\ncpu MHz\t\t: 2450.000\nflags\t\t: fpu avx avx2 fma\n"

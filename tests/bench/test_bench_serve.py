@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from dynadapter.bench.commands import add_bench, run_bench
-from dynadapter.bench.equal_accuracy import cheapest_within
-from dynadapter.bench.serve import VARIANTS, bench_images
+from dynadapter.bench.lab.images import bench_images
+from dynadapter.bench.serving.config import VARIANTS
+from dynadapter.bench.serving.equal_accuracy import cheapest_within
 from dynadapter.training.data import run_split
 from dynadapter.training.run_dir import read_calibration, read_config
 from tests.tiny import train_tiny_run
@@ -142,10 +143,13 @@ def test_the_whole_test_split_is_sent_by_default(tiny_run: Path) -> None:
 
 def test_a_target_line_shows_a_ratio_just_over_its_bound_as_over_it() -> None:
     """Measured: threshold 1 at 1.0504x the static graph's p50 against the 1.05 bound printed as 1.050."""
-    from dynadapter.bench.serve import _target_lines
+    from dynadapter.bench.serving.serve import ServeRows, _target_lines
+
+    def rows(*checks: dict) -> ServeRows:
+        return ServeRows.model_validate({"results": [], "answers": {}, "targets": checks})
 
     check = {"target": "p50 threshold-1 / static <= 1.05", "ratio": 1.0504, "bound": 1.05, "concurrency": 1}
-    [line] = _target_lines({"targets": [{**check, "met": False}]})
+    [line] = _target_lines(rows({**check, "met": False}))
     assert line == "MISSED p50 threshold-1 / static <= 1.05 at 1 client: 1.0504, 0.04% over the bound"
-    [line] = _target_lines({"targets": [{**check, "ratio": 2.131, "bound": 1.8, "concurrency": 32, "met": True}]})
+    [line] = _target_lines(rows({**check, "ratio": 2.131, "bound": 1.8, "concurrency": 32, "met": True}))
     assert line.endswith("at 32 clients: 2.1310, 18.39% over the bound")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from dynadapter.bench import serve_photos
-from dynadapter.bench.photos import camera_set
+from dynadapter.bench.lab.photo_corpus import camera_set
+from dynadapter.bench.serving import photos as serve_photos
 from tests.bench.test_bench_serve import bench, serve_args
 from tests.tiny import train_tiny_run
 

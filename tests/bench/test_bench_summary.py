@@ -8,8 +8,10 @@ from statistics import fmean
 
 import pytest
 
-from dynadapter.bench.results import update_results
-from dynadapter.bench.summary import MODES, render_markdown, result_table, sections, why_int8_missed
+from dynadapter.bench.lab.results import update_results
+from dynadapter.bench.suite.aggregate import MODES, sections
+from dynadapter.bench.suite.page import render_markdown, result_table
+from dynadapter.bench.suite.targets import why_int8_missed
 
 CONFIG = {
     "backbone": "builtin:dinov2-s14",

@@ -1,4 +1,4 @@
-"""bench/corruptions.py on real images: an ELPV solar cell (grey) and a colour image built from it."""
+"""bench/lab/corruptions.py on real images: an ELPV solar cell (grey) and a colour image built from it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dynadapter.bench.corruptions import KINDS, assign, corrupt, shifted_split
+from dynadapter.bench.lab.corruptions import KINDS, assign, corrupt, shifted_split
 from dynadapter.errors import ConfigError, DataError
 from dynadapter.training.data import _elpv_table
 

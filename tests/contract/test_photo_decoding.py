@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dynadapter.bench.photos import PhotoCase, broken_exif_jpeg, camera_jpeg, corpus, display_p3_profile, encode, scene
+from dynadapter.bench.lab.photo_corpus import (
+    PhotoCase,
+    broken_exif_jpeg,
+    camera_jpeg,
+    corpus,
+    display_p3_profile,
+    encode,
+    scene,
+)
 from dynadapter.contract import Preprocessing
 from dynadapter.contract.images import ACCEPTED_FORMATS, decode_image, raw_exif_orientation
 

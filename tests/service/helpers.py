@@ -1,11 +1,6 @@
 """Helpers shared by the service tests and the load test: readiness polling and a real server process."""
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +10,10 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+
+from dynadapter.bench.lab.process import ServerProcess, clean_environment, free_port
+
+__all__ = ["IMAGE", "ROOT", "ServiceProcess", "SlowSegments", "free_port", "samples", "service_env", "serving", "value"]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = {"content-type": "image/png"}
@@ -46,16 +45,9 @@ def value(snapshot: Samples, name: str, **labels: str) -> float:
     return snapshot.get((name, frozenset(labels.items())), 0.0)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def service_env(model_repo: Path, port: int, **settings: str) -> dict[str, str]:
     """This environment without any DYNADAPTER_* of the caller's, plus loopback, CPU and `settings`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DYNADAPTER_")}
-    env |= {
+    env = clean_environment() | {
         "DYNADAPTER_MODEL_REPO": str(model_repo),
         "DYNADAPTER_HOST": "127.0.0.1",
         "DYNADAPTER_PORT": str(port),
@@ -65,58 +57,21 @@ def service_env(model_repo: Path, port: int, **settings: str) -> dict[str, str]:
     return env | {f"DYNADAPTER_{name.upper()}": value for name, value in settings.items()}
 
 
-class ServiceProcess:
-    """`python -m dynadapter.service` on a free loopback port; its output goes to a file, so it never blocks on a pipe.
+class ServiceProcess(ServerProcess):
+    """`python -m dynadapter.service` on a free loopback port (bench/lab/process.py's ``ServerProcess``: its own
+    process group, output to a file, ``stop`` with SIGTERM keeping ``output``), configured by `settings`.
 
     `site`: a folder the project was installed into (`pip install --target`), run instead of the checkout.
     """
 
     def __init__(self, model_repo: Path, site: Path | None = None, **settings: str) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self._log = tempfile.TemporaryFile("w+")
-        env = service_env(model_repo, port, **settings) | ({"PYTHONPATH": str(site)} if site else {})
-        self.process = subprocess.Popen(
+        super().__init__(
+            "service",
             [sys.executable, "-m", "dynadapter.service"],
+            env=service_env(model_repo, 0, **settings) | ({"PYTHONPATH": str(site)} if site else {}),
+            port_env="DYNADAPTER_PORT",
             cwd=site or ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            text=True,
         )
-        self.output = ""  # what it wrote, once stopped
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.process.poll() is None, f"the service exited: {self.read_output()}"
-            assert time.monotonic() < deadline, "the service never became ready"
-            try:
-                if httpx.get(f"{self.url}/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM (if still running), wait for the exit and keep the output; the exit status. Idempotent."""
-        if self._log.closed:
-            return self.process.returncode
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
-        finally:
-            self.output = self.read_output()
-            self._log.close()
-
-    def read_output(self) -> str:
-        self._log.seek(0)
-        return self._log.read()
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dynadapter.bench.photos import corpus, encode
+from dynadapter.bench.lab.photo_corpus import corpus, encode
 from dynadapter.contract import Preprocessing, softmax
 from dynadapter.contract.images import DECODE_BYTES_PER_PIXEL
 from dynadapter.contract.model_repository import load_model

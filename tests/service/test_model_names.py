@@ -153,7 +153,7 @@ def test_nothing_outside_the_repository_is_ever_served(server: ServiceProcess, l
     assert (status, json.loads(text)) == (400, {"error": "model 'escape' lies outside the model repository (a link?)"})
     status, text = send(server, "POST", "/v2/repository/models/..%2F..%2Fetc/load")
     assert status == 404
-    loaded = [line for line in server.read_output().splitlines() if "loaded model" in line]
+    loaded = [line for line in server.output.splitlines() if "loaded model" in line]
     assert loaded and all(" loaded model tiny version 1 from " in line for line in loaded), loaded
 
 

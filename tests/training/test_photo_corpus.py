@@ -1,6 +1,6 @@
 """Training and serving read every image a camera or an editor produces identically.
 
-The generated corpus (bench/photos.py: EXIF orientation, broken EXIF, progressive JPEG, 16-bit and
+The generated corpus (bench/lab/photo_corpus.py: EXIF orientation, broken EXIF, progressive JPEG, 16-bit and
 float samples, alpha, palette, 1-bit, LA, CMYK, ICC profiles, multi-frame, HEIC, AVIF, WebP, ...) is
 laid out as a class folder; each file goes through the training data path (listed, streamed, then
 served again from the uint8 cache) and through the service's path (its decode pool running
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynadapter.bench.photos import corpus
+from dynadapter.bench.lab.photo_corpus import corpus
 from dynadapter.contract import Preprocessing
 from dynadapter.service.decoding import DecodePool
 from dynadapter.training.data import FileSplit, ImageDataset, PixelCache, list_files

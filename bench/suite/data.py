@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
     }
     print(render_markdown({"data": section}))
     if not args.no_write:
-        from dynadapter.bench.results import update_results
+        from dynadapter.bench.lab.results import update_results
 
         update_results(args.docs, {"data": section})
 
@@ -109,7 +109,7 @@ def measure_in_fresh_process(folder: Path, args: argparse.Namespace) -> dict[str
     """`measure` in a new interpreter, so that its peak memory is its own."""
     settings = {"folder": str(folder), **{k: getattr(args, k) for k in ("img_size", "epochs", "workers", "cache")}}
     code = (
-        "import json, sys; from dynadapter.bench.data import measure as m;"
+        "import json, sys; from dynadapter.bench.suite.data import measure as m;"
         " print(json.dumps(m(**json.loads(sys.argv[1]))))"
     )
     done = subprocess.run(

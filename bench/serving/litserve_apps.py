@@ -1,13 +1,13 @@
 """What a user would deploy without this project: the full-depth model behind LitServe.
 
 Two LitAPIs, both with LitServe's own dynamic batching and the static graph of
-``dynadapter.bench.static_graph`` (full depth, last exit only): ``onnx`` runs its one-segment model
+``dynadapter.bench.serving.static_graph`` (full depth, last exit only): ``onnx`` runs its one-segment model
 repository with onnxruntime, ``torch`` rebuilds its run directory with ``load_run`` and runs it in
 PyTorch eager mode. Both decode and preprocess with the service's own path (``Preprocessing.load``) unless given
 ``--plain-decode`` (full-resolution Pillow, what a user writes by hand: ``bench serve --photos``), so every server
 of the bench sees the same pixels and does the same per-image work around the model.
 
-    python -m dynadapter.bench.litserve_apps {onnx,torch} PATH --port P [--threads N] [--max-batch-size B]
+    python -m dynadapter.bench.serving.litserve_apps {onnx,torch} PATH --port P [--threads N] [--max-batch-size B]
         [--batch-timeout-s T]
 
 answers ``POST /predict`` (multipart field ``file``) with ``{"label", "class_id", "confidence"}``.

@@ -1,6 +1,6 @@
 """``dynadapter bench serve --photos``: the service on camera-sized photos, against LitServe with a plain decode.
 
-Three parts, measured side by side in one run on inputs from ``dynadapter.bench.photos`` (12 MP and
+Three parts, measured side by side in one run on inputs from ``dynadapter.bench.lab.photo_corpus`` (12 MP and
 2 MP phone JPEGs, a 12 MP PNG, a 12 MP HEIC; generated once and kept in ``var/bench-photos``):
 
 - decoders, in this process, one image at a time: the service's path (``Preprocessing.load``: JPEG
@@ -18,6 +18,7 @@ Three parts, measured side by side in one run on inputs from ``dynadapter.bench.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import io
@@ -32,14 +33,23 @@ from typing import Any
 
 import numpy as np
 
-from dynadapter.bench import serve
-from dynadapter.bench.results import fmt
-from dynadapter.bench.serve import BenchImages, Measured, ServerProcess
+from dynadapter import options
+from dynadapter.bench.lab import load
+from dynadapter.bench.lab.images import BenchImages, bench_images, camera_bodies, multipart_body, split_digits
+from dynadapter.bench.lab.load import Measured
+from dynadapter.bench.lab.machine import machine
+from dynadapter.bench.lab.process import ServerProcess, awake
+from dynadapter.bench.lab.results import fmt
+from dynadapter.bench.serving import inputs as serving_inputs
+from dynadapter.bench.serving.config import ServeBenchConfig
 
 log = logging.getLogger(__name__)
 
+#: the section of docs/results.json this experiment writes and renders
+RESULT_KEYS = ("serve_photos",)
+
 PHOTO_DIR = Path("var") / "bench-photos"  # under the working directory, like --docs
-PHOTO_SET_VERSION = "1"  # bump when bench/photos.py changes what camera_set writes
+PHOTO_SET_VERSION = "1"  # bump when bench/lab/photo_corpus.py changes what camera_set writes
 WORKLOADS = {"jpeg-12mp": ("jpeg-12mp",), "mix": ("jpeg-12mp", "jpeg-2mp", "png-12mp", "heic-12mp")}
 CAMERA_SIZE = (4032, 3024)  # the accuracy check's photos (width, height)
 #: Test images of the camera accuracy check when --images is unset (each becomes a 12 MP JPEG).
@@ -50,14 +60,20 @@ DECODE_OVER_COMPUTE = 1.5
 THROUGHPUT_TARGETS = {"baseline": 5.0, "litserve-plain": 4.0}
 
 
-def run_photos(config: serve.ServeBenchConfig) -> None:
-    from dynadapter.bench.results import update_results
+def run(args: argparse.Namespace) -> None:
+    """`dynadapter bench serve --photos ...` (bench/commands.py dispatches here)."""
+    run_photos(options.from_args(ServeBenchConfig, args))
+
+
+def run_photos(config: ServeBenchConfig) -> None:
+    """Decoders, servers and accuracy on camera-sized photos; writes ``serve_photos`` into the results."""
+    from dynadapter.bench.lab.results import update_results
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     load_before = os.getloadavg()[0]
     photos = camera_photos()
     with tempfile.TemporaryDirectory(prefix="dynadapter-bench-photos-") as work:
-        inputs = serve.prepare_inputs(config, Path(work))
+        inputs = serving_inputs.prepare_inputs(config, Path(work))
         decoders = measure_decoders(photos, inputs, config)
         with contextlib.ExitStack() as stack:
             servers = start_photo_servers(stack, inputs, config)
@@ -68,7 +84,7 @@ def run_photos(config: serve.ServeBenchConfig) -> None:
             peaks = {name: rss_bytes(server.process.pid, "VmHWM") for name, server in servers.items()}
     section = {
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": serve.machine(config.providers, load_before),
+        "machine": machine(config.providers, load_before),
         "model": inputs.model_name,
         "photos": {name: len(data) for name, data in photos.items()},
         "settings": {"concurrency": config.concurrency, "duration_s": config.duration, "rounds": config.rounds},
@@ -88,8 +104,8 @@ def run_photos(config: serve.ServeBenchConfig) -> None:
 
 
 def camera_photos(directory: Path = PHOTO_DIR) -> dict[str, bytes]:
-    """The camera set of bench/photos.py, generated once (about two minutes) and then read from disk."""
-    from dynadapter.bench.photos import camera_set
+    """The camera set of bench/lab/photo_corpus.py, generated once (about two minutes) and then read from disk."""
+    from dynadapter.bench.lab.photo_corpus import camera_set
 
     folder = directory / f"v{PHOTO_SET_VERSION}"
     names = ("jpeg-12mp", "jpeg-2mp", "png-12mp", "heic-12mp")
@@ -121,7 +137,7 @@ def _median_ms(work: Callable[[], object], repeats: int) -> float:
 
 
 def measure_decoders(
-    photos: dict[str, bytes], inputs: serve.BenchInputs, config: serve.ServeBenchConfig
+    photos: dict[str, bytes], inputs: serving_inputs.BenchInputs, config: ServeBenchConfig
 ) -> dict[str, Any]:
     """ms per image (median) of each decoder on each photo, and one image's full-depth compute."""
     from PIL import Image
@@ -178,9 +194,9 @@ def _compute_ms(static_repo: Path, size: tuple[int, int], threads: int) -> float
 
 
 def start_photo_servers(
-    stack: contextlib.ExitStack, inputs: serve.BenchInputs, config: serve.ServeBenchConfig
+    stack: contextlib.ExitStack, inputs: serving_inputs.BenchInputs, config: ServeBenchConfig
 ) -> dict[str, ServerProcess]:
-    commands = serve.server_commands(inputs, config)
+    commands = serving_inputs.server_commands(inputs, config)
     cascade, _, _ = commands["cascade"]
     litserve, _, _ = commands["litserve-onnx"]
     specs = {
@@ -215,11 +231,11 @@ def _environment(values: dict[str, str]):
 
 def photo_images(photos: dict[str, bytes], workload: str) -> BenchImages:
     names = WORKLOADS[workload]
-    return BenchImages([serve.multipart_body(photos[name]) for name in names], [-1] * len(names), workload)
+    return BenchImages([multipart_body(photos[name]) for name in names], [-1] * len(names), workload)
 
 
 async def measure_servers(
-    servers: dict[str, ServerProcess], photos: dict[str, bytes], config: serve.ServeBenchConfig
+    servers: dict[str, ServerProcess], photos: dict[str, bytes], config: ServeBenchConfig
 ) -> list[dict[str, Any]]:
     """Each (workload, server, concurrency) measured with only that server awake, rounds interleaved."""
     for server in servers.values():
@@ -231,8 +247,8 @@ async def measure_servers(
             order = list(servers)[round_index % len(servers) :] + list(servers)[: round_index % len(servers)]
             for concurrency in config.concurrency:
                 for name in order:
-                    with serve._awake(servers[name]) as server:
-                        samples, seconds = await serve.measure(
+                    with awake(servers[name]) as server:
+                        samples, seconds = await load.measure(
                             server.classify_url, images, concurrency, config.requests, config.duration
                         )
                     measured.setdefault((workload, name, concurrency), Measured()).add(samples, seconds)
@@ -245,7 +261,7 @@ async def measure_servers(
                         seconds,
                     )
     return [
-        {"workload": workload, **serve.summarize(name, concurrency, value)}
+        {"workload": workload, **load.summarize(name, concurrency, value)}
         for (workload, name, concurrency), value in measured.items()
     ]
 
@@ -283,7 +299,7 @@ async def camera_accuracy(server: ServerProcess, run_dir: Path, count: int) -> d
     """Accuracy of balanced on the test split sent small (PNG) and as 4032x3024 phone JPEGs."""
     from dynadapter.training.run_dir import read_config
 
-    small = serve.bench_images(run_dir, count)
+    small = bench_images(run_dir, count)
     config = read_config(run_dir)
     digits, _ = split_digits(config["data"], config["train"]["seed"], count)
     camera = BenchImages(camera_bodies(digits, CAMERA_SIZE), small.targets, small.data)
@@ -291,30 +307,12 @@ async def camera_accuracy(server: ServerProcess, run_dir: Path, count: int) -> d
     try:
         result = {}
         for name, images in (("small-png", small), ("camera-jpeg-12mp", camera)):
-            answers = await serve.answer_every_image(server.classify_url, images, 4)  # mode=balanced
-            result[name] = serve.summarize_answers(answers)["accuracy"]
+            answers = await load.answer_every_image(server.classify_url, images, 4)  # mode=balanced
+            result[name] = load.summarize_answers(answers)["accuracy"]
         result["images"] = len(camera.bodies)
         return result
     finally:
         server.pause()
-
-
-def split_digits(data: str, seed: int, count: int) -> tuple[list[np.ndarray], list[int]]:
-    """The first ``count`` images of ``data``'s test split (split with ``seed``) as [h, w] uint8 arrays, and
-    their classes."""
-    from dynadapter.training.data import load_raw
-
-    split = load_raw(data, seed).splits["test"]
-    pixels = [np.asarray(p) for p in split.pixels[:count]]
-    digits = [p if p.ndim == 2 else p.mean(axis=2).astype(np.uint8) for p in pixels]
-    return digits, [int(t) for t in split.targets[:count]]
-
-
-def camera_bodies(digits: list[np.ndarray], size: tuple[int, int]) -> list[bytes]:
-    """Each digit as a phone JPEG of ``size`` (width, height) pixels, as an upload (bench/photos.py)."""
-    from dynadapter.bench.photos import camera_jpeg, digit_photo
-
-    return [serve.multipart_body(camera_jpeg(digit_photo(d, *size, seed=i))) for i, d in enumerate(digits)]
 
 
 # -- report ------------------------------------------------------------------------------------------------------

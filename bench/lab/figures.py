@@ -22,7 +22,7 @@ def plot_task(
     path: Path,
     probe: dict[str, Any] | None = None,
 ) -> None:
-    """``dynamic`` / ``static``: PETL method -> the cell result (``dynadapter.bench.cells.summarize_run``);
+    """``dynamic`` / ``static``: PETL method -> the cell result (``dynadapter.bench.suite.cells.summarize_run``);
     ``methods`` fixes each method's colour, whichever cells have finished; ``probe``: the frozen
     probe's cell result (its ``probe`` part: accuracy and GFLOPs at the block chosen on validation)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)

@@ -1,7 +1,8 @@
 """docs/results.json and docs/results.md, shared by the benchmarks.
 
 Each benchmark owns some top-level keys of results.json (its module's ``RESULT_KEYS``) and renders
-them (its ``render_markdown(results)``). ``update_results`` replaces only the caller's keys and
+them (its ``render_markdown(results)``); ``commands.PAGE_SECTIONS`` lists those modules in the page's
+order. ``update_results`` replaces only the caller's keys and
 regenerates the whole page from the JSON, so ``bench accuracy`` and ``bench serve`` can run in any
 order without erasing each other. A key that no registered benchmark owns (a ``serve`` section
 written before its module exists) is kept and shown as plain JSON.
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dynadapter.bench.commands import SUBCOMMANDS
+from dynadapter.bench.commands import PAGE_SECTIONS
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 #: headings of sections that no benchmark module renders yet
@@ -25,6 +26,18 @@ TITLE = "# Benchmark results\n\nWritten by `dynadapter bench`; regenerated from 
 def fmt(value: float | None, digits: int = 1) -> str:
     """A number for a results table: `digits` decimals, "-" where there is none."""
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage for a results table: `digits` decimals, "—" where there is none."""
+    return "—" if x is None else f"{100 * x:.{digits}f}"
+
+
+def quotient(value: float | None, base: float | None) -> float | None:
+    """``value / base`` of two results' numbers (a ratio target's, a table's); None where either is missing or zero."""
+    if not value or not base:
+        return None
+    return value / base
 
 
 def update_results(docs: Path, sections: dict[str, Any]) -> dict[str, Any]:
@@ -39,8 +52,9 @@ def update_results(docs: Path, sections: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
+    """The whole page: each ``PAGE_SECTIONS`` module's part, then any key no module owns, as JSON."""
     parts, owned = [TITLE], set()
-    for module_name in SUBCOMMANDS.values():
+    for module_name in PAGE_SECTIONS:
         module = importlib.import_module(module_name)
         owned.update(module.RESULT_KEYS)
         parts.append(module.render_markdown(results))

@@ -7,7 +7,7 @@ Servers, each the real service on a loopback port, fed the same PNG uploads as `
 - ``fp32-openvino``, ``int8-openvino``: the OpenVINO IR segments (``export --precision fp32,int8``).
 
 Each is measured at every mode (``?mode=``) and concurrency, side by side in rotated order, with one
-server awake at a time (bench/serve.py's machinery). The fp32-onnxruntime baseline of the targets
+server awake at a time (bench/lab's machinery). The fp32-onnxruntime baseline of the targets
 is the faster of the two onnxruntime settings at each (mode, concurrency). Every server first
 classifies every image once per mode: test accuracy and GFLOPs per image.
 
@@ -21,6 +21,7 @@ are an assumption (true of recent Xeon and EPYC server cores), not something the
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -29,21 +30,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dynadapter.bench import serve as bs
-from dynadapter.bench.results import fmt
+from dynadapter import options
+from dynadapter.bench.lab import load
+from dynadapter.bench.lab.images import BenchImages, bench_images
+from dynadapter.bench.lab.load import Measured, Sample
+from dynadapter.bench.lab.machine import machine
+from dynadapter.bench.lab.process import ServerProcess, awake
+from dynadapter.bench.lab.results import fmt, quotient
+from dynadapter.bench.lab.rows import PrecisionRow, TargetCheck
+from dynadapter.bench.lab.servers import DEMO_MODEL_REPO, service_argv
+from dynadapter.bench.serving.config import PRECISION_SERVERS, ServeBenchConfig
 from dynadapter.cpu import cpu_info
 
 log = logging.getLogger(__name__)
 
 RESULT_KEY = "serve_precision"
+#: the section of docs/results.json this experiment writes and renders
+RESULT_KEYS = (RESULT_KEY,)
 MODES = ("fast", "balanced", "accurate")
-#: server name -> (backend, precision, allow_spinning)
-SERVERS = {
-    "fp32-onnxruntime": ("onnxruntime", "fp32", True),
-    "fp32-onnxruntime-nospin": ("onnxruntime", "fp32", False),
-    "fp32-openvino": ("openvino", "fp32", True),
-    "int8-openvino": ("openvino", "int8", True),
-}
 BASELINE = "fp32-onnxruntime (best)"
 #: (numerator, metric, at_most, bound, concurrency or None for the lowest)
 TARGETS = (
@@ -62,28 +66,33 @@ NO_INT8_INSTRUCTIONS = (
 )
 
 
-def server_argv(name: str, model_repo: Path, model_name: str, config: bs.ServeBenchConfig) -> list[str]:
-    backend, precision, spinning = SERVERS[name]
+def server_argv(name: str, model_repo: Path, model_name: str, config: ServeBenchConfig) -> list[str]:
+    backend, precision, spinning = PRECISION_SERVERS[name]
     return [
-        *bs.service_argv(config, "cpu"),
+        *service_argv(config, "cpu"),
         *("--model-repo", str(model_repo), "--model-name", model_name, "--backend", backend),
         *("--precision", precision, "--allow-spinning" if spinning else "--no-allow-spinning"),
     ]
 
 
-def run(config: bs.ServeBenchConfig) -> None:
+def run(args: argparse.Namespace) -> None:
+    """`dynadapter bench serve --precisions ...` (bench/commands.py dispatches here)."""
+    run_precisions(options.from_args(ServeBenchConfig, args))
+
+
+def run_precisions(config: ServeBenchConfig) -> None:
     """Measure every server in ``config.precisions`` at every mode; write ``serve_precision`` into the results."""
-    from dynadapter.bench.results import update_results
+    from dynadapter.bench.lab.results import update_results
     from dynadapter.contract.model_repository import load_model
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     load_before = os.getloadavg()[0]
     run_dir, repo, name = _model(config)
-    images = bs.bench_images(run_dir, config.images)
+    images = bench_images(run_dir, config.images)
     with contextlib.ExitStack() as stack:
         servers = {}
         for server in config.precisions:
-            servers[server] = bs.ServerProcess(server, server_argv(server, repo, name, config), "/readyz", "/classify")
+            servers[server] = ServerProcess(server, server_argv(server, repo, name, config), "/readyz", "/classify")
             stack.callback(servers[server].stop)
         for server in servers.values():
             server.wait_ready()
@@ -96,7 +105,7 @@ def run(config: bs.ServeBenchConfig) -> None:
     print(render_markdown({RESULT_KEY: section}))
 
 
-def _model(config: bs.ServeBenchConfig) -> tuple[Path, Path, str]:
+def _model(config: ServeBenchConfig) -> tuple[Path, Path, str]:
     from dynadapter.export.demo import DEMO_RUNS, build_demo_repo
 
     if config.model_repo is not None:
@@ -105,29 +114,29 @@ def _model(config: bs.ServeBenchConfig) -> tuple[Path, Path, str]:
         repo = config.model_repo.resolve()  # the servers run in another directory
         return config.run_dir or next(iter(DEMO_RUNS.values())), repo, load_model(repo, config.model_name).manifest.name
     name, run_dir = next(iter(DEMO_RUNS.items()))
-    return run_dir, build_demo_repo(bs.DEMO_MODEL_REPO), name
+    return run_dir, build_demo_repo(DEMO_MODEL_REPO), name
 
 
 async def _measure(
-    servers: dict[str, bs.ServerProcess], images: bs.BenchImages, config: bs.ServeBenchConfig
-) -> tuple[dict[tuple[str, str], list[bs.Sample]], dict[tuple[str, str, int], bs.Measured]]:
+    servers: dict[str, ServerProcess], images: BenchImages, config: ServeBenchConfig
+) -> tuple[dict[tuple[str, str], list[Sample]], dict[tuple[str, str, int], Measured]]:
     """Answers to every image per (server, mode), then the timed rounds in rotated order."""
     for server in servers.values():
         server.pause()
     cells = [(server, mode) for server in servers for mode in MODES]
     answers = {}
     for server, mode in cells:
-        with bs._awake(servers[server]) as process:
-            answers[server, mode] = await bs.answer_every_image(
+        with awake(servers[server]) as process:
+            answers[server, mode] = await load.answer_every_image(
                 f"{process.classify_url}?mode={mode}", images, max(config.concurrency)
             )
-    measured = {(s, m, c): bs.Measured() for s, m in cells for c in config.concurrency}
+    measured = {(s, m, c): Measured() for s, m in cells for c in config.concurrency}
     for round_index in range(config.rounds):
         for position, concurrency in enumerate(config.concurrency):
             shift = (round_index * len(config.concurrency) + position) % len(cells)
             for server, mode in [*cells[shift:], *cells[:shift]]:
-                with bs._awake(servers[server]) as process:
-                    samples, seconds = await bs.measure(
+                with awake(servers[server]) as process:
+                    samples, seconds = await load.measure(
                         f"{process.classify_url}?mode={mode}", images, concurrency, config.requests, config.duration
                     )
                 measured[server, mode, concurrency].add(samples, seconds)
@@ -137,17 +146,17 @@ async def _measure(
 
 
 def report(
-    answers: dict[tuple[str, str], list[bs.Sample]],
-    measured: dict[tuple[str, str, int], bs.Measured],
-    config: bs.ServeBenchConfig,
+    answers: dict[tuple[str, str], list[Sample]],
+    measured: dict[tuple[str, str, int], Measured],
+    config: ServeBenchConfig,
     gflops_full: float,
     load_before: float,
 ) -> dict[str, Any]:
     cpu = cpu_peak(config.threads or os.cpu_count() or 1)
     rows = []
     for (server, mode, concurrency), cell in measured.items():
-        row = bs.summarize(f"{server} {mode}", concurrency, cell)
-        quality = bs.summarize_answers(answers[server, mode])
+        row = load.summarize(f"{server} {mode}", concurrency, cell)
+        quality = load.summarize_answers(answers[server, mode])
         rate = (row["throughput_rps"] or 0) * (quality["gflops_per_image"] or 0) * 2  # GFLOP/s, FMA = 2
         peak = cpu["int8_gflops"] if server.startswith("int8") else cpu["fp32_gflops"]
         rows.append(
@@ -156,7 +165,7 @@ def report(
     return {
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cpu": cpu,
-        "machine": bs.machine("cpu", load_before),
+        "machine": machine("cpu", load_before),
         "gflops_full": gflops_full,
         "settings": {
             "servers": list(config.precisions),
@@ -189,7 +198,7 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     checks = []
     for server, metric, at_most, bound, concurrency in TARGETS:
         row, base = by.get((server, "balanced", concurrency)), best_fp32_onnxruntime(rows, "balanced", concurrency)
-        ratio = bs._ratio(row, base, metric)
+        ratio = quotient(row[metric], base[metric]) if row and base else None
         if ratio is None:
             continue
         name = "p50" if metric == "p50_ms" else "throughput"
@@ -248,7 +257,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"`dynadapter bench serve --precisions ...` on {cpu['model']} ({cpu['cores_used']} core(s) used, "
         f"{cpu['ghz']:.2f} GHz, {cpu['fp32_lanes']} fp32 lanes, VNNI {'yes' if cpu['vnni'] else 'no'}): peak "
         f"{cpu['fp32_gflops']:.0f} GFLOP/s fp32, {cpu['int8_gflops']:.0f} GOP/s int8 (module docstring of "
-        f"bench/precision.py). Load average {section['machine']['load_average_1m']['start']:.1f} at the start "
+        f"bench/serving/precisions.py). Load average {section['machine']['load_average_1m']['start']:.1f} at the start "
         f"(other work shared the machine). {section['settings']['images']} test images, "
         f"{section['settings']['rounds']} rounds of {section['settings']['duration_s']:g} s, "
         f"{section['settings']['threads']} thread(s) per server.",
@@ -256,15 +265,16 @@ def render_markdown(results: dict[str, Any]) -> str:
         "| server | mode | clients | p50 ms | p95 ms | img/s | test acc | GFLOPs/img | GFLOP/s | of peak |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(section["results"], key=lambda r: (r["mode"], r["concurrency"], r["server"])):
+    rows = [PrecisionRow.model_validate(row) for row in section["results"]]
+    for r in sorted(rows, key=lambda r: (r.mode, r.concurrency, r.server)):
         lines.append(
-            f"| {r['server']} | {r['mode']} | {r['concurrency']} | {fmt(r['p50_ms'], 2)} | {fmt(r['p95_ms'], 2)} | "
-            f"{fmt(r['throughput_rps'])} | {fmt(100 * r['accuracy'] if r['accuracy'] is not None else None)}% | "
-            f"{fmt(r['gflops_per_image'], 3)} | {fmt(r['effective_gflops_s'])} | {100 * r['of_peak']:.0f}% |"
+            f"| {r.server} | {r.mode} | {r.concurrency} | {fmt(r.p50_ms, 2)} | {fmt(r.p95_ms, 2)} | "
+            f"{fmt(r.throughput_rps)} | {fmt(100 * r.accuracy if r.accuracy is not None else None)}% | "
+            f"{fmt(r.gflops_per_image, 3)} | {fmt(r.effective_gflops_s)} | {100 * r.of_peak:.0f}% |"
         )
     lines += ["", "Targets (baseline: the faster onnxruntime setting, spinning on or off, at each cell):", ""]
-    for t in section["targets"]:
-        lines.append(f"- {t['target']}: {t['ratio']:.3f} ({'met' if t['met'] else 'NOT met'})")
+    for t in map(TargetCheck.model_validate, section["targets"]):
+        lines.append(f"- {t.target}: {t.ratio:.3f} ({'met' if t.met else 'NOT met'})")
     if not cpu["vnni"] and not cpu["amx"]:
         lines += ["", NO_INT8_INSTRUCTIONS]
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """``dynadapter bench fewshot``: Dyn-Adapter, its static baseline and the frozen probe with K images a class.
 
 For every task and every K (default 1, 2, 4, 8, 16), three cells of the accuracy suite's cache
-(``dynadapter.bench.cells``, directories ``<petl>-<variant>[-seed<S>]-k<K>``) are trained on K
+(``dynadapter.bench.suite.cells``, directories ``<petl>-<variant>[-seed<S>]-k<K>``) are trained on K
 training images per class (``--shots K``, drawn with the seed; val and test stay whole): the PETL
 method with exits (Dyn-Adapter, its ``balanced`` mode), the same method static, and the frozen probe
 (a linear head at the block best on val). Every K trains the same number of optimizer steps
@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from dynadapter.bench.accuracy import add_recipe_arguments, seed_list, suite_config
+from dynadapter.bench.suite.flags import add_recipe_arguments, seed_list, suite_config
 from dynadapter.errors import ConfigError
 
 RESULT_KEYS = ("fewshot",)
@@ -59,8 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from dynadapter.bench import cells
-    from dynadapter.bench.results import update_results
+    from dynadapter.bench.lab.results import update_results
+    from dynadapter.bench.suite import cells
     from dynadapter.training.data import BUILTIN_DATASETS
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -5,7 +5,7 @@ more or less accurate than the static graph, and a speed-up bought with accuracy
 beside the named modes the bench serves the cheapest threshold of the model's calibration table
 whose accuracy on the very images sent is within ``TOLERANCE`` (0.5 points) of the static graph's.
 The accuracies come from the run's per-exit logits in PyTorch (the static graph is the same
-weights' last exit, ``bench/static_graph.py``); the served accuracy is measured again over HTTP.
+weights' last exit, ``bench/serving/static_graph.py``); the served accuracy is measured again over HTTP.
 Chosen on the measured images, it is an oracle for matching accuracy, not a calibration to deploy.
 """
 

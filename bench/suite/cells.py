@@ -22,9 +22,9 @@ instead of training again; such a cell cannot get the parts added since it ran (
 and the log says so).
 
 Every cell is evaluated on the test split and on its shifted copy (``ShiftedSource``: each image
-corrupted by one kind and severity of ``dynadapter.bench.corruptions``, at the model's input
+corrupted by one kind and severity of ``dynadapter.bench.lab.corruptions``, at the model's input
 resolution as ImageNet-C corrupts at 224 px, seeded by the cell's seed). With ``SuiteConfig.int8``
-every Dyn-Adapter cell is also served in int8 (``dynadapter.bench.int8_column``).
+every Dyn-Adapter cell is also served in int8 (``dynadapter.bench.suite.int8_column``).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ import torch
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from dynadapter.bench.corruptions import assign, corrupt, image_seed
-from dynadapter.bench.frozen_probe import fit_probe_heads
-from dynadapter.bench.int8_column import int8_result
+from dynadapter.bench.lab.corruptions import assign, corrupt, image_seed
+from dynadapter.bench.suite.int8_column import int8_result
+from dynadapter.bench.suite.probe import fit_probe_heads
 from dynadapter.contract import Preprocessing
 from dynadapter.cpu import this_cpu
 from dynadapter.errors import ConfigError

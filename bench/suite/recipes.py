@@ -2,7 +2,7 @@
 
 Each candidate recipe (``RECIPES``, or ``--train-arg KEY=VALUE`` for one of your own, named
 ``custom``) trains the Dyn-Adapter cell of ``--petl`` on every task and seed: cells of the accuracy
-suite's cache (``dynadapter.bench.cells``; the default recipe shares the suite's own cells, any other
+suite's cache (``dynadapter.bench.suite.cells``; the default recipe shares the suite's own cells, any other
 gets cells of its own, ``-r<hash>``). The recipe chosen is the one with the best mean accuracy at
 ``balanced`` on the validation splits (where the modes are calibrated; the test splits never choose).
 For every recipe the page also gives clean and shifted test accuracy at ``balanced`` and the FLOPs
@@ -18,7 +18,7 @@ import dataclasses
 from statistics import fmean
 from typing import Any
 
-from dynadapter.bench.accuracy import DEFAULT_EPOCHS, DEFAULT_TASKS, add_recipe_arguments, seed_list, suite_config
+from dynadapter.bench.suite.flags import DEFAULT_EPOCHS, DEFAULT_TASKS, add_recipe_arguments, seed_list, suite_config
 from dynadapter.errors import ConfigError
 
 RESULT_KEYS = ("recipes",)
@@ -78,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def candidates(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """name -> the recipe's options as the cells record them (`cells.recipe_options`; ``lr`` as given)."""
-    from dynadapter.bench import cells
+    from dynadapter.bench.suite import cells
 
     chosen = {
         name: {**cells.recipe_options(_train_args(RECIPES[name]).items()), **_suite_fields(RECIPES[name])}
@@ -94,8 +94,8 @@ def candidates(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from dynadapter.bench import cells
-    from dynadapter.bench.results import update_results
+    from dynadapter.bench.lab.results import update_results
+    from dynadapter.bench.suite import cells
     from dynadapter.training.data import BUILTIN_DATASETS, BUILTIN_VAL_IMAGES
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

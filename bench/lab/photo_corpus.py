@@ -7,7 +7,7 @@ editor stores pixels (EXIF orientation, progressive JPEG, 16-bit, float, alpha, 
 CMYK, ICC profiles, animation, HEIC, AVIF, ...), each with the upright RGB picture a correct decoder
 must produce (`PhotoCase.expected`). Same arguments, same bytes: tests and benchmarks import it.
 
-    python -m dynadapter.bench.photos OUT_DIR [--width W --height H]   # writes the corpus as files
+    python -m dynadapter.bench.lab.photo_corpus OUT_DIR [--width W --height H]   # writes the corpus as files
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from PIL import Image, ImageCms
 from dynadapter.contract.images import BACKGROUND
 
 ORIENTATION = 0x0112
-CAMERA_TAGS = {0x010F: "Synthetic", 0x0110: "Phone 12MP", 0x0131: "dynadapter bench/photos.py"}
+CAMERA_TAGS = {0x010F: "Synthetic", 0x0110: "Phone 12MP", 0x0131: "dynadapter bench/lab/photo_corpus.py"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,439 @@
+"""The accuracy suite's part of the results page: markdown (and the terminal table of ``bench accuracy``)
+rendered from the sections ``suite.aggregate`` wrote into results.json, and only from them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from dynadapter.bench.lab.results import pct
+from dynadapter.bench.suite.aggregate import MODES
+from dynadapter.bench.suite.targets import (
+    INT8_MAX_TEST_DROP,
+    SHIFT_EXTRA_LOSS,
+    SHIFT_MARGIN_OVER_PROBE,
+    TARGET_ACC_DROP,
+    TARGET_SAVED,
+    ClaimVerdict,
+    Int8Verdict,
+    ShiftVerdict,
+    Verdict,
+)
+
+#: top-level keys of results.json that this module writes and renders
+RESULT_KEYS = (
+    "config",
+    "tasks",
+    "methods",
+    "rows",
+    "probe",
+    "target",
+    "shift_target",
+    "int8_target",
+    "ablation",
+    "missing",
+    "timing",
+    "budget",
+    "devices",
+)
+
+
+def _pm(x: float | None, std: float | None) -> str:
+    """An accuracy in percent, ± its standard deviation over seeds where there are several."""
+    return pct(x) + (f" ± {pct(std)}" if x is not None and std is not None else "")
+
+
+def _mode_cells(row: dict[str, Any]) -> list[str]:
+    dyn, std = row["dyn"], row.get("dyn_acc_std") or {}
+    if dyn is None:
+        return ["missing"] * 3
+    return [f"{_pm(dyn[m]['acc'], std.get(m))} / {dyn[m]['gflops']:.3g} / {pct(dyn[m]['saved'], 0)}%" for m in MODES]
+
+
+def _seeds_short(row: dict[str, Any], planned: int) -> str:
+    """A label such as ``(1 of 3 seeds)`` where a row's mean covers fewer seeds than the run asked for,
+    so that a mean over one seed is not read as one over three; empty where every seed finished."""
+    counts = {k: n for k, n in (row.get("seeds") or {}).items() if n is not None}
+    if not counts or min(counts.values()) >= planned:
+        return ""
+    if len(set(counts.values())) == 1:
+        return f" ({min(counts.values())} of {planned} seeds)"
+    names = {"static": "static", "dyn": "Dyn-Adapter"}
+    return " (" + ", ".join(f"{names[kind]} {n}" for kind, n in counts.items()) + f" of {planned} seeds)"
+
+
+def _shifted_cell(row: dict[str, Any]) -> str:
+    shifted = row.get("dyn_shifted") or {}
+    if row["dyn"] is None or not shifted.get("balanced"):
+        return "missing" if row["dyn"] is None else "—"
+    return _pm(shifted["balanced"]["acc"], (row.get("dyn_shifted_acc_std") or {}).get("balanced"))
+
+
+def _int8_cell(row: dict[str, Any]) -> str:
+    """``balanced`` served in int8: accuracy (± std) and its difference from fp32's, in points."""
+    int8 = row.get("dyn_int8")
+    if row["dyn"] is None:
+        return "missing"
+    if not int8:
+        return "—"
+    delta = 100 * (int8["balanced"]["acc"] - row["dyn"]["balanced"]["acc"])
+    refused = "; export would refuse" if row.get("int8_refused") else ""
+    acc = _pm(int8["balanced"]["acc"], (row.get("dyn_int8_acc_std") or {}).get("balanced"))
+    return f"{acc} ({delta:+.1f}{refused})"
+
+
+def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
+    rows = [header, ["---"] * len(header), *lines]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def _verdict(t: ClaimVerdict) -> str:
+    if t.met is None:
+        return "no finished task yet"
+    partial = "" if t.complete else f" (provisional: {t.tasks} of {t.of} tasks)"
+    if t.met:
+        return "**met**" + partial
+    misses = []
+    if t.saved_short:
+        misses.append(f"saves {pct(t.saved_short)} points of FLOPs too few")
+    if t.acc_short:
+        misses.append(f"accuracy {pct(t.acc_short, 2)} points below the 0.5-point margin")
+    return "missed: " + "; ".join(misses) + partial
+
+
+def _delta_cell(t: ClaimVerdict) -> str:
+    """The target's accuracy difference in points, ± its standard deviation over seeds where known."""
+    if t.met is None or t.acc_delta is None:
+        return "—"
+    std = t.acc_delta_std
+    return f"{100 * t.acc_delta:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def render_target(results: dict[str, Any]) -> str:
+    verdicts = [ClaimVerdict.model_validate(t) for t in results["target"]]
+    means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
+    lines = [
+        [
+            t.petl,
+            pct(means[t.petl]["static_acc"]),
+            pct(means[t.petl]["dyn"]["balanced"]["acc"]) if t.met is not None else "—",
+            _delta_cell(t),
+            str(len(t.seed_deltas)),
+            f"{pct(t.saved)}%" if t.met is not None else "—",
+            pct(t.best_at_target) if t.best_at_target is not None else "—",
+            _verdict(t),
+        ]
+        for t in verdicts
+    ]
+    return (
+        "## Target: the paper's claim at `balanced`\n\n"
+        f"At least {TARGET_SAVED:.0%} of the static baseline's FLOPs saved, with the suite-mean accuracy "
+        "(the mean over tasks of the means over seeds) "
+        f"within {100 * TARGET_ACC_DROP:.1f} points of the static baseline of the same PETL method "
+        "(`none`: the linear probe on the frozen backbone). Δ acc: ± the standard deviation, over the seeds "
+        "whose cells all finished, of each seed's own suite-mean Δ: the noise the verdict stands against.\n\n"
+        + _table(
+            [
+                "PETL",
+                "static acc (%)",
+                "balanced acc (%)",
+                "Δ acc (points)",
+                "seeds with every cell",
+                "FLOPs saved",
+                f"best on test at {TARGET_SAVED:.0%} saved (%)",
+                "target",
+            ],
+            lines,
+        )
+        + _why_lines(verdicts)
+    )
+
+
+def render_shift_target(results: dict[str, Any]) -> str:
+    """Issue 19's shifted-split targets, one line per method (empty before any is judged)."""
+    judged = [t for t in map(ShiftVerdict.model_validate, results.get("shift_target", [])) if t.met is not None]
+    if not judged:
+        return ""
+    lines = [
+        [
+            t.petl,
+            pct(t.dyn_shifted),
+            pct(t.probe_shifted),
+            f"{100 * t.over_probe:+.2f}",
+            f"{100 * t.extra_loss:+.2f}",
+            "**met**" if t.met else "missed",
+        ]
+        for t in judged
+    ]
+    return (
+        "## Target: shifted test data\n\n"
+        f"Suite means at `balanced` on the shifted split: Dyn-Adapter at least {100 * SHIFT_MARGIN_OVER_PROBE:.0f} "
+        "points above the frozen probe (at its block best on validation), and losing at most "
+        f"{100 * SHIFT_EXTRA_LOSS:.0f} point more from clean to shifted than the static baseline of the same "
+        "method loses.\n\n"
+        + _table(
+            [
+                "PETL",
+                "balanced shifted (%)",
+                "frozen probe shifted (%)",
+                "over the probe (points)",
+                "extra clean-to-shifted loss (points)",
+                "target",
+            ],
+            lines,
+        )
+        + _why_lines(judged)
+    )
+
+
+def render_int8_target(results: dict[str, Any]) -> str:
+    """Issue 18's int8 accuracy bound, one line per method with int8 numbers (empty without any)."""
+    judged = [t for t in map(Int8Verdict.model_validate, results.get("int8_target", [])) if t.met is not None]
+    if not judged:
+        return ""
+    lines = [
+        [
+            t.petl,
+            f"{100 * t.mean_delta:+.2f}",
+            ", ".join(f"{task} {100 * d:+.1f}" for task, d in t.deltas.items()),
+            " / ".join(f"{a:.3f}" for a in t.agreement) if t.agreement else "—",
+            "**met**" if t.met else "missed",
+        ]
+        for t in judged
+    ]
+    return (
+        "## Target: int8 accuracy\n\n"
+        f"On every task, int8 `balanced` (its own thresholds) at most {100 * INT8_MAX_TEST_DROP:.1f} points below "
+        "fp32 `balanced` on the test split. Argmax agreement: how often each exit's int8 answer equals "
+        "PyTorch's on the validation split, mean over the tasks; an exit well below 1 is where quantization "
+        "changes answers.\n\n"
+        + _table(["PETL", "mean Δ (points)", "Δ per task (points)", "argmax agreement per exit", "target"], lines)
+        + _why_lines(judged)
+    )
+
+
+def _why_lines(targets: Iterable[Verdict]) -> str:
+    """A paragraph per missed target that says why (``why`` of ``target``, ``shift_target``, ``int8_target``)."""
+    return "".join(f"\n\nWhy {t.petl} misses: {t.why}" for t in targets if t.why)
+
+
+def _probe_line(p: dict[str, Any]) -> list[str]:
+    """The frozen probe as a row of a task's table (block(s) chosen on validation, one per seed)."""
+    where = f"block {'/'.join(map(str, p['blocks']))}" if p.get("blocks") else f"{p.get('tasks', 0)} tasks"
+    if p["acc"] is None:
+        return ["frozen probe", "missing", "missing", *["—"] * 6]
+    return [
+        f"frozen probe ({where})",
+        _pm(p["acc"], p.get("acc_std")),
+        _pm(p["shifted_acc"], p.get("shifted_acc_std")),
+        f"{p['gflops']:.3g}",
+        *["—"] * 5,
+    ]
+
+
+def render_tasks(results: dict[str, Any]) -> str:
+    parts = [
+        "## Per task\n\nEach mode cell: test accuracy (%) / mean GFLOPs per image / FLOPs saved against "
+        "the static baseline; accuracies are means over the seeds ± their standard deviation. `static`: the "
+        "same PETL method with the final head only. `shifted`: the same test images, each corrupted once "
+        "(`dynadapter.bench.lab.corruptions`: translation, scale, rotation, blur, noise, contrast, JPEG at "
+        "severities 1-5, each kind and severity an equal share of the images), with the thresholds "
+        "calibrated on the clean validation split. `frozen probe`: a linear head on the frozen backbone "
+        "at the block that is best on the validation split, fitted by logistic regression with its L2 "
+        "strength chosen on validation (its GFLOPs: the blocks up to it and the head). "
+        "`balanced int8`: the Dyn-Adapter cell exported in int8 (`dynadapter export --precision int8`: NNCF "
+        "post-training quantization, OpenVINO) and served by the service's OpenVINO segment runner at int8's "
+        "own `balanced` threshold, calibrated on int8's validation logits; in brackets its difference from "
+        'fp32 `balanced`, in points, and "export would refuse" where int8 loses more last-exit validation '
+        "accuracy than `dynadapter export` allows; — where the cell was not exported (`--no-int8`)."
+    ]
+    probes = {p["task"]: p for p in results.get("probe", [])}
+    planned = len(_config_seeds(results["config"]))
+    header = [
+        "PETL",
+        "static acc (%)",
+        "static shifted (%)",
+        "static GFLOPs",
+        *MODES,
+        "balanced shifted (%)",
+        "balanced int8 (%)",
+    ]
+    for task in [*results["tasks"], "mean"]:
+        rows = [r for r in results["rows"] if r["task"] == task]
+        title = f"### {task}" if task != "mean" else "### Suite mean (over the tasks where both cells finished)"
+        lines = [
+            [
+                r["petl"] + (f" ({r['tasks']} tasks)" if task == "mean" else _seeds_short(r, planned)),
+                _pm(r["static_acc"], r.get("static_acc_std")) if r["static_acc"] is not None else "missing",
+                _pm(r.get("static_shifted_acc"), r.get("static_shifted_acc_std")),
+                f"{r['static_gflops']:.3g}" if r["static_gflops"] is not None else "—",
+                *_mode_cells(r),
+                _shifted_cell(r),
+                _int8_cell(r),
+            ]
+            for r in rows
+        ]
+        if task in probes:
+            lines.append(_probe_line(probes[task]))
+        drawn = task != "mean" and any(r["static_acc"] is not None or r["dyn"] is not None for r in rows)
+        figure = f"\n\n![{task}: accuracy against GFLOPs](results/{task}.png)" if drawn else ""
+        parts.append(f"{title}\n\n" + _table(header, lines) + figure)
+    return "\n\n".join(parts)
+
+
+def _threshold_cells(row: dict[str, Any]) -> list[str]:
+    """``balanced``'s threshold, mean ± std over seeds, and its bootstrap interval (mean over seeds)."""
+    t, std, interval = row.get("balanced_threshold"), row.get("balanced_threshold_std"), row.get("balanced_interval")
+    mean = "—" if t is None else f"{t:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+    return [mean, "—" if not interval else f"{interval[0]:.3f}–{interval[1]:.3f}"]
+
+
+def calibration_lines(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Per task and method: each mode's accuracy on validation and on test, side by side, and the
+    spread of ``balanced``'s threshold; "—" where a cell has no validation numbers (cached before)."""
+    lines = []
+    for r in rows:
+        if r["task"] == "mean" or r["dyn"] is None:
+            continue
+        val = r.get("dyn_val") or {}
+        pairs = [f"{pct(val.get(m))} / {pct(r['dyn'][m]['acc'])}" for m in MODES]
+        lines.append([r["task"], r["petl"], *pairs, *_threshold_cells(r)])
+    return lines
+
+
+def render_calibration(results: dict[str, Any]) -> str:
+    """Whether the thresholds chosen on the validation split carry over to the test split (issue #19)."""
+    return (
+        "## Calibration: validation against test\n\n"
+        "Each mode cell: accuracy (%) on the validation split, where its threshold was chosen, / on the "
+        "test split (means over the seeds). A validation accuracy well above the test one means the "
+        "threshold was fitted to the validation images. `balanced` threshold: mean ± std over the seeds; "
+        "bootstrap: the 5th-95th percentile of the choices over 200 resamples of the validation split "
+        "(`dynadapter train --calibration-resamples`), mean over the seeds; — where a cell has no such "
+        "number (calibrated or cached before it existed).\n\n"
+        + _table(
+            ["task", "PETL", *(f"{m} val / test" for m in MODES), "balanced threshold", "bootstrap 5-95%"],
+            calibration_lines(results["rows"]),
+        )
+    )
+
+
+def render_ablation(results: dict[str, Any]) -> str:
+    def cells(row: dict[str, Any]) -> list[str]:
+        return [
+            f"{pct(row[m]['acc'])} / {pct(row[m]['saved'], 0)}%" if row[m] else "missing"
+            for m in ("balanced", "accurate")
+        ]
+
+    heading = "## Ablation (Dyn-Adapter with adapter, suite mean)\n\n"
+    if not any(r["tasks"] for r in results["ablation"][1:]):
+        return heading + "Not run for this page: `dynadapter bench accuracy --ablation` trains its cells."
+    lines = [[r["label"], *cells(r), f"{r['tasks']} / {r['tasks'] + len(r['missing'])}"] for r in results["ablation"]]
+    return (
+        heading + "One part of the method switched at a time (`dynadapter bench accuracy --ablation`); each cell: "
+        "test accuracy (%) / FLOPs saved. Self-distillation is off by default, so its row switches it on.\n\n"
+        + _table(["variant", "balanced", "accurate", "tasks finished"], lines)
+    )
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The accuracy part of docs/results.md (empty when results.json has none)."""
+    if "rows" not in results:
+        return ""
+    c = results["config"]
+    epochs = f"{c['epochs']} epoch" + ("s" if c["epochs"] != 1 else "")
+    amp = f"{c['amp']} autocast in training, " if c.get("amp") else ""
+    recipe = ", ".join(f"{k}={v}" for k, v in c.get("recipe", {}).items())
+    recipe = f"recipe {recipe}, " if recipe else ""
+    intro = (
+        f"Backbone `{c['backbone']}` at {c['img_size']} px, frozen; {epochs} per cell "
+        f"(AdamW lr {c['lr']}, {c['warmup_epochs']} epochs of warm-up, batch {c['batch_size']}, "
+        f"{amp}{recipe}{_seeds(c)}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
+        "200 val images, a separate test split). All numbers are on the test split; the modes use the "
+        "thresholds calibrated on the validation split (each run's calibration.json). GFLOPs: one "
+        "multiply-add = one FLOP. The paper trains 100 epochs: with fewer, these numbers compare the "
+        "methods under one short budget, in which the early exits have learnt least."
+    )
+    parts = [
+        intro,
+        render_target(results),
+        render_shift_target(results),
+        render_int8_target(results),
+        render_tasks(results),
+    ]
+    parts = [part for part in parts if part]
+    if calibration_lines(results["rows"]):
+        parts.append(render_calibration(results))
+    if any(r["tasks"] for r in results["ablation"]):
+        parts.append(render_ablation(results))
+    if results["timing"]:
+        parts.append(
+            "## Time per cell\n\nWall-clock seconds of training, calibration, test evaluation and the int8 column, "
+            f"as measured on the machine that ran the cell{_devices(results.get('devices'))}:\n\n"
+            + _table(
+                ["cells", "finished", "mean (s)", "total (s)"],
+                [
+                    [kind, str(t["cells"]), f"{t['mean_s']:.0f}", f"{t['total_s']:.0f}"]
+                    for kind, t in results["timing"].items()
+                ],
+            )
+        )
+        if results.get("budget"):
+            parts.append(render_budget(results["budget"], c))
+    if results["missing"]:
+        parts.append("## Cells not finished\n\n" + ", ".join(f"`{m}`" for m in results["missing"]))
+    return "\n\n".join(parts)
+
+
+def render_budget(b: dict[str, Any], config: dict[str, Any]) -> str:
+    """The suite's projected wall-clock time against the 4-hour budget, with what set it."""
+    cells = ", ".join(f"{n} {kind}" for kind, n in b["plan"].items())
+    precision = f"{config['amp']} autocast" if config.get("amp") else "float32 (no bfloat16 autocast)"
+    hours, bound = b["projected_s"] / 3600, b["bound_s"] / 3600
+    faster = ("bfloat16 autocast on a CPU with bfloat16 instructions, or " if not config.get("amp") else "") + (
+        "a GPU (`--device cuda`)"
+    )
+    verdict = (
+        "**met**"
+        if b["met"]
+        else f"missed by {hours - bound:.1f} h ({hours / bound:.1f}x the budget). A cell's time is its training "
+        f"steps, compute-bound: the suite fits where a step runs {hours / bound:.1f}x faster: {faster}"
+    )
+    return (
+        f"Whole default suite ({cells} cells) at these means, trained in {precision}: "
+        f"**{hours:.1f} h** against a budget of {bound:.0f} h: {verdict}."
+    )
+
+
+def _devices(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return ""
+    return " (trained on " + "; ".join(f"{name}: {n} cell{'s' if n != 1 else ''}" for name, n in counts.items()) + ")"
+
+
+def _config_seeds(config: dict[str, Any]) -> list[int]:
+    """The seeds a run asked for (``seed`` alone in configs written before ``--seeds``)."""
+    return list(config.get("seeds", [config.get("seed", 0)]))
+
+
+def _seeds(config: dict[str, Any]) -> str:
+    seeds = _config_seeds(config)
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}: mean ± std"
+
+
+def result_table(results: dict[str, Any]) -> str:
+    """The plain-text table ``dynadapter bench accuracy`` prints: suite means and the target."""
+    means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
+    lines = [f"{'PETL':<11} {'tasks':>5} {'static':>7} {'fast':>14} {'balanced':>14} {'accurate':>14}  target"]
+    for t in map(ClaimVerdict.model_validate, results["target"]):
+        row = means[t.petl]
+        modes = [
+            f"{pct(row['dyn'][m]['acc'])}%/{pct(row['dyn'][m]['saved'], 0)}%" if row["dyn"] else "—" for m in MODES
+        ]
+        lines.append(
+            f"{t.petl:<11} {row['tasks']:>5} {pct(row['static_acc']):>7} "
+            + " ".join(f"{m:>14}" for m in modes)
+            + "  "
+            + _verdict(t).replace("**", "")
+        )
+    return "\n".join(lines)
