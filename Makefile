@@ -48,7 +48,8 @@ TYPED := dynadapter.service dynadapter.contract dynadapter.options dynadapter.er
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	rm -rf $(LINT_SITE) && $(BIN)/python -m pip install --quiet --no-deps --target $(LINT_SITE) .
+	# setuptools builds in build/lib and keeps what is there: a module moved away would come back.
+	rm -rf $(LINT_SITE) build/lib && $(BIN)/python -m pip install --quiet --no-deps --target $(LINT_SITE) .
 	cd $(LINT_SITE) && $(CURDIR)/$(BIN)/lint-imports --no-cache $(CURDIR)/pyproject.toml
 	cd $(LINT_SITE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir /dev/null $(addprefix -p ,$(TYPED))
 
