@@ -112,7 +112,7 @@ def build_model(backbone: BackboneSpec, model_config: DynamicViTConfig) -> Dynam
 def write_config(run_dir: Path, config: RunConfig) -> None:
     """``run_dir/config.json`` from ``config`` (the folder is made if needed)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(config.model_dump_json(indent=2))
+    (run_dir / CONFIG).write_text(config.model_dump_json(indent=2), encoding="utf-8")  # labels may be any text
 
 
 def read_config(run_dir: Path) -> RunConfig:
@@ -122,7 +122,7 @@ def read_config(run_dir: Path) -> RunConfig:
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a run directory (needs {CONFIG} and {CHECKPOINT})")
     try:
-        return RunConfig.model_validate_json(path.read_text())
+        return RunConfig.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(the file)"

@@ -102,3 +102,9 @@ def test_an_unknown_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunDirError) as refused:
         read_config(tmp_path)
     assert str(refused.value) == f"{path}: epochs: Extra inputs are not permitted"
+
+
+def test_labels_in_any_script_round_trip(tmp_path: Path) -> None:
+    config = a_config().model_copy(update={"labels": ["café", "猫"]})
+    write_config(tmp_path, config)
+    assert read_config(tmp_path).labels == ["café", "猫"]

@@ -7,6 +7,7 @@ training split alone may be augmented (training/augment.py) on its way from the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from dynadapter.training.data.cache import PixelCache, from_uint8, to_uint8
 BAD_IMAGE_ERRORS = (OSError, ImageDecodeError, ImageTooLargeError)
 
 
+@dataclass
 class ImageDataset(torch.utils.data.Dataset):
     """Streams a split: item j is (float32 [3, H, W], class id) of the split's image ``indices[j]``.
 
