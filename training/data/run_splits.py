@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Splits:
     skipped: list[SkippedRow]
     run_dir: Path
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """Images per class and split, files skipped per split, layout and links read once (config.json)."""
         return summary(self.raw, {s: sum(1 for row in self.skipped if row[1] == s) for s in SPLITS})
 
