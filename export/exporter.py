@@ -180,10 +180,10 @@ def build_manifest(
         modes=calibration["modes"],
         parity={"max_abs_diff": parity, "batch_sizes": list(PARITY_BATCH_SIZES)},
         training={
-            "backbone": run.config["backbone"]["name"],
+            "backbone": run.config.backbone.name,
             "petl": run.model.config.petl,
             "img_size": run.preprocessing.size[0],
             "exits": exits,
-            "data": run.config["data"],
+            "data": run.config.data,
         },
     )

@@ -187,7 +187,7 @@ def _describe(
         val_targets,
         deployed_cumulative_gflops(run.model),
         early_heads_gflops(run.model),
-        **recorded_resampling(run.config["train"]),
+        **recorded_resampling(run.config.train),
     )
     log.info("%s openvino: parity %.2e, argmax agreement %s", precision, worst, agreement)
     return PrecisionExport(
@@ -226,12 +226,12 @@ def split_images(run: Run, split: str) -> tuple[np.ndarray, np.ndarray]:
 def _source(run: Run, split: str) -> Any:
     source = run_split(run.path or Path("."), run.config, split)
     if len(source) == 0:
-        raise ExportError(f"the {split} split of {run.config['data']} is empty: cannot calibrate another precision")
+        raise ExportError(f"the {split} split of {run.config.data} is empty: cannot calibrate another precision")
     return source
 
 
 def _images(run: Run, source: Any, indices: Iterable[int]) -> np.ndarray:
-    max_pixels = run.config["train"].get("max_pixels", TrainOptions.model_fields["max_pixels"].default)
+    max_pixels = run.config.train.get("max_pixels", TrainOptions.model_fields["max_pixels"].default)
     return np.stack([source.load(int(i), run.preprocessing, max_pixels) for i in indices]).astype(np.float32)
 
 
@@ -246,9 +246,9 @@ def _calibration_set(run: Run) -> tuple[np.ndarray, dict[str, object]]:
         "nncf": _version("nncf"),
         "openvino": _version("openvino"),
         "calibration_set": {
-            "data": run.config["data"],
+            "data": run.config.data,
             "split": "train",
-            "seed": run.config["train"]["seed"],
+            "seed": run.config.train["seed"],
             "num_images": count,
             "indices": [int(i) for i in indices],
         },

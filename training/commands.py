@@ -40,7 +40,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
     if getattr(args, "resume", None) is not None:
         from dynadapter.training.run_dir import read_config
 
-        recorded = {**read_config(args.resume)["train"], "resume": args.resume, "out": args.resume}
+        recorded = {**read_config(args.resume).train, "resume": args.resume, "out": args.resume}
         return TrainOptions(**recorded)
     missing = [f"--{name}" for name in ("data", "out") if not hasattr(args, name)]
     if missing:

@@ -47,8 +47,8 @@ def split_logits(run: Run, data: str | None, split: str, workers: int = 2) -> tu
     list), so that no image crosses splits; DataError if it is empty."""
     source = run_split(run.path or Path("."), run.config, split, data)
     if len(source) == 0:
-        raise DataError(f"the {split} split of {data or run.config['data']} is empty (try --split val)")
-    train = run.config["train"]
+        raise DataError(f"the {split} split of {data or run.config.data} is empty (try --split val)")
+    train = run.config.train
     dataset = ImageDataset(
         source, run.preprocessing, train.get("max_pixels", TrainOptions.model_fields["max_pixels"].default)
     )
@@ -86,7 +86,7 @@ def evaluate_run(
         "modes": modes,
         # the modes as calibrated on the validation split: val accuracy and, by bootstrap, the spread
         "calibrated": calibrated,
-        "baselines": {str(b): baseline_point(Path(b), data or run.config["data"], split) for b in baselines},
+        "baselines": {str(b): baseline_point(Path(b), data or run.config.data, split) for b in baselines},
     }
     rd.write_report(run_dir, f"eval_{split}", report)
     plot_accuracy_vs_gflops(
@@ -95,7 +95,7 @@ def evaluate_run(
         modes,
         {_baseline_label(Path(b)): tuple(p.values()) for b, p in report["baselines"].items()},
         run_dir / f"eval_{split}.png",
-        f"{run.config['data']} ({split}, {len(targets)} images)",
+        f"{run.config.data} ({split}, {len(targets)} images)",
     )
     return report
 
@@ -109,8 +109,8 @@ def baseline_point(run_dir: Path, data: str, split: str) -> dict[str, float]:
 
 def _baseline_label(run_dir: Path) -> str:
     cfg = rd.read_config(run_dir)
-    kind = "static" if len(cfg["model"]["exits"]) == 1 else "dynamic"
-    return f"{cfg['model']['petl']} {kind} ({run_dir.name})"
+    kind = "static" if len(cfg.model["exits"]) == 1 else "dynamic"
+    return f"{cfg.model['petl']} {kind} ({run_dir.name})"
 
 
 def recalibrate_run(run_dir: Path) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def recalibrate_run(run_dir: Path) -> dict[str, Any]:
         targets,
         deployed_cumulative_gflops(run.model),
         early_heads_gflops(run.model),
-        **recorded_resampling(run.config["train"]),
+        **recorded_resampling(run.config.train),
     )
     rd.write_calibration(run_dir, result)
     return result

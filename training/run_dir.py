@@ -4,7 +4,8 @@ split files (split_<split>.csv), skipped.csv and, until the run finishes, the st
 This module is the only one that reads or writes those files (README "Command line" describes
 them). ``config.json`` holds everything needed to rebuild the model around its frozen backbone; the
 checkpoint holds only what training changed (PETL and head parameters). No pickle: JSON and
-safetensors only.
+safetensors only. `RunConfig` is config.json's schema: `write_config` and `read_config` its only
+writer and reader.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import timm
 import torch
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
@@ -26,7 +28,8 @@ from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig
 from dynadapter.training.backbones import create_backbone, load_timm_weights
 
 CONFIG, CHECKPOINT, METRICS, CALIBRATION = "config.json", "checkpoint.safetensors", "metrics.jsonl", "calibration.json"
-RUN_FORMAT = 1
+#: The version of config.json this code writes and the newest it reads.
+RUN_CONFIG_VERSION = 1
 
 
 @dataclass
@@ -60,10 +63,43 @@ class BackboneSpec:
         return model
 
 
+class RunConfig(BaseModel):
+    """config.json: what rebuilds a run's model and what it was trained on (README "Command line").
+
+    ``version`` is the file's schema version (`RUN_CONFIG_VERSION`); files written before it was named
+    carry it as ``format``. ``train`` holds the options as the run recorded them (`TrainOptions.record`),
+    kept as written: options renamed or removed since would not validate today, and an old run must
+    still load. Unknown keys, a newer version or a field of the wrong type are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = Field(RUN_CONFIG_VERSION, validation_alias=AliasChoices("version", "format"))
+    data: str
+    labels: list[str]
+    preprocessing: Preprocessing
+    backbone: BackboneSpec
+    model: dict[str, Any]  # DynamicViTConfig.to_dict()
+    train: dict[str, Any]
+    data_summary: dict[str, Any] | None = None  # images per class and split (training/data/sources.py summary)
+    world_size: int = 1
+    device: str | None = None
+    device_name: str | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if not 1 <= version <= RUN_CONFIG_VERSION:
+            raise ValueError(
+                f"version {version} is not one this dynadapter reads (1 to {RUN_CONFIG_VERSION}): upgrade dynadapter"
+            )
+        return version
+
+
 @dataclass
 class Run:
     model: DynamicViT
-    config: dict[str, Any]
+    config: RunConfig
     labels: list[str]
     preprocessing: Preprocessing
     path: Path | None = None  # the run directory it was loaded from
@@ -73,20 +109,24 @@ def build_model(backbone: BackboneSpec, model_config: DynamicViTConfig) -> Dynam
     return DynamicViT(backbone.build(), model_config)
 
 
-def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+def write_config(run_dir: Path, config: RunConfig) -> None:
+    """``run_dir/config.json`` from ``config`` (the folder is made if needed)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(json.dumps({"format": RUN_FORMAT, **config}, indent=2))
+    (run_dir / CONFIG).write_text(config.model_dump_json(indent=2), encoding="utf-8")  # labels may be any text
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """config.json of a run directory; RunDirError if it is missing or of another format."""
+def read_config(run_dir: Path) -> RunConfig:
+    """config.json of a run directory; RunDirError (one line) if it is missing, of a newer version,
+    or holds a field that does not fit `RunConfig`."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a run directory (needs {CONFIG} and {CHECKPOINT})")
-    config = json.loads(path.read_text())
-    if config.get("format") != RUN_FORMAT:
-        raise RunDirError(f"{path}: unsupported run format {config.get('format')!r}")
-    return config
+    try:
+        return RunConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(the file)"
+        raise RunDirError(f"{path}: {where}: {first['msg']}") from None
 
 
 def save_checkpoint(run_dir: Path, model: DynamicViT) -> None:
@@ -159,10 +199,9 @@ def load_run(run_dir: Path) -> Run:
     if not checkpoint_path(run_dir).is_file():
         raise RunDirError(f"{run_dir} is not a run directory (needs {CONFIG} and {CHECKPOINT})")
     config = read_config(run_dir)
-    model = build_model(BackboneSpec(**config["backbone"]), DynamicViTConfig(**config["model"]))
+    model = build_model(config.backbone, DynamicViTConfig(**config.model))
     model.load_trainable_state_dict(read_checkpoint(run_dir))
-    preprocessing = Preprocessing.model_validate(config["preprocessing"])
-    return Run(model.eval(), config, config["labels"], preprocessing, run_dir)
+    return Run(model.eval(), config, config.labels, config.preprocessing, run_dir)
 
 
 #: Files of the split a run trained on (folders and manifests; builtin splits are fixed by their seed).

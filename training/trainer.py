@@ -2,7 +2,7 @@
 
 AdamW with a linear warm-up then cosine decay, the adaptive per-exit loss weighting, forward
 sparsity (set on the model) and backward sparsity (gradient masking between backward and step).
-Images stream from disk in a DataLoader (training/data.py); under torchrun a DistributedSampler gives
+Images stream from disk in a DataLoader (training/data/); under torchrun a DistributedSampler gives
 each process its share of every global batch. After each epoch the validation objective decides
 which checkpoint is kept (`VAL_OBJECTIVE`), the state to ``--resume`` from is written, and a
 non-finite loss stops the run. After the last epoch the kept checkpoint is calibrated on the
@@ -19,50 +19,30 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from timm.data import Mixup
 from tqdm.auto import tqdm
 
 from dynadapter.contract import Preprocessing
-from dynadapter.errors import ConfigError, DataError
+from dynadapter.errors import ConfigError
 from dynadapter.models.balanced_heads import parse_head_spec
 from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
 from dynadapter.training import distributed
 from dynadapter.training import run_dir as rd
 from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
-from dynadapter.training.augment import batch_mixer, criterion, seeded, train_augmentation
+from dynadapter.training.augment import batch_mixer, criterion, seeded
 from dynadapter.training.backward_sparsity import BackwardSparsity
 from dynadapter.training.calibration import calibrate
-from dynadapter.training.data import (
-    SPLITS,
-    FileSplit,
-    ImageDataset,
-    PixelCache,
-    RawDataset,
-    SplitSizes,
-    available_memory,
-    cache_bytes,
-    check_classes,
-    few_shot,
-    load_raw,
-    run_split,
-    screen,
-    stream,
-    summary,
-)
+from dynadapter.training.data import ImageDataset, Splits, prepare_splits, read_dataset, stream
 from dynadapter.training.evaluate import exit_accuracies, loader_logits
 from dynadapter.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
-#: Where disk caches are kept, inside the run directory (removed when the run stops).
-CACHE_FOLDER = ".cache"
 #: ``--amp-dtype`` choices, as in timm's train.py. bfloat16 needs no loss scaling; float16 does.
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -142,25 +122,25 @@ def train(opts: TrainOptions) -> Path:
     torch.manual_seed(opts.seed)
     out = Path(opts.out)
     resume = rd.read_resume(out) if opts.resume else None
-    raw = dataset_for(opts, out if resume else None)
-    check_classes(raw, opts.data)
+    raw = read_dataset(opts, out if resume else None)
     model, spec = build(opts, len(raw.labels))
     pre = preprocessing_for(model, opts.img_size)
-    data: dict[str, ImageDataset] = {}
+    splits: Splits | None = None
     with sigterm_raises():
         try:
-            data, skipped = prepare(raw, pre, opts, out, world)
+            splits = prepare_splits(raw, pre, opts, out, world, STOP.check)  # removes its caches if it fails
             if world.is_main and not resume:
-                write_run_start(out, opts, raw, data, skipped, pre, model, spec, world, device)
+                write_run_start(out, opts, splits, pre, model, spec, world, device)
             model.to(device)
-            fit(model, data["train"], data["val"], opts, out, world, resume)
+            fit(model, splits.datasets["train"], splits.datasets["val"], opts, out, world, resume)
             if world.is_main:
-                finish(model, data["val"], opts, out)
+                finish(model, splits.datasets["val"], opts, out)
         except Terminated:
             log.warning("SIGTERM: the run stops; its pixel caches are removed")
             raise
         finally:
-            close_caches([d.cache for d in data.values() if d.cache], out)
+            if splits is not None:
+                splits.close()
     distributed.shutdown(world)
     return out
 
@@ -237,89 +217,10 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def close_caches(caches: Iterable[PixelCache], out: Path) -> None:
-    """Close the caches (their files go; shared memory, unlinked as torch makes it, goes with the last
-    process holding it) and remove OUT/.cache once it is empty (another rank may still use it)."""
-    for cache in caches:
-        cache.close()
-    with contextlib.suppress(OSError):
-        (out / CACHE_FOLDER).rmdir()
-
-
-def dataset_for(opts: TrainOptions, resumed_run: Path | None) -> RawDataset:
-    """The data set and its split: a resumed run reads the split files it recorded."""
-    raw = load_raw(opts.data, opts.seed, SplitSizes(opts.val_size, opts.test_size))
-    if resumed_run is not None and isinstance(raw.splits["train"], FileSplit):
-        config = rd.read_config(resumed_run)  # the classes and files it started with, whatever changed since
-        raw.labels, raw.splits = config["labels"], {s: run_split(resumed_run, config, s) for s in SPLITS}
-    return few_shot(raw, opts.shots, opts.seed) if opts.shots else raw
-
-
-def prepare(
-    raw: RawDataset, pre: Preprocessing, opts: TrainOptions, out: Path, world: distributed.World
-) -> tuple[dict[str, ImageDataset], list[tuple[str, str, str]]]:
-    """Datasets of the three splits, every file decoded once (filling the caches of train and val);
-    unusable files are left out (``--bad-images skip``) or stop the run (``error``).
-
-    Returns the datasets and the (path, split, reason) rows of the files skipped.
-    """
-    caches = make_caches(raw, pre.size, opts, out, world)
-    try:
-        return _screened(raw, pre, opts, world, caches)
-    except BaseException:  # a bad file, a refusal, Ctrl-C or SIGTERM while screening: no cache stays
-        close_caches(caches.values(), out)
-        raise
-
-
-def _screened(
-    raw: RawDataset, pre: Preprocessing, opts: TrainOptions, world: distributed.World, caches: dict[str, PixelCache]
-) -> tuple[dict[str, ImageDataset], list[tuple[str, str, str]]]:
-    """`prepare`'s work once its caches exist."""
-    augment = train_augmentation(opts, pre.size[0], pre.mean, pre.interpolation)
-    data, skipped = {}, []
-    for name in SPLITS:
-        STOP.check()
-        source = raw.splits[name]
-        data[name] = ImageDataset(source, pre, opts.max_pixels, caches.get(name), seed=opts.seed)
-        if not isinstance(source, FileSplit) or not len(source):
-            continue  # builtin images are decoded already
-        # Each rank decodes its share; the first bad file stops a single process at once.
-        stop = opts.bad_images == "error" and world.size == 1
-        bad = world.union(screen(data[name], opts.workers, stop, world.shard(np.arange(len(source)))))
-        if bad and opts.bad_images == "error":
-            first = min(bad)
-            raise DataError(f"{source.name(first)}: {bad[first]} (--bad-images skip leaves such files out)")
-        data[name].indices = np.array([i for i in range(len(source)) if i not in bad], np.int64)
-        raw.splits[name] = source.subset(data[name].indices)
-        skipped += [(source.name(i), name, reason) for i, reason in sorted(bad.items())]
-    check_classes(raw, opts.data)
-    data["train"].augment = augment  # after screening, which fills the cache with the plain images
-    return data, skipped
-
-
-def make_caches(
-    raw: RawDataset, size: tuple[int, int], opts: TrainOptions, out: Path, world: distributed.World
-) -> dict[str, PixelCache]:
-    """uint8 caches for train and val: in memory when they fit (``--cache``), else files in OUT/.cache."""
-    n = {s: len(raw.splits[s]) for s in ("train", "val")}
-    budget = min(opts.cache_memory_mb * 2**20, available_memory() // 2)
-    in_memory = opts.cache == "memory" or (opts.cache == "auto" and cache_bytes(sum(n.values()), size) <= budget)
-    caches: dict[str, PixelCache] = {}
-    try:
-        for s, k in n.items():
-            caches[s] = PixelCache(k, size, None if in_memory else out / CACHE_FOLDER / f"{s}-rank{world.rank}.u8")
-    except BaseException:  # the second cache failed (a full disk): the first goes too
-        close_caches(caches.values(), out)
-        raise
-    return caches
-
-
 def write_run_start(
     out: Path,
     opts: TrainOptions,
-    raw: RawDataset,
-    data: dict[str, ImageDataset],
-    skipped: list[tuple[str, str, str]],
+    splits: Splits,
     pre: Preprocessing,
     model: DynamicViT,
     spec: rd.BackboneSpec,
@@ -327,34 +228,34 @@ def write_run_start(
     device: torch.device,
 ) -> None:
     """config.json, the split files, skipped.csv and a fresh metrics.jsonl; the summary goes to the log."""
-    counts = {s: sum(1 for row in skipped if row[1] == s) for s in SPLITS}
-    table = summary(raw, counts)
-    config = {
-        "data": opts.data,
-        "labels": raw.labels,
-        "preprocessing": pre.model_dump(mode="json"),
-        "backbone": asdict(spec),
-        "model": model.config.to_dict(),
-        "train": opts.record(),
-        "data_summary": table,
-        "world_size": world.size,
-        "device": str(device),
-        "device_name": distributed.device_name(device),
-    }
+    table = splits.summary()
+    config = rd.RunConfig(
+        data=opts.data,
+        labels=splits.raw.labels,
+        preprocessing=pre,
+        backbone=spec,
+        model=model.config.to_dict(),
+        train=opts.record(),
+        data_summary=table,
+        world_size=world.size,
+        device=str(device),
+        device_name=distributed.device_name(device),
+    )
     if rd.clear_earlier_run(out):
         log.warning("%s held an earlier run: it is replaced (its checkpoint, metrics and eval reports removed)", out)
     rd.write_config(out, config)
-    for name, source in raw.splits.items():
-        if isinstance(source, FileSplit):
-            rd.write_split(out, name, source.files, [raw.labels[t] for t in source.targets])
-    rd.write_skipped(out, skipped)
-    log.info("data: %s, %d classes", table["layout"], len(raw.labels))
-    if raw.duplicates:
-        log.info("  %d files reached more than once (links) are read once", raw.duplicates)
+    for name, files, labels in splits.file_lists():
+        rd.write_split(out, name, files, labels)
+    rd.write_skipped(out, splits.skipped)
+    log.info("data: %s, %d classes", table["layout"], len(splits.raw.labels))
+    if splits.raw.duplicates:
+        log.info("  %d files reached more than once (links) are read once", splits.raw.duplicates)
     for name, per_class in table["images"].items():
-        log.info("  %-5s %6d images  %s  (%d skipped)", name, sum(per_class.values()), per_class, counts[name])
-    if skipped:
-        log.warning("%d unusable files left out: listed in %s", len(skipped), out / rd.SKIPPED)
+        log.info(
+            "  %-5s %6d images  %s  (%d skipped)", name, sum(per_class.values()), per_class, table["skipped"][name]
+        )
+    if splits.skipped:
+        log.warning("%d unusable files left out: listed in %s", len(splits.skipped), out / rd.SKIPPED)
 
 
 def finish(model: DynamicViT, val: ImageDataset, opts: TrainOptions, out: Path) -> None:

@@ -32,10 +32,10 @@ def bench_images(run_dir: Path, count: int | None) -> BenchImages:
     config = read_config(run_dir)
     split = run_split(run_dir, config, "test")  # the run's own test split: no training image is sent
     if not len(split):
-        raise DataError(f"the test split of {config['data']} is empty: no images to send")
+        raise DataError(f"the test split of {config.data} is empty: no images to send")
     n = len(split) if count is None else min(count, len(split))
     bodies = [multipart_body(split.encoded(i)) for i in range(n)]
-    return BenchImages(bodies, [int(t) for t in split.targets[:n]], config["data"])
+    return BenchImages(bodies, [int(t) for t in split.targets[:n]], config.data)
 
 
 def multipart_body(png: bytes) -> bytes:

@@ -330,7 +330,7 @@ def cell_device(run_dir: Path) -> str:
     """The device a run trained on, as its config.json names it (a run written before device names
     were recorded: its torch device, e.g. "cpu (model not recorded)")."""
     config = read_config(run_dir)
-    return str(config.get("device_name") or f"{config['device']} (model not recorded)")
+    return str(config.device_name or f"{config.device} (model not recorded)")
 
 
 def same_options(stored: dict[str, Any], current: dict[str, Any]) -> bool:
@@ -514,7 +514,7 @@ def probe_choice(run: Run, test_exit_accuracy: list[float], shifted_exit_accurac
 def static_gflops(opts: TrainOptions, run_dir: Path) -> float:
     """GFLOPs of the static baseline of the same PETL method (what Dyn-Adapter's savings are relative
     to; its own full depth costs more, by its early heads)."""
-    num_classes = len(read_config(run_dir)["labels"])
+    num_classes = len(read_config(run_dir).labels)
     model, _ = build(opts.model_copy(update={"static": True}), num_classes)
     return deployed_cumulative_gflops(model)[-1]
 

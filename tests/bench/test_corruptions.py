@@ -8,13 +8,13 @@ from PIL import Image
 
 from dynadapter.bench.lab.corruptions import KINDS, assign, corrupt, shifted_split
 from dynadapter.errors import ConfigError, DataError
-from dynadapter.training.data import _elpv_table
+from dynadapter.training.data.builtin import elpv_table
 
 
 @pytest.fixture(scope="module")
 def grey() -> np.ndarray:
     """One 300x300 ELPV electroluminescence image, downsampled to 64x64 (uint8)."""
-    root, files, _, _ = _elpv_table()
+    root, files, _, _ = elpv_table()
     with Image.open(root / files[0]) as image:
         return np.asarray(image.convert("L").resize((64, 64), Image.BILINEAR))
 

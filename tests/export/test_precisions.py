@@ -77,7 +77,7 @@ def test_int8_is_calibrated_on_its_own_validation_logits(exported) -> None:
         val_targets,
         deployed_cumulative_gflops(run.model),
         early_heads_gflops(run.model),
-        **recorded_resampling(run.config["train"]),
+        **recorded_resampling(run.config.train),
     )
     assert entry["calibration"] == json.loads(json.dumps(own["calibration"]))
     assert {m: v["threshold"] for m, v in entry["modes"].items()} == {

@@ -16,10 +16,11 @@ from dynadapter.contract import Preprocessing
 from dynadapter.errors import ConfigError
 from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
 from dynadapter.training.augment import auto_augment, batch_mixer, criterion, seeded, train_augmentation
-from dynadapter.training.data import ImageDataset, RawSplit, load_raw, stream
+from dynadapter.training.data import ImageDataset, load_raw, prepare_splits, stream
+from dynadapter.training.data.splits import RawSplit
 from dynadapter.training.distributed import World
 from dynadapter.training.options import TrainOptions
-from dynadapter.training.trainer import check_mixing, prepare
+from dynadapter.training.trainer import check_mixing
 from tests.tiny import TINY_ARGS
 
 PRE = Preprocessing.square(16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -106,7 +107,7 @@ def test_only_the_training_split_is_augmented(tmp_path: Path) -> None:
         crop_scale=[0.3, 0.9],
         auto_augment="rand-m9-mstd0.5",
     )
-    data, _ = prepare(raw, PRE, opts, tmp_path, World())
+    data = prepare_splits(raw, PRE, opts, tmp_path, World(), check_stop=lambda: None).datasets
     assert data["train"].augment is not None and data["val"].augment is None and data["test"].augment is None
     for split in ("val", "test"):
         image = raw.splits[split].load(0, PRE, opts.max_pixels)

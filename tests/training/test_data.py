@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 
 from dynadapter.errors import DataError
-from dynadapter.training.data import (
-    BUILTIN_DATASETS,
-    ELPV_GRADES,
-    ELPV_SIZES,
-    SPLITS,
-    RawDataset,
-    few_shot,
-    load_raw,
-    stratified_indices,
-)
+from dynadapter.training.data import BUILTIN_DATASETS, load_raw
+from dynadapter.training.data.builtin import ELPV_GRADES, ELPV_SIZES
+from dynadapter.training.data.sources import few_shot
+from dynadapter.training.data.splits import SPLITS, RawDataset, stratified_indices
 
 #: name -> (labels, split sizes, image shape)
 EXPECTED = {
@@ -119,13 +113,18 @@ def test_a_few_shot_runs_recorded_train_split_is_its_k_images_a_class(tmp_path) 
     """What reads a run's train split afterwards (the frozen probe's fit, int8 calibration) sees the
     images the run trained on. It had read the whole builtin train split of a few-shot run: the
     1-shot frozen probe on digits was fitted on all 800 images and scored 93.9%."""
-    from dynadapter.training.data import run_split
+    from dynadapter.contract import Preprocessing
+    from dynadapter.training.data import read_dataset, run_split
     from dynadapter.training.options import TrainOptions
-    from dynadapter.training.trainer import dataset_for
+    from dynadapter.training.run_dir import BackboneSpec, RunConfig
 
     opts = TrainOptions(data="builtin:digits", out=tmp_path, shots=2, seed=3)
-    trained = dataset_for(opts, None)
-    config = {"data": opts.data, "labels": trained.labels, "train": opts.record()}  # no split files: builtin
+    trained = read_dataset(opts, None)
+    pre, backbone = Preprocessing.square(16, (0.5,) * 3, (0.5,) * 3), BackboneSpec("vit_tiny_patch16_224", 16)
+    # no split files: builtin
+    config = RunConfig(
+        data=opts.data, labels=trained.labels, train=opts.record(), preprocessing=pre, backbone=backbone, model={}
+    )
     for split in SPLITS:
         recorded, used = run_split(tmp_path, config, split), trained.splits[split]
         assert recorded.targets.tolist() == used.targets.tolist()

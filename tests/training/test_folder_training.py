@@ -15,7 +15,8 @@ from dynadapter.contract import Preprocessing
 from dynadapter.errors import ConfigError, DataError
 from dynadapter.training import run_dir as rd
 from dynadapter.training import trainer
-from dynadapter.training.data import FileSplit, ImageDataset, PixelCache, load_raw
+from dynadapter.training.data import ImageDataset, PixelCache, load_raw
+from dynadapter.training.data.splits import FileSplit
 from dynadapter.training.evaluate import evaluate_run
 from dynadapter.training.options import TrainOptions
 from tests.training.folders import add_broken, add_litter, class_folder, tiny_options

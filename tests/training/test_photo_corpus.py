@@ -15,7 +15,9 @@ import numpy as np
 from dynadapter.bench.lab.photo_corpus import corpus
 from dynadapter.contract import Preprocessing
 from dynadapter.service.decoding import DecodePool
-from dynadapter.training.data import FileSplit, ImageDataset, PixelCache, list_files
+from dynadapter.training.data import ImageDataset, PixelCache
+from dynadapter.training.data.sources import list_files
+from dynadapter.training.data.splits import FileSplit
 
 MAX_PIXELS = 40_000_000
 

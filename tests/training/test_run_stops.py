@@ -14,6 +14,7 @@ import pytest
 from dynadapter.errors import DataError
 from dynadapter.training import run_dir as rd
 from dynadapter.training import trainer
+from dynadapter.training.data.cache import CACHE_FOLDER
 from dynadapter.training.options import TrainOptions
 from tests.tiny import TINY_ARGS
 from tests.training.folders import add_broken, class_folder, tiny_options
@@ -74,7 +75,7 @@ def test_a_signalled_run_removes_its_cache(photos: Path, tmp_path: Path, signum:
     )
     try:
         wait_for(out / rd.CONFIG, process)  # written once the caches are filled, before the first step
-        caches = sorted((out / trainer.CACHE_FOLDER).glob("*.u8"))
+        caches = sorted((out / CACHE_FOLDER).glob("*.u8"))
         assert [p.name for p in caches] == (["train-rank0.u8", "val-rank0.u8"] if cache == "disk" else [])
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=120)
@@ -83,7 +84,7 @@ def test_a_signalled_run_removes_its_cache(photos: Path, tmp_path: Path, signum:
             process.kill()
             process.wait()
     assert process.returncode == status, stderr[-3000:]
-    assert not (out / trainer.CACHE_FOLDER).exists()
+    assert not (out / CACHE_FOLDER).exists()
     assert shared_memory_of(process.pid) == []
     told = {
         signal.SIGTERM: "SIGTERM: the run stops; its pixel caches are removed",
@@ -100,7 +101,7 @@ def test_an_error_during_training_removes_the_cache(photos: Path, tmp_path: Path
     out = tmp_path / "run"
     with pytest.raises(OSError, match="No space left on device"):
         trainer.train(options(photos, out))
-    assert (out / rd.CONFIG).exists() and not (out / trainer.CACHE_FOLDER).exists()
+    assert (out / rd.CONFIG).exists() and not (out / CACHE_FOLDER).exists()
 
 
 def test_a_refusal_while_screening_removes_the_cache(tmp_path: Path) -> None:
@@ -110,7 +111,7 @@ def test_a_refusal_while_screening_removes_the_cache(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with pytest.raises(DataError, match=r"--bad-images skip leaves such files out"):
         trainer.train(options(root, out, bad_images="error"))
-    assert not (out / trainer.CACHE_FOLDER).exists()
+    assert not (out / CACHE_FOLDER).exists()
 
 
 def test_sigterm_raises_terminated_and_restores_the_previous_handler() -> None:
