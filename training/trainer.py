@@ -7,7 +7,7 @@ each process its share of every global batch. After each epoch the validation ob
 which checkpoint is kept (`VAL_OBJECTIVE`), the state to ``--resume`` from is written, and a
 non-finite loss stops the run. After the last epoch the kept checkpoint is calibrated on the
 validation split and the run directory is complete. However a run stops (an error, Ctrl-C, SIGTERM),
-its pixel caches are removed: SIGTERM is turned into `Terminated` for the duration of the run.
+its pixel caches are removed: SIGTERM and SIGINT stop the run at its next step (`stop_signals_raise`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -126,7 +126,7 @@ def train(opts: TrainOptions) -> Path:
     model, spec = build(opts, len(raw.labels))
     pre = preprocessing_for(model, opts.img_size)
     splits: Splits | None = None
-    with sigterm_raises():
+    with stop_signals_raise():
         try:
             splits = prepare_splits(raw, pre, opts, out, world, STOP.check)  # removes its caches if it fails
             if world.is_main and not resume:
@@ -135,8 +135,9 @@ def train(opts: TrainOptions) -> Path:
             fit(model, splits.datasets["train"], splits.datasets["val"], opts, out, world, resume)
             if world.is_main:
                 finish(model, splits.datasets["val"], opts, out)
-        except Terminated:
-            log.warning("SIGTERM: the run stops; its pixel caches are removed")
+        except (Terminated, KeyboardInterrupt) as stop:
+            by = signal.Signals(STOP.signum).name if STOP.signum is not None else type(stop).__name__
+            log.warning("%s: the run stops; its pixel caches are removed", by)
             raise
         finally:
             if splits is not None:
@@ -151,50 +152,42 @@ class Terminated(SystemExit):
 
 
 class StopRequest:
-    """Whether SIGTERM came during the run. Its handler raises `Terminated` at once, but Python prints
-    and ignores an exception raised inside an at-fork hook or a ``__del__`` (a signal landing while a
-    DataLoader worker is forked): the training loop calls `check` at each step to raise it again."""
+    """Which stop signal (SIGTERM or SIGINT) came during the run, if any. The handler only records it: an
+    exception raised from a signal handler lands at any bytecode, and where that is a DataLoader worker's
+    fork, an at-fork hook or a half-built iterator, Python prints it and goes on, or torch's teardown
+    prints tracebacks. The run calls `check` at safe points instead (each training step, before each
+    split is screened), so it stops within one step, cleanly."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
 
     def check(self) -> None:
-        """Raise `Terminated` if SIGTERM came."""
-        if self.requested:
-            raise Terminated(128 + signal.SIGTERM)
+        """Raise the stop that came: `KeyboardInterrupt` for SIGINT, `Terminated` for SIGTERM."""
+        if self.signum is not None:
+            raise stop_exception(self.signum)
+
+
+def stop_exception(signum: int) -> BaseException:
+    """What a stop signal raises in the run: Ctrl-C's usual `KeyboardInterrupt`, else `Terminated`."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(128 + signum)
 
 
 #: The stop request of the run in progress (one run at a time per process: signals are per process).
 STOP = StopRequest()
-#: Whether this process is forking (a DataLoader worker starts): SIGTERM's handler does not raise
-#: inside the at-fork hooks (logging's among them), which would print the exception and ignore it.
-_forking = False
-
-
-def _fork_hook(forking: bool) -> Callable[[], None]:
-    def hook() -> None:
-        global _forking
-        _forking = forking
-
-    return hook
-
-
-# ``before`` hooks run in reverse order of registration, the ``after`` ones in order: these enclose
-# every hook registered before them (logging's, random's, torch's).
-os.register_at_fork(before=_fork_hook(True), after_in_parent=_fork_hook(False), after_in_child=_fork_hook(False))
 
 
 @contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """While the block runs, SIGTERM raises `Terminated` in the main thread (and sets `STOP`); the
-    previous handler is restored after.
+def stop_signals_raise() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT are recorded in `STOP`, whose `check` raises `Terminated`
+    or `KeyboardInterrupt` at the run's next safe point; the previous handlers are restored after.
 
     Python's default for SIGTERM ends the process at once, without ``finally`` or atexit: a run's disk
-    cache would stay. Signal handlers can only be set in the main thread: elsewhere this does nothing.
-    A DataLoader worker forked meanwhile inherits the handler; there it takes SIGTERM's default action.
-    A second SIGTERM while the first unwinds is ignored, so that the cleanup finishes.
+    cache would stay. Both signals go through one handler and stop the run at a safe point (see
+    `StopRequest`). Signal handlers can only be set in the main thread: elsewhere this does nothing. A
+    worker forked meanwhile inherits the handler; there it takes the signal's default action. A second
+    signal while the first unwinds is ignored, so that the cleanup finishes.
     """
-    STOP.requested = False
+    STOP.signum = None
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -205,16 +198,20 @@ def sigterm_raises() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        signal.signal(signum, signal.SIG_IGN)
-        STOP.requested = True
-        if not _forking:  # else the next `STOP.check` raises
-            raise Terminated(128 + signum)
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, signal.SIG_IGN)
+        STOP.signum = signum  # raised by the run's next `STOP.check`
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for signum, before in previous.items():
+            signal.signal(signum, signal.SIG_DFL if before is None else before)
+
+
+#: The signals that stop a run cleanly.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def write_run_start(
