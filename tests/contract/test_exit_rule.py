@@ -10,3 +10,10 @@ def test_exit_rule_first_confident_exit_last_always_answers() -> None:
     assert exit_indices(conf, 1.0).tolist() == [3, 3, 3]
     # a saturated confidence of exactly 1.0 still does not leave early at threshold 1
     assert exit_indices(np.ones((4, 2)), 1.0).tolist() == [3, 3]
+
+
+def test_a_static_model_answers_at_its_one_exit_whatever_the_threshold() -> None:
+    # One exit (a static model's calibration): no early exit to leave at, the only one answers.
+    conf = np.array([[0.3, 0.99, 1.0]])
+    for threshold in (0.0, 0.5, 1.0):
+        assert exit_indices(conf, threshold).tolist() == [0, 0, 0]
