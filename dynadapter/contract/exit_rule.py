@@ -26,5 +26,7 @@ def exit_indices(confidences: np.ndarray, thresholds: np.ndarray | float) -> np.
     """The exit each image takes: confidences [K, N] (exit k's for image n) and thresholds of the K-1
     early exits (a scalar, [K-1, 1] or [K-1, N]) -> int [N] in [0, K-1]. One exit (K = 1) always answers."""
     k = confidences.shape[0]
-    early = leaves(confidences[:-1], thresholds) if k > 1 else np.zeros((0, confidences.shape[1]), dtype=bool)
+    if k == 1:  # no early exit (argmax over none would raise)
+        return np.zeros(confidences.shape[1], dtype=np.intp)
+    early = leaves(confidences[:-1], thresholds)
     return np.where(early.any(axis=0), early.argmax(axis=0), k - 1)
