@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.tiny_onnx_model import TinyWeights, write_model_version
+from tests.support.tiny_onnx_model import TinyWeights, write_model_version
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dynadapter.bench.lab.process import ServerProcess
 from dynadapter.export.exporter import export_run
 from dynadapter.training.data import load_raw
-from tests.tiny import train_tiny_run
+from tests.support.tiny import train_tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.helpers import IMAGE, ROOT, serving
-from tests.service.tiny_onnx_model import png_bytes
-from tests.tiny import TINY_ARGS
+from tests.support.service import IMAGE, ROOT, serving
+from tests.support.tiny import TINY_ARGS
+from tests.support.tiny_onnx_model import png_bytes
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Server processes on free loopback ports: start, wait for readiness, freeze and thaw, stop keeping the output.
 
 The one server-process helper of the project: the serving benchmarks run every server through it, and
-the service tests' ``ServiceProcess`` (tests/service/helpers.py) is a thin user of it. Standard library
+the service tests' ``ServiceProcess`` (tests/support/service.py) is a thin user of it. Standard library
 only at import time (httpx is imported where readiness is polled): ``dynadapter``'s parser imports
 the benchmarks, also in the serving image.
 """

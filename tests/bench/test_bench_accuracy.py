@@ -13,35 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynadapter.bench.commands import add_bench, run_bench
+from dynadapter.bench.commands import add_bench
 from dynadapter.bench.suite.cells import BENCH_FILE, PROBE_EPOCHS
 from dynadapter.bench.suite.probe import C_GRID
 from dynadapter.training.distributed import device_name
-from tests.tiny import TINY_BACKBONE
+from tests.support.bench import TINY, bench
+from tests.support.tiny import TINY_BACKBONE
 
 MODES = ("fast", "balanced", "accurate")
-TINY = [
-    "--backbone",
-    "vit_tiny_patch16_224",
-    *[f"--backbone-arg={k}={v}" for k, v in TINY_BACKBONE.items()],
-    "--img-size",
-    "16",
-    "--epochs",
-    "2",
-    "--tasks",
-    "digits",
-    "--methods",
-    "adapter",
-    "--seeds",
-    "0",
-]
-
-
-def bench(*argv: str) -> None:
-    """What ``dynadapter bench ...`` runs (bench/commands.py registers add_bench / run_bench)."""
-    parser = argparse.ArgumentParser(prog="dynadapter")
-    add_bench(parser.add_subparsers(dest="command", required=True))
-    run_bench(parser.parse_args(["bench", *argv]))
 
 
 @pytest.fixture(scope="module")

@@ -273,7 +273,7 @@ IMAGES = 12
 @pytest.fixture(scope="module")
 def adapt_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     from dynadapter.export.demo import FIXTURE_REPO
-    from tests.bench.test_bench_serve import bench
+    from tests.support.bench import bench
 
     docs = tmp_path_factory.mktemp("bench_adapt") / "docs"
     bench(

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from dynadapter.bench.suite.cells import BENCH_FILE
-from tests.bench.test_bench_accuracy import bench
-from tests.tiny import TINY_BACKBONE
+from tests.support.bench import bench
+from tests.support.tiny import TINY_BACKBONE
 
 
 def test_fewshot_trains_k_per_class_and_reports_every_arm(tmp_path: Path) -> None:

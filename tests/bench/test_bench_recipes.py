@@ -16,7 +16,7 @@ from dynadapter.bench.suite.cells import BENCH_FILE, DYN, Cell, SuiteConfig
 from dynadapter.bench.suite.recipes import candidates, recipes_section, render_markdown
 from dynadapter.errors import ConfigError
 from dynadapter.training.options import TrainOptions
-from tests.bench.test_bench_accuracy import TINY, bench
+from tests.support.bench import TINY, bench
 
 
 @pytest.fixture(scope="module")

@@ -4,54 +4,24 @@ A benchmark, not a performance test: nothing here asserts a timing. Every varian
 server process on loopback (about a minute on 2 cores, most of it exporting the tiny model twice).
 """
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dynadapter.bench.commands import add_bench, run_bench
 from dynadapter.bench.lab.images import bench_images
 from dynadapter.bench.serving.config import VARIANTS
 from dynadapter.bench.serving.equal_accuracy import cheapest_within
 from dynadapter.training.data import run_split
 from dynadapter.training.run_dir import read_calibration, read_config
-from tests.tiny import train_tiny_run
+from tests.support.bench import bench, serve_args
+from tests.support.tiny import train_tiny_run
 
 CONCURRENCY = (1, 2)
 REQUESTS = 12
 IMAGES = 40
 FULL_DEPTH = ("threshold-1", "static", "litserve-onnx", "litserve-torch")
-
-
-def bench(*argv: str) -> None:
-    """What ``dynadapter bench ...`` runs (bench/commands.py registers add_bench / run_bench)."""
-    parser = argparse.ArgumentParser(prog="dynadapter")
-    add_bench(parser.add_subparsers(dest="command", required=True))
-    run_bench(parser.parse_args(["bench", *argv]))
-
-
-def serve_args(run: Path, docs: Path, concurrency: tuple[int, ...], requests: int, images: int) -> list[str]:
-    """`bench serve` on a tiny run, one round, `requests` per measurement (the duration is generous so
-    that the request count bounds each one)."""
-    return [
-        "serve",
-        "--run-dir",
-        str(run),
-        "--concurrency",
-        ",".join(map(str, concurrency)),
-        "--requests",
-        str(requests),
-        "--duration",
-        "60",
-        "--rounds",
-        "1",
-        "--images",
-        str(images),
-        "--docs",
-        str(docs),
-    ]
 
 
 @pytest.fixture(scope="module")

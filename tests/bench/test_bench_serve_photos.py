@@ -11,8 +11,8 @@ import pytest
 
 from dynadapter.bench.lab.photo_corpus import camera_set
 from dynadapter.bench.serving import photos as serve_photos
-from tests.bench.test_bench_serve import bench, serve_args
-from tests.tiny import train_tiny_run
+from tests.support.bench import bench, serve_args
+from tests.support.tiny import train_tiny_run
 
 CONCURRENCY = (1, 2)
 REQUESTS = 6

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dynadapter.bench.lab.process import ServerProcess
-from tests.service.helpers import ServiceProcess
+from tests.support.service import ServiceProcess
 
 #: a stand-in server: says what it was given (arguments, $PORT, $DYNADAPTER_X), then "ready", and waits
 SERVER = (

@@ -1,25 +1,13 @@
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dynadapter.contract.images import ImageDecodeError, ImageTooLargeError, decode_image, preprocess
-from tests.service.tiny_onnx_model import png_bytes
+from tests.support.tiny_onnx_model import png_bytes, png_header_claiming
 
 MAX_PIXELS = 1_000_000
-
-
-def png_header_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header announces width x height pixels, with a few bytes of data: a bomb's shape."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes:

@@ -14,7 +14,7 @@ from dynadapter.contract.model_repository import (
     read_manifest,
     write_manifest,
 )
-from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, write_model_version
+from tests.support.tiny_onnx_model import NUM_EXITS, TinyWeights, write_model_version
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.k8s import VERSIONS
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "docker" / "k8s"
-# The oldest and the newest Kubernetes that the bundled schemas cover.
-VERSIONS = sorted({kubernetes_validate.utils.all_versions()[0], kubernetes_validate.utils.latest_version()})
 
 
 def load(path: Path) -> dict:

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.docker.test_k8s import VERSIONS
+from tests.support.k8s import VERSIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = yaml.safe_load((ROOT / "docker" / "k8s" / "kserve" / "inferenceservice.yaml").read_text())

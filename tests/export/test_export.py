@@ -11,7 +11,7 @@ from dynadapter.export.exporter import export_run
 from dynadapter.export.parity import chained_onnx_logits
 from dynadapter.models.flops import exit_head_gflops
 from dynadapter.training.run_dir import load_run
-from tests.tiny import train_tiny_run
+from tests.support.tiny import train_tiny_run
 
 METHODS = ["adapter", "lora", "repadapter", "none"]
 

@@ -14,8 +14,8 @@ from dynadapter.service.main import create_app
 from dynadapter.service.settings import Settings
 from dynadapter.training import run_dir as rd
 from dynadapter.training.evaluate import evaluate_run
-from tests.service.helpers import wait_ready
-from tests.training.folders import add_broken, add_litter, class_folder
+from tests.support.folders import add_broken, add_litter, class_folder
+from tests.support.service import wait_ready
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--img-size", "16", "--exits", "2,4", "--epochs", "2"]
 TINY += ["--backbone-arg", "depth=4", "--backbone-arg", "embed_dim=32", "--backbone-arg", "num_heads=2"]

@@ -13,8 +13,8 @@ from dynadapter.contract import ModelLoadError
 from dynadapter.errors import ExportError
 from dynadapter.export.exporter import export_run
 from dynadapter.service.segment_runner import SegmentRunner
-from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, write_model_version
-from tests.tiny import train_tiny_run
+from tests.support.tiny import train_tiny_run
+from tests.support.tiny_onnx_model import NUM_EXITS, TinyWeights, write_model_version
 
 
 def test_export_refuses_nan_logits_instead_of_reporting_parity_zero(tmp_path: Path) -> None:

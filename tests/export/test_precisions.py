@@ -15,7 +15,7 @@ from dynadapter.export.precisions import CALIBRATION_IMAGES, chained_openvino_lo
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
 from dynadapter.training.calibration import calibrate, recorded_resampling
 from dynadapter.training.run_dir import load_run
-from tests.tiny import train_tiny_run
+from tests.support.tiny import train_tiny_run
 
 pytest.importorskip("nncf")
 

@@ -18,8 +18,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.helpers import IMAGE, ROOT, Samples, ServiceProcess, samples, serving, value
-from tests.service.tiny_onnx_model import TinyWeights, png_bytes, write_model_version
+from tests.support.service import IMAGE, ROOT, Samples, ServiceProcess, samples, serving, value
+from tests.support.tiny_onnx_model import TinyWeights, png_bytes, write_model_version
 
 pytestmark = pytest.mark.load
 logger = logging.getLogger(__name__)

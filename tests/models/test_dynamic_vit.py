@@ -3,7 +3,7 @@ import torch
 
 from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
 from dynadapter.models.petl.adapter import AdapterBlock
-from tests.tiny import randomize_trainable, tiny_model, tiny_vit
+from tests.support.tiny import randomize_trainable, tiny_model, tiny_vit
 
 
 def test_every_exit_returns_logits_of_the_right_shape() -> None:

@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dynadapter.models.balanced_heads import HeadConfig
 from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig
 from dynadapter.models.flops import cumulative_macs, segment_macs
-from tests.tiny import tiny_model
+from tests.support.tiny import tiny_model
 
 
 def unfuse_attention(model: torch.nn.Module) -> None:

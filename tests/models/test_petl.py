@@ -13,7 +13,7 @@ from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardS
 from dynadapter.models.flops import segment_macs
 from dynadapter.models.petl import PetlLayer, make_petl_config, merge_all, petl_layers, unmerge_all
 from dynadapter.models.petl.lora import LoraConfig
-from tests.tiny import randomize_trainable, tiny_model
+from tests.support.tiny import randomize_trainable, tiny_model
 
 
 @dataclass

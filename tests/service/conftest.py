@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from dynadapter.contract.model_repository import Manifest, load_model
 from dynadapter.service.main import create_app
 from dynadapter.service.settings import Settings
-from tests.service.helpers import wait_ready
-from tests.service.tiny_onnx_model import OPENVINO
+from tests.support.service import wait_ready
+from tests.support.tiny_onnx_model import OPENVINO
 
 #: Every backend present here: the service's tests run against each (README "Serving on a CPU").
 BACKENDS = ["onnxruntime", *(["openvino"] if OPENVINO else [])]

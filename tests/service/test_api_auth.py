@@ -3,8 +3,8 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service.helpers import IMAGE
-from tests.service.tiny_onnx_model import png_bytes
+from tests.support.service import IMAGE
+from tests.support.tiny_onnx_model import png_bytes
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from PIL import Image
 from dynadapter.contract import softmax
 from dynadapter.contract.images import decode_image, preprocess
 from dynadapter.contract.model_repository import Manifest
-from tests.service.tiny_onnx_model import LABELS, NUM_EXITS, TinyWeights, png_bytes, reference_exits
+from tests.support.tiny_onnx_model import LABELS, NUM_EXITS, TinyWeights, png_bytes, reference_exits
 
 
 def reference(weights: TinyWeights, manifest: Manifest, data: bytes, thresholds: list[float]):

@@ -1,30 +1,18 @@
 """Every malformed request gets the right status and the JSON error shape; none gets a 500."""
 
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from dynadapter.service.main import create_app
-from dynadapter.service.segment_runner import StageOutput
-from tests.contract.test_image_preprocess import png_header_claiming
-from tests.service.helpers import IMAGE, wait_ready
-from tests.service.tiny_onnx_model import png_bytes
+from tests.support.service import IMAGE, assert_error, wait_ready
+from tests.support.stand_ins import gate_runner
+from tests.support.tiny_onnx_model import png_bytes, png_header_claiming
 
 PNG = png_bytes(0, (16, 16))
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    return body
 
 
 @pytest.mark.parametrize(
@@ -127,27 +115,6 @@ def test_not_ready_before_the_model_is_loaded(make_settings: Callable) -> None:
     assert_error(response, 503, "not_ready")
     assert response.headers["retry-after"] == "1"
     assert_error(client.get("/v1/models"), 503, "not_ready")
-
-
-class Gate:
-    """Stands in for the runner's `cascade`: inference waits until the test opens the gate."""
-
-    def __init__(self, cascade: Callable[..., Iterator[StageOutput]]) -> None:
-        self._cascade = cascade
-        self.entered = threading.Event()
-        self.open = threading.Event()
-
-    def __call__(self, images: np.ndarray, thresholds: np.ndarray, *rest: object) -> Iterator[StageOutput]:
-        self.entered.set()
-        self.open.wait(10)
-        yield from self._cascade(images, thresholds, *rest)
-
-
-def gate_runner(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Gate:
-    runner = client.app.state.service.registry.get().runner  # type: ignore[attr-defined]
-    gate = Gate(runner.cascade)
-    monkeypatch.setattr(runner, "cascade", gate)
-    return gate
 
 
 def test_deadline_gives_504(start_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,8 +4,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dynadapter.service.main import create_app
-from tests.service.helpers import wait_ready
-from tests.service.tiny_onnx_model import HEAD_GFLOPS, NUM_EXITS
+from tests.support.service import wait_ready
+from tests.support.tiny_onnx_model import HEAD_GFLOPS, NUM_EXITS
 
 
 def test_healthz_always_200_and_readyz_503_until_loaded(make_settings: Callable) -> None:

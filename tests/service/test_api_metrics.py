@@ -7,8 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.helpers import IMAGE, samples, value
-from tests.service.tiny_onnx_model import NUM_EXITS, png_bytes
+from tests.support.service import IMAGE, samples, value
+from tests.support.tiny_onnx_model import NUM_EXITS, png_bytes
 
 CONTRACT = {
     "dynadapter_requests": ("counter", {"model", "version", "code"}),

@@ -10,7 +10,7 @@ from dynadapter.service.backends.choice import choose, open_runner
 from dynadapter.service.backends.openvino import int8_accelerated
 from dynadapter.service.segment_runner import SegmentRunner
 from dynadapter.service.settings import Settings
-from tests.service.tiny_onnx_model import NUM_EXITS, OPENVINO, TinyWeights, reference_exits
+from tests.support.tiny_onnx_model import NUM_EXITS, OPENVINO, TinyWeights, reference_exits
 
 ALL = ["fp32-onnx", "fp32-openvino", "int8-openvino"]
 

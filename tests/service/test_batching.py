@@ -10,7 +10,7 @@ import pytest
 from dynadapter.service.backends.onnxruntime import CPU
 from dynadapter.service.batching import BatcherClosedError, MicroBatcher, QueueFullError
 from dynadapter.service.segment_runner import SegmentRunner, StageOutput
-from tests.service.tiny_onnx_model import NUM_EXITS
+from tests.support.tiny_onnx_model import NUM_EXITS
 
 IMAGE, RUN_TO_THE_END = np.zeros((3, 8, 8), np.float32), np.ones(NUM_EXITS - 1)
 

@@ -21,8 +21,8 @@ import tritonclient.http as triton
 
 from dynadapter.service.decoding import peak_bytes
 from dynadapter.service.middleware import ascii_length
-from tests.service.helpers import IMAGE, ServiceProcess, samples, serving, value
-from tests.service.tiny_onnx_model import png_bytes
+from tests.support.service import IMAGE, ServiceProcess, samples, serving, value
+from tests.support.tiny_onnx_model import png_bytes
 
 MiB = 1024 * 1024
 MAX_BODY = 4 * MiB

@@ -25,8 +25,8 @@ from fastapi import FastAPI
 from dynadapter.service import main
 from dynadapter.service.main import create_app
 from dynadapter.service.settings import Settings
-from tests.service.helpers import Samples, samples, serving, value
-from tests.service.tiny_onnx_model import IMAGE_SIZE, NUM_EXITS, png_bytes
+from tests.support.service import Samples, samples, serving, value
+from tests.support.tiny_onnx_model import IMAGE_SIZE, NUM_EXITS, png_bytes
 
 INFER = "/v2/models/tiny/infer"
 

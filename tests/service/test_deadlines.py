@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from dynadapter.service.backends.onnxruntime import CPU
 from dynadapter.service.deadlines import NO_DEADLINE, SegmentTimes
 from dynadapter.service.segment_runner import SegmentRunner
-from tests.service.helpers import IMAGE, SlowSegments, samples, value
-from tests.service.test_api_errors import assert_error
-from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, png_bytes
+from tests.support.service import IMAGE, assert_error, samples, value
+from tests.support.stand_ins import SlowSegments
+from tests.support.tiny_onnx_model import NUM_EXITS, TinyWeights, png_bytes
 
 RUN_TO_THE_END = "threshold=1"
 

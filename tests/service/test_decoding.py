@@ -22,8 +22,8 @@ from dynadapter.contract.model_repository import load_model
 from dynadapter.service.batching import QueueFullError
 from dynadapter.service.decoding import MAX_DEFAULT_WORKERS, DecodePool, default_workers, peak_bytes
 from dynadapter.service.settings import Settings
-from tests.service.helpers import ROOT, serving
-from tests.service.tiny_onnx_model import TinyWeights, reference_exits
+from tests.support.service import ROOT, serving
+from tests.support.tiny_onnx_model import TinyWeights, reference_exits
 
 CASES = corpus()
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.helpers import ROOT, serving
-from tests.service.tiny_onnx_model import LABELS, png_bytes
+from tests.support.service import ROOT, serving
+from tests.support.tiny_onnx_model import LABELS, png_bytes
 
 
 def test_the_tritonclient_example_classifies_a_batch(

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.service.helpers import ServiceProcess, serving
-from tests.service.tiny_onnx_model import IMAGE_SIZE, png_bytes
+from tests.support.service import ServiceProcess, serving
+from tests.support.tiny_onnx_model import IMAGE_SIZE, png_bytes
 
 settings.register_profile(
     "ci", max_examples=120, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck), database=None

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from dynadapter.service.oip import HEADER_LENGTH
-from tests.service.helpers import IMAGE, ServiceProcess, samples, serving, value
-from tests.service.tiny_onnx_model import IMAGE_SIZE, NUM_CLASSES, TinyWeights, png_bytes, write_model_version
+from tests.support.service import IMAGE, ServiceProcess, samples, serving, value
+from tests.support.tiny_onnx_model import IMAGE_SIZE, NUM_CLASSES, TinyWeights, png_bytes, write_model_version
 
 PNG = png_bytes(0)
 INFER = "/v2/models/tiny/infer"

@@ -12,8 +12,8 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
-from tests.service.helpers import IMAGE, ServiceProcess, samples, serving, value
-from tests.service.tiny_onnx_model import png_bytes
+from tests.support.service import IMAGE, ServiceProcess, samples, serving, value
+from tests.support.tiny_onnx_model import png_bytes
 
 IMAGES = [png_bytes(seed) for seed in range(4)]
 

@@ -11,8 +11,9 @@ from dynadapter.contract.model_repository import Manifest, ModelLoadError
 from dynadapter.service.latency_controller import LatencyController, OperatingPoint, accuracy_floor, operating_curve
 from dynadapter.service.registry import check_repository
 from dynadapter.service.settings import Settings
-from tests.service.helpers import IMAGE, SlowSegments, samples, value
-from tests.service.tiny_onnx_model import png_bytes
+from tests.support.service import IMAGE, samples, value
+from tests.support.stand_ins import SlowSegments
+from tests.support.tiny_onnx_model import png_bytes
 
 TARGET_S = 0.100
 CURVE = [OperatingPoint(None if k == 0 else 1 - k / 10, 0.9 - k / 100, 1 - k / 10) for k in range(10)]  # 1.0 .. 0.1

@@ -12,8 +12,8 @@ from dynadapter.contract.model_repository import Manifest
 from dynadapter.service.backends.onnxruntime import CPU
 from dynadapter.service.live_calibration import PATIENCE, LiveCalibrator, wilson_bounds
 from dynadapter.service.segment_runner import SegmentRunner, ShadowTrace
-from tests.service.helpers import IMAGE, samples, value
-from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, png_bytes
+from tests.support.service import IMAGE, samples, value
+from tests.support.tiny_onnx_model import NUM_EXITS, TinyWeights, png_bytes
 
 
 def test_wilson_interval_matches_the_textbook_values() -> None:

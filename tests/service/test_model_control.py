@@ -14,9 +14,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service.helpers import IMAGE, samples, serving, value
-from tests.service.test_api_errors import gate_runner
-from tests.service.tiny_onnx_model import TinyWeights, png_bytes, write_model_version
+from tests.support.service import IMAGE, samples, serving, value
+from tests.support.stand_ins import gate_runner
+from tests.support.tiny_onnx_model import TinyWeights, png_bytes, write_model_version
 
 PNG = png_bytes(0)
 

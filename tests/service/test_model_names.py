@@ -20,8 +20,8 @@ from dynadapter.contract.model_repository import (
     model_path,
     version_folders,
 )
-from tests.service.helpers import ServiceProcess, serving
-from tests.service.tiny_onnx_model import TinyWeights, png_bytes, write_model_version
+from tests.support.service import ServiceProcess, serving
+from tests.support.tiny_onnx_model import TinyWeights, png_bytes, write_model_version
 
 PNG = png_bytes(0)
 

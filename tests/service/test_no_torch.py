@@ -28,7 +28,7 @@ PROBE = textwrap.dedent(
 
     from fastapi.testclient import TestClient
     from dynadapter.service.settings import Settings
-    from tests.service.tiny_onnx_model import png_bytes
+    from tests.support.tiny_onnx_model import png_bytes
 
     app = dynadapter.service.main.create_app(Settings(model_repo=sys.argv[1], providers="auto"))
     with TestClient(app) as client:

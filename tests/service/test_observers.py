@@ -7,8 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dynadapter.service.metrics import ServiceMetrics
-from tests.service.helpers import IMAGE
-from tests.service.tiny_onnx_model import png_bytes
+from tests.support.service import IMAGE
+from tests.support.tiny_onnx_model import png_bytes
 
 
 def test_a_raising_observer_is_logged_once_and_the_answers_still_go_out(

@@ -15,8 +15,8 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from dynadapter.contract.model_repository import load_model
-from tests.service.helpers import ServiceProcess, samples, serving, value
-from tests.service.tiny_onnx_model import IMAGE_SIZE, NUM_CLASSES, png_bytes
+from tests.support.service import ServiceProcess, samples, serving, value
+from tests.support.tiny_onnx_model import IMAGE_SIZE, NUM_CLASSES, png_bytes
 
 IMAGES = [png_bytes(seed) for seed in range(5)]
 

@@ -11,7 +11,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.service.helpers import ServiceProcess, serving
+from tests.support.service import ServiceProcess, serving
 
 
 @pytest.fixture(scope="module")

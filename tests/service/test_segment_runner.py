@@ -11,7 +11,7 @@ from dynadapter.contract.model_repository import ModelLoadError
 from dynadapter.service.backends import onnxruntime as ort_backend
 from dynadapter.service.backends.onnxruntime import CPU, CUDA, select_providers
 from dynadapter.service.segment_runner import SegmentRunner
-from tests.service.tiny_onnx_model import NUM_EXITS, TinyWeights, reference_exits, write_model_version
+from tests.support.tiny_onnx_model import NUM_EXITS, TinyWeights, reference_exits, write_model_version
 
 
 @pytest.fixture(scope="module")

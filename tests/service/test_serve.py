@@ -15,11 +15,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from dynadapter.bench.lab.process import free_port
 from dynadapter.service import main
 from dynadapter.service.main import serve
 from dynadapter.service.settings import Settings
-from tests.service.helpers import IMAGE, ROOT, free_port, service_env, serving
-from tests.service.tiny_onnx_model import png_bytes
+from tests.support.service import IMAGE, ROOT, service_env, serving
+from tests.support.tiny_onnx_model import png_bytes
 
 
 def assert_clean_exit(returncode: int, output: str) -> None:

@@ -11,7 +11,7 @@ from dynadapter.service.settings import (
     flag_name,
     settings_from_args,
 )
-from tests.service.helpers import ROOT
+from tests.support.service import ROOT
 
 EVERY_FLAG = {
     "--model-repo": ("repo", Path("repo")),

@@ -21,7 +21,7 @@ from dynadapter.training.data.splits import RawSplit
 from dynadapter.training.distributed import World
 from dynadapter.training.options import TrainOptions
 from dynadapter.training.trainer import check_mixing
-from tests.tiny import TINY_ARGS
+from tests.support.tiny import TINY_ARGS
 
 PRE = Preprocessing.square(16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -205,7 +205,7 @@ def test_an_augmented_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.Mo
 
     from dynadapter.training import run_dir as rd
     from dynadapter.training.trainer import train
-    from tests.tiny import train_tiny_run
+    from tests.support.tiny import train_tiny_run
 
     switches = {"hflip": 0.5, "auto_augment": "rand-m9-mstd0.5", "mixup": 0.4, "cutmix": 1.0, "keep": "last"}
     whole = train_tiny_run(tmp_path / "whole", epochs=2, batch_size=128, **switches)

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from dynadapter import cli
 from dynadapter.errors import RunDirError
 from dynadapter.training.run_dir import load_run
-from tests.tiny import TINY_ARGS, TINY_BACKBONE
+from tests.support.tiny import TINY_ARGS, TINY_BACKBONE
 
 
 def test_train_with_local_backbone_weights_uses_them(tmp_path: Path) -> None:
@@ -199,7 +199,7 @@ def test_out_of_range_data_options_are_usage_errors(tmp_path: Path, flags: list[
 
 
 def test_resume_of_a_finished_run_is_refused_in_one_line(tmp_path: Path) -> None:
-    from tests.tiny import train_tiny_run
+    from tests.support.tiny import train_tiny_run
 
     run = train_tiny_run(tmp_path / "run", epochs=1)
     with pytest.raises(SystemExit) as err:

@@ -19,7 +19,7 @@ from dynadapter.training.data import ImageDataset, PixelCache, load_raw
 from dynadapter.training.data.splits import FileSplit
 from dynadapter.training.evaluate import evaluate_run
 from dynadapter.training.options import TrainOptions
-from tests.training.folders import add_broken, add_litter, class_folder, tiny_options
+from tests.support.folders import add_broken, add_litter, class_folder, tiny_options
 
 COUNTS = {"cat": 24, "dog": 24, "owl": 24}
 

@@ -13,7 +13,7 @@ from dynadapter.errors import DataError
 from dynadapter.training.data import load_raw
 from dynadapter.training.data.sources import check_classes, summary
 from dynadapter.training.data.splits import MAX_HOLDOUT, FileSplit, SplitSizes
-from tests.training.folders import add_litter, class_folder, image_bytes
+from tests.support.folders import add_litter, class_folder, image_bytes
 
 COUNTS = {"cat": 30, "dog": 20, "owl": 10}
 

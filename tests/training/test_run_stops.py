@@ -16,8 +16,8 @@ from dynadapter.training import run_dir as rd
 from dynadapter.training import trainer
 from dynadapter.training.data.cache import CACHE_FOLDER
 from dynadapter.training.options import TrainOptions
-from tests.tiny import TINY_ARGS
-from tests.training.folders import add_broken, class_folder, tiny_options
+from tests.support.folders import add_broken, class_folder, tiny_options
+from tests.support.tiny import TINY_ARGS
 
 COUNTS = {"cat": 24, "dog": 24, "owl": 24}
 REPO = Path(__file__).parents[2]

@@ -8,7 +8,7 @@ from dynadapter.training.distributed import device_name, resolve_device
 from dynadapter.training.evaluate import evaluate_run
 from dynadapter.training.run_dir import load_run
 from dynadapter.training.trainer import TrainOptions
-from tests.tiny import train_tiny_run
+from tests.support.tiny import train_tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,9 @@
-"""Tiny random timm ViTs and models for fast tests (no weights, no network)."""
+"""Tiny random timm ViTs and ``DynamicViT``s for fast tests (no weights, no network), the flags and options for
+a tiny training run (`TINY_BACKBONE`, `TINY_ARGS`) and a real tiny run directory (`train_tiny_run`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import timm
 import torch
@@ -25,7 +28,7 @@ def tiny_vit(img_size: int = 32, depth: int = 4, width: int = 32, seed: int = 0)
 
 
 def tiny_model(
-    petl: str = "adapter", exits: tuple[int, ...] = (1, 2, 3, 4), num_classes: int = 5, seed: int = 0, **config
+    petl: str = "adapter", exits: tuple[int, ...] = (1, 2, 3, 4), num_classes: int = 5, seed: int = 0, **config: object
 ) -> DynamicViT:
     model = DynamicViT(
         tiny_vit(depth=exits[-1], seed=seed),
@@ -58,7 +61,7 @@ TINY_ARGS = [
 ]
 
 
-def train_tiny_run(out, petl: str = "adapter", epochs: int = 1, **overrides):
+def train_tiny_run(out: Path, petl: str = "adapter", epochs: int = 1, **overrides: object) -> Path:
     """A real run directory from `dynadapter train`'s code path, on builtin:digits, in seconds."""
     from dynadapter.training.trainer import TrainOptions, train
 

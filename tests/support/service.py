@@ -1,4 +1,5 @@
-"""Helpers shared by the service tests and the load test: readiness polling and a real server process."""
+"""The service as the tests drive it: readiness polling, /metrics samples, the JSON error shape and a real
+server process on a free loopback port (bench/lab/process.py's ``ServerProcess``)."""
 
 import sys
 import time
@@ -11,9 +12,7 @@ import httpx
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from dynadapter.bench.lab.process import ServerProcess, clean_environment, free_port
-
-__all__ = ["IMAGE", "ROOT", "ServiceProcess", "SlowSegments", "free_port", "samples", "service_env", "serving", "value"]
+from dynadapter.bench.lab.process import ServerProcess, clean_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = {"content-type": "image/png"}
@@ -43,6 +42,16 @@ def samples(client: httpx.Client) -> Samples:
 
 def value(snapshot: Samples, name: str, **labels: str) -> float:
     return snapshot.get((name, frozenset(labels.items())), 0.0)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """`response` has `status` and the service's JSON error shape with `code` and a message; returns the body."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body
 
 
 def service_env(model_repo: Path, port: int, **settings: str) -> dict[str, str]:
@@ -83,26 +92,3 @@ def serving(model_repo: Path, site: Path | None = None, **settings: str) -> Iter
         yield server
     finally:
         server.stop()
-
-
-class SlowSegments:
-    """Wraps a runner's backend so that segment k takes `delays[k]` seconds more: an artificially slow model.
-
-    The runner's time estimates are told so for batches of `rows` images, as if it had run slow for a while.
-    """
-
-    def __init__(self, runner: Any, delays: dict[int, float], rows: tuple[int, ...] = (1,)) -> None:
-        self._backend = runner.backend
-        self.delays = delays
-        runner.backend = self
-        for k, delay in delays.items():
-            for size in rows:
-                for _ in range(100):  # past the exponential weighting of the fast warm-up runs
-                    runner.times.record(k, size, delay)
-
-    def __getattr__(self, name: str) -> Any:  # the rest of the backend's interface, as it is
-        return getattr(self._backend, name)
-
-    def run(self, k: int, x: Any, need_logits: bool) -> Any:
-        time.sleep(self.delays.get(k, 0.0))
-        return self._backend.run(k, x, need_logits)

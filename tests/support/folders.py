@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from dynadapter.training.options import TrainOptions
-from tests.tiny import TINY_BACKBONE
+from tests.support.tiny import TINY_BACKBONE
 
 #: One colour per class, so that a tiny model learns them in a few steps.
 COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "owl": (40, 40, 220)}

@@ -4,12 +4,16 @@ Segment 0: image [B,3,8,8] -> flatten -> MatMul -> reshape [B,4,16] -> tanh = hi
 Segment k>0: hidden -> MatMul [16,16] -> tanh. Every exit: logits = mean over tokens @ W + b.
 Head weights grow with depth, so later exits are more confident and images spread over exits.
 Like the exporter's, the early segments' heads are gated (input `need_logits`, default true).
+
+Also the tests' PNG images: `png_bytes` (random pixels) and `png_header_claiming` (a decompression bomb's header).
 """
 
 import hashlib
 import importlib.util
 import io
 import json
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,3 +247,13 @@ def png_bytes(seed: int, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE), mode:
     buffer = io.BytesIO()
     Image.fromarray(pixels).convert(mode).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header announces width x height pixels, with a few bytes of data: a bomb's shape."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
