@@ -11,7 +11,6 @@ import base64
 import gzip
 import json
 import os
-import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.service import ServiceProcess, serving
-from tests.support.tiny_onnx_model import IMAGE_SIZE, png_bytes
+from tests.support.tiny_onnx_model import IMAGE_SIZE, TinyWeights, png_bytes, write_escaping_layout
 
 settings.register_profile(
     "ci", max_examples=120, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck), database=None
@@ -38,17 +37,12 @@ TIMEOUT_S = 20  # a request that takes longer than this is a hang (the server's 
 
 
 @pytest.fixture(scope="module")
-def layout(tmp_path_factory: pytest.TempPathFactory, model_repo: Path) -> Path:
-    """base/repo/tiny/1 (served) beside base/1 and base/outside/1, copies of a model version that lie OUTSIDE
-    the repository: `..` resolves to base, which holds a numeric version folder, and a symlink in the
-    repository points at base/outside. Neither may ever be served."""
-    base = tmp_path_factory.mktemp("fuzz")
-    repo = base / "repo"
-    shutil.copytree(model_repo, repo)
-    shutil.copytree(model_repo / "tiny" / "1", base / "1")
-    shutil.copytree(model_repo / "tiny", base / "outside")
-    (repo / "escape").symlink_to(base / "outside", target_is_directory=True)
-    return base
+def layout(tmp_path_factory: pytest.TempPathFactory, weights: TinyWeights) -> Path:
+    """A repository serving tiny beside copies of a model version that lie OUTSIDE it (`..`, a model link,
+    a version link): `write_escaping_layout`. None may ever be served."""
+    root = tmp_path_factory.mktemp("fuzz")
+    write_escaping_layout(root, weights)
+    return root
 
 
 @pytest.fixture(scope="module")

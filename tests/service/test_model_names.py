@@ -5,7 +5,6 @@ takes one, against a real server: Triton's "model name cannot escape model repos
 
 import http.client
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,7 +20,7 @@ from dynadapter.contract.model_repository import (
     version_folders,
 )
 from tests.support.service import ServiceProcess, serving
-from tests.support.tiny_onnx_model import TinyWeights, png_bytes, write_model_version
+from tests.support.tiny_onnx_model import TinyWeights, png_bytes, write_escaping_layout, write_model_version
 
 PNG = png_bytes(0)
 
@@ -61,13 +60,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory, weights: TinyWeights) -> Pa
     """root/repo/tiny/1 served; root/1 (what `..` would name), root/outside/1, the link repo/escape ->
     root/outside and the version link repo/tiny/7 -> root/outside/1: canaries outside the repository."""
     root = tmp_path_factory.mktemp("names")
-    repo = root / "repo"
-    write_model_version(repo, weights, "tiny", "1")
-    write_model_version(root, TinyWeights.random(seed=3), "outside", "1")
-    staged = write_model_version(root / "staging", TinyWeights.random(seed=3), "canary", "1")
-    shutil.move(staged, root / "1")
-    (repo / "escape").symlink_to(root / "outside", target_is_directory=True)
-    (repo / "tiny" / "7").symlink_to(root / "outside" / "1", target_is_directory=True)
+    write_escaping_layout(root, weights)
     return root
 
 

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import shutil
 import struct
 import zlib
 from dataclasses import dataclass
@@ -257,3 +258,17 @@ def png_header_claiming(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def write_escaping_layout(root: Path, weights: TinyWeights) -> Path:
+    """`root/repo`, a model repository serving tiny/1, with canaries outside it that no name may reach:
+    root/1 (what `..` would name), root/outside/1, the model link repo/escape -> root/outside and the
+    version link repo/tiny/7 -> root/outside/1. Returns the repository."""
+    repo = root / "repo"
+    write_model_version(repo, weights, "tiny", "1")
+    write_model_version(root, TinyWeights.random(seed=3), "outside", "1")
+    staged = write_model_version(root / "staging", TinyWeights.random(seed=3), "canary", "1")
+    shutil.move(staged, root / "1")
+    (repo / "escape").symlink_to(root / "outside", target_is_directory=True)
+    (repo / "tiny" / "7").symlink_to(root / "outside" / "1", target_is_directory=True)
+    return repo
