@@ -93,8 +93,10 @@ async def run(
                 channel.limit_read(timeout_s)
                 job = await read()
                 deadline = start + timeout_s
-                if job.timeout_s is not None and perf_counter() + job.timeout_s < deadline:
-                    deadline, timeout_s = perf_counter() + job.timeout_s, job.timeout_s  # the body's own governs
+                if job.timeout_s is not None:
+                    own = perf_counter() + job.timeout_s  # counted from the end of the read
+                    if own < deadline:  # the body's own governs, and is the one a 504 names
+                        deadline, timeout_s = own, job.timeout_s
                 images = await asyncio.wait_for(_decode(engine, job.images), deadline - perf_counter())
             # The body is read: from here on the transport can tell when the client goes away.
             work = engine.classify_all(images, job.policy, deadline)
