@@ -2,10 +2,13 @@
 Kubernetes OpenAPI schemas bundled with kubernetes-validate (strict: unknown fields fail), and
 says what the service needs (probes, non-root, one worker, resources)."""
 
+import os
 import re
+import subprocess
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.support.k8s import K8S, ROOT, VERSIONS, kustomize, load
 
@@ -96,3 +99,22 @@ def test_the_gpu_variant_asks_for_one_gpu_and_refuses_to_fall_back_to_cpu() -> N
     tolerations = GPU["Deployment"]["spec"]["template"]["spec"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
     assert "nvidia.com/gpu" not in container(BASE)["resources"]["limits"]
+
+
+def test_the_smokes_kube_play_substitution_changes_only_the_image_and_the_replicas() -> None:
+    """docker/smoke.sh runs deployment.yaml under `podman kube play` after one documented sed: the smoke
+    build's image and one replica. Run that very command; everything else must come through unchanged."""
+    smoke = (ROOT / "docker" / "smoke.sh").read_text()
+    (command,) = re.findall(r'^\s*\{ (sed -e .*"\$deployment")$', smoke, re.MULTILINE)
+    image = "localhost/dynadapter:smoke"
+    played = subprocess.run(
+        ["bash", "-c", command],
+        env={"PATH": os.environ["PATH"], "image": image, "deployment": str(K8S / "deployment.yaml")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    expected = load(K8S / "deployment.yaml")
+    expected["spec"]["replicas"] = 1
+    expected["spec"]["template"]["spec"]["containers"][0]["image"] = image
+    assert yaml.safe_load(played) == expected
