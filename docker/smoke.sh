@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make docker-smoke`: build the serving image from ./Dockerfile, run it, wait for /readyz, classify
 # a PNG, scrape /metrics, run the image's own HEALTHCHECK, check that it runs as non-root without
-# torch or timm, stop it (gracefully: exit code 0) and remove it.
+# torch or timm, stop it (gracefully: exit code 0) and remove it. Then (podman) run the Kubernetes
+# Deployment and Service of docker/k8s with `podman kube play`, the same checks over the port the
+# Service targets, and `podman kube down`.
 #
 # Engine: docker where a Docker engine answers, else podman, which needs no daemon and builds with
 # buildah's chroot isolation, so it also works inside a CI container. Environment knobs:
@@ -19,6 +21,10 @@
 #                    runc or debootstrap; 0: only say what is missing
 #   PIP_CA_BUNDLE    CA bundle for pip in a podman build (default /etc/ssl/certs/ca-certificates.crt
 #                    when it exists: where TLS to PyPI is intercepted, pip must trust the host's CAs)
+#   SMOKE_KUBE       1 (default): also run docker/k8s with `podman kube play` (podman only); 0: skip
+#   SMOKE_KUBE_PORT  host port for the pod's http port where podman has `kube play --publish`
+#                    (>= 4.5; default 18080). podman 4.3/4.4 publish each containerPort on the same
+#                    host port (8000, 8001), on all addresses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,8 +43,10 @@ name=dynadapter-smoke-$$
 work=$(mktemp -d "${TMPDIR:-/tmp}/dynadapter-smoke.XXXXXX")
 engine=${ENGINE:-}
 global=()  # podman's global options (before `run`), set below where this machine needs them
+kube_yaml=  # set once `podman kube play` has run: `podman kube down` it on the way out
 cleanup() {
   [[ -z $engine ]] || "$engine" "${global[@]}" rm -f "$name" >/dev/null 2>&1 || true
+  [[ -z $kube_yaml ]] || podman "${global[@]}" kube down "$kube_yaml" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -167,4 +175,64 @@ say "runs as uid $("$engine" "${global[@]}" exec "$name" id -u), without torch o
 code=$("$engine" inspect --format '{{.State.ExitCode}}' "$name")
 [[ $code == 0 ]] || { show_logs; die "exit code $code after SIGTERM (expected a graceful 0)"; }
 say "stopped gracefully; run checks took $((SECONDS - run_start)) s"
-say "OK: build ${build_s} s, image ${size_mb} MB, total $((SECONDS - t0)) s"
+
+# --- the Kubernetes manifests, run by podman kube play ----------------------------------------
+# The same docker/k8s/deployment.yaml and service.yaml, with two substitutions only: the image
+# reference (kustomize's `images:` sets it in a cluster) becomes the smoke build's tag, and replicas
+# becomes 1 (on one host every replica would publish the same host port). podman has no Service
+# proxy: it publishes the container's ports, so the checks go to the port the Service targets.
+kube_s=skipped
+if [[ ${SMOKE_KUBE:-1} == 0 ]]; then
+  say "podman kube play: skipped (SMOKE_KUBE=0)"
+elif [[ $engine != podman ]]; then
+  say "podman kube play: skipped (the image is in $engine's store; ENGINE=podman runs it)"
+else
+  kube_start=$SECONDS
+  deployment=docker/k8s/deployment.yaml
+  service=docker/k8s/service.yaml
+  play=$work/kube.yaml
+  { sed -e "s|^\( *image:\) dynadapter\$|\1 $image|" -e 's|^\(  replicas:\) [0-9][0-9]*$|\1 1|' "$deployment"
+    echo ---
+    cat "$service"; } >"$play"
+  grep -q "^ *image: $image\$" "$play" && grep -q '^  replicas: 1$' "$play" \
+    || die "could not point $deployment at $image with one replica"
+  # The Service's first port targets a named container port; find its number in the Deployment.
+  target=$(sed -n 's/^ *targetPort: *//p' "$service" | head -1)
+  container_port=$(awk -v port="$target" '$1 == "-" && $2 == "name:" && $3 == port { getline; print $2; exit }' "$deployment")
+  [[ $container_port =~ ^[0-9]+$ ]] || die "the Service's targetPort $target is no container port of $deployment"
+  kube=(kube play)
+  if podman kube play --help 2>/dev/null | grep -q -- '--publish '; then
+    kube_port=${SMOKE_KUBE_PORT:-18080}
+    kube+=(--publish "127.0.0.1:$kube_port:$container_port")
+  else
+    kube_port=$container_port  # podman < 4.5 publishes each containerPort on that host port
+  fi
+  if [[ ${#extra[@]} -gt 0 ]]; then
+    # kube play takes no --ulimit: the same limits as containers.conf defaults, for this run only.
+    printf '[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n' >"$work/containers.conf"
+    export CONTAINERS_CONF=$work/containers.conf
+  fi
+  kube_yaml=$play
+  podman "${global[@]}" "${kube[@]}" "$play" >"$work/kube.log" 2>&1 || { cat "$work/kube.log" >&2; die "podman kube play"; }
+  pod=$(awk '/^Pod:/ { getline; print; exit }' "$work/kube.log")
+  kube_ctr=$(podman ps -a --filter "pod=$pod" --format '{{.Names}}' | grep -- '-dynadapter$' | head -1)
+  [[ -n $kube_ctr ]] || { cat "$work/kube.log" >&2; die "podman kube play started no dynadapter container"; }
+  service_port=$(sed -n 's/^ *port: *//p' "$service" | head -1)
+  say "podman kube play: pod $(podman pod inspect --format '{{.Name}}' "$pod"), container $kube_ctr;" \
+    "Service port $service_port -> targetPort $target = containerPort $container_port, reached at 127.0.0.1:$kube_port"
+  kube_logs() { podman logs "$kube_ctr" 2>&1 | tail -40 >&2; }
+  # /readyz is the Deployment's readiness probe: the client waits for it before classifying.
+  grep -q 'path: /readyz' "$deployment" || die "$deployment has no /readyz readiness probe"
+  "$python" docker/smoke_client.py "http://127.0.0.1:$kube_port" --ready-timeout "$ready_timeout" \
+    || { kube_logs; die "HTTP checks on the kube-played pod"; }
+  # The manifest's securityContext holds: its runAsUser, and a read-only root file system.
+  uid=$(podman "${global[@]}" exec "$kube_ctr" id -u)
+  [[ $uid == $(sed -n 's/^ *runAsUser: *//p' "$deployment" | head -1) ]] || die "the pod runs as uid $uid"
+  [[ $(podman inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$kube_ctr") == true ]] \
+    || die "the pod's root file system is writable (readOnlyRootFilesystem)"
+  podman "${global[@]}" kube down "$play" >/dev/null 2>>"$engine_log" || die "podman kube down"
+  kube_yaml=
+  kube_s=$((SECONDS - kube_start))
+  say "podman kube play: ready, classified, scraped as uid $uid on a read-only root; torn down in ${kube_s} s total"
+fi
+say "OK: build ${build_s} s, image ${size_mb} MB, kube play ${kube_s} s, total $((SECONDS - t0)) s"

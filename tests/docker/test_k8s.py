@@ -2,64 +2,15 @@
 Kubernetes OpenAPI schemas bundled with kubernetes-validate (strict: unknown fields fail), and
 says what the service needs (probes, non-root, one worker, resources)."""
 
-import copy
+import os
 import re
-from pathlib import Path
+import subprocess
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from tests.support.k8s import VERSIONS
-
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "docker" / "k8s"
-
-
-def load(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
-def kustomize(directory: Path) -> dict[str, dict]:
-    """The resources of a kustomization by kind, with its strategic-merge patches applied.
-
-    Enough of kustomize for these files: resources are files or a parent kustomization; a patch
-    merges maps recursively, merges lists of named items by name and replaces other lists.
-    """
-    kustomization = load(directory / "kustomization.yaml")
-    resources: dict[str, dict] = {}
-    for entry in kustomization["resources"]:
-        path = (directory / entry).resolve()
-        if path.is_dir():
-            resources.update(kustomize(path))
-        else:
-            resource = load(path)
-            resources[resource["kind"]] = resource
-    for patch in kustomization.get("patches", []):
-        body = load(directory / patch["path"])
-        target = resources[body["kind"]]
-        assert target["metadata"]["name"] == body["metadata"]["name"]
-        resources[body["kind"]] = strategic_merge(target, body)
-    return resources
-
-
-def strategic_merge(base: object, patch: object) -> object:
-    if isinstance(base, dict) and isinstance(patch, dict):
-        merged = copy.deepcopy(base)
-        for key, value in patch.items():
-            merged[key] = strategic_merge(base[key], value) if key in base else copy.deepcopy(value)
-        return merged
-    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(x, dict) and "name" in x for x in patch):
-        merged = copy.deepcopy(base)
-        for item in patch:
-            index = next((i for i, old in enumerate(merged) if old.get("name") == item["name"]), None)
-            if index is None:
-                merged.append(copy.deepcopy(item))
-            else:
-                merged[index] = strategic_merge(merged[index], item)
-        return merged
-    return copy.deepcopy(patch)
-
+from tests.support.k8s import K8S, ROOT, VERSIONS, kustomize, load
 
 BASE = kustomize(K8S)
 GPU = kustomize(K8S / "gpu")
@@ -93,8 +44,18 @@ def test_the_deployment_probes_liveness_and_readiness_on_the_service_routes() ->
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
-    (port,) = c["ports"]
-    assert port["containerPort"] == 8000 and port["name"] == c["readinessProbe"]["httpGet"]["port"]
+    port = c["ports"][0]
+    assert port["containerPort"] == 8000 and port["name"] == c["readinessProbe"]["httpGet"]["port"] == "http"
+
+
+def test_the_pod_and_the_service_expose_oip_grpc_on_the_services_grpc_port() -> None:
+    ports = {p["name"]: p["containerPort"] for p in container(BASE)["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001}
+    assert env(BASE)["DYNADAPTER_GRPC_PORT"] == str(ports["grpc"])
+    service_ports = {p["name"]: p for p in BASE["Service"]["spec"]["ports"]}
+    assert service_ports["grpc"]["port"] == 8001 and service_ports["grpc"]["targetPort"] == "grpc"
+    assert service_ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"  # HTTP/2 in clear text
+    assert (service_ports["http"]["port"], service_ports["http"]["targetPort"]) == (80, "http")
 
 
 def test_the_pod_runs_as_the_image_user_without_privileges() -> None:
@@ -138,3 +99,22 @@ def test_the_gpu_variant_asks_for_one_gpu_and_refuses_to_fall_back_to_cpu() -> N
     tolerations = GPU["Deployment"]["spec"]["template"]["spec"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
     assert "nvidia.com/gpu" not in container(BASE)["resources"]["limits"]
+
+
+def test_the_smokes_kube_play_substitution_changes_only_the_image_and_the_replicas() -> None:
+    """docker/smoke.sh runs deployment.yaml under `podman kube play` after one documented sed: the smoke
+    build's image and one replica. Run that very command; everything else must come through unchanged."""
+    smoke = (ROOT / "docker" / "smoke.sh").read_text()
+    (command,) = re.findall(r'^\s*\{ (sed -e .*"\$deployment")$', smoke, re.MULTILINE)
+    image = "localhost/dynadapter:smoke"
+    played = subprocess.run(
+        ["bash", "-c", command],
+        env={"PATH": os.environ["PATH"], "image": image, "deployment": str(K8S / "deployment.yaml")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    expected = load(K8S / "deployment.yaml")
+    expected["spec"]["replicas"] = 1
+    expected["spec"]["template"]["spec"]["containers"][0]["image"] = image
+    assert yaml.safe_load(played) == expected
