@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -161,6 +163,41 @@ def test_refused_requests_carry_their_status_and_other_routes_are_not_traced(
     assert request.name == "POST /classify" and request.attributes is not None
     assert request.attributes["http.response.status_code"] == 404
     assert request.status.status_code == StatusCode.UNSET  # a 4xx is the client's, not a server error
+
+
+class FailingSpans(trace.TracerProvider):
+    """An SDK provider whose tracer fails to make the spans the batcher makes (queue, segments)."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        self._provider = TracerProvider()
+        self._provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        tracer = self._provider.get_tracer(*args, **kwargs)
+        start = tracer.start_span
+
+        def start_span(name: str, *args: Any, **kwargs: Any) -> trace.Span:
+            if name == "queue" or name.startswith("segment "):
+                raise RuntimeError("a broken tracer")
+            return start(name, *args, **kwargs)
+
+        tracer.start_span = start_span  # type: ignore[method-assign]
+        return tracer
+
+
+def test_a_failing_tracing_hook_fails_no_request(
+    make_settings: Callable[..., Settings], exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    with TestClient(create_app(make_settings(), Tracing(FailingSpans(exporter)))) as client:
+        wait_ready(client)
+        response = client.post("/classify?threshold=1", content=png_bytes(0), headers=IMAGE | TRACEPARENT)
+    assert response.status_code == 200 and response.json()["exit"]["index"] == NUM_EXITS - 1
+    assert {span.name for span in exporter.get_finished_spans()} == {"POST /classify", "read", "decode"}
+    failed = {r.getMessage() for r in caplog.records if r.name == "dynadapter.service.tracing"}
+    assert {m.split(";")[0] for m in failed} == {
+        "tracing hook record_queue_waits failed",
+        "tracing hook record_stage failed",
+    }
 
 
 def test_a_grpc_call_takes_its_parent_from_the_invocation_metadata(exporter: InMemorySpanExporter) -> None:
