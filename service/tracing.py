@@ -144,6 +144,14 @@ class Tracing:
             return nullcontext(trace.INVALID_SPAN)
         return _request_span(self.tracer, name, carrier, kind, attributes)
 
+    def grpc_span(
+        self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> AbstractContextManager[Span]:
+        """`request_span` of one OIP v2 gRPC call (`method`: "ModelInfer", ...), child of the trace context in
+        its invocation metadata (`context.invocation_metadata()`); the codec sets `set_grpc_status` at its end."""
+        name = f"inference.GRPCInferenceService/{method}"
+        return self.request_span(name, grpc_carrier(metadata), SpanKind.SERVER, grpc_attributes(method))
+
 
 @contextmanager
 def _request_span(

@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from dynadapter.errors import ConfigError
 from dynadapter.service.main import create_app
 from dynadapter.service.settings import Settings
-from dynadapter.service.tracing import Tracing, configured, grpc_attributes, grpc_carrier, set_grpc_status
+from dynadapter.service.tracing import Tracing, configured, grpc_carrier, set_grpc_status
 from tests.support.service import IMAGE, ROOT, ServiceProcess, wait_ready
 from tests.support.tiny_onnx_model import NUM_EXITS, png_bytes
 
@@ -206,11 +206,10 @@ def test_a_grpc_call_takes_its_parent_from_the_invocation_metadata(exporter: InM
     metadata = [("traceparent", TRACEPARENT["traceparent"]), ("authorization", "Bearer k"), ("trace-bin", b"\x00")]
     carrier = grpc_carrier(metadata)
     assert carrier == {"traceparent": TRACEPARENT["traceparent"], "authorization": "Bearer k"}
-    tracing = Tracing(provider)
-    name = "inference.GRPCInferenceService/ModelInfer"
-    with tracing.request_span(name, carrier, SpanKind.SERVER, grpc_attributes("ModelInfer")) as span:
+    with Tracing(provider).grpc_span("ModelInfer", metadata) as span:
         set_grpc_status(span, 14)  # UNAVAILABLE
     (done,) = exporter.get_finished_spans()
+    assert done.name == "inference.GRPCInferenceService/ModelInfer" and done.kind == SpanKind.SERVER
     assert done.parent is not None and (done.parent.trace_id, done.parent.span_id) == (TRACE_ID, PARENT_ID)
     assert dict(done.attributes or {}) == {
         "rpc.system": "grpc",
