@@ -6,7 +6,7 @@ SDK is imported, no thread starts, and every hook below is one context-variable 
 
 What a Jaeger or Grafana Tempo user sees in one request's trace (docs/tracing.md):
 
-    POST /v2/models/{model_name}/infer    SERVER: http.*, dynadapter.model, .model.version, knob, status
+    POST /v2/models/{name}/infer          SERVER: http.*, dynadapter.model, .model.version, knob, status
     ├─ read                               the body arriving
     ├─ decode                             images -> tensors, on the decode pool
     ├─ queue                              in the micro-batcher's queue, until its batch started
@@ -18,11 +18,15 @@ run), not as one span per batch linked to its requests: Jaeger and Tempo draw a 
 and show a link only as a reference to another trace, so with links the segments of a slow request would
 be a click away, in another trace. Each such span carries the batch's size, so sharing stays visible.
 The spans are made on the event loop after the segment ran (start = its end minus its time): nothing is
-added to the inference thread, and the cost is a span per request and segment, never per image.
+added to the inference thread, and the cost is a span per request and segment run (plus an event per
+image that leaves), not a span per image.
 
 The trace context a client sends (W3C `traceparent`, `OTEL_PROPAGATORS`) is the request span's parent:
-REST passes its headers (`TracingMiddleware`), gRPC its invocation metadata (`grpc_carrier`), both to
-`Tracing.request_span`.
+REST passes its headers (`TracingMiddleware`), gRPC its invocation metadata (`Tracing.grpc_span`), both to
+`Tracing.request_span`. The transport opens the request span around the whole call, not the data plane
+(through its `Channel`): the answers given before the data plane runs (401, 404, 413, 415, 422) are traced
+too. The data plane and the batcher find the request in the context (`contextvars`, which asyncio copies
+into each task), so neither transport passes it by hand.
 """
 
 import logging

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from dynadapter.errors import ConfigError
-from dynadapter.service.main import create_app
+from dynadapter.service.main import create_app, serve
 from dynadapter.service.settings import Settings
 from dynadapter.service.tracing import Tracing, configured, grpc_carrier, set_grpc_status
 from tests.support.service import IMAGE, ROOT, ServiceProcess, wait_ready
@@ -153,6 +153,15 @@ def test_an_oip_request_is_traced_with_its_route_template_and_knob(
     assert request.parent is not None and request.parent.span_id == PARENT_ID
 
 
+def test_a_caller_that_did_not_sample_its_trace_gets_no_spans(
+    traced: TestClient, exporter: InMemorySpanExporter
+) -> None:
+    unsampled = {"traceparent": f"00-{TRACE_ID:032x}-{PARENT_ID:016x}-00"}  # the SDK's default: parent-based
+    response = traced.post("/classify?threshold=1", content=png_bytes(0), headers=IMAGE | unsampled)
+    assert response.status_code == 200 and response.json()["exit"]["index"] == NUM_EXITS - 1
+    assert exporter.get_finished_spans() == ()
+
+
 def test_refused_requests_carry_their_status_and_other_routes_are_not_traced(
     traced: TestClient, exporter: InMemorySpanExporter
 ) -> None:
@@ -257,7 +266,7 @@ def test_an_exporter_or_protocol_not_shipped_is_a_config_error(environ: dict[str
 OFF_PROBE = """
 import json, sys, threading
 from fastapi.testclient import TestClient
-from dynadapter.service.main import create_app
+from dynadapter.service.main import create_app, serve
 from dynadapter.service.settings import Settings
 from tests.support.service import IMAGE, wait_ready
 from tests.support.tiny_onnx_model import png_bytes
@@ -393,3 +402,12 @@ def test_a_real_server_exports_its_spans_over_otlp(
     assert {"POST /classify", "read", "decode", "queue", "segment 0"} <= names
     (request_span,) = [span for _, span in spans if span.name == "POST /classify"]
     assert request_span.parent_span_id == PARENT_ID.to_bytes(8, "big")
+
+
+def test_serve_refuses_an_exporter_it_does_not_ship_in_one_line(
+    model_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaeger")  # the Jaeger exporter left OpenTelemetry: OTLP it is
+    with pytest.raises(SystemExit) as exit_:
+        serve(Settings(model_repo=model_repo, providers="cpu"))
+    assert exit_.value.code == "dynadapter serve: OTEL_TRACES_EXPORTER: 'jaeger' is not one of otlp, console, none"
