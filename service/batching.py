@@ -25,13 +25,14 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from time import perf_counter
+from time import perf_counter, time_ns
 
 import numpy as np
 
 from dynadapter.service.deadlines import NO_DEADLINE, DeadlineError
 from dynadapter.service.observers import StageObserver, StageObservers
 from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput
+from dynadapter.service.tracing import ImageTrace, record_queue_waits, record_stage
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class _Job:
     # it between segments (one bool of a numpy array: a write and a read under the GIL, no lock needed).
     flags: np.ndarray | None = None
     position: int = 0  # this job's row in `flags`
+    trace: ImageTrace | None = None  # its request's span, when traced (dynadapter.service.tracing)
 
     def cancel(self) -> bool:
         """The caller gave up: stop the job where it is. True if it had no answer yet (one cancelled image)."""
@@ -124,8 +126,11 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, image: np.ndarray, thresholds: np.ndarray, deadline: float = NO_DEADLINE) -> ExitResult:
-        """Queue one image and wait for its result; `QueueFullError` at once when the queue is full.
+    async def submit(
+        self, image: np.ndarray, thresholds: np.ndarray, deadline: float = NO_DEADLINE, trace: ImageTrace | None = None
+    ) -> ExitResult:
+        """Queue one image and wait for its result; `QueueFullError` at once when the queue is full. `trace`:
+        its request's span, which gets its queue wait and the segment runs it took part in.
 
         `DeadlineError` when `deadline` (perf_counter seconds) passes while the image is still queued,
         or its first segment cannot finish before it.
@@ -133,7 +138,7 @@ class MicroBatcher:
         if self._worker is None:
             raise BatcherClosedError("the batcher is not running")
         future: asyncio.Future[ExitResult] = asyncio.get_running_loop().create_future()
-        job = _Job(image, thresholds, deadline, future)
+        job = _Job(image, thresholds, deadline, future, trace=trace)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -212,6 +217,8 @@ class MicroBatcher:
         for position, job in enumerate(jobs):
             job.started, job.flags, job.position = True, cancelled, position
         self._running = jobs
+        if any(job.trace is not None for job in jobs):
+            record_queue_waits([job.trace for job in jobs], time_ns())
         start = perf_counter()
         try:
             await loop.run_in_executor(
@@ -239,11 +246,13 @@ class MicroBatcher:
     ) -> None:
         """In the inference thread: hand each stage's leavers to the loop and go straight on."""
         for stage in self._runner.cascade(images, thresholds, deadlines, shadow, cancelled):
-            loop.call_soon_threadsafe(self._finish_stage, jobs, stage)
+            loop.call_soon_threadsafe(self._finish_stage, jobs, stage, time_ns())
 
-    def _finish_stage(self, jobs: list[_Job], stage: StageOutput) -> None:
+    def _finish_stage(self, jobs: list[_Job], stage: StageOutput, end_ns: int) -> None:
         # Count before answering, in one loop callback: whoever holds an answer finds it in the metrics.
         self.observers.notify(stage)
+        if any(job.trace is not None for job in jobs):  # the jobs still waiting ran this segment
+            record_stage([None if job.future.done() else job.trace for job in jobs], stage, end_ns)
         for position, result in stage.exits.items():
             future = jobs[position].future
             if not future.done():  # the caller may have given up (deadline) or the batcher stopped

@@ -12,6 +12,9 @@ below is here once:
    `request_timeout`: a slow client holds its place for no longer;
 3. decode and classify within the deadline, narrowed by one the body carries (OIP `timeout`), counted
    from the end of the read; 504 when not even the first exit can answer in time.
+
+When the transport traces the request (dynadapter.service.tracing), the read and the decode are its spans,
+and its span gets the model, version and knob; the batcher adds the queue wait and the segment runs.
 """
 
 import asyncio
@@ -28,7 +31,9 @@ from dynadapter.service.disconnect import cancel_on_disconnect
 from dynadapter.service.engine import Engine, NonFiniteOutputError
 from dynadapter.service.errors import deadline_exceeded, non_finite_output, not_ready, overloaded, too_many_images
 from dynadapter.service.exit_policy import ExitPolicy
+from dynadapter.service.schemas import Knob
 from dynadapter.service.segment_runner import ExitResult
+from dynadapter.service.tracing import annotate, child_span
 
 Images = Sequence[bytes] | np.ndarray  # encoded images, or preprocessed pixels float32 [N, 3, H, W]
 
@@ -38,12 +43,14 @@ class Job:
     """What a route reads from a request's body: its images, how to answer them, and the body's own deadline.
 
     `timeout_s`: seconds from the end of the read (OIP's `timeout`); None: the route's deadline alone.
+    `knob`: the request's knob as sent (for its trace; `policy` is what it chose).
     """
 
     images: Images
     policy: ExitPolicy
     timeout_s: float | None = None
     input_name: str = "image"  # what a non-finite-output error names (OIP: the request's input)
+    knob: Knob | None = None
 
 
 J = TypeVar("J", bound=Job)
@@ -86,18 +93,22 @@ async def run(
     (they are cancelled), and whatever `read` or decoding raise.
     """
     channel.label(engine.name, engine.version)
+    annotate({"model": engine.name, "model.version": engine.version})
     start = perf_counter()
     async with engine.admitted():
         try:
             async with engine.admit():
                 channel.limit_read(timeout_s)
-                job = await read()
+                with child_span("read"):
+                    job = await read()
+                _annotate_job(job)
                 deadline = start + timeout_s
                 if job.timeout_s is not None:
                     own = perf_counter() + job.timeout_s  # counted from the end of the read
                     if own < deadline:  # the body's own governs, and is the one a 504 names
                         deadline, timeout_s = own, job.timeout_s
-                images = await asyncio.wait_for(_decode(engine, job.images), deadline - perf_counter())
+                with child_span("decode", **{"dynadapter.images": len(job.images)}):
+                    images = await asyncio.wait_for(_decode(engine, job.images), deadline - perf_counter())
             # The body is read: from here on the transport can tell when the client goes away.
             work = engine.classify_all(images, job.policy, deadline)
             return job, await cancel_on_disconnect(channel.disconnected(), work)
@@ -111,6 +122,20 @@ async def run(
             raise not_ready() from None
         finally:
             engine.observe_latency(perf_counter() - start)
+
+
+def _annotate_job(job: Job) -> None:
+    """The request span's knob (as sent), the thresholds it chose (one per early exit) and its image count."""
+    knob = job.knob or Knob()
+    annotate(
+        {
+            "images": len(job.images),
+            "mode": knob.mode,
+            "threshold": knob.threshold,
+            "budget": knob.budget,
+            "thresholds": list(job.policy.thresholds),
+        }
+    )
 
 
 async def _decode(engine: Engine, images: Images) -> list[np.ndarray]:

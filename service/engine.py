@@ -25,6 +25,7 @@ from dynadapter.service.live_calibration import LiveCalibrator
 from dynadapter.service.metrics import ServiceMetrics
 from dynadapter.service.segment_runner import ExitResult, SegmentRunner, StageOutput
 from dynadapter.service.settings import Settings
+from dynadapter.service.tracing import ImageTrace, image_trace
 
 logger = logging.getLogger(__name__)
 
@@ -223,14 +224,17 @@ class Engine:
         """Bytes of an uploaded image -> the float32 [3, H, W] tensor segment 0 expects, on the decode pool."""
         return await self._decoder.run(self.manifest.preprocessing.load, data, self._max_pixels)
 
-    async def classify(self, image: np.ndarray, policy: ExitPolicy, deadline: float = NO_DEADLINE) -> ExitResult:
-        """Run one prepared image through the cascade, batched with whatever else is waiting.
+    async def classify(
+        self, image: np.ndarray, policy: ExitPolicy, deadline: float = NO_DEADLINE, trace: ImageTrace | None = None
+    ) -> ExitResult:
+        """Run one prepared image through the cascade, batched with whatever else is waiting (`trace`: its
+        request's span, dynadapter.service.tracing).
 
         `deadline`: time.perf_counter() seconds; `DeadlineError` when not even its first exit can answer
         by then. A result whose logits are not all finite is never answered (its confidence would be
         NaN): `NonFiniteOutputError` instead.
         """
-        result = await self._batcher.submit(image, policy.as_array(), deadline)
+        result = await self._batcher.submit(image, policy.as_array(), deadline, trace)
         if not np.isfinite(result.logits).all():
             raise NonFiniteOutputError()
         return result
@@ -251,7 +255,7 @@ class Engine:
 
     async def _classify_at(self, index: int, image: np.ndarray, policy: ExitPolicy, deadline: float) -> ExitResult:
         try:
-            return await self.classify(image, policy, deadline)
+            return await self.classify(image, policy, deadline, image_trace(index))
         except NonFiniteOutputError:
             raise NonFiniteOutputError(index) from None
 

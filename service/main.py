@@ -18,6 +18,7 @@ from uvicorn.main import STARTUP_FAILURE
 
 from dynadapter.contract.images import pil_pixel_limit
 from dynadapter.contract.model_repository import ModelLoadError
+from dynadapter.errors import ConfigError
 from dynadapter.service.backends.onnxruntime import select_providers
 from dynadapter.service.deps import ServiceState
 from dynadapter.service.errors import ApiError, install_error_handlers
@@ -27,13 +28,18 @@ from dynadapter.service.registry import ModelRegistry, check_repository
 from dynadapter.service.routes import classify, health, metrics, models, oip, repository
 from dynadapter.service.settings import Settings
 from dynadapter.service.shutdown import ShutdownFlag, ShutdownGuard
+from dynadapter.service.tracing import Tracing, TracingMiddleware
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app (routes, error handlers, middleware, its own metrics registry); load nothing."""
+def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
+    """Build the app (routes, error handlers, middleware, its own metrics registry); load nothing.
+
+    `tracing`: where its spans go (dynadapter.service.tracing); None: as the OTEL_* variables say (off unless set).
+    """
     settings = settings or Settings()
+    tracing = tracing or Tracing.from_environment()
     service_metrics = ServiceMetrics()
     state = ServiceState(settings, service_metrics, ModelRegistry(settings, service_metrics))
     app = FastAPI(
@@ -43,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = state
     app.state.shutdown = ShutdownFlag()
+    app.state.tracing = tracing
     install_error_handlers(app)
     app.add_middleware(
         BodyReadingMiddleware,
@@ -60,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         is_inference=_is_inference,
         guess=lambda scope: _guess(state, scope),
     )
+    # Outermost of all: the request's span covers every answer, the metrics middleware's time included.
+    app.add_middleware(TracingMiddleware, tracing=tracing, route_of=_route)
     for module in (classify, models, health, metrics, oip, repository):
         app.include_router(module.router)
     oip.add_schemas(app)
@@ -68,6 +77,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _is_inference(path: str) -> bool:
     return path == "/classify" or oip.INFER_PATH.match(path) is not None
+
+
+def _route(path: str) -> str | None:
+    """The route template of an inference path (a span's http.route and name); None for the other routes."""
+    if path == "/classify":
+        return path
+    found = oip.INFER_PATH.match(path)
+    if found is None:
+        return None
+    return "/v2/models/{name}/infer" if found.group(2) is None else "/v2/models/{name}/versions/{version}/infer"
 
 
 def _guess(state: ServiceState, scope: Scope) -> ModelLabel:
@@ -100,6 +119,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await state.registry.stop()
+        app.state.tracing.shutdown()  # exports the spans still buffered
 
 
 async def _load(state: ServiceState) -> None:
@@ -128,7 +148,11 @@ def serve(settings: Settings) -> None:
         select_providers(settings.providers)
     except ModelLoadError as err:
         raise SystemExit(f"dynadapter serve: cannot load the model: {err}") from None
-    app = create_app(settings)
+    try:
+        tracing = Tracing.from_environment()
+    except ConfigError as err:
+        raise SystemExit(f"dynadapter serve: {err}") from None
+    app = create_app(settings, tracing)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -82,7 +82,8 @@ async def classify(
         raise bad_parameter(str(err)) from None
 
     async def read() -> data_plane.Job:
-        return data_plane.Job(images=await _read_images(request, state.settings.max_images_per_request), policy=policy)
+        images = await _read_images(request, state.settings.max_images_per_request)
+        return data_plane.Job(images=images, policy=policy, knob=params)
 
     timeout_s = state.settings.request_timeout_s
     if params.deadline_ms is not None:

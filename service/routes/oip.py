@@ -166,6 +166,7 @@ async def infer(
             policy=policy,
             timeout_s=timeout_s,
             input_name=message.inputs[0].name,  # read_input allows exactly one
+            knob=parameters,
             message=message,
             wanted=wanted,
         )

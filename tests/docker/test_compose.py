@@ -26,12 +26,21 @@ def bind_mounts(service: dict) -> list[tuple[Path, str]]:
 
 
 def test_compose_runs_the_service_prometheus_and_grafana() -> None:
-    assert set(SERVICES) == {"dynadapter", "prometheus", "grafana"}
+    assert set(SERVICES) == {"dynadapter", "prometheus", "grafana", "jaeger"}
     build = SERVICES["dynadapter"]["build"]
     assert ((DOCKER / build["context"]).resolve() / build["dockerfile"]) == ROOT / "Dockerfile"
     assert SERVICES["dynadapter"]["ports"] == ["8000:8000"]
-    for name in ("prometheus", "grafana"):
+    for name in ("prometheus", "grafana", "jaeger"):
         assert re.fullmatch(r"docker\.io/[\w/-]+:v?\d+\.\d+\.\d+", SERVICES[name]["image"]), "pin the version"
+
+
+def test_jaeger_runs_only_with_the_tracing_profile_and_tracing_stays_off_without_it() -> None:
+    """docs/tracing.md: `OTEL_TRACES_EXPORTER=otlp docker compose --profile tracing up` turns both on."""
+    assert SERVICES["jaeger"]["profiles"] == ["tracing"] and "profiles" not in SERVICES["dynadapter"]
+    environment = SERVICES["dynadapter"]["environment"]
+    assert environment["OTEL_TRACES_EXPORTER"] == "${OTEL_TRACES_EXPORTER:-none}"
+    assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-http://jaeger:4318}"
+    assert "--set=receivers.otlp.protocols.http.endpoint=0.0.0.0:4318" in SERVICES["jaeger"]["command"]
 
 
 def test_every_mounted_file_exists() -> None:

@@ -144,7 +144,8 @@ GiB = 2**30
 
 
 def _shipped_budget(env: dict[str, str]) -> int:
-    settings = Settings(**{name[len("DYNADAPTER_") :].lower(): value for name, value in env.items()})
+    own = {name: value for name, value in env.items() if name.startswith("DYNADAPTER_")}  # not OTEL_*
+    settings = Settings(**{name[len("DYNADAPTER_") :].lower(): value for name, value in own.items()})
     workers = settings.decode_workers or default_workers()
     return DEMO_READY_RSS_BYTES + peak_bytes(
         workers, settings.decode_queue, settings.max_pixels, settings.max_body_bytes
