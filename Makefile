@@ -14,6 +14,7 @@ MODEL ?= $(if $(filter var/model_repo,$(MODEL_REPO)),mnist,)
 .PHONY: install promtool serve test lint clean docker-smoke lock
 
 $(STAMP): pyproject.toml
+	@echo "installing the project into $(VENV) (about 2 min the first time: PyTorch, OpenVINO, ...; later runs skip this)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[serve,train,dev]'
@@ -23,6 +24,7 @@ install: $(STAMP)
 
 # The default repository is built from the committed demo runs on first use, then reused.
 serve: $(STAMP)
+	$(if $(filter var/model_repo,$(MODEL_REPO)),@echo "building the demo model repository in $(MODEL_REPO) (about 2 min the first time; later runs reuse it)")
 	$(if $(filter var/model_repo,$(MODEL_REPO)),$(BIN)/dynadapter demo build --out $(MODEL_REPO))
 	$(BIN)/dynadapter serve --model-repo $(MODEL_REPO) --host $(HOST) --port $(PORT) $(if $(MODEL),--model-name $(MODEL))
 

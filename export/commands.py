@@ -3,7 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+
+#: torch logs this when it imports its C++-extension helpers (NNCF does, for int8) on a machine with a CUDA
+#: toolkit folder but no CUDA runtime: harmless on a CPU-only machine, where it reads like a failure.
+NO_CUDA_RUNTIME = "No CUDA runtime is found"
+
+
+def _not_the_cuda_probe(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(NO_CUDA_RUNTIME)
+
+
+def quiet_cuda_probe() -> None:
+    """Drop torch's "No CUDA runtime is found" warning, and only it (a filter on the one logger that
+    writes it, `torch.utils.cpp_extension`); call before torch is imported. Idempotent."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if _not_the_cuda_probe not in logger.filters:
+        logger.addFilter(_not_the_cuda_probe)
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +53,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
+    quiet_cuda_probe()
     from dynadapter.export.exporter import export_run
     from dynadapter.export.precisions import parse_precisions
 
@@ -90,6 +108,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
+    quiet_cuda_probe()
     from dynadapter.export.demo import build_demo_repo
 
     repo = build_demo_repo(args.out, fixtures=not args.no_fixtures, demo_dir=args.demo_dir)

@@ -117,11 +117,13 @@ def export_run(
     extra = list(precisions) != ["fp32"]
     ungated = tmp / ".ungated"
     paths = write_segments(run.model, run.preprocessing.size, tmp, ungated if extra else None)
+    log.info("checking the segments' parity against PyTorch")
     parity = parity_error(run.model, paths, run.preprocessing.size)
     if parity > PARITY_TOLERANCE:
         raise ExportError(f"exported segments differ from PyTorch by {parity:.2e} (> {PARITY_TOLERANCE:g})")
     manifest = build_manifest(run, paths, calibration, parity, name, str(version))
     if extra:
+        log.info("converting to OpenVINO IR: %s (int8: NNCF calibration and its accuracy gate)", ", ".join(precisions))
         ir = openvino_precisions(run, [ungated / p.name for p in paths], tmp, list(precisions), int8_max_accuracy_drop)
         shutil.rmtree(ungated)
         manifest = new_manifest(**{**dict(manifest), "precisions": ir})
@@ -141,6 +143,7 @@ def write_segments(model: DynamicViT, size: tuple[int, int], folder: Path, ungat
     if ungated is not None:
         ungated.mkdir()
     for k in range(merged.num_exits):
+        log.info("exporting ONNX segment %d of %d (torch.export)", k + 1, merged.num_exits)
         paths.append(folder / f"segment_{k}.onnx")
         x = export_segment(merged, k, x, paths[-1], ungated / paths[-1].name if ungated is not None else None)
     return paths

@@ -9,7 +9,7 @@ request validation error from FastAPI); anything else is a bug and answers a JSO
 """
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -55,9 +55,11 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "bad_request", message)
 
 
-def model_not_found(name: str, version: str | None) -> ApiError:
+def model_not_found(name: str, version: str | None, served: Sequence[str]) -> ApiError:
+    """404 naming what is served instead: `served` holds model names (or, with `version`, that model's
+    versions), never paths, so the message tells a client what to ask for without showing the disk."""
     which = f"version {version!r} of model {name!r}" if version is not None else f"model {name!r}"
-    return ApiError(404, "model_not_found", f"{which} is not served here")
+    return ApiError(404, "model_not_found", f"{which} is not served; served: {', '.join(served) or 'none'}")
 
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for a client that hung up before its answer

@@ -126,7 +126,7 @@ class ModelRegistry:
         checked(name)
         versions = self._models.get(name)
         if not versions:
-            raise model_not_found(name, None)
+            raise model_not_found(name, None, self.names())
         return [versions[v] for v in sorted(versions, key=int, reverse=True)]
 
     def get(self, name: str | None = None, version: str | None = None) -> Engine:
@@ -136,11 +136,11 @@ class ModelRegistry:
         checked(name, version)  # 400 for '..', 'a/b', '１', ...: never looked up, never a file
         versions = self._models.get(name)
         if not versions:
-            raise model_not_found(name, None)
+            raise model_not_found(name, None, self.names())
         if version is None:
             return versions[max(versions, key=int)]
         if version not in versions:
-            raise model_not_found(name, version)
+            raise model_not_found(name, version, sorted(versions, key=int))
         return versions[version]
 
     def default_name(self) -> str:
@@ -214,7 +214,7 @@ class ModelRegistry:
         checked(name)
         async with self._lock:
             if name not in self._models:
-                raise model_not_found(name, None)
+                raise model_not_found(name, None, self.names())
             self._unloaded.add(name)
             for engine in self._models.pop(name).values():
                 self._retire(engine)

@@ -11,7 +11,14 @@ class Knob(BaseModel):
 
     threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     mode: Literal["fast", "balanced", "accurate", "auto"] | None = None
-    budget: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    budget: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Fraction of the full model's FLOPs, on average: the most accurate calibrated threshold whose "
+        "mean FLOPs over the validation split is within it. Not a cap per image: a hard image goes deeper.",
+    )
 
     @model_validator(mode="after")
     def _one_knob(self) -> "Knob":

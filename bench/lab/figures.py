@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dynadapter.training.plots import plt  # pyplot on the files-only backend that dynadapter.training.plots selects
+# pyplot on the files-only backend that dynadapter.training.plots selects
+from dynadapter.training.plots import legend_outside, plt
 
 
 def plot_task(
@@ -22,9 +23,21 @@ def plot_task(
     path: Path,
     probe: dict[str, Any] | None = None,
 ) -> None:
+    """``task_figure`` written to ``path``."""
+    _save(task_figure(task, methods, dynamic, static, probe), path)
+
+
+def task_figure(
+    task: str,
+    methods: Sequence[str],
+    dynamic: dict[str, dict[str, Any]],
+    static: dict[str, dict[str, Any]],
+    probe: dict[str, Any] | None = None,
+) -> Any:
     """``dynamic`` / ``static``: PETL method -> the cell result (``dynadapter.bench.suite.cells.summarize_run``);
     ``methods`` fixes each method's colour, whichever cells have finished; ``probe``: the frozen
-    probe's cell result (its ``probe`` part: accuracy and GFLOPs at the block chosen on validation)."""
+    probe's cell result (its ``probe`` part: accuracy and GFLOPs at the block chosen on validation).
+    The legend lies under the axes, clear of every marker."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for petl, result in dynamic.items():
@@ -56,8 +69,8 @@ def plot_task(
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"builtin:{task} (dots: balanced mode)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=7)
-    _save(fig, path)
+    legend_outside(ax)  # never over the probe's or a static baseline's marker
+    return fig
 
 
 def _steps(ax: Any, timeline: dict[str, Any]) -> None:
@@ -141,5 +154,5 @@ def plot_drift(drift: dict[str, Any], path: Path) -> None:
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # the legend may lie outside the axes
     plt.close(fig)

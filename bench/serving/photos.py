@@ -4,11 +4,12 @@ Three parts, measured side by side in one run on inputs from ``dynadapter.bench.
 2 MP phone JPEGs, a 12 MP PNG, a 12 MP HEIC; generated once and kept in ``var/bench-photos``):
 
 - decoders, in this process, one image at a time: the service's path (``Preprocessing.load``: JPEG
-  at DCT scale, others reduced on load), the same at full resolution, what a user writes by hand
-  (``Image.open(...).convert("RGB")`` then the model's resize), and simplejpeg's scaled decode (the
-  libjpeg-turbo binding the JPEG decoder was chosen against), beside the full-depth compute of one
-  image on onnxruntime;
-- servers: p50/p95 latency and throughput at each concurrency on 12 MP JPEGs and on the mix, for
+  at DCT scale, others reduced on load; wall and CPU time), the same at full resolution, what a user
+  writes by hand (``Image.open(...).convert("RGB")`` then the model's resize), and the libjpeg-turbo
+  scaled decodes the JPEG path was chosen among (Pillow's ``draft``, simplejpeg, pyvips' shrink-on-load
+  where pyvips is installed), beside the full-depth compute of one image on onnxruntime;
+- servers: p50/p95 latency and throughput at each concurrency on 12 MP JPEGs, on a small PNG (the same
+  scene at 224x168: the JPEG/PNG p50 ratio) and on the mix, for
   this service at ``balanced``, ``litserve-plain`` (the static graph behind LitServe, decoding with
   plain full-resolution Pillow) and, with ``--baseline-site``, another build of this service (e.g.
   the previous release installed with ``pip install --no-deps --target DIR``); peak RSS of each;
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import io
 import logging
 import os
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from dynadapter import options
 from dynadapter.bench.lab import load
@@ -40,6 +43,7 @@ from dynadapter.bench.lab.load import Measured
 from dynadapter.bench.lab.machine import machine
 from dynadapter.bench.lab.process import ServerProcess, awake
 from dynadapter.bench.lab.results import fmt
+from dynadapter.bench.lab.rows import LoadRow, Row, TargetCheck
 from dynadapter.bench.serving import inputs as serving_inputs
 from dynadapter.bench.serving.config import ServeBenchConfig
 
@@ -50,13 +54,22 @@ RESULT_KEYS = ("serve_photos",)
 
 PHOTO_DIR = Path("var") / "bench-photos"  # under the working directory, like --docs
 PHOTO_SET_VERSION = "1"  # bump when bench/lab/photo_corpus.py changes what camera_set writes
-WORKLOADS = {"jpeg-12mp": ("jpeg-12mp",), "mix": ("jpeg-12mp", "jpeg-2mp", "png-12mp", "heic-12mp")}
+WORKLOADS = {
+    "jpeg-12mp": ("jpeg-12mp",),
+    "png-small": ("png-small",),
+    "mix": ("jpeg-12mp", "jpeg-2mp", "png-12mp", "heic-12mp"),
+}
+SMALL_PNG_SIZE = (224, 168)  # the 12 MP scene as a small upload (width, height)
 CAMERA_SIZE = (4032, 3024)  # the accuracy check's photos (width, height)
 #: Test images of the camera accuracy check when --images is unset (each becomes a 12 MP JPEG).
 CAMERA_ACCURACY_IMAGES = 200
 # Issue targets: decode of a 12 MP JPEG at most 1.5x one image's full-depth compute; at the top
 # concurrency on 12 MP JPEGs, balanced at least 5x the previous release and 4x LitServe.
 DECODE_OVER_COMPUTE = 1.5
+# Issue 32: a 12 MP phone JPEG costs at most 2x a small PNG's p50 through the service (at the fewest clients).
+JPEG_OVER_PNG_P50 = 2.0
+#: what the service decodes JPEGs with (dynadapter/contract/images.py); the page names it
+JPEG_DECODER = "simplejpeg at libjpeg-turbo's M/8 DCT scales (Pillow's draft for CMYK and MPO)"
 THROUGHPUT_TARGETS = {"baseline": 5.0, "litserve-plain": 4.0}
 
 
@@ -71,7 +84,7 @@ def run_photos(config: ServeBenchConfig) -> None:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     load_before = os.getloadavg()[0]
-    photos = camera_photos()
+    photos = with_small_png(camera_photos())
     with tempfile.TemporaryDirectory(prefix="dynadapter-bench-photos-") as work:
         inputs = serving_inputs.prepare_inputs(config, Path(work))
         decoders = measure_decoders(photos, inputs, config)
@@ -86,6 +99,7 @@ def run_photos(config: ServeBenchConfig) -> None:
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(config.providers, load_before),
         "model": inputs.model_name,
+        "jpeg_decoder": JPEG_DECODER,
         "photos": {name: len(data) for name, data in photos.items()},
         "settings": {"concurrency": config.concurrency, "duration_s": config.duration, "rounds": config.rounds},
         "decoders": decoders,
@@ -117,6 +131,16 @@ def camera_photos(directory: Path = PHOTO_DIR) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in names}
 
 
+def with_small_png(photos: dict[str, bytes]) -> dict[str, bytes]:
+    """``photos`` and ``png-small``: the 12 MP PNG's scene at ``SMALL_PNG_SIZE``, the upload a JPEG is set against."""
+    from PIL import Image
+
+    from dynadapter.bench.lab.photo_corpus import encode
+
+    small = Image.open(io.BytesIO(photos["png-12mp"])).convert("RGB").resize(SMALL_PNG_SIZE, Image.Resampling.BOX)
+    return {**photos, "png-small": encode(small, "PNG")}
+
+
 def plain_decode(preprocessing: Any, data: bytes) -> np.ndarray:
     """What a user writes by hand: Pillow at full resolution, then the model's resize."""
     from PIL import Image
@@ -127,12 +151,13 @@ def plain_decode(preprocessing: Any, data: bytes) -> np.ndarray:
 # -- decoders ----------------------------------------------------------------------------------------------------
 
 
-def _median_ms(work: Callable[[], object], repeats: int) -> float:
+def _median_ms(work: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median ms of ``work`` over ``repeats`` runs on ``clock`` (wall by default; ``time.process_time``: CPU)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         work()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return float(np.median(times) * 1000)
 
 
@@ -155,8 +180,13 @@ def measure_decoders(
     for photo, data in photos.items():
         repeats = 7 if photo.startswith("jpeg") else 3
         table[photo] = {name: _median_ms(partial(decode, data), repeats) for name, decode in decoders.items()}
+        # CPU time: what the decode costs however loaded the machine is (wall time also counts waiting for a core)
+        table[photo]["service-cpu"] = _median_ms(partial(decoders["service"], data), repeats, time.process_time)
         if photo.startswith("jpeg"):
             table[photo]["simplejpeg-scaled"] = _median_ms(partial(_simplejpeg, spec, data, Image), repeats)
+            table[photo]["pillow-draft"] = _median_ms(partial(_draft, spec, data, Image), repeats)
+            if importlib.util.find_spec("pyvips") is not None:
+                table[photo]["pyvips-shrink"] = _median_ms(partial(_pyvips, spec, data, Image), repeats)
         table[photo]["deviation_levels"] = _deviation(spec, data, max_pixels)
         log.info("decoders on %s: %s", photo, table[photo])
     return {"ms": table, "compute_ms": _compute_ms(inputs.static_repo, spec.size, config.threads)}
@@ -167,6 +197,26 @@ def _simplejpeg(spec: Any, data: bytes, image_module: Any) -> np.ndarray:
 
     side = 3 * max(spec.size)  # the same floor as REDUCING_GAP x the input size
     return spec(image_module.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=side, min_width=side)))
+
+
+def _draft(spec: Any, data: bytes, image_module: Any) -> np.ndarray:
+    """Pillow's ``draft`` (1/2, 1/4 or 1/8 scale) alone, no EXIF or ICC: the service's JPEG path before simplejpeg."""
+    side = 3 * max(spec.size)
+    image = image_module.open(io.BytesIO(data))
+    image.draft("RGB", (side, side))
+    return spec(image.convert("RGB"))
+
+
+def _pyvips(spec: Any, data: bytes, image_module: Any) -> np.ndarray:
+    """libvips' shrink-on-load (libjpeg-turbo at 1/2, 1/4 or 1/8), its operation cache off so each run decodes."""
+    import pyvips
+
+    pyvips.cache_set_max(0)
+    side = 3 * max(spec.size)
+    header = pyvips.Image.new_from_buffer(data, "")
+    shrink = next((s for s in (8, 4, 2) if min(header.width, header.height) // s >= side), 1)
+    image = pyvips.Image.new_from_buffer(data, "", shrink=shrink)
+    return spec(image_module.fromarray(image.numpy()))
 
 
 def _deviation(spec: Any, data: bytes, max_pixels: int) -> dict[str, float]:
@@ -318,6 +368,75 @@ async def camera_accuracy(server: ServerProcess, run_dir: Path, count: int) -> d
 # -- report ------------------------------------------------------------------------------------------------------
 
 
+class Deviation(Row):
+    """The reduced path against the full-resolution one, in 8-bit levels of the model input."""
+
+    mean: float
+    max: float
+
+
+class DecoderTimes(Row):
+    """One photo's decoders, ms per image (median wall time; ``service_cpu``: the service path's CPU time).
+    None: not measured on this photo (JPEG-only decoders, pyvips not installed, or a run before it was added)."""
+
+    service: float
+    full_resolution: float = Field(alias="full-resolution")
+    plain_pillow: float = Field(alias="plain-pillow")
+    service_cpu: float | None = Field(default=None, alias="service-cpu")
+    simplejpeg_scaled: float | None = Field(default=None, alias="simplejpeg-scaled")
+    pillow_draft: float | None = Field(default=None, alias="pillow-draft")
+    pyvips_shrink: float | None = Field(default=None, alias="pyvips-shrink")
+    deviation_levels: Deviation
+
+
+class Decoders(Row):
+    ms: dict[str, DecoderTimes]
+    compute_ms: float
+
+
+class PhotoLoadRow(LoadRow):
+    """A server's measurement on one workload (a LoadRow and the workload it sent)."""
+
+    workload: str
+
+
+class PhotoAccuracy(Row):
+    images: int
+    small_png: float | None = Field(alias="small-png")
+    camera_jpeg_12mp: float | None = Field(alias="camera-jpeg-12mp")
+
+
+class PhotoCheck(TargetCheck):
+    bound: float
+
+
+class LoadAverage(Row):
+    start: float
+    end: float
+
+
+class Machine(Row):
+    cpu_count: int
+    load_average_1m: LoadAverage
+
+
+class PhotoSection(Row):
+    """docs/results.json's ``serve_photos``, as ``run_photos`` writes it."""
+
+    created_utc: str
+    machine: Machine
+    model: str
+    jpeg_decoder: str | None = None  # None: a run from before simplejpeg (the service used Pillow's draft)
+    photos: dict[str, int]
+    decoders: Decoders
+    servers: list[PhotoLoadRow]
+    peak_rss_bytes: dict[str, int]
+    ready_rss_bytes: dict[str, int]
+    decode_budget_bytes: int
+    accuracy: PhotoAccuracy
+    targets: list[PhotoCheck]
+
+
 def photo_targets(section: dict[str, Any], top: int) -> list[dict[str, Any]]:
     checks = []
     decoders = section["decoders"]
@@ -331,6 +450,18 @@ def photo_targets(section: dict[str, Any], top: int) -> list[dict[str, Any]]:
         }
     )
     by = {(r["workload"], r["variant"], r["concurrency"]): r for r in section["servers"]}
+    low = min(section["settings"]["concurrency"])
+    jpeg, png = by.get(("jpeg-12mp", "balanced", low)), by.get(("png-small", "balanced", low))
+    if jpeg and png and jpeg["p50_ms"] and png["p50_ms"]:
+        ratio = jpeg["p50_ms"] / png["p50_ms"]
+        checks.append(
+            {
+                "target": f"p50 balanced, 12 MP JPEG / small PNG, {low} client{'s' if low > 1 else ''}",
+                "ratio": ratio,
+                "bound": JPEG_OVER_PNG_P50,
+                "met": ratio <= JPEG_OVER_PNG_P50,
+            }
+        )
     balanced = by.get(("jpeg-12mp", "balanced", top))
     for name, bound in THROUGHPUT_TARGETS.items():
         other = by.get(("jpeg-12mp", name, top))
@@ -363,75 +494,71 @@ def photo_targets(section: dict[str, Any], top: int) -> list[dict[str, Any]]:
     return checks
 
 
+#: the decoder table's columns: (header, DecoderTimes attribute); the optional ones only where a run measured them
+_COLUMNS = [
+    ("service", "service"),
+    ("full-resolution", "full_resolution"),
+    ("plain-pillow", "plain_pillow"),
+    ("simplejpeg-scaled", "simplejpeg_scaled"),
+]
+_OPTIONAL_COLUMNS = [
+    ("service CPU", "service_cpu"),
+    ("pillow-draft", "pillow_draft"),
+    ("pyvips-shrink", "pyvips_shrink"),
+]
+
+
 def render_markdown(results: dict[str, Any]) -> str:
-    section = results.get("serve_photos")
-    if not section:
+    if not results.get("serve_photos"):
         return ""
-    d = section["decoders"]
+    section = PhotoSection.model_validate(results["serve_photos"])
+    d = section.decoders
     lines = [
         "## Serving camera photos",
         "",
-        f"`dynadapter bench serve --photos`, {section['created_utc']}, model "
-        f"`{section['model']}`; {section['machine']['cpu_count']} CPU cores, 1-minute load average "
-        f"{section['machine']['load_average_1m']['start']:.1f} at the start and "
-        f"{section['machine']['load_average_1m']['end']:.1f} at the end (other work shared the machine).",
+        f"`dynadapter bench serve --photos`, {section.created_utc}, model "
+        f"`{section.model}`; {section.machine.cpu_count} CPU cores, 1-minute load average "
+        f"{section.machine.load_average_1m.start:.1f} at the start and "
+        f"{section.machine.load_average_1m.end:.1f} at the end (other work shared the machine).",
         "",
     ]
-    columns = ["service", "full-resolution", "plain-pillow", "simplejpeg-scaled"]
+    columns = _COLUMNS + [c for c in _OPTIONAL_COLUMNS if any(getattr(r, c[1]) is not None for r in d.ms.values())]
     lines += [
         "Decode + preprocess, ms per image (median, one thread), and the reduced path's deviation from the "
-        f"full-resolution one in 8-bit levels; one image's full-depth compute: {d['compute_ms']:.1f} ms.",
+        f"full-resolution one in 8-bit levels; one image's full-depth compute: {d.compute_ms:.1f} ms.",
         "",
-        "| photo | bytes | " + " | ".join(columns) + " | deviation mean / max |",
+        "| photo | bytes | " + " | ".join(header for header, _ in columns) + " | deviation mean / max |",
         "|" + "---|" * (len(columns) + 3),
     ]
-    for photo, row in d["ms"].items():
-        cells = [f"{row[c]:.1f}" if c in row else "-" for c in columns]
-        dev = row["deviation_levels"]
+    for photo, row in d.ms.items():
+        values = [getattr(row, attribute) for _, attribute in columns]
+        cells = [f"{value:.1f}" if value is not None else "-" for value in values]
+        dev = row.deviation_levels
         lines.append(
-            f"| {photo} | {section['photos'][photo]} | "
-            + " | ".join(cells)
-            + f" | {dev['mean']:.2f} / {dev['max']:.0f} |"
+            f"| {photo} | {section.photos[photo]} | " + " | ".join(cells) + f" | {dev.mean:.2f} / {dev.max:.0f} |"
         )
-    jpeg = d["ms"]["jpeg-12mp"]
-    lines += [
-        "",
-        f"JPEG decoders on the 12 MP JPEG: Pillow's `draft` (the `service` column) {jpeg['service']:.1f} ms, "
-        f"simplejpeg's scaled decode {jpeg.get('simplejpeg-scaled', float('nan')):.1f} ms. Both run libjpeg-turbo; "
-        "the service keeps Pillow unless the other is clearly faster (no extra dependency, one decoder for every "
-        "format; docs/images.md). PNG cannot be decoded at reduced scale: its `service` time is Pillow's full zlib "
-        "decode; HEIC is decoded by libheif at full size.",
-        "",
-        "| workload | server | clients | p50 ms | p95 ms | req/s | answered |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in section["servers"]:
-        lines.append(
-            f"| {r['workload']} | {r['variant']} | {r['concurrency']} | {fmt(r['p50_ms'])} | "
-            f"{fmt(r['p95_ms'])} | {fmt(r['throughput_rps'], 2)} | "
-            f"{r['requests'] - r['errors']}/{r['requests']} |"
-        )
+    jpeg = d.ms["jpeg-12mp"]
+    lines += ["", *_decoder_note(section, jpeg), "", *_server_table(section.servers)]
     peaks = ", ".join(
-        f"{name} {value / 2**30:.2f} GiB (ready: {section['ready_rss_bytes'][name] / 2**30:.2f} GiB)"
-        for name, value in section["peak_rss_bytes"].items()
+        f"{name} {value / 2**30:.2f} GiB (ready: {section.ready_rss_bytes[name] / 2**30:.2f} GiB)"
+        for name, value in section.peak_rss_bytes.items()
     )
-    acc = section["accuracy"]
+    acc = section.accuracy
     lines += [
         "",
         f"Peak RSS over the run: {peaks}; the decode budget at the default settings (docs/images.md#memory): "
-        f"{section['decode_budget_bytes'] / 2**30:.2f} GiB above ready.",
+        f"{section.decode_budget_bytes / 2**30:.2f} GiB above ready.",
         "",
-        f"Accuracy at balanced on {acc['images']} test images: {fmt(acc['small-png'], 3)} sent small (PNG), "
-        f"{fmt(acc['camera-jpeg-12mp'], 3)} sent as 4032x3024 JPEGs.",
+        f"Accuracy at balanced on {acc.images} test images: {fmt(acc.small_png, 3)} sent small (PNG), "
+        f"{fmt(acc.camera_jpeg_12mp, 3)} sent as 4032x3024 JPEGs.",
         "",
         "Targets:",
         "",
     ]
     lines += [
-        f"- {'met' if c['met'] else 'MISSED'}: {c['target']}: {c['ratio']:.2f} (bound {c['bound']:g})"
-        for c in section["targets"]
+        f"- {'met' if c.met else 'MISSED'}: {c.target}: {c.ratio:.2f} (bound {c.bound:g})" for c in section.targets
     ]
-    ceiling = (jpeg["plain-pillow"] + d["compute_ms"]) / (jpeg["service"] + d["compute_ms"])
+    ceiling = (jpeg.plain_pillow + d.compute_ms) / (jpeg.service + d.compute_ms)
     lines += [
         "",
         "When every server is CPU-bound, the throughput ratio against a full-resolution decode is about "
@@ -441,3 +568,43 @@ def render_markdown(results: dict[str, Any]) -> str:
         "decode and compute times (on a shared machine, see the load average) do not give.",
     ]
     return "\n".join(lines)
+
+
+def _decoder_note(section: PhotoSection, jpeg: DecoderTimes) -> list[str]:
+    """What decodes JPEGs, with this run's times for the 12 MP JPEG."""
+    if section.jpeg_decoder is None:  # a run from before simplejpeg, rendered as it was
+        simplejpeg = jpeg.simplejpeg_scaled if jpeg.simplejpeg_scaled is not None else float("nan")
+        return [
+            f"JPEG decoders on the 12 MP JPEG: Pillow's `draft` (the `service` column) {jpeg.service:.1f} ms, "
+            f"simplejpeg's scaled decode {simplejpeg:.1f} ms. Both run libjpeg-turbo; the service keeps Pillow unless "
+            "the other is clearly faster (no extra dependency, one decoder for every format; docs/images.md). PNG "
+            "cannot be decoded at reduced scale: its `service` time is Pillow's full zlib decode; HEIC is decoded by "
+            "libheif at full size."
+        ]
+    alone = ", ".join(
+        f"{name} {value:.1f} ms"
+        for name, value in (
+            ("simplejpeg", jpeg.simplejpeg_scaled),
+            ("Pillow's `draft`", jpeg.pillow_draft),
+            ("pyvips' shrink-on-load", jpeg.pyvips_shrink),
+        )
+        if value is not None
+    )
+    cpu = f" ({jpeg.service_cpu:.1f} ms of CPU)" if jpeg.service_cpu is not None else ""
+    return [
+        f"The service decodes JPEGs with {section.jpeg_decoder}: {jpeg.service:.1f} ms{cpu} per 12 MP JPEG with "
+        f"EXIF and ICC, against the scaled decoders alone (each + the model's resize): {alone}. All run "
+        "libjpeg-turbo, whose entropy decoding of every coefficient is the floor no scale avoids (docs/images.md). "
+        "PNG cannot be decoded at reduced scale: its `service` time is Pillow's full zlib decode; HEIC is decoded "
+        "by libheif at full size."
+    ]
+
+
+def _server_table(servers: list[PhotoLoadRow]) -> list[str]:
+    lines = ["| workload | server | clients | p50 ms | p95 ms | req/s | answered |", "|---|---|---|---|---|---|---|"]
+    for r in servers:
+        lines.append(
+            f"| {r.workload} | {r.variant} | {r.concurrency} | {fmt(r.p50_ms)} | "
+            f"{fmt(r.p95_ms)} | {fmt(r.throughput_rps, 2)} | {r.answered}/{r.requests} |"
+        )
+    return lines

@@ -14,9 +14,11 @@ What `decode_image` makes of every input (docs/images.md says the same for users
   matters;
 - colour: an embedded ICC profile is converted to sRGB (a profile that cannot be used is ignored);
 - animation and multi-page files: the first frame;
-- size: given the model's input size, a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
-  and other formats are box-reduced by an integer factor right after decoding, never below
-  `REDUCING_GAP` times the input size; the final resize is the model's own (`preprocess`).
+- size: given the model's input size, a JPEG is decoded at a reduced scale in the DCT domain (any
+  of libjpeg-turbo's M/8 scales for YCbCr and grayscale JPEGs through simplejpeg; 1/2, 1/4 or 1/8 through
+  Pillow's `draft` for CMYK and MPO) and other formats are box-reduced by an integer factor right
+  after decoding, never below `REDUCING_GAP` times the input size; the final resize is the model's
+  own (`preprocess`).
 """
 
 import io
@@ -29,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 import pillow_heif
+import simplejpeg
 from PIL import ExifTags, Image, ImageCms, JpegImagePlugin, UnidentifiedImageError
 
 Interpolation = Literal["bicubic", "bilinear", "nearest"]
@@ -117,7 +120,7 @@ def decode_image(data: bytes, max_pixels: int, target_size: Sequence[int] | None
             probe.verify()  # checksums and structure, without decoding pixels
         # verify() leaves the image unusable: decode from a fresh handle.
         with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
-            return _normalise(image, target_size)
+            return _normalise(image, data, target_size)
     except ImageTooLargeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -134,23 +137,61 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
         raise ImageTooLargeError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
 
 
-def _normalise(image: Image.Image, target_size: Sequence[int] | None) -> Image.Image:
+def _normalise(image: Image.Image, data: bytes, target_size: Sequence[int] | None) -> Image.Image:
     """Opened (not yet decoded) image -> upright, reduced, 8-bit, sRGB, opaque RGB."""
     floor = None if target_size is None else REDUCING_GAP * max(target_size)  # either orientation
     image.seek(0)  # the first frame of an animation or a multi-page file (before `draft`, which it would undo)
-    if floor is not None and isinstance(image, JpegImagePlugin.JpegImageFile):  # JPEG and MPO
-        # DCT-domain scaling: libjpeg decodes at 1/2, 1/4 or 1/8 size, each side staying >= floor.
-        image.draft(image.mode, (floor, floor))
-    image.load()
+    frame = _decoded(image, data, floor)
+    # Read from the opened file whichever decoder ran (a JPEG's header was parsed on open).
     orientation = exif_orientation(image)
     icc = image.info.get("icc_profile")
     # Reduce before any full-size conversion: the decoded frame is then the only full-size copy
     # besides one of the same size inside `reduce` (DECODE_BYTES_PER_PIXEL).
-    samples = _eight_bit(_reduce(_reducible(image), floor))
+    samples = _eight_bit(_reduce(_reducible(frame), floor))
     rgb = _opaque_rgb(_to_srgb(samples, icc))
     for method in _TRANSPOSE.get(orientation, ()):
         rgb = rgb.transpose(method)
     return rgb
+
+
+def _decoded(image: Image.Image, data: bytes, floor: int | None) -> Image.Image:
+    """The pixels of `image`'s first frame; a JPEG at the smallest DCT scale keeping both sides >= `floor`.
+
+    libjpeg-turbo scales in eighths (1/8 .. 8/8), and only a scale of 1/2 or less saves time over a
+    full decode (simplejpeg's `min_factor` note): below that the JPEG is decoded whole. Every scale
+    still entropy-decodes every coefficient, the floor of a JPEG's decode time (docs/images.md).
+    """
+    if floor is None or not isinstance(image, JpegImagePlugin.JpegImageFile) or min(image.size) < 2 * floor:
+        image.load()
+        return image
+    size = image.size
+    if type(image) is JpegImagePlugin.JpegImageFile and image.mode in ("RGB", "L"):
+        # simplejpeg reaches libjpeg-turbo's M/8 scales (3/8 of a 2 MP photo where draft stops at 1/2).
+        gray = image.mode == "L"
+        try:
+            pixels = simplejpeg.decode_jpeg(data, "GRAY" if gray else "RGB", min_height=floor, min_width=floor)
+            return _true_extent(Image.fromarray(pixels[..., 0] if gray else pixels), size)
+        except ValueError:
+            pass  # strict about libjpeg's warnings (e.g. extraneous bytes) that Pillow reads through: Pillow decides
+    image.draft(image.mode, (floor, floor))  # CMYK (Adobe's inverted samples) and MPO: 1/2, 1/4 or 1/8
+    image.load()
+    return _true_extent(image, size)
+
+
+def _true_extent(scaled: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A DCT-scaled decode of an image of `size`, its picture mapped back onto whole pixels.
+
+    libjpeg rounds each scaled side up (its last row and column hold a fraction of a pixel), which
+    shifts the picture by up to a scaled pixel: a visible error at the model's size on sides that are
+    not multiples of 8. A cheap resample of the small image maps the true extent (size x M/8) back.
+    """
+    width, height = size
+    eighths = round(scaled.width * 8 / width)
+    exact_width, exact_height = width * eighths / 8, height * eighths / 8
+    if scaled.size == (exact_width, exact_height):
+        return scaled
+    target = (max(1, round(exact_width)), max(1, round(exact_height)))
+    return scaled.resize(target, Image.Resampling.BILINEAR, box=(0, 0, exact_width, exact_height))
 
 
 def exif_orientation(image: Image.Image) -> int:

@@ -1,6 +1,7 @@
 """`dynadapter demo build`: the committed demo run becomes a served model repository, once."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,20 @@ def test_committed_calibration_meets_the_demo_promise() -> None:
         balanced = next(r for r in table if r["threshold"] == cal["modes"]["balanced"]["threshold"])
         assert 1.0 - balanced["exit_fractions"][-1] >= 1 / 3
         assert balanced["accuracy"] >= full["accuracy"] - 0.01
+
+
+def test_the_cuda_probe_warning_alone_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """torch's "No CUDA runtime is found" line is silenced on CPU-only machines; its other warnings are not."""
+    from dynadapter.export.commands import quiet_cuda_probe
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    quiet_cuda_probe()
+    quiet_cuda_probe()  # idempotent: one filter
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+            logger.warning("Error checking compiler version for %s", "c++")
+        assert [record.getMessage() for record in caplog.records] == ["Error checking compiler version for c++"]
+        assert len(logger.filters) == 1
+    finally:
+        logger.filters.clear()

@@ -230,3 +230,28 @@ def test_a_segment_that_links_outside_the_repository_is_refused(tmp_path: Path, 
     (inside / "segment_0.onnx").symlink_to(outside / "segment_0.onnx")
     with pytest.raises(ModelLoadError, match=r"segment_0\.onnx: links outside the model repository"):
         load_model(tmp_path / "repo", "tiny", "1")
+
+
+def test_a_model_not_served_is_answered_with_the_names_that_are(tmp_path: Path) -> None:
+    """`?model=nope` and OIP's path say which models are served (names only, never a path), and a missing
+    version which versions of that model are."""
+    repo = tmp_path / "repo"
+    weights = TinyWeights.random(seed=0)
+    write_model_version(repo, weights, name="tiny")
+    write_model_version(repo, weights, name="other", version="2")
+    served = "model 'nope' is not served; served: other, tiny"
+    with serving(repo) as server:
+        status, text = send(server, "POST", "/classify?model=nope", PNG, **{"content-type": "image/png"})
+        assert (status, json.loads(text)) == (404, {"error": {"code": "model_not_found", "message": served}})
+        for method, path in (
+            ("POST", "/v2/models/nope/infer"),
+            ("GET", "/v2/models/nope"),
+            ("GET", "/v2/models/nope/ready"),
+        ):
+            status, text = send(server, method, path, INFER if method == "POST" else b"")
+            assert (status, json.loads(text)) == (404, {"error": served}), path
+        status, text = send(server, "POST", "/v2/repository/models/nope/unload")
+        assert (status, json.loads(text)) == (404, {"error": served})
+        status, text = send(server, "POST", "/classify?model=other&version=7", PNG, **{"content-type": "image/png"})
+        message = "version '7' of model 'other' is not served; served: 2"
+        assert (status, json.loads(text)) == (404, {"error": {"code": "model_not_found", "message": message}})
