@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, suppress
 from types import FrameType
 from urllib.parse import parse_qs
 
+import grpc
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import Scope
@@ -31,8 +32,11 @@ from dynadapter.service.shutdown import ShutdownFlag, ShutdownGuard
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app (routes, error handlers, middleware, its own metrics registry); load nothing."""
+def create_app(settings: Settings | None = None, serve_grpc: bool = False) -> FastAPI:
+    """Build the app (routes, error handlers, middleware, its own metrics registry); load nothing.
+
+    `serve_grpc`: the lifespan also serves OIP over gRPC on the setting grpc_port (`serve` asks for it
+    unless grpc_port is 0; an app built for a test client listens on no port)."""
     settings = settings or Settings()
     service_metrics = ServiceMetrics()
     state = ServiceState(settings, service_metrics, ModelRegistry(settings, service_metrics))
@@ -43,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = state
     app.state.shutdown = ShutdownFlag()
+    app.state.serve_grpc = serve_grpc
     install_error_handlers(app)
     app.add_middleware(
         BodyReadingMiddleware,
@@ -88,6 +93,7 @@ def _guess(state: ServiceState, scope: Scope) -> ModelLabel:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
+    grpc_server = await _start_grpc(state) if app.state.serve_grpc else None
     tasks = [asyncio.create_task(_load(state))]
     if state.settings.repository_poll_s > 0:
         tasks.append(asyncio.create_task(state.registry.poll(state.settings.repository_poll_s)))
@@ -96,10 +102,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
     finally:
         state.ready = False
+        if grpc_server is not None:  # calls in flight finish first, within the shutdown timeout
+            await grpc_server.stop(grace=state.settings.shutdown_timeout_s)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await state.registry.stop()
+
+
+async def _start_grpc(state: ServiceState) -> "grpc.aio.Server":
+    # Imported here: an app without gRPC (the tests' clients) never builds the protocol's classes.
+    from dynadapter.service.grpc import server
+
+    return await server.start(state)
 
 
 async def _load(state: ServiceState) -> None:
@@ -128,7 +143,7 @@ def serve(settings: Settings) -> None:
         select_providers(settings.providers)
     except ModelLoadError as err:
         raise SystemExit(f"dynadapter serve: cannot load the model: {err}") from None
-    app = create_app(settings)
+    app = create_app(settings, serve_grpc=settings.grpc_port > 0)
     config = uvicorn.Config(
         app,
         host=settings.host,
