@@ -134,18 +134,18 @@ class InferenceServicer:
 
     # Health and metadata.
 
-    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:  # noqa: N802
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:
         return message("ServerLiveResponse")(live=True)
 
-    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:  # noqa: N802
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:
         ready = self.state.ready and self.state.registry.unready_reason() is None
         return message("ServerReadyResponse")(ready=ready)
 
-    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:  # noqa: N802
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:
         metadata = await oip_routes.server_metadata()
         return message("ServerMetadataResponse")(**metadata.model_dump())
 
-    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:  # noqa: N802
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:
         """ready=false for a model (version) not served, as Triton; INVALID_ARGUMENT for a name no folder has."""
         registry = self._registry()
         checked(request.name, request.version or None)
@@ -157,13 +157,13 @@ class InferenceServicer:
             return message("ModelReadyResponse")(ready=False)
         return message("ModelReadyResponse")(ready=True)
 
-    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:  # noqa: N802
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:
         metadata = oip_routes.model_metadata(self._registry(), request.name, request.version or None)
         return message("ModelMetadataResponse")(**metadata.model_dump())
 
     # Inference.
 
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:  # noqa: N802
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:
         engine = self._registry().get(request.model_name, request.model_version or None)
         settings = self.state.settings
 
@@ -186,16 +186,16 @@ class InferenceServicer:
 
     # Triton's model repository extension.
 
-    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:  # noqa: N802
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:
         """Every model and its versions' states (REST's /v2/repository/index); `ready`: the READY ones only."""
         entries = [e for e in self.state.registry.index() if e["state"] == "READY" or not request.ready]
         return message("RepositoryIndexResponse")(models=entries)
 
-    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:  # noqa: N802
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:
         await load_model(self.state, request.model_name, codec.parameters(request.parameters))
         return message("RepositoryModelLoadResponse")()
 
-    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:  # noqa: N802
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext, call: _Call) -> Any:
         await unload_model(self.state, request.model_name, codec.parameters(request.parameters))
         return message("RepositoryModelUnloadResponse")()
 

@@ -3,6 +3,11 @@ metadata and repository RPCs, answers equal to /classify's and to REST OIP's (ra
 images and pixels), tritonclient.grpc and KServe's InferenceGRPCClient, API keys and metrics."""
 
 import base64
+import json
+import re
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ from dynadapter.bench.lab.process import free_port
 from dynadapter.contract.model_repository import load_model
 from dynadapter.service.grpc.protocol import message
 from tests.support.grpc_clients import RawClient, infer_request, sdk_infer, set_parameter
-from tests.support.service import ServiceProcess, samples, serving, value
+from tests.support.service import ROOT, ServiceProcess, samples, serving, value
 from tests.support.tiny_onnx_model import NUM_CLASSES, png_bytes
 
 IMAGES = [png_bytes(seed) for seed in range(5)]
@@ -234,3 +239,19 @@ def test_model_infer_is_counted_like_rest(server: GrpcServer, client: RawClient)
     assert delta("dynadapter_grpc_requests_total", method="ModelInfer", code="OK") == 2
     assert delta("dynadapter_grpc_requests_total", method="ModelInfer", code="NOT_FOUND") == 1
     assert value(after, "dynadapter_inflight_requests", model="tiny", version="1") == 0
+
+
+def test_the_documented_tritonclient_grpc_example_runs(server: GrpcServer, tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "protocol-oip.md").read_text()
+    (block,) = re.findall(r"\(`tests/service/test_grpc.py` runs it\):\n\n((?:    .*\n|\n)+)", doc)
+    photos = []
+    for i, data in enumerate(IMAGES[:2]):
+        photos.append(str(tmp_path / f"{i}.png"))
+        Path(photos[-1]).write_bytes(data)
+    code = textwrap.dedent(block).replace("localhost:8001", server.address)
+    # A child process: tritonclient.grpc's messages cannot share a process with kserve's (tests/support/grpc_clients.py).
+    prelude = f"MODEL = 'tiny'\nPHOTOS = {json.dumps(photos)}\n"
+    done = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    expected = classify(server, IMAGES[:2], mode="fast")
+    assert done.stdout.split("]")[0] == "[" + " ".join(str(a["exit"]["index"]) for a in expected)
