@@ -217,7 +217,7 @@ def _status(err: Exception, method: str) -> tuple[grpc.StatusCode, int, str, tup
     else:
         logger.error("unhandled error in gRPC %s", method, exc_info=err)
         status, code, text, headers = 500, "internal", "internal server error", {}
-    trailers = (("dynadapter-error", code),)
+    trailers: tuple[tuple[str, str], ...] = (("dynadapter-error", code),)
     if "Retry-After" in headers:
         trailers += (("retry-after", headers["Retry-After"]),)
     return STATUS.get(status, Code.INTERNAL), status, text, trailers

@@ -249,9 +249,11 @@ def test_the_documented_tritonclient_grpc_example_runs(server: GrpcServer, tmp_p
         photos.append(str(tmp_path / f"{i}.png"))
         Path(photos[-1]).write_bytes(data)
     code = textwrap.dedent(block).replace("localhost:8001", server.address)
-    # A child process: tritonclient.grpc's messages cannot share a process with kserve's (tests/support/grpc_clients.py).
+    # A child process: tritonclient.grpc's messages cannot share one with kserve's (tests/support/grpc_clients.py).
     prelude = f"MODEL = 'tiny'\nPHOTOS = {json.dumps(photos)}\n"
-    done = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     expected = classify(server, IMAGES[:2], mode="fast")
     assert done.stdout.split("]")[0] == "[" + " ".join(str(a["exit"]["index"]) for a in expected)

@@ -26,7 +26,8 @@ def walk(items, prefix):
         walk(m.nested_type, prefix + m.name + ".")
 walk(proto.message_type, "")
 methods = {m.name: [m.input_type, m.output_type] for m in proto.service[0].method}
-print(json.dumps({"package": proto.package, "service": proto.service[0].name, "messages": messages, "methods": methods}))
+service = proto.service[0]
+print(json.dumps({"package": proto.package, "service": service.name, "messages": messages, "methods": methods}))
 """
 
 
