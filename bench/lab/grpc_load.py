@@ -6,6 +6,9 @@ of results.json. Each call sends one image as the input ``image`` (BYTES [1], in
 tritonclient sends it) with the knob as request parameters; one grpc.aio channel (one HTTP/2
 connection) carries every client, as a gRPC client library would. grpc and the service's message
 classes are imported inside functions: the ``dynadapter`` parser imports the benchmarks.
+
+``compare`` (``python -m dynadapter.bench.lab.grpc_load``) measures REST against gRPC on one server; until
+``dynadapter bench serve`` has a transport flag, it is this module's one command.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import asyncio
 import math
 import struct
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dynadapter.bench.lab import load as rest_load
 from dynadapter.bench.lab.images import BOUNDARY, BenchImages
-from dynadapter.bench.lab.load import REQUEST_TIMEOUT_S, Sample, log
+from dynadapter.bench.lab.load import REQUEST_TIMEOUT_S, Measured, Sample, log, summarize
 
 _TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
 _LENGTH = struct.Struct("<I")
@@ -137,3 +142,58 @@ async def answer_every_image(
     """Every image once (as ``lab.load.answer_every_image``): accuracy and GFLOPs over gRPC."""
     async with _channel(address) as channel:
         return await _load(_Caller(channel, model, parameters or {}), images, concurrency, len(images.bodies), math.inf)
+
+
+def compare(
+    model_repo: Path, model: str, images: BenchImages, concurrencies: list[int], requests: int, duration_s: float
+) -> list[dict[str, Any]]:
+    """One `dynadapter serve` with its gRPC port; for each concurrency, ``lab.load``'s row over REST (/classify,
+    multipart) and over gRPC (ModelInfer), measured one after the other, each with its ``transport``."""
+    from dynadapter.bench.lab.process import ServerProcess, free_port
+    from dynadapter.bench.lab.servers import ServerOptions, service_argv
+
+    grpc_port = free_port()
+    argv = [*service_argv(ServerOptions(), "cpu"), "--model-repo", str(model_repo), "--model-name", model]
+    server = ServerProcess("service", [*argv, "--grpc-port", str(grpc_port)])  # the last --grpc-port wins
+    rows = []
+    try:
+        server.wait_ready()
+        address = f"127.0.0.1:{grpc_port}"
+        for concurrency in concurrencies:
+            rest = asyncio.run(rest_load.measure(server.classify_url, images, concurrency, requests, duration_s))
+            grpc = asyncio.run(measure(address, model, images, concurrency, requests, duration_s))
+            for transport, (samples, seconds) in (("rest", rest), ("grpc", grpc)):
+                row = summarize(f"{model}-{transport}", concurrency, Measured(samples, [(len(samples), seconds)]))
+                rows.append({"transport": transport} | row)
+    finally:
+        server.stop()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m dynadapter.bench.lab.grpc_load`: REST against gRPC on one server, rows as JSON lines."""
+    import argparse
+    import json
+
+    from dynadapter.bench.lab.images import bench_images
+    from dynadapter.cpu import this_cpu
+
+    parser = argparse.ArgumentParser(prog="python -m dynadapter.bench.lab.grpc_load", description=main.__doc__)
+    parser.add_argument("--model-repo", type=Path, default=Path("var/model_repo"))
+    parser.add_argument("--model", default="mnist")
+    parser.add_argument("--run", type=Path, default=Path("demo/dinov2-mnist"), help="run whose test split is sent")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--duration-s", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    images = bench_images(args.run, args.images)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    rows = compare(args.model_repo, args.model, images, concurrencies, args.requests, args.duration_s)
+    cpu = this_cpu().model
+    for row in rows:
+        print(json.dumps({"cpu": cpu} | row))
+
+
+if __name__ == "__main__":
+    main()

@@ -53,3 +53,10 @@ def test_grpc_load_gives_the_rows_of_rest_load_and_the_answers_of_classify(model
     summary = load.summarize_answers(answers)
     assert summary["images"] == 4 and summary["errors"] == 0
     assert summary["accuracy"] == sum(a["class_id"] == t for a, t in zip(expected, IMAGES.targets, strict=True)) / 4
+
+
+def test_compare_measures_rest_and_grpc_on_one_server(model_repo: Path) -> None:
+    rows = grpc_load.compare(model_repo, "tiny", IMAGES, [1, 2], 4, 30.0)
+    assert [(r["transport"], r["concurrency"]) for r in rows] == [("rest", 1), ("grpc", 1), ("rest", 2), ("grpc", 2)]
+    assert all((r["requests"], r["errors"]) == (4, 0) for r in rows)
+    assert all(r["variant"] == f"tiny-{r['transport']}" for r in rows)
