@@ -4,6 +4,7 @@ messages), API keys as `authorization` metadata, and Triton's repository RPCs. T
 or unready service gives (UNAVAILABLE, the deadlines) are provoked in process with a gated cascade."""
 
 import struct
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -18,9 +19,16 @@ from dynadapter.bench.lab.process import free_port
 from dynadapter.service.grpc.protocol import message
 from dynadapter.service.main import create_app
 from tests.support.grpc_clients import RawClient, infer_request, set_parameter
-from tests.support.service import serving, wait_ready
-from tests.support.stand_ins import gate_runner
-from tests.support.tiny_onnx_model import TinyWeights, png_bytes, png_header_claiming, write_escaping_layout
+from tests.support.service import samples, serving, value, wait_ready
+from tests.support.stand_ins import SegmentGate, gate_runner
+from tests.support.tiny_onnx_model import (
+    IMAGE_SIZE,
+    NUM_EXITS,
+    TinyWeights,
+    png_bytes,
+    png_header_claiming,
+    write_escaping_layout,
+)
 
 KEY = "k2"
 PNG = png_bytes(0)
@@ -125,10 +133,10 @@ def _request(
     request.raw_input_contents.extend(raw or [])
     for name, options in outputs:
         output = request.outputs.add(name=name)
-        for key, value in options.items():
-            set_parameter(output.parameters[key], value)
-    for key, value in parameters.items():
-        set_parameter(request.parameters[key], value)
+        for key, given in options.items():
+            set_parameter(output.parameters[key], given)
+    for key, given in parameters.items():
+        set_parameter(request.parameters[key], given)
     return request
 
 
@@ -438,3 +446,39 @@ def test_the_service_deadline_and_the_grpc_deadline(start_grpc: Callable, monkey
     assert (
         np.frombuffer(client2.call("ModelInfer", infer_request("tiny", [PNG])).raw_output_contents[1], "<i4").size == 1
     )
+
+
+def test_a_cancelled_call_leaves_the_batch_before_the_next_segment(start_grpc: Callable) -> None:
+    """As a REST client that hangs up (tests/service/test_cancellation.py): its images are dropped, counted."""
+    # Three images make a full batch at once; a long max_wait_ms never cuts it short.
+    app, client = start_grpc(max_batch_size=3, max_wait_ms=5000)
+    gate = SegmentGate(app.app.state.service.registry.get().runner)
+
+    def zeros(count: int) -> Any:  # threshold 1: every segment runs
+        shape = [count, 3, IMAGE_SIZE, IMAGE_SIZE]
+        return _request([pixels(shape, [0.0] * int(np.prod(shape)))], threshold=1.0)
+
+    def counted(name: str, **labels: str) -> float:
+        return value(samples(app), name, **labels)
+
+    stub = client.channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=type(zeros(1)).SerializeToString,
+        response_deserializer=message("ModelInferResponse").FromString,
+    )
+    cancelled_before = counted("dynadapter_cancelled_images_total", model="tiny", version="1")
+    gone_before = counted("dynadapter_requests_total", model="tiny", version="1", code="499")
+    leaver = stub.future(zeros(2), timeout=30)
+    stayer = stub.future(zeros(1), timeout=30)
+    assert gate.entered.wait(20), "the batch never started"
+    leaver.cancel()  # while segment 0 runs on all three images
+    for _ in range(400):
+        if counted("dynadapter_requests_total", model="tiny", version="1", code="499") > gone_before:
+            break
+        time.sleep(0.05)
+    gate.open.set()
+    assert stayer.result().model_version == "1"
+    assert gate.rows == [(0, 3)] + [(k, 1) for k in range(1, NUM_EXITS)]
+    assert counted("dynadapter_cancelled_images_total", model="tiny", version="1") - cancelled_before == 2
+    assert counted("dynadapter_requests_total", model="tiny", version="1", code="499") - gone_before == 1
+    assert counted("dynadapter_grpc_requests_total", method="ModelInfer", code="CANCELLED") == 1
