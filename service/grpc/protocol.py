@@ -49,9 +49,24 @@ def _descriptor_set() -> descriptor_pb2.FileDescriptorSet:
     return descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
 
 
+def _message_names(messages: Any, prefix: str) -> list[str]:
+    """Full names of `messages` (DescriptorProtos) and of the messages nested in them."""
+    names = []
+    for item in messages:
+        names += [prefix + item.name, *_message_names(item.nested_type, f"{prefix}{item.name}.")]
+    return names
+
+
 _FILES = list(_descriptor_set().file)
 _POOL = descriptor_pool.DescriptorPool()
-_CLASSES: dict[str, Any] = message_factory.GetMessages(_FILES, pool=_POOL)
+for _file in _FILES:
+    _POOL.Add(_file)
+# GetMessageClass: protobuf's one message-class builder since 4.21 (GetPrototype and friends are gone).
+_CLASSES: dict[str, Any] = {
+    name: message_factory.GetMessageClass(_POOL.FindMessageTypeByName(name))
+    for file in _FILES
+    for name in _message_names(file.message_type, f"{file.package}.")
+}
 #: method name -> (request class, response class), in the service's order
 METHODS: dict[str, tuple[Any, Any]] = {
     method.name: (_CLASSES[method.input_type.lstrip(".")], _CLASSES[method.output_type.lstrip(".")])
