@@ -57,7 +57,7 @@ COPY --from=requirements /build/build.txt /build/
 RUN --mount=type=cache,target=/root/.cache \
     python3 -m venv /opt/build \
  && /opt/build/bin/pip install --requirement /build/build.txt
-COPY pyproject.toml README.m[d] /src/
+COPY pyproject.toml setup.py README.m[d] /src/
 COPY dynadapter /src/dynadapter
 COPY models /src/models
 COPY training /src/training
@@ -124,7 +124,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     DYNADAPTER_PORT=8000 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER ${APP_UID}:${APP_UID}
-EXPOSE 8000
+# REST, and OIP v2 over gRPC (setting grpc_port, Triton's 8001)
+EXPOSE 8000 8001
 # The image has no curl: ask /readyz with the standard library; an HTTP 503 raises, so it fails.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('DYNADAPTER_PORT', '8000'), timeout=4)"]

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, suppress
 from types import FrameType
 from urllib.parse import parse_qs
 
+import grpc
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import Scope
@@ -33,10 +34,12 @@ from dynadapter.service.tracing import Tracing, TracingMiddleware
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tracing: Tracing | None = None, serve_grpc: bool = False) -> FastAPI:
     """Build the app (routes, error handlers, middleware, its own metrics registry); load nothing.
 
     `tracing`: where its spans go (dynadapter.service.tracing); None: as the OTEL_* variables say (off unless set).
+    `serve_grpc`: the lifespan also serves OIP over gRPC on the setting grpc_port (`serve` asks for it
+    unless grpc_port is 0; an app built for a test client listens on no port).
     """
     settings = settings or Settings()
     tracing = tracing or Tracing.from_environment()
@@ -50,6 +53,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.state.service = state
     app.state.shutdown = ShutdownFlag()
     app.state.tracing = tracing
+    app.state.serve_grpc = serve_grpc
     install_error_handlers(app)
     app.add_middleware(
         BodyReadingMiddleware,
@@ -107,6 +111,7 @@ def _guess(state: ServiceState, scope: Scope) -> ModelLabel:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
+    grpc_server = await _start_grpc(state, app.state.tracing) if app.state.serve_grpc else None
     tasks = [asyncio.create_task(_load(state))]
     if state.settings.repository_poll_s > 0:
         tasks.append(asyncio.create_task(state.registry.poll(state.settings.repository_poll_s)))
@@ -115,11 +120,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
     finally:
         state.ready = False
+        if grpc_server is not None:  # calls in flight finish first, within the shutdown timeout
+            await grpc_server.stop(grace=state.settings.shutdown_timeout_s)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await state.registry.stop()
         app.state.tracing.shutdown()  # exports the spans still buffered
+
+
+async def _start_grpc(state: ServiceState, tracing: Tracing) -> "grpc.aio.Server":
+    # Imported here: an app without gRPC (the tests' clients) never builds the protocol's classes.
+    from dynadapter.service.grpc import server
+
+    return await server.start(state, tracing)
 
 
 async def _load(state: ServiceState) -> None:
@@ -152,7 +166,7 @@ def serve(settings: Settings) -> None:
         tracing = Tracing.from_environment()
     except ConfigError as err:
         raise SystemExit(f"dynadapter serve: {err}") from None
-    app = create_app(settings, tracing)
+    app = create_app(settings, tracing, serve_grpc=settings.grpc_port > 0)
     config = uvicorn.Config(
         app,
         host=settings.host,

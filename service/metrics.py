@@ -45,6 +45,13 @@ class ServiceMetrics:
             ["model", "version", "code"],
             registry=r,
         )
+        self.grpc_requests = Counter(
+            "dynadapter_grpc_requests_total",
+            "Calls of the OIP gRPC service by method and gRPC status code (ModelInfer calls are also in "
+            "dynadapter_requests_total, under the HTTP status of the same outcome).",
+            ["method", "code"],
+            registry=r,
+        )
         self.request_duration = Histogram(
             "dynadapter_request_duration_seconds",
             "Inference request latency, from the first byte in to the response.",
@@ -253,6 +260,10 @@ class ServiceMetrics:
         self.exits.labels(model, version, str(exit_index)).inc()
         self.flops_used.labels(model, version).inc(used_gflops * GIGA)
         self.flops_saved.labels(model, version).inc(max(full_gflops - used_gflops, 0.0) * GIGA)
+
+    def record_grpc(self, method: str, code: str) -> None:
+        """Count one gRPC call by method and status code name (OK, INVALID_ARGUMENT, ...)."""
+        self.grpc_requests.labels(method, code).inc()
 
     def record_request(self, model: str, version: str, code: int, seconds: float) -> None:
         self.requests.labels(model, version, str(code)).inc()

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="TCP port of the Open Inference Protocol's gRPC service (as Triton's 8001), on the same "
+        "host and models as REST; 0: no gRPC listener.",
+    )
     providers: Literal["auto", "cuda", "cpu"] = Field(
         "auto",
         description="Execution provider: auto = CUDA when a GPU really works here, else CPU; "

@@ -96,3 +96,15 @@ def test_no_code_imports_a_room_by_its_folder_name() -> None:
     tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True)
     offenders = [path for path in tracked.stdout.split() if bare.search((ROOT / path).read_text())]
     assert offenders == []
+
+
+def test_the_installed_wheel_has_the_grpc_descriptors_built_from_the_proto(site: Path, tmp_path: Path) -> None:
+    """setup.py compiled inference.proto while the wheel was built: the service's message classes come from
+    the wheel's own descriptor set, not from a compile on first use into the user's cache."""
+    built = site / "dynadapter" / "service" / "grpc" / "inference.binpb"
+    assert built.is_file() and (site / "dynadapter" / "service" / "grpc" / "inference.proto").is_file()
+    code = "from dynadapter.service.grpc import protocol; print(protocol.BUILT, len(protocol.METHODS))"
+    env = {**os.environ, "PYTHONPATH": str(site), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=site, env=env, capture_output=True, text=True)
+    assert loaded.stdout.split() == [str(built), "9"], loaded.stderr
+    assert not (tmp_path / "cache").exists()

@@ -51,4 +51,5 @@ def service_argv(config: ServerOptions, providers: str) -> list[str]:
         *(sys.executable, "-m", "dynadapter", "serve", "--host", "127.0.0.1", "--log-level", "warning"),
         *("--providers", providers, "--intra-op-threads", str(config.threads)),
         *("--max-batch-size", str(config.max_batch_size), "--max-wait-ms", str(config.max_wait_ms)),
+        *("--grpc-port", "0"),  # no gRPC listener: servers started side by side would all want 8001
     ]

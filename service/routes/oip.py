@@ -82,7 +82,7 @@ for _path, _probe in (("/v2", server_metadata), ("/v2/health/live", live), ("/v2
     health.add_api_route(_path, _probe, methods=["HEAD"], include_in_schema=False)
 
 
-def _model_metadata(registry: RegistryDep, name: str, version: str | None = None) -> oip.ModelMetadata:
+def model_metadata(registry: RegistryDep, name: str, version: str | None = None) -> oip.ModelMetadata:
     engine = registry.get(name, version)
     versions = [e.version for e in registry.engines(name)] if version is None else [engine.version]
     return oip.ModelMetadata(
@@ -94,7 +94,7 @@ def _model_metadata(registry: RegistryDep, name: str, version: str | None = None
     )
 
 
-def _model_ready(registry: RegistryDep, name: str, version: str | None = None) -> dict[str, Any]:
+def model_ready(registry: RegistryDep, name: str, version: str | None = None) -> dict[str, Any]:
     # Served versions are warm by construction (the registry swaps them in only once warm).
     engine = registry.get(name, version)
     return {"name": name, "version": engine.version, "ready": True}
@@ -129,17 +129,39 @@ def _config_tensors(metadata: list[oip.TensorMetadata], optional: bool) -> list[
 _TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32"}
 
 for path in _VERSIONED:
-    models.add_api_route(path, _model_metadata, methods=["GET"], response_model=oip.ModelMetadata)
-    models.add_api_route(path + "/ready", _model_ready, methods=["GET"])
+    models.add_api_route(path, model_metadata, methods=["GET"], response_model=oip.ModelMetadata)
+    models.add_api_route(path + "/ready", model_ready, methods=["GET"])
     models.add_api_route(path + "/config", _model_config, methods=["GET"])
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Job(data_plane.Job):
+class OipJob(data_plane.Job):
     """An OIP request once read: its message, and the outputs it wants (name, binary, classification k)."""
 
     message: oip.InferenceRequest
     wanted: list[tuple[str, bool, int]]
+
+
+def read_job(message: oip.InferenceRequest, binary: bytes, engine: Engine, max_images: int) -> OipJob:
+    """What an OIP request (REST's body, or gRPC's message in REST's form) asks of `engine`: its images,
+    exit policy, own deadline and outputs; 400 for a bad parameter, tensor or output, 413 past `max_images`."""
+    parameters = read_parameters(message)
+    try:
+        policy = engine.policy(parameters.threshold, parameters.mode, parameters.budget)
+    except PolicyError as err:
+        raise bad_request(str(err)) from None
+    images = oip.read_input(message, binary, engine.manifest)
+    data_plane.check_count(len(images), max_images)
+    wanted = requested_outputs(message, parameters, engine)
+    return OipJob(
+        images=images,
+        policy=policy,
+        timeout_s=parameters.timeout / 1e6 if parameters.timeout else None,
+        input_name=message.inputs[0].name,  # read_input allows exactly one
+        knob=parameters,
+        message=message,
+        wanted=wanted,
+    )
 
 
 async def infer(
@@ -148,28 +170,11 @@ async def infer(
     """Classify the images of one OIP request; see the module docstring of dynadapter.service.oip."""
     engine = registry.get(name, version)
 
-    async def read() -> _Job:
+    async def read() -> OipJob:
         # The parameters (knob, timeout) are inside the body: read only once admitted, under the deadline.
         body = await request.body()
         message, binary = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH))
-        parameters = _parameters(message)
-        try:
-            policy = engine.policy(parameters.threshold, parameters.mode, parameters.budget)
-        except PolicyError as err:
-            raise bad_request(str(err)) from None
-        images = oip.read_input(message, binary, engine.manifest)
-        data_plane.check_count(len(images), state.settings.max_images_per_request)
-        wanted = _requested_outputs(message, parameters, engine)
-        timeout_s = parameters.timeout / 1e6 if parameters.timeout else None
-        return _Job(
-            images=images,
-            policy=policy,
-            timeout_s=timeout_s,
-            input_name=message.inputs[0].name,  # read_input allows exactly one
-            knob=parameters,
-            message=message,
-            wanted=wanted,
-        )
+        return read_job(message, binary, engine, state.settings.max_images_per_request)
 
     job, results = await data_plane.run(channel(request), engine, read, state.settings.request_timeout_s)
     content, headers = _encode(job.message, engine, results, job.wanted)
@@ -225,7 +230,7 @@ router.include_router(health)
 router.include_router(models)
 
 
-def _parameters(message: oip.InferenceRequest) -> InferParameters:
+def read_parameters(message: oip.InferenceRequest) -> InferParameters:
     try:
         return InferParameters.model_validate(message.parameters or {})
     except ValidationError as err:
@@ -236,7 +241,7 @@ def _parameters(message: oip.InferenceRequest) -> InferParameters:
         ) from None
 
 
-def _requested_outputs(
+def requested_outputs(
     message: oip.InferenceRequest, parameters: InferParameters, engine: Engine
 ) -> list[tuple[str, bool, int]]:
     """(name, binary, classification k or 0) of each output to send; every output when none is named."""
@@ -264,9 +269,11 @@ def _requested_outputs(
     return wanted
 
 
-def _encode(
-    message: oip.InferenceRequest, engine: Engine, results: list[ExitResult], wanted: list[tuple[str, bool, int]]
-) -> tuple[bytes, dict[str, str]]:
+def answer_tensors(
+    engine: Engine, results: list[ExitResult], wanted: list[tuple[str, bool, int]]
+) -> list[tuple[str, np.ndarray]]:
+    """The `wanted` outputs (see `requested_outputs`) of `results`, in order: (name, values); what REST and
+    gRPC answer alike."""
     probabilities = softmax(np.stack([r.logits for r in results])).astype(np.float32)
     tensors = {
         "probabilities": probabilities,
@@ -274,9 +281,17 @@ def _encode(
         "gflops": np.array([engine.used_gflops(r) for r in results], dtype=np.float32),
         "exit_reason": np.array([r.reason for r in results], dtype=object),
     }
+    return [
+        (name, oip.classification(probabilities, k, engine.manifest.labels) if k else tensors[name])
+        for name, _, k in wanted
+    ]
+
+
+def _encode(
+    message: oip.InferenceRequest, engine: Engine, results: list[ExitResult], wanted: list[tuple[str, bool, int]]
+) -> tuple[bytes, dict[str, str]]:
     outputs, binary = [], []
-    for name, as_binary, k in wanted:
-        values = oip.classification(probabilities, k, engine.manifest.labels) if k else tensors[name]
+    for (name, values), (_, as_binary, _) in zip(answer_tensors(engine, results, wanted), wanted, strict=True):
         output, raw = oip.tensor_output(name, values, as_binary)
         outputs.append(output)
         binary.extend([raw] if raw is not None else [])

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from dynadapter.contract.model_repository import InvalidModelName, ModelLoadError
-from dynadapter.service.deps import StateDep, require_api_key
+from dynadapter.service.deps import ServiceState, StateDep, require_api_key
 from dynadapter.service.errors import ApiError, bad_request
 from dynadapter.service.registry import checked, invalid_name
 
@@ -47,15 +47,22 @@ async def load(name: str, request: Request, state: StateDep) -> JSONResponse:
     changed); answers once they are warm and serving. The body, if any, is `{}` or `{"parameters": {}}`:
     Triton's file and config overrides are refused, the repository folder is what loads."""
     checked(name)
+    await load_model(state, name, await _parameters(request, "load"))
+    return JSONResponse({})
+
+
+async def load_model(state: ServiceState, name: str, parameters: dict[str, object]) -> None:
+    """Load or reload `name` (REST and gRPC's RepositoryModelLoad): 400 for an invalid name, model control
+    off, a parameter (none is supported) or a model that cannot be loaded."""
+    checked(name)
     _explicit_control(state)
-    await _parameters(request, "load", {})
+    _check_parameters("load", parameters, {})
     try:
         await state.registry.load(name)
     except InvalidModelName as err:  # a link out of the repository
         raise invalid_name(err) from None
     except ModelLoadError as err:
         raise bad_request(f"failed to load {name!r}: {state.registry.public(err)}") from None
-    return JSONResponse({})
 
 
 @router.post(
@@ -69,10 +76,17 @@ async def unload(name: str, request: Request, state: StateDep) -> JSONResponse:
     """Stop serving `name`; requests already admitted on it finish first. The body, if any, may hold
     `{"parameters": {"unload_dependents": false}}` (nothing depends on a model here)."""
     checked(name)
-    _explicit_control(state)
-    await _parameters(request, "unload", _UNLOAD_PARAMETERS)
-    await state.registry.unload(name)
+    await unload_model(state, name, await _parameters(request, "unload"))
     return JSONResponse({})
+
+
+async def unload_model(state: ServiceState, name: str, parameters: dict[str, object]) -> None:
+    """Stop serving `name` (REST and gRPC's RepositoryModelUnload): 400 for an invalid name, model control
+    off or a parameter other than `unload_dependents: false`; 404 when it is not served."""
+    checked(name)
+    _explicit_control(state)
+    _check_parameters("unload", parameters, _UNLOAD_PARAMETERS)
+    await state.registry.unload(name)
 
 
 def _explicit_control(state: StateDep) -> None:
@@ -86,12 +100,12 @@ def _explicit_control(state: StateDep) -> None:
         )
 
 
-async def _parameters(request: Request, route: str, allowed: dict[str, object]) -> None:
-    """Read the small JSON body of a load/unload (the body middleware caps its size) and refuse anything
-    but `{}` or `{"parameters": {...}}` holding the `allowed` parameters at their one accepted value."""
+async def _parameters(request: Request, route: str) -> dict[str, object]:
+    """The parameters of a load/unload's small JSON body (the body middleware caps its size): `{}` or
+    `{"parameters": {...}}`, else 400."""
     body = await request.body()
     if not body.strip():
-        return
+        return {}
     try:
         message: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -101,6 +115,11 @@ async def _parameters(request: Request, route: str, allowed: dict[str, object]) 
     parameters = message.get("parameters", {})
     if not isinstance(parameters, dict):
         raise bad_request(f"{route}: 'parameters' must be an object")
+    return parameters
+
+
+def _check_parameters(route: str, parameters: dict[str, object], allowed: dict[str, object]) -> None:
+    """Refuse any parameter but the `allowed` ones, each at its one accepted value (400)."""
     for key, value in parameters.items():
         if key not in allowed:
             raise bad_request(f"{route}: parameter {key[:80]!r} is not supported")

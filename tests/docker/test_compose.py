@@ -29,7 +29,7 @@ def test_compose_runs_the_service_prometheus_and_grafana() -> None:
     assert set(SERVICES) == {"dynadapter", "prometheus", "grafana", "jaeger"}
     build = SERVICES["dynadapter"]["build"]
     assert ((DOCKER / build["context"]).resolve() / build["dockerfile"]) == ROOT / "Dockerfile"
-    assert SERVICES["dynadapter"]["ports"] == ["8000:8000"]
+    assert SERVICES["dynadapter"]["ports"] == ["8000:8000", "8001:8001"]  # REST, OIP gRPC
     for name in ("prometheus", "grafana", "jaeger"):
         assert re.fullmatch(r"docker\.io/[\w/-]+:v?\d+\.\d+\.\d+", SERVICES[name]["image"]), "pin the version"
 
@@ -90,3 +90,13 @@ def test_the_gpu_override_reserves_an_nvidia_gpu_and_requires_cuda() -> None:
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert gpu["environment"]["DYNADAPTER_PROVIDERS"] == "cuda"
     assert gpu["build"]["args"]["WITH_CUDA_LIBS"] == "1"
+
+
+def test_the_image_exposes_and_compose_publishes_the_rest_and_grpc_ports() -> None:
+    from dynadapter.service.settings import Settings
+
+    defaults = Settings.model_fields
+    ports = [defaults["port"].default, defaults["grpc_port"].default]
+    exposed = re.findall(r"^EXPOSE (.+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert exposed == [" ".join(map(str, ports))]
+    assert SERVICES["dynadapter"]["ports"] == [f"{port}:{port}" for port in ports]

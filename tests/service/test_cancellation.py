@@ -26,6 +26,7 @@ from dynadapter.service import main
 from dynadapter.service.main import create_app
 from dynadapter.service.settings import Settings
 from tests.support.service import Samples, samples, serving, value
+from tests.support.stand_ins import SegmentGate
 from tests.support.tiny_onnx_model import IMAGE_SIZE, NUM_EXITS, png_bytes
 
 INFER = "/v2/models/tiny/infer"
@@ -36,27 +37,6 @@ def infer_body(count: int) -> bytes:
     shape = [count, 3, IMAGE_SIZE, IMAGE_SIZE]
     tensor = {"name": "pixels", "datatype": "FP32", "shape": shape, "data": [0.0] * int(np.prod(shape))}
     return json.dumps({"parameters": {"threshold": 1.0}, "inputs": [tensor]}).encode()
-
-
-class SegmentGate:
-    """Wraps the runner's backend: records the rows each segment runs on; segment 0 waits for `open`."""
-
-    def __init__(self, runner: Any) -> None:
-        self._backend = runner.backend
-        self.rows: list[tuple[int, int]] = []  # (segment, rows)
-        self.entered = threading.Event()
-        self.open = threading.Event()
-        runner.backend = self
-
-    def __getattr__(self, name: str) -> Any:  # the rest of the backend's interface, as it is
-        return getattr(self._backend, name)
-
-    def run(self, k: int, x: Any, need_logits: bool) -> Any:
-        self.rows.append((k, len(x)))
-        if k == 0:
-            self.entered.set()
-            self.open.wait(20)
-        return self._backend.run(k, x, need_logits)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ EVERY_FLAG = {
     "--repository-poll-s": ("2.5", 2.5),
     "--host": ("127.0.0.1", "127.0.0.1"),
     "--port": ("9001", 9001),
+    "--grpc-port": ("9001", 9001),
     "--providers": ("cpu", "cpu"),
     "--intra-op-threads": ("2", 2),
     "--max-batch-size": ("4", 4),

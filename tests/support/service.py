@@ -62,6 +62,7 @@ def service_env(model_repo: Path, port: int, **settings: str) -> dict[str, str]:
         "DYNADAPTER_PORT": str(port),
         "DYNADAPTER_PROVIDERS": "cpu",
         "DYNADAPTER_LOG_LEVEL": "info",
+        "DYNADAPTER_GRPC_PORT": "0",  # no gRPC listener unless a test asks for one (grpc_port=...)
     }
     return env | {f"DYNADAPTER_{name.upper()}": value for name, value in settings.items()}
 

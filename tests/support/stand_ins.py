@@ -1,5 +1,6 @@
-"""Stand-ins for parts of a running model's runner: slow segments (``SlowSegments``) and a cascade that waits
-at a gate the test opens (``Gate``, installed by ``gate_runner``)."""
+"""Stand-ins for parts of a running model's runner: slow segments (``SlowSegments``), a cascade that waits
+at a gate the test opens (``Gate``, installed by ``gate_runner``) and a backend whose segment 0 waits at one
+(``SegmentGate``, recording the rows each segment runs on)."""
 
 import threading
 import time
@@ -56,3 +57,24 @@ def gate_runner(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Gate:
     gate = Gate(runner.cascade)
     monkeypatch.setattr(runner, "cascade", gate)
     return gate
+
+
+class SegmentGate:
+    """Wraps the runner's backend: records the rows each segment runs on; segment 0 waits for `open`."""
+
+    def __init__(self, runner: Any) -> None:
+        self._backend = runner.backend
+        self.rows: list[tuple[int, int]] = []  # (segment, rows)
+        self.entered = threading.Event()
+        self.open = threading.Event()
+        runner.backend = self
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the backend's interface, as it is
+        return getattr(self._backend, name)
+
+    def run(self, k: int, x: Any, need_logits: bool) -> Any:
+        self.rows.append((k, len(x)))
+        if k == 0:
+            self.entered.set()
+            self.open.wait(20)
+        return self._backend.run(k, x, need_logits)
