@@ -208,7 +208,7 @@ def test_sdk_clients_see_the_protocol_errors(server: GrpcServer, sdk: str) -> No
     images = [base64.b64encode(IMAGES[0]).decode()]
     missing = sdk_infer(sdk, server.address, {"model": "nope", "images": images})
     assert missing["error"]["code"] in ("NOT_FOUND", "StatusCode.NOT_FOUND"), missing
-    assert missing["error"]["message"].endswith("model 'nope' is not served here")
+    assert missing["error"]["message"].endswith("model 'nope' is not served; served: tiny")
     # KServe's client has no double parameters: a fraction travels as a decimal string.
     threshold = 2.0 if sdk == "triton" else "2.0"
     bad = sdk_infer(sdk, server.address, {"model": "tiny", "images": images, "parameters": {"threshold": threshold}})

@@ -112,7 +112,7 @@ def test_links_out_of_the_repository_are_never_served(client: RawClient, layout:
     assert client.call("ModelReady", name="escape", key=KEY).ready is False
     assert client.call("ModelReady", name="tiny", version="7", key=KEY).ready is False
     err = refused(lambda: client.call("ModelInfer", infer_request("escape", [PNG]), key=KEY))
-    assert_status(err, Code.NOT_FOUND, "model_not_found", "model 'escape' is not served here", layout)
+    assert_status(err, Code.NOT_FOUND, "model_not_found", "model 'escape' is not served; served: tiny", layout)
     request = infer_request("tiny", [PNG])
     request.model_version = "7"
     err = refused(lambda: client.call("ModelInfer", request, key=KEY))
@@ -356,7 +356,7 @@ def test_api_keys_are_required_as_authorization_metadata(client: RawClient, meta
 
 def test_repository_rpcs_unload_and_load_a_model(client: RawClient) -> None:
     err = refused(lambda: client.call("RepositoryModelUnload", model_name="nope", key=KEY))
-    assert_status(err, Code.NOT_FOUND, "model_not_found", "model 'nope' is not served here")
+    assert_status(err, Code.NOT_FOUND, "model_not_found", "model 'nope' is not served; served: tiny")
     load = message("RepositoryModelLoadRequest")(model_name="tiny")
     load.parameters["config"].string_param = "{}"
     err = refused(lambda: client.call("RepositoryModelLoad", load, key=KEY))
@@ -372,7 +372,7 @@ def test_repository_rpcs_unload_and_load_a_model(client: RawClient) -> None:
         assert client.call("ModelReady", name="tiny", key=KEY).ready is False
         assert client.call("ServerReady").ready is False
         err = refused(lambda: client.call("ModelInfer", infer_request("tiny", [PNG]), key=KEY))
-        assert_status(err, Code.NOT_FOUND, "model_not_found", "model 'tiny' is not served here")
+        assert_status(err, Code.NOT_FOUND, "model_not_found", "model 'tiny' is not served; served: none")
         assert [(m.name, m.state) for m in client.call("RepositoryIndex", key=KEY).models if m.name == "tiny"] == [
             ("tiny", "UNAVAILABLE")
         ]

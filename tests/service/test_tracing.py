@@ -25,10 +25,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from dynadapter.bench.lab.process import free_port
 from dynadapter.errors import ConfigError
 from dynadapter.service.main import create_app, serve
 from dynadapter.service.settings import Settings
 from dynadapter.service.tracing import Tracing, configured, grpc_carrier, set_grpc_status
+from tests.support.grpc_clients import RawClient, infer_request
 from tests.support.service import IMAGE, ROOT, ServiceProcess, wait_ready
 from tests.support.tiny_onnx_model import NUM_EXITS, png_bytes
 
@@ -384,13 +386,17 @@ def test_a_real_server_exports_its_spans_over_otlp(
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # milliseconds between exports
     }.items():
         monkeypatch.setenv(name, value)  # the server process's environment (ServiceProcess copies this one's)
-    server = ServiceProcess(model_repo, providers="cpu", intra_op_threads="1")
+    grpc_port = free_port()
+    server = ServiceProcess(model_repo, providers="cpu", intra_op_threads="1", grpc_port=str(grpc_port))
     try:
         server.wait_ready()
         answer = httpx.post(server.classify_url, content=png_bytes(0), headers=IMAGE | TRACEPARENT, timeout=30)
         assert answer.status_code == 200
+        client = RawClient(f"127.0.0.1:{grpc_port}")
+        client.call("ModelInfer", infer_request("tiny", [png_bytes(1)]), metadata=tuple(TRACEPARENT.items()))
+        client.close()
         deadline = time.monotonic() + 20
-        while not any(span.kind == span.SPAN_KIND_SERVER for _, span in receiver.spans()):
+        while sum(span.kind == span.SPAN_KIND_SERVER for _, span in receiver.spans()) < 2:
             assert time.monotonic() < deadline, f"no request span arrived: {server.output[-2000:]}"
             time.sleep(0.05)
     finally:
@@ -400,8 +406,11 @@ def test_a_real_server_exports_its_spans_over_otlp(
     assert {span.trace_id for _, span in spans} == {TRACE_ID.to_bytes(16, "big")}
     names = {span.name for _, span in spans}
     assert {"POST /classify", "read", "decode", "queue", "segment 0"} <= names
-    (request_span,) = [span for _, span in spans if span.name == "POST /classify"]
-    assert request_span.parent_span_id == PARENT_ID.to_bytes(8, "big")
+    for name in ("POST /classify", "inference.GRPCInferenceService/ModelInfer"):  # REST and gRPC alike
+        (request_span,) = [span for _, span in spans if span.name == name]
+        assert request_span.parent_span_id == PARENT_ID.to_bytes(8, "big")
+        children = {span.name for _, span in spans if span.parent_span_id == request_span.span_id}
+        assert {"read", "decode", "queue", "segment 0"} <= children, (name, children)
 
 
 def test_serve_refuses_an_exporter_it_does_not_ship_in_one_line(

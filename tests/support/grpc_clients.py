@@ -29,16 +29,23 @@ class RawClient:
         self.channel = grpc.insecure_channel(address, options=list(options.items()))
 
     def call(
-        self, method: str, request: Any = None, timeout: float = 30.0, key: str | None = None, **fields: Any
+        self,
+        method: str,
+        request: Any = None,
+        timeout: float = 30.0,
+        key: str | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
+        **fields: Any,
     ) -> Any:
-        """The response of `method` to `request` (or one built from `fields`); grpc.RpcError on an error status."""
+        """The response of `method` to `request` (or one built from `fields`), sent with `metadata` and the API
+        `key` (as `authorization: Bearer`); grpc.RpcError on an error status."""
         request_type, response_type = METHODS[method]
         stub = self.channel.unary_unary(
             path(method),
             request_serializer=request_type.SerializeToString,
             response_deserializer=response_type.FromString,
         )
-        metadata = (("authorization", f"Bearer {key}"),) if key is not None else None
+        metadata += (("authorization", f"Bearer {key}"),) if key is not None else ()
         return stub(request if request is not None else request_type(**fields), timeout=timeout, metadata=metadata)
 
     def close(self) -> None:
