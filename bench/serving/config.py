@@ -40,8 +40,12 @@ VARIANTS = {
     "static": Variant("static", "", "this service, one static ONNX graph (full depth, last exit)"),
     "litserve-onnx": Variant("litserve-onnx", "", "LitServe + onnxruntime, the static graph"),
     "litserve-torch": Variant("litserve-torch", "", "LitServe + PyTorch eager, the static model"),
+    # An OIP variant's "?mode=..." travels as the request's parameters (serve.variant_bodies).
     "balanced-oip": Variant(
-        "cascade", "", "this service, per-stage segments, mode balanced, over OIP JSON (as Triton is sent)", "oip"
+        "cascade",
+        "?mode=balanced",
+        "this service, per-stage segments, mode balanced, over OIP JSON (as Triton is sent)",
+        "oip",
     ),
     "triton-onnx": Variant(
         "triton-onnx",

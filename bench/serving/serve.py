@@ -12,15 +12,29 @@ test split of the run's data set by default, ``--images`` to send fewer) as mult
 - ``static``: the same service serving the model as one static ONNX graph (full depth, last exit);
 - ``litserve-onnx``, ``litserve-torch``: that graph behind LitServe with its own dynamic batching, on
   onnxruntime and in PyTorch eager mode (``dynadapter.bench.serving.litserve_apps``).
+- ``balanced-oip``: this service at ``balanced`` over OIP JSON (base64 PNG in a BYTES tensor);
+- ``triton-onnx``, ``triton-int8``: NVIDIA Triton (nvidia-pytriton's tritonserver, its dynamic batcher)
+  serving that graph on fp32 onnxruntime and as NNCF int8 OpenVINO IR, over the same OIP JSON,
+  decoding the PNGs as this service does (``dynadapter.bench.serving.triton``).
 
 Every server batches at most ``--max-batch-size`` images, waits at most ``--max-wait-ms`` for a batch
-to fill and gives its runtime ``--threads`` intra-op threads. One thread each by default: with each
-runtime's own default (a spinning thread per core), PyTorch behind LitServe's two processes stalled
-for 0.2-0.7 s per request on a shared 2-core machine, which would make that baseline a straw man.
+to fill and gives its runtime ``--threads`` intra-op threads (0, the default: the runtime's own). The
+``+tuned`` rows exist because the defaults are not always a server's best: with each runtime's own
+default (a spinning thread per core), PyTorch behind LitServe's two processes stalled for 0.2-0.7 s per
+request on a shared 2-core machine, and fp32 onnxruntime's two spinning threads oversubscribed 2 cores.
 
 Each (variant, concurrency) is measured ``--rounds`` times with the variants in a rotated order, so
 that drifts in a shared machine's load fall on all of them alike; only the server under measurement
-runs, the others are frozen with SIGSTOP (idle LitServe workers poll and would take CPU from it).
+runs, the others are frozen with SIGSTOP (idle LitServe workers poll and would take CPU from it), but
+for the Triton peers, which idle (tritonserver's Python backend crashed when thawed).
+
+The timed rounds are wrk's (``bench/lab/wrk.py``): ``--duration`` whole seconds per variant and
+connection count, every non-2xx answer an error, p50/p95/p99 from wrk's latency histogram. Every server
+runs at its runtime's default threading (``--threads 0``) and, with ``--tuned-threads N`` (default 1),
+again as ``<variant>+tuned`` (N intra-op threads, onnxruntime not spinning: the best a server gets on a
+small machine). ``balanced-oip`` is this service over OIP JSON, the protocol the Triton peers
+(``triton-onnx``, ``triton-int8``: bench/serving/triton.py) are sent; they need ``make triton-venv``
+(or ``--triton-python``) and are left out with a warning without it.
 Ratios come from numbers measured side by side in one run. Before the timed rounds every variant
 classifies each image once, which warms it up and gives its accuracy and GFLOPs on identical images.
 On a GPU machine ``--providers cuda`` (or ``auto``) puts every server's model on the GPU.
@@ -50,7 +64,7 @@ from dynadapter.bench.lab.machine import machine
 from dynadapter.bench.lab.process import ServerProcess, awake, launch
 from dynadapter.bench.lab.results import fmt, quotient
 from dynadapter.bench.lab.rows import AnswersRow, LoadRow, RatioCheck, Row
-from dynadapter.bench.lab.wrk import WrkRound, require_wrk, run_wrk, summarize_rounds
+from dynadapter.bench.lab.wrk import BenchError, WrkRound, require_wrk, run_wrk, summarize_rounds
 from dynadapter.bench.serving.config import TRITON_VARIANTS, TUNED, VARIANTS, ServeBenchConfig, Variant
 from dynadapter.bench.serving.inputs import (
     BenchInputs,
@@ -190,7 +204,11 @@ def start_servers(
 ) -> dict[str, ServerProcess]:
     """Start the servers the chosen variants need and wait for them."""
     needed = {variant.server for variant in variants.values()}
-    return launch(stack, {name: spec for name, spec in server_commands(inputs, config).items() if name in needed})
+    servers = launch(stack, {name: spec for name, spec in server_commands(inputs, config).items() if name in needed})
+    for name, server in servers.items():
+        # Thawed after a freeze, tritonserver's Python backend crashed (bench/lab/process.py): Triton idles instead.
+        server.freezable = name.removesuffix(TUNED) not in TRITON_VARIANTS
+    return servers
 
 
 def variant_url(server: ServerProcess, variant: Variant, model_name: str) -> str:
@@ -206,6 +224,19 @@ def variant_bodies(variant: Variant, images: BenchImages) -> tuple[list[bytes], 
     triton = variant.server.removesuffix(TUNED) in TRITON_VARIANTS
     parameters = {"mode": variant.query.removeprefix("?mode=")} if variant.query.startswith("?mode=") else None
     return request_bodies(images, variant.protocol, batched=triton, parameters=parameters)
+
+
+def _timed(
+    server: ServerProcess, url: str, bodies: tuple[list[bytes], str], connections: int, duration_s: float, wrk: str
+) -> WrkRound:
+    """One timed wrk run; where it fails (a server that exited refuses connections), ``BenchError`` with the
+    server's own last words."""
+    try:
+        return run_wrk(url, *bodies, connections, duration_s, wrk=wrk)
+    except BenchError as err:
+        alive = server.process.poll() is None
+        state = "running" if alive else f"exited with {server.process.returncode}"
+        raise BenchError(f"{err}; the {server.name} server ({state}) wrote: {server.output[-3000:]}") from err
 
 
 async def measure_all(
@@ -237,7 +268,7 @@ async def measure_all(
                 variant = variants[name]
                 with awake(servers[variant.server]) as server:
                     url = variant_url(server, variant, model_name)
-                    one = run_wrk(url, *variant_bodies(variant, images), concurrency, config.duration, wrk=wrk)
+                    one = _timed(server, url, variant_bodies(variant, images), concurrency, config.duration, wrk)
                 measured[name, concurrency].append(one)
                 log.info(
                     "round %d/%d, %s at %d connections: %d answered, %d errors in %.1f s",
