@@ -11,7 +11,7 @@ MODEL_REPO ?= var/model_repo
 # The DINOv2 demo by default; the repository also holds the tiny fixture (MODEL=digits-tiny).
 MODEL ?= $(if $(filter var/model_repo,$(MODEL_REPO)),mnist,)
 
-.PHONY: install promtool serve test lint clean docker-smoke lock
+.PHONY: install promtool serve test lint clean docker-smoke lock wrk triton-venv bench-serve
 
 $(STAMP): pyproject.toml
 	@echo "installing the project into $(VENV) (about 2 min the first time: PyTorch, OpenVINO, ...; later runs skip this)"
@@ -33,6 +33,23 @@ promtool:
 	@command -v promtool >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
 	  echo "promtool could not be installed: the promtool tests will be skipped"
+
+# `dynadapter bench serve`'s load generator (bench/lab/wrk.py) is wrk (Debian's package), apt-installed as root.
+wrk:
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; } || \
+	  echo "wrk could not be installed: install it (apt-get install wrk) before dynadapter bench serve"
+
+# The Triton peer of `bench serve` runs from its own environment: nvidia-pytriton pins numpy < 2.
+triton-venv:
+	test -x var/triton-venv/bin/python || $(PYTHON) -m venv var/triton-venv
+	var/triton-venv/bin/python -m pip install --quiet -e '.[serve,bench]'
+
+# The serving benchmark's final numbers (docs/results.md "Serving" and "Kernel ceiling"), about 35 minutes on
+# 2 cores: the demo model, every variant and its +tuned row, 1 and 32 connections, 3 interleaved rounds of 10 s.
+bench-serve: $(STAMP) wrk triton-venv
+	$(BIN)/dynadapter bench serve --images 500 --concurrency 1,32 --rounds 3 --duration 10
+	$(BIN)/dynadapter bench kernels
 
 test: $(STAMP) promtool lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

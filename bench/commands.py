@@ -22,6 +22,7 @@ SUITE, SERVING = "dynadapter.bench.suite", "dynadapter.bench.serving"
 SUBCOMMANDS = {
     "accuracy": f"{SUITE}.accuracy",
     "serve": f"{SERVING}.serve",
+    "kernels": f"{SERVING}.kernels",
     "data": f"{SUITE}.data",
     "adapt": f"{SERVING}.adapt",
     "fewshot": f"{SUITE}.fewshot",
@@ -33,6 +34,7 @@ SERVE_EXPERIMENTS = {"photos": f"{SERVING}.photos", "precisions": f"{SERVING}.pr
 PAGE_SECTIONS = (
     f"{SUITE}.accuracy",
     f"{SERVING}.serve",
+    f"{SERVING}.kernels",
     f"{SERVING}.photos",
     f"{SERVING}.precisions",
     f"{SUITE}.data",

@@ -66,6 +66,9 @@ class ServerProcess:
         self._ready_url = self.url + ready_path
         self._log = tempfile.TemporaryFile("w+")
         self._kept: str | None = None  # the output, once stopped
+        # False: `pause` leaves it running. tritonserver's Python backend crashed (signal 11, boost::interprocess
+        # lock_exception) on being thawed after a freeze; an idle Triton takes next to no CPU.
+        self.freezable = True
         port_in_env = {port_env: str(port)} if port_env else {}
         self.process = subprocess.Popen(
             argv if port_env else [*argv, "--port", str(port)],
@@ -95,11 +98,14 @@ class ServerProcess:
             time.sleep(0.1)
 
     def pause(self) -> None:
-        """SIGSTOP to the group: a frozen server takes no CPU from the one under measurement."""
-        os.killpg(self.process.pid, signal.SIGSTOP)
+        """SIGSTOP to the group: a frozen server takes no CPU from the one under measurement (none where not
+        ``freezable``)."""
+        if self.freezable:
+            os.killpg(self.process.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        os.killpg(self.process.pid, signal.SIGCONT)
+        if self.freezable:
+            os.killpg(self.process.pid, signal.SIGCONT)
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM to the whole group (LitServe's workers outlive a lone parent), SIGKILL if it lingers; keep the

@@ -24,6 +24,7 @@ class LoadRow(Row):
     errors: int
     p50_ms: float | None
     p95_ms: float | None
+    p99_ms: float | None = None  # from wrk's latency distribution (bench/lab/wrk.py); older rows have none
     throughput_rps: float | None
     throughput_rps_rounds: list[float]
 

@@ -36,12 +36,13 @@ class ServerOptions(BaseModel):
     max_batch_size: int = Field(16, ge=1, description="every server's batch limit")
     max_wait_ms: float = Field(5.0, ge=0, description="every server's wait for a batch to fill, in ms")
     threads: int = Field(
-        1,
+        0,
         ge=0,
         description="intra-op threads of every server's runtime; 0: each runtime's default, one per core "
         "(bench/serving/serve.py's docstring)",
     )
     providers: Literal["cpu", "auto", "cuda"] = Field("cpu", description="where the models run, for every server")
+    spinning: bool = Field(True, description="this service's onnxruntime idle threads spin (its default)")
 
 
 def service_argv(config: ServerOptions, providers: str) -> list[str]:
@@ -50,6 +51,7 @@ def service_argv(config: ServerOptions, providers: str) -> list[str]:
     return [
         *(sys.executable, "-m", "dynadapter", "serve", "--host", "127.0.0.1", "--log-level", "warning"),
         *("--providers", providers, "--intra-op-threads", str(config.threads)),
+        "--allow-spinning" if config.spinning else "--no-allow-spinning",
         *("--max-batch-size", str(config.max_batch_size), "--max-wait-ms", str(config.max_wait_ms)),
         *("--grpc-port", "0"),  # no gRPC listener: servers started side by side would all want 8001
     ]

@@ -23,6 +23,7 @@ class Variant:
     server: str  # key of the server process that answers it
     query: str
     description: str
+    protocol: str = "multipart"  # how the image travels: "multipart" upload, or "oip" JSON (a base64 BYTES tensor)
 
 
 VARIANTS = {
@@ -39,7 +40,31 @@ VARIANTS = {
     "static": Variant("static", "", "this service, one static ONNX graph (full depth, last exit)"),
     "litserve-onnx": Variant("litserve-onnx", "", "LitServe + onnxruntime, the static graph"),
     "litserve-torch": Variant("litserve-torch", "", "LitServe + PyTorch eager, the static model"),
+    # An OIP variant's "?mode=..." travels as the request's parameters (serve.variant_bodies).
+    "balanced-oip": Variant(
+        "cascade",
+        "?mode=balanced",
+        "this service, per-stage segments, mode balanced, over OIP JSON (as Triton is sent)",
+        "oip",
+    ),
+    "triton-onnx": Variant(
+        "triton-onnx",
+        "",
+        "NVIDIA Triton (nvidia-pytriton's tritonserver), the static graph on fp32 onnxruntime, dynamic batching, "
+        "OIP JSON (bench/serving/triton.py)",
+        "oip",
+    ),
+    "triton-int8": Variant(
+        "triton-int8",
+        "",
+        "NVIDIA Triton, the static graph as int8 OpenVINO IR (NNCF), dynamic batching, OIP JSON",
+        "oip",
+    ),
 }
+#: The variants that need the Triton peer (``--triton-python``); left out of the default run without one.
+TRITON_VARIANTS = ("triton-onnx", "triton-int8")
+#: The suffix of a variant's second row: its servers with ``--tuned-threads``.
+TUNED = "+tuned"
 
 
 #: `--precisions` server name -> (backend, precision, allow_spinning)
@@ -76,6 +101,17 @@ class ServeBenchConfig(ServerOptions):
         list(VARIANTS), description="comma-separated subset of the variants"
     )
     docs: Path = Field(Path("docs"), description="where results.{json,md} go")
+    tuned_threads: int = Field(
+        1,
+        ge=0,
+        description="a second row of every variant: its server with this many intra-op threads and "
+        "onnxruntime's spinning off (the best setting on a small machine); 0: no second row",
+    )
+    triton_python: Path | None = Field(
+        None,
+        description="a Python with nvidia-pytriton (numpy < 2, so its own environment: `make triton-venv` writes "
+        "var/triton-venv) for the Triton variants; default: var/triton-venv/bin/python where it exists",
+    )
     photos: bool = Field(
         False,
         description="camera-sized photos instead of the test split: decoders, servers, peak RSS, accuracy "

@@ -7,12 +7,17 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from dynadapter.bench.lab.images import BenchImages
 from dynadapter.bench.lab.servers import DEMO_MODEL_REPO, service_argv
-from dynadapter.bench.serving.config import ServeBenchConfig
+from dynadapter.bench.serving.config import TUNED, ServeBenchConfig
 from dynadapter.errors import RunDirError
 
 log = logging.getLogger(__name__)
+
+#: Where `make triton-venv` puts the Triton peer's environment (nvidia-pytriton pins numpy < 2).
+TRITON_VENV_PYTHON = Path("var") / "triton-venv" / "bin" / "python"
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,8 @@ class BenchInputs:
 
 
 def prepare_inputs(config: ServeBenchConfig, work: Path) -> BenchInputs:
-    """Resolve the run and the model repository; build the static graph from the run."""
+    """Resolve the run and the model repository; build the static graph from the run (with its int8 OpenVINO IR
+    where the Triton int8 peer is measured)."""
     from dynadapter.bench.serving.static_graph import export_static_graph
     from dynadapter.contract.model_repository import load_model
     from dynadapter.export.demo import DEMO_RUNS, build_demo_repo
@@ -47,12 +53,53 @@ def prepare_inputs(config: ServeBenchConfig, work: Path) -> BenchInputs:
         export_run(run_dir, repo)
     name = load_model(repo, name).manifest.name
     log.info("building the static single-graph baseline from %s", run_dir)
-    static_run, static_repo = export_static_graph(run_dir, work / "static", name)
+    # Only the plain run serves the Triton int8 peer (--photos and --precisions read these flags too).
+    plain = not (config.photos or config.precisions)
+    int8 = plain and "triton-int8" in config.variants and triton_python(config) is not None
+    static_run, static_repo = export_static_graph(
+        run_dir, work / "static", name, ("fp32", "int8") if int8 else ("fp32",)
+    )
     return BenchInputs(run_dir, repo, name, static_run, static_repo)
 
 
 def server_commands(inputs: BenchInputs, config: ServeBenchConfig) -> dict[str, tuple[list[str], str, str]]:
-    """Server name -> (argv without --port, readiness path, classify path)."""
+    """Server name -> (argv without --port, readiness path, classify path): each server at ``config``'s threading
+    and, with ``--tuned-threads``, again as ``<name>+tuned`` (that many threads, onnxruntime not spinning); the
+    Triton peers where ``--triton-python`` (or var/triton-venv) has nvidia-pytriton."""
+    commands = _server_commands(inputs, config)
+    python = triton_python(config)
+    if python is not None:
+        commands |= _triton_commands(python, inputs, config)
+    if config.tuned_threads:
+        tuned = config.model_copy(update={"threads": config.tuned_threads, "spinning": False})
+        commands |= {
+            name + TUNED: spec
+            for name, spec in server_commands(inputs, tuned.model_copy(update={"tuned_threads": 0})).items()
+        }
+    return commands
+
+
+def triton_python(config: ServeBenchConfig) -> Path | None:
+    """The interpreter that runs the Triton peers: ``--triton-python``, else var/triton-venv's where it exists."""
+    if config.triton_python is not None:
+        return config.triton_python
+    return TRITON_VENV_PYTHON if TRITON_VENV_PYTHON.exists() else None
+
+
+def _triton_commands(
+    python: Path, inputs: BenchInputs, config: ServeBenchConfig
+) -> dict[str, tuple[list[str], str, str]]:
+    from dynadapter.bench.serving.triton import INFER_PATH, READY_PATH, command
+
+    batching = (config.threads, config.max_batch_size, config.max_wait_ms)
+    return {
+        f"triton-{kind}": (command(python, kind, inputs.static_repo, *batching), READY_PATH, INFER_PATH)
+        for kind in ("onnx", "int8")
+        if f"triton-{kind}" in config.variants
+    }
+
+
+def _server_commands(inputs: BenchInputs, config: ServeBenchConfig) -> dict[str, tuple[list[str], str, str]]:
     batching = ["--max-batch-size", str(config.max_batch_size)]
     service = service_argv(config, config.providers)
     litserve = [
@@ -86,3 +133,24 @@ def litserve_accelerator(providers: str) -> str:
     from dynadapter.service.backends.onnxruntime import CUDA, select_providers
 
     return "cuda" if select_providers(providers)[0] == CUDA else "cpu"
+
+
+def upload_png(body: bytes) -> bytes:
+    """The PNG inside a ``lab.images.multipart_body`` upload (its one part's content)."""
+    from dynadapter.bench.lab.images import BOUNDARY
+
+    head_end = body.index(b"\r\n\r\n") + 4
+    return body[head_end : body.rindex(f"\r\n--{BOUNDARY}--".encode())]
+
+
+def request_bodies(
+    images: BenchImages, protocol: str, batched: bool, parameters: dict[str, Any] | None = None
+) -> tuple[list[bytes], str]:
+    """The bodies a variant sends (``Variant.protocol``: the multipart uploads, or the same PNGs as OIP JSON
+    requests, ``[1, 1]`` for Triton's batched model) and their content type."""
+    from dynadapter.bench.lab.images import HEADERS
+    from dynadapter.bench.serving.triton import oip_body
+
+    if protocol == "multipart":
+        return list(images.bodies), HEADERS["content-type"]
+    return [oip_body(upload_png(body), batched, parameters) for body in images.bodies], "application/json"

@@ -12,15 +12,29 @@ test split of the run's data set by default, ``--images`` to send fewer) as mult
 - ``static``: the same service serving the model as one static ONNX graph (full depth, last exit);
 - ``litserve-onnx``, ``litserve-torch``: that graph behind LitServe with its own dynamic batching, on
   onnxruntime and in PyTorch eager mode (``dynadapter.bench.serving.litserve_apps``).
+- ``balanced-oip``: this service at ``balanced`` over OIP JSON (base64 PNG in a BYTES tensor);
+- ``triton-onnx``, ``triton-int8``: NVIDIA Triton (nvidia-pytriton's tritonserver, its dynamic batcher)
+  serving that graph on fp32 onnxruntime and as NNCF int8 OpenVINO IR, over the same OIP JSON,
+  decoding the PNGs as this service does (``dynadapter.bench.serving.triton``).
 
 Every server batches at most ``--max-batch-size`` images, waits at most ``--max-wait-ms`` for a batch
-to fill and gives its runtime ``--threads`` intra-op threads. One thread each by default: with each
-runtime's own default (a spinning thread per core), PyTorch behind LitServe's two processes stalled
-for 0.2-0.7 s per request on a shared 2-core machine, which would make that baseline a straw man.
+to fill and gives its runtime ``--threads`` intra-op threads (0, the default: the runtime's own). The
+``+tuned`` rows exist because the defaults are not always a server's best: with each runtime's own
+default (a spinning thread per core), PyTorch behind LitServe's two processes stalled for 0.2-0.7 s per
+request on a shared 2-core machine, and fp32 onnxruntime's two spinning threads oversubscribed 2 cores.
 
 Each (variant, concurrency) is measured ``--rounds`` times with the variants in a rotated order, so
 that drifts in a shared machine's load fall on all of them alike; only the server under measurement
-runs, the others are frozen with SIGSTOP (idle LitServe workers poll and would take CPU from it).
+runs, the others are frozen with SIGSTOP (idle LitServe workers poll and would take CPU from it), but
+for the Triton peers, which idle (tritonserver's Python backend crashed when thawed).
+
+The timed rounds are wrk's (``bench/lab/wrk.py``): ``--duration`` whole seconds per variant and
+connection count, every non-2xx answer an error, p50/p95/p99 from wrk's latency histogram. Every server
+runs at its runtime's default threading (``--threads 0``) and, with ``--tuned-threads N`` (default 1),
+again as ``<variant>+tuned`` (N intra-op threads, onnxruntime not spinning: the best a server gets on a
+small machine). ``balanced-oip`` is this service over OIP JSON, the protocol the Triton peers
+(``triton-onnx``, ``triton-int8``: bench/serving/triton.py) are sent; they need ``make triton-venv``
+(or ``--triton-python``) and are left out with a warning without it.
 Ratios come from numbers measured side by side in one run. Before the timed rounds every variant
 classifies each image once, which warms it up and gives its accuracy and GFLOPs on identical images.
 On a GPU machine ``--providers cuda`` (or ``auto``) puts every server's model on the GPU.
@@ -45,13 +59,20 @@ from typing import Any
 
 from dynadapter import options
 from dynadapter.bench.lab.images import BenchImages, bench_images
-from dynadapter.bench.lab.load import Measured, Sample, answer_every_image, measure, summarize, summarize_answers
+from dynadapter.bench.lab.load import Sample, answer_every_image, summarize_answers
 from dynadapter.bench.lab.machine import machine
 from dynadapter.bench.lab.process import ServerProcess, awake, launch
 from dynadapter.bench.lab.results import fmt, quotient
 from dynadapter.bench.lab.rows import AnswersRow, LoadRow, RatioCheck, Row
-from dynadapter.bench.serving.config import VARIANTS, ServeBenchConfig, Variant
-from dynadapter.bench.serving.inputs import BenchInputs, prepare_inputs, server_commands
+from dynadapter.bench.lab.wrk import BenchError, WrkRound, require_wrk, run_wrk, summarize_rounds
+from dynadapter.bench.serving.config import TRITON_VARIANTS, TUNED, VARIANTS, ServeBenchConfig, Variant
+from dynadapter.bench.serving.inputs import (
+    BenchInputs,
+    prepare_inputs,
+    request_bodies,
+    server_commands,
+    triton_python,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +107,11 @@ TARGETS = (
     Target("equal-accuracy", "static", "throughput_rps", False, 1.8, True),
     Target("equal-accuracy", "litserve-onnx", "throughput_rps", False, 1.8, True),
     Target("equal-accuracy", "litserve-torch", "throughput_rps", False, 1.8, True),
+    # Time follows FLOPs (issue 32): under load, balanced serves >= 1.8x full depth (the FLOPs ratio is ~2.1) ...
+    Target("balanced", "threshold-1", "throughput_rps", False, 1.8, True),
+    # ... and the default serves >= 6x NVIDIA Triton's static fp32 graph and >= 1.5x its static int8 one.
+    Target("balanced", "triton-onnx", "throughput_rps", False, 6.0, True),
+    Target("balanced", "triton-int8", "throughput_rps", False, 1.5, True),
 )
 
 
@@ -107,16 +133,18 @@ def serve_benchmark(config: ServeBenchConfig) -> None:
     from dynadapter.bench.lab.results import update_results
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
+    wrk = require_wrk()
     load_before = os.getloadavg()[0]
+    config = without_missing_peers(config)
     with tempfile.TemporaryDirectory(prefix="dynadapter-bench-serve-") as work:
         inputs = prepare_inputs(config, Path(work))
         images = bench_images(inputs.run_dir, config.images)
         point = equal_accuracy_point(inputs, images, config)
-        variants = resolved_variants(point)
+        variants = resolved_variants(point, config)
         with contextlib.ExitStack() as stack:
-            servers = start_servers(stack, inputs, config)
-            answers, measured = asyncio.run(measure_all(servers, images, config, variants))
-        section = report(answers, measured, inputs, images, config, load_before)
+            servers = start_servers(stack, inputs, config, variants)
+            answers, measured = asyncio.run(measure_all(servers, images, config, variants, inputs.model_name, wrk))
+        section = report(answers, measured, inputs, images, config, load_before, variants)
         if point is not None:
             section["equal_accuracy"] = {**point, "served": equal_accuracy_served(section["answers"])}
     update_results(config.docs, {"serve": section})
@@ -136,13 +164,31 @@ def equal_accuracy_point(inputs: BenchInputs, images: BenchImages, config: Serve
     return point
 
 
-def resolved_variants(point: dict[str, Any] | None) -> dict[str, Variant]:
-    """``VARIANTS`` with the equal-accuracy query filled in."""
-    if point is None:
-        return dict(VARIANTS)
-    variant = VARIANTS["equal-accuracy"]
-    query = variant.query.format(threshold=f"{point['threshold']:.6g}")
-    return {**VARIANTS, "equal-accuracy": Variant(variant.server, query, variant.description)}
+def without_missing_peers(config: ServeBenchConfig) -> ServeBenchConfig:
+    """``config`` less the Triton variants where no Python with nvidia-pytriton is there (logged, not an error:
+    `make triton-venv` makes one)."""
+    if triton_python(config) is not None:
+        return config
+    dropped = [name for name in config.variants if name in TRITON_VARIANTS]
+    if dropped:
+        log.warning("no Triton peer (make triton-venv, or --triton-python): leaving out %s", ", ".join(dropped))
+    return config.model_copy(update={"variants": [name for name in config.variants if name not in TRITON_VARIANTS]})
+
+
+def resolved_variants(point: dict[str, Any] | None, config: ServeBenchConfig) -> dict[str, Variant]:
+    """The chosen variants with the equal-accuracy query filled in, each followed by its ``+tuned`` row
+    (``--tuned-threads``)."""
+    chosen = {}
+    for name in config.variants:
+        variant = VARIANTS[name]
+        if name == "equal-accuracy" and point is not None:
+            query = variant.query.format(threshold=f"{point['threshold']:.6g}")
+            variant = Variant(variant.server, query, variant.description, variant.protocol)
+        chosen[name] = variant
+        if config.tuned_threads:
+            description = f"{variant.description}; {config.tuned_threads} intra-op thread(s), onnxruntime not spinning"
+            chosen[name + TUNED] = Variant(variant.server + TUNED, variant.query, description, variant.protocol)
+    return chosen
 
 
 def equal_accuracy_served(answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -154,50 +200,79 @@ def equal_accuracy_served(answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def start_servers(
-    stack: contextlib.ExitStack, inputs: BenchInputs, config: ServeBenchConfig
+    stack: contextlib.ExitStack, inputs: BenchInputs, config: ServeBenchConfig, variants: dict[str, Variant]
 ) -> dict[str, ServerProcess]:
     """Start the servers the chosen variants need and wait for them."""
-    needed = {VARIANTS[name].server for name in config.variants}
-    return launch(stack, {name: spec for name, spec in server_commands(inputs, config).items() if name in needed})
+    needed = {variant.server for variant in variants.values()}
+    servers = launch(stack, {name: spec for name, spec in server_commands(inputs, config).items() if name in needed})
+    for name, server in servers.items():
+        # Thawed after a freeze, tritonserver's Python backend crashed (bench/lab/process.py): Triton idles instead.
+        server.freezable = name.removesuffix(TUNED) not in TRITON_VARIANTS
+    return servers
+
+
+def variant_url(server: ServerProcess, variant: Variant, model_name: str) -> str:
+    """Where a variant's requests go: the server's classify URL with the variant's query, or this service's OIP
+    infer route for an OIP variant of this service (Triton's classify URL is its infer route already)."""
+    if variant.protocol == "oip" and server.classify_url.endswith("/classify"):
+        return f"{server.url}/v2/models/{model_name}/infer"
+    return server.classify_url + variant.query
+
+
+def variant_bodies(variant: Variant, images: BenchImages) -> tuple[list[bytes], str]:
+    """The request bodies of a variant and their content type (Triton's model takes BYTES [N, 1])."""
+    triton = variant.server.removesuffix(TUNED) in TRITON_VARIANTS
+    parameters = {"mode": variant.query.removeprefix("?mode=")} if variant.query.startswith("?mode=") else None
+    return request_bodies(images, variant.protocol, batched=triton, parameters=parameters)
+
+
+def _timed(
+    server: ServerProcess, url: str, bodies: tuple[list[bytes], str], connections: int, duration_s: float, wrk: str
+) -> WrkRound:
+    """One timed wrk run; where it fails (a server that exited refuses connections), ``BenchError`` with the
+    server's own last words."""
+    try:
+        return run_wrk(url, *bodies, connections, duration_s, wrk=wrk)
+    except BenchError as err:
+        alive = server.process.poll() is None
+        state = "running" if alive else f"exited with {server.process.returncode}"
+        raise BenchError(f"{err}; the {server.name} server ({state}) wrote: {server.output[-3000:]}") from err
 
 
 async def measure_all(
     servers: dict[str, ServerProcess],
     images: BenchImages,
     config: ServeBenchConfig,
-    variants: dict[str, Variant] = VARIANTS,
-) -> tuple[dict[str, list[Sample]], dict[tuple[str, int], Measured]]:
-    """Each variant's answers to every image, then the timed rounds, one server awake at a time."""
+    variants: dict[str, Variant],
+    model_name: str,
+    wrk: str = "wrk",
+) -> tuple[dict[str, list[Sample]], dict[tuple[str, int], list[WrkRound]]]:
+    """Each multipart variant's answers to every image (Python clients: the answers are read), an untimed wrk
+    second of every OIP variant (its warm-up), then the timed wrk rounds, one server awake at a time."""
     for server in servers.values():
         server.pause()
     answers = {}
-    for name in config.variants:
-        with awake(servers[variants[name].server]) as server:
-            answers[name] = await answer_every_image(
-                server.classify_url + variants[name].query, images, max(config.concurrency)
-            )
-    measured = {(v, c): Measured() for c in config.concurrency for v in config.variants}
+    for name, variant in variants.items():
+        with awake(servers[variant.server]) as server:
+            url = variant_url(server, variant, model_name)
+            if variant.protocol == "multipart":
+                answers[name] = await answer_every_image(url, images, max(config.concurrency))
+            else:
+                run_wrk(url, *variant_bodies(variant, images), max(config.concurrency), 1, wrk=wrk)
+    names = list(variants)
+    measured: dict[tuple[str, int], list[WrkRound]] = {(v, c): [] for c in config.concurrency for v in names}
     for round_index in range(config.rounds):
         for position, concurrency in enumerate(config.concurrency):
-            shift = (round_index * len(config.concurrency) + position) % len(config.variants)
-            for name in [*config.variants[shift:], *config.variants[:shift]]:
-                with awake(servers[variants[name].server]) as server:
-                    samples, seconds = await measure(
-                        server.classify_url + variants[name].query,
-                        images,
-                        concurrency,
-                        config.requests,
-                        config.duration,
-                    )
-                measured[name, concurrency].add(samples, seconds)
+            shift = (round_index * len(config.concurrency) + position) % len(names)
+            for name in [*names[shift:], *names[:shift]]:
+                variant = variants[name]
+                with awake(servers[variant.server]) as server:
+                    url = variant_url(server, variant, model_name)
+                    one = _timed(server, url, variant_bodies(variant, images), concurrency, config.duration, wrk)
+                measured[name, concurrency].append(one)
                 log.info(
-                    "round %d/%d, %s at concurrency %d: %d requests in %.1f s",
-                    round_index + 1,
-                    config.rounds,
-                    name,
-                    concurrency,
-                    len(samples),
-                    seconds,
+                    "round %d/%d, %s at %d connections: %d answered, %d errors in %.1f s",
+                    *(round_index + 1, config.rounds, name, concurrency, one.answered, one.errors, one.seconds),
                 )
     return answers, measured
 
@@ -223,15 +298,16 @@ def check_targets(rows: list[dict[str, Any]], concurrencies: Sequence[int]) -> l
 
 def report(
     answers: dict[str, list[Sample]],
-    measured: dict[tuple[str, int], Measured],
+    measured: dict[tuple[str, int], list[WrkRound]],
     inputs: BenchInputs,
     images: BenchImages,
     config: ServeBenchConfig,
     load_before: float,
+    variants: dict[str, Variant],
 ) -> dict[str, Any]:
     from dynadapter.contract.model_repository import load_model
 
-    rows = [summarize(name, c, measured[name, c]) for c in config.concurrency for name in config.variants]
+    rows = [summarize_rounds(name, c, measured[name, c]) for c in config.concurrency for name in variants]
     cascade = load_model(inputs.model_repo, inputs.model_name).manifest
     static = load_model(inputs.static_repo).manifest
     return {
@@ -246,17 +322,24 @@ def report(
             "static_gflops": static.gflops_full,
             "modes": {mode: choice.model_dump(exclude_none=True) for mode, choice in cascade.modes.items()},
         },
-        "images": {"data": images.data, "split": "test", "count": len(images.bodies), "format": "PNG, multipart"},
+        "images": {
+            "data": images.data,
+            "split": "test",
+            "count": len(images.bodies),
+            "format": "PNG, multipart (OIP variants: base64 in JSON)",
+        },
         "settings": {
             "concurrency": config.concurrency,
             "duration_s": config.duration,
             "requests": config.requests,
             "rounds": config.rounds,
             "threads": config.threads,
+            "tuned_threads": config.tuned_threads,
+            "load": "wrk",
             "max_batch_size": config.max_batch_size,
             "max_wait_ms": config.max_wait_ms,
         },
-        "variants": {name: VARIANTS[name].description for name in config.variants},
+        "variants": {name: variant.description for name, variant in variants.items()},
         "answers": {name: summarize_answers(samples) for name, samples in answers.items()},
         "results": rows,
         "targets": check_targets(rows, config.concurrency),
@@ -285,7 +368,7 @@ def _table_rows(rows: ServeRows) -> list[list[str]]:
     out = []
     for row in rows.results:
         name, clients = row.variant, row.concurrency
-        answers = rows.answers[name]
+        answers = rows.answers.get(name)
         thr1, static = by.get(("threshold-1", clients)), by.get(("static", clients))
         out.append(
             [
@@ -293,12 +376,13 @@ def _table_rows(rows: ServeRows) -> list[list[str]]:
                 str(clients),
                 fmt(row.p50_ms, 2),
                 fmt(row.p95_ms, 2),
+                fmt(row.p99_ms, 2),
                 fmt(row.throughput_rps),
                 _spread(row.throughput_rps_rounds),
                 fmt(quotient(row.p50_ms, _metric(thr1, "p50_ms")), 2),
                 fmt(quotient(row.throughput_rps, _metric(static, "throughput_rps")), 2),
-                fmt(answers.gflops_per_image, 4),
-                fmt(answers.accuracy, 3),
+                fmt(None if answers is None else answers.gflops_per_image, 4),
+                fmt(None if answers is None else answers.accuracy, 3),
                 f"{row.answered}/{row.requests}",
             ]
         )
@@ -310,6 +394,7 @@ HEADER = [
     "clients",
     "p50 ms",
     "p95 ms",
+    "p99 ms",
     "req/s",
     "req/s by round",
     "p50 / thr-1",
@@ -365,6 +450,19 @@ def result_table(section: dict[str, Any]) -> str:
     return "\n".join([*lines, "", *filter(None, [_equal_accuracy_text(section)]), *_target_lines(parsed)])
 
 
+def _load_text(settings: dict[str, Any]) -> str:
+    """How the timed rounds were sent: wrk (``bench/lab/wrk.py``), or the Python clients of results written before."""
+    if settings.get("load") == "wrk":
+        return (
+            f"Load from wrk, {settings['rounds']} interleaved rounds of {settings['duration_s']:g} s per variant and "
+            "connection count, latencies from wrk's histogram of every round."
+        )
+    return (
+        f"{settings['rounds']} interleaved rounds of at most {settings['duration_s']:g} s or {settings['requests']} "
+        "requests per variant and concurrency (Python clients)."
+    )
+
+
 def _setup_text(section: dict[str, Any]) -> str:
     m, s, model, images = section["machine"], section["settings"], section["model"], section["images"]
     load = m["load_average_1m"]
@@ -375,11 +473,19 @@ def _setup_text(section: dict[str, Any]) -> str:
         f"{images['count']} test images of `{images['data']}` sent as PNG uploads. "
         f"{m['cpu_count']} CPU cores ({m['processor']}), providers `{m['providers']}`, 1-minute load average "
         f"{load['start']:.1f} at the start and {load['end']:.1f} at the end. Every server: at most "
-        f"{s['max_batch_size']} images a batch, at most {s['max_wait_ms']:g} ms of waiting for one, {s['threads']} "
-        f"intra-op thread(s). {s['rounds']} interleaved rounds of at most {s['duration_s']:g} s or {s['requests']} "
-        "requests per variant and concurrency. `p50 / thr-1`: p50 over this service's at threshold 1; "
+        f"{s['max_batch_size']} images a batch, at most {s['max_wait_ms']:g} ms of waiting for one, "
+        + (f"{s['threads']} intra-op thread(s)" if s["threads"] else "its runtime's default threads")
+        + (
+            f"; `+tuned` rows: the same server with {s['tuned_threads']} intra-op thread(s) and onnxruntime not "
+            "spinning"
+            if s.get("tuned_threads")
+            else ""
+        )
+        + ". "
+        + _load_text(s)
+        + " `p50 / thr-1`: p50 over this service's at threshold 1; "
         "`req/s / static`: throughput over this service's on the static graph; accuracy and GFLOPs/img: "
-        "every image classified once by each variant."
+        "every image classified once by each multipart variant (Python clients)."
     )
 
 

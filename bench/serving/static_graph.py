@@ -48,9 +48,12 @@ def write_static_run(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def export_static_graph(run_dir: Path, work_dir: Path, name: str) -> tuple[Path, Path]:
-    """The static run directory and its one-segment model repository, both under ``work_dir``."""
+def export_static_graph(
+    run_dir: Path, work_dir: Path, name: str, precisions: tuple[str, ...] = ("fp32",)
+) -> tuple[Path, Path]:
+    """The static run directory and its one-segment model repository, both under ``work_dir``; ``precisions``
+    as ``export_run``'s (("fp32", "int8") adds the OpenVINO IR fp32 and NNCF int8 the Triton peer serves)."""
     static_run = write_static_run(Path(run_dir), work_dir / "static_run")
     repo = work_dir / "static_repo"
-    export_run(static_run, repo, name=name, version="1")
+    export_run(static_run, repo, name=name, version="1", precisions=precisions)
     return static_run, repo

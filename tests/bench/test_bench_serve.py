@@ -1,7 +1,9 @@
 """`dynadapter bench serve` on a tiny run: every server answers every request and the results page is written.
 
 A benchmark, not a performance test: nothing here asserts a timing. Every variant runs as a real
-server process on loopback (about a minute on 2 cores, most of it exporting the tiny model twice).
+server process on loopback, loaded by wrk for 2 s per variant and concurrency (about a minute on 2 cores,
+most of it exporting the tiny model twice). The Triton peers need their own environment (`make triton-venv`):
+they are left out here.
 """
 
 import json
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from dynadapter.bench.lab.images import bench_images
-from dynadapter.bench.serving.config import VARIANTS
+from dynadapter.bench.serving.config import TRITON_VARIANTS, TUNED, VARIANTS, ServeBenchConfig
 from dynadapter.bench.serving.equal_accuracy import cheapest_within
 from dynadapter.training.data import run_split
 from dynadapter.training.run_dir import read_calibration, read_config
@@ -22,6 +24,7 @@ CONCURRENCY = (1, 2)
 REQUESTS = 12
 IMAGES = 40
 FULL_DEPTH = ("threshold-1", "static", "litserve-onnx", "litserve-torch")
+MEASURED = [name for name in VARIANTS if name not in TRITON_VARIANTS]
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +36,25 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def serve_results(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> tuple[dict[str, Any], Path]:
     root, run = tmp_path_factory.mktemp("bench_serve"), tiny_run
     docs = root / "docs"
-    bench(*serve_args(run, docs, CONCURRENCY, REQUESTS, IMAGES))
+    bench(*serve_args(run, docs, CONCURRENCY, REQUESTS, IMAGES), "--duration", "2", "--variants", ",".join(MEASURED))
     return json.loads((docs / "results.json").read_text())["serve"], docs
 
 
 def test_every_variant_answers_every_timed_request(serve_results: tuple[dict[str, Any], Path]) -> None:
     section, _ = serve_results
     rows = {(row["variant"], row["concurrency"]): row for row in section["results"]}
-    assert set(rows) == {(name, clients) for name in VARIANTS for clients in CONCURRENCY}
+    assert set(rows) == {(name, clients) for name in MEASURED for clients in CONCURRENCY}
     for row in rows.values():
-        assert (row["requests"], row["errors"]) == (REQUESTS, 0), row
-        assert 0 < row["p50_ms"] <= row["p95_ms"] and row["throughput_rps"] > 0, row
+        assert row["errors"] == 0 and row["requests"] > 0 and row["load"] == "wrk", row
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["throughput_rps"] > 0, row
+        assert row["throughput_rps_rounds"] == [pytest.approx(row["throughput_rps"])], row  # one round
 
 
 def test_full_depth_variants_give_the_same_answers(serve_results: tuple[dict[str, Any], Path]) -> None:
     """The static graph, LitServe on onnxruntime and PyTorch, and the cascade at threshold 1 are one model."""
     answers = serve_results[0]["answers"]
     assert all((answer["images"], answer["errors"]) == (IMAGES, 0) for answer in answers.values()), answers
+    assert "balanced-oip" not in answers  # OIP variants are only timed
     accuracies = [answers[name]["accuracy"] for name in FULL_DEPTH]
     assert max(accuracies) - min(accuracies) <= 1 / IMAGES, accuracies  # one near-tie may flip between runtimes
 
@@ -123,3 +128,25 @@ def test_a_target_line_shows_a_ratio_just_over_its_bound_as_over_it() -> None:
     assert line == "MISSED p50 threshold-1 / static <= 1.05 at 1 client: 1.0504, 0.04% over the bound"
     [line] = _target_lines(rows({**check, "ratio": 2.131, "bound": 1.8, "concurrency": 32, "met": True}))
     assert line.endswith("at 32 clients: 2.1310, 18.39% over the bound")
+
+
+def test_every_variant_gets_a_second_row_on_its_tuned_server(tmp_path: Path) -> None:
+    """`--tuned-threads N`: each variant again as `<name>+tuned`, on a copy of its server with N intra-op threads
+    and onnxruntime not spinning; the first row keeps each runtime's default threading."""
+    from dynadapter.bench.serving.inputs import BenchInputs, server_commands
+    from dynadapter.bench.serving.serve import resolved_variants
+
+    config = ServeBenchConfig(variants=["balanced", "litserve-onnx"], tuned_threads=1)
+    variants = resolved_variants(None, config)
+    assert list(variants) == ["balanced", "balanced" + TUNED, "litserve-onnx", "litserve-onnx" + TUNED]
+    assert (variants["balanced" + TUNED].server, variants["balanced" + TUNED].query) == (
+        "cascade+tuned",
+        "?mode=balanced",
+    )
+    inputs = BenchInputs(tmp_path, tmp_path / "repo", "m", tmp_path / "static_run", tmp_path / "static_repo")
+    commands = server_commands(inputs, config)
+    default, tuned = commands["cascade"][0], commands["cascade" + TUNED][0]
+    assert default[default.index("--intra-op-threads") + 1] == "0" and "--allow-spinning" in default
+    assert tuned[tuned.index("--intra-op-threads") + 1] == "1" and "--no-allow-spinning" in tuned
+    litserve = commands["litserve-onnx" + TUNED][0]
+    assert litserve[litserve.index("--threads") + 1] == "1"

@@ -49,3 +49,28 @@ def test_the_port_goes_in_the_environment_where_asked() -> None:
 
 def test_the_service_tests_start_the_service_through_it() -> None:
     assert issubclass(ServiceProcess, ServerProcess)
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (state T in /proc), once a signal sent just before has had 1 s to land."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        with open(f"/proc/{pid}/stat") as stat:
+            stopped = stat.read().rsplit(")", 1)[1].split()[0] == "T"
+        if stopped or time.monotonic() > deadline:
+            return stopped
+        time.sleep(0.02)
+
+
+def test_pause_freezes_a_server_unless_it_is_not_freezable() -> None:
+    """The Triton peers are left running (`freezable = False`): thawed after a freeze, tritonserver crashed."""
+    server = started("stand-in", port_env="PORT")
+    try:
+        server.pause()
+        assert _stopped(server.process.pid)
+        server.resume()
+        server.freezable = False
+        server.pause()
+        assert not _stopped(server.process.pid)
+    finally:
+        server.stop()

@@ -51,4 +51,6 @@ def serve_args(run: Path, docs: Path, concurrency: tuple[int, ...], requests: in
         str(images),
         "--docs",
         str(docs),
+        "--tuned-threads",
+        "0",
     ]
