@@ -129,19 +129,26 @@ def serve(settings: Settings) -> None:
     except ModelLoadError as err:
         raise SystemExit(f"dynadapter serve: cannot load the model: {err}") from None
     app = create_app(settings)
-    config = uvicorn.Config(
+    server = _Server(uvicorn_config(app, settings), app.state.shutdown)
+    with suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run()
+    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
+        raise SystemExit(STARTUP_FAILURE)
+
+
+def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration of the service: one worker, the settings' address, log level and access log."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         workers=1,
         log_level=settings.log_level,
+        # Off by default: a line per request is event-loop time at every request (issue 32); the
+        # request metrics count every request and status, and errors still go to uvicorn.error.
+        access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
-    server = _Server(config, app.state.shutdown)
-    with suppress(KeyboardInterrupt):  # as uvicorn.run
-        server.run()
-    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
-        raise SystemExit(STARTUP_FAILURE)
 
 
 class _Server(uvicorn.Server):

@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lower)] = Field(
         "info", description="Log level of the service and uvicorn."
     )
+    access_log: bool = Field(
+        False,
+        description="One log line per HTTP request (uvicorn's access log); off: at hundreds of requests a second "
+        "it costs the event loop time the metrics already account for. Errors are logged either way.",
+    )
 
 
 def env_name(field: str) -> str:
