@@ -36,7 +36,7 @@ EVERY_FLAG = {
     "--api-keys": ("alpha, beta", ["alpha", "beta"]),
     "--log-level": ("DEBUG", "debug"),
     "--backend": ("openvino", "openvino"),
-    "--allow-spinning": (None, False),  # a switch: given as --no-allow-spinning
+    "--allow-spinning": (None, True),  # a switch: given as --allow-spinning
     "--access-log": (None, True),  # a switch: given as --access-log
     "--precision": ("int8", "int8"),
     "--target-p95-ms": ("80", 80.0),
