@@ -1,8 +1,9 @@
-"""Runtime threads by default: the cores this process may use (dynadapter.cpu.usable_cpus), never the host's,
-and onnxruntime's idle threads sleep rather than spin (docs/configuration.md, intra_op_threads, allow_spinning).
+"""Runtime threads by default: the cores this process may use (dynadapter.cpu.usable_cpus) less one, never the
+host's, and onnxruntime's idle threads sleep rather than spin (docs/configuration.md, intra_op_threads,
+allow_spinning).
 
-`usable_cpus` is replaced by a count other than the runtime's own default would be, so that the default
-cannot pass for it: 5 for onnxruntime (its options hold what was set, 0 for its own default), 1 for OpenVINO
+`usable_cpus` is replaced by a count other than the runtime's own default would give, so that the default
+cannot pass for it: 5 for onnxruntime (its options hold what was set, 0 for its own default), 2 for OpenVINO
 (which caps threads at the cores there are, and would otherwise take all of them).
 """
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dynadapter.service.backends import onnxruntime as ort_backend
+from dynadapter.service.backends import base
 from dynadapter.service.backends import openvino as ov_backend
 from dynadapter.service.backends.onnxruntime import OnnxRuntimeBackend
 from tests.support.tiny_onnx_model import NUM_EXITS, OPENVINO
@@ -21,12 +22,20 @@ CORES = 5
 
 @pytest.fixture
 def five_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ort_backend, "usable_cpus", lambda: CORES)
+    monkeypatch.setattr(base, "usable_cpus", lambda: CORES)
 
 
 @pytest.fixture
-def one_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ov_backend, "usable_cpus", lambda: 1)
+def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "usable_cpus", lambda: 2)
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (3, 2), (16, 15)])
+def test_the_default_leaves_one_core_to_the_event_loop_and_decoding(
+    monkeypatch: pytest.MonkeyPatch, cores: int, threads: int
+) -> None:
+    monkeypatch.setattr(base, "usable_cpus", lambda: cores)
+    assert base.default_threads() == threads
 
 
 def onnx_segments(model_repo: Path) -> list[Path]:
@@ -37,7 +46,7 @@ def test_onnxruntime_defaults_to_the_usable_cores_without_spinning(model_repo: P
     backend = OnnxRuntimeBackend(onnx_segments(model_repo))
     for segment in backend._segments:
         options = segment.session.get_session_options()
-        assert options.intra_op_num_threads == CORES
+        assert options.intra_op_num_threads == CORES - 1
         assert options.inter_op_num_threads == 1
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
@@ -53,7 +62,7 @@ def test_onnxruntime_takes_the_threads_and_spinning_it_is_given(model_repo: Path
 # Given 2 threads, OpenVINO takes them where there are 2 cores (it caps at the cores there are).
 @pytest.mark.parametrize(("threads", "expected"), [(0, 1), (2, min(2, len(os.sched_getaffinity(0))))])
 def test_openvino_runs_one_stream_on_the_usable_cores(
-    model_repo: Path, one_core: None, threads: int, expected: int
+    model_repo: Path, two_cores: None, threads: int, expected: int
 ) -> None:
     paths = [model_repo / "tiny" / "1" / f"segment_{k}.fp32.xml" for k in range(NUM_EXITS)]
     for segment in ov_backend.open_segments(paths, threads):
