@@ -5,10 +5,11 @@ whatever arrived within `max_wait_s` of the first, and runs the cascade in a wor
 event loop keeps accepting requests). The wait is adaptive, as Triton's dynamic batcher forms a batch
 at once when nothing more is queued: where the owner says how many requests are on their way
 (`coming`: admitted, their bodies still being read or decoded), a batch waits only while one is, and a
-lone request runs at once instead of waiting `max_wait_s` for company that is not coming. Every image keeps its own thresholds, so requests with
-different knobs share a batch. After each segment the images that left there are answered at once
-(exit compaction): their futures resolve on the event loop while the thread runs the next segment
-on the images still in flight.
+lone request runs at once instead of waiting `max_wait_s` for company that is not coming.
+
+Every image keeps its own thresholds, so requests with different knobs share a batch. After each
+segment the images that left there are answered at once (exit compaction): their futures resolve on
+the event loop while the thread runs the next segment on the images still in flight.
 
 A request that is cancelled (its client went away: dynadapter.service.disconnect) cancels its jobs: a
 queued job is skipped, and a running one leaves the batch before the next segment runs (the cascade

@@ -1,4 +1,4 @@
-"""``dynadapter bench threads``: the service's throughput at each runtime-thread setting, per backend, beside its default.
+"""``dynadapter bench threads``: the service's throughput at each thread setting, per backend, beside its default.
 
 The default should be within 5% of the best setting tried (issue 32, "Threads chosen by measurement").
 
