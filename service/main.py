@@ -5,6 +5,7 @@ open sessions, start a micro-batcher, warm up, per version) while /readyz answer
 """
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -108,8 +109,21 @@ async def _load(state: ServiceState) -> None:
     except Exception:  # a model that cannot be served leaves the service unready; /readyz keeps saying so
         logger.exception("loading the models failed; the service stays not ready")
         return
+    freeze_heap()
     state.ready = True
     logger.info("models %s loaded, warmed up and ready", ", ".join(state.registry.names()))
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the loaded models, the app, the imported modules) out of the garbage
+    collector's reach (`gc.freeze`), after collecting what is garbage already.
+
+    A full collection traverses every object the process holds; on the event loop it stalled every request
+    for 0.17-0.26 s about once per 1,300 requests, and 0.001 s once the start-up heap was frozen (issue 32,
+    measured with gc.callbacks on the demo model). The frozen objects are still freed by reference counting.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(settings: Settings) -> None:

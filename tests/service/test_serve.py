@@ -1,5 +1,6 @@
 """`serve` and `python -m dynadapter.service`: a real uvicorn process, its refusal of a bad model, its shutdown."""
 
+import gc
 import json
 import shutil
 import signal
@@ -131,3 +132,14 @@ def test_access_log_is_a_setting(model_repo: Path) -> None:
     app = FastAPI()
     assert main.uvicorn_config(app, Settings(model_repo=model_repo, access_log=True)).access_log is True
     assert main.uvicorn_config(app, Settings(model_repo=model_repo)).access_log is False
+
+
+def test_the_start_up_heap_is_frozen_out_of_the_garbage_collectors_reach(
+    start_client: Callable[..., object],
+) -> None:
+    gc.unfreeze()
+    try:
+        start_client()  # ready: the models are loaded
+        assert gc.get_freeze_count() > 0  # a full collection no longer traverses them
+    finally:
+        gc.unfreeze()
