@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "adapt": f"{SERVING}.adapt",
     "fewshot": f"{SUITE}.fewshot",
     "recipes": f"{SUITE}.recipes",
+    "threads": f"{SERVING}.threads",
 }
 #: `bench serve` flag -> the experiment it runs instead of the plain one (the first flag given wins)
 SERVE_EXPERIMENTS = {"photos": f"{SERVING}.photos", "precisions": f"{SERVING}.precisions"}
@@ -41,6 +42,7 @@ PAGE_SECTIONS = (
     f"{SERVING}.adapt_report",
     f"{SUITE}.fewshot",
     f"{SUITE}.recipes",
+    f"{SERVING}.threads",
 )
 
 

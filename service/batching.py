@@ -2,10 +2,14 @@
 
 Requests wait in a bounded asyncio queue; one worker takes up to `max_batch_size` of them, or
 whatever arrived within `max_wait_s` of the first, and runs the cascade in a worker thread (so the
-event loop keeps accepting requests). Every image keeps its own thresholds, so requests with
-different knobs share a batch. After each segment the images that left there are answered at once
-(exit compaction): their futures resolve on the event loop while the thread runs the next segment
-on the images still in flight.
+event loop keeps accepting requests). The wait is adaptive, as Triton's dynamic batcher forms a batch
+at once when nothing more is queued: where the owner says how many requests are on their way
+(`coming`: admitted, their bodies still being read or decoded), a batch waits only while one is, and a
+lone request runs at once instead of waiting `max_wait_s` for company that is not coming.
+
+Every image keeps its own thresholds, so requests with different knobs share a batch. After each
+segment the images that left there are answered at once (exit compaction): their futures resolve on
+the event loop while the thread runs the next segment on the images still in flight.
 
 A request that is cancelled (its client went away: dynadapter.service.disconnect) cancels its jobs: a
 queued job is skipped, and a running one leaves the batch before the next segment runs (the cascade
@@ -37,6 +41,7 @@ from dynadapter.service.tracing import ImageTrace, record_queue_waits, record_st
 logger = logging.getLogger(__name__)
 
 CancelCallback = Callable[[], None]  # one image of a cancelled request left the queue or its batch
+Coming = Callable[[], int]  # requests known to be on their way to the queue (admitted, not yet queued)
 ShadowSampler = Callable[[int], np.ndarray]  # batch size -> [B] bool: which images to shadow
 
 
@@ -94,10 +99,13 @@ class MicroBatcher:
         observers: Sequence[StageObserver] = (),
         shadow_sampler: ShadowSampler | None = None,
         on_cancel: CancelCallback | None = None,
+        coming: Coming | None = None,
     ) -> None:
         """`observers` see every stage's output on the event loop, just before its leavers are answered
         (more may `observers.subscribe`); `on_cancel` is called once per image whose request was cancelled
-        before it was answered."""
+        before it was answered. `coming`: how many requests are on their way to the queue now; a batch
+        waits for more (up to `max_wait_s`) only while it is above 0, and the owner calls `notify` when it
+        falls without a job being queued. None: nothing is known, so every batch waits the full `max_wait_s`."""
         self.observers = StageObservers(observers)
         self._runner = runner
         self._max_batch_size = max_batch_size
@@ -105,6 +113,8 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self._shadow_sampler = shadow_sampler
         self._on_cancel = on_cancel
+        self._coming = coming
+        self._changed = asyncio.Event()  # a job was queued, or `coming` fell: a waiting batch looks again
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._running: list[_Job] = []
@@ -143,6 +153,7 @@ class MicroBatcher:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFullError(self.retry_after_s()) from None
+        self._changed.set()
         # If the caller gives up (its client went away), the job is cancelled: skipped while queued, dropped
         # from its batch before the next segment while running.
         try:
@@ -169,6 +180,11 @@ class MicroBatcher:
             return await asyncio.wait_for(asyncio.shield(future), grace)
         except asyncio.TimeoutError:
             raise DeadlineError("the deadline passed before the image reached its first exit") from None
+
+    def notify(self) -> None:
+        """`coming` fell without a job being queued (a request failed before it reached the queue): a batch
+        waiting for it runs now rather than at `max_wait_s`. Harmless when nothing waits."""
+        self._changed.set()
 
     def queue_delay_s(self) -> float:
         """Expected wait of an image queued now, in seconds: the batches ahead of it times a batch's time."""
@@ -198,13 +214,18 @@ class MicroBatcher:
             except asyncio.QueueEmpty:
                 pass
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not self._more_coming():
                 break
-            try:
-                jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
+            self._changed.clear()
+            try:  # woken by the next job queued, or by `notify`; then look again
+                await asyncio.wait_for(self._changed.wait(), remaining)
             except asyncio.TimeoutError:
                 break
         return jobs
+
+    def _more_coming(self) -> bool:
+        """Whether waiting may fill the batch: requests are on their way (or nobody says, the fixed wait)."""
+        return self._coming is None or self._coming() > 0
 
     async def _run(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()

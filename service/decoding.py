@@ -9,7 +9,6 @@ Retry-After). The worst case is then a formula of the settings (`peak_bytes`).
 
 import asyncio
 import math
-import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from time import perf_counter
 from typing import TypeVar
 
 from dynadapter.contract.images import DECODE_BYTES_PER_PIXEL
+from dynadapter.cpu import usable_cpus
 from dynadapter.service.batching import QueueFullError
 
 T = TypeVar("T")
@@ -28,8 +28,9 @@ MAX_DEFAULT_WORKERS = 4
 
 
 def default_workers() -> int:
-    """The CPUs this process may run on (its affinity mask), between 1 and `MAX_DEFAULT_WORKERS`."""
-    return max(1, min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0))))
+    """The cores this process may use (dynadapter.cpu.usable_cpus: its affinity mask capped by its cgroup's CPU
+    quota), between 1 and `MAX_DEFAULT_WORKERS`."""
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cpus()))
 
 
 def peak_bytes(workers: int, queue: int, max_pixels: int, max_body_bytes: int) -> int:

@@ -23,14 +23,19 @@ class ServiceState:
     ready: bool = False  # every model of the start loaded and warmed
 
 
-def get_state(request: Request) -> ServiceState:
+# The dependencies are coroutines although nothing in them waits: FastAPI runs a plain `def` dependency on a
+# worker thread (anyio's to_thread), a thread hop per dependency per request, which profiling found to be the
+# costliest per-request work on the event loop (issue 32).
+
+
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_registry(state: StateDep) -> ModelRegistry:
+async def get_registry(state: StateDep) -> ModelRegistry:
     """The registry, once the models of the start are loaded and warm; 503 `not_ready` before."""
     if not state.ready:
         raise not_ready()
@@ -42,7 +47,7 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 _bearer = HTTPBearer(auto_error=False, description="An API key, when the service is started with API keys.")
 
 
-def require_api_key(
+async def require_api_key(
     state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """`Authorization: Bearer <key>` must carry one of the configured keys; no keys: open."""

@@ -71,7 +71,8 @@ class Engine:
         self.runner = runner
         self.memory_bytes = memory_bytes  # how much the resident memory grew while loading it
         self._metrics = metrics
-        self._inflight = 0
+        self._inflight = 0  # requests holding this version (`admitted`)
+        self._queued_requests = 0  # of those, the ones whose images are in the batcher (`classify_all`)
         self._idle = asyncio.Event()
         self._idle.set()
         self._max_pixels = settings.max_pixels
@@ -88,6 +89,7 @@ class Engine:
             observers=[self._count_stage, self._calibrate_live],
             shadow_sampler=self.live.sample if self.live is not None else None,
             on_cancel=metrics.cancelled_images.labels(self.name, self.version).inc,
+            coming=self._coming,
         )
         self.declare_metrics()
 
@@ -160,6 +162,12 @@ class Engine:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+            self._batcher.notify()  # one fewer may be coming: a batch waiting for it need not
+
+    def _coming(self) -> int:
+        """Requests admitted whose images are not queued yet (their bodies are read or decoded now): what a
+        batch waits for (the adaptive batch wait, dynadapter.service.batching)."""
+        return self._inflight - self._queued_requests
 
     async def retire(self) -> None:
         """Stop once the requests admitted on this version have finished (new ones go elsewhere)."""
@@ -249,9 +257,13 @@ class Engine:
         """
         if len(images) > self._batcher.free_slots():
             raise QueueFullError(self._batcher.retry_after_s())
-        return list(
-            await asyncio.gather(*(self._classify_at(i, image, policy, deadline) for i, image in enumerate(images)))
-        )
+        self._queued_requests += 1
+        try:
+            return list(
+                await asyncio.gather(*(self._classify_at(i, image, policy, deadline) for i, image in enumerate(images)))
+            )
+        finally:
+            self._queued_requests -= 1
 
     async def _classify_at(self, index: int, image: np.ndarray, policy: ExitPolicy, deadline: float) -> ExitResult:
         try:

@@ -5,6 +5,7 @@ open sessions, start a micro-batcher, warm up, per version) while /readyz answer
 """
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -142,8 +143,21 @@ async def _load(state: ServiceState) -> None:
     except Exception:  # a model that cannot be served leaves the service unready; /readyz keeps saying so
         logger.exception("loading the models failed; the service stays not ready")
         return
+    freeze_heap()
     state.ready = True
     logger.info("models %s loaded, warmed up and ready", ", ".join(state.registry.names()))
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the loaded models, the app, the imported modules) out of the garbage
+    collector's reach (`gc.freeze`), after collecting what is garbage already.
+
+    A full collection traverses every object the process holds; on the event loop it stalled every request
+    for 0.17-0.26 s about once per 1,300 requests, and 0.001 s once the start-up heap was frozen (issue 32,
+    measured with gc.callbacks on the demo model). The frozen objects are still freed by reference counting.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(settings: Settings) -> None:
@@ -167,19 +181,26 @@ def serve(settings: Settings) -> None:
     except ConfigError as err:
         raise SystemExit(f"dynadapter serve: {err}") from None
     app = create_app(settings, tracing, serve_grpc=settings.grpc_port > 0)
-    config = uvicorn.Config(
+    server = _Server(uvicorn_config(app, settings), app.state.shutdown)
+    with suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run()
+    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
+        raise SystemExit(STARTUP_FAILURE)
+
+
+def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration of the service: one worker, the settings' address, log level and access log."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         workers=1,
         log_level=settings.log_level,
+        # Off by default: a line per request is event-loop time spent on every request; the
+        # request metrics count every request and status, and errors still go to uvicorn.error.
+        access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
-    server = _Server(config, app.state.shutdown)
-    with suppress(KeyboardInterrupt):  # as uvicorn.run
-        server.run()
-    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
-        raise SystemExit(STARTUP_FAILURE)
 
 
 class _Server(uvicorn.Server):

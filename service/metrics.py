@@ -88,6 +88,14 @@ class ServiceMetrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.segment_batch_images = Histogram(
+            "dynadapter_segment_batch_images",
+            "Images in one run of a segment (batch occupancy): a batch's images less those that left at the exits "
+            "before it (shadowed ones included).",
+            ["model", "version", "segment"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         self.serving = Gauge(
             "dynadapter_serving_info",
             "1 for the runtime, precision and device that serve a model version (settings backend, precision).",
@@ -184,6 +192,7 @@ class ServiceMetrics:
         for k in range(num_exits):
             self.exits.labels(model, version, str(k))
             self.stage_duration.labels(model, version, str(k))
+            self.segment_batch_images.labels(model, version, str(k))
         for reason in ("confident", "deadline", "last"):
             self.exit_reasons.labels(model, version, reason)
         self.model_memory.labels(model, version).set(memory_bytes)
@@ -214,10 +223,11 @@ class ServiceMetrics:
                 gauge.remove(model, version, *labels)
 
     def record_stage(self, model: str, version: str, stage: StageOutput, manifest: Manifest) -> None:
-        """One segment's run on a batch: its time, the batch size (at stage 0) and the images that left."""
+        """One segment's run on a batch: its time, its images (the batch size at stage 0) and the images that left."""
         if stage.stage == 0:
             self.batch_size.labels(model, version).observe(stage.rows)
         self.stage_duration.labels(model, version, str(stage.stage)).observe(stage.seconds)
+        self.segment_batch_images.labels(model, version, str(stage.stage)).observe(stage.rows)
         for result in stage.exits.values():
             used = manifest.used_gflops(result.exit_index, result.skipped_heads)
             self.record_image(model, version, result.exit_index, used, manifest.gflops_full)

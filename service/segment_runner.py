@@ -81,13 +81,13 @@ class SegmentRunner:
         num_classes: int | None = None,
         io_binding: bool | None = None,
         backend: BackendName = "onnxruntime",
-        allow_spinning: bool = True,
+        allow_spinning: bool = False,
     ) -> None:
         """`backend`: onnxruntime (ONNX segments, on `providers`) or openvino (OpenVINO IR segments, CPU).
         `io_binding`: keep hidden states in OrtValues between segments; default: on CUDA only.
-        `intra_op_threads`: threads per segment run, 0 = the runtime's default. `ModelLoadError` when a
+        `intra_op_threads`: threads per segment run, 0 = the cores this process may use. `ModelLoadError` when a
         segment cannot be opened or disagrees with the manifest (`num_classes`). `allow_spinning`:
-        onnxruntime's idle threads spin (its default); off is faster on shared or small machines."""
+        onnxruntime's idle threads spin (onnxruntime's default, off here: faster on shared or small machines)."""
         # Public, so that a test can wrap it (a slow or watched model): the cascade reaches segments only here.
         self.backend: SegmentBackend = open_backend(
             backend, segment_paths, providers, intra_op_threads, num_classes, io_binding, allow_spinning
@@ -268,7 +268,7 @@ def open_backend(
     intra_op_threads: int = 0,
     num_classes: int | None = None,
     io_binding: bool | None = None,
-    allow_spinning: bool = True,
+    allow_spinning: bool = False,
 ) -> SegmentBackend:
     """Open a model's segments on the named backend (`SegmentRunner`'s arguments); `ModelLoadError`."""
     if name == "openvino":

@@ -99,12 +99,16 @@ class Settings(BaseSettings):
         "int8 force one (int8 needs segments exported with --precision fp32,int8 and OpenVINO).",
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="Runtime threads per segment run; 0: the runtime's default (one per core)."
+        0,
+        ge=0,
+        description="Runtime threads per segment run (onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS); 0: the "
+        "cores this process may use (its affinity mask, capped by its cgroup's CPU quota) less one, for the event "
+        "loop and decoding; at least 1.",
     )
     allow_spinning: bool = Field(
-        True,
-        description="onnxruntime's idle intra-op threads spin waiting for work; off (false) is faster "
-        "where cores are shared or few.",
+        False,
+        description="onnxruntime's idle intra-op threads spin waiting for work (onnxruntime's own default); off: "
+        "they sleep between batches, leaving the cores to decoding and HTTP.",
     )
     max_batch_size: int = Field(16, ge=1, description="Most images run together through the cascade.")
     max_wait_ms: float = Field(
@@ -129,7 +133,8 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         0,
         ge=0,
-        description="Images decoded at once, on their own threads; 0: the CPUs this process may use, at most 4. "
+        description="Images decoded at once, on their own threads; 0: the cores this process may use (its affinity "
+        "mask, capped by its cgroup's CPU quota), at most 4. "
         "Decoding memory peaks at decode_workers x max_pixels x 17 bytes (docs/images.md).",
     )
     decode_queue: int = Field(
@@ -194,6 +199,11 @@ class Settings(BaseSettings):
     )
     log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lower)] = Field(
         "info", description="Log level of the service and uvicorn."
+    )
+    access_log: bool = Field(
+        False,
+        description="One log line per HTTP request (uvicorn's access log); off: at hundreds of requests a second "
+        "it costs the event loop time the metrics already account for. Errors are logged either way.",
     )
 
 

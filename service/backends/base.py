@@ -9,7 +9,20 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from dynadapter.cpu import usable_cpus
+
 BackendName = Literal["onnxruntime", "openvino"]
+
+
+def default_threads() -> int:
+    """A runtime's threads when the setting intra_op_threads is 0: the cores this process may use
+    (dynadapter.cpu.usable_cpus) less one, at least 1.
+
+    The one left over runs the event loop (HTTP, answers) and the decode threads, which work while a batch
+    runs: on 2 cores, a runtime thread that shares its core with them held every segment run back (one
+    thread served 60 req/s against 42 with two, `dynadapter bench threads`, issue 32).
+    """
+    return max(1, usable_cpus() - 1)
 
 
 class SegmentBackend(Protocol):

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dynadapter.contract.model_repository import HEAD_GATE_INPUT, ModelLoadError
-from dynadapter.service.backends.base import BackendName
+from dynadapter.service.backends.base import BackendName, default_threads
 
 logger = logging.getLogger(__name__)
 
@@ -173,14 +173,18 @@ class OnnxRuntimeBackend:
         intra_op_threads: int = 0,
         num_classes: int | None = None,
         io_binding: bool | None = None,
-        allow_spinning: bool = True,
+        allow_spinning: bool = False,
     ) -> None:
         """`io_binding`: keep hidden states in OrtValues between segments; default: on CUDA only.
-        `intra_op_threads`: threads per segment run, 0 = onnxruntime's default. `allow_spinning`: its idle
-        threads spin (its default); off is faster on shared or small machines. `ModelLoadError` when a
-        segment cannot be opened or disagrees with the manifest (`num_classes`)."""
+        `intra_op_threads`: threads per segment run, 0 = `base.default_threads` (the cores this process may use,
+        less one). `allow_spinning`: idle threads spin waiting for work (onnxruntime's own
+        default); off by default here, since the batcher idles between batches and the decode threads and
+        the event loop need the cores meanwhile. `ModelLoadError` when a segment cannot be opened or
+        disagrees with the manifest (`num_classes`)."""
         options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
+        # onnxruntime's own default is one thread per physical core of the host, blind to a container's
+        # CPU quota and to the event loop's and decoders' share.
+        options.intra_op_num_threads = intra_op_threads or default_threads()
         options.inter_op_num_threads = 1  # a segment is one chain of blocks; no parallel branches
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         options.log_severity_level = _ORT_ERROR

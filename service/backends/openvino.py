@@ -8,7 +8,9 @@ needs), and `run` picks one per batch. Hidden states stay numpy arrays in host m
 
 Every model is compiled with fp32 inference precision: OpenVINO would otherwise pick bf16 on CPUs
 that have it, which is slower without AMX and changes the numbers; int8 IR runs its int8 kernels
-either way. One stream with all threads: the micro-batcher runs one batch at a time.
+either way. One stream, latency hint (the micro-batcher runs one batch at a time), with the cores this process
+may use less one (`base.default_threads`: its affinity mask capped by its cgroup's CPU quota; the one left runs
+the event loop and decoding).
 """
 
 from collections.abc import Sequence
@@ -20,7 +22,7 @@ import numpy as np
 
 from dynadapter.contract.model_repository import HIDDEN_OUTPUT, LOGITS_OUTPUT, ModelLoadError
 from dynadapter.cpu import cpu_info
-from dynadapter.service.backends.base import BackendName
+from dynadapter.service.backends.base import BackendName, default_threads
 
 DEVICE = "CPU"
 
@@ -90,13 +92,17 @@ class OpenVinoBackend:
 
 def open_segments(paths: Sequence[Path], threads: int = 0, num_classes: int | None = None) -> list[OpenVinoSegment]:
     """Compile every IR segment (``segment_k.<precision>.xml``); `ModelLoadError` when one cannot be
-    read or has other outputs or classes than the manifest says. ``threads``: 0 = OpenVINO's default."""
+    read or has other outputs or classes than the manifest says. ``threads``: 0 = `base.default_threads()`."""
     import openvino as ov
 
     core = ov.Core()
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "NUM_STREAMS": 1,  # one batch at a time: a second stream would only split the cores
+        "PERFORMANCE_HINT": "LATENCY",
+        # OpenVINO's own default counts the host's cores, not a container's CPU quota.
+        "INFERENCE_NUM_THREADS": threads or default_threads(),
+    }
     segments = []
     for k, path in enumerate(paths):
         last = k == len(paths) - 1

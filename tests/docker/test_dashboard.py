@@ -24,6 +24,7 @@ DOCUMENTED_METRICS = {
     "dynadapter_flops_saved_total": ("counter", {"model", "version"}),
     "dynadapter_stage_duration_seconds": ("histogram", {"model", "version", "stage"}),
     "dynadapter_batch_size": ("histogram", {"model", "version"}),
+    "dynadapter_segment_batch_images": ("histogram", {"model", "version", "segment"}),  # issue #32
     "dynadapter_inflight_requests": ("gauge", {"model", "version"}),
     "dynadapter_cancelled_images_total": ("counter", {"model", "version"}),  # issue #30
     "dynadapter_model_memory_bytes": ("gauge", {"model", "version"}),

@@ -18,6 +18,7 @@ CONTRACT = {
     "dynadapter_flops_saved": ("counter", {"model", "version"}),
     "dynadapter_stage_duration_seconds": ("histogram", {"model", "version", "stage"}),
     "dynadapter_batch_size": ("histogram", {"model", "version"}),
+    "dynadapter_segment_batch_images": ("histogram", {"model", "version", "segment"}),
     "dynadapter_inflight_requests": ("gauge", {"model", "version"}),
     "dynadapter_model_memory_bytes": ("gauge", {"model", "version"}),
     "dynadapter_serving_info": ("gauge", {"model", "version", "backend", "precision", "device"}),

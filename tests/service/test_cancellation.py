@@ -5,6 +5,7 @@ Against real uvicorn servers: in a thread of this process where the test holds t
 (the tiny model is too fast to catch in the middle), and as a child process for SIGTERM.
 """
 
+import asyncio
 import json
 import signal
 import socket
@@ -90,21 +91,45 @@ def classify_request(count: int) -> tuple[str, dict[str, str], bytes]:
     return "/classify?threshold=1", {"content-type": built.headers["content-type"]}, built.read()
 
 
+class HeldFirstRequest:
+    """Wraps an engine's `classify_all`: the first request waits at it (admitted, its images not queued: a batch
+    waits for it) until `release`; `queued` is set as the second request's images are queued."""
+
+    def __init__(self, engine: Any) -> None:
+        self._classify_all = engine.classify_all
+        self.holding, self.release, self.queued = threading.Event(), threading.Event(), threading.Event()
+        engine.classify_all = self
+
+    async def __call__(self, *args: Any) -> Any:
+        first = not self.holding.is_set()
+        if first:
+            self.holding.set()
+            await asyncio.to_thread(self.release.wait, 20)
+        else:
+            self.queued.set()  # the images are queued in this same step of the event loop
+        return await self._classify_all(*args)
+
+
 @pytest.mark.parametrize("build", [oip_request, classify_request], ids=["oip", "classify"])
 def test_a_client_that_disconnects_leaves_the_batch_before_the_next_segment(model_repo: Path, build: Any) -> None:
-    # Three images make a full batch at once (max_batch_size 3); a long max_wait_ms never cuts it short.
+    # Three images make a full batch (max_batch_size 3): the stayer is held, admitted, until the leaver's two
+    # images are queued, and their batch waits for it (a long max_wait_ms never cuts that short).
     settings = Settings(model_repo=model_repo, providers="cpu", intra_op_threads=1, max_batch_size=3, max_wait_ms=5000)
     app = create_app(settings)
     with uvicorn_thread(app) as (url, _), ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url) as http:
-        gate = SegmentGate(app.state.service.registry.get().runner)
+        engine = app.state.service.registry.get()
+        gate, held = SegmentGate(engine.runner), HeldFirstRequest(engine)
         before = samples(http)
+        path, headers, body = build(1)
+        stayer = pool.submit(http.post, path, content=body, headers=headers, timeout=30)
+        assert held.holding.wait(20), "the stayer never got to its images"
         host, port = url.removeprefix("http://").split(":")
         leaver = socket.create_connection((host, int(port)))
         path, headers, body = build(2)
         head = "".join(f"{name}: {text}\r\n" for name, text in headers.items())
         leaver.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        path, headers, body = build(1)
-        stayer = pool.submit(http.post, path, content=body, headers=headers, timeout=30)
+        assert held.queued.wait(20), "the leaver's images were never queued"
+        held.release.set()
         assert gate.entered.wait(20), "the batch never started"
         leaver.close()  # while segment 0 runs on all three images
         for _ in range(400):  # the server answers the leaver 499 (into the void) once it sees it gone

@@ -1,12 +1,13 @@
 """`serve` and `python -m dynadapter.service`: a real uvicorn process, its refusal of a bad model, its shutdown."""
 
+import gc
 import json
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -86,10 +87,17 @@ def test_python_m_service_serves_and_shuts_down_cleanly(model_repo: Path) -> Non
 
 
 def test_sigterm_lets_the_request_in_flight_finish(model_repo: Path) -> None:
-    # A lone request waits max_wait_ms for company: a window in which to send SIGTERM.
-    with serving(model_repo, max_wait_ms="2000", max_batch_size="8") as server, ThreadPoolExecutor(1) as pool:
+    # A body that arrives slowly (its second half 2 s after the first): a window in which to send SIGTERM.
+    data = png_bytes(0)
+
+    def slow_body() -> Iterator[bytes]:
+        yield data[:20]
+        time.sleep(2.0)
+        yield data[20:]
+
+    with serving(model_repo) as server, ThreadPoolExecutor(1) as pool:
         start = time.monotonic()
-        pending = pool.submit(httpx.post, f"{server.url}/classify", content=png_bytes(0), headers=IMAGE, timeout=30)
+        pending = pool.submit(httpx.post, f"{server.url}/classify", content=slow_body(), headers=IMAGE, timeout=30)
         while (
             'dynadapter_inflight_requests{model="tiny",version="1"} 1.0' not in httpx.get(f"{server.url}/metrics").text
         ):
@@ -99,7 +107,7 @@ def test_sigterm_lets_the_request_in_flight_finish(model_repo: Path) -> None:
         response = pending.result()
         returncode = server.stop()
     assert response.status_code == 200, response.text
-    assert time.monotonic() - start >= 2.0  # it really was answered after the batch wait, not cut short
+    assert time.monotonic() - start >= 2.0  # it really was answered after its whole body, not cut short
     assert_clean_exit(returncode, server.output)
 
 
@@ -117,3 +125,21 @@ def test_one_worker_per_process(monkeypatch: pytest.MonkeyPatch, model_repo: Pat
     (config,) = configs
     assert isinstance(config.app, FastAPI)
     assert config.workers == 1 and config.timeout_graceful_shutdown == 7
+    assert config.access_log is False  # no line per request unless access_log is set
+
+
+def test_access_log_is_a_setting(model_repo: Path) -> None:
+    app = FastAPI()
+    assert main.uvicorn_config(app, Settings(model_repo=model_repo, access_log=True)).access_log is True
+    assert main.uvicorn_config(app, Settings(model_repo=model_repo)).access_log is False
+
+
+def test_the_start_up_heap_is_frozen_out_of_the_garbage_collectors_reach(
+    start_client: Callable[..., object],
+) -> None:
+    gc.unfreeze()
+    try:
+        start_client()  # ready: the models are loaded
+        assert gc.get_freeze_count() > 0  # a full collection no longer traverses them
+    finally:
+        gc.unfreeze()

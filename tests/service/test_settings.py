@@ -37,7 +37,8 @@ EVERY_FLAG = {
     "--api-keys": ("alpha, beta", ["alpha", "beta"]),
     "--log-level": ("DEBUG", "debug"),
     "--backend": ("openvino", "openvino"),
-    "--allow-spinning": (None, False),  # a switch: given as --no-allow-spinning
+    "--allow-spinning": (None, True),  # a switch: given as --allow-spinning
+    "--access-log": (None, True),  # a switch: given as --access-log
     "--precision": ("int8", "int8"),
     "--target-p95-ms": ("80", 80.0),
     "--accuracy-floor": ("0.9", "0.9"),
@@ -62,8 +63,8 @@ def test_every_setting_has_a_flag(parser: argparse.ArgumentParser) -> None:
     assert set(EVERY_FLAG) == {flag_name(name) for name in Settings.model_fields}
     argv = [
         item
-        for flag, (text, _) in EVERY_FLAG.items()
-        for item in ((flag, text) if text is not None else ("--no-" + flag[2:],))
+        for flag, (text, expected) in EVERY_FLAG.items()
+        for item in ((flag, text) if text is not None else (flag if expected else "--no-" + flag[2:],))
     ]
     settings = settings_from_args(parser.parse_args(argv))
     for flag, (_, expected) in EVERY_FLAG.items():
