@@ -114,9 +114,9 @@ def test_a_few_shot_runs_recorded_train_split_is_its_k_images_a_class(tmp_path) 
     images the run trained on. It had read the whole builtin train split of a few-shot run: the
     1-shot frozen probe on digits was fitted on all 800 images and scored 93.9%."""
     from dynadapter.contract import Preprocessing
+    from dynadapter.models.dynamic_vit import DynamicViTConfig
     from dynadapter.training.data import read_dataset, run_split
     from dynadapter.training.options import TrainOptions
-    from dynadapter.models.dynamic_vit import DynamicViTConfig
     from dynadapter.training.run_dir import BackboneSpec, RunConfig
 
     opts = TrainOptions(data="builtin:digits", out=tmp_path, shots=2, seed=3)
