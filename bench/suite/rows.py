@@ -259,3 +259,47 @@ class DataSection(Row):
     rows: list[DataRow]
     model_images_per_s: int | float | None = None
     note: str | None = None
+
+
+class ModeSpread(Row):
+    """The 5th-95th percentile of a mode's threshold over the bootstrap resamples (calibration's ``spread``);
+    None where the mode was calibrated without resampling."""
+
+    threshold_low: float | None = None
+    threshold_high: float | None = None
+
+
+class EvalMode(Row):
+    """A calibrated mode as a run's reports hold it (``eval_<split>.json``'s ``modes`` and ``calibrated``, and
+    calibration.json's ``modes``): its threshold in [0, 1], accuracy (0..1) and mean GFLOPs per image on the
+    split (None where the report does not say), and the bootstrap ``spread`` of the threshold."""
+
+    threshold: float
+    accuracy: float
+    gflops: float | None = None
+    spread: ModeSpread | None = None
+
+
+class SweepPoint(Row):
+    """A threshold of the eval sweep: mean GFLOPs per image and accuracy (0..1)."""
+
+    gflops: float
+    accuracy: float
+
+
+class EvalReport(Row):
+    """What the suite reads of ``training.evaluate``'s report on a split: each exit's accuracy and the
+    cumulative GFLOPs per image at each exit; for a dynamic model the calibrated modes, the threshold sweep and
+    (where calibration ran on this report's run) the modes on the validation split."""
+
+    exit_accuracy: list[float]
+    cumulative_gflops: list[float]
+    modes: dict[str, EvalMode] = {}
+    sweep: list[SweepPoint] = []
+    calibrated: dict[str, EvalMode] | None = None
+
+
+class Calibration(Row):
+    """calibration.json as the suite reads it: the named modes."""
+
+    modes: dict[str, EvalMode]
