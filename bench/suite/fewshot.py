@@ -18,7 +18,7 @@ from statistics import fmean
 from typing import Any
 
 from dynadapter.bench.suite.flags import add_recipe_arguments, seed_list, suite_config
-from dynadapter.bench.suite.rows import FewshotPoint, FewshotSection
+from dynadapter.bench.suite.rows import CellResult, FewshotPoint, FewshotSection
 from dynadapter.errors import ConfigError
 
 RESULT_KEYS = ("fewshot",)
@@ -87,17 +87,19 @@ def run(args: argparse.Namespace) -> None:
     print(render_markdown(publish(cells.run_suite(todo, config, trainable, publish))))
 
 
-def arm_point(variant: str, result: dict[str, Any]) -> dict[str, float]:
+def arm_point(variant: str, result: dict[str, Any]) -> dict[str, float | None]:
     """One cell's (accuracy, shifted accuracy, GFLOPs): Dyn-Adapter at ``balanced``, the static model at
     its last exit, the probe at its block chosen on val."""
+    cell = CellResult.model_validate(result)
     if variant == "dyn":
-        balanced = result["modes"]["balanced"]
-        shifted = result["shifted"]["modes"]["balanced"]["acc"]
-        return {"acc": balanced["acc"], "shifted_acc": shifted, "gflops": balanced["gflops"]}
+        balanced = cell.balanced()
+        return {"acc": balanced.acc, "shifted_acc": cell.shifted.modes["balanced"].acc, "gflops": balanced.gflops}
     if variant == "probe":
-        p = result["probe"]
-        return {"acc": p["acc"], "shifted_acc": p["shifted_acc"], "gflops": p["gflops"], "block": p["block"]}
-    return {"acc": result["acc"], "shifted_acc": result["shifted"]["acc"], "gflops": result["gflops"]}
+        if cell.probe is None:
+            raise ValueError("a probe cell without its probe choice")
+        p = cell.probe
+        return {"acc": p.acc, "shifted_acc": p.shifted_acc, "gflops": p.gflops, "block": p.block}
+    return {"acc": cell.acc, "shifted_acc": cell.shifted.acc, "gflops": cell.gflops}
 
 
 def fewshot_section(

@@ -19,7 +19,7 @@ from statistics import fmean
 from typing import Any
 
 from dynadapter.bench.suite.flags import DEFAULT_EPOCHS, DEFAULT_TASKS, add_recipe_arguments, seed_list, suite_config
-from dynadapter.bench.suite.rows import RecipePoint, RecipesSection
+from dynadapter.bench.suite.rows import CellResult, RecipePoint, RecipesSection
 from dynadapter.errors import ConfigError
 
 RESULT_KEYS = ("recipes",)
@@ -126,13 +126,15 @@ def _train_args(recipe: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe.items() if k not in SUITE_FIELDS}
 
 
-def recipe_point(result: dict[str, Any]) -> dict[str, float]:
+def recipe_point(result: dict[str, Any]) -> dict[str, float | None]:
     """A Dyn-Adapter cell at ``balanced``: validation, test and shifted-test accuracy, FLOPs saved."""
+    cell = CellResult.model_validate(result)
+    balanced = cell.balanced()
     return {
-        "val_acc": result["val_modes"]["balanced"]["acc"],
-        "acc": result["modes"]["balanced"]["acc"],
-        "shifted_acc": result["shifted"]["modes"]["balanced"]["acc"],
-        "saved": result["modes"]["balanced"]["saved"],
+        "val_acc": cell.val_modes["balanced"].acc,
+        "acc": balanced.acc,
+        "shifted_acc": cell.shifted.modes["balanced"].acc,
+        "saved": balanced.saved,
     }
 
 

@@ -303,3 +303,39 @@ class Calibration(Row):
     """calibration.json as the suite reads it: the named modes."""
 
     modes: dict[str, EvalMode]
+
+
+class ShiftedResult(Row):
+    """A cell's numbers on the shifted test split (``cells.summarize_shifted``): last-exit accuracy and, for a
+    dynamic model, each mode's accuracy and GFLOPs at the clean validation split's thresholds."""
+
+    acc: float | None = None
+    modes: dict[str, ModeResult] = {}
+
+
+class ProbeChoice(Row):
+    """The frozen probe at its block best on val (``cells.probe_choice``): that block, accuracies (0..1) and
+    GFLOPs per image."""
+
+    block: int
+    acc: float
+    shifted_acc: float
+    gflops: float
+
+
+class CellResult(Row):
+    """What the experiments read of a finished cell's result (``cells.run_cell``): last-exit test accuracy and
+    GFLOPs, the modes on test (``modes``) and on validation (``val_modes``), the shifted split, the probe."""
+
+    acc: float | None = None
+    gflops: float | None = None
+    modes: dict[str, ModeResult] = {}
+    val_modes: dict[str, ModeResult] = {}
+    shifted: ShiftedResult = ShiftedResult()
+    probe: ProbeChoice | None = None
+
+    def balanced(self) -> ModeResult:
+        """The ``balanced`` mode on test; ValueError for a cell without modes (a static or probe cell)."""
+        if "balanced" not in self.modes:
+            raise ValueError("a cell without calibrated modes has no balanced point")
+        return self.modes["balanced"]
