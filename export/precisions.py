@@ -42,7 +42,6 @@ from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflo
 from dynadapter.training.calibration import calibrate, recorded_resampling
 from dynadapter.training.data import run_split
 from dynadapter.training.evaluate import loader_logits
-from dynadapter.training.options import TrainOptions
 from dynadapter.training.run_dir import Run
 
 log = logging.getLogger(__name__)
@@ -231,7 +230,7 @@ def _source(run: Run, split: str) -> Any:
 
 
 def _images(run: Run, source: Any, indices: Iterable[int]) -> np.ndarray:
-    max_pixels = run.config.train.get("max_pixels", TrainOptions.model_fields["max_pixels"].default)
+    max_pixels = run.config.train.max_pixels
     return np.stack([source.load(int(i), run.preprocessing, max_pixels) for i in indices]).astype(np.float32)
 
 
@@ -248,7 +247,7 @@ def _calibration_set(run: Run) -> tuple[np.ndarray, dict[str, object]]:
         "calibration_set": {
             "data": run.config.data,
             "split": "train",
-            "seed": run.config.train["seed"],
+            "seed": run.config.train.seed,
             "num_images": count,
             "indices": [int(i) for i in indices],
         },

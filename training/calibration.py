@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from dynadapter.contract import exit_indices, softmax
+from dynadapter.training.options import TrainOptions
 
 #: Fine near 1: a well-trained exit's confidences crowd there.
 THRESHOLD_GRID = np.unique(np.round(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.logspace(-5, -2, 13)]), 6))
@@ -284,12 +285,10 @@ def spread_text(mode: dict[str, Any]) -> str:
     )
 
 
-def recorded_resampling(train: dict[str, Any]) -> dict[str, int]:
+def recorded_resampling(train: TrainOptions) -> dict[str, int]:
     """``calibrate``'s ``resamples`` and ``seed`` from a run's recorded training options (config.json's
-    ``train``): its ``calibration_resamples`` (the default for runs recorded before it existed) and
-    its ``seed``."""
-    resamples = int(train.get("calibration_resamples", BOOTSTRAP_RESAMPLES))
-    return {"resamples": resamples, "seed": int(train.get("seed", 0))}
+    ``train``; a run recorded before ``calibration_resamples`` existed reads its default, `BOOTSTRAP_RESAMPLES`)."""
+    return {"resamples": train.calibration_resamples, "seed": train.seed}
 
 
 def calibrate(

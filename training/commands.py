@@ -40,8 +40,8 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
     if getattr(args, "resume", None) is not None:
         from dynadapter.training.run_dir import read_config
 
-        recorded = {**read_config(args.resume).train, "resume": args.resume, "out": args.resume}
-        return TrainOptions(**recorded)
+        recorded = read_config(args.resume).train.record()
+        return TrainOptions(**{**recorded, "resume": args.resume, "out": args.resume})
     missing = [f"--{name}" for name in ("data", "out") if not hasattr(args, name)]
     if missing:
         raise ConfigError(f"{' and '.join(missing)} required (or --resume RUN_DIR to continue a run)")

@@ -14,7 +14,6 @@ from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflo
 from dynadapter.training import run_dir as rd
 from dynadapter.training.calibration import calibrate, recorded_resampling, sweep
 from dynadapter.training.data import ImageDataset, run_split, stream
-from dynadapter.training.options import TrainOptions
 from dynadapter.training.plots import plot_accuracy_vs_gflops
 from dynadapter.training.run_dir import Run, load_run
 
@@ -49,10 +48,8 @@ def split_logits(run: Run, data: str | None, split: str, workers: int = 2) -> tu
     if len(source) == 0:
         raise DataError(f"the {split} split of {data or run.config.data} is empty (try --split val)")
     train = run.config.train
-    dataset = ImageDataset(
-        source, run.preprocessing, train.get("max_pixels", TrainOptions.model_fields["max_pixels"].default)
-    )
-    return loader_logits(run.model, stream(dataset, min(workers, train.get("workers", workers))))
+    dataset = ImageDataset(source, run.preprocessing, train.max_pixels)
+    return loader_logits(run.model, stream(dataset, min(workers, train.workers)))
 
 
 def evaluate_run(

@@ -12,24 +12,47 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
 from dynadapter.contract import Preprocessing
 from dynadapter.errors import RunDirError
-from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig
+from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
+from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
 from dynadapter.training.backbones import create_backbone, load_timm_weights
+from dynadapter.training.backward_sparsity import BackwardSparsity
+from dynadapter.training.options import TrainOptions
 
 CONFIG, CHECKPOINT, METRICS, CALIBRATION = "config.json", "checkpoint.safetensors", "metrics.jsonl", "calibration.json"
-#: The version of config.json this code writes and the newest it reads.
-RUN_CONFIG_VERSION = 1
+#: The version of config.json this code writes and the newest it reads. 2: ``model`` and ``train`` are typed
+#: (`DynamicViTConfig`, `TrainOptions`); version 1 files are migrated when read (`migrate_v1`).
+RUN_CONFIG_VERSION = 2
+
+#: Version 1's grouped training options (``{"prioritization": {"gamma": ...}, ...}``, written before the options
+#: were flat) -> the `TrainOptions` field that replaced each.
+V1_GROUPED_OPTIONS: dict[tuple[str, str], str] = {
+    ("prioritization", "gamma"): "loss_gamma",
+    ("prioritization", "distill_weight"): "distill",
+    ("forward_sparsity", "shallow"): "forward_sparsity",
+    ("backward_sparsity", "rate"): "backward_sparsity",
+}
+#: Version 1's grouped options that are no longer options: the value today's trainer always uses. A recorded
+#: value equal to it is dropped (the run is what a re-run does); another is kept in ``obsolete_train``.
+V1_FIXED_OPTIONS: dict[tuple[str, str], Any] = {
+    ("prioritization", "temperature"): AdaptivePrioritization.temperature,
+    ("forward_sparsity", "deep"): ForwardSparsity.deep,  # the model's record (``model.forward_sparsity``) keeps it
+    ("backward_sparsity", "rescale"): BackwardSparsity.rescale,
+}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,9 +90,11 @@ class RunConfig(BaseModel):
     """config.json: what rebuilds a run's model and what it was trained on (README "Command line").
 
     ``version`` is the file's schema version (`RUN_CONFIG_VERSION`); files written before it was named
-    carry it as ``format``. ``train`` holds the options as the run recorded them (`TrainOptions.record`),
-    kept as written: options renamed or removed since would not validate today, and an old run must
-    still load. Unknown keys, a newer version or a field of the wrong type are refused.
+    carry it as ``format``. ``model`` rebuilds the model around the backbone; ``train`` holds the options the
+    run was trained with (options a run did not record read as today's defaults, as ``--resume`` takes them).
+    Older versions are migrated when read (`migrate_v1`); ``obsolete_train`` keeps, as recorded, the options an
+    older dynadapter had that this one has no counterpart for (not applied by ``--resume``). Unknown keys, a
+    newer version or a field of the wrong type are refused.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -79,12 +104,20 @@ class RunConfig(BaseModel):
     labels: list[str]
     preprocessing: Preprocessing
     backbone: BackboneSpec
-    model: dict[str, Any]  # DynamicViTConfig.to_dict()
-    train: dict[str, Any]
+    model: DynamicViTConfig
+    train: TrainOptions
+    obsolete_train: dict[str, Any] = {}
     data_summary: dict[str, Any] | None = None  # images per class and split (training/data/sources.py summary)
     world_size: int = 1
     device: str | None = None
     device_name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("version", data.get("format")) == 1:
+            return migrate_v1(data)
+        return data
 
     @field_validator("version")
     @classmethod
@@ -94,6 +127,27 @@ class RunConfig(BaseModel):
                 f"version {version} is not one this dynadapter reads (1 to {RUN_CONFIG_VERSION}): upgrade dynadapter"
             )
         return version
+
+
+def migrate_v1(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 config.json as version 2: ``train``'s grouped options flattened to today's `TrainOptions`
+    fields (`V1_GROUPED_OPTIONS`); grouped knobs fixed since (`V1_FIXED_OPTIONS`) dropped where they hold
+    today's value; every other option `TrainOptions` does not know moved to ``obsolete_train`` (a grouped one
+    as ``group.key``). ``model`` reads as it was (`DynamicViTConfig` has every field it had)."""
+    migrated = {k: v for k, v in recorded.items() if k not in ("format", "version")}
+    train, obsolete = {}, dict(recorded.get("obsolete_train", {}))
+    for name, value in dict(recorded.get("train", {})).items():
+        if isinstance(value, dict) and any(group == name for group, _ in V1_GROUPED_OPTIONS):
+            for key, item in value.items():
+                if (name, key) in V1_GROUPED_OPTIONS:
+                    train[V1_GROUPED_OPTIONS[name, key]] = item
+                elif (name, key) not in V1_FIXED_OPTIONS or V1_FIXED_OPTIONS[name, key] != item:
+                    obsolete[f"{name}.{key}"] = item
+        elif name in TrainOptions.model_fields:
+            train[name] = value
+        else:
+            obsolete[name] = value
+    return migrated | {"version": RUN_CONFIG_VERSION, "train": train, "obsolete_train": obsolete}
 
 
 @dataclass
@@ -116,17 +170,25 @@ def write_config(run_dir: Path, config: RunConfig) -> None:
 
 
 def read_config(run_dir: Path) -> RunConfig:
-    """config.json of a run directory; RunDirError (one line) if it is missing, of a newer version,
-    or holds a field that does not fit `RunConfig`."""
+    """config.json of a run directory, an older version migrated (`migrate_v1`; a warning names the options
+    kept in ``obsolete_train``); RunDirError (one line) if it is missing, of a newer version, or holds a
+    field that does not fit `RunConfig`."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a run directory (needs {CONFIG} and {CHECKPOINT})")
     try:
-        return RunConfig.model_validate_json(path.read_text(encoding="utf-8"))
+        config = RunConfig.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(the file)"
         raise RunDirError(f"{path}: {where}: {first['msg']}") from None
+    if config.obsolete_train:
+        log.warning(
+            "%s records training options this dynadapter no longer has (kept, not applied): %s",
+            path,
+            ", ".join(f"{k}={v!r}" for k, v in config.obsolete_train.items()),
+        )
+    return config
 
 
 def save_checkpoint(run_dir: Path, model: DynamicViT) -> None:
@@ -199,7 +261,7 @@ def load_run(run_dir: Path) -> Run:
     if not checkpoint_path(run_dir).is_file():
         raise RunDirError(f"{run_dir} is not a run directory (needs {CONFIG} and {CHECKPOINT})")
     config = read_config(run_dir)
-    model = build_model(config.backbone, DynamicViTConfig(**config.model))
+    model = build_model(config.backbone, config.model)
     model.load_trainable_state_dict(read_checkpoint(run_dir))
     return Run(model.eval(), config, config.labels, config.preprocessing, run_dir)
 

@@ -15,6 +15,7 @@ from dynadapter.bench.lab.load import Sample
 from dynadapter.bench.lab.machine import machine
 from dynadapter.bench.lab.results import fmt
 from dynadapter.bench.serving.adapt_setup import DRIFT, AdaptBenchConfig, AdaptInputs, References, Run
+from dynadapter.bench.serving.rows import AdaptSection, AdaptStep, Drift, Ramp
 
 #: the section of docs/results.json this experiment writes and renders
 RESULT_KEYS = ("adapt",)
@@ -291,53 +292,53 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def _answered(row: dict[str, Any]) -> str:
-    return f"{row['requests'] - row['errors']}/{row['requests']}"
+def _answered(row: AdaptStep) -> str:
+    return f"{row.answered}/{row.requests}"
 
 
-def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
+def _ramp_lines(ramp: Ramp) -> list[str]:
     rows = [
         [
             name,
-            str(s["clients"]),
-            fmt(s["p95_ms"]),
-            fmt(s["throughput_rps"]),
-            fmt(s["accuracy"], 3),
-            fmt(s.get("floor_accuracy"), 3),
-            fmt(s["agreement"], 3),
-            fmt(s["threshold"], 3),
-            str(s["exit_reasons"].get("deadline", 0)),
+            str(s.clients),
+            fmt(s.p95_ms),
+            fmt(s.throughput_rps),
+            fmt(s.accuracy, 3),
+            fmt(s.floor_accuracy, 3),
+            fmt(s.agreement, 3),
+            fmt(s.threshold, 3),
+            str(s.exit_reasons.get("deadline", 0)),
             _answered(s),
         ]
-        for name, steps in ramp["steps"].items()
+        for name, steps in ramp.steps.items()
         for s in steps
     ]
     return _table(RAMP_HEADER, rows)
 
 
-def _ramp_target(ramp: dict[str, Any]) -> str:
-    v, target = ramp["verdict"], ramp["target_p95_ms"]
-    verdict = "met" if v["met"] else "MISSED"
+def _ramp_target(ramp: Ramp) -> str:
+    v, target = ramp.verdict, ramp.target_p95_ms
+    verdict = "met" if v.met else "MISSED"
     head = f"{verdict}: controller p95 <= {target:.1f} ms up to 2x the load where fixed balanced exceeds it"
-    if v["balanced_exceeds_at"] is None:
-        return f"{head}: {v['why']} (the controller held up to {v['controller_holds_up_to']} clients)"
+    if v.balanced_exceeds_at is None:
+        return f"{head}: {v.why} (the controller held up to {v.controller_holds_up_to} clients)"
     text = (
-        f"{head}, with accuracy >= the floor ({ramp['accuracy_floor']}): balanced exceeds it at "
-        f"{v['balanced_exceeds_at']} clients, so the controller must hold to {v['required_clients']}; it holds up to "
-        f"{v['controller_holds_up_to']}; its worst p95 up to {v['required_clients']} clients is "
-        f"{fmt(v['worst_p95_ms'])} ms ({fmt(v['worst_p95_over_target'], 2)}x the target), its lowest accuracy "
-        f"margin over the floor {fmt(v['lowest_accuracy_margin'], 3)}"
+        f"{head}, with accuracy >= the floor ({ramp.accuracy_floor}): balanced exceeds it at "
+        f"{v.balanced_exceeds_at} clients, so the controller must hold to {v.required_clients}; it holds up to "
+        f"{v.controller_holds_up_to}; its worst p95 up to {v.required_clients} clients is "
+        f"{fmt(v.worst_p95_ms)} ms ({fmt(v.worst_p95_over_target, 2)}x the target), its lowest accuracy "
+        f"margin over the floor {fmt(v.lowest_accuracy_margin, 3)}"
     )
-    return text + (f" ({v['why']})" if v["why"] else "")
+    return text + (f" ({v.why})" if v.why else "")
 
 
-def _saturation_text(ramp: dict[str, Any]) -> str:
+def _saturation_text(ramp: Ramp) -> str:
     """Why a closed loop needs throughput: past saturation p95 ~ clients / throughput."""
-    since = ramp["verdict"]["balanced_exceeds_at"]
+    since = ramp.verdict.balanced_exceeds_at
     if since is None:
         return ""
     mean = {
-        name: np.mean([s["throughput_rps"] for s in ramp["steps"][name] if s["clients"] >= since])
+        name: np.mean([s.throughput_rps for s in ramp.steps[name] if s.clients is not None and s.clients >= since])
         for name in ("controller", "balanced", "threshold-1")
     }
     return (
@@ -351,9 +352,9 @@ def _saturation_text(ramp: dict[str, Any]) -> str:
     )
 
 
-def _floor_text(ramp: dict[str, Any]) -> str:
+def _floor_text(ramp: Ramp) -> str:
     """Why accuracy can fall under a mode floor: the controller's points are chosen by validation accuracy."""
-    margin = ramp["verdict"].get("lowest_accuracy_margin")
+    margin = ramp.verdict.lowest_accuracy_margin
     if margin is None or margin >= 0:
         return ""
     return (
@@ -363,69 +364,69 @@ def _floor_text(ramp: dict[str, Any]) -> str:
     )
 
 
-def _drift_cost_text(drift: dict[str, Any]) -> str:
+def _drift_cost_text(drift: Drift) -> str:
     """What the live server paid for its agreement in the drifted phase: threshold and throughput."""
-    live, fixed = (drift["phases"][name][1] for name in ("live", "fixed"))
-    ratio = live["throughput_rps"] / fixed["throughput_rps"]
+    live, fixed = (drift.phases[name][1] for name in ("live", "fixed"))
+    ratio = (live.throughput_rps or 0.0) / (fixed.throughput_rps or float("nan"))
     return (
-        f"In the drifted phase the live server answered at a mean threshold of {fmt(live['threshold'], 3)} "
-        f"(fixed: {fmt(fixed['threshold'], 3)}) and served {fmt(live['throughput_rps'])} requests/s against "
-        f"{fmt(fixed['throughput_rps'])} without live calibration ({ratio:.2f}x): "
+        f"In the drifted phase the live server answered at a mean threshold of {fmt(live.threshold, 3)} "
+        f"(fixed: {fmt(fixed.threshold, 3)}) and served {fmt(live.throughput_rps)} requests/s against "
+        f"{fmt(fixed.throughput_rps)} without live calibration ({ratio:.2f}x): "
         "agreement is bought by sending more images to later exits, and by the shadow work."
     )
 
 
-def _drift_lines(drift: dict[str, Any]) -> list[str]:
+def _drift_lines(drift: Drift) -> list[str]:
     rows = [
         [
             f"{name} ({DRIFT[name]})",
             phase,
-            fmt(s["agreement"], 3),
-            fmt(s["accuracy"], 3),
-            fmt(s["threshold"], 3),
-            fmt(s["throughput_rps"]),
+            fmt(s.agreement, 3),
+            fmt(s.accuracy, 3),
+            fmt(s.threshold, 3),
+            fmt(s.throughput_rps),
             _answered(s),
         ]
-        for name, phases in drift["phases"].items()
+        for name, phases in drift.phases.items()
         for phase, s in zip(("clean", "drifted"), phases, strict=True)
     ]
     return _table(DRIFT_HEADER, rows)
 
 
-def _drift_target(drift: dict[str, Any]) -> str:
-    v = drift["verdict"]
+def _drift_target(drift: Drift) -> str:
+    v = drift.verdict
     return (
-        f"{'met' if v['met'] else 'MISSED'}: agreement with the last exit over the last {drift['judge_fraction']:.0%} "
-        f"of the drifted phase >= {v['bound']:.3f} with live calibration ({fmt(v['live'], 3)}: "
-        f"{'met' if v['live_ok'] else 'missed'}) and below it without ({fmt(v['fixed'], 3)}: "
-        f"{'yes' if v['fixed_below'] else 'no'})"
+        f"{'met' if v.met else 'MISSED'}: agreement with the last exit over the last {drift.judge_fraction:.0%} "
+        f"of the drifted phase >= {v.bound:.3f} with live calibration ({fmt(v.live, 3)}: "
+        f"{'met' if v.live_ok else 'missed'}) and below it without ({fmt(v.fixed, 3)}: "
+        f"{'yes' if v.fixed_below else 'no'})"
     )
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    section = results.get("adapt")
-    if not section:
+    if not results.get("adapt"):
         return ""
-    m, images, model, ramp, drift = (section[k] for k in ("machine", "images", "model", "ramp", "drift"))
-    s, load, last = section["settings"], m["load_average_1m"], images["last_exit_accuracy"]
-    corruptions = ", ".join(f"{kind} {value:g}" for kind, value in images["corruptions"].items())
-    width, height = images["photo_size"]
+    section = AdaptSection.model_validate(results["adapt"])
+    m, images, model, ramp, drift = section.machine, section.images, section.model, section.ramp, section.drift
+    s, load, last = section.settings, m.load_average_1m, images.last_exit_accuracy
+    corruptions = ", ".join(f"{kind} {value:g}" for kind, value in images.corruptions.items())
+    width, height = images.photo_size
     return "\n".join(
         [
             "## Runtime adaptation",
             "",
-            f"`dynadapter bench adapt`, {section['created_utc']}: model `{model['name']}` ({model['exits']} exits, "
-            f"{model['gflops_full']:.3f} GFLOPs at full depth); {images['count']} test images of `{images['data']}` "
-            f"photographed as {width}x{height} phone JPEGs; {m['cpu_count']} CPU cores ({m['processor']}), "
-            f"providers `{m['providers']}`, 1-minute load average {load['start']:.1f} at the start and "
-            f"{load['end']:.1f} at the end (other work shared the machine). Every server: at most "
-            f"{s['max_batch_size']} images a batch, {s['max_wait_ms']:g} ms of waiting for one, {s['threads']} "
+            f"`dynadapter bench adapt`, {section.created_utc}: model `{model.name}` ({model.exits} exits, "
+            f"{model.gflops_full:.3f} GFLOPs at full depth); {images.count} test images of `{images.data}` "
+            f"photographed as {width}x{height} phone JPEGs; {m.cpu_count} CPU cores ({m.processor}), "
+            f"providers `{m.providers}`, 1-minute load average {load.start:.1f} at the start and "
+            f"{load.end:.1f} at the end (other work shared the machine). Every server: at most "
+            f"{s.max_batch_size} images a batch, {s.max_wait_ms:g} ms of waiting for one, {s.threads} "
             "intra-op thread(s). Clients send back to back (closed loop): past saturation, p95 grows with the "
             "client count unless the work per image shrinks.",
             "",
-            f"### Load ramp\n\nClient counts {s['clients']}, {s['step_s']:g} s each per configuration, interleaved. "
-            f"Target p95 {ramp['target_p95_ms']:.1f} ms ({ramp['target_source']}; fixed balanced at 1 client: "
-            f"p95 {fmt(ramp['probe']['p95_ms'])} ms). Accuracy floor `{ramp['accuracy_floor']}`: "
+            f"### Load ramp\n\nClient counts {s.clients}, {s.step_s:g} s each per configuration, interleaved. "
+            f"Target p95 {ramp.target_p95_ms:.1f} ms ({ramp.target_source}; fixed balanced at 1 client: "
+            f"p95 {fmt(ramp.probe.p95_ms)} ms). Accuracy floor `{ramp.accuracy_floor}`: "
             "`floor accuracy` is the floor's accuracy on exactly the photos that step sent.",
             "",
             *_ramp_lines(ramp),
@@ -434,29 +435,29 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             _floor_text(ramp),
             "",
-            f"![ramp]({section['figures']['ramp']})",
+            f"![ramp]({section.figures.ramp})",
             "",
-            f"### Input drift\n\n{s['drift_clients']} clients; {drift['phases_s'][0]:g} s of clean photos, then "
-            f"{drift['phases_s'][1]:g} s of the same digits corrupted at severity {images['severity']} ({corruptions}; "
-            f"bench/lab/corruptions.py). Live calibration shadows {s['live_calibration']:g} of the images, re-chooses "
-            f"every {s['calibration_every']} shadows over a window of {s['calibration_window']}, epsilon "
-            f"{drift['epsilon']:g}; before the judged part began it had shadowed at least "
-            f"{fmt(drift['shadowed_before_judged'], 0)} drifted images. "
+            f"### Input drift\n\n{s.drift_clients} clients; {drift.phases_s[0]:g} s of clean photos, then "
+            f"{drift.phases_s[1]:g} s of the same digits corrupted at severity {images.severity} ({corruptions}; "
+            f"bench/lab/corruptions.py). Live calibration shadows {s.live_calibration:g} of the images, re-chooses "
+            f"every {s.calibration_every} shadows over a window of {s.calibration_window}, epsilon "
+            f"{drift.epsilon:g}; before the judged part began it had shadowed at least "
+            f"{fmt(drift.shadowed_before_judged, 0)} drifted images. "
             "Last-exit accuracy on these photos: "
-            f"{fmt(last['clean'], 3)} clean, {fmt(last['drifted'], 3)} corrupted.",
+            f"{fmt(last.clean, 3)} clean, {fmt(last.drifted, 3)} corrupted.",
             "",
             *_drift_lines(drift),
             "",
             "Agreement with the last exit over the judged part of the drifted phase, by corruption: "
             + "; ".join(
                 f"{name}: " + ", ".join(f"{kind} {fmt(value, 3)}" for kind, value in kinds.items())
-                for name, kinds in drift["judged_agreement_by_corruption"].items()
+                for name, kinds in drift.judged_agreement_by_corruption.items()
             )
             + ".",
             "",
             _drift_cost_text(drift),
             "",
-            f"![drift]({section['figures']['drift']})",
+            f"![drift]({section.figures.drift})",
             "",
             "Targets:",
             "",

@@ -149,7 +149,7 @@ def _data_source(run_dir: Path | None, training: dict[str, object] | None) -> tu
         from dynadapter.training.run_dir import read_config
 
         run = read_config(run_dir)
-        return run.data, int(run.train["seed"])
+        return run.data, run.train.seed
     data = str((training or {}).get("data", ""))
     if not data.startswith("builtin:"):
         raise DataError(f"the model records no builtin data set ({data or 'none'}): pass --run-dir, its training run")

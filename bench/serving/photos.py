@@ -351,7 +351,7 @@ async def camera_accuracy(server: ServerProcess, run_dir: Path, count: int) -> d
 
     small = bench_images(run_dir, count)
     config = read_config(run_dir)
-    digits, _ = split_digits(config.data, config.train["seed"], count)
+    digits, _ = split_digits(config.data, config.train.seed, count)
     camera = BenchImages(camera_bodies(digits, CAMERA_SIZE), small.targets, small.data)
     server.resume()
     try:

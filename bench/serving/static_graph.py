@@ -11,6 +11,7 @@ that ``dynadapter serve`` serves unchanged.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from dynadapter.training.evaluate import split_logits
 def static_config(config: rd.RunConfig) -> rd.RunConfig:
     """A run's config.json with the exits cut down to the last one (and its head)."""
     model = config.model
-    return config.model_copy(update={"model": {**model, "exits": model["exits"][-1:], "heads": model["heads"][-1:]}})
+    return config.model_copy(update={"model": replace(model, exits=model.exits[-1:], heads=model.heads[-1:])})
 
 
 def static_checkpoint(checkpoint: dict[str, Any], num_exits: int) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def write_static_run(run_dir: Path, out: Path) -> Path:
     config = rd.read_config(run_dir)
     shutil.rmtree(out, ignore_errors=True)
     rd.write_config(out, static_config(config))
-    rd.write_checkpoint(out, static_checkpoint(rd.read_checkpoint(run_dir), len(config.model["exits"])))
+    rd.write_checkpoint(out, static_checkpoint(rd.read_checkpoint(run_dir), len(config.model.exits)))
     # One exit: the calibration table has a single operating point (full depth), which every mode names.
     run = rd.load_run(out)
     logits, targets = split_logits(run, None, "val")

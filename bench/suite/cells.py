@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from dynadapter.bench.lab.corruptions import assign, corrupt, image_seed
 from dynadapter.bench.suite.int8_column import int8_result
 from dynadapter.bench.suite.probe import fit_probe_heads
+from dynadapter.bench.suite.rows import Calibration, EvalMode, EvalReport
 from dynadapter.contract import Preprocessing
 from dynadapter.cpu import this_cpu
 from dynadapter.errors import ConfigError
@@ -391,7 +392,7 @@ def complete(cell: Cell, config: SuiteConfig, result: dict[str, Any], missing: l
     if "device" in missing:
         result["device"] = cell_device(run_dir)
     if "validation numbers" in missing:
-        result["val_modes"] = val_modes(read_calibration(run_dir)["modes"])  # read, not evaluated
+        result["val_modes"] = val_modes(calibrated_modes(run_dir))  # read, not evaluated
     if "shifted numbers" in missing:
         log.info("%s: evaluating the parts added since it ran (no training)", cell.name)
         result.update(extra_evaluations(config.options(cell), cell.variant, result["exit_accuracy"]))
@@ -417,9 +418,9 @@ def run_cell(cell: Cell, config: SuiteConfig) -> dict[str, Any]:
     start = time.perf_counter()
     train(opts)
     fits = fit_probe_heads(opts.out) if cell.variant == PROBE else None
-    report = evaluate_run(opts.out)
-    extra = extra_evaluations(opts, cell.variant, report["exit_accuracy"])
-    reference = report["cumulative_gflops"][-1] if opts.static else static_gflops(opts, opts.out)
+    report = EvalReport.model_validate(evaluate_run(opts.out))
+    extra = extra_evaluations(opts, cell.variant, report.exit_accuracy)
+    reference = report.cumulative_gflops[-1] if opts.static else static_gflops(opts, opts.out)
     # the cell's seconds: all but the int8 column, which times itself
     result = summarize_run(report, reference, time.perf_counter() - start) | {"device": cell_device(opts.out)} | extra
     if fits is not None:
@@ -480,12 +481,12 @@ def summarize_shifted(model: Any, run_dir: Path, logits: torch.Tensor, targets: 
     exits = exit_accuracies(logits, targets)
     out: dict[str, Any] = {"acc": exits[-1], "exit_accuracy": exits}
     if len(exits) > 1:
-        modes = read_calibration(run_dir)["modes"]
+        modes = calibrated_modes(run_dir)
         rows = sweep(
             logits.numpy(),
             targets.numpy(),
             deployed_cumulative_gflops(model),
-            [m["threshold"] for m in modes.values()],
+            [m.threshold for m in modes.values()],
             early_heads_gflops(model),
         )
         out["modes"] = {
@@ -519,43 +520,46 @@ def static_gflops(opts: TrainOptions, run_dir: Path) -> float:
     return deployed_cumulative_gflops(model)[-1]
 
 
-def summarize_run(report: dict[str, Any], reference_gflops: float, seconds: float) -> dict[str, Any]:
+def summarize_run(report: EvalReport, reference_gflops: float, seconds: float) -> dict[str, Any]:
     """The test-split numbers of a cell: last-exit accuracy and cost, and for a dynamic model the
     calibrated modes (thresholds from the validation split), the threshold sweep and ``val_modes``
     (the modes' accuracy on the validation split itself, and the bootstrap interval of the threshold)."""
-    cum = report["cumulative_gflops"]
+    cum = report.cumulative_gflops
     result: dict[str, Any] = {
-        "acc": report["exit_accuracy"][-1],
+        "acc": report.exit_accuracy[-1],
         "gflops": cum[-1],
         "reference_gflops": reference_gflops,
-        "exit_accuracy": report["exit_accuracy"],
+        "exit_accuracy": report.exit_accuracy,
         "cumulative_gflops": cum,
         "seconds": round(seconds, 1),
     }
     if len(cum) > 1:
-        result["modes"] = {
-            name: {
-                "threshold": m["threshold"],
-                "acc": m["accuracy"],
-                "gflops": m["gflops"],
-                "saved": 1.0 - m["gflops"] / reference_gflops,
-            }
-            for name, m in report["modes"].items()
-        }
-        result["sweep"] = [[r["gflops"], r["accuracy"]] for r in report["sweep"]]
-        if report.get("calibrated"):
-            result["val_modes"] = val_modes(report["calibrated"])
+        result["modes"] = {name: _test_mode(m, reference_gflops) for name, m in report.modes.items()}
+        result["sweep"] = [[r.gflops, r.accuracy] for r in report.sweep]
+        if report.calibrated:
+            result["val_modes"] = val_modes(report.calibrated)
     return result
 
 
-def val_modes(calibrated: dict[str, Any]) -> dict[str, dict[str, float]]:
+def _test_mode(mode: EvalMode, reference_gflops: float) -> dict[str, float]:
+    if mode.gflops is None:
+        raise ValueError("an eval report's mode without its GFLOPs")
+    saved = 1.0 - mode.gflops / reference_gflops
+    return {"threshold": mode.threshold, "acc": mode.accuracy, "gflops": mode.gflops, "saved": saved}
+
+
+def calibrated_modes(run_dir: Path) -> dict[str, EvalMode]:
+    """The modes of a run's calibration.json (thresholds chosen on its validation split)."""
+    return Calibration.model_validate(read_calibration(run_dir)).modes
+
+
+def val_modes(calibrated: dict[str, EvalMode]) -> dict[str, dict[str, float]]:
     """Each calibrated mode's validation accuracy and threshold, with the 5th-95th percentile of the
     threshold over the bootstrap resamples where it was calibrated by bootstrap (calibration.json)."""
     out = {}
     for name, m in calibrated.items():
-        spread = m.get("spread") or {}
-        interval = {k: spread[k] for k in ("threshold_low", "threshold_high") if k in spread}
-        out[name] = {"acc": m["accuracy"], "threshold": m["threshold"], **interval}
+        interval = m.spread.model_dump(exclude_none=True) if m.spread else {}
+        out[name] = {"acc": m.accuracy, "threshold": m.threshold, **interval}
     return out
 
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dynadapter.bench.suite.rows import DataSection
 from dynadapter.errors import ConfigError
 
 RESULT_KEYS = ("data",)
@@ -188,16 +189,16 @@ def model_images_per_s(args: argparse.Namespace) -> float:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    section = results.get("data")
-    if not section:
+    if not results.get("data"):
         return ""
-    cfg, rows = section["config"], section["rows"]
+    section = DataSection.model_validate(results["data"])
+    cfg, rows = section.config, section.rows
     lines = [
         "## Training data path: memory and speed as the folder grows",
         "",
-        f"`dynadapter bench data`: N generated {cfg['photo_size']} JPEGs (quality 90) in {CLASSES} class folders, "
-        f"the train split streamed at {cfg['img_size']} px with {cfg['workers']} DataLoader workers and the "
-        f"{cfg['cache']} uint8 cache: epoch 1 decodes every file, the next {cfg['epochs'] - 1} read the cache.",
+        f"`dynadapter bench data`: N generated {cfg.photo_size} JPEGs (quality 90) in {CLASSES} class folders, "
+        f"the train split streamed at {cfg.img_size} px with {cfg.workers} DataLoader workers and the "
+        f"{cfg.cache} uint8 cache: epoch 1 decodes every file, the next {cfg.epochs - 1} read the cache.",
         "",
         "| images (train split) | decode epoch (images/s) | cached epochs (images/s) | peak RSS main (MiB) | "
         "peak RSS per worker (MiB) |",
@@ -205,26 +206,26 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['images']} | {r['decode_images_per_s']} | {r['cached_images_per_s']} | "
-            f"{r['peak_rss_main_mib']} | {r['peak_rss_worker_mib']} |"
+            f"| {r.images} | {r.decode_images_per_s} | {r.cached_images_per_s} | "
+            f"{r.peak_rss_main_mib} | {r.peak_rss_worker_mib} |"
         )
     first, last = rows[0], rows[-1]
-    total = [r["peak_rss_main_mib"] + cfg["workers"] * r["peak_rss_worker_mib"] for r in (first, last)]
+    total = [r.peak_rss_main_mib + cfg.workers * r.peak_rss_worker_mib for r in (first, last)]
     ratio = total[1] / total[0]
     verdict = "**met**" if ratio <= 1.5 else "missed"
     lines += [
         "",
-        f"Peak RSS (main + {cfg['workers']} x worker) at {last['images']} images is {ratio:.2f}x that at "
-        f"{first['images']} (target <= 1.5x): {verdict}.",
+        f"Peak RSS (main + {cfg.workers} x worker) at {last.images} images is {ratio:.2f}x that at "
+        f"{first.images} (target <= 1.5x): {verdict}.",
     ]
-    model = section.get("model_images_per_s")
+    model = section.model_images_per_s
     if model:
-        slowest = min(r["cached_images_per_s"] for r in rows if r["cached_images_per_s"])
+        slowest = min(r.cached_images_per_s for r in rows if r.cached_images_per_s)
         lines.append(
-            f"Training steps of `{cfg['backbone']}` at {cfg['img_size']} px (adapters + exit heads, batch "
-            f"{cfg['batch_size']}, random weights) ran at {model} images/s on the same machine: after the first "
+            f"Training steps of `{cfg.backbone}` at {cfg.img_size} px (adapters + exit heads, batch "
+            f"{cfg.batch_size}, random weights) ran at {model} images/s on the same machine: after the first "
             f"epoch the slowest cached epoch still streams {slowest / model:.0f}x faster than the model trains."
         )
-    if section.get("note"):
-        lines += ["", section["note"]]
+    if section.note:
+        lines += ["", section.note]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from statistics import fmean
 from typing import Any
 
 from dynadapter.bench.suite.flags import add_recipe_arguments, seed_list, suite_config
+from dynadapter.bench.suite.rows import CellResult, FewshotPoint, FewshotSection
 from dynadapter.errors import ConfigError
 
 RESULT_KEYS = ("fewshot",)
@@ -86,17 +87,19 @@ def run(args: argparse.Namespace) -> None:
     print(render_markdown(publish(cells.run_suite(todo, config, trainable, publish))))
 
 
-def arm_point(variant: str, result: dict[str, Any]) -> dict[str, float]:
+def arm_point(variant: str, result: dict[str, Any]) -> dict[str, float | None]:
     """One cell's (accuracy, shifted accuracy, GFLOPs): Dyn-Adapter at ``balanced``, the static model at
     its last exit, the probe at its block chosen on val."""
+    cell = CellResult.model_validate(result)
     if variant == "dyn":
-        balanced = result["modes"]["balanced"]
-        shifted = result["shifted"]["modes"]["balanced"]["acc"]
-        return {"acc": balanced["acc"], "shifted_acc": shifted, "gflops": balanced["gflops"]}
+        balanced = cell.balanced()
+        return {"acc": balanced.acc, "shifted_acc": cell.shifted.modes["balanced"].acc, "gflops": balanced.gflops}
     if variant == "probe":
-        p = result["probe"]
-        return {"acc": p["acc"], "shifted_acc": p["shifted_acc"], "gflops": p["gflops"], "block": p["block"]}
-    return {"acc": result["acc"], "shifted_acc": result["shifted"]["acc"], "gflops": result["gflops"]}
+        if cell.probe is None:
+            raise ValueError("a probe cell without its probe choice")
+        p = cell.probe
+        return {"acc": p.acc, "shifted_acc": p.shifted_acc, "gflops": p.gflops, "block": p.block}
+    return {"acc": cell.acc, "shifted_acc": cell.shifted.acc, "gflops": cell.gflops}
 
 
 def fewshot_section(
@@ -132,16 +135,17 @@ def fewshot_section(
     }
 
 
-def plot_fewshot(section: dict[str, Any], path: Path) -> None:
+def plot_fewshot(recorded: dict[str, Any], path: Path) -> None:
     """Test accuracy against K (log scale), one panel per task, one line per arm."""
     from dynadapter.training.plots import plt
 
-    tasks = section["tasks"]
+    section = FewshotSection.model_validate(recorded)
+    tasks = section.tasks
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), dpi=120, squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        rows = [r for r in section["rows"] if r["task"] == task]
+        rows = [r for r in section.rows if r.task == task]
         for arm, (label, _) in ARMS.items():
-            points = [(r["shots"], 100 * r[arm]["acc"]) for r in rows if r[arm]]
+            points = [(r.shots, 100 * point.acc) for r in rows if (point := r.arm(arm))]
             if points:
                 ax.plot(*zip(*points, strict=True), "o-", ms=4, label=label)
         ax.set_xscale("log", base=2)
@@ -156,23 +160,23 @@ def plot_fewshot(section: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _cell(point: dict[str, Any] | None) -> str:
+def _cell(point: FewshotPoint | None) -> str:
     if point is None:
         return "missing"
-    return f"{100 * point['acc']:.1f} / {100 * point['shifted_acc']:.1f} / {point['gflops']:.3g}"
+    return f"{100 * point.acc:.1f} / {100 * point.shifted_acc:.1f} / {point.gflops:.3g}"
 
 
 def render_markdown(results: dict[str, Any]) -> str:
     """The few-shot section of docs/results.md (empty when results.json has none)."""
-    section = results.get("fewshot")
-    if not section:
+    if not results.get("fewshot"):
         return ""
-    c = section["config"]
+    section = FewshotSection.model_validate(results["fewshot"])
+    c = section.config
     intro = (
         "## Few-shot\n\n"
         f"`dynadapter bench fewshot`: K training images per class (drawn with the seed; val and test whole), "
-        f"PETL `{section['petl']}`, backbone `{c['backbone']}` at {c['img_size']} px, {section['steps']} optimizer "
-        f"steps per cell whatever K, seeds {', '.join(map(str, section['seeds']))} (means). Each cell: test "
+        f"PETL `{section.petl}`, backbone `{c.backbone}` at {c.img_size} px, {section.steps} optimizer "
+        f"steps per cell whatever K, seeds {', '.join(map(str, section.seeds))} (means). Each cell: test "
         "accuracy (%) / shifted-test accuracy (%) / mean GFLOPs per image. Dyn-Adapter at its `balanced` "
         "mode (thresholds calibrated on the val split); the frozen probe at its block best on val.\n\n"
         "![few-shot accuracy against K](results/fewshot.png)"
@@ -180,7 +184,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     parts = [intro]
     header = "| task | K | " + " | ".join(label for label, _ in ARMS.values()) + " |"
     lines = [header, "|" + " --- |" * (2 + len(ARMS))]
-    for r in section["rows"]:
-        lines.append(f"| {r['task']} | {r['shots']} | " + " | ".join(_cell(r[arm]) for arm in ARMS) + " |")
+    for r in section.rows:
+        lines.append(f"| {r.task} | {r.shots} | " + " | ".join(_cell(r.arm(arm)) for arm in ARMS) + " |")
     parts.append("\n".join(lines))
     return "\n\n".join(parts)

@@ -8,6 +8,15 @@ from typing import Any
 
 from dynadapter.bench.lab.results import pct
 from dynadapter.bench.suite.aggregate import MODES
+from dynadapter.bench.suite.rows import (
+    AblationRow,
+    Budget,
+    ModeResult,
+    ProbeRow,
+    RecordedConfig,
+    SuiteResults,
+    SuiteRow,
+)
 from dynadapter.bench.suite.targets import (
     INT8_MAX_TEST_DROP,
     SHIFT_EXTRA_LOSS,
@@ -15,8 +24,6 @@ from dynadapter.bench.suite.targets import (
     TARGET_ACC_DROP,
     TARGET_SAVED,
     ClaimVerdict,
-    Int8Verdict,
-    ShiftVerdict,
     Verdict,
 )
 
@@ -43,17 +50,17 @@ def _pm(x: float | None, std: float | None) -> str:
     return pct(x) + (f" ± {pct(std)}" if x is not None and std is not None else "")
 
 
-def _mode_cells(row: dict[str, Any]) -> list[str]:
-    dyn, std = row["dyn"], row.get("dyn_acc_std") or {}
+def _mode_cells(row: SuiteRow) -> list[str]:
+    dyn, std = row.dyn, row.dyn_acc_std or {}
     if dyn is None:
         return ["missing"] * 3
-    return [f"{_pm(dyn[m]['acc'], std.get(m))} / {dyn[m]['gflops']:.3g} / {pct(dyn[m]['saved'], 0)}%" for m in MODES]
+    return [f"{_pm(dyn[m].acc, std.get(m))} / {dyn[m].gflops:.3g} / {pct(dyn[m].saved, 0)}%" for m in MODES]
 
 
-def _seeds_short(row: dict[str, Any], planned: int) -> str:
+def _seeds_short(row: SuiteRow, planned: int) -> str:
     """A label such as ``(1 of 3 seeds)`` where a row's mean covers fewer seeds than the run asked for,
     so that a mean over one seed is not read as one over three; empty where every seed finished."""
-    counts = {k: n for k, n in (row.get("seeds") or {}).items() if n is not None}
+    counts = {k: n for k, n in (row.seeds or {}).items() if n is not None}
     if not counts or min(counts.values()) >= planned:
         return ""
     if len(set(counts.values())) == 1:
@@ -62,24 +69,31 @@ def _seeds_short(row: dict[str, Any], planned: int) -> str:
     return " (" + ", ".join(f"{names[kind]} {n}" for kind, n in counts.items()) + f" of {planned} seeds)"
 
 
-def _shifted_cell(row: dict[str, Any]) -> str:
-    shifted = row.get("dyn_shifted") or {}
-    if row["dyn"] is None or not shifted.get("balanced"):
-        return "missing" if row["dyn"] is None else "—"
-    return _pm(shifted["balanced"]["acc"], (row.get("dyn_shifted_acc_std") or {}).get("balanced"))
+def _shifted_cell(row: SuiteRow) -> str:
+    shifted = (row.dyn_shifted or {}).get("balanced")
+    if row.dyn is None or not shifted:
+        return "missing" if row.dyn is None else "—"
+    return _pm(shifted.acc, (row.dyn_shifted_acc_std or {}).get("balanced"))
 
 
-def _int8_cell(row: dict[str, Any]) -> str:
+def _int8_cell(row: SuiteRow) -> str:
     """``balanced`` served in int8: accuracy (± std) and its difference from fp32's, in points."""
-    int8 = row.get("dyn_int8")
-    if row["dyn"] is None:
+    int8 = row.dyn_int8
+    if row.dyn is None:
         return "missing"
     if not int8:
         return "—"
-    delta = 100 * (int8["balanced"]["acc"] - row["dyn"]["balanced"]["acc"])
-    refused = "; export would refuse" if row.get("int8_refused") else ""
-    acc = _pm(int8["balanced"]["acc"], (row.get("dyn_int8_acc_std") or {}).get("balanced"))
+    delta = 100 * (_acc(int8["balanced"]) - _acc(row.dyn["balanced"]))
+    refused = "; export would refuse" if row.int8_refused else ""
+    acc = _pm(int8["balanced"].acc, (row.dyn_int8_acc_std or {}).get("balanced"))
     return f"{acc} ({delta:+.1f}{refused})"
+
+
+def _acc(mode: ModeResult) -> float:
+    """A mode's accuracy where the page computes with it (a finished mode always has one)."""
+    if mode.acc is None:
+        raise ValueError("a finished mode without an accuracy")
+    return mode.acc
 
 
 def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
@@ -109,14 +123,13 @@ def _delta_cell(t: ClaimVerdict) -> str:
     return f"{100 * t.acc_delta:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
-def render_target(results: dict[str, Any]) -> str:
-    verdicts = [ClaimVerdict.model_validate(t) for t in results["target"]]
-    means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
+def render_target(results: SuiteResults) -> str:
+    verdicts, means = results.target, results.means()
     lines = [
         [
             t.petl,
-            pct(means[t.petl]["static_acc"]),
-            pct(means[t.petl]["dyn"]["balanced"]["acc"]) if t.met is not None else "—",
+            pct(means[t.petl].static_acc),
+            pct(_balanced(means[t.petl]).acc) if t.met is not None else "—",
             _delta_cell(t),
             str(len(t.seed_deltas)),
             f"{pct(t.saved)}%" if t.met is not None else "—",
@@ -149,9 +162,16 @@ def render_target(results: dict[str, Any]) -> str:
     )
 
 
-def render_shift_target(results: dict[str, Any]) -> str:
+def _balanced(row: SuiteRow) -> ModeResult:
+    """A judged method's ``balanced`` suite mean (a verdict is only reached where it exists)."""
+    if row.dyn is None:
+        raise ValueError(f"{row.petl}: a judged target without a Dyn-Adapter mean")
+    return row.dyn["balanced"]
+
+
+def render_shift_target(results: SuiteResults) -> str:
     """Issue 19's shifted-split targets, one line per method (empty before any is judged)."""
-    judged = [t for t in map(ShiftVerdict.model_validate, results.get("shift_target", [])) if t.met is not None]
+    judged = [t for t in results.shift_target if t.met is not None]
     if not judged:
         return ""
     lines = [
@@ -186,9 +206,9 @@ def render_shift_target(results: dict[str, Any]) -> str:
     )
 
 
-def render_int8_target(results: dict[str, Any]) -> str:
+def render_int8_target(results: SuiteResults) -> str:
     """Issue 18's int8 accuracy bound, one line per method with int8 numbers (empty without any)."""
-    judged = [t for t in map(Int8Verdict.model_validate, results.get("int8_target", [])) if t.met is not None]
+    judged = [t for t in results.int8_target if t.met is not None]
     if not judged:
         return ""
     lines = [
@@ -217,21 +237,21 @@ def _why_lines(targets: Iterable[Verdict]) -> str:
     return "".join(f"\n\nWhy {t.petl} misses: {t.why}" for t in targets if t.why)
 
 
-def _probe_line(p: dict[str, Any]) -> list[str]:
+def _probe_line(p: ProbeRow) -> list[str]:
     """The frozen probe as a row of a task's table (block(s) chosen on validation, one per seed)."""
-    where = f"block {'/'.join(map(str, p['blocks']))}" if p.get("blocks") else f"{p.get('tasks', 0)} tasks"
-    if p["acc"] is None:
+    where = f"block {'/'.join(map(str, p.blocks))}" if p.blocks else f"{p.tasks} tasks"
+    if p.acc is None:
         return ["frozen probe", "missing", "missing", *["—"] * 6]
     return [
         f"frozen probe ({where})",
-        _pm(p["acc"], p.get("acc_std")),
-        _pm(p["shifted_acc"], p.get("shifted_acc_std")),
-        f"{p['gflops']:.3g}",
+        _pm(p.acc, p.acc_std),
+        _pm(p.shifted_acc, p.shifted_acc_std),
+        f"{p.gflops:.3g}",
         *["—"] * 5,
     ]
 
 
-def render_tasks(results: dict[str, Any]) -> str:
+def render_tasks(results: SuiteResults) -> str:
     parts = [
         "## Per task\n\nEach mode cell: test accuracy (%) / mean GFLOPs per image / FLOPs saved against "
         "the static baseline; accuracies are means over the seeds ± their standard deviation. `static`: the "
@@ -247,8 +267,8 @@ def render_tasks(results: dict[str, Any]) -> str:
         'fp32 `balanced`, in points, and "export would refuse" where int8 loses more last-exit validation '
         "accuracy than `dynadapter export` allows; — where the cell was not exported (`--no-int8`)."
     ]
-    probes = {p["task"]: p for p in results.get("probe", [])}
-    planned = len(_config_seeds(results["config"]))
+    probes = {p.task: p for p in results.probe}
+    planned = len(results.config.seed_list)
     header = [
         "PETL",
         "static acc (%)",
@@ -258,15 +278,15 @@ def render_tasks(results: dict[str, Any]) -> str:
         "balanced shifted (%)",
         "balanced int8 (%)",
     ]
-    for task in [*results["tasks"], "mean"]:
-        rows = [r for r in results["rows"] if r["task"] == task]
+    for task in [*results.tasks, "mean"]:
+        rows = [r for r in results.rows if r.task == task]
         title = f"### {task}" if task != "mean" else "### Suite mean (over the tasks where both cells finished)"
         lines = [
             [
-                r["petl"] + (f" ({r['tasks']} tasks)" if task == "mean" else _seeds_short(r, planned)),
-                _pm(r["static_acc"], r.get("static_acc_std")) if r["static_acc"] is not None else "missing",
-                _pm(r.get("static_shifted_acc"), r.get("static_shifted_acc_std")),
-                f"{r['static_gflops']:.3g}" if r["static_gflops"] is not None else "—",
+                r.petl + (f" ({r.tasks} tasks)" if task == "mean" else _seeds_short(r, planned)),
+                _pm(r.static_acc, r.static_acc_std) if r.static_acc is not None else "missing",
+                _pm(r.static_shifted_acc, r.static_shifted_acc_std),
+                f"{r.static_gflops:.3g}" if r.static_gflops is not None else "—",
                 *_mode_cells(r),
                 _shifted_cell(r),
                 _int8_cell(r),
@@ -275,33 +295,33 @@ def render_tasks(results: dict[str, Any]) -> str:
         ]
         if task in probes:
             lines.append(_probe_line(probes[task]))
-        drawn = task != "mean" and any(r["static_acc"] is not None or r["dyn"] is not None for r in rows)
+        drawn = task != "mean" and any(r.static_acc is not None or r.dyn is not None for r in rows)
         figure = f"\n\n![{task}: accuracy against GFLOPs](results/{task}.png)" if drawn else ""
         parts.append(f"{title}\n\n" + _table(header, lines) + figure)
     return "\n\n".join(parts)
 
 
-def _threshold_cells(row: dict[str, Any]) -> list[str]:
+def _threshold_cells(row: SuiteRow) -> list[str]:
     """``balanced``'s threshold, mean ± std over seeds, and its bootstrap interval (mean over seeds)."""
-    t, std, interval = row.get("balanced_threshold"), row.get("balanced_threshold_std"), row.get("balanced_interval")
+    t, std, interval = row.balanced_threshold, row.balanced_threshold_std, row.balanced_interval
     mean = "—" if t is None else f"{t:.3f}" + (f" ± {std:.3f}" if std is not None else "")
     return [mean, "—" if not interval else f"{interval[0]:.3f}–{interval[1]:.3f}"]
 
 
-def calibration_lines(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+def calibration_lines(rows: Sequence[SuiteRow]) -> list[list[str]]:
     """Per task and method: each mode's accuracy on validation and on test, side by side, and the
     spread of ``balanced``'s threshold; "—" where a cell has no validation numbers (cached before)."""
     lines = []
     for r in rows:
-        if r["task"] == "mean" or r["dyn"] is None:
+        if r.task == "mean" or r.dyn is None:
             continue
-        val = r.get("dyn_val") or {}
-        pairs = [f"{pct(val.get(m))} / {pct(r['dyn'][m]['acc'])}" for m in MODES]
-        lines.append([r["task"], r["petl"], *pairs, *_threshold_cells(r)])
+        val = r.dyn_val or {}
+        pairs = [f"{pct(val.get(m))} / {pct(r.dyn[m].acc)}" for m in MODES]
+        lines.append([r.task, r.petl, *pairs, *_threshold_cells(r)])
     return lines
 
 
-def render_calibration(results: dict[str, Any]) -> str:
+def render_calibration(results: SuiteResults) -> str:
     """Whether the thresholds chosen on the validation split carry over to the test split (issue #19)."""
     return (
         "## Calibration: validation against test\n\n"
@@ -313,22 +333,20 @@ def render_calibration(results: dict[str, Any]) -> str:
         "number (calibrated or cached before it existed).\n\n"
         + _table(
             ["task", "PETL", *(f"{m} val / test" for m in MODES), "balanced threshold", "bootstrap 5-95%"],
-            calibration_lines(results["rows"]),
+            calibration_lines(results.rows),
         )
     )
 
 
-def render_ablation(results: dict[str, Any]) -> str:
-    def cells(row: dict[str, Any]) -> list[str]:
-        return [
-            f"{pct(row[m]['acc'])} / {pct(row[m]['saved'], 0)}%" if row[m] else "missing"
-            for m in ("balanced", "accurate")
-        ]
+def render_ablation(results: SuiteResults) -> str:
+    def cells(row: AblationRow) -> list[str]:
+        modes = [row.mode(m) for m in ("balanced", "accurate")]
+        return [f"{pct(m.acc)} / {pct(m.saved, 0)}%" if m else "missing" for m in modes]
 
     heading = "## Ablation (Dyn-Adapter with adapter, suite mean)\n\n"
-    if not any(r["tasks"] for r in results["ablation"][1:]):
+    if not any(r.tasks for r in results.ablation[1:]):
         return heading + "Not run for this page: `dynadapter bench accuracy --ablation` trains its cells."
-    lines = [[r["label"], *cells(r), f"{r['tasks']} / {r['tasks'] + len(r['missing'])}"] for r in results["ablation"]]
+    lines = [[r.label, *cells(r), f"{r.tasks} / {r.tasks + len(r.missing)}"] for r in results.ablation]
     return (
         heading + "One part of the method switched at a time (`dynadapter bench accuracy --ablation`); each cell: "
         "test accuracy (%) / FLOPs saved. Self-distillation is off by default, so its row switches it on.\n\n"
@@ -336,19 +354,20 @@ def render_ablation(results: dict[str, Any]) -> str:
     )
 
 
-def render_markdown(results: dict[str, Any]) -> str:
+def render_markdown(sections: dict[str, Any]) -> str:
     """The accuracy part of docs/results.md (empty when results.json has none)."""
-    if "rows" not in results:
+    if "rows" not in sections:
         return ""
-    c = results["config"]
-    epochs = f"{c['epochs']} epoch" + ("s" if c["epochs"] != 1 else "")
-    amp = f"{c['amp']} autocast in training, " if c.get("amp") else ""
-    recipe = ", ".join(f"{k}={v}" for k, v in c.get("recipe", {}).items())
+    results = SuiteResults.model_validate(sections)
+    c = results.config
+    epochs = f"{c.epochs} epoch" + ("s" if c.epochs != 1 else "")
+    amp = f"{c.amp} autocast in training, " if c.amp else ""
+    recipe = ", ".join(f"{k}={v}" for k, v in c.recipe.items())
     recipe = f"recipe {recipe}, " if recipe else ""
     intro = (
-        f"Backbone `{c['backbone']}` at {c['img_size']} px, frozen; {epochs} per cell "
-        f"(AdamW lr {c['lr']}, {c['warmup_epochs']} epochs of warm-up, batch {c['batch_size']}, "
-        f"{amp}{recipe}{_seeds(c)}). Tasks: {', '.join(results['tasks'])} (`builtin:<task>`, at most 800 train / "
+        f"Backbone `{c.backbone}` at {c.img_size} px, frozen; {epochs} per cell "
+        f"(AdamW lr {c.lr}, {c.warmup_epochs} epochs of warm-up, batch {c.batch_size}, "
+        f"{amp}{recipe}{_seeds(c)}). Tasks: {', '.join(results.tasks)} (`builtin:<task>`, at most 800 train / "
         "200 val images, a separate test split). All numbers are on the test split; the modes use the "
         "thresholds calibrated on the validation split (each run's calibration.json). GFLOPs: one "
         "multiply-add = one FLOP. The paper trains 100 epochs: with fewer, these numbers compare the "
@@ -362,40 +381,37 @@ def render_markdown(results: dict[str, Any]) -> str:
         render_tasks(results),
     ]
     parts = [part for part in parts if part]
-    if calibration_lines(results["rows"]):
+    if calibration_lines(results.rows):
         parts.append(render_calibration(results))
-    if any(r["tasks"] for r in results["ablation"]):
+    if any(r.tasks for r in results.ablation):
         parts.append(render_ablation(results))
-    if results["timing"]:
+    if results.timing:
         parts.append(
             "## Time per cell\n\nWall-clock seconds of training, calibration, test evaluation and the int8 column, "
-            f"as measured on the machine that ran the cell{_devices(results.get('devices'))}:\n\n"
+            f"as measured on the machine that ran the cell{_devices(results.devices)}:\n\n"
             + _table(
                 ["cells", "finished", "mean (s)", "total (s)"],
-                [
-                    [kind, str(t["cells"]), f"{t['mean_s']:.0f}", f"{t['total_s']:.0f}"]
-                    for kind, t in results["timing"].items()
-                ],
+                [[kind, str(t.cells), f"{t.mean_s:.0f}", f"{t.total_s:.0f}"] for kind, t in results.timing.items()],
             )
         )
-        if results.get("budget"):
-            parts.append(render_budget(results["budget"], c))
-    if results["missing"]:
-        parts.append("## Cells not finished\n\n" + ", ".join(f"`{m}`" for m in results["missing"]))
+        if results.budget:
+            parts.append(render_budget(results.budget, c))
+    if results.missing:
+        parts.append("## Cells not finished\n\n" + ", ".join(f"`{m}`" for m in results.missing))
     return "\n\n".join(parts)
 
 
-def render_budget(b: dict[str, Any], config: dict[str, Any]) -> str:
+def render_budget(b: Budget, config: RecordedConfig) -> str:
     """The suite's projected wall-clock time against the 4-hour budget, with what set it."""
-    cells = ", ".join(f"{n} {kind}" for kind, n in b["plan"].items())
-    precision = f"{config['amp']} autocast" if config.get("amp") else "float32 (no bfloat16 autocast)"
-    hours, bound = b["projected_s"] / 3600, b["bound_s"] / 3600
-    faster = ("bfloat16 autocast on a CPU with bfloat16 instructions, or " if not config.get("amp") else "") + (
+    cells = ", ".join(f"{n} {kind}" for kind, n in b.plan.items())
+    precision = f"{config.amp} autocast" if config.amp else "float32 (no bfloat16 autocast)"
+    hours, bound = b.projected_s / 3600, b.bound_s / 3600
+    faster = ("bfloat16 autocast on a CPU with bfloat16 instructions, or " if not config.amp else "") + (
         "a GPU (`--device cuda`)"
     )
     verdict = (
         "**met**"
-        if b["met"]
+        if b.met
         else f"missed by {hours - bound:.1f} h ({hours / bound:.1f}x the budget). A cell's time is its training "
         f"steps, compute-bound: the suite fits where a step runs {hours / bound:.1f}x faster: {faster}"
     )
@@ -411,27 +427,22 @@ def _devices(counts: dict[str, int] | None) -> str:
     return " (trained on " + "; ".join(f"{name}: {n} cell{'s' if n != 1 else ''}" for name, n in counts.items()) + ")"
 
 
-def _config_seeds(config: dict[str, Any]) -> list[int]:
-    """The seeds a run asked for (``seed`` alone in configs written before ``--seeds``)."""
-    return list(config.get("seeds", [config.get("seed", 0)]))
-
-
-def _seeds(config: dict[str, Any]) -> str:
-    seeds = _config_seeds(config)
+def _seeds(config: RecordedConfig) -> str:
+    seeds = config.seed_list
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}: mean ± std"
 
 
-def result_table(results: dict[str, Any]) -> str:
+def result_table(sections: dict[str, Any]) -> str:
     """The plain-text table ``dynadapter bench accuracy`` prints: suite means and the target."""
-    means = {r["petl"]: r for r in results["rows"] if r["task"] == "mean"}
+    results = SuiteResults.model_validate(sections)
+    means = results.means()
     lines = [f"{'PETL':<11} {'tasks':>5} {'static':>7} {'fast':>14} {'balanced':>14} {'accurate':>14}  target"]
-    for t in map(ClaimVerdict.model_validate, results["target"]):
+    for t in results.target:
         row = means[t.petl]
-        modes = [
-            f"{pct(row['dyn'][m]['acc'])}%/{pct(row['dyn'][m]['saved'], 0)}%" if row["dyn"] else "—" for m in MODES
-        ]
+        dyn = row.dyn or {}
+        modes = [f"{pct(dyn[m].acc)}%/{pct(dyn[m].saved, 0)}%" if row.dyn else "—" for m in MODES]
         lines.append(
-            f"{t.petl:<11} {row['tasks']:>5} {pct(row['static_acc']):>7} "
+            f"{t.petl:<11} {row.tasks:>5} {pct(row.static_acc):>7} "
             + " ".join(f"{m:>14}" for m in modes)
             + "  "
             + _verdict(t).replace("**", "")

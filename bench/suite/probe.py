@@ -24,7 +24,6 @@ from dynadapter.errors import ConfigError
 from dynadapter.training import run_dir as rd
 from dynadapter.training.data import ImageDataset, run_split, stream
 from dynadapter.training.evaluate import recalibrate_run
-from dynadapter.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def fit_probe_heads(run_dir: Path) -> list[dict[str, Any]]:
 def head_inputs(run: rd.Run, split: str) -> tuple[list[np.ndarray], np.ndarray]:
     """What each exit head's ``fc`` sees on a split: float32 [N, width] per head, and targets [N]."""
     source = run_split(run.path or Path("."), run.config, split)
-    max_pixels = run.config.train.get("max_pixels", TrainOptions.model_fields["max_pixels"].default)
+    max_pixels = run.config.train.max_pixels
     captured: list[list[torch.Tensor]] = [[] for _ in run.model.heads]
     hooks = [
         head.fc.register_forward_pre_hook(lambda _, inputs, k=k: captured[k].append(inputs[0].detach()))

@@ -19,6 +19,7 @@ from statistics import fmean
 from typing import Any
 
 from dynadapter.bench.suite.flags import DEFAULT_EPOCHS, DEFAULT_TASKS, add_recipe_arguments, seed_list, suite_config
+from dynadapter.bench.suite.rows import CellResult, RecipePoint, RecipesSection
 from dynadapter.errors import ConfigError
 
 RESULT_KEYS = ("recipes",)
@@ -125,13 +126,15 @@ def _train_args(recipe: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe.items() if k not in SUITE_FIELDS}
 
 
-def recipe_point(result: dict[str, Any]) -> dict[str, float]:
+def recipe_point(result: dict[str, Any]) -> dict[str, float | None]:
     """A Dyn-Adapter cell at ``balanced``: validation, test and shifted-test accuracy, FLOPs saved."""
+    cell = CellResult.model_validate(result)
+    balanced = cell.balanced()
     return {
-        "val_acc": result["val_modes"]["balanced"]["acc"],
-        "acc": result["modes"]["balanced"]["acc"],
-        "shifted_acc": result["shifted"]["modes"]["balanced"]["acc"],
-        "saved": result["modes"]["balanced"]["saved"],
+        "val_acc": cell.val_modes["balanced"].acc,
+        "acc": balanced.acc,
+        "shifted_acc": cell.shifted.modes["balanced"].acc,
+        "saved": balanced.saved,
     }
 
 
@@ -218,41 +221,41 @@ def _options(options: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in text.items())
 
 
-def _point(p: dict[str, float] | None) -> list[str]:
+def _point(p: RecipePoint | None) -> list[str]:
     if p is None:
         return ["missing"] * 4
-    return [f"{100 * p[k]:.1f}" for k in ("val_acc", "acc", "shifted_acc")] + [f"{100 * p['saved']:.0f}%"]
+    return [f"{100 * acc:.1f}" for acc in (p.val_acc, p.acc, p.shifted_acc)] + [f"{100 * p.saved:.0f}%"]
 
 
-def _noise_note(section: dict[str, Any]) -> str:
+def _noise_note(section: RecipesSection) -> str:
     """Why the chosen recipe is chosen where another one is as good or better on validation."""
-    tied, margin = section.get("tied") or [], section.get("margin") or {}
+    tied, margin = section.tied or [], section.margin
     if not tied:
         return ""
-    if margin.get("best") == section["chosen"] or not margin:
+    if margin is None or margin.best == section.chosen:
         return f" (tied with {', '.join(tied)}; the first listed is kept)"
     return (
-        f" (within noise of {', '.join(tied)}: {margin['best']} leads it by {100 * margin['difference']:.2f} "
+        f" (within noise of {', '.join(tied)}: {margin.best} leads it by {100 * margin.difference:.2f} "
         f"points of suite-mean validation accuracy, within {CHOICE_Z:g} standard error of the difference, "
-        f"{100 * margin['band']:.2f} points on {section['val_images']} validation images a task and seed; "
+        f"{100 * margin.band:.2f} points on {section.val_images} validation images a task and seed; "
         "the first listed is kept unless another beats it beyond that)"
     )
 
 
 def render_markdown(results: dict[str, Any]) -> str:
     """The recipes section of docs/results.md (empty when results.json has none)."""
-    section = results.get("recipes")
-    if not section:
+    if not results.get("recipes"):
         return ""
-    c = section["config"]
+    section = RecipesSection.model_validate(results["recipes"])
+    c = section.config
     lines = ["| recipe | options | task | balanced val (%) | balanced test (%) | balanced shifted (%) | FLOPs saved |"]
     lines.append("|" + " --- |" * 7)
-    chosen = section["chosen"]
-    for r in section["rows"]:
-        name = f"**{r['recipe']}** (chosen)" if r["recipe"] == chosen else r["recipe"]
-        lines.append(f"| {name} | {_options(r['options'])} | mean | " + " | ".join(_point(r["mean"])) + " |")
-        lines += [f"| | | {t} | " + " | ".join(_point(p)) + " |" for t, p in r["tasks"].items()]
-    missing = [f"{r['recipe']}: {', '.join(r['missing'])}" for r in section["rows"] if r["missing"]]
+    chosen = section.chosen
+    for r in section.rows:
+        name = f"**{r.recipe}** (chosen)" if r.recipe == chosen else r.recipe
+        lines.append(f"| {name} | {_options(r.options)} | mean | " + " | ".join(_point(r.mean)) + " |")
+        lines += [f"| | | {t} | " + " | ".join(_point(p)) + " |" for t, p in r.tasks.items()]
+    missing = [f"{r.recipe}: {', '.join(r.missing)}" for r in section.rows if r.missing]
     verdict = (
         f"Chosen on validation: **{chosen}**{_noise_note(section)}."
         if chosen
@@ -260,9 +263,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     )
     return (
         "## Training recipes\n\n"
-        f"`dynadapter bench recipes`: Dyn-Adapter with `{section['petl']}`, backbone `{c['backbone']}` at "
-        f"{c['img_size']} px, {c['epochs']} epoch{'s' if c['epochs'] != 1 else ''}, seeds "
-        f"{', '.join(map(str, section['seeds']))} (means), the "
+        f"`dynadapter bench recipes`: Dyn-Adapter with `{section.petl}`, backbone `{c.backbone}` at "
+        f"{c.img_size} px, {c.epochs} epoch{'s' if c.epochs != 1 else ''}, seeds "
+        f"{', '.join(map(str, section.seeds))} (means), the "
         "same cells as the accuracy suite's under each recipe. `balanced` on the validation split (where its "
         "threshold is calibrated; the only split that chooses), the test split and its shifted copy. "
         f"{verdict}\n\n" + "\n".join(lines) + ("\n\nCells not finished: " + "; ".join(missing) if missing else "")

@@ -1,5 +1,6 @@
-"""The rows of the committed docs/results.json read into their models: every field as written, and the
-page rendered from the models is the committed page."""
+"""The rows of the committed docs/results.json read into their models (the lab's shared rows, the suite's and
+the serving wing's): every field as written, and the whole page, every section rendered from the models, is
+the committed page."""
 
 from __future__ import annotations
 
@@ -11,6 +12,22 @@ from pydantic import BaseModel
 
 from dynadapter.bench.lab.results import render_markdown
 from dynadapter.bench.lab.rows import AnswersRow, LoadRow, PrecisionRow, RatioCheck, TargetCheck
+from dynadapter.bench.serving.rows import AdaptSection, AdaptStep
+from dynadapter.bench.suite.rows import (
+    AblationRow,
+    Budget,
+    CellTiming,
+    DataRow,
+    DataSection,
+    FewshotRow,
+    FewshotSection,
+    ProbeRow,
+    RecipeRow,
+    RecipesSection,
+    RecordedConfig,
+    SuiteResults,
+    SuiteRow,
+)
 from dynadapter.bench.suite.targets import ClaimVerdict, Int8Verdict, ShiftVerdict
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -28,14 +45,40 @@ RESULTS = json.loads((DOCS / "results.json").read_text())
         (ClaimVerdict, RESULTS["target"]),
         (ShiftVerdict, RESULTS["shift_target"]),
         (Int8Verdict, RESULTS["int8_target"]),
+        (SuiteRow, RESULTS["rows"]),
+        (ProbeRow, RESULTS["probe"]),
+        (AblationRow, RESULTS["ablation"]),
+        (RecordedConfig, [RESULTS["config"], RESULTS["fewshot"]["config"], RESULTS["recipes"]["config"]]),
+        (CellTiming, list(RESULTS["timing"].values())),
+        (Budget, [RESULTS["budget"]]),
+        (FewshotRow, RESULTS["fewshot"]["rows"]),
+        (RecipeRow, RESULTS["recipes"]["rows"]),
+        (DataRow, RESULTS["data"]["rows"]),
+        (AdaptStep, [step for steps in RESULTS["adapt"]["ramp"]["steps"].values() for step in steps]),
+        (AdaptStep, [step for phases in RESULTS["adapt"]["drift"]["phases"].values() for step in phases]),
     ],
 )
 def test_a_row_model_keeps_every_field_it_names(model: type[BaseModel], rows: list[dict]) -> None:
+    """Every field a model names reads back as written (fields a row lacks stay unset, nested ones too)."""
     assert rows
     for row in rows:
-        # A field added later with a default (LoadRow.p99_ms) reads as its default from older rows.
-        expected = {name: row.get(name, field.default) for name, field in model.model_fields.items()}
-        assert model.model_validate(row).model_dump() == expected
+        named = {name: row[name] for name in model.model_fields if name in row}
+        assert model.model_validate(row).model_dump(exclude_unset=True) == named
+
+
+@pytest.mark.parametrize(
+    ("model", "section"),
+    [
+        (SuiteResults, RESULTS),
+        (FewshotSection, RESULTS["fewshot"]),
+        (RecipesSection, RESULTS["recipes"]),
+        (DataSection, RESULTS["data"]),
+        (AdaptSection, RESULTS["adapt"]),
+    ],
+)
+def test_every_section_reads_into_its_model(model: type[BaseModel], section: dict) -> None:
+    read = model.model_validate(section)
+    assert set(read.model_fields_set) == set(model.model_fields) & set(section)
 
 
 def test_a_load_row_counts_the_answered_requests() -> None:

@@ -114,6 +114,7 @@ def test_a_few_shot_runs_recorded_train_split_is_its_k_images_a_class(tmp_path) 
     images the run trained on. It had read the whole builtin train split of a few-shot run: the
     1-shot frozen probe on digits was fitted on all 800 images and scored 93.9%."""
     from dynadapter.contract import Preprocessing
+    from dynadapter.models.dynamic_vit import DynamicViTConfig
     from dynadapter.training.data import read_dataset, run_split
     from dynadapter.training.options import TrainOptions
     from dynadapter.training.run_dir import BackboneSpec, RunConfig
@@ -123,7 +124,12 @@ def test_a_few_shot_runs_recorded_train_split_is_its_k_images_a_class(tmp_path) 
     pre, backbone = Preprocessing.square(16, (0.5,) * 3, (0.5,) * 3), BackboneSpec("vit_tiny_patch16_224", 16)
     # no split files: builtin
     config = RunConfig(
-        data=opts.data, labels=trained.labels, train=opts.record(), preprocessing=pre, backbone=backbone, model={}
+        data=opts.data,
+        labels=trained.labels,
+        train=opts,
+        preprocessing=pre,
+        backbone=backbone,
+        model=DynamicViTConfig(10, [4]),
     )
     for split in SPLITS:
         recorded, used = run_split(tmp_path, config, split), trained.splits[split]

@@ -130,8 +130,7 @@ def run_split(run_dir: Path, config: rd.RunConfig, split: str, data: str | None 
             index = {c: i for i, c in enumerate(config.labels)}
             return FileSplit([Path(p) for p, _ in rows], np.array([index[c] for _, c in rows], np.int64))
     t = config.train
-    sizes = SplitSizes(t.get("val_size", SplitSizes.val), t.get("test_size", SplitSizes.test))
-    raw = load_raw(data or config.data, t["seed"], sizes)
-    if t.get("shots") and (data is None or data == config.data):
-        raw = few_shot(raw, t["shots"], t["seed"])  # a few-shot run's train split is its K images a class
+    raw = load_raw(data or config.data, t.seed, SplitSizes(t.val_size, t.test_size))
+    if t.shots and (data is None or data == config.data):
+        raw = few_shot(raw, t.shots, t.seed)  # a few-shot run's train split is its K images a class
     return raw.splits[split]

@@ -1,0 +1,159 @@
+"""Small models of the serving experiments' sections of docs/results.json that are not the lab's shared rows
+(``bench.lab.rows``): ``adapt`` (written as plain dicts by ``serving.adapt_report``, so its keys and order stay
+as they were), read once where the page is rendered (``AdaptSection.model_validate(section)``) so that the
+renderer uses attributes, not string keys. Keys a model does not name are ignored."""
+
+from __future__ import annotations
+
+from dynadapter.bench.lab.rows import Row
+
+
+class AdaptStep(Row):
+    """One load step (or drift phase) of ``bench adapt``: ``clients`` sending back to back, latency in ms,
+    answered requests per second, accuracy and agreement with the last exit in [0, 1], the mean threshold
+    answered at and the answers per exit reason; None where no request was answered (``floor_accuracy``: on a
+    ramp step only, the accuracy floor mode's on the same photos)."""
+
+    clients: int | None = None
+    requests: int
+    errors: int
+    p95_ms: float | None
+    throughput_rps: float | None = None
+    accuracy: float | None
+    threshold: float | None
+    exit_reasons: dict[str, int]
+    agreement: float | None = None
+    floor_accuracy: float | None = None
+
+    @property
+    def answered(self) -> int:
+        return self.requests - self.errors
+
+
+class RampVerdict(Row):
+    """Issue #17's ramp target judged: where fixed balanced first exceeds the p95 target (None: never), the
+    clients the controller must and does hold, its worst p95 (ms, and over the target) and accuracy margin."""
+
+    balanced_exceeds_at: int | None
+    controller_holds_up_to: int | None
+    required_clients: int | None = None
+    worst_p95_ms: float | None = None
+    worst_p95_over_target: float | None = None
+    failed_requests: int = 0
+    lowest_accuracy_margin: float | None = None
+    met: bool
+    why: str
+
+
+class Ramp(Row):
+    """The load ramp: the p95 target (ms) and where it came from, the probe step, the floor mode, each
+    configuration's steps by name and the verdict."""
+
+    target_p95_ms: float
+    target_source: str
+    probe: AdaptStep
+    accuracy_floor: str
+    steps: dict[str, list[AdaptStep]]
+    verdict: RampVerdict
+
+
+class DriftVerdict(Row):
+    """Issue #17's drift target: agreement (0..1) of the live and fixed servers against the ``bound``."""
+
+    bound: float
+    live: float | None
+    fixed: float | None
+    live_ok: bool
+    fixed_below: bool
+    met: bool
+
+
+class Drift(Row):
+    """The input drift run: phases (seconds: clean, drifted), each server's two phases, the agreement by
+    corruption over the judged ``judge_fraction`` of the drifted phase, the drifted images shadowed before it."""
+
+    epsilon: float
+    phases_s: list[float]
+    judge_fraction: float
+    phases: dict[str, list[AdaptStep]]
+    judged_agreement_by_corruption: dict[str, dict[str, float | None]]
+    shadowed_before_judged: float | None
+    verdict: DriftVerdict
+
+
+class LastExitAccuracy(Row):
+    """The last exit's accuracy (0..1) on the clean and the corrupted photos."""
+
+    clean: float | None
+    drifted: float | None
+
+
+class AdaptImages(Row):
+    """The photos sent: ``count`` test images of ``data`` as ``photo_size`` (width, height) JPEGs, corrupted
+    in the drift phase by kind at ``severity``."""
+
+    data: str
+    count: int
+    photo_size: tuple[int, int]
+    corruptions: dict[str, float]
+    severity: int
+    last_exit_accuracy: LastExitAccuracy
+
+
+class LoadAverage(Row):
+    """The 1-minute load average at the start and the end of a run."""
+
+    start: float
+    end: float
+
+
+class AdaptMachine(Row):
+    """The machine as the page names it (``lab.machine``)."""
+
+    cpu_count: int
+    processor: str
+    providers: str
+    load_average_1m: LoadAverage
+
+
+class AdaptModel(Row):
+    """The model served: its name, exits and GFLOPs per image at full depth."""
+
+    name: str
+    exits: int
+    gflops_full: float
+
+
+class AdaptSettings(Row):
+    """The flags of the run the page cites (batching, threads, client counts, step and phase seconds, live
+    calibration's shadow share, period and window)."""
+
+    max_batch_size: int
+    max_wait_ms: float
+    threads: int
+    clients: list[int]
+    step_s: float
+    drift_clients: int
+    live_calibration: float
+    calibration_every: int
+    calibration_window: int
+
+
+class AdaptFigures(Row):
+    """The figures' paths relative to docs/."""
+
+    ramp: str
+    drift: str
+
+
+class AdaptSection(Row):
+    """results.json's ``adapt``."""
+
+    created_utc: str
+    machine: AdaptMachine
+    images: AdaptImages
+    model: AdaptModel
+    settings: AdaptSettings
+    ramp: Ramp
+    drift: Drift
+    figures: AdaptFigures
