@@ -5,7 +5,6 @@ Against real uvicorn servers: in a thread of this process where the test holds t
 (the tiny model is too fast to catch in the middle), and as a child process for SIGTERM.
 """
 
-import asyncio
 import json
 import signal
 import socket
@@ -27,7 +26,7 @@ from dynadapter.service import main
 from dynadapter.service.main import create_app
 from dynadapter.service.settings import Settings
 from tests.support.service import Samples, samples, serving, value
-from tests.support.stand_ins import SegmentGate
+from tests.support.stand_ins import HeldFirstRequest, SegmentGate
 from tests.support.tiny_onnx_model import IMAGE_SIZE, NUM_EXITS, png_bytes
 
 INFER = "/v2/models/tiny/infer"
@@ -89,25 +88,6 @@ def classify_request(count: int) -> tuple[str, dict[str, str], bytes]:
     parts = [("file", (f"{i}.png", png_bytes(i), "image/png")) for i in range(count)]
     built = httpx.Request("POST", "http://x/classify?threshold=1", files=parts)
     return "/classify?threshold=1", {"content-type": built.headers["content-type"]}, built.read()
-
-
-class HeldFirstRequest:
-    """Wraps an engine's `classify_all`: the first request waits at it (admitted, its images not queued: a batch
-    waits for it) until `release`; `queued` is set as the second request's images are queued."""
-
-    def __init__(self, engine: Any) -> None:
-        self._classify_all = engine.classify_all
-        self.holding, self.release, self.queued = threading.Event(), threading.Event(), threading.Event()
-        engine.classify_all = self
-
-    async def __call__(self, *args: Any) -> Any:
-        first = not self.holding.is_set()
-        if first:
-            self.holding.set()
-            await asyncio.to_thread(self.release.wait, 20)
-        else:
-            self.queued.set()  # the images are queued in this same step of the event loop
-        return await self._classify_all(*args)
 
 
 @pytest.mark.parametrize("build", [oip_request, classify_request], ids=["oip", "classify"])

@@ -20,7 +20,7 @@ from dynadapter.service.grpc.protocol import message
 from dynadapter.service.main import create_app
 from tests.support.grpc_clients import RawClient, infer_request, set_parameter
 from tests.support.service import samples, serving, value, wait_ready
-from tests.support.stand_ins import SegmentGate, gate_runner
+from tests.support.stand_ins import HeldFirstRequest, SegmentGate, gate_runner
 from tests.support.tiny_onnx_model import (
     IMAGE_SIZE,
     NUM_EXITS,
@@ -450,9 +450,11 @@ def test_the_service_deadline_and_the_grpc_deadline(start_grpc: Callable, monkey
 
 def test_a_cancelled_call_leaves_the_batch_before_the_next_segment(start_grpc: Callable) -> None:
     """As a REST client that hangs up (tests/service/test_cancellation.py): its images are dropped, counted."""
-    # Three images make a full batch at once; a long max_wait_ms never cuts it short.
+    # Three images make a full batch: the stayer is held, admitted, until the leaver's two images are queued,
+    # and their batch waits for it (a long max_wait_ms never cuts that short).
     app, client = start_grpc(max_batch_size=3, max_wait_ms=5000)
-    gate = SegmentGate(app.app.state.service.registry.get().runner)
+    engine = app.app.state.service.registry.get()
+    gate, held = SegmentGate(engine.runner), HeldFirstRequest(engine)
 
     def zeros(count: int) -> Any:  # threshold 1: every segment runs
         shape = [count, 3, IMAGE_SIZE, IMAGE_SIZE]
@@ -468,8 +470,11 @@ def test_a_cancelled_call_leaves_the_batch_before_the_next_segment(start_grpc: C
     )
     cancelled_before = counted("dynadapter_cancelled_images_total", model="tiny", version="1")
     gone_before = counted("dynadapter_requests_total", model="tiny", version="1", code="499")
-    leaver = stub.future(zeros(2), timeout=30)
     stayer = stub.future(zeros(1), timeout=30)
+    assert held.holding.wait(20), "the stayer never got to its images"
+    leaver = stub.future(zeros(2), timeout=30)
+    assert held.queued.wait(20), "the leaver's images were never queued"
+    held.release.set()
     assert gate.entered.wait(20), "the batch never started"
     leaver.cancel()  # while segment 0 runs on all three images
     for _ in range(400):

@@ -2,6 +2,7 @@
 at a gate the test opens (``Gate``, installed by ``gate_runner``) and a backend whose segment 0 waits at one
 (``SegmentGate``, recording the rows each segment runs on)."""
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -78,3 +79,22 @@ class SegmentGate:
             self.entered.set()
             self.open.wait(20)
         return self._backend.run(k, x, need_logits)
+
+
+class HeldFirstRequest:
+    """Wraps an engine's `classify_all`: the first request waits at it (admitted, its images not queued: a batch
+    waits for it) until `release`; `queued` is set as the second request's images are queued."""
+
+    def __init__(self, engine: Any) -> None:
+        self._classify_all = engine.classify_all
+        self.holding, self.release, self.queued = threading.Event(), threading.Event(), threading.Event()
+        engine.classify_all = self
+
+    async def __call__(self, *args: Any) -> Any:
+        first = not self.holding.is_set()
+        if first:
+            self.holding.set()
+            await asyncio.to_thread(self.release.wait, 20)
+        else:
+            self.queued.set()  # the images are queued in this same step of the event loop
+        return await self._classify_all(*args)
