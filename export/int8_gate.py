@@ -8,17 +8,19 @@ modes, had lost 1.4 points. So the gate compares, on the validation split:
 - each mode's accuracy at int8's *own* thresholds (chosen on int8's logits) against fp32's mode at
   fp32's thresholds: what a client asking for ``?mode=balanced`` gets from either precision.
 
-Every difference must be at least ``-bound`` (a fraction: 0.003 = 0.3 points). The same margin is the
-metric NNCF's accuracy control optimises (export/precisions.py ``quantize_accuracy_control``): with the
-modes calibrated as the export calibrates them (bootstrap included), so that it stops where the gate holds.
+Every difference must be at least ``-bound`` (a fraction: 0.003 = 0.3 points). The same margin, with
+modes chosen once on the split (no bootstrap, cheap enough to evaluate per candidate), is the metric
+NNCF's accuracy control optimises (export/precisions.py ``quantize_accuracy_control``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from dynadapter.training.calibration import choose_modes, sweep
 
 #: int8 may answer the validation split at most this much (a fraction) worse than fp32, at any exit
 #: and in any mode: 0.3 points, the precision bench's and the suite's bound (issue 32).
@@ -87,13 +89,12 @@ def judge(
 
 
 def margin(
-    logits: np.ndarray,
-    fp32_logits: np.ndarray,
-    targets: np.ndarray,
-    mode_accuracy: Callable[[np.ndarray, np.ndarray], Mapping[str, float]],
+    logits: np.ndarray, fp32_logits: np.ndarray, targets: np.ndarray, cumulative_gflops: Sequence[float]
 ) -> float:
-    """The gate's worst (int8 - fp32) accuracy difference on these images: the metric accuracy control
-    keeps above ``-bound``. Logits [K, N, C], targets [N]; ``mode_accuracy(logits, targets)`` calibrates
-    the modes on them as the export does ({mode: accuracy}), so that on the whole split this is the gate."""
-    modes, fp32_modes = mode_accuracy(logits, targets), mode_accuracy(fp32_logits, targets)
-    return judge("", logits, fp32_logits, targets, modes, fp32_modes, 0.0).worst
+    """The gate's worst (int8 - fp32) accuracy difference with modes chosen once on these images (no
+    bootstrap): the metric accuracy control keeps above ``-bound``. Logits [K, N, C], targets [N]."""
+
+    def mode_accuracy(x: np.ndarray) -> dict[str, float]:
+        return {name: m["accuracy"] for name, m in choose_modes(sweep(x, targets, cumulative_gflops)).items()}
+
+    return judge("", logits, fp32_logits, targets, mode_accuracy(logits), mode_accuracy(fp32_logits), 0.0).worst

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,8 @@ def _int8(
         if attempt == "ptq":
             models = quantize(fp32, calib)
         else:
-            models = quantize_accuracy_control(fp32, calib, val, fp32_logits, _mode_accuracy(run), bound)
+            cum = deployed_cumulative_gflops(run.model)
+            models = quantize_accuracy_control(fp32, calib, val, fp32_logits, cum, bound)
         files = [_save(ov, model, folder / f"segment_{k}.int8.xml") for k, model in enumerate(models)]
         export, logits = _describe(run, "int8", files, val, reference)
         modes = {name: mode.accuracy for name, mode in export.modes.items()}
@@ -192,21 +193,6 @@ def _int8(
         weights.unlink()
     log.warning("int8 not written: serving this version needs fp32 (ONNX, or OpenVINO IR fp32)")
     return None
-
-
-def _mode_accuracy(run: Run) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
-    """{mode: validation accuracy} of logits [K, N, C] against targets [N], calibrated as `_describe` does."""
-    cum, heads, resampling = (
-        deployed_cumulative_gflops(run.model),
-        early_heads_gflops(run.model),
-        recorded_resampling(run.config.train),
-    )
-
-    def accuracy(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        modes = calibrate(logits, targets, cum, heads, **resampling)["modes"]
-        return {name: float(mode["accuracy"]) for name, mode in modes.items()}
-
-    return accuracy
 
 
 def _fake_quantize_ops(model: Any) -> int:
@@ -247,7 +233,7 @@ def quantize_accuracy_control(
     images: np.ndarray,
     val: tuple[np.ndarray, np.ndarray],
     fp32_logits: np.ndarray,
-    mode_accuracy: Callable[[np.ndarray, np.ndarray], Mapping[str, float]],
+    cumulative_gflops: Sequence[float],
     bound: float,
 ) -> list[Any]:
     """NNCF's accuracy-aware int8 of each segment in turn (``nncf.quantize_with_accuracy_control``):
@@ -257,9 +243,8 @@ def quantize_accuracy_control(
     The metric of segment k is that margin on the validation split ``val`` (images [N, 3, H, W],
     targets [N]) for the whole chain: the int8 segments before k (as already chosen), the candidate, and
     the fp32 segments after it (an int8 segment's loss shows at later exits too); ``fp32_logits``
-    [K, N, C] is the fp32 side; ``mode_accuracy(logits, targets)`` calibrates modes as the export does.
-    Segment k's allowed drop is what the segments before it left of ``bound``, so the chain ends within
-    it where NNCF finds a solution."""
+    [K, N, C] is the fp32 side. Segment k's allowed drop is what the segments before it left of
+    ``bound``, so the chain ends within it where NNCF finds a solution."""
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
@@ -284,7 +269,7 @@ def quantize_accuracy_control(
             # NNCF computes a relative drop too (1 - quantized / initial): 1 + margin keeps it off zero.
             # Per image: the fraction of exits answering it right (NNCF ranks layers on the images
             # whose values the quantized model changed most).
-            return 1.0 + int8_gate.margin(chain, fp32_logits[:, index], target, mode_accuracy), [
+            return 1.0 + int8_gate.margin(chain, fp32_logits[:, index], target, cumulative_gflops), [
                 float(v) for v in (chain.argmax(-1) == target).mean(axis=0)
             ]
 
