@@ -25,13 +25,15 @@ def test_demo_repository_holds_the_real_demo_and_the_fixture(built: Path) -> Non
     assert manifest["parity"]["max_abs_diff"] <= 1e-4
     assert [s["after_block"] for s in manifest["segments"]] == [3, 6, 9, 12]
     assert (built / "digits-tiny" / "1" / "manifest.json").is_file()
-    # With openvino and nncf installed the demo is also exported in int8, calibrated on its own, where int8
+    # With openvino and nncf installed the demo is also exported in fp32 IR, and in int8 only where int8
     # passes the gate (0.3 points at every exit and mode; accuracy control where plain PTQ fails it).
-    expected = {"fp32-openvino", "int8-openvino"} if demo.demo_precisions() != ["fp32"] else set()
-    assert set(manifest.get("precisions", {})) == expected
-    if expected:
-        gate = manifest["precisions"]["int8-openvino"]["parity"]["gate"]
-        assert gate["passed"] and gate["bound"] == 0.003 and gate["worst"] >= -0.003
+    precisions = manifest.get("precisions", {})
+    if demo.demo_precisions() == ["fp32"]:
+        assert precisions == {}
+    else:
+        assert set(precisions) - {"int8-openvino"} == {"fp32-openvino"}
+        gates = [p["parity"]["gate"] for key, p in precisions.items() if key == "int8-openvino"]
+        assert all(g["passed"] and g["bound"] == 0.003 and g["worst"] >= -0.003 for g in gates)
 
 
 def test_a_second_build_reuses_the_export(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
