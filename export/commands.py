@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from dynadapter.export.int8_gate import INT8_MAX_ACCURACY_DROP
+
 #: torch logs this when it imports its C++-extension helpers (NNCF does, for int8) on a machine with a CUDA
 #: toolkit folder but no CUDA runtime: harmless on a CPU-only machine, where it reads like a failure.
 NO_CUDA_RUNTIME = "No CUDA runtime is found"
@@ -39,29 +41,47 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--precision",
-        default="fp32",
+        default="auto",
         help="comma-separated precisions: fp32 (ONNX segments, always written), int8 (NNCF-quantized "
-        "OpenVINO IR, with fp32 IR beside it); each is calibrated on its own (default: fp32)",
+        "OpenVINO IR, with fp32 IR beside it; an error where it fails the accuracy gate); each is calibrated "
+        "on its own. auto (default): fp32, and int8 where openvino and nncf are installed and it passes the "
+        "gate (a line says when it does not); --precision fp32 leaves int8 out",
     )
     p.add_argument(
         "--int8-max-accuracy-drop",
         type=float,
-        default=0.01,
-        help="refuse int8 segments whose last-exit validation accuracy is lower than PyTorch's by more "
-        "than this fraction (default: 0.01)",
+        default=INT8_MAX_ACCURACY_DROP,
+        help="the int8 gate: int8's validation accuracy may be at most this fraction below fp32's, at every "
+        f"exit and in every mode at its own thresholds (default: {INT8_MAX_ACCURACY_DROP}, "
+        f"{100 * INT8_MAX_ACCURACY_DROP:g} point)",
+    )
+    p.add_argument(
+        "--int8-method",
+        choices=("auto", "ptq", "accuracy-control"),
+        default="auto",
+        help="ptq: NNCF post-training quantization; accuracy-control: NNCF's quantize_with_accuracy_control "
+        "(the layers that cost accuracy stay fp32); auto (default): ptq, then accuracy-control where ptq "
+        "fails the gate",
     )
 
 
 def run_export(args: argparse.Namespace) -> None:
     quiet_cuda_probe()
+    from dynadapter.contract import read_manifest
     from dynadapter.export.exporter import export_run
-    from dynadapter.export.precisions import parse_precisions
+    from dynadapter.export.precisions import cpu_runtime_precisions, gate_lines, parse_precisions
 
-    precisions = parse_precisions(args.precision)
+    auto = args.precision == "auto"
+    precisions = cpu_runtime_precisions() if auto else parse_precisions(args.precision)
     check_export_name(args.name)
     version = export_version(args.out / args.name, args.version, args.overwrite)
-    folder = export_run(args.run_dir, args.out, args.name, version, precisions, args.int8_max_accuracy_drop)
+    folder = export_run(
+        args.run_dir, args.out, args.name, version, precisions, args.int8_max_accuracy_drop, args.int8_method, not auto
+    )
     print(f"exported to {folder}")
+    if (folder / "manifest.json").is_file():  # which gate each precision passed
+        for line in gate_lines(read_manifest(folder / "manifest.json")):
+            print(f"  {line}")
 
 
 def check_export_name(name: str) -> None:

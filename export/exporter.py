@@ -33,6 +33,7 @@ from dynadapter.contract import (
 )
 from dynadapter.errors import ExportError
 from dynadapter.export.head_gate import gate_exit_head
+from dynadapter.export.int8_gate import INT8_MAX_ACCURACY_DROP
 from dynadapter.export.parity import PARITY_BATCH_SIZES, PARITY_TOLERANCE, parity_error
 from dynadapter.export.precisions import openvino_precisions
 from dynadapter.models.dynamic_vit import DynamicViT
@@ -42,9 +43,10 @@ from dynadapter.training.run_dir import Run, load_run, read_calibration
 
 log = logging.getLogger(__name__)
 
-#: Bumped when the exported graphs change for the same checkpoint (2: gated exit heads), so that
-#: cached exports (``dynadapter demo build``) are redone.
-EXPORTER_REVISION = 2
+#: Bumped when the exported graphs change for the same checkpoint (2: gated exit heads; 3: int8 judged
+#: at every exit and mode, accuracy control where plain PTQ fails), so that cached exports
+#: (``dynadapter demo build``) are redone.
+EXPORTER_REVISION = 3
 OPSET = 18
 
 
@@ -99,14 +101,17 @@ def export_run(
     name: str = "model",
     version: str = "1",
     precisions: Sequence[str] = ("fp32",),
-    int8_max_accuracy_drop: float = 0.01,
+    int8_max_accuracy_drop: float = INT8_MAX_ACCURACY_DROP,
+    int8_method: str = "auto",
+    int8_required: bool = True,
 ) -> Path:
     """Export a run directory to ``model_repo/name/version``; returns that folder.
 
     ``precisions``: "fp32" (the ONNX segments, always written) and optionally "int8"; any precision
-    besides fp32 also writes the OpenVINO IR ones (export/precisions.py, which needs openvino and nncf);
-    int8 is refused when its last-exit validation accuracy is more than ``int8_max_accuracy_drop`` below
-    PyTorch's.
+    besides fp32 also writes the OpenVINO IR ones (export/precisions.py, which needs openvino and nncf).
+    int8 is quantized by ``int8_method`` and let out only where its validation accuracy is at most
+    ``int8_max_accuracy_drop`` below fp32's at every exit and mode (export/int8_gate.py); where it is not,
+    ``ExportError`` with ``int8_required``, else the version is written without int8 (a warning says so).
     """
     run = load_run(Path(run_dir))
     calibration = read_calibration(Path(run_dir))
@@ -124,13 +129,16 @@ def export_run(
     manifest = build_manifest(run, paths, calibration, parity, name, str(version))
     if extra:
         log.info("converting to OpenVINO IR: %s (int8: NNCF calibration and its accuracy gate)", ", ".join(precisions))
-        ir = openvino_precisions(run, [ungated / p.name for p in paths], tmp, list(precisions), int8_max_accuracy_drop)
+        sources = [ungated / p.name for p in paths]
+        ir = openvino_precisions(
+            run, sources, tmp, list(precisions), int8_max_accuracy_drop, int8_method, int8_required
+        )
         shutil.rmtree(ungated)
         manifest = new_manifest(**{**dict(manifest), "precisions": ir})
     write_manifest(manifest, tmp)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)  # a half-written version never appears under its real name
-    log.info("exported %s (%d segments, parity %.2e)", dest, len(paths), parity)
+    log.info("exported %s (%d segments)", dest, len(paths))
     return dest
 
 

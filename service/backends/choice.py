@@ -5,6 +5,8 @@ unchanged); otherwise the fastest precision the model version has for the CPU: i
 then fp32 on OpenVINO, then fp32 on onnxruntime (measured in that order on the demo model, issue 18
 and docs/results.md). int8 leads only on CPUs with int8 dot-product instructions (VNNI, AMX): on an
 AVX2 CPU without them int8 measured no faster than fp32, so fp32 (exact) is preferred there.
+A model version has int8 segments only where they passed the export's accuracy gate (within 0.3 points
+of fp32 at every exit and mode, export/int8_gate.py), so "present" means "passed".
 A forced backend or precision that the model version or this machine cannot
 serve refuses to start with `ModelLoadError`, rather than quietly serving something else.
 """

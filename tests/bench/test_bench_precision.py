@@ -52,3 +52,24 @@ def test_page_explains_a_cpu_without_int8_instructions() -> None:
     assert "no int8 dot-product instructions" in render_markdown({"serve_precision": section})
     section["cpu"] = cpu_peak(1, XEON)
     assert "no int8 dot-product instructions" not in render_markdown({"serve_precision": section})
+
+
+def test_page_says_how_int8_was_quantized_and_by_how_much_it_misses() -> None:
+    targets = [{"target": "test accuracy int8 fast >= fp32 - 0.3 points", "ratio": 0.005, "met": False}]
+    gate = {"method": "accuracy-control", "worst": -0.0025, "worst_at": "exit 1", "bound": 0.003}
+    section = {
+        "cpu": cpu_peak(1, XEON),
+        "machine": {"load_average_1m": {"start": 1.0}},
+        "settings": {"images": 10, "rounds": 1, "duration_s": 1, "threads": 2},
+        "results": [],
+        "targets": targets,
+        "int8_gate": gate,
+    }
+    page = render_markdown({"serve_precision": section})
+    assert "- test accuracy int8 fast >= fp32 - 0.3 points: int8 - fp32 -0.5 points (NOT met)" in page
+    assert (
+        "quantized by NNCF accuracy control (layers that cost accuracy kept in fp32); on the validation split "
+        "their worst accuracy difference against fp32 over every exit and mode was -0.2 points (exit 1; bound 0.3)"
+    ) in page
+    section["int8_gate"] = None
+    assert "no int8 segments that passed the export's gate" in render_markdown({"serve_precision": section})
