@@ -42,9 +42,7 @@ class ServerOptions(BaseModel):
         "(bench/serving/serve.py's docstring)",
     )
     providers: Literal["cpu", "auto", "cuda"] = Field("cpu", description="where the models run, for every server")
-    spinning: bool | None = Field(
-        None, description="this service's onnxruntime idle threads spin; None: the service's default (they sleep)"
-    )
+    spinning: bool = Field(False, description="this service's onnxruntime idle threads spin (off: its default)")
 
 
 def service_argv(config: ServerOptions, providers: str) -> list[str]:
@@ -53,7 +51,7 @@ def service_argv(config: ServerOptions, providers: str) -> list[str]:
     return [
         *(sys.executable, "-m", "dynadapter", "serve", "--host", "127.0.0.1", "--log-level", "warning"),
         *("--providers", providers, "--intra-op-threads", str(config.threads)),
-        *(() if config.spinning is None else ("--allow-spinning" if config.spinning else "--no-allow-spinning",)),
+        "--allow-spinning" if config.spinning else "--no-allow-spinning",
         *("--max-batch-size", str(config.max_batch_size), "--max-wait-ms", str(config.max_wait_ms)),
         *("--grpc-port", "0"),  # no gRPC listener: servers started side by side would all want 8001
     ]
