@@ -235,8 +235,9 @@ def percentile_ms(latency_us: Sequence[tuple[int, int]], q: float) -> float | No
 
 def summarize_rounds(name: str, concurrency: int, rounds: Sequence[WrkRound]) -> dict[str, Any]:
     """A results row of one (variant, concurrency) over its wrk rounds, in ``lab.load.summarize``'s shape
-    (``lab.rows.LoadRow``) plus ``p99_ms``: latencies of every response of every round, in ms; throughput in
-    2xx answers per second over all rounds and per round."""
+    (``lab.rows.LoadRow``) plus ``p99_ms`` and the errors by kind (``non2xx`` answers, wrk's socket errors:
+    connect, read, write, timeout): latencies of every response of every round, in ms; throughput in 2xx answers
+    per second over all rounds and per round."""
     merged: dict[int, int] = {}
     for one in rounds:
         for value, n in one.latency_us:
@@ -249,6 +250,12 @@ def summarize_rounds(name: str, concurrency: int, rounds: Sequence[WrkRound]) ->
         "concurrency": concurrency,
         "requests": sum(one.requests for one in rounds),
         "errors": sum(one.errors for one in rounds),
+        "errors_by_kind": {
+            "non2xx": sum(one.non2xx for one in rounds),
+            **{
+                kind: sum(one.socket_errors[kind] for one in rounds) for kind in ("connect", "read", "write", "timeout")
+            },
+        },
         "p50_ms": percentile_ms(histogram, 50),
         "p95_ms": percentile_ms(histogram, 95),
         "p99_ms": percentile_ms(histogram, 99),

@@ -32,12 +32,13 @@ class BenchInputs:
 
 
 def prepare_inputs(config: ServeBenchConfig, work: Path) -> BenchInputs:
-    """Resolve the run and the model repository; build the static graph from the run (with its int8 OpenVINO IR
-    where the Triton int8 peer is measured)."""
+    """Resolve the run and the model repository; build the static graph from the run (in the plain run with its
+    int8 OpenVINO IR where the CPU runtime is installed, as `dynadapter export` does)."""
     from dynadapter.bench.serving.static_graph import export_static_graph
     from dynadapter.contract.model_repository import load_model
     from dynadapter.export.demo import DEMO_RUNS, build_demo_repo
     from dynadapter.export.exporter import export_run
+    from dynadapter.export.precisions import cpu_runtime_precisions
 
     run_dir = config.run_dir or next(iter(DEMO_RUNS.values()))  # the demo's run (demo/dinov2-mnist)
     if not run_dir.is_dir():
@@ -53,11 +54,12 @@ def prepare_inputs(config: ServeBenchConfig, work: Path) -> BenchInputs:
         export_run(run_dir, repo)
     name = load_model(repo, name).manifest.name
     log.info("building the static single-graph baseline from %s", run_dir)
-    # Only the plain run serves the Triton int8 peer (--photos and --precisions read these flags too).
+    # The plain run's static graph is exported as `dynadapter export` does by default (int8 beside fp32 where the
+    # CPU runtime is installed), so that `static` is served at the precision the cascade is, whichever variants
+    # run; the Triton int8 peer reads the same IR. --photos and --precisions (which read these flags too) need fp32.
     plain = not (config.photos or config.precisions)
-    int8 = plain and "triton-int8" in config.variants and triton_python(config) is not None
     static_run, static_repo = export_static_graph(
-        run_dir, work / "static", name, ("fp32", "int8") if int8 else ("fp32",)
+        run_dir, work / "static", name, tuple(cpu_runtime_precisions()) if plain else ("fp32",)
     )
     return BenchInputs(run_dir, repo, name, static_run, static_repo)
 

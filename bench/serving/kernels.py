@@ -51,7 +51,11 @@ class KernelsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_repo: Path = Field(DEMO_MODEL_REPO, description="the model repository (default: the demo's, `make serve`)")
-    model_name: str | None = Field(None, description="model in --model-repo (default: the only or first one)")
+    model_name: str | None = Field(
+        None,
+        description="model in --model-repo (default: the one docs/results.json's `bench serve` section measured, "
+        "else the only or first one)",
+    )
     batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], CommaList] = Field(
         [1, 2, 4, 8, 16, 32, 64], min_length=1, description="batch sizes, comma-separated"
     )
@@ -82,9 +86,12 @@ def kernels_benchmark(config: KernelsConfig) -> dict[str, Any]:
     from dynadapter.bench.lab.results import RESULTS_JSON, update_results
 
     load_before = os.getloadavg()[0]
-    section = measure_kernels(config, load_before)
     path = config.docs / RESULTS_JSON
     serve = json.loads(path.read_text()).get("serve") if path.is_file() else None
+    if config.model_name is None and serve and (config.model_repo / serve["model"]["name"]).is_dir():
+        # the model `bench serve` measured, so that the end-to-end share compares one model with itself
+        config = config.model_copy(update={"model_name": serve["model"]["name"]})
+    section = measure_kernels(config, load_before)
     section["end_to_end"] = end_to_end_share(section, serve)
     update_results(config.docs, {"kernels": section})
     print(render_section(section))
@@ -191,8 +198,9 @@ def measure_kernels(config: KernelsConfig, load_before: float) -> dict[str, Any]
 
 def end_to_end_share(section: dict[str, Any], serve: dict[str, Any] | None) -> dict[str, Any] | None:
     """``bench serve``'s ``balanced`` GMAC/s at its highest connection count over the default precision's
-    ceiling, judged against ``E2E_TARGET``; None without a serve section with that row and its GFLOPs."""
-    if not serve:
+    ceiling, judged against ``E2E_TARGET``; None without a serve section of the same model with that row and
+    its GFLOPs."""
+    if not serve or serve.get("model", {}).get("name") != section["model"]["name"]:
         return None
     top = max(serve["settings"]["concurrency"])
     row = next((r for r in serve["results"] if r["variant"] == "balanced" and r["concurrency"] == top), None)

@@ -54,9 +54,14 @@ def test_the_ceiling_is_the_best_cascade_rate_of_each_precision(kernels: tuple[d
 
 
 def test_the_end_to_end_share_is_balanceds_rate_at_the_top_concurrency_over_the_ceiling() -> None:
-    section = {"default_precision": "int8-openvino", "ceilings": {"int8-openvino": {"batch": 16, "gmac_s": 500.0}}}
+    section = {
+        "model": {"name": "mnist"},
+        "default_precision": "int8-openvino",
+        "ceilings": {"int8-openvino": {"batch": 16, "gmac_s": 500.0}},
+    }
     serve = {
         "created_utc": "2026-12-07T00:00:00Z",
+        "model": {"name": "mnist"},
         "settings": {"concurrency": [1, 32]},
         "results": [
             {"variant": "balanced", "concurrency": 1, "throughput_rps": 80.0},
@@ -69,6 +74,8 @@ def test_the_end_to_end_share_is_balanceds_rate_at_the_top_concurrency_over_the_
     assert (share["connections"], share["served_gmac_s"]) == (32, pytest.approx(360 * 0.68))
     assert share["share"] == pytest.approx(360 * 0.68 / 500) and share["met"] is False
     assert end_to_end_share(section, {**serve, "answers": {}}) is None
+    # another model's serve run is no share of this model's ceiling
+    assert end_to_end_share(section, {**serve, "model": {"name": "digits-tiny"}}) is None
 
 
 def test_the_model_repository_is_read_as_the_service_reads_it(tmp_path: Path) -> None:

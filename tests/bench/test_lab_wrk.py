@@ -47,14 +47,15 @@ def test_output_without_the_result_line_is_an_error() -> None:
 def test_rounds_merge_into_one_row_with_exact_percentiles() -> None:
     """Percentiles come from the merged latency histograms, not averages of each round's."""
     fast = WrkRound(4, 1.0, 0, dict.fromkeys(("connect", "read", "write", "timeout"), 0), [(1000, 4)])
-    slow = WrkRound(6, 2.0, 2, dict.fromkeys(("connect", "read", "write", "timeout"), 0), [(3000, 5), (9000, 1)])
+    slow = WrkRound(6, 2.0, 2, {"connect": 0, "read": 1, "write": 0, "timeout": 0}, [(3000, 5), (9000, 1)])
     row = summarize_rounds("balanced", 32, [fast, slow])
+    assert row["errors_by_kind"] == {"non2xx": 2, "connect": 0, "read": 1, "write": 0, "timeout": 0}
     assert row["p50_ms"] == 3.0 and row["p99_ms"] == pytest.approx(8.46)  # numpy's linear rule over 10 values
-    assert (row["requests"], row["errors"]) == (10, 2)
-    assert row["throughput_rps"] == pytest.approx(8 / 3.0)
-    assert row["throughput_rps_rounds"] == [4.0, 2.0]
+    assert (row["requests"], row["errors"]) == (10, 3)
+    assert row["throughput_rps"] == pytest.approx(7 / 3.0)  # a read error is no answer
+    assert row["throughput_rps_rounds"] == [4.0, 1.5]
     parsed = LoadRow.model_validate(row)
-    assert (parsed.answered, parsed.p99_ms) == (8, row["p99_ms"])
+    assert (parsed.answered, parsed.p99_ms) == (7, row["p99_ms"])
 
 
 @pytest.mark.load
