@@ -170,6 +170,7 @@ present = [m for m in ("torch", "timm") if importlib.util.find_spec(m)]
 assert not present, f"the serving image has {present}"
 ' || die "image contents"
 say "runs as uid $("$engine" "${global[@]}" exec "$name" id -u), without torch or timm"
+"$engine" "${global[@]}" exec -i "$name" python - <docker/smoke_grpc.py || { show_logs; die "gRPC checks"; }
 
 "$engine" "${global[@]}" stop -t 30 "$name" >/dev/null 2>>"$engine_log"
 code=$("$engine" inspect --format '{{.State.ExitCode}}' "$name")
@@ -225,6 +226,7 @@ else
   grep -q 'path: /readyz' "$deployment" || die "$deployment has no /readyz readiness probe"
   "$python" docker/smoke_client.py "http://127.0.0.1:$kube_port" --ready-timeout "$ready_timeout" \
     || { kube_logs; die "HTTP checks on the kube-played pod"; }
+  podman "${global[@]}" exec -i "$kube_ctr" python - <docker/smoke_grpc.py || { kube_logs; die "gRPC checks on the pod"; }
   # The manifest's securityContext holds: its runAsUser, and a read-only root file system.
   uid=$(podman "${global[@]}" exec "$kube_ctr" id -u)
   [[ $uid == $(sed -n 's/^ *runAsUser: *//p' "$deployment" | head -1) ]] || die "the pod runs as uid $uid"
@@ -233,6 +235,6 @@ else
   podman "${global[@]}" kube down "$play" >/dev/null 2>>"$engine_log" || die "podman kube down"
   kube_yaml=
   kube_s=$((SECONDS - kube_start))
-  say "podman kube play: ready, classified, scraped as uid $uid on a read-only root; torn down in ${kube_s} s total"
+  say "podman kube play: ready, classified over REST and gRPC, scraped as uid $uid on a read-only root; torn down in ${kube_s} s total"
 fi
 say "OK: build ${build_s} s, image ${size_mb} MB, kube play ${kube_s} s, total $((SECONDS - t0)) s"
