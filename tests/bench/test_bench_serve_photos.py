@@ -65,7 +65,7 @@ def test_decoders_accuracy_and_page(photo_results: tuple[dict[str, Any], Path]) 
 
 
 def test_a_photo_section_renders_as_it_was_written() -> None:
-    """The page of the committed results (a run from before simplejpeg) renders byte for byte from the row models."""
+    """The page of the committed results renders byte for byte from the row models."""
     from tests.support.service import ROOT
 
     results = json.loads((ROOT / "docs" / "results.json").read_text())
