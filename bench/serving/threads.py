@@ -61,7 +61,10 @@ class ThreadsBenchConfig(BaseModel):
     model_repo: Path | None = Field(
         None, description="the model repository served (default: the demo's, built into var/model_repo when missing)"
     )
-    model_name: str | None = Field(None, description="model in --model-repo (default: the only or first one)")
+    model_name: str | None = Field(
+        None,
+        description="model in --model-repo (default: the demo run's model for the demo's run, else the only or first)",
+    )
     backends: Annotated[list[str], CommaList, AfterValidator(subset(lambda: list(BACKENDS)))] = Field(
         list(BACKENDS), description="comma-separated runtimes to sweep"
     )
@@ -129,7 +132,9 @@ def threads_benchmark(config: ThreadsBenchConfig) -> None:
     if not run_dir.is_dir():
         raise RunDirError(f"no run directory at {run_dir}: pass --run-dir (a `dynadapter train` output)")
     repo = config.model_repo or build_demo_repo(DEMO_MODEL_REPO)
-    section = sweep(repo, config.model_name, bench_images(run_dir, config.images), config)
+    # the model of the images sent: for the demo's run, its model in the demo repository (not the fixture beside it)
+    demo_name = next((name for name, run in DEMO_RUNS.items() if run.resolve() == run_dir.resolve()), None)
+    section = sweep(repo, config.model_name or demo_name, bench_images(run_dir, config.images), config)
     update_results(config.docs, {"threads": section})
     print(render_markdown({"threads": section}))
 
