@@ -7,8 +7,9 @@ tritonclient sends it) with the knob as request parameters; one grpc.aio channel
 connection) carries every client, as a gRPC client library would. grpc and the service's message
 classes are imported inside functions: the ``dynadapter`` parser imports the benchmarks.
 
-``compare`` (``python -m dynadapter.bench.lab.grpc_load``) measures REST against gRPC on one server; until
-``dynadapter bench serve`` has a transport flag, it is this module's one command.
+``dynadapter bench serve``'s ``balanced-grpc`` variant is timed and answered by these clients
+(bench/serving/grpc_rounds.py). ``compare`` (``python -m dynadapter.bench.lab.grpc_load``) measures REST
+against gRPC on one server, the same model and images, without the rest of the bench.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ class LoadRow(Row):
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None = None  # from wrk's latency distribution (bench/lab/wrk.py); older rows have none
+    load: str | None = None  # who sent the timed rounds: "wrk", or "python-grpc" (bench serve's gRPC variants)
     throughput_rps: float | None
     throughput_rps_rounds: list[float]
 

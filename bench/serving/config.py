@@ -23,7 +23,9 @@ class Variant:
     server: str  # key of the server process that answers it
     query: str
     description: str
-    protocol: str = "multipart"  # how the image travels: "multipart" upload, or "oip" JSON (a base64 BYTES tensor)
+    # How the image travels: "multipart" upload, "oip" JSON (a base64 BYTES tensor), or "grpc": OIP ModelInfer
+    # (the raw bytes in raw_input_contents; timed by Python clients, bench/serving/grpc_rounds.py)
+    protocol: str = "multipart"
 
 
 VARIANTS = {
@@ -40,12 +42,20 @@ VARIANTS = {
     "static": Variant("static", "", "this service, one static ONNX graph (full depth, last exit)"),
     "litserve-onnx": Variant("litserve-onnx", "", "LitServe + onnxruntime, the static graph"),
     "litserve-torch": Variant("litserve-torch", "", "LitServe + PyTorch eager, the static model"),
-    # An OIP variant's "?mode=..." travels as the request's parameters (serve.variant_bodies).
+    # An OIP or gRPC variant's "?mode=..." travels as the request's parameters (serve.variant_parameters).
     "balanced-oip": Variant(
         "cascade",
         "?mode=balanced",
         "this service, per-stage segments, mode balanced, over OIP JSON (as Triton is sent)",
         "oip",
+    ),
+    "balanced-grpc": Variant(
+        "cascade",
+        "?mode=balanced",
+        "this service, per-stage segments, mode balanced, over OIP gRPC ModelInfer (the PNG as BYTES in "
+        "raw_input_contents); timed by Python clients (grpc.aio, one channel), not wrk, so its latencies include "
+        "the client's own time and are not directly comparable with the wrk rows",
+        "grpc",
     ),
     "triton-onnx": Variant(
         "triton-onnx",

@@ -11,7 +11,7 @@ from typing import Any
 
 from dynadapter.bench.lab.images import BenchImages
 from dynadapter.bench.lab.servers import DEMO_MODEL_REPO, service_argv
-from dynadapter.bench.serving.config import TUNED, ServeBenchConfig
+from dynadapter.bench.serving.config import TUNED, VARIANTS, ServeBenchConfig
 from dynadapter.errors import RunDirError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ def prepare_inputs(config: ServeBenchConfig, work: Path) -> BenchInputs:
 def server_commands(inputs: BenchInputs, config: ServeBenchConfig) -> dict[str, tuple[list[str], str, str]]:
     """Server name -> (argv without --port, readiness path, classify path): each server at ``config``'s threading
     and, with ``--tuned-threads``, again as ``<name>+tuned`` (that many threads, onnxruntime not spinning); the
-    Triton peers where ``--triton-python`` (or var/triton-venv) has nvidia-pytriton."""
+    Triton peers where ``--triton-python`` (or var/triton-venv) has nvidia-pytriton. Where a gRPC variant is
+    chosen, each cascade server listens for gRPC on a free port of its own (bench/serving/grpc_rounds.py)."""
     commands = _server_commands(inputs, config)
     python = triton_python(config)
     if python is not None:
@@ -120,7 +121,7 @@ def _server_commands(inputs: BenchInputs, config: ServeBenchConfig) -> dict[str,
     ]
     return {
         "cascade": (
-            [*service, "--model-repo", str(inputs.model_repo), "--model-name", inputs.model_name],
+            [*service, "--model-repo", str(inputs.model_repo), "--model-name", inputs.model_name, *_grpc(config)],
             "/readyz",
             "/classify",
         ),
@@ -128,6 +129,17 @@ def _server_commands(inputs: BenchInputs, config: ServeBenchConfig) -> dict[str,
         "litserve-onnx": ([*litserve, "onnx", str(inputs.static_repo)], "/health", "/predict"),
         "litserve-torch": ([*litserve, "torch", str(inputs.static_run)], "/health", "/predict"),
     }
+
+
+def _grpc(config: ServeBenchConfig) -> list[str]:
+    """A free ``--grpc-port`` where the plain run measures a gRPC variant (after service_argv's ``--grpc-port 0``:
+    the last flag wins), else nothing (``--photos`` and ``--precisions`` read these flags too)."""
+    from dynadapter.bench.lab.process import free_port
+
+    plain = not (config.photos or config.precisions)
+    if not plain or not any(VARIANTS[name].protocol == "grpc" for name in config.variants):
+        return []
+    return ["--grpc-port", str(free_port())]
 
 
 def litserve_accelerator(providers: str) -> str:

@@ -13,6 +13,9 @@ test split of the run's data set by default, ``--images`` to send fewer) as mult
 - ``litserve-onnx``, ``litserve-torch``: that graph behind LitServe with its own dynamic batching, on
   onnxruntime and in PyTorch eager mode (``dynadapter.bench.serving.litserve_apps``).
 - ``balanced-oip``: this service at ``balanced`` over OIP JSON (base64 PNG in a BYTES tensor);
+- ``balanced-grpc``: this service at ``balanced`` over OIP gRPC ModelInfer (the PNG as BYTES in
+  ``raw_input_contents``) on the cascade server's own free ``--grpc-port``; timed by Python clients, not wrk
+  (``dynadapter.bench.serving.grpc_rounds``);
 - ``triton-onnx``, ``triton-int8``: NVIDIA Triton (nvidia-pytriton's tritonserver, its dynamic batcher)
   serving that graph on fp32 onnxruntime and as NNCF int8 OpenVINO IR, over the same OIP JSON,
   decoding the PNGs as this service does (``dynadapter.bench.serving.triton``).
@@ -29,14 +32,17 @@ runs, the others are frozen with SIGSTOP (idle LitServe workers poll and would t
 for the Triton peers, which idle (tritonserver's Python backend crashed when thawed).
 
 The timed rounds are wrk's (``bench/lab/wrk.py``): ``--duration`` whole seconds per variant and
-connection count, every non-2xx answer an error, p50/p95/p99 from wrk's latency histogram. Every server
-runs at its runtime's default threading (``--threads 0``) and, with ``--tuned-threads N`` (default 1),
-again as ``<variant>+tuned`` (N intra-op threads, onnxruntime not spinning: the best a server gets on a
-small machine). ``balanced-oip`` is this service over OIP JSON, the protocol the Triton peers
-(``triton-onnx``, ``triton-int8``: bench/serving/triton.py) are sent; they need ``make triton-venv``
-(or ``--triton-python``) and are left out with a warning without it.
-Ratios come from numbers measured side by side in one run. Before the timed rounds every variant
-classifies each image once, which warms it up and gives its accuracy and GFLOPs on identical images.
+connection count, every non-2xx answer an error, p50/p95/p99 from wrk's latency histogram. wrk speaks
+no gRPC: ``balanced-grpc``'s rounds are as many grpc.aio clients on one channel for the same whole seconds,
+every failed call an error, made into the same rows; the page marks them (``load``: ``python-grpc``): a
+Python client's own time is in their latencies and it runs on the server's cores, so they are not directly
+comparable with the wrk rows. Every server runs at its runtime's default threading (``--threads 0``) and,
+with ``--tuned-threads N`` (default 1), again as ``<variant>+tuned`` (N intra-op threads, onnxruntime not
+spinning: the best a server gets on a small machine). ``balanced-oip`` is this service over OIP JSON, the
+protocol the Triton peers (``triton-onnx``, ``triton-int8``: bench/serving/triton.py) are sent; they need
+``make triton-venv`` (or ``--triton-python``) and are left out with a warning without it.
+Ratios come from numbers measured side by side in one run. Before the timed rounds every multipart and gRPC
+variant classifies each image once, which warms it up and gives its accuracy and GFLOPs on identical images.
 On a GPU machine ``--providers cuda`` (or ``auto``) puts every server's model on the GPU.
 
 Third-party imports sit inside functions: the ``dynadapter`` parser imports this module, also in the
@@ -65,6 +71,7 @@ from dynadapter.bench.lab.process import ServerProcess, awake, launch
 from dynadapter.bench.lab.results import fmt, quotient
 from dynadapter.bench.lab.rows import AnswersRow, LoadRow, RatioCheck, Row
 from dynadapter.bench.lab.wrk import BenchError, WrkRound, require_wrk, run_wrk, summarize_rounds
+from dynadapter.bench.serving import grpc_rounds
 from dynadapter.bench.serving.config import TRITON_VARIANTS, TUNED, VARIANTS, ServeBenchConfig, Variant
 from dynadapter.bench.serving.inputs import (
     BenchInputs,
@@ -219,11 +226,15 @@ def variant_url(server: ServerProcess, variant: Variant, model_name: str) -> str
     return server.classify_url + variant.query
 
 
+def variant_parameters(variant: Variant) -> dict[str, Any] | None:
+    """An OIP or gRPC variant's knob as request parameters: its ``?mode=...`` query (None without one)."""
+    return {"mode": variant.query.removeprefix("?mode=")} if variant.query.startswith("?mode=") else None
+
+
 def variant_bodies(variant: Variant, images: BenchImages) -> tuple[list[bytes], str]:
     """The request bodies of a variant and their content type (Triton's model takes BYTES [N, 1])."""
     triton = variant.server.removesuffix(TUNED) in TRITON_VARIANTS
-    parameters = {"mode": variant.query.removeprefix("?mode=")} if variant.query.startswith("?mode=") else None
-    return request_bodies(images, variant.protocol, batched=triton, parameters=parameters)
+    return request_bodies(images, variant.protocol, batched=triton, parameters=variant_parameters(variant))
 
 
 def _timed(
@@ -247,8 +258,9 @@ async def measure_all(
     model_name: str,
     wrk: str = "wrk",
 ) -> tuple[dict[str, list[Sample]], dict[tuple[str, int], list[WrkRound]]]:
-    """Each multipart variant's answers to every image (Python clients: the answers are read), an untimed wrk
-    second of every OIP variant (its warm-up), then the timed wrk rounds, one server awake at a time."""
+    """Each multipart and gRPC variant's answers to every image (Python clients: the answers are read), an untimed
+    wrk second of every OIP variant (its warm-up), then the timed rounds (wrk's; gRPC: ``grpc_rounds``), one
+    server awake at a time."""
     for server in servers.values():
         server.pause()
     answers = {}
@@ -257,6 +269,9 @@ async def measure_all(
             url = variant_url(server, variant, model_name)
             if variant.protocol == "multipart":
                 answers[name] = await answer_every_image(url, images, max(config.concurrency))
+            elif variant.protocol == "grpc":
+                knob = variant_parameters(variant) or {}
+                answers[name] = await grpc_rounds.answers(server, model_name, images, max(config.concurrency), knob)
             else:
                 run_wrk(url, *variant_bodies(variant, images), max(config.concurrency), 1, wrk=wrk)
     names = list(variants)
@@ -267,8 +282,14 @@ async def measure_all(
             for name in [*names[shift:], *names[:shift]]:
                 variant = variants[name]
                 with awake(servers[variant.server]) as server:
-                    url = variant_url(server, variant, model_name)
-                    one = _timed(server, url, variant_bodies(variant, images), concurrency, config.duration, wrk)
+                    if variant.protocol == "grpc":
+                        knob = variant_parameters(variant) or {}
+                        one = await grpc_rounds.timed_round(
+                            server, model_name, images, concurrency, config.duration, knob
+                        )
+                    else:
+                        url = variant_url(server, variant, model_name)
+                        one = _timed(server, url, variant_bodies(variant, images), concurrency, config.duration, wrk)
                 measured[name, concurrency].append(one)
                 log.info(
                     "round %d/%d, %s at %d connections: %d answered, %d errors in %.1f s",
@@ -307,7 +328,11 @@ def report(
 ) -> dict[str, Any]:
     from dynadapter.contract.model_repository import load_model
 
-    rows = [summarize_rounds(name, c, measured[name, c]) for c in config.concurrency for name in variants]
+    rows = [
+        summarize_rounds(name, c, measured[name, c]) | _load_of(variants[name])
+        for c in config.concurrency
+        for name in variants
+    ]
     cascade = load_model(inputs.model_repo, inputs.model_name).manifest
     static = load_model(inputs.static_repo).manifest
     return {
@@ -326,7 +351,7 @@ def report(
             "data": images.data,
             "split": "test",
             "count": len(images.bodies),
-            "format": "PNG, multipart (OIP variants: base64 in JSON)",
+            "format": "PNG, multipart (OIP variants: base64 in JSON; gRPC: raw bytes in raw_input_contents)",
         },
         "settings": {
             "concurrency": config.concurrency,
@@ -344,6 +369,11 @@ def report(
         "results": rows,
         "targets": check_targets(rows, config.concurrency),
     }
+
+
+def _load_of(variant: Variant) -> dict[str, str]:
+    """What a variant's rows say sent their load where it is not wrk (``summarize_rounds`` says ``wrk``)."""
+    return {"load": grpc_rounds.GRPC_LOAD} if variant.protocol == "grpc" else {}
 
 
 def _spread(values: list[float]) -> str:
@@ -370,9 +400,10 @@ def _table_rows(rows: ServeRows) -> list[list[str]]:
         name, clients = row.variant, row.concurrency
         answers = rows.answers.get(name)
         thr1, static = by.get(("threshold-1", clients)), by.get(("static", clients))
+        marked = f"{name} (Python client)" if row.load == grpc_rounds.GRPC_LOAD else name
         out.append(
             [
-                name,
+                marked,
                 str(clients),
                 fmt(row.p50_ms, 2),
                 fmt(row.p95_ms, 2),
@@ -463,6 +494,19 @@ def _load_text(settings: dict[str, Any]) -> str:
     )
 
 
+def _python_client_text(section: dict[str, Any]) -> str:
+    """The sentence on the rows whose timed rounds Python clients sent (gRPC: wrk speaks none), if any."""
+    names = sorted({row["variant"] for row in section["results"] if row.get("load") == grpc_rounds.GRPC_LOAD})
+    if not names:
+        return ""
+    return (
+        f' Rows marked "(Python client)" ({", ".join(f"`{name}`" for name in names)}): OIP gRPC ModelInfer sent by '
+        "as many grpc.aio clients on one channel for the same seconds, not by wrk; the client's own time is in "
+        "their latencies and it runs on the servers' cores, so they are not directly comparable with wrk's rows; "
+        "their accuracy and GFLOPs/img: every image classified once over gRPC."
+    )
+
+
 def _setup_text(section: dict[str, Any]) -> str:
     m, s, model, images = section["machine"], section["settings"], section["model"], section["images"]
     load = m["load_average_1m"]
@@ -483,6 +527,7 @@ def _setup_text(section: dict[str, Any]) -> str:
         )
         + ". "
         + _load_text(s)
+        + _python_client_text(section)
         + " `p50 / thr-1`: p50 over this service's at threshold 1; "
         "`req/s / static`: throughput over this service's on the static graph; accuracy and GFLOPs/img: "
         "every image classified once by each multipart variant (Python clients)."

@@ -3,7 +3,7 @@
 A benchmark, not a performance test: nothing here asserts a timing. Every variant runs as a real
 server process on loopback, loaded by wrk for 2 s per variant and concurrency (about a minute on 2 cores,
 most of it exporting the tiny model twice). The Triton peers need their own environment (`make triton-venv`):
-they are left out here.
+they are left out here. `balanced-grpc` is timed by Python gRPC clients (wrk speaks no gRPC).
 """
 
 import json
@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from dynadapter.bench.lab.images import bench_images
+from dynadapter.bench.lab.load import Sample
+from dynadapter.bench.lab.wrk import summarize_rounds
 from dynadapter.bench.serving.config import TRITON_VARIANTS, TUNED, VARIANTS, ServeBenchConfig
 from dynadapter.bench.serving.equal_accuracy import cheapest_within
 from dynadapter.training.data import run_split
@@ -45,7 +47,8 @@ def test_every_variant_answers_every_timed_request(serve_results: tuple[dict[str
     rows = {(row["variant"], row["concurrency"]): row for row in section["results"]}
     assert set(rows) == {(name, clients) for name in MEASURED for clients in CONCURRENCY}
     for row in rows.values():
-        assert row["errors"] == 0 and row["requests"] > 0 and row["load"] == "wrk", row
+        load = "python-grpc" if VARIANTS[row["variant"]].protocol == "grpc" else "wrk"
+        assert row["errors"] == 0 and row["requests"] > 0 and row["load"] == load, row
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["throughput_rps"] > 0, row
         assert row["throughput_rps_rounds"] == [pytest.approx(row["throughput_rps"])], row  # one round
 
@@ -57,6 +60,31 @@ def test_full_depth_variants_give_the_same_answers(serve_results: tuple[dict[str
     assert "balanced-oip" not in answers  # OIP variants are only timed
     accuracies = [answers[name]["accuracy"] for name in FULL_DEPTH]
     assert max(accuracies) - min(accuracies) <= 1 / IMAGES, accuracies  # one near-tie may flip between runtimes
+
+
+def test_the_grpc_variant_answers_as_balanced_does_over_rest(serve_results: tuple[dict[str, Any], Path]) -> None:
+    """`balanced-grpc` is the cascade server at mode balanced over OIP ModelInfer: the same images give the same
+    accuracy and FLOPs as `balanced` over /classify; its timed rows are marked as a Python client's on the page."""
+    section, docs = serve_results
+    grpc, rest = section["answers"]["balanced-grpc"], section["answers"]["balanced"]
+    assert (grpc["images"], grpc["errors"]) == (IMAGES, 0)
+    assert grpc["accuracy"] == rest["accuracy"]
+    assert grpc["gflops_per_image"] == pytest.approx(rest["gflops_per_image"], rel=1e-6)
+    page = (docs / "results.md").read_text()
+    assert "| balanced-grpc (Python client) | 2 |" in page and "| balanced | 2 |" in page
+    assert 'Rows marked "(Python client)" (`balanced-grpc`)' in page and "not directly comparable" in page
+
+
+def test_grpc_calls_become_a_wrk_round() -> None:
+    """A failed call counts as wrk's non-2xx answer; the latencies are the answered calls' (microseconds)."""
+    from dynadapter.bench.serving.grpc_rounds import as_round
+
+    calls = [Sample(0.010, ok=True), Sample(0.030, ok=True), Sample(0.010, ok=True), Sample(0.5, ok=False)]
+    one = as_round(calls, 2.0)
+    assert (one.requests, one.errors, one.answered, one.seconds) == (4, 1, 3, 2.0)
+    assert one.latency_us == [(10_000, 2), (30_000, 1)]
+    row = summarize_rounds("balanced-grpc", 2, [one])
+    assert (row["requests"], row["errors"], row["p50_ms"], row["throughput_rps"]) == (4, 1, 10.0, 1.5)
 
 
 def test_reported_flops_match_the_manifests(serve_results: tuple[dict[str, Any], Path]) -> None:
@@ -151,3 +179,22 @@ def test_every_variant_gets_a_second_row_on_its_tuned_server(tmp_path: Path) -> 
     assert tuned[tuned.index("--intra-op-threads") + 1] == "1" and "--no-allow-spinning" in tuned
     litserve = commands["litserve-onnx" + TUNED][0]
     assert litserve[litserve.index("--threads") + 1] == "1"
+    assert "--grpc-port" not in default[default.index("--grpc-port") + 2 :]  # no gRPC variant: the bench's 0 only
+
+
+def test_a_grpc_variant_gives_each_cascade_server_a_grpc_port_of_its_own(tmp_path: Path) -> None:
+    """The service's parser takes the last --grpc-port: after service_argv's 0, a free port per cascade server."""
+    from dynadapter.bench.serving.inputs import BenchInputs, server_commands
+
+    config = ServeBenchConfig(variants=["balanced-grpc", "static"], tuned_threads=1)
+    inputs = BenchInputs(tmp_path, tmp_path / "repo", "m", tmp_path / "static_run", tmp_path / "static_repo")
+    commands = server_commands(inputs, config)
+    ports = {}
+    for name in ("cascade", "cascade" + TUNED, "static"):
+        argv = commands[name][0]
+        ports[name] = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--grpc-port"]
+    assert ports["static"] == ["0"]
+    assert ports["cascade"][0] == ports["cascade" + TUNED][0] == "0"
+    assert 0 < int(ports["cascade"][-1]) != int(ports["cascade" + TUNED][-1]) > 0
+    photos = server_commands(inputs, config.model_copy(update={"photos": True}))
+    assert [arg for arg in photos["cascade"][0] if arg == "--grpc-port"] == ["--grpc-port"]  # no listener there
