@@ -124,8 +124,8 @@ def ramp_verdict(steps: dict[str, list[dict[str, Any]]], target_ms: float) -> di
             break
         holds = step.clients
     if exceeded is None:
-        why = "fixed balanced stayed within the target at every step measured"
-        return _verdict(balanced_exceeds_at=exceeded, controller_holds_up_to=holds, met=False, why=why)
+        never = "fixed balanced stayed within the target at every step measured"
+        return _verdict(balanced_exceeds_at=exceeded, controller_holds_up_to=holds, met=False, why=never)
     required = 2 * exceeded
     judged = [s for s in controller if s.clients <= required]
     worst = max(judged, key=lambda s: float("inf") if s.p95_ms is None else s.p95_ms).p95_ms
