@@ -110,7 +110,7 @@ def adapt_benchmark(config: AdaptBenchConfig) -> dict[str, Any]:
             server.pause()
         refs = asyncio.run(references(servers["fixed"], inputs, config.accuracy_floor))
         probe = asyncio.run(loaded(servers["fixed"], RAMP["balanced"].query, inputs.clean, 1, config.step_s, config))
-        target_ms = config.target_p95_ms or config.target_factor * stats(probe.samples)["p95_ms"]
+        target_ms = config.target_p95_ms or config.target_factor * stats(probe.samples).p95_ms
         controller = server_argvs(inputs, config, target_ms)["controller"]
         servers |= launch(stack, {"controller": _command(controller)})
         servers["controller"].pause()

@@ -15,7 +15,16 @@ from dynadapter.bench.lab.load import Sample
 from dynadapter.bench.lab.machine import machine
 from dynadapter.bench.lab.results import fmt
 from dynadapter.bench.serving.adapt_setup import DRIFT, AdaptBenchConfig, AdaptInputs, References, Run
-from dynadapter.bench.serving.rows import AdaptSection, AdaptStep, Drift, Ramp
+from dynadapter.bench.serving.rows import (
+    AdaptSection,
+    AdaptStep,
+    Drift,
+    DriftVerdict,
+    Ramp,
+    RampStep,
+    RampVerdict,
+    StepStats,
+)
 
 #: the section of docs/results.json this experiment writes and renders
 RESULT_KEYS = ("adapt",)
@@ -24,26 +33,27 @@ FIGURES = {"ramp": Path("results") / "adapt_ramp.png", "drift": Path("results") 
 
 def stats(
     samples: Sequence[Sample], last: Sequence[int | None] | None = None, floor: Sequence[bool] | None = None
-) -> dict[str, Any]:
+) -> StepStats:
     """p95 latency (ms), accuracy, agreement with ``last`` (the last exit's class id per image), the floor
     mode's accuracy on the same images (``floor``: right or not per image), mean threshold (a per-exit
     vector counts as the mean of its entries), exit reasons."""
     ok = [s for s in samples if s.ok]
     answers = [s.answer or {} for s in ok]
     thresholds = [float(np.mean(a["threshold"])) for a in answers if a.get("threshold") is not None]
-    row: dict[str, Any] = {
-        "requests": len(samples),
-        "errors": len(samples) - len(ok),
-        "p95_ms": float(np.percentile([s.seconds * 1000 for s in ok], 95)) if ok else None,
-        "accuracy": _mean([s.correct for s in ok]),
-        "threshold": _mean(thresholds),
-        "exit_reasons": dict(Counter(str(a.get("exit_reason")) for a in answers)),
-    }
+    yardsticks: dict[str, float | None] = {}
     if last is not None:
-        row["agreement"] = _mean([a.get("class_id") == last[s.image] for s, a in zip(ok, answers, strict=True)])
+        yardsticks["agreement"] = _mean([a.get("class_id") == last[s.image] for s, a in zip(ok, answers, strict=True)])
     if floor is not None:
-        row["floor_accuracy"] = _mean([floor[s.image] for s in ok])
-    return row
+        yardsticks["floor_accuracy"] = _mean([floor[s.image] for s in ok])
+    return StepStats(
+        requests=len(samples),
+        errors=len(samples) - len(ok),
+        p95_ms=float(np.percentile([s.seconds * 1000 for s in ok], 95)) if ok else None,
+        accuracy=_mean([s.correct for s in ok]),
+        threshold=_mean(thresholds),
+        exit_reasons=dict(Counter(str(a.get("exit_reason")) for a in answers)),
+        **yardsticks,
+    )
 
 
 def _mean(values: Sequence[float | bool]) -> float | None:
@@ -53,8 +63,12 @@ def _mean(values: Sequence[float | bool]) -> float | None:
 def summarize_run(run: Run, **yardsticks: Any) -> dict[str, Any]:
     """A run's ``stats`` with its client count, length and throughput (answered requests per second)."""
     row = stats(run.samples, **yardsticks)
-    answered = row["requests"] - row["errors"]
-    return {"clients": run.clients, "seconds": run.seconds, "throughput_rps": answered / run.seconds, **row}
+    return {
+        "clients": run.clients,
+        "seconds": run.seconds,
+        "throughput_rps": row.answered / run.seconds,
+        **row.model_dump(exclude_unset=True),
+    }
 
 
 def buckets(run: Run, offset: float, bucket_s: float, **yardsticks: Any) -> list[dict[str, Any]]:
@@ -70,8 +84,14 @@ def buckets(run: Run, offset: float, bucket_s: float, **yardsticks: Any) -> list
         low = index * bucket_s
         high = run.seconds if index == count - 1 else low + bucket_s
         row = stats(samples, **yardsticks)
-        row["throughput_rps"] = (row["requests"] - row["errors"]) / (high - low)
-        rows.append({"t": offset + (low + high) / 2, "clients": run.clients, **row})
+        rows.append(
+            {
+                "t": offset + (low + high) / 2,
+                "clients": run.clients,
+                **row.model_dump(exclude_unset=True),
+                "throughput_rps": row.answered / (high - low),
+            }
+        )
     return rows
 
 
@@ -92,71 +112,64 @@ def timeline(runs: Sequence[Run], bucket_s: float, yardsticks: Sequence[dict[str
 
 def ramp_verdict(steps: dict[str, list[dict[str, Any]]], target_ms: float) -> dict[str, Any]:
     """Issue #17's ramp target on per-step rows (``clients``, ``p95_ms``, ``errors``, ``accuracy``,
-    ``floor_accuracy``) of ``balanced`` and ``controller``, in ramp order: the controller keeps p95 <=
-    ``target_ms``, answers every request and keeps accuracy >= the floor at every step up to twice the client
-    count at which fixed balanced first exceeds the target (or fails requests)."""
-    exceeded = _first_over(steps["balanced"], target_ms)
-    controller = steps["controller"]
+    ``floor_accuracy``: ``RampStep``) of ``balanced`` and ``controller``, in ramp order: the controller keeps
+    p95 <= ``target_ms``, answers every request and keeps accuracy >= the floor at every step up to twice the
+    client count at which fixed balanced first exceeds the target (or fails requests). Returns the
+    ``RampVerdict``'s fields (those it could judge)."""
+    exceeded = _first_over([RampStep.model_validate(s) for s in steps["balanced"]], target_ms)
+    controller = [RampStep.model_validate(s) for s in steps["controller"]]
     holds = 0
     for step in controller:
-        if _over(step, target_ms):
+        if step.over(target_ms):
             break
-        holds = step["clients"]
-    verdict: dict[str, Any] = {"balanced_exceeds_at": exceeded, "controller_holds_up_to": holds}
+        holds = step.clients
     if exceeded is None:
-        return verdict | {"met": False, "why": "fixed balanced stayed within the target at every step measured"}
+        never = "fixed balanced stayed within the target at every step measured"
+        return _verdict(balanced_exceeds_at=exceeded, controller_holds_up_to=holds, met=False, why=never)
     required = 2 * exceeded
-    judged = [s for s in controller if s["clients"] <= required]
-    worst = max(judged, key=lambda s: float("inf") if s["p95_ms"] is None else s["p95_ms"])
-    margins = [_margin(s) for s in judged]
-    verdict |= {
+    judged = [s for s in controller if s.clients <= required]
+    worst = max(judged, key=lambda s: float("inf") if s.p95_ms is None else s.p95_ms).p95_ms
+    margins = [s.margin() for s in judged]
+    failed = sum(s.errors for s in judged)
+    judged_numbers: dict[str, Any] = {
+        "balanced_exceeds_at": exceeded,
+        "controller_holds_up_to": holds,
         "required_clients": required,
-        "worst_p95_ms": worst["p95_ms"],
-        "worst_p95_over_target": worst["p95_ms"] / target_ms if worst["p95_ms"] is not None else None,
-        "failed_requests": sum(s["errors"] for s in judged),
+        "worst_p95_ms": worst,
+        "worst_p95_over_target": worst / target_ms if worst is not None else None,
+        "failed_requests": failed,
         "lowest_accuracy_margin": min(margins),
     }
-    if max(s["clients"] for s in controller) < required:
-        return verdict | {"met": False, "why": f"the ramp stops below {required} clients"}
+    if max(s.clients for s in controller) < required:
+        return _verdict(**judged_numbers, met=False, why=f"the ramp stops below {required} clients")
     latency = holds >= required
     accuracy = all(margin >= 0 for margin in margins)
     why = [] if latency else [f"controller misses the target from {_first_over(judged, target_ms)} clients"]
-    why += [f"{verdict['failed_requests']} requests failed"] if verdict["failed_requests"] else []
+    why += [f"{failed} requests failed"] if failed else []
     why += [] if accuracy else ["controller accuracy below the floor"]
-    return verdict | {"met": latency and accuracy, "why": "; ".join(why) or None}
+    return _verdict(**judged_numbers, met=latency and accuracy, why="; ".join(why) or None)
 
 
-def _over(step: dict[str, Any], target_ms: float) -> bool:
-    """The step's p95 exceeds the target, or some request got no answer (no latency kept)."""
-    return step["p95_ms"] is None or step["p95_ms"] > target_ms or step["errors"] > 0
+def _verdict(**fields: Any) -> dict[str, Any]:
+    """The ramp verdict as results.json writes it: the fields given, in ``RampVerdict``'s order."""
+    return RampVerdict(**fields).model_dump(exclude_unset=True)
 
 
-def _first_over(steps: list[dict[str, Any]], target_ms: float) -> int | None:
-    return next((s["clients"] for s in steps if _over(s, target_ms)), None)
-
-
-def _margin(step: dict[str, Any]) -> float:
-    """Accuracy minus floor, rounded to 9 digits (both are fractions of the same images)."""
-    if step["accuracy"] is None or step["floor_accuracy"] is None:
-        return -1.0
-    return round(step["accuracy"] - step["floor_accuracy"], 9)
+def _first_over(steps: list[RampStep], target_ms: float) -> int | None:
+    return next((s.clients for s in steps if s.over(target_ms)), None)
 
 
 def drift_verdict(agreement: dict[str, float | None], epsilon: float) -> dict[str, Any]:
-    """Issue #17's drift target on the judged window's agreement with the last exit: >= 1 - ``epsilon`` with
-    live calibration, < 1 - ``epsilon`` without."""
+    """Issue #17's drift target on the judged window's agreement with the last exit (``live`` and ``fixed``):
+    >= 1 - ``epsilon`` with live calibration, < 1 - ``epsilon`` without (``DriftVerdict``'s fields)."""
     bound = round(1 - epsilon, 9)
     live, fixed = agreement["live"], agreement["fixed"]
     live_ok = live is not None and round(live, 9) >= bound
     fixed_below = fixed is not None and round(fixed, 9) < bound
-    return {
-        "bound": bound,
-        "live": live,
-        "fixed": fixed,
-        "live_ok": live_ok,
-        "fixed_below": fixed_below,
-        "met": live_ok and fixed_below,
-    }
+    verdict = DriftVerdict(
+        bound=bound, live=live, fixed=fixed, live_ok=live_ok, fixed_below=fixed_below, met=live_ok and fixed_below
+    )
+    return verdict.model_dump()
 
 
 def shadowed_before(run: Run, fraction: float) -> float | None:
@@ -204,7 +217,7 @@ def report(
     judged = {name: stats(samples, last=refs.last_drifted) for name, samples in window.items()}
     by_kind = {
         name: {
-            kind: stats([s for s in samples if inputs.kinds[s.image] == kind], last=refs.last_drifted)["agreement"]
+            kind: stats([s for s in samples if inputs.kinds[s.image] == kind], last=refs.last_drifted).agreement
             for kind in config.corruptions
         }
         for name, samples in window.items()
@@ -256,10 +269,10 @@ def report(
                 for name, runs in drift_runs.items()
             },
             "timelines": {name: timeline(runs, config.bucket_s, [clean, drifted]) for name, runs in drift_runs.items()},
-            "judged": judged,
+            "judged": {name: row.model_dump(exclude_unset=True) for name, row in judged.items()},
             "judged_agreement_by_corruption": by_kind,
             "shadowed_before_judged": shadowed_before(drift_runs["live"][1], config.judge_fraction),
-            "verdict": drift_verdict({name: row["agreement"] for name, row in judged.items()}, config.epsilon),
+            "verdict": drift_verdict({name: row.agreement for name, row in judged.items()}, config.epsilon),
         },
         "figures": {name: str(path) for name, path in FIGURES.items()},
     }

@@ -1,11 +1,54 @@
 """Small models of the serving experiments' sections of docs/results.json that are not the lab's shared rows
-(``bench.lab.rows``): ``adapt`` (written as plain dicts by ``serving.adapt_report``, so its keys and order stay
-as they were), read once where the page is rendered (``AdaptSection.model_validate(section)``) so that the
+(``bench.lab.rows``): ``adapt`` (written by ``serving.adapt_report``, partly through these models, its keys and order as
+they were), read once where the page is rendered (``AdaptSection.model_validate(section)``) so that the
 renderer uses attributes, not string keys. Keys a model does not name are ignored."""
 
 from __future__ import annotations
 
 from dynadapter.bench.lab.rows import Row
+
+
+class StepStats(Row):
+    """What ``adapt_report.stats`` measures over a stretch of requests, in the order results.json writes it:
+    requests sent and failed, p95 latency (ms), accuracy, the mean threshold answered at, the answers per exit
+    reason and, where a yardstick was given, agreement with the last exit and the floor mode's accuracy on the
+    same photos (fractions in [0, 1]); None where no request was answered. Dump it with ``exclude_unset``: a
+    yardstick not given is no key."""
+
+    requests: int
+    errors: int
+    p95_ms: float | None
+    accuracy: float | None
+    threshold: float | None
+    exit_reasons: dict[str, int]
+    agreement: float | None = None
+    floor_accuracy: float | None = None
+
+    @property
+    def answered(self) -> int:
+        return self.requests - self.errors
+
+
+class RampStep(Row):
+    """What the ramp verdict (``adapt_report.ramp_verdict``) reads of a step: its clients, failed requests, p95
+    latency (ms; None: nothing answered), accuracy and the floor mode's accuracy (fractions; None: unknown)."""
+
+    clients: int
+    errors: int
+    p95_ms: float | None
+    accuracy: float | None
+    floor_accuracy: float | None = None
+
+    def over(self, target_ms: float) -> bool:
+        """The step's p95 exceeds the target, or some request got no answer (no latency kept)."""
+        return self.p95_ms is None or self.p95_ms > target_ms or self.errors > 0
+
+    def margin(self) -> float:
+        """Accuracy minus floor, rounded to 9 digits (both are fractions of the same images); -1 where either is
+        unknown."""
+        if self.accuracy is None or self.floor_accuracy is None:
+            return -1.0
+        return round(self.accuracy - self.floor_accuracy, 9)
 
 
 class AdaptStep(Row):
@@ -42,7 +85,7 @@ class RampVerdict(Row):
     failed_requests: int = 0
     lowest_accuracy_margin: float | None = None
     met: bool
-    why: str
+    why: str | None  # None where met
 
 
 class Ramp(Row):
@@ -58,7 +101,8 @@ class Ramp(Row):
 
 
 class DriftVerdict(Row):
-    """Issue #17's drift target: agreement (0..1) of the live and fixed servers against the ``bound``."""
+    """Issue #17's drift target: agreement (0..1) of the live and fixed servers against the ``bound``; ``live_ok``:
+    live at or above it, ``fixed_below``: fixed below it."""
 
     bound: float
     live: float | None

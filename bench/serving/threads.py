@@ -191,7 +191,8 @@ def server_argv(repo: Path, name: str, setting: Setting, config: ThreadsBenchCon
     """`dynadapter serve` for one setting (without --port): the backend forced, its precision the fastest it has."""
     return [
         *(sys.executable, "-m", "dynadapter", "serve", "--host", "127.0.0.1", "--log-level", "warning"),
-        *("--providers", "cpu", "--backend", setting.backend, "--model-repo", str(repo), "--model-name", name),
+        *("--providers", "cpu", "--backend", setting.backend, "--model-repo", str(repo)),
+        *("--models", name, "--model-name", name),  # that model alone: the others may lack this backend's segments
         *("--max-batch-size", str(config.max_batch_size), "--max-wait-ms", str(config.max_wait_ms)),
         *setting.flags,
     ]

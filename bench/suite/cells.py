@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -48,7 +48,15 @@ from tqdm.auto import tqdm
 from dynadapter.bench.lab.corruptions import assign, corrupt, image_seed
 from dynadapter.bench.suite.int8_column import int8_result
 from dynadapter.bench.suite.probe import fit_probe_heads
-from dynadapter.bench.suite.rows import Calibration, EvalMode, EvalReport
+from dynadapter.bench.suite.rows import (
+    Calibration,
+    CellResult,
+    EvalMode,
+    EvalReport,
+    ModeResult,
+    ShiftedResult,
+    StoredCell,
+)
 from dynadapter.contract import Preprocessing
 from dynadapter.cpu import this_cpu
 from dynadapter.errors import ConfigError
@@ -68,6 +76,7 @@ from dynadapter.training.run_dir import (
 from dynadapter.training.trainer import build, train
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BENCH_FILE = "bench.json"
 #: ``static``: the PETL baseline, final head only; ``dyn``: Dyn-Adapter (exits, all parts on).
@@ -347,15 +356,15 @@ def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:
     run_dir, record = config.cell_dir(cell), config.record_path(cell)
     has_run = (run_dir / BENCH_FILE).is_file()
     if has_run:
-        stored = json.loads((run_dir / BENCH_FILE).read_text())
+        stored = StoredCell.model_validate(json.loads((run_dir / BENCH_FILE).read_text()))
     elif record is not None and record.is_file():
-        stored = json.loads(record.read_text())
+        stored = StoredCell.model_validate(json.loads(record.read_text()))
     else:
         return None
-    if not same_options(stored.get("options", {}), options_record(config.options(cell))):
+    if not same_options(stored.options, options_record(config.options(cell))):
         log.info("%s was run with other options: it will be trained again", cell.name)
         return None
-    missing = missing_parts(cell, config, stored["result"])
+    missing = missing_parts(cell, config, stored.read())
     if not has_run:
         if missing:
             log.warning(
@@ -365,22 +374,20 @@ def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:
                 record,
                 ", ".join(missing),
             )
-        return stored["result"]
+        return stored.result
     if missing or (record is not None and not record.is_file()):
-        stored["result"] = complete(cell, config, stored["result"], missing)
+        stored = stored.model_copy(update={"result": complete(cell, config, stored.result, missing)})
         save(cell, config, stored)
-    return stored["result"]
+    return stored.result
 
 
-def missing_parts(cell: Cell, config: SuiteConfig, result: dict[str, Any]) -> list[str]:
+def missing_parts(cell: Cell, config: SuiteConfig, result: CellResult) -> list[str]:
     """The parts that the code has added since the cell ran and that ``complete`` can add."""
     parts = {
-        "device": "device" not in result,
+        "device": result.device is None,
         # read from the run's calibration.json, where there is one
-        "validation numbers": "modes" in result
-        and "val_modes" not in result
-        and has_calibration(config.cell_dir(cell)),
-        "shifted numbers": "shifted" not in result or (cell.variant == PROBE and "probe" not in result),
+        "validation numbers": bool(result.modes) and not result.val_modes and has_calibration(config.cell_dir(cell)),
+        "shifted numbers": "shifted" not in result.model_fields_set or (cell.variant == PROBE and result.probe is None),
         "int8 numbers": wants_int8(cell, config, result),
     }
     return [name for name, is_missing in parts.items() if is_missing]
@@ -388,28 +395,36 @@ def missing_parts(cell: Cell, config: SuiteConfig, result: dict[str, Any]) -> li
 
 def complete(cell: Cell, config: SuiteConfig, result: dict[str, Any], missing: list[str]) -> dict[str, Any]:
     """``result`` with the ``missing`` parts (`missing_parts`), from its run directory (no training)."""
-    run_dir, result = config.cell_dir(cell), dict(result)
+    run_dir, read, result = config.cell_dir(cell), CellResult.model_validate(result), dict(result)
     if "device" in missing:
         result["device"] = cell_device(run_dir)
     if "validation numbers" in missing:
         result["val_modes"] = val_modes(calibrated_modes(run_dir))  # read, not evaluated
     if "shifted numbers" in missing:
         log.info("%s: evaluating the parts added since it ran (no training)", cell.name)
-        result.update(extra_evaluations(config.options(cell), cell.variant, result["exit_accuracy"]))
+        result.update(extra_evaluations(config.options(cell), cell.variant, _recorded(read.exit_accuracy, cell.name)))
     if "int8 numbers" in missing:
         log.info("%s: serving it in int8 (no training)", cell.name)
-        result["int8"] = int8_result(run_dir, result["reference_gflops"])
+        result["int8"] = int8_result(run_dir, _recorded(read.reference_gflops, cell.name))
     return result
 
 
-def save(cell: Cell, config: SuiteConfig, stored: dict[str, Any]) -> None:
+def _recorded(value: T | None, name: str) -> T:
+    """``value``, a number every finished cell records (ValueError naming the cell where it is absent)."""
+    if value is None:
+        raise ValueError(f"{name}: its result lacks a number every finished cell records")
+    return value
+
+
+def save(cell: Cell, config: SuiteConfig, stored: StoredCell) -> None:
     """Write a finished cell's options and result to its run directory's ``bench.json`` and to its
     record (compact: a record holds the threshold sweep, and the records are kept in git)."""
-    (config.cell_dir(cell) / BENCH_FILE).write_text(json.dumps(stored, indent=2))
+    written = stored.model_dump()
+    (config.cell_dir(cell) / BENCH_FILE).write_text(json.dumps(written, indent=2))
     record = config.record_path(cell)
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(stored, sort_keys=True, separators=(",", ":")) + "\n")
+        record.write_text(json.dumps(written, sort_keys=True, separators=(",", ":")) + "\n")
 
 
 def run_cell(cell: Cell, config: SuiteConfig) -> dict[str, Any]:
@@ -425,25 +440,26 @@ def run_cell(cell: Cell, config: SuiteConfig) -> dict[str, Any]:
     result = summarize_run(report, reference, time.perf_counter() - start) | {"device": cell_device(opts.out)} | extra
     if fits is not None:
         result["probe"]["heads"] = fits
-    if wants_int8(cell, config, result):
+    if wants_int8(cell, config, CellResult.model_validate(result)):
         result["int8"] = int8_result(opts.out, reference)
-    save(cell, config, {"options": options_record(opts), "result": result})
+    save(cell, config, StoredCell(options=options_record(opts), result=result))
     log.info("%s finished in %.0f s: test accuracy %.4f", cell.name, result["seconds"], result["acc"])
     return result
 
 
-def wants_int8(cell: Cell, config: SuiteConfig, result: dict[str, Any]) -> bool:
+def wants_int8(cell: Cell, config: SuiteConfig, result: CellResult) -> bool:
     """Whether a Dyn-Adapter cell still lacks the int8 column that ``config`` asks for."""
-    return config.int8 and cell.variant == DYN and "int8" not in result
+    return config.int8 and cell.variant == DYN and result.int8 is None
 
 
 def extra_evaluations(opts: TrainOptions, variant: str, test_exit_accuracy: list[float]) -> dict[str, Any]:
     """The shifted test split's numbers, and for the probe its block chosen on val."""
     run = load_run(opts.out)
     logits, targets = shifted_logits(run.model, run_split(opts.out, run.config, "test"), run.preprocessing, opts)
-    extra: dict[str, Any] = {"shifted": summarize_shifted(run.model, opts.out, logits, targets)}
+    shifted = summarize_shifted(run.model, opts.out, logits, targets)
+    extra: dict[str, Any] = {"shifted": shifted.model_dump(exclude_unset=True)}
     if variant == PROBE:
-        extra["probe"] = probe_choice(run, test_exit_accuracy, extra["shifted"]["exit_accuracy"])
+        extra["probe"] = probe_choice(run, test_exit_accuracy, _recorded(shifted.exit_accuracy, str(opts.out)))
     return extra
 
 
@@ -475,24 +491,23 @@ def shifted_logits(
     return loader_logits(model, stream(dataset, opts.workers))
 
 
-def summarize_shifted(model: Any, run_dir: Path, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+def summarize_shifted(model: Any, run_dir: Path, logits: torch.Tensor, targets: torch.Tensor) -> ShiftedResult:
     """Last-exit and per-exit accuracy on the shifted split, and each calibrated mode's accuracy and
-    mean GFLOPs there (the thresholds stay those chosen on the clean validation split)."""
+    mean GFLOPs there (the thresholds stay those chosen on the clean validation split); written with
+    ``model_dump(exclude_unset=True)``: a single-exit model's has no ``modes``."""
     exits = exit_accuracies(logits, targets)
-    out: dict[str, Any] = {"acc": exits[-1], "exit_accuracy": exits}
-    if len(exits) > 1:
-        modes = calibrated_modes(run_dir)
-        rows = sweep(
-            logits.numpy(),
-            targets.numpy(),
-            deployed_cumulative_gflops(model),
-            [m.threshold for m in modes.values()],
-            early_heads_gflops(model),
-        )
-        out["modes"] = {
-            name: {"acc": r["accuracy"], "gflops": r["gflops"]} for name, r in zip(modes, rows, strict=True)
-        }
-    return out
+    if len(exits) == 1:
+        return ShiftedResult(acc=exits[-1], exit_accuracy=exits)
+    modes = calibrated_modes(run_dir)
+    rows = sweep(
+        logits.numpy(),
+        targets.numpy(),
+        deployed_cumulative_gflops(model),
+        [m.threshold for m in modes.values()],
+        early_heads_gflops(model),
+    )
+    by_mode = {name: ModeResult(acc=r["accuracy"], gflops=r["gflops"]) for name, r in zip(modes, rows, strict=True)}
+    return ShiftedResult(acc=exits[-1], exit_accuracy=exits, modes=by_mode)
 
 
 def probe_choice(run: Run, test_exit_accuracy: list[float], shifted_exit_accuracy: list[float]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Small models of the accuracy suite's sections of docs/results.json (``suite.aggregate`` writes them as plain
 dicts, so their keys and order stay as they were), read once where the page is rendered
-(``SuiteResults.model_validate(results)``) so that the renderers use attributes, not string keys. Fields a
-section written before them lacks read as None (or empty); keys a model does not name are ignored."""
+(``SuiteResults.model_validate(results)``) so that the renderers use attributes, not string keys; and of what
+those sections are made from: a cell's result (``CellResult``, one seed; ``CombinedCell``, the mean over its
+seeds), its ``bench.json`` (``StoredCell``) and a run's reports. Fields a section written before them lacks read
+as None (or empty); keys a model does not name are ignored."""
 
 from __future__ import annotations
 
@@ -15,12 +17,28 @@ from dynadapter.bench.suite.targets import ClaimVerdict, Int8Verdict, ShiftVerdi
 
 class ModeResult(Row):
     """One mode (``fast``, ``balanced``, ``accurate``) of a cell or a mean: test accuracy in [0, 1], mean GFLOPs
-    per image and the share of the static baseline's FLOPs saved (0..1); None where the section does not say
-    (the shifted split has no ``saved``, the ablation no ``gflops``)."""
+    per image, the share of the static baseline's FLOPs saved (0..1) and a cell's threshold in [0, 1]; None where
+    the section does not say (the shifted split has no ``saved``, the ablation no ``gflops``, a mean no
+    ``threshold``)."""
 
     acc: float | None
     gflops: float | None = None
     saved: float | None = None
+    threshold: float | None = None
+
+
+class ValMode(ModeResult):
+    """A mode on the validation split (``cells.val_modes``): accuracy and threshold, with the 5th-95th percentile
+    of the threshold over the bootstrap resamples where it was calibrated by bootstrap (None elsewhere)."""
+
+    threshold_low: float | None = None
+    threshold_high: float | None = None
+
+    def interval(self) -> list[float] | None:
+        """``[threshold_low, threshold_high]``, None where either end is absent."""
+        if self.threshold_low is None or self.threshold_high is None:
+            return None
+        return [self.threshold_low, self.threshold_high]
 
 
 class SuiteRow(Row):
@@ -45,9 +63,16 @@ class SuiteRow(Row):
     dyn_int8_acc_std: dict[str, float | None] | None = None
     int8_refused: bool | None = None
     dyn_val: dict[str, float | None] | None = None
+    dyn_val_acc_std: dict[str, float | None] | None = None
     balanced_threshold: float | None = None
     balanced_threshold_std: float | None = None
     balanced_interval: list[float] | None = None
+    dyn_full_acc: float | None = None
+    dyn_exit_acc: list[float] | None = None
+    dyn_shifted_full_acc: float | None = None
+    dyn_shifted_exit_acc: list[float] | None = None
+    dyn_best_at_target: float | None = None
+    int8_agreement: list[float] | None = None
 
 
 class ProbeRow(Row):
@@ -61,6 +86,7 @@ class ProbeRow(Row):
     acc_std: float | None = None
     shifted_acc: float | None = None
     shifted_acc_std: float | None = None
+    val_acc: float | None = None
     gflops: float | None = None
 
 
@@ -306,8 +332,17 @@ class Calibration(Row):
 
 
 class ShiftedResult(Row):
-    """A cell's numbers on the shifted test split (``cells.summarize_shifted``): last-exit accuracy and, for a
-    dynamic model, each mode's accuracy and GFLOPs at the clean validation split's thresholds."""
+    """A cell's numbers on the shifted test split (``cells.summarize_shifted`` writes them, in this order):
+    last-exit and per-exit accuracy (0..1) and, for a dynamic model, each mode's accuracy and GFLOPs per image
+    at the clean validation split's thresholds."""
+
+    acc: float | None = None
+    exit_accuracy: list[float] | None = None
+    modes: dict[str, ModeResult] = {}
+
+
+class ShiftedSpread(Row):
+    """The shifted split's accuracies' sample standard deviation over seeds (None with one seed)."""
 
     acc: float | None = None
     modes: dict[str, ModeResult] = {}
@@ -321,21 +356,113 @@ class ProbeChoice(Row):
     acc: float
     shifted_acc: float
     gflops: float
+    val_acc: float | None = None
 
 
-class CellResult(Row):
-    """What the experiments read of a finished cell's result (``cells.run_cell``): last-exit test accuracy and
-    GFLOPs, the modes on test (``modes``) and on validation (``val_modes``), the shifted split, the probe."""
+class Int8Modes(Row):
+    """The modes served in int8 at int8's own thresholds (``int8_column.int8_result``'s ``modes``); also the
+    shape of their spread over seeds."""
+
+    modes: dict[str, ModeResult] = {}
+
+
+class Int8Result(Int8Modes):
+    """A Dyn-Adapter cell's int8 column (``int8_column.int8_result``): its modes, each exit's argmax agreement
+    with PyTorch on validation (0..1), the last exit's validation accuracy drop and the export's bound on it
+    (fractions), and the column's own wall-clock seconds."""
+
+    argmax_agreement: list[float] | None = None
+    val_acc_drop: float | None = None
+    allowed_drop: float | None = None
+    seconds: float | None = None
+
+
+class CellNumbers(Row):
+    """What the suite reads of a finished cell's result (``cells.run_cell``), one seed's or the mean over its
+    seeds: last-exit test accuracy (0..1) and GFLOPs per image, the static baseline's GFLOPs
+    (``reference_gflops``),
+    each exit's accuracy, the threshold sweep as (GFLOPs, accuracy) pairs, the modes on test (``modes``) and on
+    validation (``val_modes``), the shifted split, the int8 column, wall-clock seconds and the training device.
+    A static cell has no modes, sweep or int8 column (empty or None)."""
 
     acc: float | None = None
     gflops: float | None = None
+    reference_gflops: float | None = None
+    exit_accuracy: list[float] | None = None
+    sweep: list[tuple[float, float]] = []
     modes: dict[str, ModeResult] = {}
-    val_modes: dict[str, ModeResult] = {}
+    val_modes: dict[str, ValMode] = {}
     shifted: ShiftedResult = ShiftedResult()
-    probe: ProbeChoice | None = None
+    int8: Int8Result | None = None
+    seconds: float | None = None  # every cell the suite ran records it; results written by hand may not
+    device: str | None = None
 
     def balanced(self) -> ModeResult:
         """The ``balanced`` mode on test; ValueError for a cell without modes (a static or probe cell)."""
         if "balanced" not in self.modes:
             raise ValueError("a cell without calibrated modes has no balanced point")
         return self.modes["balanced"]
+
+    def cell_seconds(self) -> float:
+        """The cell's wall-clock seconds with its int8 column's (which times itself); ValueError without them."""
+        if self.seconds is None:
+            raise ValueError("a finished cell without its seconds")
+        return self.seconds + ((self.int8.seconds or 0.0) if self.int8 else 0.0)
+
+
+class CellResult(CellNumbers):
+    """One seed's finished cell (``cells.run_cell``): ``CellNumbers`` and, for the frozen probe, its block."""
+
+    probe: ProbeChoice | None = None
+
+
+class ProbeMean(Row):
+    """The frozen probe over its seeds (``aggregate.combine``): the block each seed chose, the mean accuracies
+    (0..1) and GFLOPs per image."""
+
+    blocks: list[int]
+    acc: float
+    shifted_acc: float
+    val_acc: float | None = None
+    gflops: float
+
+
+class ProbeSpread(Row):
+    """The probe's accuracies' sample standard deviation over seeds (None with one seed)."""
+
+    acc: float | None = None
+    shifted_acc: float | None = None
+
+
+class CellSpread(Row):
+    """``std`` of a combined cell (``aggregate.combine``): the sample standard deviation over the seeds of each
+    accuracy and threshold the page shows, in the shape of the result (None with a single seed)."""
+
+    acc: float | None = None
+    modes: dict[str, ModeResult] = {}
+    val_modes: dict[str, ModeResult] = {}
+    shifted: ShiftedSpread = ShiftedSpread()
+    int8: Int8Modes | None = None
+    probe: ProbeSpread | None = None
+
+
+class CombinedCell(CellNumbers):
+    """A cell over the seeds that finished (``aggregate.combine``): the mean of every number of
+    ``CellNumbers``, the probe's, ``seeds`` (how many) and ``std`` (their spread)."""
+
+    seeds: int
+    std: CellSpread
+    probe: ProbeMean | None = None
+
+
+class StoredCell(Row):
+    """A finished cell's ``bench.json`` (and its record, ``cells.record_path``): the training options it ran
+    with (``cells.options_record``) and its result. The result stays the dict it was written as, so that a
+    completed cell is written back with every key it had; ``read`` gives its model."""
+
+    options: dict[str, Any] = {}
+    result: dict[str, Any]
+
+    def read(self) -> CellResult:
+        """The result, read into its model."""
+        return CellResult.model_validate(self.result)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from statistics import fmean, stdev
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from dynadapter.bench.lab.results import pct
+
+if TYPE_CHECKING:  # suite.rows holds this module's verdicts: a run-time import would be a circle
+    from dynadapter.bench.suite.rows import CellNumbers
 
 TARGET_SAVED = 0.50
 TARGET_ACC_DROP = 0.005
@@ -25,11 +28,14 @@ SUITE_BUDGET_S = 4 * 3600
 INT8_MAX_TEST_DROP = 0.003
 
 
-def best_at_target(dyn: dict[str, Any]) -> float | None:
+def best_at_target(dyn: CellNumbers) -> float | None:
     """The best test accuracy of any threshold saving the target's share of the static FLOPs: what a
-    perfect calibration would have picked (None if no threshold saves that much)."""
-    limit = (1.0 - TARGET_SAVED) * dyn["reference_gflops"] + 1e-12
-    fits = [acc for gflops, acc in dyn["sweep"] if gflops <= limit]
+    perfect calibration would have picked (None if no threshold saves that much, or the cell does not
+    record the static GFLOPs)."""
+    if dyn.reference_gflops is None:
+        return None
+    limit = (1.0 - TARGET_SAVED) * dyn.reference_gflops + 1e-12
+    fits = [acc for gflops, acc in dyn.sweep if gflops <= limit]
     return max(fits) if fits else None
 
 

@@ -122,12 +122,29 @@ def test_stats_agreement_and_floor_are_judged_on_the_images_each_request_sent() 
         Sample(0.5, False, at=0.3, image=0),
     ]
     row = adapt_report.stats(samples, last=[1, 3], floor=[True, False])
-    assert row["requests"] == 4 and row["errors"] == 1
-    assert row["p95_ms"] == pytest.approx(29.0)  # numpy's linear interpolation of 10, 20, 30
-    assert row["accuracy"] == pytest.approx(2 / 3) and row["agreement"] == pytest.approx(2 / 3)
-    assert row["floor_accuracy"] == pytest.approx(1 / 3)  # image 0 once (right), image 1 twice (wrong)
-    assert row["threshold"] == pytest.approx((0.5 + 0.7 + 0.7) / 3)
-    assert row["exit_reasons"] == {"confident": 2, "deadline": 1}
+    assert row.requests == 4 and row.errors == 1
+    assert row.p95_ms == pytest.approx(29.0)  # numpy's linear interpolation of 10, 20, 30
+    assert row.accuracy == pytest.approx(2 / 3) and row.agreement == pytest.approx(2 / 3)
+    assert row.floor_accuracy == pytest.approx(1 / 3)  # image 0 once (right), image 1 twice (wrong)
+    assert row.threshold == pytest.approx((0.5 + 0.7 + 0.7) / 3)
+    assert row.exit_reasons == {"confident": 2, "deadline": 1}
+
+
+COMMITTED = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results.json").read_text())["adapt"]
+
+
+def test_a_step_and_the_verdicts_are_written_with_the_committed_keys_in_their_order() -> None:
+    """results.json's ``adapt`` keeps its shape: a ramp step, the judged window and both verdicts."""
+    samples = [sample(0.0, 10, class_id=1, target=1, image=0), sample(0.1, 20, class_id=2, target=3, image=1)]
+    step = adapt_report.summarize_run(Run(2, samples, start=0.0, seconds=1.0), last=[1, 3], floor=[True, False])
+    assert list(step) == list(COMMITTED["ramp"]["steps"]["balanced"][0])
+    assert (step["clients"], step["seconds"], step["throughput_rps"]) == (2, 1.0, 2.0)
+    judged = adapt_report.stats(samples, last=[1, 3]).model_dump(exclude_unset=True)
+    assert list(judged) == list(COMMITTED["drift"]["judged"]["live"])
+    verdict = ramp_verdict(steps([10, 20, 45, 90, 180], [10, 20, 30, 50, 60]), target_ms=40)
+    assert list(verdict) == list(COMMITTED["ramp"]["verdict"])
+    drift = adapt_report.drift_verdict({"live": 0.99, "fixed": 0.5}, epsilon=0.02)
+    assert list(drift) == list(COMMITTED["drift"]["verdict"])
 
 
 def test_buckets_count_requests_by_completion_time() -> None:

@@ -1,15 +1,34 @@
 """The accuracy suite reads a run's reports (``eval_<split>.json``, calibration.json) through
-``bench/suite/rows.py``'s models: a cell's result holds the numbers as the reports wrote them."""
+``bench/suite/rows.py``'s models: a cell's result holds the numbers as the reports wrote them; a cell's
+record reads and writes back unchanged, and the committed records aggregate, through the models, into the
+committed results.json."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from dynadapter.bench.suite.cells import calibrated_modes, summarize_run, val_modes
-from dynadapter.bench.suite.rows import EvalMode, EvalReport
+import pytest
 
-DEMO = Path(__file__).resolve().parents[2] / "demo" / "dinov2-mnist"
+from dynadapter.bench.suite.accuracy import suite_plan
+from dynadapter.bench.suite.aggregate import sections
+from dynadapter.bench.suite.cells import (
+    ABLATION_PETL,
+    ABLATIONS,
+    PROBE,
+    PROBE_PETL,
+    Cell,
+    ablation_cells,
+    calibrated_modes,
+    main_cells,
+    summarize_run,
+    val_modes,
+)
+from dynadapter.bench.suite.rows import CellResult, EvalMode, EvalReport, StoredCell
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "demo" / "dinov2-mnist"
+RECORDS = sorted((ROOT / "docs" / "results" / "cells").glob("*/*.json"))
 
 
 def test_a_cells_result_holds_its_eval_reports_numbers() -> None:
@@ -53,3 +72,32 @@ def test_the_demos_calibration_modes_read_as_written() -> None:
     assert val_modes(calibrated_modes(DEMO)) == {
         name: {"acc": m["accuracy"], "threshold": m["threshold"]} for name, m in recorded.items()
     }
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_a_committed_record_reads_into_its_model_and_writes_back_unchanged(path: Path) -> None:
+    written = json.loads(path.read_text())
+    stored = StoredCell.model_validate(written)
+    result = stored.read()
+    assert isinstance(result, CellResult) and result.seconds == written["result"]["seconds"]
+    assert result.acc == written["result"]["acc"] and result.device == written["result"].get("device")
+    assert stored.model_dump() == written
+    # a record is saved compact with sorted keys: the same text again
+    assert json.dumps(stored.model_dump(), sort_keys=True, separators=(",", ":")) + "\n" == path.read_text()
+
+
+def test_the_committed_records_aggregate_into_the_committed_accuracy_sections() -> None:
+    """What ``bench accuracy --report-only`` does on a fresh clone: every section it writes, to the byte."""
+    committed = json.loads((ROOT / "docs" / "results.json").read_text())
+    config = committed["config"]
+    tasks, methods, seeds = committed["tasks"], committed["methods"], config["seeds"]
+    labels = {variant: label for variant, (label, _) in ABLATIONS.items()}
+
+    def record(cell: Cell) -> dict | None:
+        path = ROOT / "docs" / "results" / "cells" / cell.task / f"{cell.petl}-{cell.variant}{cell.suffix}.json"
+        return json.loads(path.read_text())["result"] if path.is_file() else None
+
+    cells = main_cells(tasks, methods, seeds) + ablation_cells(tasks, seeds)
+    runs = {(*c.key, c.seed): record(c) for c in cells}
+    written = sections(runs, tasks, methods, labels, ABLATION_PETL, config, (PROBE_PETL, PROBE), suite_plan(PROBE_PETL))
+    assert json.dumps(written) == json.dumps({key: committed[key] for key in written})
