@@ -193,6 +193,7 @@ def server_argv(repo: Path, name: str, setting: Setting, config: ThreadsBenchCon
         *(sys.executable, "-m", "dynadapter", "serve", "--host", "127.0.0.1", "--log-level", "warning"),
         *("--providers", "cpu", "--backend", setting.backend, "--model-repo", str(repo)),
         *("--models", name, "--model-name", name),  # that model alone: the others may lack this backend's segments
+        *("--grpc-port", "0"),  # no gRPC listener: servers started side by side would all want 8001
         *("--max-batch-size", str(config.max_batch_size), "--max-wait-ms", str(config.max_wait_ms)),
         *setting.flags,
     ]
