@@ -102,8 +102,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="Runtime threads per segment run (onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS); 0: the "
-        "cores this process may use (its affinity mask, capped by its cgroup's CPU quota) less one, for the event "
-        "loop and decoding; at least 1.",
+        "cores this process may use (its affinity mask, capped by its cgroup's CPU quota).",
     )
     allow_spinning: bool = Field(
         False,

@@ -176,8 +176,8 @@ class OnnxRuntimeBackend:
         allow_spinning: bool = False,
     ) -> None:
         """`io_binding`: keep hidden states in OrtValues between segments; default: on CUDA only.
-        `intra_op_threads`: threads per segment run, 0 = `base.default_threads` (the cores this process may use,
-        less one). `allow_spinning`: idle threads spin waiting for work (onnxruntime's own
+        `intra_op_threads`: threads per segment run, 0 = `base.default_threads` (the cores this process may
+        use). `allow_spinning`: idle threads spin waiting for work (onnxruntime's own
         default); off by default here, since the batcher idles between batches and the decode threads and
         the event loop need the cores meanwhile. `ModelLoadError` when a segment cannot be opened or
         disagrees with the manifest (`num_classes`)."""

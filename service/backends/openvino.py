@@ -9,8 +9,7 @@ needs), and `run` picks one per batch. Hidden states stay numpy arrays in host m
 Every model is compiled with fp32 inference precision: OpenVINO would otherwise pick bf16 on CPUs
 that have it, which is slower without AMX and changes the numbers; int8 IR runs its int8 kernels
 either way. One stream, latency hint (the micro-batcher runs one batch at a time), with the cores this process
-may use less one (`base.default_threads`: its affinity mask capped by its cgroup's CPU quota; the one left runs
-the event loop and decoding).
+may use (`base.default_threads`: its affinity mask capped by its cgroup's CPU quota).
 """
 
 from collections.abc import Sequence
