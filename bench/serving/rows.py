@@ -51,26 +51,13 @@ class RampStep(Row):
         return round(self.accuracy - self.floor_accuracy, 9)
 
 
-class AdaptStep(Row):
-    """One load step (or drift phase) of ``bench adapt``: ``clients`` sending back to back, latency in ms,
-    answered requests per second, accuracy and agreement with the last exit in [0, 1], the mean threshold
-    answered at and the answers per exit reason; None where no request was answered (``floor_accuracy``: on a
-    ramp step only, the accuracy floor mode's on the same photos)."""
+class AdaptStep(StepStats):
+    """One load step (or drift phase) of ``bench adapt`` as the page reads it: its ``StepStats``, with the
+    ``clients`` sending back to back and the answered requests per second, where recorded (``floor_accuracy``: on
+    a ramp step only)."""
 
     clients: int | None = None
-    requests: int
-    errors: int
-    p95_ms: float | None
     throughput_rps: float | None = None
-    accuracy: float | None
-    threshold: float | None
-    exit_reasons: dict[str, int]
-    agreement: float | None = None
-    floor_accuracy: float | None = None
-
-    @property
-    def answered(self) -> int:
-        return self.requests - self.errors
 
 
 class RampVerdict(Row):
