@@ -154,7 +154,15 @@ def compare(
     from dynadapter.bench.lab.servers import ServerOptions, service_argv
 
     grpc_port = free_port()
-    argv = [*service_argv(ServerOptions(), "cpu"), "--model-repo", str(model_repo), "--model-name", model]
+    argv = [
+        *service_argv(ServerOptions(), "cpu"),
+        "--model-repo",
+        str(model_repo),
+        "--models",
+        model,
+        "--model-name",
+        model,
+    ]
     server = ServerProcess("service", [*argv, "--grpc-port", str(grpc_port)])  # the last --grpc-port wins
     rows = []
     try:

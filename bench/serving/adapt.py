@@ -134,7 +134,14 @@ def server_argvs(inputs: AdaptInputs, config: AdaptBenchConfig, target_ms: float
     """Server name -> `dynadapter serve` argv (without --port); the controller's only with ``target_ms``."""
     base = [*service_argv(config, config.providers), "--model-repo", str(inputs.model_repo)]
     # every client's request may wait for a decode thread: a refusal (503) is no latency to measure
-    base += ["--model-name", inputs.model_name, "--decode-queue", str(max(*config.clients, config.drift_clients))]
+    base += [
+        "--models",
+        inputs.model_name,
+        "--model-name",
+        inputs.model_name,
+        "--decode-queue",
+        str(max(*config.clients, config.drift_clients)),
+    ]
     argvs = {
         "fixed": base,
         "live": [

@@ -121,7 +121,16 @@ def _server_commands(inputs: BenchInputs, config: ServeBenchConfig) -> dict[str,
     ]
     return {
         "cascade": (
-            [*service, "--model-repo", str(inputs.model_repo), "--model-name", inputs.model_name, *_grpc(config)],
+            [
+                *service,
+                "--model-repo",
+                str(inputs.model_repo),
+                "--models",
+                inputs.model_name,
+                "--model-name",
+                inputs.model_name,
+                *_grpc(config),
+            ],
             "/readyz",
             "/classify",
         ),

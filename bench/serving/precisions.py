@@ -70,7 +70,8 @@ def server_argv(name: str, model_repo: Path, model_name: str, config: ServeBench
     backend, precision, spinning = PRECISION_SERVERS[name]
     return [
         *service_argv(config, "cpu"),
-        *("--model-repo", str(model_repo), "--model-name", model_name, "--backend", backend),
+        *("--model-repo", str(model_repo), "--models", model_name, "--model-name", model_name),
+        *("--backend", backend),
         *("--precision", precision, "--allow-spinning" if spinning else "--no-allow-spinning"),
     ]
 
