@@ -71,6 +71,11 @@ def _build(out: Path, version: str, fixtures: bool, demo_dir: Path) -> None:
             shutil.copytree(fixture, out / fixture.name)
 
 
+def demo_model_name(run_dir: Path) -> str | None:
+    """The demo model a run directory is the committed run of (its name in the demo repository), else None."""
+    return next((name for name, run in DEMO_RUNS.items() if run.resolve() == run_dir.resolve()), None)
+
+
 def demo_precisions() -> list[str]:
     """fp32 and int8 where openvino and nncf are installed (the `train` extra), else fp32 alone: the
     service serves the fastest precision present (int8 on OpenVINO, README "Serving on a CPU")."""

@@ -36,14 +36,14 @@ def prepare_inputs(config: ServeBenchConfig, work: Path) -> BenchInputs:
     int8 OpenVINO IR where the CPU runtime is installed, as `dynadapter export` does)."""
     from dynadapter.bench.serving.static_graph import export_static_graph
     from dynadapter.contract.model_repository import load_model
-    from dynadapter.export.demo import DEMO_RUNS, build_demo_repo
+    from dynadapter.export.demo import DEMO_RUNS, build_demo_repo, demo_model_name
     from dynadapter.export.exporter import export_run
     from dynadapter.export.precisions import cpu_runtime_precisions
 
     run_dir = config.run_dir or next(iter(DEMO_RUNS.values()))  # the demo's run (demo/dinov2-mnist)
     if not run_dir.is_dir():
         raise RunDirError(f"no run directory at {run_dir}: pass --run-dir (a `dynadapter train` output)")
-    demo_name = next((name for name, run in DEMO_RUNS.items() if run.resolve() == run_dir.resolve()), None)
+    demo_name = demo_model_name(run_dir)
     if config.model_repo is not None:
         repo, name = config.model_repo, config.model_name
     elif demo_name is not None:

@@ -125,7 +125,7 @@ def threads_benchmark(config: ThreadsBenchConfig) -> None:
     from dynadapter.bench.lab.images import bench_images
     from dynadapter.bench.lab.results import update_results
     from dynadapter.errors import RunDirError
-    from dynadapter.export.demo import DEMO_RUNS, build_demo_repo
+    from dynadapter.export.demo import DEMO_RUNS, build_demo_repo, demo_model_name
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     run_dir = config.run_dir or next(iter(DEMO_RUNS.values()))
@@ -133,7 +133,7 @@ def threads_benchmark(config: ThreadsBenchConfig) -> None:
         raise RunDirError(f"no run directory at {run_dir}: pass --run-dir (a `dynadapter train` output)")
     repo = config.model_repo or build_demo_repo(DEMO_MODEL_REPO)
     # the model of the images sent: for the demo's run, its model in the demo repository (not the fixture beside it)
-    demo_name = next((name for name, run in DEMO_RUNS.items() if run.resolve() == run_dir.resolve()), None)
+    demo_name = demo_model_name(run_dir)
     section = sweep(repo, config.model_name or demo_name, bench_images(run_dir, config.images), config)
     update_results(config.docs, {"threads": section})
     print(render_markdown({"threads": section}))
