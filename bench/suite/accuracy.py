@@ -86,6 +86,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also train the ablation cells (Dyn-Adapter with adapter, one part off at a time)",
     )
     p.add_argument(
+        "--ablation-seeds",
+        type=seed_list,
+        help="seeds of the ablation cells, and of the 'every part on' row they are compared with (default: --seeds)",
+    )
+    p.add_argument(
         "--int8",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -108,7 +113,8 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"unknown tasks {unknown}; the builtin data sets are {sorted(BUILTIN_DATASETS)}")
     config = suite_config(args, args.epochs, int8=args.int8)
     main = cells.main_cells(args.tasks, args.methods, args.seeds)
-    ablation = cells.ablation_cells(args.tasks, args.seeds)
+    ablation_seeds = args.ablation_seeds or args.seeds
+    ablation = cells.ablation_cells(args.tasks, ablation_seeds)
     trainable = set() if args.report_only else set(main) | (set(ablation) if args.ablation else set())
     # The page's recipe is the trained cells' one: the frozen probe's cells (first in `main`) lay out
     # their run in PROBE_EPOCHS and would misreport the epochs.
@@ -134,6 +140,7 @@ def run(args: argparse.Namespace) -> None:
                 {**config.record(trained_cell), "seeds": list(args.seeds)},
                 (cells.PROBE_PETL, cells.PROBE),
                 suite_plan(cells.PROBE_PETL),
+                ablation_seeds,
             ),
         )
 

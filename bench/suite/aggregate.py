@@ -286,8 +286,11 @@ def int8_seed_deltas(runs: CellResults, petl: str, tasks: Sequence[str]) -> dict
     return out
 
 
-def ablation_row(variant: str, label: str, per_task: dict[str, CombinedCell | None]) -> dict[str, Any]:
-    """One ablation variant's suite mean at ``balanced`` and ``accurate`` over the tasks it finished."""
+def ablation_row(
+    variant: str, label: str, per_task: dict[str, CombinedCell | None], seeds: Sequence[int]
+) -> dict[str, Any]:
+    """One ablation variant's suite mean at ``balanced`` and ``accurate`` over the tasks it finished
+    (each task: the mean over ``seeds``)."""
     done = {t: r for t, r in per_task.items() if r is not None}
     modes = {
         m: {
@@ -303,6 +306,7 @@ def ablation_row(variant: str, label: str, per_task: dict[str, CombinedCell | No
         "label": label,
         "tasks": len(done),
         "missing": sorted(set(per_task) - set(done)),
+        "seeds": list(seeds),
         **modes,
         "per_task": {
             t: {m: {"acc": r.modes[m].acc, "saved": r.modes[m].saved} for m in ("balanced", "accurate")}
@@ -320,10 +324,13 @@ def sections(
     config: dict[str, Any],
     probe: tuple[str, str] = ("none", "probe"),
     suite_plan: dict[str, int] | None = None,
+    ablation_seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The accuracy sections of results.json from ``(task, petl, variant, seed) -> result or None``;
     ``probe``: the (petl, variant) of the frozen-probe cells; ``suite_plan``: cells of each kind
-    ("probe", "static", "dynamic") in the whole default suite, which ``budget`` projects."""
+    ("probe", "static", "dynamic") in the whole default suite, which ``budget`` projects;
+    ``ablation_seeds``: the seeds the ablation compares over (default: every seed in ``runs``), its
+    "every part on" row included, so that each variant faces the same seeds."""
     cells = {key: CellResult.model_validate(r) if r is not None else None for key, r in runs.items()}
     lookup = {key: CombinedCell.model_validate(c) if c else None for key, c in by_cell(runs).items()}
     probes = [probe_row(t, lookup.get((t, *probe))) for t in tasks]
@@ -336,8 +343,13 @@ def sections(
         petl: mean_row(petl, [SuiteRow.model_validate(r) for r in per_task]) for petl, per_task in by_method.items()
     }
     labels = {"dyn": "Dyn-Adapter, every part on", **ablations}
-    per_variant = {v: {t: lookup.get((t, ablation_petl, v)) for t in tasks} for v in labels}
-    ablation = [ablation_row(v, label, per_variant[v]) for v, label in labels.items()]
+    seeds = sorted({key[3] for key in runs}) if ablation_seeds is None else list(ablation_seeds)
+    at_seeds = by_cell({key: r for key, r in runs.items() if key[3] in seeds})
+    per_variant = {
+        v: {t: CombinedCell.model_validate(c) if (c := at_seeds.get((t, ablation_petl, v))) else None for t in tasks}
+        for v in labels
+    }
+    ablation = [ablation_row(v, label, per_variant[v], seeds) for v, label in labels.items()]
     # An ablation nobody asked for (no cell of it finished) is not "unfinished": the page says it was not run.
     ablation_run = any(cell is not None for v in ablations for cell in per_variant[v].values())
     missing = [

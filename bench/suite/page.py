@@ -347,9 +347,11 @@ def render_ablation(results: SuiteResults) -> str:
     if not any(r.tasks for r in results.ablation[1:]):
         return heading + "Not run for this page: `dynadapter bench accuracy --ablation` trains its cells."
     lines = [[r.label, *cells(r), f"{r.tasks} / {r.tasks + len(r.missing)}"] for r in results.ablation]
+    seeds = results.ablation[0].seeds
+    over = f", each task the mean over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}" if seeds else ""
     return (
         heading + "One part of the method switched at a time (`dynadapter bench accuracy --ablation`); each cell: "
-        "test accuracy (%) / FLOPs saved. Self-distillation is off by default, so its row switches it on.\n\n"
+        f"test accuracy (%) / FLOPs saved{over}. Self-distillation is off by default, so its row switches it on.\n\n"
         + _table(["variant", "balanced", "accurate", "tasks finished"], lines)
     )
 

@@ -92,12 +92,14 @@ class ProbeRow(Row):
 
 class AblationRow(Row):
     """An ``ablation`` entry: one variant's suite mean at ``balanced`` and ``accurate`` (accuracy and FLOPs
-    saved, None where no task finished), over ``tasks`` finished tasks, ``missing`` the others."""
+    saved, None where no task finished), over ``tasks`` finished tasks, ``missing`` the others; ``seeds``
+    the seeds it is the mean over (None in sections written before ``--ablation-seeds``: all of the suite's)."""
 
     variant: str
     label: str
     tasks: int
     missing: list[str]
+    seeds: list[int] | None = None
     balanced: ModeResult | None = None
     accurate: ModeResult | None = None
 

@@ -97,7 +97,9 @@ def test_the_committed_records_aggregate_into_the_committed_accuracy_sections() 
         path = ROOT / "docs" / "results" / "cells" / cell.task / f"{cell.petl}-{cell.variant}{cell.suffix}.json"
         return json.loads(path.read_text())["result"] if path.is_file() else None
 
-    cells = main_cells(tasks, methods, seeds) + ablation_cells(tasks, seeds)
+    ablation_seeds = committed["ablation"][0].get("seeds") or seeds  # --ablation-seeds, as the page states
+    cells = main_cells(tasks, methods, seeds) + ablation_cells(tasks, ablation_seeds)
     runs = {(*c.key, c.seed): record(c) for c in cells}
-    written = sections(runs, tasks, methods, labels, ABLATION_PETL, config, (PROBE_PETL, PROBE), suite_plan(PROBE_PETL))
+    probe = (PROBE_PETL, PROBE)
+    written = sections(runs, tasks, methods, labels, ABLATION_PETL, config, probe, suite_plan(PROBE_PETL), ablation_seeds)
     assert json.dumps(written) == json.dumps({key: committed[key] for key in written})
