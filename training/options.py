@@ -40,6 +40,11 @@ def _auto_augment(spec: str | None) -> str | None:
     return spec
 
 
+def default_exits(depth: int, stages: int = 4) -> list[int]:
+    """``--exits``' default: after every ``depth / stages`` blocks (3, 6, 9, 12 for a 12-block ViT)."""
+    return sorted({max(1, round(depth * (k + 1) / stages)) for k in range(stages)})
+
+
 class TrainOptions(BaseModel):
     """A training run; see `dynadapter train --help`. `exits` None = every quarter of the depth."""
 

@@ -39,7 +39,7 @@ from dynadapter.training.backward_sparsity import BackwardSparsity
 from dynadapter.training.calibration import calibrate
 from dynadapter.training.data import ImageDataset, Splits, prepare_splits, read_dataset, stream
 from dynadapter.training.evaluate import exit_accuracies, loader_logits
-from dynadapter.training.options import TrainOptions
+from dynadapter.training.options import TrainOptions, default_exits
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,6 @@ AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 def autocast(opts: TrainOptions, device: torch.device) -> torch.autocast:
     """Mixed precision for the forward pass when ``amp`` is on (a no-op context otherwise)."""
     return torch.autocast(device.type, dtype=AMP_DTYPES[opts.amp_dtype], enabled=opts.amp)
-
-
-def default_exits(depth: int, stages: int = 4) -> list[int]:
-    """Exits after every ``depth / stages`` blocks (3, 6, 9, 12 for a 12-block ViT)."""
-    return sorted({max(1, round(depth * (k + 1) / stages)) for k in range(stages)})
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:

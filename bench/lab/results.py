@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ TITLE = "# Benchmark results\n\nWritten by `dynadapter bench`; regenerated from 
 def fmt(value: float | None, digits: int = 1) -> str:
     """A number for a results table: `digits` decimals, "-" where there is none."""
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
+    """A Markdown (GitHub) table: the header, its rule and one row per line of cells."""
+    rows = [header, ["---"] * len(header), *lines]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
 def pct(x: float | None, digits: int = 1) -> str:

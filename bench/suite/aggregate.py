@@ -33,6 +33,7 @@ from dynadapter.bench.suite.rows import (
 from dynadapter.bench.suite.targets import (
     best_at_target,
     budget,
+    exit_target,
     int8_target,
     shift_target,
     target,
@@ -209,6 +210,7 @@ def mean_row(petl: str, rows: Sequence[SuiteRow]) -> dict[str, Any]:
         "dyn": None,
         "dyn_full_acc": None,
         "dyn_exit_acc": None,
+        "dyn_shifted_exit_acc": None,
         "dyn_best_at_target": None,
         "static_shifted_acc": None,
         "dyn_shifted": None,
@@ -228,6 +230,9 @@ def mean_row(petl: str, rows: Sequence[SuiteRow]) -> dict[str, Any]:
             static_gflops=fmean(_numbers(r.static_gflops for r in done)),
             dyn_full_acc=fmean(_numbers(r.dyn_full_acc for r in done)),
             dyn_exit_acc=[fmean(accs) for accs in zip(*(r.dyn_exit_acc or [] for r in done), strict=True)],
+            dyn_shifted_exit_acc=[fmean(a) for a in zip(*(r.dyn_shifted_exit_acc or [] for r in done), strict=True)]
+            if all(r.dyn_shifted_exit_acc for r in done)
+            else None,
             dyn_best_at_target=fmean(_numbers(best)) if None not in best else None,
             dyn=_mode_means([r.dyn or {} for r in done]),
         )
@@ -367,6 +372,11 @@ def sections(
         "target": [target(m, len(tasks), seed_deltas(cells, petl, tasks)) for petl, m in means.items()],
         "shift_target": [
             shift_target(m, probes, len(tasks), by_method[petl]) for petl, m in means.items() if petl != probe[0]
+        ],
+        "exit_target": [
+            exit_target(petl, by_method[petl], {t: lookup.get((t, *probe)) for t in tasks})
+            for petl in methods
+            if petl != probe[0]
         ],
         "int8_target": [int8_target(petl, by_method[petl], int8_seed_deltas(cells, petl, tasks)) for petl in methods],
         "ablation": ablation,

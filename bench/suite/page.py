@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dynadapter.bench.lab.results import pct
+from dynadapter.bench.lab.results import markdown_table, pct
 from dynadapter.bench.suite.aggregate import MODES
 from dynadapter.bench.suite.rows import (
     AblationRow,
@@ -96,11 +96,6 @@ def _acc(mode: ModeResult) -> float:
     return mode.acc
 
 
-def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
-    rows = [header, ["---"] * len(header), *lines]
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
-
-
 def _verdict(t: ClaimVerdict) -> str:
     if t.met is None:
         return "no finished task yet"
@@ -145,7 +140,7 @@ def render_target(results: SuiteResults) -> str:
         f"within {100 * TARGET_ACC_DROP:.1f} points of the static baseline of the same PETL method "
         "(`none`: the linear probe on the frozen backbone). Δ acc: ± the standard deviation, over the seeds "
         "whose cells all finished, of each seed's own suite-mean Δ: the noise the verdict stands against.\n\n"
-        + _table(
+        + markdown_table(
             [
                 "PETL",
                 "static acc (%)",
@@ -167,6 +162,34 @@ def _balanced(row: SuiteRow) -> ModeResult:
     if row.dyn is None:
         raise ValueError(f"{row.petl}: a judged target without a Dyn-Adapter mean")
     return row.dyn["balanced"]
+
+
+def render_exit_target(results: SuiteResults) -> str:
+    """Issue 34's floor: each exit against the frozen probe's head after the same block (empty before judged)."""
+    judged = [t for t in results.exit_target if t.met is not None]
+    if not judged:
+        return ""
+    blocks = judged[0].blocks
+    lines = [
+        [
+            t.petl,
+            split,
+            *(f"{pct(d)} / {pct(p)} ({100 * (d - p):+.1f})" for d, p in zip(dyn, probe, strict=True)),
+            "**met**" if t.met else "missed",
+        ]
+        for t in judged
+        for split, dyn, probe in (("clean", t.dyn, t.probe), ("shifted", t.dyn_shifted, t.probe_shifted))
+    ]
+    why = "".join(f"\n\nWhy {t.petl} misses: {t.why}" for t in judged if t.why)
+    return (
+        "## Target: every exit at least the frozen probe at its block\n\n"
+        "Suite means of each exit's test accuracy (every image answered there), Dyn-Adapter / the frozen probe's "
+        "linear head after the same block (logistic regression on the frozen features), on the clean test split "
+        "and its shifted copy; in brackets the difference in points. An exit below the probe has learnt less "
+        "from its training than a linear read-out of the frozen features holds.\n\n"
+        + markdown_table(["PETL", "split", *(f"block {b}" for b in blocks), "target"], lines)
+        + why
+    )
 
 
 def render_shift_target(results: SuiteResults) -> str:
@@ -191,7 +214,7 @@ def render_shift_target(results: SuiteResults) -> str:
         "points above the frozen probe (at its block best on validation), and losing at most "
         f"{100 * SHIFT_EXTRA_LOSS:.0f} point more from clean to shifted than the static baseline of the same "
         "method loses.\n\n"
-        + _table(
+        + markdown_table(
             [
                 "PETL",
                 "balanced shifted (%)",
@@ -227,7 +250,9 @@ def render_int8_target(results: SuiteResults) -> str:
         "fp32 `balanced` on the test split. Argmax agreement: how often each exit's int8 answer equals "
         "PyTorch's on the validation split, mean over the tasks; an exit well below 1 is where quantization "
         "changes answers.\n\n"
-        + _table(["PETL", "mean Δ (points)", "Δ per task (points)", "argmax agreement per exit", "target"], lines)
+        + markdown_table(
+            ["PETL", "mean Δ (points)", "Δ per task (points)", "argmax agreement per exit", "target"], lines
+        )
         + _why_lines(judged)
     )
 
@@ -297,7 +322,7 @@ def render_tasks(results: SuiteResults) -> str:
             lines.append(_probe_line(probes[task]))
         drawn = task != "mean" and any(r.static_acc is not None or r.dyn is not None for r in rows)
         figure = f"\n\n![{task}: accuracy against GFLOPs](results/{task}.png)" if drawn else ""
-        parts.append(f"{title}\n\n" + _table(header, lines) + figure)
+        parts.append(f"{title}\n\n" + markdown_table(header, lines) + figure)
     return "\n\n".join(parts)
 
 
@@ -331,7 +356,7 @@ def render_calibration(results: SuiteResults) -> str:
         "bootstrap: the 5th-95th percentile of the choices over 200 resamples of the validation split "
         "(`dynadapter train --calibration-resamples`), mean over the seeds; — where a cell has no such "
         "number (calibrated or cached before it existed).\n\n"
-        + _table(
+        + markdown_table(
             ["task", "PETL", *(f"{m} val / test" for m in MODES), "balanced threshold", "bootstrap 5-95%"],
             calibration_lines(results.rows),
         )
@@ -348,11 +373,13 @@ def render_ablation(results: SuiteResults) -> str:
         return heading + "Not run for this page: `dynadapter bench accuracy --ablation` trains its cells."
     lines = [[r.label, *cells(r), f"{r.tasks} / {r.tasks + len(r.missing)}"] for r in results.ablation]
     seeds = results.ablation[0].seeds
-    over = f", each task the mean over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}" if seeds else ""
+    over = (
+        f", each task the mean over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}" if seeds else ""
+    )
     return (
         heading + "One part of the method switched at a time (`dynadapter bench accuracy --ablation`); each cell: "
         f"test accuracy (%) / FLOPs saved{over}. Self-distillation is off by default, so its row switches it on.\n\n"
-        + _table(["variant", "balanced", "accurate", "tasks finished"], lines)
+        + markdown_table(["variant", "balanced", "accurate", "tasks finished"], lines)
     )
 
 
@@ -379,6 +406,7 @@ def render_markdown(sections: dict[str, Any]) -> str:
         intro,
         render_target(results),
         render_shift_target(results),
+        render_exit_target(results),
         render_int8_target(results),
         render_tasks(results),
     ]
@@ -391,7 +419,7 @@ def render_markdown(sections: dict[str, Any]) -> str:
         parts.append(
             "## Time per cell\n\nWall-clock seconds of training, calibration, test evaluation and the int8 column, "
             f"as measured on the machine that ran the cell{_devices(results.devices)}:\n\n"
-            + _table(
+            + markdown_table(
                 ["cells", "finished", "mean (s)", "total (s)"],
                 [[kind, str(t.cells), f"{t.mean_s:.0f}", f"{t.total_s:.0f}"] for kind, t in results.timing.items()],
             )

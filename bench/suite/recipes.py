@@ -8,7 +8,9 @@ gets cells of its own, ``-r<hash>``). The recipe chosen is the one with the best
 For every recipe the page also gives clean and shifted test accuracy at ``balanced`` and the FLOPs
 saved, so that one sees whether the choice on validation carried over to test and to shifted images.
 Flips are in no candidate: digits are not mirror-symmetric (a mirrored 2 is no 2), so ``hflip`` is a
-per-task choice (``--train-arg hflip=0.5``).
+per-task choice (``--train-arg hflip=0.5``). Every complete recipe is also judged by the accuracy suite's
+targets (``suite.targets``: the paper's claim, the shifted split's, every exit at least the frozen probe at its
+block) against the default recipe's static and probe cells of the same tasks and seeds.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import dataclasses
 from statistics import fmean
 from typing import Any
 
+from dynadapter.bench.lab.results import markdown_table, pct
+from dynadapter.bench.suite.aggregate import MODES, by_cell, cell_row, mean_row, probe_row
 from dynadapter.bench.suite.flags import DEFAULT_EPOCHS, DEFAULT_TASKS, add_recipe_arguments, seed_list, suite_config
-from dynadapter.bench.suite.rows import CellResult, RecipePoint, RecipesSection
+from dynadapter.bench.suite.rows import CellResult, CombinedCell, RecipePoint, RecipesSection, RecipeTargets, SuiteRow
+from dynadapter.bench.suite.targets import exit_target, shift_target, target
 from dynadapter.errors import ConfigError
 
 RESULT_KEYS = ("recipes",)
@@ -35,6 +40,16 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the suite's 4-hour budget holds 8 (docs/results.md, "Time per cell").
     "lr-low": {"lr": 3e-4},
     "lr-high": {"lr": 3e-3},
+    # Exits that transfer (issue 34). LP-FT (Kumar et al., ICLR 2022): every exit head starts as the frozen
+    # probe's logistic regression at its block, so that fine-tuning starts from features it need not distort.
+    "lp-ft": {"head_init": "probe"},
+    # WiSE-FT (Wortsman et al., CVPR 2022) on LP-FT: the trained weights interpolated back toward that start,
+    # the coefficient chosen on validation.
+    "wise-ft": {"head_init": "probe", "wise_ft": True},
+    # the thresholds calibrated on the val images and a mildly corrupted copy of each (severities 1-2), so
+    # that an exit's confidence is read on images like the ones a server sees.
+    "shift-cal": {"calibration_corrupted": 1},
+    "lp-ft+shift-cal": {"head_init": "probe", "calibration_corrupted": 1},
 }
 #: Options of a recipe that the suite sets by its own flag (``--lr``), not by ``--train-arg``.
 SUITE_FIELDS = ("lr",)
@@ -106,12 +121,15 @@ def run(args: argparse.Namespace) -> None:
     base = suite_config(args, args.epochs)
     recipes = candidates(args)
     todo = [cells.Cell(t, args.petl, cells.DYN, s) for s in args.seeds for t in tasks]
+    # what the targets compare with: the default recipe's static and frozen-probe cells (never trained here)
+    refs = [cells.Cell(t, p, v, s) for s in args.seeds for t in tasks for p, v in ((args.petl, "static"), REF_PROBE)]
+    references = {(*c.key, c.seed): r for c, r in cells.run_suite(refs, base, set()).items()}
     results: dict[str, dict[tuple[str, int], dict[str, Any] | None]] = {}
     for name, recipe in recipes.items():
         config = dataclasses.replace(base, recipe=_train_args(recipe), **_suite_fields(recipe))
         found = cells.run_suite(todo, config, set() if args.report_only else set(todo))
         results[name] = {(c.task, c.seed): r for c, r in found.items()}
-        section = recipes_section(results, recipes, tasks, args, base.record(todo[0]), BUILTIN_VAL_IMAGES)
+        section = recipes_section(results, recipes, tasks, args, base.record(todo[0]), BUILTIN_VAL_IMAGES, references)
         update_results(args.docs, {"recipes": section})
     print(render_markdown({"recipes": section}))
 
@@ -126,15 +144,50 @@ def _train_args(recipe: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe.items() if k not in SUITE_FIELDS}
 
 
-def recipe_point(result: dict[str, Any]) -> dict[str, float | None]:
-    """A Dyn-Adapter cell at ``balanced``: validation, test and shifted-test accuracy, FLOPs saved."""
+def recipe_point(result: dict[str, Any], mode: str = "balanced") -> dict[str, float | None]:
+    """A Dyn-Adapter cell at ``mode``: validation (clean images), test and shifted-test accuracy, FLOPs saved."""
     cell = CellResult.model_validate(result)
-    balanced = cell.balanced()
     return {
-        "val_acc": cell.val_modes["balanced"].acc,
-        "acc": balanced.acc,
-        "shifted_acc": cell.shifted.modes["balanced"].acc,
-        "saved": balanced.saved,
+        "val_acc": cell.val_modes[mode].acc,
+        "acc": cell.modes[mode].acc,
+        "shifted_acc": cell.shifted.modes[mode].acc,
+        "saved": cell.modes[mode].saved,
+    }
+
+
+def mode_means(per_cell: dict[tuple[str, int], dict[str, Any] | None], tasks: list[str]) -> dict[str, Any]:
+    """Every mode's `recipe_point`, the mean over ``tasks`` of the means over the seeds (every cell finished)."""
+    out = {}
+    for mode in MODES:
+        per_task = [[recipe_point(r, mode) for (t, _), r in per_cell.items() if t == task and r] for task in tasks]
+        out[mode] = {k: fmean(fmean(p[k] for p in points) for points in per_task) for k in per_task[0][0]}
+    return out
+
+
+#: The frozen probe's cells, (petl, variant), as the accuracy suite names them.
+REF_PROBE = ("none", "probe")
+
+
+def recipe_targets(
+    per_cell: dict[tuple[str, int], dict[str, Any] | None],
+    references: dict[tuple[str, str, str, int], dict[str, Any] | None],
+    tasks: list[str],
+    petl: str,
+) -> dict[str, Any] | None:
+    """The accuracy suite's targets (`suite.targets`) for one recipe's Dyn-Adapter cells against the default
+    recipe's static and probe cells of the same tasks and seeds; None while a reference cell is missing."""
+    if any(r is None for r in references.values()):
+        return None
+    runs = {(t, petl, "dyn", s): r for (t, s), r in per_cell.items()} | references
+    lookup = {key: CombinedCell.model_validate(c) if c else None for key, c in by_cell(runs).items()}
+    rows = [cell_row(t, petl, lookup[t, petl, "static"], lookup[t, petl, "dyn"]) for t in tasks]
+    mean = mean_row(petl, [SuiteRow.model_validate(r) for r in rows])
+    probes = {t: lookup[(t, *REF_PROBE)] for t in tasks}
+    probe_rows = [probe_row(t, probes[t]) for t in tasks]
+    return {
+        "claim": target(mean, len(tasks)),
+        "shift": shift_target(mean, probe_rows, len(tasks), rows),
+        "exits": exit_target(petl, rows, probes),
     }
 
 
@@ -145,9 +198,11 @@ def recipes_section(
     args: argparse.Namespace,
     config: dict[str, Any],
     val_images: int,
+    references: dict[tuple[str, str, str, int], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """``recipes`` of results.json: per recipe the mean over tasks of the means over seeds (with
-    ``val_se``, its validation accuracy's standard error on ``val_images`` a task and seed), and the
+    ``val_se``, its validation accuracy's standard error on ``val_images`` a task and seed; every mode's
+    means and, given the ``references`` (`recipe_targets`), the targets' verdicts), and the
     recipe chosen on validation among those whose every cell (task x seed) finished (None until one
     has): the first listed of those within noise of the best (``within_noise_of_best``). A task's
     numbers are shown once one seed has finished; ``missing`` lists the cells that have not."""
@@ -172,6 +227,10 @@ def recipes_section(
         )
     for row in rows:
         row["val_se"] = val_standard_error(row["tasks"], len(args.seeds), val_images) if row["complete"] else None
+        if row["complete"]:
+            per_cell = results[row["recipe"]]
+            row["modes"] = mode_means(per_cell, tasks)
+            row["targets"] = recipe_targets(per_cell, references, tasks, args.petl) if references else None
     tied, margin = within_noise_of_best([r for r in rows if r["complete"]])
     return {
         "tasks": tasks,
@@ -268,5 +327,80 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{', '.join(map(str, section.seeds))} (means), the "
         "same cells as the accuracy suite's under each recipe. `balanced` on the validation split (where its "
         "threshold is calibrated; the only split that chooses), the test split and its shifted copy. "
-        f"{verdict}\n\n" + "\n".join(lines) + ("\n\nCells not finished: " + "; ".join(missing) if missing else "")
+        f"{verdict}\n\n"
+        + "\n".join(lines)
+        + ("\n\nCells not finished: " + "; ".join(missing) if missing else "")
+        + render_modes(section)
+        + render_targets(section)
     )
+
+
+def render_modes(section: RecipesSection) -> str:
+    """Every mode of every complete recipe: val / test / shifted test (%), FLOPs saved (empty without any)."""
+    rows = [r for r in section.rows if r.modes]
+    if not rows:
+        return ""
+    lines = [
+        [
+            r.recipe,
+            *(
+                f"{pct(m.val_acc)} / {pct(m.acc)} / {pct(m.shifted_acc)} / {pct(m.saved, 0)}%"
+                for m in (r.modes[name] for name in MODES)
+            ),
+        ]
+        for r in rows
+        if r.modes
+    ]
+    return (
+        "\n\nEvery mode, suite mean: validation (clean images) / test / shifted test accuracy (%) / FLOPs saved. "
+        "A recipe that calibrates on corrupted copies too (`calibration_corrupted`) chooses its thresholds on "
+        "those as well; its validation column is still the clean images'.\n\n"
+        + markdown_table(["recipe", *MODES], lines)
+    )
+
+
+def render_targets(section: RecipesSection) -> str:
+    """The targets of every complete recipe, against the default recipe's static and probe cells."""
+    rows = [(r.recipe, r.targets) for r in section.rows if r.targets]
+    if not rows:
+        return ""
+    lines = [[name, *_target_cells(t)] for name, t in rows]
+    return (
+        f"\n\nThe accuracy suite's targets for `{section.petl}` under each recipe, over these tasks and seeds, against "
+        "the default recipe's static and frozen-probe cells: `balanced` within 0.5 points of static with at least "
+        "50% of its FLOPs saved; on the shifted split at least 2 points over the probe at its best block and at "
+        "most 1 point more clean-to-shifted loss than static; every exit at least the probe's head after the same "
+        "block, clean and shifted (the lowest margin). In points.\n\n"
+        + markdown_table(
+            [
+                "recipe",
+                "balanced − static, saved",
+                "shifted: over the probe",
+                "extra clean-to-shifted loss",
+                "lowest exit − probe, clean / shifted",
+                "targets met",
+            ],
+            lines,
+        )
+    )
+
+
+def _target_cells(t: RecipeTargets) -> list[str]:
+    claim, shift, exits = t.claim, t.shift, t.exits
+
+    def points(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:+.2f}"
+
+    margins = [
+        min((d - p for d, p in zip(dyn, probe, strict=True)), default=None)
+        for dyn, probe in ((exits.dyn, exits.probe), (exits.dyn_shifted, exits.probe_shifted))
+    ]
+    met = [name for name, v in (("claim", claim.met), ("shifted", shift.met), ("exits", exits.met)) if v]
+    saved = "—" if claim.saved is None else f"{pct(claim.saved, 0)}%"
+    return [
+        f"{points(claim.acc_delta)}, {saved}",
+        points(shift.over_probe),
+        points(shift.extra_loss),
+        " / ".join(points(m) for m in margins),
+        f"{len(met)} of 3" + (f" ({', '.join(met)})" if met else ""),
+    ]

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import field_validator
 
 from dynadapter.bench.lab.rows import Row
-from dynadapter.bench.suite.targets import ClaimVerdict, Int8Verdict, ShiftVerdict
+from dynadapter.bench.suite.targets import ClaimVerdict, ExitVerdict, Int8Verdict, ShiftVerdict
 
 
 class ModeResult(Row):
@@ -156,6 +156,7 @@ class SuiteResults(Row):
     probe: list[ProbeRow] = []
     target: list[ClaimVerdict] = []
     shift_target: list[ShiftVerdict] = []
+    exit_target: list[ExitVerdict] = []
     int8_target: list[Int8Verdict] = []
     ablation: list[AblationRow] = []
     missing: list[str] = []
@@ -215,9 +216,29 @@ class RecipePoint(Row):
     saved: float
 
 
+class RecipeMode(Row):
+    """One mode under one recipe, suite mean: accuracy on val (clean images), test and shifted test, and the
+    share of the static FLOPs saved (fractions)."""
+
+    val_acc: float
+    acc: float
+    shifted_acc: float
+    saved: float
+
+
+class RecipeTargets(Row):
+    """A complete recipe judged by the accuracy suite's targets against the default recipe's static and
+    frozen-probe cells of the same tasks and seeds: the paper's claim, the shifted split's, every exit's floor."""
+
+    claim: ClaimVerdict
+    shift: ShiftVerdict
+    exits: ExitVerdict
+
+
 class RecipeRow(Row):
     """A ``recipes`` row: one recipe (its train ``options``), its mean where ``complete``, its tasks (None where
-    missing) and the standard error of its suite-mean validation accuracy."""
+    missing) and the standard error of its suite-mean validation accuracy; where complete, every mode's suite
+    mean (``modes``, None in sections written before them) and its ``targets``."""
 
     recipe: str
     options: dict[str, Any]
@@ -226,6 +247,8 @@ class RecipeRow(Row):
     mean: RecipePoint | None = None
     tasks: dict[str, RecipePoint | None]
     val_se: float | None = None
+    modes: dict[str, RecipeMode] | None = None
+    targets: RecipeTargets | None = None
 
 
 class RecipeMargin(Row):

@@ -1,7 +1,8 @@
 """The accuracy suite's targets, judged on the aggregated rows (``suite.aggregate``): the paper's claim at
 ``balanced`` (at least half the static baseline's FLOPs saved, the suite-mean accuracy within 0.5 points
 of it), issue 19's targets on the shifted split and budget, issue 18's int8 bound; each verdict says by
-how much it misses. Pure Python, like the rest of the page."""
+how much it misses; issue 34's: every exit at least the frozen probe at its block. Pure Python, like the rest
+of the page."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from dynadapter.bench.lab.results import pct
+from dynadapter.training.options import default_exits
 
 if TYPE_CHECKING:  # suite.rows holds this module's verdicts: a run-time import would be a circle
     from dynadapter.bench.suite.rows import CellNumbers
@@ -75,6 +77,18 @@ class ShiftVerdict(Verdict):
     probe_shifted: float | None = None
     over_probe: float | None = None
     extra_loss: float | None = None
+
+
+class ExitVerdict(Verdict):
+    """An ``exit_target`` row (``exit_target``): per exit (after ``blocks``), the suite-mean test accuracy of
+    Dyn-Adapter and of the frozen probe's head after the same block, on the clean and the shifted test split
+    (fractions; empty until judged)."""
+
+    blocks: list[int] = []
+    dyn: list[float] = []
+    probe: list[float] = []
+    dyn_shifted: list[float] = []
+    probe_shifted: list[float] = []
 
 
 class Int8Verdict(Verdict):
@@ -146,6 +160,66 @@ def shift_target(
         "met": met,
         "why": "" if met else why_shift_missed(over_probe, extra_loss, per_task, rows),
     }
+
+
+def exit_target(petl: str, rows: Sequence[dict[str, Any]], probes: dict[str, CellNumbers | None]) -> dict[str, Any]:
+    """Issue 34's floor on every exit: each exit's suite-mean test accuracy at least that of the frozen probe's
+    linear head after the same block (the probe has one after every block), on the clean test split and on
+    its shifted copy; judged once every task's Dyn-Adapter cell and probe have both (``met`` None until
+    then). ``rows``: the method's per-task rows (``dyn_exit_acc``, ``dyn_shifted_exit_acc``); ``probes``:
+    task -> the probe's cell (its ``exit_accuracy`` per block, clean and shifted). A Dyn-Adapter cell's
+    exits sit where ``dynadapter train`` puts them by default (``default_exits``)."""
+    out: dict[str, Any] = {"petl": petl, "met": None}
+    pairs = [(r, probes.get(r["task"])) for r in rows]
+    if not pairs or any(
+        not r.get("dyn_shifted_exit_acc") or p is None or not p.exit_accuracy or not p.shifted.exit_accuracy
+        for r, p in pairs
+    ):
+        return out
+    per_task = {}
+    for row, probe in pairs:
+        assert probe is not None and probe.exit_accuracy and probe.shifted.exit_accuracy
+        blocks = default_exits(len(probe.exit_accuracy), len(row["dyn_exit_acc"]))
+        per_task[row["task"]] = {
+            "dyn": row["dyn_exit_acc"],
+            "probe": [probe.exit_accuracy[b - 1] for b in blocks],
+            "dyn_shifted": row["dyn_shifted_exit_acc"],
+            "probe_shifted": [probe.shifted.exit_accuracy[b - 1] for b in blocks],
+        }
+    means = {
+        key: [fmean(column) for column in zip(*(t[key] for t in per_task.values()), strict=True)]
+        for key in ("dyn", "probe", "dyn_shifted", "probe_shifted")
+    }
+    met = all(
+        d >= p
+        for d, p in zip(means["dyn"] + means["dyn_shifted"], means["probe"] + means["probe_shifted"], strict=True)
+    )
+    return {
+        **out,
+        "blocks": blocks,
+        **means,
+        "met": met,
+        "why": "" if met else why_exits_missed(blocks, means, per_task),
+    }
+
+
+def why_exits_missed(
+    blocks: list[int], means: dict[str, list[float]], per_task: dict[str, dict[str, list[float]]]
+) -> str:
+    """The exits below the probe at their block (clean and shifted, in points), and the task that falls
+    furthest below it at the worst of them."""
+    short = []
+    for split, dyn, probe in (("clean", "dyn", "probe"), ("shifted", "dyn_shifted", "probe_shifted")):
+        gaps = [(b, d - p) for b, d, p in zip(blocks, means[dyn], means[probe], strict=True) if d < p]
+        if not gaps:
+            continue
+        worst_block, _ = min(gaps, key=lambda g: g[1])
+        k = blocks.index(worst_block)
+        task = min(per_task, key=lambda t: per_task[t][dyn][k] - per_task[t][probe][k])
+        gap = per_task[task][dyn][k] - per_task[task][probe][k]
+        listed = ", ".join(f"block {b} {100 * g:+.2f}" for b, g in gaps)
+        short.append(f"{split}: {listed} points (at block {worst_block}, {task} is furthest below: {100 * gap:+.2f})")
+    return "below the probe at their block, " + "; ".join(short) + "."
 
 
 def shift_loss_parts(row: dict[str, Any]) -> dict[str, float] | None:

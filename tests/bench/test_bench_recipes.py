@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from dynadapter.bench.suite.cells import BENCH_FILE, DYN, Cell, SuiteConfig
-from dynadapter.bench.suite.recipes import candidates, recipes_section, render_markdown
+from dynadapter.bench.suite.aggregate import MODES
+from dynadapter.bench.suite.recipes import candidates, recipe_targets, recipes_section, render_markdown
 from dynadapter.errors import ConfigError
 from dynadapter.training.options import TrainOptions
 from tests.support.bench import TINY, bench
@@ -52,12 +53,15 @@ def test_the_choice_is_the_best_balanced_accuracy_on_validation_beyond_its_noise
         cell = "adapter-dyn" if name == "default" else next((root / "digits").glob("adapter-dyn-r*")).name
         result = json.loads((root / "digits" / cell / BENCH_FILE).read_text())["result"]
         assert row["complete"] and row["mean"] == row["tasks"]["digits"]  # one task, one seed
-        assert row["mean"] == {
-            "val_acc": result["val_modes"]["balanced"]["acc"],
-            "acc": result["modes"]["balanced"]["acc"],
-            "shifted_acc": result["shifted"]["modes"]["balanced"]["acc"],
-            "saved": result["modes"]["balanced"]["saved"],
-        }
+        assert row["mean"] == row["modes"]["balanced"]
+        for mode in MODES:  # every mode: val, test, shifted test, saved
+            assert row["modes"][mode] == {
+                "val_acc": result["val_modes"][mode]["acc"],
+                "acc": result["modes"][mode]["acc"],
+                "shifted_acc": result["shifted"]["modes"][mode]["acc"],
+                "saved": result["modes"][mode]["saved"],
+            }
+        assert row["targets"] is None  # no static and probe cells of the default recipe in this root
     # custom replaces the default only beyond one binomial standard error of the difference (200 images).
     default, custom = rows["default"]["mean"]["val_acc"], rows["custom"]["mean"]["val_acc"]
     band = max((default * (1 - default) / 200 + custom * (1 - custom) / 200) ** 0.5, 1e-9)
@@ -71,8 +75,8 @@ def test_the_choice_is_the_best_balanced_accuracy_on_validation_beyond_its_noise
 
 
 def recipe_cell(val_acc: float) -> dict[str, Any]:
-    balanced = {"balanced": {"acc": val_acc, "saved": 0.5}}
-    return {"val_modes": balanced, "modes": balanced, "shifted": {"modes": balanced}}
+    modes = {m: {"acc": val_acc, "saved": 0.5} for m in MODES}
+    return {"val_modes": modes, "modes": modes, "shifted": {"modes": modes}}
 
 
 TASKS = ["digits", "mnist", "elpv", "elpv-type"]
@@ -164,3 +168,58 @@ def test_a_learning_rate_recipe_gets_cells_of_its_own(tmp_path: Path) -> None:
     assert names[default_lr] == "adapter-dyn"
     assert len({names[3e-4], names[3e-3]} - {"adapter-dyn"}) == 2 and names[3e-4].startswith("adapter-dyn-r")
     assert dataclasses.replace(config, lr=3e-4).options(cell).lr == 3e-4
+
+
+def test_a_recipe_is_judged_by_the_suites_targets_against_the_default_static_and_probe_cells() -> None:
+    """balanced 0.90 at 60% saved against static 0.90: the claim is met; shifted 0.70 is 5 points over the
+    probe's 0.65 but loses 0.20 where static loses 0.15 (+5 points extra): missed; the exits (blocks 2 and 4
+    of 4) beat the probe there by 5 points clean and shifted: met."""
+    dyn = {
+        "acc": 0.9,
+        "reference_gflops": 1.0,
+        "exit_accuracy": [0.75, 0.9],
+        "sweep": [[0.4, 0.9]],
+        "modes": {m: {"acc": 0.9, "gflops": 0.4, "saved": 0.6} for m in MODES},
+        "val_modes": {m: {"acc": 0.92} for m in MODES},
+        "shifted": {"acc": 0.7, "exit_accuracy": [0.55, 0.7], "modes": {m: {"acc": 0.7, "gflops": 0.5} for m in MODES}},
+    }
+    probe = {
+        "acc": 0.85,
+        "gflops": 1.0,
+        "exit_accuracy": [0.5, 0.7, 0.8, 0.85],
+        "shifted": {"acc": 0.65, "exit_accuracy": [0.3, 0.5, 0.6, 0.65]},
+        "probe": {"block": 4, "val_acc": 0.85, "acc": 0.85, "shifted_acc": 0.65, "gflops": 1.0},
+    }
+    references = {
+        ("digits", "adapter", "static", 0): {
+            "acc": 0.9,
+            "gflops": 1.0,
+            "shifted": {"acc": 0.75, "exit_accuracy": [0.75]},
+        },
+        ("digits", "none", "probe", 0): probe,
+    }
+    targets = recipe_targets({("digits", 0): dyn}, references, ["digits"], "adapter")
+    assert targets is not None
+    assert targets["claim"]["met"] is True and targets["claim"]["acc_delta"] == pytest.approx(0.0)
+    assert targets["shift"]["over_probe"] == pytest.approx(0.05) and targets["shift"]["extra_loss"] == pytest.approx(
+        0.05
+    )
+    assert targets["shift"]["met"] is False and targets["exits"]["met"] is True
+    args = argparse.Namespace(petl="adapter", seeds=[0])
+    section = recipes_section({"lp-ft": {("digits", 0): dyn}}, {"lp-ft": {}}, ["digits"], args, CONFIG, 200, references)
+    page = render_markdown({"recipes": {**section, "config": CONFIG}})
+    assert "| lp-ft | 92.0 / 90.0 / 70.0 / 60% | 92.0 / 90.0 / 70.0 / 60% | 92.0 / 90.0 / 70.0 / 60% |" in page
+    assert "| lp-ft | +0.00, 60% | +5.00 | +5.00 | +5.00 / +5.00 | 2 of 3 (claim, exits) |" in page
+    references["digits", "none", "probe", 0] = None  # a reference not finished: nothing to judge against
+    assert recipe_targets({("digits", 0): dyn}, references, ["digits"], "adapter") is None
+
+
+CONFIG = {
+    "backbone": "builtin:dinov2-s14",
+    "img_size": 112,
+    "epochs": 8,
+    "lr": 0.001,
+    "warmup_epochs": 1.0,
+    "batch_size": 32,
+    "seed": 0,
+}

@@ -452,3 +452,59 @@ def test_the_whole_suites_time_is_projected_from_each_kinds_mean_against_the_bud
     no_probe = {k: v for k, v in timed.items() if k[1] != "none"}
     assert sections(no_probe, ["a"], ["adapter"], {}, "adapter", CONFIG, suite_plan=plan)["budget"] is None
     assert sections(timed, ["a"], ["adapter"], {}, "adapter", CONFIG)["budget"] is None
+
+
+def probe_per_block(clean: list[float], shifted: list[float]) -> dict:
+    """A frozen probe with a head after every block (``clean`` / ``shifted``: each block's test accuracy)."""
+    return {
+        **probe(clean[-1], len(clean), 1.0),
+        "exit_accuracy": clean,
+        "shifted": {"acc": shifted[-1], "exit_accuracy": shifted},
+    }
+
+
+def exits_judged(shifted_exits: list[float]) -> tuple[dict, str]:
+    """Dyn-Adapter with two exits (after blocks 2 and 4 of a 4-block backbone: ``default_exits``) at 0.75 /
+    0.90 on clean test images and ``shifted_exits`` on shifted ones, against a probe of 0.5 / 0.7 / 0.8 / 0.85
+    (clean) and 0.3 / 0.5 / 0.6 / 0.65 (shifted) after blocks 1-4."""
+    result = {**dyn(0.9, 0.4), "exit_accuracy": [0.75, 0.9]}
+    runs = {
+        ("a", "adapter", "static", 0): with_shifted(static(0.9), 0.8),
+        ("a", "adapter", "dyn", 0): {**with_shifted(result, shifted_exits[-1]), "shifted": {
+            "acc": shifted_exits[-1], "exit_accuracy": shifted_exits,
+            "modes": {m: {"acc": 0.7, "gflops": 0.4} for m in MODES}}},
+        ("a", "none", "probe", 0): probe_per_block([0.5, 0.7, 0.8, 0.85], [0.3, 0.5, 0.6, 0.65]),
+    }  # fmt: skip
+    results = sections(runs, ["a"], ["adapter"], {}, "adapter", CONFIG)
+    [t] = results["exit_target"]
+    return t, render_markdown(results)
+
+
+def test_every_exit_is_judged_against_the_probe_at_its_block() -> None:
+    t, page = exits_judged([0.45, 0.7])  # block 2 shifted: 0.45 against the probe's 0.50
+    assert t["blocks"] == [2, 4] and t["probe"] == [0.7, 0.85] and t["probe_shifted"] == [0.5, 0.65]
+    assert t["dyn"] == [0.75, 0.9] and t["dyn_shifted"] == [0.45, 0.7] and t["met"] is False
+    assert (
+        t["why"]
+        == "below the probe at their block, shifted: block 2 -5.00 points (at block 2, a is furthest below: -5.00)."
+    )
+    assert "## Target: every exit at least the frozen probe at its block" in page
+    assert "| adapter | clean | 75.0 / 70.0 (+5.0) | 90.0 / 85.0 (+5.0) | missed |" in page
+    assert "| adapter | shifted | 45.0 / 50.0 (-5.0) | 70.0 / 65.0 (+5.0) | missed |" in page
+
+
+def test_exits_at_or_above_the_probe_meet_the_floor() -> None:
+    t, page = exits_judged([0.5, 0.7])  # block 2 shifted: equal to the probe
+    assert t["met"] is True and t["why"] == ""
+    assert "| adapter | shifted | 50.0 / 50.0 (+0.0) | 70.0 / 65.0 (+5.0) | **met** |" in page
+
+
+def test_the_exit_floor_waits_for_the_probes_heads_after_every_block() -> None:
+    runs = {
+        ("a", "adapter", "static", 0): with_shifted(static(0.9), 0.8),
+        ("a", "adapter", "dyn", 0): with_shifted(dyn(0.9, 0.4), 0.7),
+        ("a", "none", "probe", 0): probe(0.7, 6, 0.5),  # a record without its per-block accuracies
+    }
+    results = sections(runs, ["a"], ["adapter"], {}, "adapter", CONFIG)
+    assert results["exit_target"] == [{"petl": "adapter", "met": None}]
+    assert "every exit at least the frozen probe" not in render_markdown(results)
