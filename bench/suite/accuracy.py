@@ -86,6 +86,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also train the ablation cells (Dyn-Adapter with adapter, one part off at a time)",
     )
     p.add_argument(
+        "--ablations",
+        type=_names(),
+        help="the ablation variants --ablation trains, comma-separated (default: all: linear-heads, equal-weights, "
+        "no-forward-sparsity, no-backward-sparsity, distill)",
+    )
+    p.add_argument(
         "--ablation-seeds",
         type=seed_list,
         help="seeds of the ablation cells, and of the 'every part on' row they are compared with (default: --seeds)",
@@ -113,8 +119,11 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"unknown tasks {unknown}; the builtin data sets are {sorted(BUILTIN_DATASETS)}")
     config = suite_config(args, args.epochs, int8=args.int8)
     main = cells.main_cells(args.tasks, args.methods, args.seeds)
+    variants = args.ablations or list(cells.ABLATIONS)
+    if set(variants) - set(cells.ABLATIONS):
+        raise ConfigError(f"--ablations {','.join(variants)}: the variants are {','.join(cells.ABLATIONS)}")
     ablation_seeds = args.ablation_seeds or args.seeds
-    ablation = cells.ablation_cells(args.tasks, ablation_seeds)
+    ablation = cells.ablation_cells(args.tasks, ablation_seeds, variants)
     trainable = set() if args.report_only else set(main) | (set(ablation) if args.ablation else set())
     # The page's recipe is the trained cells' one: the frozen probe's cells (first in `main`) lay out
     # their run in PROBE_EPOCHS and would misreport the epochs.
@@ -135,7 +144,7 @@ def run(args: argparse.Namespace) -> None:
                 runs,
                 args.tasks,
                 args.methods,
-                {v: label for v, (label, _) in cells.ABLATIONS.items()},
+                {v: label for v, (label, _) in cells.ABLATIONS.items() if v in variants},
                 cells.ABLATION_PETL,
                 {**config.record(trained_cell), "seeds": list(args.seeds)},
                 (cells.PROBE_PETL, cells.PROBE),

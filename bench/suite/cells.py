@@ -187,9 +187,12 @@ def main_cells(tasks: Iterable[str], methods: Iterable[str], seeds: Iterable[int
     ]
 
 
-def ablation_cells(tasks: Iterable[str], seeds: Iterable[int] = (0,)) -> list[Cell]:
+def ablation_cells(
+    tasks: Iterable[str], seeds: Iterable[int] = (0,), variants: Iterable[str] = ABLATIONS
+) -> list[Cell]:
+    """The ablation's cells: seed by seed, variant by variant (``ABLATIONS``' names), task by task."""
     tasks = list(tasks)
-    return [Cell(t, ABLATION_PETL, a, s) for s in seeds for a in ABLATIONS for t in tasks]
+    return [Cell(t, ABLATION_PETL, a, s) for s in seeds for a in variants for t in tasks]
 
 
 def bf16_autocast_is_fast() -> bool:

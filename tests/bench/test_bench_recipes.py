@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from dynadapter.bench.suite.cells import BENCH_FILE, DYN, Cell, SuiteConfig
 from dynadapter.bench.suite.aggregate import MODES
+from dynadapter.bench.suite.cells import BENCH_FILE, DYN, Cell, SuiteConfig
 from dynadapter.bench.suite.recipes import candidates, recipe_targets, recipes_section, render_markdown
 from dynadapter.errors import ConfigError
 from dynadapter.training.options import TrainOptions

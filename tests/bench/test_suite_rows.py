@@ -91,15 +91,19 @@ def test_the_committed_records_aggregate_into_the_committed_accuracy_sections() 
     committed = json.loads((ROOT / "docs" / "results.json").read_text())
     config = committed["config"]
     tasks, methods, seeds = committed["tasks"], committed["methods"], config["seeds"]
-    labels = {variant: label for variant, (label, _) in ABLATIONS.items()}
+    # the variants and seeds the page's ablation ran (--ablations, --ablation-seeds)
+    labels = {r["variant"]: r["label"] for r in committed["ablation"][1:]} or {
+        v: label for v, (label, _) in ABLATIONS.items()
+    }
 
     def record(cell: Cell) -> dict | None:
         path = ROOT / "docs" / "results" / "cells" / cell.task / f"{cell.petl}-{cell.variant}{cell.suffix}.json"
         return json.loads(path.read_text())["result"] if path.is_file() else None
 
-    ablation_seeds = committed["ablation"][0].get("seeds") or seeds  # --ablation-seeds, as the page states
-    cells = main_cells(tasks, methods, seeds) + ablation_cells(tasks, ablation_seeds)
+    ablation_seeds = committed["ablation"][0].get("seeds") or seeds
+    cells = main_cells(tasks, methods, seeds) + ablation_cells(tasks, ablation_seeds, labels)
     runs = {(*c.key, c.seed): record(c) for c in cells}
     probe = (PROBE_PETL, PROBE)
-    written = sections(runs, tasks, methods, labels, ABLATION_PETL, config, probe, suite_plan(PROBE_PETL), ablation_seeds)
+    plan = suite_plan(PROBE_PETL)
+    written = sections(runs, tasks, methods, labels, ABLATION_PETL, config, probe, plan, ablation_seeds)
     assert json.dumps(written) == json.dumps({key: committed[key] for key in written})
