@@ -32,6 +32,18 @@ def run_train(args: argparse.Namespace) -> None:
         print("dynadapter train: interrupted (SIGINT); the run's pixel caches are removed", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
     print(f"run written to {out}")
+    print_exit_health(out)
+
+
+def print_exit_health(run_dir: Path) -> None:
+    """The run's summary of deep exits that lose to earlier ones on validation (calibration.json's
+    ``exit_health``; training/exit_health.py), repeated from the log where it would scroll away."""
+    from dynadapter.training import run_dir as rd
+    from dynadapter.training.exit_health import warning_lines
+
+    if rd.has_calibration(run_dir):  # a run with an empty val split is not calibrated
+        for line in warning_lines(rd.read_calibration(run_dir).get("exit_health", {})):
+            print(f"warning: {line}")
 
 
 def train_options(args: argparse.Namespace) -> TrainOptions:
@@ -65,13 +77,17 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from dynadapter.training.calibration import spread_text
-    from dynadapter.training.evaluate import REPORT_THRESHOLDS, evaluate_run
+    from dynadapter.training.evaluate import REPORT_THRESHOLDS, evaluate_run, report_name
+    from dynadapter.training.exit_health import warning_lines
+    from dynadapter.training.run_dir import read_config
 
     r = evaluate_run(args.run_dir, args.data, args.split, args.baseline)
-    print(f"{r['split']} split, {r['num_samples']} images")
+    print(f"{r['data']}: {r['split']} split, {r['num_samples']} images")
     print("exit  after_block  cum_GFLOPs  accuracy")
     for k, (blk, g, a) in enumerate(zip(r["exits"], r["cumulative_gflops"], r["exit_accuracy"], strict=True)):
         print(f"{k:>4}  {blk:>11}  {g:>10.4f}  {a:>8.4f}")
+    for line in warning_lines(r["exit_health"]):
+        print(f"warning: {line}")
     print("\nthreshold  accuracy  GFLOPs  FLOPs%  exit fractions")
     rows = {round(row["threshold"], 6): row for row in r["sweep"]}
     for t in REPORT_THRESHOLDS:
@@ -89,7 +105,8 @@ def run_eval(args: argparse.Namespace) -> None:
             print(f"              {spread_text(val)}")
     for name, point in r["baselines"].items():
         print(f"baseline {name}: accuracy {point['accuracy']:.4f} at {point['gflops']:.4f} GFLOPs")
-    print(f"\nwritten: {args.run_dir / ('eval_' + args.split + '.json')} and the plot eval_{args.split}.png")
+    stem = args.run_dir / report_name(read_config(args.run_dir), args.data, args.split)
+    print(f"\nwritten: {stem}.json and the plot {stem}.png")
 
 
 def add_calibrate(sub: argparse._SubParsersAction) -> None:
@@ -108,6 +125,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
         )
         if spread_text(mode):
             print(f"         {spread_text(mode)}")
+    print_exit_health(args.run_dir)
 
 
 def add_backbone(sub: argparse._SubParsersAction) -> None:

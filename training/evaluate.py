@@ -14,6 +14,7 @@ from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflo
 from dynadapter.training import run_dir as rd
 from dynadapter.training.calibration import calibrate, recorded_resampling, sweep
 from dynadapter.training.data import ImageDataset, run_split, stream
+from dynadapter.training.exit_health import health_record, losing_exits
 from dynadapter.training.plots import plot_accuracy_vs_gflops
 from dynadapter.training.run_dir import Run, load_run
 
@@ -55,11 +56,13 @@ def split_logits(run: Run, data: str | None, split: str, workers: int = 2) -> tu
 def evaluate_run(
     run_dir: Path, data: str | None = None, split: str = "test", baselines: Sequence[Path] = ()
 ) -> dict[str, Any]:
-    """Per-exit accuracy, the threshold sweep, the calibrated modes and baselines on ``split``
-    (``calibrated``: the modes as chosen on the validation split, with their validation accuracy).
+    """Per-exit accuracy, the threshold sweep, the calibrated modes, baselines and the exits that lose to an
+    earlier one (``exit_health``, training/exit_health.py) on ``split`` of ``data`` (default: the run's own);
+    ``calibrated``: the modes as chosen on the validation split, with their validation accuracy.
 
-    Writes ``eval_<split>.json`` and the plot ``eval_<split>.png`` into the run directory.
-    Each baseline run (e.g. the static model, ``--static``) is a point: its last exit, full cost.
+    Writes ``<report_name(...)>.json`` and its plot ``.png`` into the run directory: ``eval_<split>`` on the
+    run's own data, ``eval_<split>@<slug>`` on other data (beside it, not over it). The plot's title names the
+    data evaluated. Each baseline run (e.g. the static model, ``--static``) is a point: its last exit, full cost.
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir)
@@ -73,7 +76,9 @@ def evaluate_run(
             strict=True,
         )
     )
+    evaluated = data or run.config.data
     report = {
+        "data": evaluated,
         "split": split,
         "num_samples": len(targets),
         "exits": run.model.config.exits,
@@ -83,18 +88,27 @@ def evaluate_run(
         "modes": modes,
         # the modes as calibrated on the validation split: val accuracy and, by bootstrap, the spread
         "calibrated": calibrated,
-        "baselines": {str(b): baseline_point(Path(b), data or run.config.data, split) for b in baselines},
+        "baselines": {str(b): baseline_point(Path(b), evaluated, split) for b in baselines},
+        "exit_health": health_record(losing_exits(logits, targets, run.model.config.exits), split, len(targets)),
     }
-    rd.write_report(run_dir, f"eval_{split}", report)
+    name = report_name(run.config, data, split)
+    rd.write_report(run_dir, name, report)
     plot_accuracy_vs_gflops(
         report["sweep"],
         list(zip(cum, report["exit_accuracy"], strict=True)),
         modes,
         {_baseline_label(Path(b)): tuple(p.values()) for b, p in report["baselines"].items()},
-        run_dir / f"eval_{split}.png",
-        f"{run.config.data} ({split}, {len(targets)} images)",
+        run_dir / f"{name}.png",
+        f"{evaluated} ({split}, {len(targets)} images)",
     )
     return report
+
+
+def report_name(config: rd.RunConfig, data: str | None, split: str) -> str:
+    """The stem `evaluate_run` writes its report and plot under: the run's own data (``data`` None or the one
+    it trained on, as `run_split` takes it) keeps ``eval_<split>``; other data gets ``eval_<split>@<slug>``."""
+    own = data is None or data == config.data
+    return rd.eval_report_name(split, None if own else data)
 
 
 def baseline_point(run_dir: Path, data: str, split: str) -> dict[str, float]:
@@ -114,12 +128,23 @@ def recalibrate_run(run_dir: Path) -> dict[str, Any]:
     """Calibrate a trained run again on its validation split (e.g. after the mode rules changed)."""
     run = load_run(run_dir)
     logits, targets = split_logits(run, None, "val")
+    result = calibrate_run(run.model, logits, targets, **recorded_resampling(run.config.train))
+    rd.write_calibration(run_dir, result)
+    return result
+
+
+def calibrate_run(
+    model: DynamicViT, logits: torch.Tensor, targets: torch.Tensor, resamples: int, seed: int
+) -> dict[str, Any]:
+    """calibration.json from validation logits [K, N, C] and targets [N]: `calibrate`'s thresholds and modes,
+    and ``exit_health`` (training/exit_health.py), the exits that lose to an earlier one on validation."""
     result = calibrate(
         logits,
         targets,
-        deployed_cumulative_gflops(run.model),
-        early_heads_gflops(run.model),
-        **recorded_resampling(run.config.train),
+        deployed_cumulative_gflops(model),
+        early_heads_gflops(model),
+        resamples=resamples,
+        seed=seed,
     )
-    rd.write_calibration(run_dir, result)
-    return result
+    health = health_record(losing_exits(logits, targets, model.config.exits), "val", len(targets))
+    return result | {"exit_health": health}

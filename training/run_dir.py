@@ -11,8 +11,10 @@ writer and reader.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,15 +211,39 @@ def checkpoint_path(run_dir: Path) -> Path:
 
 def clear_earlier_run(run_dir: Path) -> bool:
     """Remove what an earlier run in ``run_dir`` produced (metrics, checkpoint, calibration, the
-    ``eval_<split>`` reports and plots), so that a new run there mixes nothing of it; config.json and
-    the split files are rewritten by the new run. Returns whether ``run_dir`` held a run."""
+    eval reports and plots: ``eval_<split>`` and ``eval_<split>@<data>``, `eval_report_name`), so that a new
+    run there mixes nothing of it; config.json and the split files are rewritten by the new run. Returns
+    whether ``run_dir`` held a run."""
     run_dir = Path(run_dir)
     held = (run_dir / CONFIG).is_file()
     for name in (METRICS, CHECKPOINT, CALIBRATION):
         (run_dir / name).unlink(missing_ok=True)
-    for report in [*run_dir.glob("eval_*.json"), *run_dir.glob("eval_*.png")]:
+    for report in [*run_dir.glob("eval_*.json"), *run_dir.glob("eval_*.png")]:  # every eval_report_name
         report.unlink()
     return held
+
+
+def eval_report_name(split: str, other_data: str | None = None) -> str:
+    """The stem of an eval report and its plot (``.json``, ``.png``): ``eval_<split>`` on the run's own data,
+    ``eval_<split>@<data_slug(other_data)>`` on other data, so that evaluating elsewhere writes beside the
+    run's own report instead of over it."""
+    return f"eval_{split}" if other_data is None else f"eval_{split}@{data_slug(other_data)}"
+
+
+def data_slug(data: str) -> str:
+    """A file-name-safe name of a data set: ``builtin:mnist`` -> ``builtin-mnist``; a folder or CSV manifest ->
+    its name and the first 8 hex digits of the sha256 of its absolute path (``photos-1a2b3c4d``,
+    ``list.csv-...``), so two folders of one name do not share a report. Only ``[A-Za-z0-9._-]``."""
+    if data.startswith("builtin:"):
+        return _safe(data.replace(":", "-", 1))
+    path = Path(data).expanduser().resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return f"{_safe(path.name)[:40] or 'data'}-{digest}"
+
+
+def _safe(name: str) -> str:
+    # one dash for every run of other characters; no leading dot (a hidden file) or dash (read as a flag)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).lstrip(".-")
 
 
 def truncate_metrics(run_dir: Path, epochs: int) -> None:
@@ -249,7 +275,7 @@ def write_calibration(run_dir: Path, calibration: dict[str, Any]) -> None:
 
 
 def write_report(run_dir: Path, name: str, report: dict[str, Any]) -> Path:
-    """A JSON report beside the run's files (``eval_<split>.json``); returns its path."""
+    """A JSON report beside the run's files (``<eval_report_name(...)>.json``); returns its path."""
     path = Path(run_dir) / f"{name}.json"
     path.write_text(json.dumps(report, indent=2))
     return path

@@ -5,11 +5,14 @@ from pathlib import Path
 
 import pytest
 import timm
+import torch
 from safetensors.torch import save_file
 
 from dynadapter import cli
 from dynadapter.errors import RunDirError
-from dynadapter.training.run_dir import load_run
+from dynadapter.training import trainer
+from dynadapter.training.exit_health import warning_lines
+from dynadapter.training.run_dir import load_run, read_calibration
 from tests.support.tiny import TINY_ARGS, TINY_BACKBONE
 
 
@@ -35,6 +38,30 @@ def test_train_with_local_backbone_weights_uses_them(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "config.json").read_text())["backbone"]["weights"] == str(weights)
     loaded = model.backbone.patch_embed.proj.weight
     assert loaded.equal(donor.patch_embed.proj.weight)
+
+
+def test_train_warns_in_the_log_and_its_summary_when_the_last_exit_loses(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calibrate_run = trainer.calibrate_run
+
+    def last_exit_answers_zero(model, logits, targets, **resampling):  # a last exit that lost, for certain
+        logits = logits.clone()
+        logits[-1] = torch.nn.functional.one_hot(torch.zeros_like(targets), logits.shape[-1]).float()
+        return calibrate_run(model, logits, targets, **resampling)
+
+    monkeypatch.setattr(trainer, "calibrate_run", last_exit_answers_zero)
+    with caplog.at_level("WARNING"):
+        cli.main(["train", "--data", "builtin:digits", "--out", str(tmp_path / "run"), *TINY_ARGS, "--epochs", "2"])
+    record = read_calibration(tmp_path / "run")["exit_health"]
+    assert record["split"] == "val" and [f["later_block"] for f in record["losing_exits"]][-1] == 4
+    lines = warning_lines(record)
+    assert lines[0].startswith("exit 1 (after block 4) answers ") and all(line in caplog.text for line in lines)
+    summary = capsys.readouterr().out.split(f"run written to {tmp_path / 'run'}\n")[1]
+    assert summary == "".join(f"warning: {line}\n" for line in lines)
 
 
 def test_pretrained_flag_asks_timm_for_its_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

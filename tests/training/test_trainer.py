@@ -1,12 +1,18 @@
 import json
+import re
+import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from dynadapter import cli
+from dynadapter.training import evaluate
+from dynadapter.training.data import run_split
 from dynadapter.training.distributed import device_name, resolve_device
-from dynadapter.training.evaluate import evaluate_run
-from dynadapter.training.run_dir import load_run
+from dynadapter.training.evaluate import evaluate_run, split_logits
+from dynadapter.training.exit_health import ADVICE, health_record, losing_exits
+from dynadapter.training.run_dir import data_slug, eval_report_name, load_run, read_calibration
 from dynadapter.training.trainer import TrainOptions
 from tests.support.tiny import train_tiny_run
 
@@ -53,6 +59,72 @@ def test_eval_reports_per_exit_accuracy_and_the_sweep(run) -> None:
     assert report["calibrated"] == json.loads((run / "calibration.json").read_text())["modes"]  # val, beside test
 
 
+def test_eval_on_other_data_writes_beside_the_runs_own_report_and_names_that_data(
+    run, tmp_path, monkeypatch, capsys
+) -> None:
+    copy = shutil.copytree(run, tmp_path / "r")
+    evaluate_run(copy)
+    own = {name: (copy / name).read_bytes() for name in ("eval_test.json", "eval_test.png")}
+    titles = []
+    plot = evaluate.plot_accuracy_vs_gflops
+    monkeypatch.setattr(evaluate, "plot_accuracy_vs_gflops", lambda *a: titles.append(a[-1]) or plot(*a))
+    cli.main(["eval", str(copy), "--data", "builtin:mnist"])
+    assert {name: (copy / name).read_bytes() for name in own} == own
+    other = json.loads((copy / "eval_test@builtin-mnist.json").read_text())
+    assert other["data"] == "builtin:mnist" and other["num_samples"] == 1000  # mnist's test split, not digits'
+    assert titles == ["builtin:mnist (test, 1000 images)"] and (copy / "eval_test@builtin-mnist.png").is_file()
+    printed = capsys.readouterr().out
+    assert printed.startswith("builtin:mnist: test split, 1000 images\n")
+    stem = copy / "eval_test@builtin-mnist"
+    assert f"written: {stem}.json and the plot {stem}.png" in printed
+    cli.main(["eval", str(copy), "--data", "builtin:digits"])  # the run's own data, named: its own report
+    assert f"written: {copy / 'eval_test'}.json" in capsys.readouterr().out
+
+
+def test_other_data_is_named_safely_and_distinctly_in_report_names(tmp_path, monkeypatch) -> None:
+    assert eval_report_name("test") == "eval_test"
+    assert eval_report_name("val", "builtin:elpv-type") == "eval_val@builtin-elpv-type"
+    first, second = tmp_path / "a" / "my photos", tmp_path / "b" / "my photos"
+    slugs = {data_slug(str(first)), data_slug(str(second))}
+    assert len(slugs) == 2 and all(re.fullmatch(r"my-photos-[0-9a-f]{8}", s) for s in slugs)
+    first.parent.mkdir()
+    monkeypatch.chdir(first.parent)  # the same folder given relative, or with a trailing slash: the same name
+    assert data_slug("my photos") == data_slug(str(first)) and data_slug("./my photos/") == data_slug(str(first))
+    assert re.fullmatch(r"list\.csv-[0-9a-f]{8}", data_slug(str(tmp_path / ".." / tmp_path.name / "list.csv")))
+
+
+def test_calibration_records_the_exits_that_lose_on_validation(run) -> None:
+    loaded = load_run(run)
+    logits, targets = split_logits(loaded, None, "val")
+    expected = health_record(losing_exits(logits, targets, [1, 2, 3, 4]), "val", 200)
+    assert read_calibration(run)["exit_health"] == expected
+
+
+def test_eval_and_calibrate_warn_when_the_last_exit_loses_to_an_earlier_one(run, tmp_path, capsys) -> None:
+    copy = shutil.copytree(run, tmp_path / "r")
+    state = load_file(str(copy / "checkpoint.safetensors"))
+    state["heads.3.fc.weight"] = torch.zeros_like(state["heads.3.fc.weight"])  # the last exit always answers "0"
+    state["heads.3.fc.bias"] = torch.nn.functional.one_hot(torch.tensor(0), 10).float()
+    save_file(state, str(copy / "checkpoint.safetensors"))
+    cli.main(["calibrate", str(copy)])
+    [val] = [f for f in read_calibration(copy)["exit_health"]["losing_exits"] if f["later"] == 3]
+    zeros = (run_split(copy, load_run(copy).config, "val").targets == 0).mean()
+    assert val["last"] and val["later_accuracy"] == zeros  # it is right on the zeros alone
+    assert f"warning: {val['message']}\nwarning: {ADVICE}\n" in capsys.readouterr().out
+    cli.main(["eval", str(copy)])
+    report = json.loads((copy / "eval_test.json").read_text())
+    accuracy = report["exit_accuracy"]
+    best = max(range(3), key=lambda k: accuracy[k])
+    [test] = [f for f in report["exit_health"]["losing_exits"] if f["later"] == 3]
+    assert (test["earlier"], test["earlier_block"], test["later_block"]) == (best, best + 1, 4)
+    assert test["later_accuracy"] == pytest.approx(accuracy[3]) and test["num_samples"] == 797
+    assert test["message"].startswith(
+        f"exit 3 (after block 4) answers {100 * accuracy[3]:.1f}% of the 797 test images, worse than exit {best} "
+        f"(after block {best + 1}) at {100 * accuracy[best]:.1f}%: exit {best} alone is right on "
+    )
+    assert f"warning: {test['message']}\n" in capsys.readouterr().out
+
+
 def test_training_is_reproducible_with_the_same_seed(run, tmp_path) -> None:
     other = train_tiny_run(tmp_path / "again", epochs=2)
     a, b = load_file(str(run / "checkpoint.safetensors")), load_file(str(other / "checkpoint.safetensors"))
@@ -63,11 +135,13 @@ def test_training_into_an_earlier_run_replaces_all_of_it(tmp_path, caplog) -> No
     """The earlier run's eval report and plot must not sit beside the new run's checkpoint."""
     out = train_tiny_run(tmp_path / "r", epochs=2)
     evaluate_run(out)
-    assert (out / "eval_test.json").is_file() and (out / "eval_test.png").is_file()
+    evaluate_run(out, data="builtin:mnist")  # a report on other data, beside the run's own
+    reports = ["eval_test.json", "eval_test.png", "eval_test@builtin-mnist.json", "eval_test@builtin-mnist.png"]
+    assert all((out / name).is_file() for name in reports)
     with caplog.at_level("WARNING"):
         train_tiny_run(out, epochs=1)
     assert f"{out} held an earlier run: it is replaced" in caplog.text
-    assert not (out / "eval_test.json").exists() and not (out / "eval_test.png").exists()
+    assert not any((out / name).exists() for name in reports)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1]
 
