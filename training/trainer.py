@@ -30,13 +30,12 @@ from dynadapter.contract import Preprocessing
 from dynadapter.errors import ConfigError
 from dynadapter.models.balanced_heads import parse_head_spec
 from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardSparsity
-from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
 from dynadapter.training import distributed
 from dynadapter.training import run_dir as rd
 from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
 from dynadapter.training.augment import batch_mixer, criterion, seeded
 from dynadapter.training.backward_sparsity import BackwardSparsity
-from dynadapter.training.calibration import calibrate
+from dynadapter.training.calibration_set import calibrate_set, mode_text
 from dynadapter.training.data import ImageDataset, Splits, prepare_splits, read_dataset, stream
 from dynadapter.training.evaluate import exit_accuracies, loader_logits
 from dynadapter.training.options import TrainOptions
@@ -256,18 +255,13 @@ def write_run_start(
 
 
 def finish(model: DynamicViT, val: ImageDataset, opts: TrainOptions, out: Path) -> None:
-    """Calibrate the kept checkpoint on val; the run is complete, nothing is left to resume."""
+    """Calibrate the kept checkpoint on the calibration set (val, and its corrupted copies with
+    ``--calibration-corrupted``), logging the modes; the run is complete, nothing is left to resume."""
     model.load_trainable_state_dict(rd.read_checkpoint(out))
-    logits, targets = loader_logits(model, stream(val, opts.workers))
-    cal = calibrate(
-        logits,
-        targets,
-        deployed_cumulative_gflops(model),
-        early_heads_gflops(model),
-        resamples=opts.calibration_resamples,
-        seed=opts.seed,
-    )
+    cal = calibrate_set(model, val, opts)
     rd.write_calibration(out, cal)
+    for name, mode in cal["modes"].items():
+        log.info("calibrated %s", mode_text(name, mode, cal["calibration"]))
     rd.remove_resume(out)
 
 

@@ -256,7 +256,7 @@ def render_tasks(results: SuiteResults) -> str:
         "## Per task\n\nEach mode cell: test accuracy (%) / mean GFLOPs per image / FLOPs saved against "
         "the static baseline; accuracies are means over the seeds ± their standard deviation. `static`: the "
         "same PETL method with the final head only. `shifted`: the same test images, each corrupted once "
-        "(`dynadapter.bench.lab.corruptions`: translation, scale, rotation, blur, noise, contrast, JPEG at "
+        "(`dynadapter.training.corruptions`: translation, scale, rotation, blur, noise, contrast, JPEG at "
         "severities 1-5, each kind and severity an equal share of the images), with the thresholds "
         "calibrated on the clean validation split. `frozen probe`: a linear head on the frozen backbone "
         "at the block that is best on the validation split, fitted by logistic regression with its L2 "
@@ -348,7 +348,9 @@ def render_ablation(results: SuiteResults) -> str:
         return heading + "Not run for this page: `dynadapter bench accuracy --ablation` trains its cells."
     lines = [[r.label, *cells(r), f"{r.tasks} / {r.tasks + len(r.missing)}"] for r in results.ablation]
     seeds = results.ablation[0].seeds
-    over = f", each task the mean over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}" if seeds else ""
+    over = (
+        f", each task the mean over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}" if seeds else ""
+    )
     return (
         heading + "One part of the method switched at a time (`dynadapter bench accuracy --ablation`); each cell: "
         f"test accuracy (%) / FLOPs saved{over}. Self-distillation is off by default, so its row switches it on.\n\n"

@@ -67,6 +67,14 @@ def test_val_modes_keep_the_bootstrap_interval_where_calibration_has_one() -> No
     assert list(modes["fast"]) == ["acc", "threshold", "threshold_low", "threshold_high"]  # the order written
 
 
+def test_val_modes_give_the_clean_val_accuracy_where_corrupted_copies_joined_the_calibration() -> None:
+    """``--calibration-corrupted``: the page's validation accuracy is on the clean images alone, as every
+    other recipe's is; the threshold is the one chosen on clean and corrupted images together."""
+    mode = {"threshold": 0.9, "accuracy": 0.85, "val_accuracy": 0.93, "corrupted_accuracy": 0.77}
+    calibrated = {"balanced": EvalMode.model_validate(mode)}
+    assert val_modes(calibrated) == {"balanced": {"acc": 0.93, "threshold": 0.9}}
+
+
 def test_the_demos_calibration_modes_read_as_written() -> None:
     recorded = json.loads((DEMO / "calibration.json").read_text())["modes"]
     assert val_modes(calibrated_modes(DEMO)) == {
@@ -101,5 +109,7 @@ def test_the_committed_records_aggregate_into_the_committed_accuracy_sections() 
     cells = main_cells(tasks, methods, seeds) + ablation_cells(tasks, ablation_seeds)
     runs = {(*c.key, c.seed): record(c) for c in cells}
     probe = (PROBE_PETL, PROBE)
-    written = sections(runs, tasks, methods, labels, ABLATION_PETL, config, probe, suite_plan(PROBE_PETL), ablation_seeds)
+    written = sections(
+        runs, tasks, methods, labels, ABLATION_PETL, config, probe, suite_plan(PROBE_PETL), ablation_seeds
+    )
     assert json.dumps(written) == json.dumps({key: committed[key] for key in written})
