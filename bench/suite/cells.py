@@ -475,7 +475,7 @@ def shifted_logits(
 
 def summarize_shifted(model: Any, run_dir: Path, logits: torch.Tensor, targets: torch.Tensor) -> ShiftedResult:
     """Last-exit and per-exit accuracy on the shifted split, and each calibrated mode's accuracy and
-    mean GFLOPs there (the thresholds stay those chosen on the clean validation split); written with
+    mean GFLOPs there (the thresholds stay calibration.json's, chosen on validation); written with
     ``model_dump(exclude_unset=True)``: a single-exit model's has no ``modes``."""
     exits = exit_accuracies(logits, targets)
     if len(exits) == 1:

@@ -340,7 +340,7 @@ class Calibration(Row):
 class ShiftedResult(Row):
     """A cell's numbers on the shifted test split (``cells.summarize_shifted`` writes them, in this order):
     last-exit and per-exit accuracy (0..1) and, for a dynamic model, each mode's accuracy and GFLOPs per image
-    at the clean validation split's thresholds."""
+    at the thresholds calibration.json holds (chosen on validation)."""
 
     acc: float | None = None
     exit_accuracy: list[float] | None = None

@@ -172,3 +172,18 @@ def test_the_manifest_schema_defines_every_key_calibration_json_gains(corrupted_
         choice = ThresholdChoice.model_validate(mode)
         assert not choice.model_extra and not (choice.spread and choice.spread.model_extra)
         assert (choice.val_accuracy, choice.corrupted_accuracy) == (mode["val_accuracy"], mode["corrupted_accuracy"])
+
+
+def test_eval_sets_each_modes_clean_val_accuracy_beside_its_test_accuracy(
+    corrupted_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, _ = corrupted_run
+    cli.main(["eval", str(run)])
+    printed = capsys.readouterr().out
+    report = json.loads((run / "eval_test.json").read_text())
+    for name, mode in calibration(run)["modes"].items():
+        test = report["modes"][name]
+        assert (
+            f"mode {name:<8} threshold {mode['threshold']:.4f}: accuracy {test['accuracy']:.4f} "
+            f"(val {mode['val_accuracy']:.4f}), "
+        ) in printed
