@@ -98,7 +98,7 @@ def run_eval(args: argparse.Namespace) -> None:
         val = r.get("calibrated", {}).get(name, {})
         print(
             f"mode {name:<8} threshold {row['threshold']:.4f}: accuracy {row['accuracy']:.4f}"
-            + (f" (val {val['accuracy']:.4f})" if "accuracy" in val else "")
+            + (f" (val {val.get('val_accuracy', val['accuracy']):.4f})" if "accuracy" in val else "")
             + f", {100 * row['flops_fraction']:.1f}% of full FLOPs"
         )
         if spread_text(val):
@@ -116,13 +116,12 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> None:
     from dynadapter.training.calibration import spread_text
+    from dynadapter.training.calibration_set import mode_text
     from dynadapter.training.evaluate import recalibrate_run
 
-    for name, mode in recalibrate_run(args.run_dir)["modes"].items():
-        print(
-            f"{name:<8} threshold {mode['threshold']:.4f}: val accuracy {mode['accuracy']:.4f}, "
-            f"{100 * mode['flops_fraction']:.1f}% of full FLOPs"
-        )
+    result = recalibrate_run(args.run_dir)
+    for name, mode in result["modes"].items():
+        print(mode_text(name, mode, result["calibration"]))
         if spread_text(mode):
             print(f"         {spread_text(mode)}")
     print_exit_health(args.run_dir)

@@ -12,7 +12,7 @@ from dynadapter.errors import DataError
 from dynadapter.models.dynamic_vit import DynamicViT
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops
 from dynadapter.training import run_dir as rd
-from dynadapter.training.calibration import calibrate, recorded_resampling, sweep
+from dynadapter.training.calibration import sweep
 from dynadapter.training.data import ImageDataset, run_split, stream
 from dynadapter.training.exit_health import health_record, losing_exits
 from dynadapter.training.plots import plot_accuracy_vs_gflops
@@ -42,15 +42,20 @@ def exit_accuracies(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
     return (logits.argmax(-1) == targets[None]).float().mean(1).tolist()
 
 
-def split_logits(run: Run, data: str | None, split: str, workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every exit's logits [K, N, C] and the targets [N] on a split: the one the run recorded (its file
-    list), so that no image crosses splits; DataError if it is empty."""
+def split_dataset(run: Run, data: str | None, split: str) -> ImageDataset:
+    """The split the run recorded (its file list, so that no image crosses splits) as model inputs;
+    DataError if it is empty."""
     source = run_split(run.path or Path("."), run.config, split, data)
     if len(source) == 0:
         raise DataError(f"the {split} split of {data or run.config.data} is empty (try --split val)")
-    train = run.config.train
-    dataset = ImageDataset(source, run.preprocessing, train.max_pixels)
-    return loader_logits(run.model, stream(dataset, min(workers, train.workers)))
+    return ImageDataset(source, run.preprocessing, run.config.train.max_pixels)
+
+
+def split_logits(run: Run, data: str | None, split: str, workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every exit's logits [K, N, C] and the targets [N] on a split: the one the run recorded (its file
+    list), so that no image crosses splits; DataError if it is empty."""
+    dataset = split_dataset(run, data, split)
+    return loader_logits(run.model, stream(dataset, min(workers, run.config.train.workers)))
 
 
 def evaluate_run(
@@ -125,26 +130,13 @@ def _baseline_label(run_dir: Path) -> str:
 
 
 def recalibrate_run(run_dir: Path) -> dict[str, Any]:
-    """Calibrate a trained run again on its validation split (e.g. after the mode rules changed)."""
+    """Calibrate a trained run again (e.g. after the mode rules changed) on the calibration set its training
+    used: its validation split and, where it was trained with ``--calibration-corrupted``, the same corrupted
+    copies (`calibration_set.calibrate_set`, with its recorded options: the same thresholds as training chose)."""
+    # calibration_set builds on this module's loader_logits: imported here, not at the top
+    from dynadapter.training.calibration_set import calibrate_set
+
     run = load_run(run_dir)
-    logits, targets = split_logits(run, None, "val")
-    result = calibrate_run(run.model, logits, targets, **recorded_resampling(run.config.train))
+    result = calibrate_set(run.model, split_dataset(run, None, "val"), run.config.train)
     rd.write_calibration(run_dir, result)
     return result
-
-
-def calibrate_run(
-    model: DynamicViT, logits: torch.Tensor, targets: torch.Tensor, resamples: int, seed: int
-) -> dict[str, Any]:
-    """calibration.json from validation logits [K, N, C] and targets [N]: `calibrate`'s thresholds and modes,
-    and ``exit_health`` (training/exit_health.py), the exits that lose to an earlier one on validation."""
-    result = calibrate(
-        logits,
-        targets,
-        deployed_cumulative_gflops(model),
-        early_heads_gflops(model),
-        resamples=resamples,
-        seed=seed,
-    )
-    health = health_record(losing_exits(logits, targets, model.config.exits), "val", len(targets))
-    return result | {"exit_health": health}

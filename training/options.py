@@ -129,6 +129,13 @@ class TrainOptions(BaseModel):
         description="bootstrap resamples of the val split behind each mode's threshold (their median, "
         "with its spread); 0 = one choice on the split itself",
     )
+    calibration_corrupted: int = Field(
+        0,
+        ge=0,
+        description="corrupted copies of every val image that join the calibration set (each copy one kind "
+        "of corruption at severity 1-2, seeded by --seed), so that thresholds hold on shifted inputs; "
+        "0 = clean val only",
+    )
     crop_scale: Annotated[list[float] | None, BeforeValidator(comma_separated), AfterValidator(_crop_scale)] = Field(
         None,
         description="training images only: random resized crop (timm) of MIN,MAX of the image's area, "

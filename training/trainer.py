@@ -35,8 +35,9 @@ from dynadapter.training import run_dir as rd
 from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
 from dynadapter.training.augment import batch_mixer, criterion, seeded
 from dynadapter.training.backward_sparsity import BackwardSparsity
+from dynadapter.training.calibration_set import calibrate_set, mode_text
 from dynadapter.training.data import ImageDataset, Splits, prepare_splits, read_dataset, stream
-from dynadapter.training.evaluate import calibrate_run, exit_accuracies, loader_logits
+from dynadapter.training.evaluate import exit_accuracies, loader_logits
 from dynadapter.training.exit_health import warning_lines
 from dynadapter.training.options import TrainOptions, default_exits
 
@@ -250,12 +251,14 @@ def write_run_start(
 
 
 def finish(model: DynamicViT, val: ImageDataset, opts: TrainOptions, out: Path) -> None:
-    """Calibrate the kept checkpoint on val, warning of deep exits that lose to earlier ones there
-    (training/exit_health.py); the run is complete, nothing is left to resume."""
+    """Calibrate the kept checkpoint on the calibration set (val, and its corrupted copies with
+    ``--calibration-corrupted``), logging the modes and warning of deep exits that lose to earlier ones on
+    val (training/exit_health.py); the run is complete, nothing is left to resume."""
     model.load_trainable_state_dict(rd.read_checkpoint(out))
-    logits, targets = loader_logits(model, stream(val, opts.workers))
-    cal = calibrate_run(model, logits, targets, resamples=opts.calibration_resamples, seed=opts.seed)
+    cal = calibrate_set(model, val, opts)
     rd.write_calibration(out, cal)
+    for name, mode in cal["modes"].items():
+        log.info("calibrated %s", mode_text(name, mode, cal["calibration"]))
     for line in warning_lines(cal["exit_health"]):
         log.warning(line)
     rd.remove_resume(out)

@@ -1,2 +1,2 @@
 """The lab: the harness every benchmark shares (server processes on free ports, load generation, the machine
-description, the results page and its figures, images, corruptions). It imports neither wing."""
+description, the results page and its figures, images). It imports neither wing."""

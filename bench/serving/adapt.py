@@ -12,7 +12,7 @@ bench/lab/photo_corpus.py) of a test image of the model's data set, so that accu
   shared machine falls on all alike. The target is ``--target-p95-ms``, or ``--target-factor`` times
   the p95 of fixed ``balanced`` at one client, measured first.
 - **drift**: ``--drift-clients`` clients send clean photos for ``--clean-s``, then the same digits
-  corrupted (``--corruptions`` at ``--severity``, bench/lab/corruptions.py, applied to the digit before it
+  corrupted (``--corruptions`` at ``--severity``, training/corruptions.py, applied to the digit before it
   is photographed; image i gets kind i mod len(kinds), seed i) for ``--drift-s``, to a server with
   ``--live-calibration`` and to one without, both at their default operating point (no knob).
   Agreement with the last exit is judged by the bench itself, the same way for both: every photo's

@@ -204,7 +204,7 @@ def report(
     config: AdaptBenchConfig,
     load_before: float,
 ) -> dict[str, Any]:
-    from dynadapter.bench.lab.corruptions import SEVERITIES
+    from dynadapter.training.corruptions import SEVERITIES
 
     yardsticks: dict[str, Any] = {"last": refs.last_clean}
     yardsticks |= {"floor": refs.floor_correct} if refs.floor is None else {}
@@ -452,7 +452,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             f"### Input drift\n\n{s.drift_clients} clients; {drift.phases_s[0]:g} s of clean photos, then "
             f"{drift.phases_s[1]:g} s of the same digits corrupted at severity {images.severity} ({corruptions}; "
-            f"bench/lab/corruptions.py). Live calibration shadows {s.live_calibration:g} of the images, re-chooses "
+            f"training/corruptions.py). Live calibration shadows {s.live_calibration:g} of the images, re-chooses "
             f"every {s.calibration_every} shadows over a window of {s.calibration_window}, epsilon "
             f"{drift.epsilon:g}; before the judged part began it had shadowed at least "
             f"{fmt(drift.shadowed_before_judged, 0)} drifted images. "

@@ -43,7 +43,7 @@ def _size(value: object) -> object:
 
 
 def _kinds(kinds: list[str]) -> list[str]:
-    from dynadapter.bench.lab.corruptions import KINDS
+    from dynadapter.training.corruptions import KINDS
 
     unknown = [kind for kind in kinds if kind not in KINDS]
     if unknown or not kinds:
@@ -87,9 +87,9 @@ class AdaptBenchConfig(ServerOptions):
     drift_s: float = Field(90.0, gt=0, description="seconds of corrupted photos")
     corruptions: Annotated[list[str], CommaList, AfterValidator(_kinds)] = Field(
         ["gaussian_blur", "gaussian_noise", "contrast", "rotate"],
-        description="corruptions of the drifted photos, comma-separated (bench/lab/corruptions.py)",
+        description="corruptions of the drifted photos, comma-separated (training/corruptions.py)",
     )
-    severity: int = Field(3, ge=1, le=5, description="corruption severity, 1-5 (bench/lab/corruptions.py's table)")
+    severity: int = Field(3, ge=1, le=5, description="corruption severity, 1-5 (training/corruptions.py's table)")
     live_calibration: float = Field(0.25, gt=0, le=1, description="fraction of images shadowed by the live server")
     epsilon: float = Field(0.02, gt=0, lt=1, description="agreement target 1 - epsilon (the live server's epsilon)")
     calibration_every: int = Field(50, ge=1, description="the live server re-chooses thresholds every N shadows")
@@ -157,8 +157,8 @@ def _data_source(run_dir: Path | None, training: dict[str, object] | None) -> tu
 
 
 def corrupted_digits(digits: Sequence[np.ndarray], kinds: Sequence[str], severity: int) -> list[np.ndarray]:
-    """Digit i corrupted by ``kinds[i]`` at ``severity`` with seed i (bench/lab/corruptions.py)."""
-    from dynadapter.bench.lab.corruptions import corrupt
+    """Digit i corrupted by ``kinds[i]`` at ``severity`` with seed i (training/corruptions.py)."""
+    from dynadapter.training.corruptions import corrupt
 
     return [
         np.asarray(corrupt(d, kind, severity, seed=i)) for i, (d, kind) in enumerate(zip(digits, kinds, strict=True))

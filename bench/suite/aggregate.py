@@ -11,7 +11,7 @@ that static baseline, so the early heads' own cost counts against Dyn-Adapter.
 Each cell runs once per seed; its numbers here are the mean over the seeds that finished
 (``combine``), with the sample standard deviation beside the accuracies, and the target is judged
 on those means. Every accuracy is given on the clean test split and on its shifted copy
-(corrupted images, ``dynadapter.bench.lab.corruptions``).
+(corrupted images, ``dynadapter.training.corruptions``).
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ fresh clone re-renders the results page and a suite spread over machines or sess
 instead of training again; such a cell cannot get the parts added since it ran (they stay missing,
 and the log says so).
 
-Every cell is evaluated on the test split and on its shifted copy (``ShiftedSource``: each image
-corrupted by one kind and severity of ``dynadapter.bench.lab.corruptions``, at the model's input
+Every cell is evaluated on the test split and on its shifted copy (``CorruptedDataset``: each image
+corrupted by one kind and severity of ``dynadapter.training.corruptions``, at the model's input
 resolution as ImageNet-C corrupts at 224 px, seeded by the cell's seed). With ``SuiteConfig.int8``
 every Dyn-Adapter cell is also served in int8 (``dynadapter.bench.suite.int8_column``).
 """
@@ -45,7 +45,6 @@ import torch
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from dynadapter.bench.lab.corruptions import assign, corrupt, image_seed
 from dynadapter.bench.suite.int8_column import int8_result
 from dynadapter.bench.suite.probe import fit_probe_heads
 from dynadapter.bench.suite.rows import (
@@ -62,7 +61,8 @@ from dynadapter.cpu import this_cpu
 from dynadapter.errors import ConfigError
 from dynadapter.models.flops import deployed_cumulative_gflops, early_heads_gflops, exit_head_gflops
 from dynadapter.training.calibration import sweep
-from dynadapter.training.data import ImageDataset, from_uint8, load_raw, run_split, stream, to_uint8
+from dynadapter.training.corruptions import CorruptedDataset
+from dynadapter.training.data import ImageDataset, load_raw, run_split, stream
 from dynadapter.training.evaluate import evaluate_run, exit_accuracies, loader_logits, split_logits
 from dynadapter.training.options import TrainOptions
 from dynadapter.training.run_dir import (
@@ -466,37 +466,19 @@ def extra_evaluations(opts: TrainOptions, variant: str, test_exit_accuracy: list
     return extra
 
 
-class ShiftedSource:
-    """A split's images, each corrupted by the kind and severity that ``corruptions.assign`` gives it,
-    at the model's input resolution; ``ImageDataset`` streams it like the split itself."""
-
-    def __init__(self, source: Any, seed: int) -> None:
-        self.source, self.seed, self.targets = source, seed, source.targets
-        self.kinds, self.severities = assign(len(source), seed)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def load(self, i: int, pre: Preprocessing, max_pixels: int) -> np.ndarray:
-        """float32 [3, H, W]: the clean model input, corrupted as uint8 pixels, normalised again."""
-        pixels = to_uint8(self.source.load(i, pre, max_pixels), pre)
-        return from_uint8(corrupt(pixels, str(self.kinds[i]), int(self.severities[i]), image_seed(self.seed, i)), pre)
-
-    def name(self, i: int) -> str:
-        return f"{self.source.name(i)} ({self.kinds[i]} {self.severities[i]})"
-
-
 def shifted_logits(
     model: torch.nn.Module, source: Any, pre: Preprocessing, opts: TrainOptions
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every exit's logits [K, N, C] and the targets [N] on the shifted copy of ``source``."""
-    dataset = ImageDataset(ShiftedSource(source, opts.seed), pre, opts.max_pixels)
+    """Every exit's logits [K, N, C] and the targets [N] on the shifted copy of ``source``: each image
+    corrupted once, by the kind and severity ``corruptions.assign`` gives it, at the model's input resolution
+    (`CorruptedDataset`, the class calibration's corrupted copies use too)."""
+    dataset = CorruptedDataset(ImageDataset(source, pre, opts.max_pixels), opts.seed)
     return loader_logits(model, stream(dataset, opts.workers))
 
 
 def summarize_shifted(model: Any, run_dir: Path, logits: torch.Tensor, targets: torch.Tensor) -> ShiftedResult:
     """Last-exit and per-exit accuracy on the shifted split, and each calibrated mode's accuracy and
-    mean GFLOPs there (the thresholds stay those chosen on the clean validation split); written with
+    mean GFLOPs there (the thresholds stay calibration.json's, chosen on validation); written with
     ``model_dump(exclude_unset=True)``: a single-exit model's has no ``modes``."""
     exits = exit_accuracies(logits, targets)
     if len(exits) == 1:
@@ -573,11 +555,14 @@ def calibrated_modes(run_dir: Path) -> dict[str, EvalMode]:
 
 def val_modes(calibrated: dict[str, EvalMode]) -> dict[str, dict[str, float]]:
     """Each calibrated mode's validation accuracy and threshold, with the 5th-95th percentile of the
-    threshold over the bootstrap resamples where it was calibrated by bootstrap (calibration.json)."""
+    threshold over the bootstrap resamples where it was calibrated by bootstrap (calibration.json). The
+    accuracy is on the clean validation images alone, also where corrupted copies joined the calibration
+    (``val_accuracy``), so that recipes compare on the same images."""
     out = {}
     for name, m in calibrated.items():
         interval = m.spread.model_dump(exclude_none=True) if m.spread else {}
-        out[name] = {"acc": m.accuracy, "threshold": m.threshold, **interval}
+        accuracy = m.val_accuracy if m.val_accuracy is not None else m.accuracy  # clean val, where copies joined
+        out[name] = {"acc": accuracy, "threshold": m.threshold, **interval}
     return out
 
 

@@ -281,7 +281,7 @@ def render_tasks(results: SuiteResults) -> str:
         "## Per task\n\nEach mode cell: test accuracy (%) / mean GFLOPs per image / FLOPs saved against "
         "the static baseline; accuracies are means over the seeds ± their standard deviation. `static`: the "
         "same PETL method with the final head only. `shifted`: the same test images, each corrupted once "
-        "(`dynadapter.bench.lab.corruptions`: translation, scale, rotation, blur, noise, contrast, JPEG at "
+        "(`dynadapter.training.corruptions`: translation, scale, rotation, blur, noise, contrast, JPEG at "
         "severities 1-5, each kind and severity an equal share of the images), with the thresholds "
         "calibrated on the clean validation split. `frozen probe`: a linear head on the frozen backbone "
         "at the block that is best on the validation split, fitted by logistic regression with its L2 "

@@ -323,12 +323,16 @@ class ModeSpread(Row):
 class EvalMode(Row):
     """A calibrated mode as a run's reports hold it (``eval_<split>.json``'s ``modes`` and ``calibrated``, and
     calibration.json's ``modes``): its threshold in [0, 1], accuracy (0..1) and mean GFLOPs per image on the
-    split (None where the report does not say), and the bootstrap ``spread`` of the threshold."""
+    split (None where the report does not say), and the bootstrap ``spread`` of the threshold. Where corrupted
+    copies joined the calibration, ``accuracy`` is on the whole calibration set and ``val_accuracy`` /
+    ``corrupted_accuracy`` on the clean validation images / the copies alone (None elsewhere)."""
 
     threshold: float
     accuracy: float
     gflops: float | None = None
     spread: ModeSpread | None = None
+    val_accuracy: float | None = None
+    corrupted_accuracy: float | None = None
 
 
 class SweepPoint(Row):
@@ -359,7 +363,7 @@ class Calibration(Row):
 class ShiftedResult(Row):
     """A cell's numbers on the shifted test split (``cells.summarize_shifted`` writes them, in this order):
     last-exit and per-exit accuracy (0..1) and, for a dynamic model, each mode's accuracy and GFLOPs per image
-    at the clean validation split's thresholds."""
+    at the thresholds calibration.json holds (chosen on validation)."""
 
     acc: float | None = None
     exit_accuracy: list[float] | None = None

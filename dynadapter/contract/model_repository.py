@@ -213,6 +213,9 @@ class ThresholdChoice(_Schema):
     accuracy: float
     flops_fraction: float
     spread: ThresholdSpread | None = None
+    # Where corrupted copies joined the calibration set: the accuracy on the clean val images / the copies alone.
+    val_accuracy: float | None = None
+    corrupted_accuracy: float | None = None
 
     @field_validator("thresholds")
     @classmethod
@@ -234,6 +237,11 @@ class Calibration(_Schema):
     # Bootstrap resamples of the split behind the modes and their seed; absent: one choice on the split.
     resamples: int | None = Field(None, ge=1)
     resample_seed: int | None = None
+    # Corrupted copies of every val image after the val images in the set (``--calibration-corrupted``),
+    # their severities, and how many val images the set begins with; absent: the val images alone.
+    corrupted_copies: int | None = Field(None, ge=1)
+    corrupted_severities: list[int] | None = None
+    val_samples: int | None = Field(None, ge=0)
 
 
 PRECISIONS = ("fp32", "int8")

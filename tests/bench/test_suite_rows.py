@@ -67,6 +67,14 @@ def test_val_modes_keep_the_bootstrap_interval_where_calibration_has_one() -> No
     assert list(modes["fast"]) == ["acc", "threshold", "threshold_low", "threshold_high"]  # the order written
 
 
+def test_val_modes_give_the_clean_val_accuracy_where_corrupted_copies_joined_the_calibration() -> None:
+    """``--calibration-corrupted``: the page's validation accuracy is on the clean images alone, as every
+    other recipe's is; the threshold is the one chosen on clean and corrupted images together."""
+    mode = {"threshold": 0.9, "accuracy": 0.85, "val_accuracy": 0.93, "corrupted_accuracy": 0.77}
+    calibrated = {"balanced": EvalMode.model_validate(mode)}
+    assert val_modes(calibrated) == {"balanced": {"acc": 0.93, "threshold": 0.9}}
+
+
 def test_the_demos_calibration_modes_read_as_written() -> None:
     recorded = json.loads((DEMO / "calibration.json").read_text())["modes"]
     assert val_modes(calibrated_modes(DEMO)) == {

@@ -179,6 +179,7 @@ def test_export_writes_the_next_version_and_never_replaces_one_silently(
         ("--lr", "-1", "greater than 0"),
         ("--backward-sparsity", "1.5", "less than 1"),
         ("--calibration-resamples", "-1", "greater than or equal to 0"),
+        ("--calibration-corrupted", "-1", "greater than or equal to 0"),
         ("--hflip", "2", "less than or equal to 1"),
         ("--crop-scale", "1,0.5", "0 < MIN <= MAX <= 1"),
         ("--auto-augment", "colour-m9", "expected a spec starting with one of"),

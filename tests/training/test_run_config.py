@@ -149,6 +149,11 @@ def test_a_run_recorded_before_calibration_resamples_calibrates_with_the_old_def
     assert recorded_resampling(read_config(DEMO).train) == {"resamples": BOOTSTRAP_RESAMPLES, "seed": 0}
 
 
+def test_a_run_recorded_before_calibration_corrupted_calibrates_on_its_clean_val_images_alone() -> None:
+    assert "calibration_corrupted" not in json.loads((DEMO / CONFIG).read_text())["train"]
+    assert read_config(DEMO).train.calibration_corrupted == 0
+
+
 def write_edited(tmp_path: Path, **fields: object) -> Path:
     write_config(tmp_path, a_config())
     recorded = json.loads((tmp_path / CONFIG).read_text())

@@ -1,4 +1,4 @@
-"""bench/lab/corruptions.py on real images: an ELPV solar cell (grey) and a colour image built from it."""
+"""training/corruptions.py on real images: an ELPV solar cell (grey) and a colour image built from it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dynadapter.bench.lab.corruptions import KINDS, assign, corrupt, shifted_split
+from dynadapter.contract import Preprocessing
 from dynadapter.errors import ConfigError, DataError
+from dynadapter.training.corruptions import KINDS, CorruptedDataset, assign, corrupt, image_seed, shifted_split
+from dynadapter.training.data import ImageDataset, from_uint8, load_raw, to_uint8
 from dynadapter.training.data.builtin import elpv_table
 
 
@@ -97,3 +99,37 @@ def test_shifted_split_mix_is_balanced_and_deterministic(grey: np.ndarray) -> No
     # a list of differently sized images stays a list of those sizes
     ragged = shifted_split([grey, grey[:40, :50]], np.array([0, 1]), seed=5)
     assert [x.shape for x in ragged.images] == [(64, 64), (40, 50)]
+
+
+def test_assign_draws_the_mix_the_shifted_split_always_drew() -> None:
+    """The suite's records hold shifted-split numbers: the mix of every severity is drawn as before."""
+    for n, seed in ((70, 0), (797, 3)):
+        rng = np.random.default_rng([seed, n])
+        kinds = np.array(KINDS)[rng.permutation(np.arange(n) % len(KINDS))]
+        severities = rng.permutation(np.arange(n) % 5) + 1
+        got = assign(n, seed)
+        assert np.array_equal(got[0], kinds) and np.array_equal(got[1], severities)
+
+
+def test_assign_balances_the_severities_it_is_given() -> None:
+    kinds, severities = assign(28, seed=4, severities=(1, 2))
+    assert sorted(np.unique(kinds, return_counts=True)[1]) == [4] * 7
+    assert np.bincount(severities).tolist() == [0, 14, 14]
+    with pytest.raises(ConfigError, match="choose from 1 to 5"):
+        assign(10, seed=0, severities=(0, 6))
+
+
+def test_one_copy_of_a_whole_split_is_its_shifted_copy_at_the_models_resolution() -> None:
+    """`CorruptedDataset` over a split: image i at the model's input size, as uint8, corrupted by the kind
+    and severity `assign` gives it with `image_seed(seed, i)`, normalised again (what the suite's shifted
+    split has always fed the model)."""
+    source = load_raw("builtin:digits", 0).splits["test"]
+    pre = Preprocessing.square(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    shifted = CorruptedDataset(ImageDataset(source, pre, 10**6), seed=2)
+    kinds, severities = assign(len(source), 2)
+    assert len(shifted) == len(source) and np.array_equal(shifted.kinds, kinds)
+    for i in (0, 5, len(source) - 1):
+        pixels = to_uint8(source.load(i, pre, 10**6), pre)
+        expected = from_uint8(corrupt(pixels, str(kinds[i]), int(severities[i]), image_seed(2, i)), pre)
+        image, target = shifted[i]
+        assert np.array_equal(image.numpy(), expected) and target == int(source.targets[i])

@@ -1,4 +1,5 @@
-"""Deterministic image corruptions for a shifted test split (issue 19).
+"""Deterministic image corruptions: the accuracy suite's shifted test split (issue 19) and the corrupted
+copies of the validation images that calibration may add (``dynadapter train --calibration-corrupted``).
 
 The kinds follow the two robustness benchmarks of the field: the geometric ones (translate, scale,
 rotate) after MNIST-C (Mu & Gilmer 2019, "MNIST-C: A Robustness Benchmark for Computer Vision",
@@ -29,6 +30,9 @@ sides under ``MIN_BLUR_SIDE`` (112 px, the suite's default model input) count as
 The seed draws the direction of a translation (uniform angle), the sign of a rotation and the
 noise; the same (image, kind, severity, seed) gives the same bytes. Geometric kinds resample
 bilinearly and fill with the nearest edge pixel (scipy.ndimage).
+
+`CorruptedDataset` streams corrupted copies of a split as model inputs: each image is corrupted at the
+model's input resolution, as uint8 pixels (ImageNet-C corrupts at the 224 px the model sees).
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 from scipy import ndimage
 
 from dynadapter.errors import ConfigError, DataError
+from dynadapter.training.data import ImageDataset, from_uint8, to_uint8
 
 SEVERITIES: dict[str, tuple[float, ...]] = {
     "translate": (0.04, 0.08, 0.12, 0.16, 0.20),
@@ -52,6 +58,11 @@ SEVERITIES: dict[str, tuple[float, ...]] = {
     "jpeg": (25, 18, 15, 10, 7),
 }
 KINDS: tuple[str, ...] = tuple(SEVERITIES)
+#: Every severity, the shifted test split's mix.
+ALL_SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+#: The mild severities of calibration's corrupted copies: shifts a server plausibly sees, not a
+#: benchmark's worst cases (a threshold chosen on severity 5 would send nearly every image to the end).
+CALIBRATION_SEVERITIES: tuple[int, ...] = (1, 2)
 #: ImageNet-C's blur sigmas are in pixels of a 224 px image.
 IMAGENET_C_SIDE = 224
 #: Smaller images are blurred as if they had this side (see the module docstring).
@@ -166,13 +177,17 @@ class ShiftedSplit:
     severities: np.ndarray  # (N,) int, 1..5
 
 
-def assign(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The mix: kinds and severities each balanced over the N images (counts differ by at most 1),
-    independently shuffled by ``seed`` — every kind about N/7 images, every severity about N/5."""
+def assign(n: int, seed: int, severities: tuple[int, ...] = ALL_SEVERITIES) -> tuple[np.ndarray, np.ndarray]:
+    """The mix: kinds and ``severities`` each balanced over the N images (counts differ by at most 1),
+    independently shuffled by ``seed`` — every kind about N/7 images, each of S severities about N/S.
+
+    Returns (kinds (N,) str, severities (N,) int); ConfigError for a severity outside 1..5."""
+    if not severities or any(s not in ALL_SEVERITIES for s in severities):
+        raise ConfigError(f"corruption severities {list(severities)}: choose from 1 to 5")
     rng = np.random.default_rng([seed, n])
     kinds = np.array(KINDS)[rng.permutation(np.arange(n) % len(KINDS))]
-    severities = rng.permutation(np.arange(n) % 5) + 1
-    return kinds, severities
+    levels = np.asarray(severities)[rng.permutation(np.arange(n) % len(severities))]
+    return kinds, levels
 
 
 def image_seed(seed: int, i: int) -> int:
@@ -196,3 +211,42 @@ def shifted_split(images: np.ndarray | list[np.ndarray], labels: np.ndarray, see
         for i, (image, k, s) in enumerate(zip(images, kinds, severities, strict=True))
     ]
     return ShiftedSplit(np.stack(out) if isinstance(images, np.ndarray) else out, np.asarray(labels), kinds, severities)
+
+
+class CorruptedDataset(torch.utils.data.Dataset):
+    """``copies`` corrupted copies of a split, streamed as model inputs: item p is (float32 [3, H, W],
+    class id) of the clean dataset's item ``p % len(clean)``, its uint8 pixels at the model's input
+    resolution corrupted by ``kinds[p]`` at ``severities[p]`` (`assign` over all copies' items, drawn
+    from ``severities``) with the draws of ``image_seed(seed, p)``, then normalised again.
+
+    The clean pixels come through ``clean.image`` (its pixel cache where it has one), so copy 0 of a
+    dataset over a whole source corrupts image i exactly as `shifted_split` corrupts it.
+    """
+
+    def __init__(
+        self, clean: ImageDataset, seed: int, copies: int = 1, severities: tuple[int, ...] = ALL_SEVERITIES
+    ) -> None:
+        if copies < 1:
+            raise ConfigError(f"corrupted copies: {copies}; give at least 1")
+        self.clean, self.seed, self.copies = clean, seed, copies
+        self.kinds, self.severities = assign(copies * len(clean), seed, severities)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """(len,) class ids: the clean targets, once per copy."""
+        return np.tile(self.clean.targets, self.copies)
+
+    def pixels(self, p: int) -> np.ndarray:
+        """uint8 [H, W, 3]: item p's corrupted pixels at the model's input resolution."""
+        i = int(self.clean.indices[p % len(self.clean)])  # type: ignore[index]
+        clean = to_uint8(self.clean.image(i), self.clean.pre)
+        out = corrupt(clean, str(self.kinds[p]), int(self.severities[p]), image_seed(self.seed, p))
+        assert isinstance(out, np.ndarray)
+        return out
+
+    def __getitem__(self, p: int) -> tuple[torch.Tensor, int]:
+        target = int(self.clean.targets[p % len(self.clean)])
+        return torch.from_numpy(from_uint8(self.pixels(p), self.clean.pre)), target
