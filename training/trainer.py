@@ -13,6 +13,7 @@ its pixel caches are removed: SIGTERM and SIGINT stop the run at its next step (
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -39,7 +40,9 @@ from dynadapter.training.backward_sparsity import BackwardSparsity
 from dynadapter.training.calibration import calibrate
 from dynadapter.training.data import ImageDataset, Splits, prepare_splits, read_dataset, stream
 from dynadapter.training.evaluate import exit_accuracies, loader_logits
+from dynadapter.training.linear_probe import probe_initialise
 from dynadapter.training.options import TrainOptions
+from dynadapter.training.wise_ft import choose_alpha
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.Backbone
     if exits[-1] > depth or exits != sorted(set(exits)):
         raise ConfigError(f"--exits {exits}: exits must increase and stay within the backbone's {depth} blocks")
     heads = parse_head_spec(opts.heads, len(exits))
+    if opts.head_init == "probe":  # an mlp head holds its probe in a linear path (config.json rebuilds it)
+        heads = [dataclasses.replace(h, linear_path=h.kind == "mlp") for h in heads]
     if opts.petl_dropout and "dropout" in opts.petl_options:
         raise ConfigError("give the PETL dropout once: --petl-dropout P or --petl-arg dropout=P")
     petl_options = opts.petl_options | ({"dropout": opts.petl_dropout} if opts.petl_dropout else {})
@@ -115,6 +120,7 @@ def train(opts: TrainOptions) -> Path:
     Raises DataError / ConfigError before the first step for data or options that cannot work,
     and ConfigError when the loss becomes non-finite (the last good checkpoint stays).
     """
+    check_recipe(opts)
     device = distributed.resolve_device(opts.device)
     world = distributed.init_world(device)
     if opts.batch_size % world.size:
@@ -132,6 +138,8 @@ def train(opts: TrainOptions) -> Path:
             if world.is_main and not resume:
                 write_run_start(out, opts, splits, pre, model, spec, world, device)
             model.to(device)
+            if opts.head_init == "probe" and not resume:
+                probe_init(model, splits.datasets["train"], splits.datasets["val"], opts, out, world)
             fit(model, splits.datasets["train"], splits.datasets["val"], opts, out, world, resume)
             if world.is_main:
                 finish(model, splits.datasets["val"], opts, out)
@@ -144,6 +152,28 @@ def train(opts: TrainOptions) -> Path:
                 splits.close()
     distributed.shutdown(world)
     return out
+
+
+def check_recipe(opts: TrainOptions) -> None:
+    """ConfigError for switches that need another: WiSE-FT interpolates toward LP-FT's probe."""
+    if opts.wise_ft and opts.head_init != "probe":
+        raise ConfigError("--wise-ft interpolates toward the probe-initialised heads: add --head-init probe")
+
+
+def probe_init(
+    model: DynamicViT,
+    train_data: ImageDataset,
+    val_data: ImageDataset,
+    opts: TrainOptions,
+    out: Path,
+    world: distributed.World,
+) -> None:
+    """LP-FT: the heads start as the probes of the initial (frozen backbone's) features; the main process
+    records the fits and the starting trainable state (WiSE-FT's anchor). Every process fits the same probes
+    (same data, deterministic L-BFGS), so that no rank starts elsewhere."""
+    fits = probe_initialise(model, train_data, val_data, opts.workers)
+    if world.is_main:
+        rd.write_probe_init(out, fits, model.trainable_state_dict())
 
 
 class Terminated(SystemExit):
@@ -255,10 +285,19 @@ def write_run_start(
         log.warning("%d unusable files left out: listed in %s", len(splits.skipped), out / rd.SKIPPED)
 
 
+def calibration_logits(model: DynamicViT, val: ImageDataset, opts: TrainOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits [K, N, C] and targets [N] that the exits are calibrated (and WiSE-FT's mix chosen) on:
+    the val split."""
+    return loader_logits(model, stream(val, opts.workers))
+
+
 def finish(model: DynamicViT, val: ImageDataset, opts: TrainOptions, out: Path) -> None:
-    """Calibrate the kept checkpoint on val; the run is complete, nothing is left to resume."""
+    """Calibrate the kept checkpoint on val (with ``wise_ft``, first move it to the validated WiSE-FT mix);
+    the run is complete, nothing is left to resume. Files are written last, so that a run stopped
+    meanwhile finishes from the same kept checkpoint on ``--resume``."""
     model.load_trainable_state_dict(rd.read_checkpoint(out))
-    logits, targets = loader_logits(model, stream(val, opts.workers))
+    wise = wise_ft(model, val, opts, out) if opts.wise_ft else None
+    logits, targets = calibration_logits(model, val, opts)
     cal = calibrate(
         logits,
         targets,
@@ -267,8 +306,26 @@ def finish(model: DynamicViT, val: ImageDataset, opts: TrainOptions, out: Path) 
         resamples=opts.calibration_resamples,
         seed=opts.seed,
     )
+    if wise is not None:
+        rd.write_wise_ft(out, wise)
+        rd.save_checkpoint(out, model)
     rd.write_calibration(out, cal)
     rd.remove_resume(out)
+
+
+def wise_ft(model: DynamicViT, val: ImageDataset, opts: TrainOptions, out: Path) -> dict:
+    """Leave ``model`` at the WiSE-FT mix of its probe-initialised and trained weights with the best
+    `VAL_OBJECTIVE` on the calibration logits; returns wise_ft.json's record (`training.wise_ft.choose_alpha`)."""
+    record = choose_alpha(
+        model,
+        rd.read_probe_init_state(out),
+        model.trainable_state_dict(),
+        lambda m: val_objective(*calibration_logits(m, val, opts)),
+    )
+    for row in record["alphas"]:
+        log.info("WiSE-FT alpha %.2f: val mean exit accuracy %.4f, loss %.4f", *row.values())
+    log.info("WiSE-FT keeps alpha %g (0 = the probe-initialised heads, 1 = the trained weights)", record["alpha"])
+    return {"alpha": record["alpha"], "objective": VAL_OBJECTIVE, "alphas": record["alphas"]}
 
 
 def fit(
