@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from dynadapter.errors import ConfigError
+from dynadapter import cli
 from dynadapter.models.balanced_heads import HeadConfig
 from dynadapter.training import run_dir as rd
 from dynadapter.training.data import ImageDataset, run_split
 from dynadapter.training.linear_probe import head_features, make_linear
-from dynadapter.training.trainer import TrainOptions, train, val_objective
+from dynadapter.training.trainer import val_objective
 from dynadapter.training.wise_ft import WISE_FT_ALPHAS, choose_alpha, interpolate
 from tests.support.tiny import randomize_trainable, tiny_model, train_tiny_run
 
@@ -132,7 +132,9 @@ def test_ties_between_alphas_go_to_the_larger_one() -> None:
     assert record["alpha"] == 1.0 and [r["alpha"] for r in record["alphas"]] == list(WISE_FT_ALPHAS)
 
 
-def test_wise_ft_without_probe_init_is_refused_in_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="add --head-init probe") as err:
-        train(TrainOptions(data="builtin:digits", out=tmp_path / "r", wise_ft=True))
-    assert "\n" not in str(err.value)
+def test_train_help_offers_both_switches_off_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--head-init {random,probe}" in text and "--wise-ft, --no-wise-ft" in text
+    assert "C chosen on val) (default: random)" in text and "validates best (default: False)" in text
