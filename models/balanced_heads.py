@@ -30,17 +30,22 @@ class HeadConfig:
         (``depth`` transformer blocks on all tokens, then norm + linear).
     width: hidden width of ``mlp`` as a multiple of the embedding width.
     depth: number of blocks of a ``transformer`` head.
+    linear_path: an ``mlp`` head also has a linear classifier on the same pooled features, its logits
+        added to the MLP's (LP-FT's probe-initialised heads start from it: training/linear_probe.py).
     """
 
     kind: str = "linear"
     width: float = 1.0
     depth: int = 1
+    linear_path: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
             raise ConfigError(f"head kind must be one of {HEAD_KINDS}, got {self.kind!r}")
         if self.width <= 0 or self.depth < 1:
             raise ConfigError("head width must be > 0 and depth >= 1")
+        if self.linear_path and self.kind != "mlp":
+            raise ConfigError(f"only an mlp head has a linear path, not a {self.kind} head")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +86,9 @@ def parse_head_spec(spec: str, num_exits: int) -> list[HeadConfig]:
 
 class ExitHead(nn.Module):
     """Pools the tokens of a stage as the backbone does and classifies them: [B, N, D] -> logits [B, C].
+
+    ``fc`` is the classifier (a Linear, or an MLP for ``mlp``); an ``mlp`` head with ``linear_path`` also
+    has ``linear``, a Linear on the same features whose logits are added to the MLP's.
 
     Args:
         config: the head's kind, width and depth.
@@ -124,10 +132,16 @@ class ExitHead(nn.Module):
             )
         else:
             self.fc = nn.Linear(width, num_classes)
+        self.linear = nn.Linear(width, num_classes) if config.linear_path else None
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What the classifier reads: the head's blocks, its norm and the pooling, [B, N, D] -> [B, D]."""
+        return global_pool_nlc(self.norm(self.blocks(tokens)), self.pool, self.num_prefix_tokens)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = global_pool_nlc(self.norm(self.blocks(tokens)), self.pool, self.num_prefix_tokens)
-        return self.fc(self.drop(x))
+        x = self.drop(self.features(tokens))
+        logits = self.fc(x)
+        return logits if self.linear is None else logits + self.linear(x)
 
     def set_dropout(self, p: float) -> None:
         for m in self.modules():

@@ -44,8 +44,10 @@ def frozen_block(module: nn.Module) -> Block:
 
 
 def head_macs(head: ExitHead, tokens: int) -> int:
+    """An exit head's blocks on every token, then its classifier (and linear path) on one pooled row."""
     blocks = sum(block_macs(b, tokens) for b in head.blocks)
-    return blocks + sum(linear_macs(m, 1) for m in head.fc.modules() if isinstance(m, nn.Linear))
+    classifiers = [head.fc] if head.linear is None else [head.fc, head.linear]
+    return blocks + sum(linear_macs(m, 1) for c in classifiers for m in c.modules() if isinstance(m, nn.Linear))
 
 
 def patch_embed_macs(model: DynamicViT) -> int:

@@ -168,6 +168,16 @@ class TrainOptions(BaseModel):
         description="dropout inside the PETL modules' branch (forward sparsity raises it in shallow stages; "
         "same as --petl-arg dropout=P)",
     )
+    head_init: Literal["random", "probe"] = Field(
+        "random",
+        description="exit heads' start: random, or probe (LP-FT, Kumar et al. ICLR 2022: each head starts as the "
+        "logistic-regression probe of the frozen features, fitted on train, C chosen on val)",
+    )
+    wise_ft: bool = Field(
+        False,
+        description="WiSE-FT (Wortsman et al. CVPR 2022; needs --head-init probe): after training, keep the "
+        "interpolation between the probe-initialised and the trained weights that validates best",
+    )
     device: str = Field("auto", description="auto (the GPU when CUDA is usable, else the CPU), cpu, cuda or cuda:N")
     amp: bool = Field(
         False, description="mixed-precision training (autocast); calibration, checkpoint and export stay float32"

@@ -1,5 +1,6 @@
 """The run directory: config.json, checkpoint.safetensors, metrics.jsonl, calibration.json, the
-split files (split_<split>.csv), skipped.csv and, until the run finishes, the state to resume from.
+split files (split_<split>.csv), skipped.csv, LP-FT's and WiSE-FT's records (probe_init.json and
+.safetensors, wise_ft.json) and, until the run finishes, the state to resume from.
 
 This module is the only one that reads or writes those files (README "Command line" describes
 them). ``config.json`` holds everything needed to rebuild the model around its frozen backbone; the
@@ -210,13 +211,13 @@ def checkpoint_path(run_dir: Path) -> Path:
 
 
 def clear_earlier_run(run_dir: Path) -> bool:
-    """Remove what an earlier run in ``run_dir`` produced (metrics, checkpoint, calibration, the
-    eval reports and plots: ``eval_<split>`` and ``eval_<split>@<data>``, `eval_report_name`), so that a new
-    run there mixes nothing of it; config.json and the split files are rewritten by the new run. Returns
-    whether ``run_dir`` held a run."""
+    """Remove what an earlier run in ``run_dir`` produced (metrics, checkpoint, calibration, the LP-FT and
+    WiSE-FT records, the eval reports and plots: ``eval_<split>`` and ``eval_<split>@<data>``,
+    `eval_report_name`), so that a new run there mixes nothing of it; config.json and the split files are
+    rewritten by the new run. Returns whether ``run_dir`` held a run."""
     run_dir = Path(run_dir)
     held = (run_dir / CONFIG).is_file()
-    for name in (METRICS, CHECKPOINT, CALIBRATION):
+    for name in (METRICS, CHECKPOINT, CALIBRATION, PROBE_INIT, PROBE_INIT_STATE, WISE_FT):
         (run_dir / name).unlink(missing_ok=True)
     for report in [*run_dir.glob("eval_*.json"), *run_dir.glob("eval_*.png")]:  # every eval_report_name
         report.unlink()
@@ -290,6 +291,31 @@ def load_run(run_dir: Path) -> Run:
     model = build_model(config.backbone, config.model)
     model.load_trainable_state_dict(read_checkpoint(run_dir))
     return Run(model.eval(), config, config.labels, config.preprocessing, run_dir)
+
+
+#: LP-FT's probes (per head C and val accuracy) and the trainable state they start from (WiSE-FT's anchor);
+#: WiSE-FT's choice of the interpolation (every alpha's validation objective, the one kept).
+PROBE_INIT, PROBE_INIT_STATE, WISE_FT = "probe_init.json", "probe_init.safetensors", "wise_ft.json"
+
+
+def write_probe_init(run_dir: Path, fits: list[dict[str, Any]], state: dict[str, torch.Tensor]) -> None:
+    """``probe_init.json`` (``{"heads": [{"C", "val_acc"}, ...]}``) and ``probe_init.safetensors``."""
+    (Path(run_dir) / PROBE_INIT).write_text(json.dumps({"heads": fits}, indent=2))
+    save_file(state, str(Path(run_dir) / PROBE_INIT_STATE))
+
+
+def read_probe_init_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The probe-initialised trainable state; RunDirError if the run was not probe-initialised."""
+    path = Path(run_dir) / PROBE_INIT_STATE
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing: WiSE-FT interpolates toward the probe of --head-init probe")
+    return load_file(str(path))
+
+
+def write_wise_ft(run_dir: Path, record: dict[str, Any]) -> None:
+    """``wise_ft.json``: ``{"alpha": chosen, "objective": VAL_OBJECTIVE's name, "alphas": [{"alpha",
+    "val_acc", "val_loss"}, ...]}`` (what `training.wise_ft.choose_alpha` returns)."""
+    (Path(run_dir) / WISE_FT).write_text(json.dumps(record, indent=2))
 
 
 #: Files of the split a run trained on (folders and manifests; builtin splits are fixed by their seed).

@@ -13,6 +13,7 @@ its pixel caches are removed: SIGTERM and SIGINT stop the run at its next step (
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -35,11 +36,13 @@ from dynadapter.training import run_dir as rd
 from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
 from dynadapter.training.augment import batch_mixer, criterion, seeded
 from dynadapter.training.backward_sparsity import BackwardSparsity
-from dynadapter.training.calibration_set import calibrate_set, mode_text
+from dynadapter.training.calibration_set import calibrate_set, calibration_logits, mode_text
 from dynadapter.training.data import ImageDataset, Splits, prepare_splits, read_dataset, stream
 from dynadapter.training.evaluate import exit_accuracies, loader_logits
 from dynadapter.training.exit_health import warning_lines
+from dynadapter.training.linear_probe import probe_initialise
 from dynadapter.training.options import TrainOptions, default_exits
+from dynadapter.training.wise_ft import choose_alpha
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.Backbone
     if exits[-1] > depth or exits != sorted(set(exits)):
         raise ConfigError(f"--exits {exits}: exits must increase and stay within the backbone's {depth} blocks")
     heads = parse_head_spec(opts.heads, len(exits))
+    if opts.head_init == "probe":  # an mlp head holds its probe in a linear path (config.json rebuilds it)
+        heads = [dataclasses.replace(h, linear_path=h.kind == "mlp") for h in heads]
     if opts.petl_dropout and "dropout" in opts.petl_options:
         raise ConfigError("give the PETL dropout once: --petl-dropout P or --petl-arg dropout=P")
     petl_options = opts.petl_options | ({"dropout": opts.petl_dropout} if opts.petl_dropout else {})
@@ -110,6 +115,7 @@ def train(opts: TrainOptions) -> Path:
     Raises DataError / ConfigError before the first step for data or options that cannot work,
     and ConfigError when the loss becomes non-finite (the last good checkpoint stays).
     """
+    check_recipe(opts)
     device = distributed.resolve_device(opts.device)
     world = distributed.init_world(device)
     if opts.batch_size % world.size:
@@ -127,6 +133,8 @@ def train(opts: TrainOptions) -> Path:
             if world.is_main and not resume:
                 write_run_start(out, opts, splits, pre, model, spec, world, device)
             model.to(device)
+            if opts.head_init == "probe" and not resume:
+                probe_init(model, splits.datasets["train"], splits.datasets["val"], opts, out, world)
             fit(model, splits.datasets["train"], splits.datasets["val"], opts, out, world, resume)
             if world.is_main:
                 finish(model, splits.datasets["val"], opts, out)
@@ -139,6 +147,28 @@ def train(opts: TrainOptions) -> Path:
                 splits.close()
     distributed.shutdown(world)
     return out
+
+
+def check_recipe(opts: TrainOptions) -> None:
+    """ConfigError for switches that need another: WiSE-FT interpolates toward LP-FT's probe."""
+    if opts.wise_ft and opts.head_init != "probe":
+        raise ConfigError("--wise-ft interpolates toward the probe-initialised heads: add --head-init probe")
+
+
+def probe_init(
+    model: DynamicViT,
+    train_data: ImageDataset,
+    val_data: ImageDataset,
+    opts: TrainOptions,
+    out: Path,
+    world: distributed.World,
+) -> None:
+    """LP-FT: the heads start as the probes of the initial (frozen backbone's) features; the main process
+    records the fits and the starting trainable state (WiSE-FT's anchor). Every process fits the same probes
+    (same data, deterministic L-BFGS), so that no rank starts elsewhere."""
+    fits = probe_initialise(model, train_data, val_data, opts.workers)
+    if world.is_main:
+        rd.write_probe_init(out, fits, model.trainable_state_dict())
 
 
 class Terminated(SystemExit):
@@ -252,16 +282,37 @@ def write_run_start(
 
 def finish(model: DynamicViT, val: ImageDataset, opts: TrainOptions, out: Path) -> None:
     """Calibrate the kept checkpoint on the calibration set (val, and its corrupted copies with
-    ``--calibration-corrupted``), logging the modes and warning of deep exits that lose to earlier ones on
-    val (training/exit_health.py); the run is complete, nothing is left to resume."""
+    ``--calibration-corrupted``; with ``wise_ft``, first move it to the WiSE-FT mix that validates best on
+    that set), logging the modes and warning of deep exits that lose to earlier ones on val
+    (training/exit_health.py); the run is complete, nothing is left to resume. Files are written last, so
+    that a run stopped meanwhile finishes from the same kept checkpoint on ``--resume``."""
     model.load_trainable_state_dict(rd.read_checkpoint(out))
+    wise = wise_ft(model, val, opts, out) if opts.wise_ft else None
     cal = calibrate_set(model, val, opts)
+    if wise is not None:
+        rd.write_wise_ft(out, wise)
+        rd.save_checkpoint(out, model)
     rd.write_calibration(out, cal)
     for name, mode in cal["modes"].items():
         log.info("calibrated %s", mode_text(name, mode, cal["calibration"]))
     for line in warning_lines(cal["exit_health"]):
         log.warning(line)
     rd.remove_resume(out)
+
+
+def wise_ft(model: DynamicViT, val: ImageDataset, opts: TrainOptions, out: Path) -> dict:
+    """Leave ``model`` at the WiSE-FT mix of its probe-initialised and trained weights with the best
+    `VAL_OBJECTIVE` on the calibration logits; returns wise_ft.json's record (`training.wise_ft.choose_alpha`)."""
+    record = choose_alpha(
+        model,
+        rd.read_probe_init_state(out),
+        model.trainable_state_dict(),
+        lambda m: val_objective(*calibration_logits(m, val, opts)),
+    )
+    for row in record["alphas"]:
+        log.info("WiSE-FT alpha %.2f: val mean exit accuracy %.4f, loss %.4f", *row.values())
+    log.info("WiSE-FT keeps alpha %g (0 = the probe-initialised heads, 1 = the trained weights)", record["alpha"])
+    return {"alpha": record["alpha"], "objective": VAL_OBJECTIVE, "alphas": record["alphas"]}
 
 
 def fit(

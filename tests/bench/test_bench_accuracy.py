@@ -15,9 +15,9 @@ import torch
 
 from dynadapter.bench.commands import add_bench
 from dynadapter.bench.suite.cells import BENCH_FILE, PROBE_EPOCHS
-from dynadapter.bench.suite.probe import C_GRID
 from dynadapter.export.int8_gate import INT8_MAX_ACCURACY_DROP
 from dynadapter.training.distributed import device_name
+from dynadapter.training.linear_probe import C_GRID
 from tests.support.bench import TINY, bench
 from tests.support.tiny import TINY_BACKBONE
 

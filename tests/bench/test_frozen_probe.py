@@ -1,4 +1,4 @@
-"""The frozen probe's logistic-regression heads (bench/suite/probe.py): the weights folded into a
+"""The frozen probe's logistic-regression heads (training/linear_probe.py): the weights folded into a
 linear layer answer exactly as scikit-learn's fitted model does."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from dynadapter.bench.suite.probe import C_GRID, fit_head
+from dynadapter.training.linear_probe import C_GRID, fit_head
 
 
 def _blobs(classes: list[int], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,9 +24,18 @@ def measured_flops(fn, *args) -> int:
 
 
 @pytest.mark.parametrize("petl", ["adapter", "none"])
-@pytest.mark.parametrize("head", ["mlp", "linear", "transformer"])
-def test_analytic_count_matches_torch_flop_counter_per_segment(petl: str, head: str) -> None:
-    model = tiny_model(petl=petl, heads=[HeadConfig(head, width=2.0)] * 3 + [HeadConfig("linear")]).eval()
+@pytest.mark.parametrize(
+    "head",
+    [
+        HeadConfig("mlp", width=2.0),
+        HeadConfig("mlp", width=2.0, linear_path=True),
+        HeadConfig("linear"),
+        HeadConfig("transformer"),
+    ],
+    ids=["mlp", "mlp+linear_path", "linear", "transformer"],
+)
+def test_analytic_count_matches_torch_flop_counter_per_segment(petl: str, head: HeadConfig) -> None:
+    model = tiny_model(petl=petl, heads=[head] * 3 + [HeadConfig("linear")]).eval()
     unfuse_attention(model)
     x = torch.randn(1, 3, 32, 32)
     analytic = segment_macs(model)

@@ -203,6 +203,7 @@ def test_train_flags_are_validated_as_the_options_are(
         (["--petl-arg", "colour=red"], "its options are"),
         (["--heads", "pyramid"], "head kind must be one of"),
         (["--petl-dropout", "0.1", "--petl-arg", "dropout=0.2"], "give the PETL dropout once"),
+        (["--wise-ft"], "--wise-ft interpolates toward the probe-initialised heads: add --head-init probe"),
     ],
 )
 def test_model_options_a_user_gets_wrong_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
