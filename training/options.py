@@ -40,6 +40,18 @@ def _auto_augment(spec: str | None) -> str | None:
     return spec
 
 
+#: Options added after runs were first recorded, with the value every run had before the option existed: a
+#: recorded run (config.json, a benchmark cell) that lacks one ran with this value, whatever the default is
+#: now (`with_predating`), so that changing a default never changes what an earlier run is said to be.
+PREDATING: dict[str, Any] = {"head_init": "random", "wise_ft": False, "calibration_corrupted": 0}
+
+
+def with_predating(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Recorded training options, each option of `PREDATING` that they lack filled in with its value before
+    it existed."""
+    return {**{k: v for k, v in PREDATING.items() if k not in recorded}, **recorded}
+
+
 def default_exits(depth: int, stages: int = 4) -> list[int]:
     """``--exits``' default: after every ``depth / stages`` blocks (3, 6, 9, 12 for a 12-block ViT)."""
     return sorted({max(1, round(depth * (k + 1) / stages)) for k in range(stages)})

@@ -32,7 +32,7 @@ from dynadapter.models.dynamic_vit import DynamicViT, DynamicViTConfig, ForwardS
 from dynadapter.training.adaptive_prioritization import AdaptivePrioritization
 from dynadapter.training.backbones import create_backbone, load_timm_weights
 from dynadapter.training.backward_sparsity import BackwardSparsity
-from dynadapter.training.options import TrainOptions
+from dynadapter.training.options import TrainOptions, with_predating
 
 CONFIG, CHECKPOINT, METRICS, CALIBRATION = "config.json", "checkpoint.safetensors", "metrics.jsonl", "calibration.json"
 #: The version of config.json this code writes and the newest it reads. 2: ``model`` and ``train`` are typed
@@ -94,7 +94,8 @@ class RunConfig(BaseModel):
 
     ``version`` is the file's schema version (`RUN_CONFIG_VERSION`); files written before it was named
     carry it as ``format``. ``model`` rebuilds the model around the backbone; ``train`` holds the options the
-    run was trained with (options a run did not record read as today's defaults, as ``--resume`` takes them).
+    run was trained with (options a run did not record read as today's defaults, as ``--resume`` takes them,
+    except those added since whose default changed: they read as they were before, `options.PREDATING`).
     Older versions are migrated when read (`migrate_v1`); ``obsolete_train`` keeps, as recorded, the options an
     older dynadapter had that this one has no counterpart for (not applied by ``--resume``). Unknown keys, a
     newer version or a field of the wrong type are refused.
@@ -119,7 +120,9 @@ class RunConfig(BaseModel):
     @classmethod
     def _migrate(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("version", data.get("format")) == 1:
-            return migrate_v1(data)
+            data = migrate_v1(data)
+        if isinstance(data, dict) and isinstance(data.get("train"), dict):
+            data = {**data, "train": with_predating(data["train"])}  # what a run ran with, not today's default
         return data
 
     @field_validator("version")

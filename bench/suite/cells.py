@@ -64,7 +64,7 @@ from dynadapter.training.calibration import sweep
 from dynadapter.training.corruptions import CorruptedDataset
 from dynadapter.training.data import ImageDataset, load_raw, run_split, stream
 from dynadapter.training.evaluate import evaluate_run, exit_accuracies, loader_logits, split_logits
-from dynadapter.training.options import TrainOptions
+from dynadapter.training.options import TrainOptions, with_predating
 from dynadapter.training.run_dir import (
     BackboneSpec,
     Run,
@@ -347,9 +347,10 @@ def cell_device(run_dir: Path) -> str:
 
 
 def same_options(stored: dict[str, Any], current: dict[str, Any]) -> bool:
-    """Whether a cached cell ran with ``current``; an option added since it ran counts at its default."""
-    defaults = TrainOptions(data="-", out=Path("-")).record()
-    return {k: stored.get(k, defaults[k]) for k in current} == current
+    """Whether a cached cell ran with ``current``; an option added since it ran counts at the value runs had
+    before it existed (`options.PREDATING`), else at its default."""
+    ran = TrainOptions(data="-", out=Path("-")).record() | with_predating(stored)
+    return {k: ran[k] for k in current} == current
 
 
 def load_finished(cell: Cell, config: SuiteConfig) -> dict[str, Any] | None:

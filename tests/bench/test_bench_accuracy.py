@@ -293,6 +293,9 @@ def test_a_recipe_gets_cells_of_its_own_and_the_default_recipe_keeps_todays(tmp_
     today = options_record(default.options(cell))
     new = ("crop_scale", "hflip", "auto_augment", "mixup", "cutmix", "smoothing", "head_dropout", "petl_dropout")
     assert same_options({k: v for k, v in today.items() if k not in new}, today)
+    # a cell recorded before LP-FT ran with random heads: were probe heads the default, it would not be today's
+    before_lpft = {k: v for k, v in today.items() if k != "head_init"}
+    assert same_options(before_lpft, today) and not same_options(before_lpft, today | {"head_init": "probe"})
     # where and how fast a cell ran is not what it learnt: a cell trained by 2 workers on a GPU is reused
     elsewhere = default.options(cell).model_copy(update={"workers": 2, "device": "cuda"})
     assert same_options(elsewhere.record(), today) and options_record(elsewhere) == today

@@ -16,7 +16,7 @@ from dynadapter.models.balanced_heads import balanced_head_configs
 from dynadapter.models.dynamic_vit import DynamicViTConfig
 from dynadapter.training.calibration import BOOTSTRAP_RESAMPLES, recorded_resampling
 from dynadapter.training.commands import train_options
-from dynadapter.training.options import TrainOptions
+from dynadapter.training.options import PREDATING, TrainOptions
 from dynadapter.training.run_dir import CONFIG, RUN_CONFIG_VERSION, BackboneSpec, RunConfig, read_config, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,9 +149,20 @@ def test_a_run_recorded_before_calibration_resamples_calibrates_with_the_old_def
     assert recorded_resampling(read_config(DEMO).train) == {"resamples": BOOTSTRAP_RESAMPLES, "seed": 0}
 
 
-def test_a_run_recorded_before_calibration_corrupted_calibrates_on_its_clean_val_images_alone() -> None:
-    assert "calibration_corrupted" not in json.loads((DEMO / CONFIG).read_text())["train"]
-    assert read_config(DEMO).train.calibration_corrupted == 0
+def test_a_run_recorded_before_the_transfer_options_reads_as_it_ran_whatever_the_defaults() -> None:
+    """The demo predates LP-FT, WiSE-FT and calibration on corrupted copies: it ran with random heads, no
+    interpolation and clean val images, and reads so (`PREDATING`) even where today's default differs."""
+    recorded = json.loads((DEMO / CONFIG).read_text())["train"]
+    assert not set(PREDATING) & set(recorded)
+    train = read_config(DEMO).train
+    assert (train.head_init, train.wise_ft, train.calibration_corrupted) == ("random", False, 0)
+    assert {k: getattr(train, k) for k in PREDATING} == PREDATING
+
+
+def test_a_new_run_records_every_option_so_predating_values_never_apply_to_it(tmp_path: Path) -> None:
+    write_config(tmp_path, a_config())
+    recorded = json.loads((tmp_path / CONFIG).read_text())["train"]
+    assert set(PREDATING) <= set(recorded)
 
 
 def write_edited(tmp_path: Path, **fields: object) -> Path:
