@@ -390,12 +390,13 @@ def sections(
 def timing(runs: CellResults) -> dict[str, Any]:
     """Wall-clock seconds per finished cell (training, calibration, evaluation on the test split and,
     for cells finished since 2026-12-01, its shifted copy, and the int8 column where there is one), by
-    variant (the frozen probe apart)."""
+    variant (the frozen probe apart): the default suite's cells only, whose mean times ``budget`` projects
+    (an ablation cell may have run on a busier machine, or with another thread count)."""
+    kinds = {"static": "static", "probe": "probe", "dyn": "dynamic"}
     seconds: dict[str, list[float]] = {}
     for (_, _, variant, _), r in runs.items():
-        if r is not None:
-            kind = variant if variant in ("static", "probe") else "dynamic"
-            seconds.setdefault(kind, []).append(r.cell_seconds())
+        if r is not None and variant in kinds:
+            seconds.setdefault(kinds[variant], []).append(r.cell_seconds())
     return {kind: {"cells": len(s), "mean_s": fmean(s), "total_s": sum(s)} for kind, s in seconds.items()}
 
 
