@@ -29,6 +29,7 @@ from dynadapter.training.corruptions import (
 )
 from dynadapter.training.data import to_uint8
 from dynadapter.training.evaluate import split_dataset, split_logits
+from dynadapter.training.exit_health import health_record, losing_exits
 from dynadapter.training.run_dir import Run, load_run
 from tests.support.tiny import train_tiny_run
 
@@ -69,7 +70,8 @@ def calibration(run: Path) -> dict:
 
 
 def test_without_copies_the_calibration_is_the_clean_val_splits_as_before(loaded: Run) -> None:
-    """``--calibration-corrupted 0``: the very calibration of the validation logits alone, no new key."""
+    """``--calibration-corrupted 0``: the very calibration of the validation logits alone, with the exits'
+    health on them (training/exit_health.py) and no key of the copies."""
     opts = loaded.config.train.model_copy(update={"calibration_corrupted": 0})
     logits, targets = split_logits(loaded, None, "val")
     model = loaded.model
@@ -80,7 +82,8 @@ def test_without_copies_the_calibration_is_the_clean_val_splits_as_before(loaded
         early_heads_gflops(model),
         **recorded_resampling(loaded.config.train),
     )
-    assert calibrate_set(model, split_dataset(loaded, None, "val"), opts) == before
+    health = health_record(losing_exits(logits, targets, model.config.exits), "val", VAL_IMAGES)
+    assert calibrate_set(model, split_dataset(loaded, None, "val"), opts) == before | {"exit_health": health}
     assert before["calibration"]["num_samples"] == VAL_IMAGES and "corrupted_copies" not in before["calibration"]
 
 
