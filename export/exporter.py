@@ -31,10 +31,9 @@ from dynadapter.contract import (
     sha256_file,
     write_manifest,
 )
-from dynadapter.errors import ExportError
 from dynadapter.export.head_gate import gate_exit_head
 from dynadapter.export.int8_gate import INT8_MAX_ACCURACY_DROP
-from dynadapter.export.parity import PARITY_BATCH_SIZES, PARITY_TOLERANCE, parity_error
+from dynadapter.export.parity import PARITY_TOLERANCE, Parity, parity_error
 from dynadapter.export.precisions import openvino_precisions
 from dynadapter.models.dynamic_vit import DynamicViT
 from dynadapter.models.flops import deployed_cumulative_gflops, exit_head_gflops
@@ -112,6 +111,8 @@ def export_run(
     int8 is quantized by ``int8_method`` and let out only where its validation accuracy is at most
     ``int8_max_accuracy_drop`` below fp32's at every exit and mode (export/int8_gate.py); where it is not,
     ``ExportError`` with ``int8_required``, else the version is written without int8 (a warning says so).
+    ``ExportError`` too where the segments' logits differ from PyTorch's beyond ``PARITY_TOLERANCE`` times
+    each exit's logit scale (export/parity.py, `Parity`).
     """
     run = load_run(Path(run_dir))
     calibration = read_calibration(Path(run_dir))
@@ -124,8 +125,7 @@ def export_run(
     paths = write_segments(run.model, run.preprocessing.size, tmp, ungated if extra else None)
     log.info("checking the segments' parity against PyTorch")
     parity = parity_error(run.model, paths, run.preprocessing.size)
-    if parity > PARITY_TOLERANCE:
-        raise ExportError(f"exported segments differ from PyTorch by {parity:.2e} (> {PARITY_TOLERANCE:g})")
+    parity.check(PARITY_TOLERANCE, "exported segments")
     manifest = build_manifest(run, paths, calibration, parity, name, str(version))
     if extra:
         log.info("converting to OpenVINO IR: %s (int8: NNCF calibration and its accuracy gate)", ", ".join(precisions))
@@ -158,7 +158,7 @@ def write_segments(model: DynamicViT, size: tuple[int, int], folder: Path, ungat
 
 
 def build_manifest(
-    run: Run, paths: list[Path], calibration: dict[str, Any], parity: float, name: str, version: str
+    run: Run, paths: list[Path], calibration: dict[str, Any], parity: Parity, name: str, version: str
 ) -> Manifest:
     cum = deployed_cumulative_gflops(run.model)
     per = [c - p for c, p in zip(cum, [0.0, *cum[:-1]], strict=True)]
@@ -189,7 +189,7 @@ def build_manifest(
         gflops_full=cum[-1],
         calibration=calibration["calibration"],
         modes=calibration["modes"],
-        parity={"max_abs_diff": parity, "batch_sizes": list(PARITY_BATCH_SIZES)},
+        parity=parity.record(PARITY_TOLERANCE),
         training={
             "backbone": run.config.backbone.name,
             "petl": run.model.config.petl,

@@ -65,11 +65,21 @@ def calibrate_set(model: DynamicViT, val_dataset: ImageDataset, opts: TrainOptio
     the copies alone; ``accuracy`` stays the whole set's) and ``calibration`` says ``val_samples`` (N),
     ``corrupted_copies`` and ``corrupted_severities``."""
     logits, targets = (t.numpy() for t in calibration_logits(model, val_dataset, opts))
+    clean = len(val_dataset)
+    result = calibrate_logits(logits, targets, model, opts, clean)
+    health = losing_exits(logits[:, :clean], targets[:clean], model.config.exits)
+    return {**result, "exit_health": health_record(health, "val", clean)}
+
+
+def calibrate_logits(
+    logits: np.ndarray, targets: np.ndarray, model: DynamicViT, opts: TrainOptions, clean: int
+) -> dict[str, Any]:
+    """The table, budgets and modes (`calibration.calibrate`, bootstrap resamples and seed from ``opts``) from
+    any runtime's logits [K, N', C] on the calibration set (targets [N']) whose first ``clean`` images are the
+    validation split, with the corrupted copies' parts (`with_parts`) where ``opts`` has copies. The FLOPs are
+    ``model``'s. export/precisions.py calibrates each OpenVINO precision through it, on the same images."""
     cum, heads = deployed_cumulative_gflops(model), early_heads_gflops(model)
     result = calibrate(logits, targets, cum, heads, resamples=opts.calibration_resamples, seed=opts.seed)
-    clean = len(val_dataset)
-    health = losing_exits(logits[:, :clean], targets[:clean], model.config.exits)
-    result["exit_health"] = health_record(health, "val", clean)
     if not opts.calibration_corrupted:
         return result
     return with_parts(result, logits, targets, clean, opts.calibration_corrupted, cum, heads)

@@ -2,12 +2,14 @@
 
 Each dynamic cell's run directory is exported as ``dynadapter export --precision int8`` exports it
 (export/precisions.py: OpenVINO IR, NNCF post-training int8 on 64 train images, the int8 precision's
-own calibration and modes chosen on its own validation logits), and its test split is then classified
+own calibration and modes chosen on its own logits over the run's calibration set: validation images,
+and the ``--calibration-corrupted`` copies where the cell has them), and its test split is then classified
 by the service's own segment runner on the OpenVINO backend, at each mode's int8 thresholds. So the
 column is what a server would answer, exits, skipped heads and FLOPs included, not a re-computation.
 
 The fp32 OpenVINO IR of the same export is classified the same way: its numbers must equal the cell's
-PyTorch-evaluated modes (the IR matches PyTorch to 1e-4), which checks this path end to end.
+PyTorch-evaluated modes (the IR matches PyTorch within the parity bound, and its thresholds are chosen on
+the same calibration set as the cell's own), which checks this path end to end.
 
 The export is ``dynadapter export``'s default: plain PTQ, then NNCF's accuracy control where plain PTQ
 fails the int8 gate (export/int8_gate.py: validation accuracy within ``INT8_MAX_ACCURACY_DROP`` of fp32's at
