@@ -96,12 +96,12 @@ def probe_initialise(model: DynamicViT, train: ImageDataset, val: ImageDataset, 
     validation accuracy (fractions).
 
     The features are the model's as it stands: at initialisation the PETL branches are zero (adapter
-    up-projections, LoRA's B and RepAdapter start at zero), so they are the frozen backbone's. A
-    ``linear`` head's ``fc`` becomes the probe; an ``mlp`` head (built with ``linear_path``) gets the
-    probe as its ``linear`` and its MLP's last layer zeroed, so the MLP adds nothing until it trains; a
-    ``transformer`` head's blocks become the identity (their attention and MLP output projections
-    zeroed) and ``fc`` the probe. Raises ConfigError for an ``mlp`` head without a linear path, or an
-    empty train or val split."""
+    up-projections, LoRA's B and RepAdapter start at zero), so they are the frozen backbone's. Every head
+    (built with ``linear_path``) gets the probe as its ``linear``, which reads the stage's pooled features
+    (`ExitHead.features`: before a transformer head's blocks and the head's dropout, so that neither
+    moves the probe), and its own classifier's last layer zeroed (``fc`` of a ``linear`` or
+    ``transformer`` head, the MLP's output layer), so that the rest of the head adds nothing until it
+    trains. Raises ConfigError for a head without a linear path, or an empty train or val split."""
     if not len(train) or not len(val):
         raise ConfigError("--head-init probe fits the heads on the train split and chooses C on val: both need images")
     with torch.no_grad():
@@ -112,8 +112,8 @@ def probe_initialise(model: DynamicViT, train: ImageDataset, val: ImageDataset, 
     val_x, val_y = head_features(model, val, workers)
     fits = []
     for k, head in enumerate(model.heads):
-        classifier = head.fc if head.linear is None else head.linear
-        assert isinstance(classifier, nn.Linear)
+        classifier = head.linear
+        assert isinstance(classifier, nn.Linear)  # make_linear refused a head without one
         weight, bias, choice = fit_head(train_x[k], train_y, val_x[k], val_y, classifier.out_features)
         with torch.no_grad():
             classifier.weight.copy_(torch.from_numpy(weight))
@@ -124,15 +124,11 @@ def probe_initialise(model: DynamicViT, train: ImageDataset, val: ImageDataset, 
 
 
 def make_linear(head: ExitHead, k: int) -> None:
-    """Zero what lies between a head's features and its linear classifier (see `probe_initialise`)."""
-    if isinstance(head.fc, nn.Sequential):
-        if head.linear is None:
-            raise ConfigError(f"exit {k}'s mlp head has no linear path to hold the probe (HeadConfig.linear_path)")
-        zero(head.fc[-1])
-    for block in head.blocks:
-        # A pre-norm residual block whose branches end at zero passes its input through unchanged.
-        zero(block.attn.proj)
-        zero(block.mlp.fc2)
+    """Zero the last layer of the head's own classifier, so that only the linear path answers (see
+    `probe_initialise`)."""
+    if head.linear is None:
+        raise ConfigError(f"exit {k}'s head has no linear path to hold the probe (HeadConfig.linear_path)")
+    zero(head.fc[-1] if isinstance(head.fc, nn.Sequential) else head.fc)
 
 
 def zero(layer: nn.Module) -> None:

@@ -72,8 +72,8 @@ def build(opts: TrainOptions, num_classes: int) -> tuple[DynamicViT, rd.Backbone
     if exits[-1] > depth or exits != sorted(set(exits)):
         raise ConfigError(f"--exits {exits}: exits must increase and stay within the backbone's {depth} blocks")
     heads = parse_head_spec(opts.heads, len(exits))
-    if opts.head_init == "probe":  # an mlp head holds its probe in a linear path (config.json rebuilds it)
-        heads = [dataclasses.replace(h, linear_path=h.kind == "mlp") for h in heads]
+    if opts.head_init == "probe":  # every head holds its probe in a linear path (config.json rebuilds it)
+        heads = [dataclasses.replace(h, linear_path=True) for h in heads]
     if opts.petl_dropout and "dropout" in opts.petl_options:
         raise ConfigError("give the PETL dropout once: --petl-dropout P or --petl-arg dropout=P")
     petl_options = opts.petl_options | ({"dropout": opts.petl_dropout} if opts.petl_dropout else {})

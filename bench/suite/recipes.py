@@ -49,7 +49,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the thresholds calibrated on the val images and a mildly corrupted copy of each (severities 1-2), so
     # that an exit's confidence is read on images like the ones a server sees.
     "shift-cal": {"calibration_corrupted": 1},
-    "lp-ft+shift-cal": {"head_init": "probe", "calibration_corrupted": 1},
 }
 #: Options of a recipe that the suite sets by its own flag (``--lr``), not by ``--train-arg``.
 SUITE_FIELDS = ("lr",)

@@ -35,10 +35,10 @@ def segments(folder: Path) -> list[Path]:
 
 
 def test_probe_initialised_balanced_heads_export_with_their_linear_path(lpft) -> None:
-    # LP-FT: the balanced mlp heads carry a linear path beside the MLP; the segments must compute it too.
+    # LP-FT: every head carries a linear path beside its own classifier; the segments must compute it too.
     run_dir, folder = lpft
     model = load_run(run_dir).model
-    assert [h.linear is not None for h in model.heads] == [False, True, True, False]
+    assert [h.linear is not None for h in model.heads] == [True] * 4
     images = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = [t.numpy() for t in model(images)]

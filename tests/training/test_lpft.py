@@ -4,6 +4,7 @@ ends are the two models it joins."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from dynadapter import cli
+from dynadapter.errors import ConfigError
 from dynadapter.models.balanced_heads import HeadConfig
 from dynadapter.training import run_dir as rd
 from dynadapter.training.data import ImageDataset, run_split
@@ -54,7 +56,7 @@ def test_probe_initialised_exits_answer_as_the_scikit_learn_probes_on_val(lpft_r
     with torch.no_grad():
         logits = torch.stack(model(val_images(lpft_run)[0]))
     assert [h.kind for h in config.model.heads] == ["transformer", "mlp", "mlp", "linear"]
-    assert [h.linear_path for h in config.model.heads] == [False, True, True, False]
+    assert [h.linear_path for h in config.model.heads] == [True] * 4
     for k, fit in enumerate(fits):
         scaler = StandardScaler().fit(train_x[k])
         clf = LogisticRegression(C=fit["C"], max_iter=1000).fit(scaler.transform(train_x[k]), train_y)
@@ -63,15 +65,32 @@ def test_probe_initialised_exits_answer_as_the_scikit_learn_probes_on_val(lpft_r
         assert fit["val_acc"] == float((expected == val_y).mean())
 
 
-def test_the_probe_initialised_transformer_head_reads_the_stage_tokens_unchanged() -> None:
-    model = tiny_model(heads=[HeadConfig("transformer"), HeadConfig("mlp", 2.0, linear_path=True)] * 2).eval()
+def test_a_probe_initialised_head_answers_as_its_linear_path_on_the_stage_tokens() -> None:
+    kinds = [HeadConfig("transformer"), HeadConfig("mlp", 2.0), HeadConfig("linear")]
+    model = tiny_model(heads=[dataclasses.replace(h, linear_path=True) for h in [*kinds, kinds[-1]]])
+    model.train()  # with dropout before the head's own classifier: the linear path reads past it
+    for head in model.heads:
+        head.set_dropout(0.5)
     tokens = torch.randn(3, 17, 32)
     with torch.no_grad():
         for k, head in enumerate(model.heads):
             make_linear(head, k)
             plain = model.heads[k].norm(tokens)[:, 0]  # the tiny ViT pools the class token
             torch.testing.assert_close(head.features(tokens), plain, rtol=0, atol=0)
-            torch.testing.assert_close(head(tokens), head.fc(plain) if k % 2 == 0 else head.linear(plain))
+            torch.testing.assert_close(head(tokens), head.linear(plain), rtol=0, atol=0)
+
+
+def test_a_transformer_head_without_a_linear_path_classifies_its_blocks_tokens() -> None:
+    head = tiny_model(heads=[HeadConfig("transformer")] + [HeadConfig("linear")] * 3).heads[0].eval()
+    tokens = torch.randn(3, 17, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(head(tokens), head.fc(head.norm(head.blocks(tokens))[:, 0]), rtol=0, atol=0)
+
+
+def test_a_head_without_a_linear_path_cannot_hold_a_probe() -> None:
+    model = tiny_model(heads=[HeadConfig("linear")] * 4)
+    with pytest.raises(ConfigError, match="exit 0's head has no linear path to hold the probe"):
+        make_linear(model.heads[0], 0)
 
 
 def test_wise_ft_records_every_alpha_and_keeps_the_chosen_mix(lpft_run: Path, tmp_path: Path) -> None:
