@@ -71,12 +71,13 @@ class ClaimVerdict(Verdict):
 
 class ShiftVerdict(Verdict):
     """A ``shift_target`` row (``shift_target``): suite-mean accuracies on the shifted split and the two
-    margins, as fractions; None until judged."""
+    margins, as fractions, and each task's extra loss split in two (`shift_loss_parts`); None until judged."""
 
     dyn_shifted: float | None = None
     probe_shifted: float | None = None
     over_probe: float | None = None
     extra_loss: float | None = None
+    per_task: dict[str, dict[str, float]] = {}
 
 
 class ExitVerdict(Verdict):

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from dynadapter import cli
 from dynadapter.errors import RunDirError
-from dynadapter.training import trainer
+from dynadapter.training import calibration_set
 from dynadapter.training.exit_health import warning_lines
 from dynadapter.training.run_dir import load_run, read_calibration
 from tests.support.tiny import TINY_ARGS, TINY_BACKBONE
@@ -46,14 +46,15 @@ def test_train_warns_in_the_log_and_its_summary_when_the_last_exit_loses(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    calibrate_run = trainer.calibrate_run
+    calibration_logits = calibration_set.calibration_logits
 
-    def last_exit_answers_zero(model, logits, targets, **resampling):  # a last exit that lost, for certain
+    def last_exit_answers_zero(model, val, opts):  # a last exit that lost, for certain
+        logits, targets = calibration_logits(model, val, opts)
         logits = logits.clone()
         logits[-1] = torch.nn.functional.one_hot(torch.zeros_like(targets), logits.shape[-1]).float()
-        return calibrate_run(model, logits, targets, **resampling)
+        return logits, targets
 
-    monkeypatch.setattr(trainer, "calibrate_run", last_exit_answers_zero)
+    monkeypatch.setattr(calibration_set, "calibration_logits", last_exit_answers_zero)
     with caplog.at_level("WARNING"):
         cli.main(["train", "--data", "builtin:digits", "--out", str(tmp_path / "run"), *TINY_ARGS, "--epochs", "2"])
     record = read_calibration(tmp_path / "run")["exit_health"]
