@@ -373,12 +373,15 @@ def render_ablation(results: SuiteResults) -> str:
         return heading + "Not run for this page: `dynadapter bench accuracy --ablation` trains its cells."
     lines = [[r.label, *cells(r), f"{r.tasks} / {r.tasks + len(r.missing)}"] for r in results.ablation]
     seeds = results.ablation[0].seeds
+    distill = any(r.variant == "distill" for r in results.ablation)
     over = (
         f", each task the mean over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}" if seeds else ""
     )
     return (
         heading + "One part of the method switched at a time (`dynadapter bench accuracy --ablation`); each cell: "
-        f"test accuracy (%) / FLOPs saved{over}. Self-distillation is off by default, so its row switches it on.\n\n"
+        f"test accuracy (%) / FLOPs saved{over}; a row with fewer tasks finished is the mean over those alone."
+        + (" Self-distillation is off by default, so its row switches it on." if distill else "")
+        + "\n\n"
         + markdown_table(["variant", "balanced", "accurate", "tasks finished"], lines)
     )
 
