@@ -180,10 +180,11 @@ class TrainOptions(BaseModel):
         description="dropout inside the PETL modules' branch (forward sparsity raises it in shallow stages; "
         "same as --petl-arg dropout=P)",
     )
-    head_init: Literal["random", "probe"] = Field(
+    head_init: Literal["random", "standardised", "probe"] = Field(
         "random",
-        description="exit heads' start: random, or probe (LP-FT, Kumar et al. ICLR 2022: each head starts as the "
-        "logistic-regression probe of the frozen features, fitted on train, C chosen on val)",
+        description="exit heads' start: random; standardised (random, each linear or MLP head's norm set so that its "
+        "features have mean 0 and std 1 on the train split); or probe (LP-FT, Kumar et al. ICLR 2022: each head "
+        "starts as the logistic-regression probe of the frozen features, fitted on train, C chosen on val)",
     )
     wise_ft: bool = Field(
         False,

@@ -40,6 +40,7 @@ from dynadapter.training.calibration_set import calibrate_set, calibration_logit
 from dynadapter.training.data import ImageDataset, Splits, prepare_splits, read_dataset, stream
 from dynadapter.training.evaluate import exit_accuracies, loader_logits
 from dynadapter.training.exit_health import warning_lines
+from dynadapter.training.head_init import standardise_heads
 from dynadapter.training.linear_probe import probe_initialise
 from dynadapter.training.options import TrainOptions, default_exits
 from dynadapter.training.wise_ft import choose_alpha
@@ -135,6 +136,8 @@ def train(opts: TrainOptions) -> Path:
             model.to(device)
             if opts.head_init == "probe" and not resume:
                 probe_init(model, splits.datasets["train"], splits.datasets["val"], opts, out, world)
+            if opts.head_init == "standardised" and not resume:  # every rank measures the same train split
+                standardise_heads(model, splits.datasets["train"], opts.workers)
             fit(model, splits.datasets["train"], splits.datasets["val"], opts, out, world, resume)
             if world.is_main:
                 finish(model, splits.datasets["val"], opts, out)

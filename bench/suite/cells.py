@@ -586,7 +586,8 @@ def run_suite(
     with tqdm(total=len(todo), desc="bench cells", unit="cell") as bar:
         for cell in todo:
             bar.set_postfix_str(cell.name)
-            results[cell] = run_cell(cell, config)
+            # another suite sharing the root or the records may have finished it since the start
+            results[cell] = load_finished(cell, config) or run_cell(cell, config)
             on_update(results)
             bar.update()
     return results

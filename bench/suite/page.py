@@ -36,6 +36,7 @@ RESULT_KEYS = (
     "probe",
     "target",
     "shift_target",
+    "exit_target",
     "int8_target",
     "ablation",
     "missing",

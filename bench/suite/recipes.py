@@ -1,7 +1,7 @@
 """``dynadapter bench recipes``: which training recipe generalises, chosen on the validation splits.
 
 Each candidate recipe (``RECIPES``, or ``--train-arg KEY=VALUE`` for one of your own, named
-``custom``) trains the Dyn-Adapter cell of ``--petl`` on every task and seed: cells of the accuracy
+``custom``) trains the Dyn-Adapter cell of each ``--petl`` method on every task and seed: cells of the accuracy
 suite's cache (``dynadapter.bench.suite.cells``; the default recipe shares the suite's own cells, any other
 gets cells of its own, ``-r<hash>``). The recipe chosen is the one with the best mean accuracy at
 ``balanced`` on the validation splits (where the modes are calibrated; the test splits never choose).
@@ -10,7 +10,9 @@ saved, so that one sees whether the choice on validation carried over to test an
 Flips are in no candidate: digits are not mirror-symmetric (a mirrored 2 is no 2), so ``hflip`` is a
 per-task choice (``--train-arg hflip=0.5``). Every complete recipe is also judged by the accuracy suite's
 targets (``suite.targets``: the paper's claim, the shifted split's, every exit at least the frozen probe at its
-block) against the default recipe's static and probe cells of the same tasks and seeds.
+block) against the default recipe's static and probe cells of the same tasks and seeds. With several
+PETL methods, each has its part of the page and the recipe is chosen on the mean of their validation
+accuracies (`recipes_page`): the default recipe serves every method.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from typing import Any
 from dynadapter.bench.lab.results import markdown_table, pct
 from dynadapter.bench.suite.aggregate import MODES, by_cell, cell_row, mean_row, probe_row
 from dynadapter.bench.suite.flags import DEFAULT_EPOCHS, DEFAULT_TASKS, add_recipe_arguments, seed_list, suite_config
-from dynadapter.bench.suite.rows import CellResult, CombinedCell, RecipePoint, RecipesSection, RecipeTargets, SuiteRow
+from dynadapter.bench.suite.rows import (
+    CellResult,
+    CombinedCell,
+    RecipeMargin,
+    RecipePoint,
+    RecipesPage,
+    RecipesSection,
+    RecipeTargets,
+    SuiteRow,
+)
 from dynadapter.bench.suite.targets import exit_target, shift_target, target
 from dynadapter.errors import ConfigError
 
@@ -43,12 +54,18 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Exits that transfer (issue 34). LP-FT (Kumar et al., ICLR 2022): every exit head starts as the frozen
     # probe's logistic regression at its block, so that fine-tuning starts from features it need not distort.
     "lp-ft": {"head_init": "probe"},
+    # random heads whose norms start standardising their features on the train split (data-dependent
+    # initialisation): a shallow stage's features vary little next to their offsets (training/head_init.py).
+    "standardised": {"head_init": "standardised"},
     # WiSE-FT (Wortsman et al., CVPR 2022) on LP-FT: the trained weights interpolated back toward that start,
     # the coefficient chosen on validation.
     "wise-ft": {"head_init": "probe", "wise_ft": True},
     # the thresholds calibrated on the val images and a mildly corrupted copy of each (severities 1-2), so
     # that an exit's confidence is read on images like the ones a server sees.
     "shift-cal": {"calibration_corrupted": 1},
+    # both: the stronger middle exits leave more shifted images early, which corrupted copies in the
+    # calibration set counter.
+    "standardised-shift-cal": {"head_init": "standardised", "calibration_corrupted": 1},
 }
 #: Options of a recipe that the suite sets by its own flag (``--lr``), not by ``--train-arg``.
 SUITE_FIELDS = ("lr",)
@@ -70,6 +87,18 @@ def _recipe_names(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: The PETL methods whose Dyn-Adapter cells a recipe trains.
+PETL_METHODS = ("adapter", "lora", "repadapter")
+
+
+def _petl_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(PETL_METHODS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--petl {text}: choose from {', '.join(PETL_METHODS)}")
+    return list(dict.fromkeys(names))
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "recipes",
@@ -85,7 +114,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         + "; ".join(f"{name}: {_options(options)}" for name, options in RECIPES.items())
         + f"; --train-arg adds one more, '{CUSTOM}'",
     )
-    p.add_argument("--petl", choices=["adapter", "lora", "repadapter"], default="adapter", help="(default: adapter)")
+    p.add_argument(
+        "--petl",
+        type=_petl_names,
+        default=["adapter"],
+        help=f"PETL methods, comma-separated, one of {', '.join(PETL_METHODS)} each (default: adapter); with "
+        "several, the recipe is chosen on their mean",
+    )
     p.add_argument("--seeds", type=seed_list, default=[0], help="training seeds (default: 0)")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"per cell (default: {DEFAULT_EPOCHS})")
     add_recipe_arguments(p)
@@ -119,18 +154,22 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"--tasks {args.tasks}: the builtin data sets are {sorted(BUILTIN_DATASETS)}")
     base = suite_config(args, args.epochs)
     recipes = candidates(args)
-    todo = [cells.Cell(t, args.petl, cells.DYN, s) for s in args.seeds for t in tasks]
-    # what the targets compare with: the default recipe's static and frozen-probe cells (never trained here)
-    refs = [cells.Cell(t, p, v, s) for s in args.seeds for t in tasks for p, v in ((args.petl, "static"), REF_PROBE)]
-    references = {(*c.key, c.seed): r for c, r in cells.run_suite(refs, base, set()).items()}
-    results: dict[str, dict[tuple[str, int], dict[str, Any] | None]] = {}
-    for name, recipe in recipes.items():
-        config = dataclasses.replace(base, recipe=_train_args(recipe), **_suite_fields(recipe))
-        found = cells.run_suite(todo, config, set() if args.report_only else set(todo))
-        results[name] = {(c.task, c.seed): r for c, r in found.items()}
-        section = recipes_section(results, recipes, tasks, args, base.record(todo[0]), BUILTIN_VAL_IMAGES, references)
-        update_results(args.docs, {"recipes": section})
-    print(render_markdown({"recipes": section}))
+    sections: dict[str, dict[str, Any]] = {}
+    for petl in args.petl:
+        todo = [cells.Cell(t, petl, cells.DYN, s) for s in args.seeds for t in tasks]
+        # what the targets compare with: the default recipe's static and frozen-probe cells (never trained here)
+        refs = [cells.Cell(t, p, v, s) for s in args.seeds for t in tasks for p, v in ((petl, "static"), REF_PROBE)]
+        references = {(*c.key, c.seed): r for c, r in cells.run_suite(refs, base, set()).items()}
+        results: dict[str, dict[tuple[str, int], dict[str, Any] | None]] = {}
+        for name, recipe in recipes.items():
+            config = dataclasses.replace(base, recipe=_train_args(recipe), **_suite_fields(recipe))
+            found = cells.run_suite(todo, config, set() if args.report_only else set(todo))
+            results[name] = {(c.task, c.seed): r for c, r in found.items()}
+            sections[petl] = recipes_section(
+                results, recipes, tasks, petl, args.seeds, base.record(todo[0]), BUILTIN_VAL_IMAGES, references
+            )
+            update_results(args.docs, {"recipes": recipes_page(list(sections.values()))})
+    print(render_markdown({"recipes": recipes_page(list(sections.values()))}))
 
 
 def _suite_fields(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -194,14 +233,15 @@ def recipes_section(
     results: dict[str, dict[tuple[str, int], dict[str, Any] | None]],
     recipes: dict[str, dict[str, Any]],
     tasks: list[str],
-    args: argparse.Namespace,
+    petl: str,
+    seeds: list[int],
     config: dict[str, Any],
     val_images: int,
     references: dict[tuple[str, str, str, int], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """``recipes`` of results.json: per recipe the mean over tasks of the means over seeds (with
-    ``val_se``, its validation accuracy's standard error on ``val_images`` a task and seed; every mode's
-    means and, given the ``references`` (`recipe_targets`), the targets' verdicts), and the
+    """One PETL method's part of ``recipes`` in results.json: per recipe the mean over tasks of the means
+    over seeds (with ``val_se``, its validation accuracy's standard error on ``val_images`` a task and seed;
+    every mode's means and, given the ``references`` (`recipe_targets`), the targets' verdicts), and the
     recipe chosen on validation among those whose every cell (task x seed) finished (None until one
     has): the first listed of those within noise of the best (``within_noise_of_best``). A task's
     numbers are shown once one seed has finished; ``missing`` lists the cells that have not."""
@@ -224,24 +264,48 @@ def recipes_section(
                 "tasks": per_task,
             }
         )
+    # a recipe with no finished cell was not run for this method: named apart, not listed as unfinished
+    not_run = [r["recipe"] for r in rows if all(p is None for p in r["tasks"].values())]
+    rows = [r for r in rows if r["recipe"] not in not_run]
     for row in rows:
-        row["val_se"] = val_standard_error(row["tasks"], len(args.seeds), val_images) if row["complete"] else None
+        row["val_se"] = val_standard_error(row["tasks"], len(seeds), val_images) if row["complete"] else None
         if row["complete"]:
             per_cell = results[row["recipe"]]
             row["modes"] = mode_means(per_cell, tasks)
-            row["targets"] = recipe_targets(per_cell, references, tasks, args.petl) if references else None
+            row["targets"] = recipe_targets(per_cell, references, tasks, petl) if references else None
     tied, margin = within_noise_of_best([r for r in rows if r["complete"]])
     return {
         "tasks": tasks,
-        "petl": args.petl,
-        "seeds": list(args.seeds),
+        "petl": petl,
+        "seeds": list(seeds),
         "config": config,
         "rows": rows,
+        "not_run": not_run,
         "val_images": val_images,
         "chosen": tied[0] if tied else None,
         "tied": tied[1:],
         "margin": margin,
     }
+
+
+def recipes_page(sections: list[dict[str, Any]]) -> dict[str, Any]:
+    """``recipes`` of results.json: every PETL method's section (`recipes_section`) and the recipe chosen over
+    them: with one method its own choice; with several, `within_noise_of_best` on the mean over the methods
+    of each recipe's suite-mean validation accuracy (standard error: the methods' combined, sqrt(sum se^2) / M),
+    among the recipes complete for every method (the default serves them all)."""
+    if len(sections) == 1:
+        one = sections[0]
+        return {"sections": sections, "chosen": one["chosen"], "tied": one["tied"], "margin": one["margin"]}
+    rows = [{r["recipe"]: r for r in section["rows"]} for section in sections]
+    pooled = []
+    for name in rows[0]:
+        per_method = [by_name.get(name) for by_name in rows]
+        if all(r is not None and r["complete"] for r in per_method):
+            val = fmean(r["mean"]["val_acc"] for r in per_method)
+            se = sum(r["val_se"] ** 2 for r in per_method) ** 0.5 / len(per_method)
+            pooled.append({"recipe": name, "mean": {"val_acc": val}, "val_se": se})
+    tied, margin = within_noise_of_best(pooled)
+    return {"sections": sections, "chosen": tied[0] if tied else None, "tied": tied[1:], "margin": margin}
 
 
 def val_standard_error(per_task: dict[str, dict[str, float] | None], seeds: int, val_images: int) -> float:
@@ -285,26 +349,46 @@ def _point(p: RecipePoint | None) -> list[str]:
     return [f"{100 * acc:.1f}" for acc in (p.val_acc, p.acc, p.shifted_acc)] + [f"{100 * p.saved:.0f}%"]
 
 
-def _noise_note(section: RecipesSection) -> str:
+def _noise_note(chosen: str | None, tied: list[str] | None, margin: RecipeMargin | None, val_images: int | None) -> str:
     """Why the chosen recipe is chosen where another one is as good or better on validation."""
-    tied, margin = section.tied or [], section.margin
     if not tied:
         return ""
-    if margin is None or margin.best == section.chosen:
+    if margin is None or margin.best == chosen:
         return f" (tied with {', '.join(tied)}; the first listed is kept)"
     return (
         f" (within noise of {', '.join(tied)}: {margin.best} leads it by {100 * margin.difference:.2f} "
         f"points of suite-mean validation accuracy, within {CHOICE_Z:g} standard error of the difference, "
-        f"{100 * margin.band:.2f} points on {section.val_images} validation images a task and seed; "
+        f"{100 * margin.band:.2f} points on {val_images} validation images a task and seed; "
         "the first listed is kept unless another beats it beyond that)"
     )
 
 
+def _verdict(chosen: str | None, tied: list[str] | None, margin: RecipeMargin | None, val_images: int | None) -> str:
+    if not chosen:
+        return "No recipe has finished every task yet: none is chosen."
+    return f"Chosen on validation: **{chosen}**{_noise_note(chosen, tied, margin, val_images)}."
+
+
 def render_markdown(results: dict[str, Any]) -> str:
-    """The recipes section of docs/results.md (empty when results.json has none)."""
+    """The recipes section of docs/results.md (empty when results.json has none): with several PETL methods,
+    the choice over them, then each method's part."""
     if not results.get("recipes"):
         return ""
-    section = RecipesSection.model_validate(results["recipes"])
+    page = RecipesPage.model_validate(results["recipes"])
+    if len(page.sections) == 1:
+        return "## Training recipes\n\n" + render_section(page.sections[0])
+    methods = ", ".join(f"`{s.petl}`" for s in page.sections)
+    val_images = page.sections[0].val_images
+    choice = _verdict(page.chosen, page.tied, page.margin, val_images).replace(
+        "Chosen on validation", f"Chosen on validation over {methods} (the mean of their suite-mean accuracies)"
+    )
+    parts = [f"### {s.petl}\n\n" + render_section(s, alone=False) for s in page.sections]
+    return "## Training recipes\n\n" + choice + "\n\n" + "\n\n".join(parts)
+
+
+def render_section(section: RecipesSection, alone: bool = True) -> str:
+    """One PETL method's recipes: balanced per task, every mode, the targets; ``alone``: the only method, whose
+    own choice is the page's (else it is said as this method's alone)."""
     c = section.config
     lines = ["| recipe | options | task | balanced val (%) | balanced test (%) | balanced shifted (%) | FLOPs saved |"]
     lines.append("|" + " --- |" * 7)
@@ -314,13 +398,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_options(r.options)} | mean | " + " | ".join(_point(r.mean)) + " |")
         lines += [f"| | | {t} | " + " | ".join(_point(p)) + " |" for t, p in r.tasks.items()]
     missing = [f"{r.recipe}: {', '.join(r.missing)}" for r in section.rows if r.missing]
-    verdict = (
-        f"Chosen on validation: **{chosen}**{_noise_note(section)}."
-        if chosen
-        else "No recipe has finished every task yet: none is chosen."
-    )
+    verdict = _verdict(chosen, section.tied, section.margin, section.val_images)
+    if not alone:
+        verdict = verdict.replace("Chosen on validation", f"On `{section.petl}` alone, chosen on validation")
     return (
-        "## Training recipes\n\n"
         f"`dynadapter bench recipes`: Dyn-Adapter with `{section.petl}`, backbone `{c.backbone}` at "
         f"{c.img_size} px, {c.epochs} epoch{'s' if c.epochs != 1 else ''}, seeds "
         f"{', '.join(map(str, section.seeds))} (means), the "
@@ -329,6 +410,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{verdict}\n\n"
         + "\n".join(lines)
         + ("\n\nCells not finished: " + "; ".join(missing) if missing else "")
+        + (f"\n\nNot run with `{section.petl}`: {', '.join(section.not_run)}." if section.not_run else "")
         + render_modes(section)
         + render_targets(section)
     )

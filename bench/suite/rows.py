@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from dynadapter.bench.lab.rows import Row
 from dynadapter.bench.suite.targets import ClaimVerdict, ExitVerdict, Int8Verdict, ShiftVerdict
@@ -260,13 +260,15 @@ class RecipeMargin(Row):
 
 
 class RecipesSection(Row):
-    """results.json's ``recipes``: the recipe ``chosen`` on validation (None before every task finished), the
-    ones ``tied`` with it within noise and the ``margin`` to the best."""
+    """One PETL method's part of results.json's ``recipes``: its recipes' rows (``not_run``: candidates with no
+    finished cell, left out), the recipe ``chosen`` on validation (None before every task finished), the ones
+    ``tied`` with it within noise and the ``margin`` to the best."""
 
     petl: str
     seeds: list[int]
     config: RecordedConfig
     rows: list[RecipeRow]
+    not_run: list[str] = []
     val_images: int | None = None
     chosen: str | None = None
     tied: list[str] | None = None
@@ -276,6 +278,30 @@ class RecipesSection(Row):
     @classmethod
     def _no_margin(cls, margin: Any) -> Any:
         return margin or None  # written as {} where no recipe finished
+
+
+class RecipesPage(Row):
+    """results.json's ``recipes``: each PETL method's `RecipesSection` and the recipe ``chosen`` over them (with one
+    method, its own choice; with several, on the mean of their validation accuracies), the ones ``tied`` with
+    it and the ``margin`` to the best."""
+
+    sections: list[RecipesSection]
+    chosen: str | None = None
+    tied: list[str] | None = None
+    margin: RecipeMargin | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_method(cls, page: Any) -> Any:
+        """A page written before several methods: one section, its own choice."""
+        if isinstance(page, dict) and "sections" not in page:
+            return {"sections": [page], **{k: page.get(k) for k in ("chosen", "tied", "margin")}}
+        return page
+
+    @field_validator("margin", mode="before")
+    @classmethod
+    def _no_margin(cls, margin: Any) -> Any:
+        return margin or None
 
 
 class DataConfig(Row):

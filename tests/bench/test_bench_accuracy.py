@@ -274,6 +274,30 @@ def test_cells_per_seed_and_shots_have_their_own_directories(tmp_path: Path) -> 
     assert (stepped.options(few).epochs, stepped.options(few).val_every, stepped.options(few).shots) == (50, 7, 4)
 
 
+def test_a_cell_another_suite_finished_meanwhile_is_not_trained_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dynadapter.bench.suite import cells as suite_cells
+
+    todo = suite_cells.main_cells(["digits"], ["adapter"])
+    done: dict[str, dict] = {}
+    trained: list[str] = []
+
+    def run_cell(cell: suite_cells.Cell, config: suite_cells.SuiteConfig) -> dict:
+        trained.append(cell.name)
+        done[cell.name] = {"acc": 0.5}
+        if cell is todo[0]:  # meanwhile, a second suite on the same records finishes the last cell
+            done[todo[-1].name] = {"acc": 0.9}
+        return done[cell.name]
+
+    monkeypatch.setattr(suite_cells, "load_finished", lambda cell, config: done.get(cell.name))
+    monkeypatch.setattr(suite_cells, "run_cell", run_cell)
+    config = suite_cells.SuiteConfig(tmp_path, 8, 1e-3, 1.0, 32)
+    results = suite_cells.run_suite(todo, config, set(todo))
+    assert trained == [todo[0].name, todo[1].name]
+    assert results[todo[-1]] == {"acc": 0.9}
+
+
 def test_a_recipe_gets_cells_of_its_own_and_the_default_recipe_keeps_todays(tmp_path: Path) -> None:
     from dynadapter.bench.suite.cells import Cell, options_record, same_options
     from dynadapter.bench.suite.flags import suite_config

@@ -14,7 +14,14 @@ import torch
 
 from dynadapter.bench.suite.aggregate import MODES
 from dynadapter.bench.suite.cells import BENCH_FILE, DYN, Cell, SuiteConfig
-from dynadapter.bench.suite.recipes import candidates, recipe_targets, recipes_section, render_markdown
+from dynadapter.bench.suite.recipes import (
+    RECIPES,
+    candidates,
+    recipe_targets,
+    recipes_page,
+    recipes_section,
+    render_markdown,
+)
 from dynadapter.errors import ConfigError
 from dynadapter.training.options import TrainOptions
 from tests.support.bench import TINY, bench
@@ -46,7 +53,9 @@ def test_each_recipe_has_its_cells_and_the_default_shares_the_suites(recipes: tu
 
 def test_the_choice_is_the_best_balanced_accuracy_on_validation_beyond_its_noise(recipes: tuple[Path, Path]) -> None:
     docs, root = recipes
-    section = json.loads((docs / "results.json").read_text())["recipes"]
+    page = json.loads((docs / "results.json").read_text())["recipes"]
+    [section] = page["sections"]
+    assert page["chosen"] == section["chosen"]  # one method: its own choice
     rows = {r["recipe"]: r for r in section["rows"]}
     assert set(rows) == {"default", "custom"} and rows["custom"]["options"] == {"smoothing": 0.1}
     for name, row in rows.items():
@@ -87,8 +96,7 @@ def choose(measured: dict[str, list[float]]) -> dict[str, Any]:
     results = {
         name: {(t, 0): recipe_cell(v) for t, v in zip(TASKS, vals, strict=True)} for name, vals in measured.items()
     }
-    args = argparse.Namespace(petl="adapter", seeds=[0])
-    return recipes_section(results, {name: {} for name in measured}, TASKS, args, {}, 200)
+    return recipes_section(results, {name: {} for name in measured}, TASKS, "adapter", [0], {}, 200)
 
 
 def test_a_lead_on_validation_within_its_noise_keeps_the_first_listed_recipe() -> None:
@@ -108,6 +116,46 @@ def test_a_lead_on_validation_within_its_noise_keeps_the_first_listed_recipe() -
         f"suite-mean validation accuracy, within 1 standard error of the difference, {100 * band:.2f} points on 200 "
         "validation images a task and seed; the first listed is kept unless another beats it beyond that)." in page
     )
+
+
+def test_with_several_methods_the_recipe_is_chosen_on_their_mean_and_each_method_is_shown() -> None:
+    """Measured (seed 0): standardised heads tie the default on adapter's validation splits (91.1 both) and
+    beat it beyond the noise on RepAdapter's (92.0 against 90.4): on RepAdapter alone it is chosen; over
+    both methods the lead, 0.8 points of the mean, is within the noise of 2 x 800 images, so the default
+    (the first listed) serves both."""
+    adapter = choose({"default": [0.98, 0.95, 0.715, 1.0], "standardised": [1.0, 0.95, 0.695, 1.0]})
+    repadapter = choose({"default": [0.99, 0.915, 0.71, 1.0], "standardised": [0.995, 0.945, 0.74, 1.0]})
+    repadapter["petl"] = "repadapter"
+    assert (adapter["chosen"], repadapter["chosen"]) == ("default", "standardised")
+    page = recipes_page([{**adapter, "config": CONFIG}, {**repadapter, "config": CONFIG}])
+    assert page["chosen"] == "default" and page["tied"] == ["standardised"]
+    se = [r["val_se"] for r in (*adapter["rows"], *repadapter["rows"])]
+    band = ((se[0] ** 2 + se[2] ** 2) / 4 + (se[1] ** 2 + se[3] ** 2) / 4) ** 0.5
+    assert page["margin"]["band"] == pytest.approx(band)
+    assert page["margin"]["difference"] == pytest.approx((0.0 + 0.01625) / 2)
+    markdown = render_markdown({"recipes": page})
+    assert markdown.index("### adapter") < markdown.index("### repadapter")
+    assert (
+        "Chosen on validation over `adapter`, `repadapter` (the mean of their suite-mean accuracies): **default**"
+        in markdown
+    )
+    assert "On `repadapter` alone, chosen on validation: **standardised**" in markdown
+    # one method: the page's choice is the method's own, under the section's heading alone
+    single = recipes_page([{**adapter, "config": CONFIG}])
+    assert single["chosen"] == "default" and "###" not in render_markdown({"recipes": single})
+
+
+def test_a_recipe_with_no_cell_finished_is_named_as_not_run_not_as_unfinished() -> None:
+    results = {
+        "default": {(t, 0): recipe_cell(0.9) for t in TASKS},
+        "augment": {(t, 0): None for t in TASKS},
+        "regularise": {(t, 0): recipe_cell(0.9) if t == "digits" else None for t in TASKS},
+    }
+    section = recipes_section(results, dict.fromkeys(results, {}), TASKS, "repadapter", [0], CONFIG, 200)
+    assert [r["recipe"] for r in section["rows"]] == ["default", "regularise"] and section["not_run"] == ["augment"]
+    assert section["rows"][1]["missing"] == ["mnist-seed0", "elpv-seed0", "elpv-type-seed0"]
+    page = render_markdown({"recipes": section})
+    assert "Not run with `repadapter`: augment." in page and "augment: " not in page
 
 
 def test_a_lead_beyond_the_noise_chooses_the_better_recipe() -> None:
@@ -133,7 +181,7 @@ def test_a_seed_not_finished_means_no_choice(recipes: tuple[Path, Path], tmp_pat
     tiny = [a for a in TINY if a not in ("--methods", "adapter", "--seeds", "0")]
     bench("recipes", *tiny, "--seeds", "0,1", "--recipes", "default", "--report-only", "--root", str(root),
           "--docs", str(tmp_path))  # fmt: skip
-    section = json.loads((tmp_path / "results.json").read_text())["recipes"]
+    [section] = json.loads((tmp_path / "results.json").read_text())["recipes"]["sections"]
     [row] = section["rows"]
     assert row["complete"] is False and row["missing"] == ["digits-seed1"] and row["mean"] is None
     assert row["tasks"]["digits"] is not None  # seed 0's numbers are still shown
@@ -153,6 +201,14 @@ def test_a_custom_recipe_equal_to_a_candidate_is_refused(tmp_path: Path) -> None
 def test_an_unknown_recipe_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         bench("recipes", "--recipes", "default,heavy")
+
+
+def test_every_candidate_is_a_valid_recipe_of_its_own() -> None:
+    chosen = candidates(argparse.Namespace(recipes=list(RECIPES), train_arg=None))
+    assert chosen["default"] == {}
+    assert chosen["standardised"] == {"head_init": "standardised"}
+    assert chosen["standardised-shift-cal"] == {"head_init": "standardised", "calibration_corrupted": 1}
+    assert len({json.dumps(r, sort_keys=True) for r in chosen.values()}) == len(RECIPES)  # no two share cells
 
 
 def test_a_learning_rate_recipe_gets_cells_of_its_own(tmp_path: Path) -> None:
@@ -205,8 +261,8 @@ def test_a_recipe_is_judged_by_the_suites_targets_against_the_default_static_and
         0.05
     )
     assert targets["shift"]["met"] is False and targets["exits"]["met"] is True
-    args = argparse.Namespace(petl="adapter", seeds=[0])
-    section = recipes_section({"lp-ft": {("digits", 0): dyn}}, {"lp-ft": {}}, ["digits"], args, CONFIG, 200, references)
+    lp_ft = {"lp-ft": {("digits", 0): dyn}}
+    section = recipes_section(lp_ft, {"lp-ft": {}}, ["digits"], "adapter", [0], CONFIG, 200, references)
     page = render_markdown({"recipes": {**section, "config": CONFIG}})
     assert "| lp-ft | 92.0 / 90.0 / 70.0 / 60% | 92.0 / 90.0 / 70.0 / 60% | 92.0 / 90.0 / 70.0 / 60% |" in page
     assert "| lp-ft | +0.00, 60% | +5.00 | +5.00 | +5.00 / +5.00 | 2 of 3 (claim, exits) |" in page

@@ -8,9 +8,10 @@ from statistics import fmean
 
 import pytest
 
+from dynadapter.bench.lab.results import render_markdown as render_page
 from dynadapter.bench.lab.results import update_results
 from dynadapter.bench.suite.aggregate import MODES, sections
-from dynadapter.bench.suite.page import render_markdown, result_table
+from dynadapter.bench.suite.page import RESULT_KEYS, render_markdown, result_table
 from dynadapter.bench.suite.targets import why_int8_missed
 
 CONFIG = {
@@ -131,6 +132,12 @@ def test_update_results_keeps_the_other_benchmarks_sections(tmp_path: Path, resu
     assert merged["notes"] == {"machine": "2 cores"} and merged["rows"] == results["rows"]
     page = (tmp_path / "results.md").read_text()
     assert page.index("## Target") < page.index("## Notes") < page.index('"machine": "2 cores"')
+
+
+def test_every_section_the_suite_writes_is_rendered_by_the_suites_page(results: dict) -> None:
+    # a key the aggregate writes but the page does not own would be dumped on the page as raw JSON
+    assert set(results) <= set(RESULT_KEYS)
+    assert "```json" not in render_page(results)
 
 
 def with_shifted(result: dict, shifted_acc: float) -> dict:

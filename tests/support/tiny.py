@@ -66,6 +66,7 @@ def train_tiny_run(out: Path, petl: str = "adapter", epochs: int = 1, **override
     from dynadapter.training.trainer import TrainOptions, train
 
     overrides.setdefault("workers", 0)  # builtin images are decoded already: worker processes only cost startup
+    overrides.setdefault("lr", 1e-2)
 
     opts = TrainOptions(
         data="builtin:digits",
@@ -76,7 +77,6 @@ def train_tiny_run(out: Path, petl: str = "adapter", epochs: int = 1, **override
         exits=[1, 2, 3, 4],
         img_size=16,
         epochs=epochs,
-        lr=1e-2,
         progress=False,
         **overrides,
     )

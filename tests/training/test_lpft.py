@@ -155,5 +155,5 @@ def test_train_help_offers_both_switches_off_by_default(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    assert "--head-init {random,probe}" in text and "--wise-ft, --no-wise-ft" in text
+    assert "--head-init {random,standardised,probe}" in text and "--wise-ft, --no-wise-ft" in text
     assert "C chosen on val) (default: random)" in text and "validates best (default: False)" in text
