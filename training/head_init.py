@@ -2,20 +2,21 @@
 
 ``random``: timm's initialisation, each head's norm the identity affine. A shallow ViT stage's pooled,
 normalised tokens barely vary from image to image next to their constant offsets (DINOv2 ViT-S/14 on
-digits at 112 px, after block 6: per-feature standard deviation 0.18 (median) against means up to
-11.5; after block 3: 0.03 against 14.8), so a randomly started classifier reads mostly constants, and
-the optimiser moves each weight by about the learning rate per step: in a short run the middle exits
-stay far from what a logistic regression reads off the very same features (after block 6: the trained
-two-layer MLP head 74.0% of test images against 90.2% for a logistic regression on the trained model's
-own features, and 83.9% on the frozen backbone's).
+mnist at 112 px, median per-feature standard deviation before training: 0.02 after block 3, 0.06 after
+block 6, 0.15 after block 9; after the default training, block 6: 0.18, against single features' means
+up to 11.5), so a randomly started classifier reads mostly constants, and the optimiser moves each weight
+by about the learning rate per step: in a short run the middle exits stay far from what a logistic
+regression reads off the very same features (after block 6: the trained two-layer MLP head 74.0% of test
+images against 90.2% for a logistic regression on the trained model's own features, and 83.9% on the
+frozen backbone's).
 
 ``standardised`` is data-dependent initialisation (Krähenbühl et al., "Data-dependent Initializations
 of Convolutional Neural Networks", ICLR 2016; the linear-evaluation protocol standardises the features
-for the same reason): each head's own norm gets the per-feature scale and shift that give its pooled
-output zero mean and unit variance on the training images, with the model as it stands before the first
-step. Only the norm's affine changes, so the head's architecture, FLOPs and export are the same, and the
-model trains from there like any other. The last exit's norm is the backbone's pretrained final norm
-(frozen, not in the checkpoint) and stays as it is.
+for the same reason): each linear or MLP head's own norm gets the per-feature scale and shift that give
+its pooled output zero mean and unit variance on the training images, with the model as it stands before
+the first step. Only the norm's affine changes, so the head's architecture, FLOPs and export are the
+same, and the model trains from there like any other. A transformer head's norm and the last exit's (the
+backbone's pretrained final norm, frozen, not in the checkpoint) stay as they are (`reads_the_stage`).
 
 ``probe`` is LP-FT (training/linear_probe.py).
 """
@@ -42,14 +43,13 @@ MIN_STD = 1e-3
 
 
 def standardise_heads(model: DynamicViT, train: ImageDataset, workers: int) -> list[dict[str, float]]:
-    """Set each trainable head norm's affine (LayerNorm weight [D], bias [D]) so that the head's pooled
-    features have mean 0 and standard deviation 1 per feature on ``train`` (read without its augmentation
-    draws). Returns per head the median feature standard deviation before (``std_before``; the backbone's
-    own norm of the last exit: its features as they are, ``standardised`` False). Raises ConfigError on an
-    empty train split.
+    """Set the norm affine (LayerNorm weight [D], bias [D]) of every head that `reads_the_stage` so that its
+    pooled features have mean 0 and standard deviation 1 per feature on ``train`` (read without its
+    augmentation draws; a standard deviation below ``MIN_STD`` counts as ``MIN_STD``). Returns per head the
+    median feature standard deviation before (``std_before``) and whether it was ``standardised``. Raises
+    ConfigError on an empty train split.
 
-    The pooling of every ``HEAD_POOLS`` rule commutes with a per-feature affine whose scale is positive,
-    which this one's is (the features' standard deviations over a norm weight that starts at 1)."""
+    Every ``HEAD_POOLS`` rule commutes with a per-feature affine of positive scale, which 1 / std is."""
     if not len(train):
         raise ConfigError("--head-init standardised measures the heads' features on the train split: it has no images")
     features, _ = head_features(model, dataclasses.replace(train, augment=None), workers)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable, Sequence
 from statistics import fmean
 from typing import Any
 
@@ -79,24 +80,21 @@ CHOICE_Z = 1.0
 TIE = 1e-9
 
 
-def _recipe_names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(RECIPES))
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown recipe(s) {unknown or [text]}; choose from {', '.join(RECIPES)}")
-    return list(dict.fromkeys(names))
+def _names_of(allowed: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of ``allowed`` names, each once, in the order given."""
+
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(allowed))
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown or [text]}; choose from {', '.join(allowed)}")
+        return list(dict.fromkeys(names))
+
+    return parse
 
 
 #: The PETL methods whose Dyn-Adapter cells a recipe trains.
 PETL_METHODS = ("adapter", "lora", "repadapter")
-
-
-def _petl_names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(PETL_METHODS))
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"--petl {text}: choose from {', '.join(PETL_METHODS)}")
-    return list(dict.fromkeys(names))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -108,7 +106,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"(default: {','.join(DEFAULT_TASKS)})")
     p.add_argument(
         "--recipes",
-        type=_recipe_names,
+        type=_names_of(list(RECIPES), "recipe(s)"),
         default=list(RECIPES),
         help=f"candidates (default: {','.join(RECIPES)}): "
         + "; ".join(f"{name}: {_options(options)}" for name, options in RECIPES.items())
@@ -116,7 +114,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--petl",
-        type=_petl_names,
+        type=_names_of(PETL_METHODS, "PETL method(s)"),
         default=["adapter"],
         help=f"PETL methods, comma-separated, one of {', '.join(PETL_METHODS)} each (default: adapter); with "
         "several, the recipe is chosen on their mean",
