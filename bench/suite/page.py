@@ -181,15 +181,16 @@ def render_exit_target(results: SuiteResults) -> str:
         for t in judged
         for split, dyn, probe in (("clean", t.dyn, t.probe), ("shifted", t.dyn_shifted, t.probe_shifted))
     ]
-    why = "".join(f"\n\nWhy {t.petl} misses: {t.why}" for t in judged if t.why)
     return (
         "## Target: every exit at least the frozen probe at its block\n\n"
         "Suite means of each exit's test accuracy (every image answered there), Dyn-Adapter / the frozen probe's "
         "linear head after the same block (logistic regression on the frozen features), on the clean test split "
         "and its shifted copy; in brackets the difference in points. An exit below the probe has learnt less "
-        "from its training than a linear read-out of the frozen features holds.\n\n"
+        "from its training than a linear read-out of the frozen features holds; its head, rather than its "
+        "features, may be what falls short (`dynadapter train --head-init standardised`, and its recipes under "
+        '"Training recipes").\n\n'
         + markdown_table(["PETL", "split", *(f"block {b}" for b in blocks), "target"], lines)
-        + why
+        + _why_lines(judged)
     )
 
 
