@@ -54,18 +54,26 @@ def standardise_heads(model: DynamicViT, train: ImageDataset, workers: int) -> l
         raise ConfigError("--head-init standardised measures the heads' features on the train split: it has no images")
     features, _ = head_features(model, dataclasses.replace(train, augment=None), workers)
     report = []
-    for k, (head, x) in enumerate(zip(model.heads, features, strict=True)):
+    for head, block, x in zip(model.heads, model.config.exits, features, strict=True):
         std = np.maximum(x.std(0), MIN_STD)
-        if not reads_the_stage(head):
-            report.append({"std_before": float(np.median(std)), "standardised": False})
-            continue
-        with torch.no_grad():
-            scale = torch.from_numpy(1.0 / std).to(head.norm.weight)
-            shift = torch.from_numpy(x.mean(0)).to(head.norm.weight)
-            head.norm.bias.copy_((head.norm.bias - shift) * scale)
-            head.norm.weight.mul_(scale)
-        report.append({"std_before": float(np.median(std)), "standardised": True})
-        log.info("head %d: median feature std %.3g, standardised", k, np.median(std))
+        standardised = reads_the_stage(head)
+        if standardised:
+            with torch.no_grad():
+                scale = torch.from_numpy(1.0 / std).to(head.norm.weight)
+                shift = torch.from_numpy(x.mean(0)).to(head.norm.weight)
+                head.norm.bias.copy_((head.norm.bias - shift) * scale)
+                head.norm.weight.mul_(scale)
+        report.append({"std_before": float(np.median(std)), "standardised": standardised})
+        log.info(
+            "exit after block %d: median feature std %.3g, %s",
+            block,
+            np.median(std),
+            "standardised"
+            if standardised
+            else "left as is (" + ("a transformer head" if len(head.blocks) else "the backbone's norm") + ")",
+        )
+    if not any(r["standardised"] for r in report):
+        log.warning("--head-init standardised changed nothing: no exit has a linear or MLP head of its own (--heads)")
     return report
 
 

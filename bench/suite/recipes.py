@@ -55,15 +55,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Exits that transfer (issue 34). LP-FT (Kumar et al., ICLR 2022): every exit head starts as the frozen
     # probe's logistic regression at its block, so that fine-tuning starts from features it need not distort.
     "lp-ft": {"head_init": "probe"},
-    # random heads whose norms start standardising their features on the train split (data-dependent
-    # initialisation): a shallow stage's features vary little next to their offsets (training/head_init.py).
-    "standardised": {"head_init": "standardised"},
     # WiSE-FT (Wortsman et al., CVPR 2022) on LP-FT: the trained weights interpolated back toward that start,
     # the coefficient chosen on validation.
     "wise-ft": {"head_init": "probe", "wise_ft": True},
     # the thresholds calibrated on the val images and a mildly corrupted copy of each (severities 1-2), so
     # that an exit's confidence is read on images like the ones a server sees.
     "shift-cal": {"calibration_corrupted": 1},
+    # random heads whose norms start standardising their features on the train split (data-dependent
+    # initialisation): a shallow stage's features vary little next to their offsets (training/head_init.py).
+    "standardised": {"head_init": "standardised"},
     # both: the stronger middle exits leave more shifted images early, which corrupted copies in the
     # calibration set counter.
     "standardised-shift-cal": {"head_init": "standardised", "calibration_corrupted": 1},
@@ -110,7 +110,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=list(RECIPES),
         help=f"candidates (default: {','.join(RECIPES)}): "
         + "; ".join(f"{name}: {_options(options)}" for name, options in RECIPES.items())
-        + f"; --train-arg adds one more, '{CUSTOM}'",
+        + f"; --train-arg adds one more, '{CUSTOM}'. The first listed is the baseline: another is chosen only "
+        "where it beats it on validation beyond the noise of the validation images",
     )
     p.add_argument(
         "--petl",
@@ -392,7 +393,11 @@ def render_section(section: RecipesSection, alone: bool = True) -> str:
     lines.append("|" + " --- |" * 7)
     chosen = section.chosen
     for r in section.rows:
-        name = f"**{r.recipe}** (chosen)" if r.recipe == chosen else r.recipe
+        name = (
+            r.recipe
+            if r.recipe != chosen
+            else f"**{r.recipe}** (chosen" + ("" if alone else f" on `{section.petl}` alone") + ")"
+        )
         lines.append(f"| {name} | {_options(r.options)} | mean | " + " | ".join(_point(r.mean)) + " |")
         lines += [f"| | | {t} | " + " | ".join(_point(p)) + " |" for t, p in r.tasks.items()]
     missing = [f"{r.recipe}: {', '.join(r.missing)}" for r in section.rows if r.missing]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dynadapter.errors import ConfigError
+from dynadapter.models.balanced_heads import HeadConfig
 from dynadapter.training import run_dir as rd
 from dynadapter.training.data import ImageDataset, run_split
 from dynadapter.training.head_init import MIN_STD, standardise_heads
@@ -72,6 +73,23 @@ def test_standardising_scales_and_shifts_only_the_norms_and_keeps_the_pooled_ans
     for name, p in model.named_parameters():
         if name in others:
             torch.testing.assert_close(p, others[name], rtol=0, atol=0)
+
+
+def test_heads_without_a_norm_to_standardise_are_named_and_nothing_changed_is_a_warning(
+    run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = rd.read_config(run)
+    kinds = [HeadConfig("transformer")] * 3 + [HeadConfig("linear")]
+    model = rd.build_model(config.backbone, dataclasses.replace(config.model, heads=kinds))
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with caplog.at_level("INFO", logger="dynadapter.training.head_init"):
+        report = standardise_heads(model, train_split(run), workers=0)
+    assert [r["standardised"] for r in report] == [False] * 4
+    assert "exit after block 1: median feature std" in caplog.text and "left as is (a transformer head)" in caplog.text
+    assert "exit after block 4" in caplog.text and "left as is (the backbone's norm)" in caplog.text
+    assert "--head-init standardised changed nothing" in caplog.text
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, before[name], rtol=0, atol=0)
 
 
 def test_an_empty_train_split_is_refused(run: Path) -> None:
