@@ -362,10 +362,17 @@ def _noise_note(chosen: str | None, tied: list[str] | None, margin: RecipeMargin
     )
 
 
-def _verdict(chosen: str | None, tied: list[str] | None, margin: RecipeMargin | None, val_images: int | None) -> str:
+def _verdict(
+    chosen: str | None,
+    tied: list[str] | None,
+    margin: RecipeMargin | None,
+    val_images: int | None,
+    lead: str = "Chosen on validation",
+) -> str:
+    """The choice's sentence, opening with ``lead`` (whose choice: the page's, or one method's alone)."""
     if not chosen:
         return "No recipe has finished every task yet: none is chosen."
-    return f"Chosen on validation: **{chosen}**{_noise_note(chosen, tied, margin, val_images)}."
+    return f"{lead}: **{chosen}**{_noise_note(chosen, tied, margin, val_images)}."
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -378,9 +385,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         return "## Training recipes\n\n" + render_section(page.sections[0])
     methods = ", ".join(f"`{s.petl}`" for s in page.sections)
     val_images = page.sections[0].val_images
-    choice = _verdict(page.chosen, page.tied, page.margin, val_images).replace(
-        "Chosen on validation", f"Chosen on validation over {methods} (the mean of their suite-mean accuracies)"
-    )
+    over = f"Chosen on validation over {methods} (the mean of their suite-mean accuracies)"
+    choice = _verdict(page.chosen, page.tied, page.margin, val_images, over)
     parts = [f"### {s.petl}\n\n" + render_section(s, alone=False) for s in page.sections]
     return "## Training recipes\n\n" + choice + "\n\n" + "\n\n".join(parts)
 
@@ -401,9 +407,8 @@ def render_section(section: RecipesSection, alone: bool = True) -> str:
         lines.append(f"| {name} | {_options(r.options)} | mean | " + " | ".join(_point(r.mean)) + " |")
         lines += [f"| | | {t} | " + " | ".join(_point(p)) + " |" for t, p in r.tasks.items()]
     missing = [f"{r.recipe}: {', '.join(r.missing)}" for r in section.rows if r.missing]
-    verdict = _verdict(chosen, section.tied, section.margin, section.val_images)
-    if not alone:
-        verdict = verdict.replace("Chosen on validation", f"On `{section.petl}` alone, chosen on validation")
+    lead = "Chosen on validation" if alone else f"On `{section.petl}` alone, chosen on validation"
+    verdict = _verdict(chosen, section.tied, section.margin, section.val_images, lead)
     return (
         f"`dynadapter bench recipes`: Dyn-Adapter with `{section.petl}`, backbone `{c.backbone}` at "
         f"{c.img_size} px, {c.epochs} epoch{'s' if c.epochs != 1 else ''}, seeds "

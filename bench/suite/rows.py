@@ -7,9 +7,9 @@ as None (or empty); keys a model does not name are ignored."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import field_validator, model_validator
+from pydantic import BeforeValidator, model_validator
 
 from dynadapter.bench.lab.rows import Row
 from dynadapter.bench.suite.targets import ClaimVerdict, ExitVerdict, Int8Verdict, ShiftVerdict
@@ -259,6 +259,10 @@ class RecipeMargin(Row):
     band: float
 
 
+#: A recipe choice's margin; written as {} where no recipe finished.
+ChoiceMargin = Annotated[RecipeMargin | None, BeforeValidator(lambda margin: margin or None)]
+
+
 class RecipesSection(Row):
     """One PETL method's part of results.json's ``recipes``: its recipes' rows (``not_run``: candidates with no
     finished cell, left out), the recipe ``chosen`` on validation (None before every task finished), the ones
@@ -272,12 +276,7 @@ class RecipesSection(Row):
     val_images: int | None = None
     chosen: str | None = None
     tied: list[str] | None = None
-    margin: RecipeMargin | None = None
-
-    @field_validator("margin", mode="before")
-    @classmethod
-    def _no_margin(cls, margin: Any) -> Any:
-        return margin or None  # written as {} where no recipe finished
+    margin: ChoiceMargin = None
 
 
 class RecipesPage(Row):
@@ -288,7 +287,7 @@ class RecipesPage(Row):
     sections: list[RecipesSection]
     chosen: str | None = None
     tied: list[str] | None = None
-    margin: RecipeMargin | None = None
+    margin: ChoiceMargin = None
 
     @model_validator(mode="before")
     @classmethod
@@ -297,11 +296,6 @@ class RecipesPage(Row):
         if isinstance(page, dict) and "sections" not in page:
             return {"sections": [page], **{k: page.get(k) for k in ("chosen", "tied", "margin")}}
         return page
-
-    @field_validator("margin", mode="before")
-    @classmethod
-    def _no_margin(cls, margin: Any) -> Any:
-        return margin or None
 
 
 class DataConfig(Row):
